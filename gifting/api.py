@@ -1,0 +1,256 @@
+"""HTTP handlers: parse -> core -> Redis. Errors are `{"error": {"code", "message"}}` with a fitting status."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gifting import auth, keys, protocol
+from gifting.auth import Identity
+from gifting.ledger import rules
+from gifting.payments import PaymentError
+from gifting.protocol import ProtocolError
+from gifting.rooms import RoomError
+
+BODY_BYTES_MAX = 16 * 1024
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
+
+
+def error_response(status: int, code: str, message: str) -> Response:
+    return json_response({"error": {"code": code, "message": message}}, status)
+
+
+def identify(request: Request) -> Identity:
+    token = auth.bearer(request.headers.get("authorization")) or request.query_params.get("token")
+    try:
+        return auth.verify(request.app.state.secret, token)
+    except auth.AuthError as exc:
+        raise ApiError(401, exc.code, exc.message) from None
+
+
+async def json_body(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    if len(body) > BODY_BYTES_MAX:
+        raise ApiError(413, "body_too_large", f"request body of {len(body)} bytes; the limit is {BODY_BYTES_MAX}")
+    try:
+        data = orjson.loads(body or b"{}")
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "bad_json", f"request body is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "bad_json", f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+# Health ------------------------------------------------------------------------------------------------
+
+
+async def healthz(request: Request) -> Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    """Ready when Valkey answers and a settlement worker beat within GIFTING_HEARTBEAT_TTL_S."""
+    state = request.app.state
+    try:
+        await state.redis.ping()
+        since_ms = int(time.time() * 1000) - state.settings.heartbeat_ttl_s * 1000
+        workers = await state.redis.zcount(keys.WORKER_HEARTBEATS, since_ms, "+inf")
+    except Exception as exc:
+        return json_response({"status": "unavailable", "redis": f"unreachable: {exc}"}, 503)
+    if workers == 0:
+        return json_response({"status": "unavailable", "redis": "ok", "workers": 0}, 503)
+    return json_response({"status": "ready", "redis": "ok", "workers": workers})
+
+
+# Catalog and wallet --------------------------------------------------------------------------------------
+
+
+async def catalog_gifts(request: Request) -> Response:
+    return json_response({"gifts": request.app.state.catalog.gift_list()})
+
+
+async def catalog_bundles(request: Request) -> Response:
+    return json_response({"bundles": request.app.state.catalog.bundle_list()})
+
+
+async def wallet(request: Request) -> Response:
+    identity = identify(request)
+    balances = await request.app.state.ledger.wallet(identity.user)
+    return json_response({"user": identity.user, **balances})
+
+
+async def purchase(request: Request) -> Response:
+    """Buy a coin bundle. Idempotent by the Idempotency-Key header: a retry returns the original result."""
+    identity = identify(request)
+    state = request.app.state
+    key = request.headers.get("idempotency-key", "")
+    if not IDEMPOTENCY_KEY_PATTERN.match(key):
+        raise ApiError(400, "idempotency_key_required", "header Idempotency-Key: expected [A-Za-z0-9_.:-]{1,64}")
+    body = await json_body(request)
+    bundle_id, payment_token = body.get("bundle_id"), body.get("payment_token")
+    if not isinstance(bundle_id, str) or not isinstance(payment_token, str) or len(payment_token) > 256:
+        raise ApiError(400, "bad_request", 'expected {"bundle_id": str, "payment_token": str}')
+    fingerprint = rules.fingerprint(bundle_id, payment_token)
+    existing = await state.ledger.purchase_record(identity.user, key)
+    if existing is not None:
+        return await _purchase_response(state, identity, existing[0], existing[1] == fingerprint, replay=True)
+    bundle = state.catalog.bundles.get(bundle_id)
+    if bundle is None:
+        raise ApiError(404, "unknown_bundle", f"no bundle {bundle_id!r}; see GET /v1/catalog/bundles")
+    try:
+        charge = await state.payments.charge(key, identity.user, bundle.price_minor, bundle.currency, payment_token)
+    except PaymentError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+    record = {
+        "purchase_id": f"{identity.user}:{key}",
+        "bundle_id": bundle.id,
+        "coins": bundle.coins,
+        "price_minor": bundle.price_minor,
+        "currency": bundle.currency,
+        "status": charge.status,
+        "reason": charge.decline_reason or None,
+        "charge_id": charge.charge_id,
+        "provider": state.payments.name,
+        "ts": int(time.time() * 1000),
+    }
+    stored, same, replay = await state.ledger.purchase(
+        identity.user, key, fingerprint, charge.status, record, bundle.coins, bundle.id,
+        bundle.price_minor, bundle.currency, charge.charge_id,
+    )  # fmt: skip
+    await state.ledger.durable(state.settings.waitaof_timeout_ms)
+    return await _purchase_response(state, identity, stored, same, replay)
+
+
+async def _purchase_response(
+    state: Any, identity: Identity, record: dict[str, Any], same_request: bool, replay: bool
+) -> Response:
+    if not same_request:
+        raise ApiError(409, "idempotency_key_conflict", "Idempotency-Key was used for a different purchase")
+    balances = await state.ledger.wallet(identity.user)
+    body = {"purchase": record, "wallet": balances, "replay": replay}
+    if record["status"] == "declined":
+        body["error"] = {"code": "payment_declined", "message": f"payment declined: {record.get('reason')}"}
+        return json_response(body, 402)
+    return json_response(body, 200 if replay else 201)
+
+
+# Rooms -------------------------------------------------------------------------------------------------
+
+
+async def open_room(request: Request) -> Response:
+    identity = identify(request)
+    if not identity.can_create:
+        raise ApiError(403, "forbidden", "only creators can go live")
+    body = await json_body(request)
+    title = body.get("title")
+    chars_max = request.app.state.settings.room_title_chars_max
+    if not isinstance(title, str) or not 1 <= len(title.strip()) <= chars_max:
+        raise ApiError(400, "bad_title", f"title: expected 1..{chars_max} characters")
+    info = await request.app.state.rooms.open(identity.user, identity.name, title.strip())
+    return json_response(info.to_dict(), 201)
+
+
+async def list_rooms(request: Request) -> Response:
+    rooms = await request.app.state.rooms.live()
+    return json_response({"rooms": [r.to_dict() for r in rooms]})
+
+
+async def get_room(request: Request) -> Response:
+    room = _room_param(request)
+    return json_response((await request.app.state.rooms.get(room)).to_dict())
+
+
+async def end_room(request: Request) -> Response:
+    identity = identify(request)
+    room = _room_param(request)
+    info = await request.app.state.rooms.end(room, identity.user, identity.role == "admin")
+    return json_response(info.to_dict())
+
+
+async def send_gift(request: Request) -> Response:
+    """For clients without a websocket: queue the gift and wait (bounded) for its settlement result."""
+    identity = identify(request)
+    state = request.app.state
+    body = await json_body(request)
+    body["type"], body["room"] = "gift", _room_param(request)
+    try:
+        message = protocol.parse_message(body, state.settings.gift_count_max)
+    except ProtocolError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+    assert isinstance(message, protocol.SendGift)
+    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    rejected = await state.hub.send_gift(identity, message, future)
+    if rejected is not None:
+        return json_response(rejected, 429 if rejected["reason"] in ("rate_limited", "overloaded") else 422)
+    try:
+        result = await asyncio.wait_for(future, state.settings.gift_result_timeout_ms / 1000)
+    except TimeoutError:
+        pending = {"type": "gift_result", "gift_id": message.gift_id, "status": "pending", "reason": None}
+        return json_response(pending, 202)
+    if result.get("type") == "error":
+        return error_response(409, result["code"], result["message"])
+    return json_response(result, 200)
+
+
+def _room_param(request: Request) -> str:
+    try:
+        return protocol.parse_room(request.path_params["room"])
+    except ProtocolError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+
+
+# Dev ---------------------------------------------------------------------------------------------------
+
+
+async def dev_token(request: Request) -> Response:
+    """Dev mode only: mint a demo token (the platform does this in production)."""
+    state = request.app.state
+    if not state.settings.dev_mode:
+        raise ApiError(404, "not_found", "dev endpoints are off (GIFTING_DEV is not set)")
+    user, role = request.query_params.get("user", "demo_viewer"), request.query_params.get("role", "viewer")
+    try:
+        token = auth.mint(state.secret, user, role, request.query_params.get("name"), state.settings.token_ttl_s)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ApiError(400, "bad_request", str(exc)) from None
+    return json_response({"token": token, "user": user, "role": role})
+
+
+routes = [
+    Route("/healthz", healthz),
+    Route("/readyz", readyz),
+    Route("/v1/catalog/gifts", catalog_gifts),
+    Route("/v1/catalog/bundles", catalog_bundles),
+    Route("/v1/wallet", wallet),
+    Route("/v1/wallet/purchases", purchase, methods=["POST"]),
+    Route("/v1/rooms", list_rooms, methods=["GET"]),
+    Route("/v1/rooms", open_room, methods=["POST"]),
+    Route("/v1/rooms/{room}", get_room),
+    Route("/v1/rooms/{room}/end", end_room, methods=["POST"]),
+    Route("/v1/rooms/{room}/gifts", send_gift, methods=["POST"]),
+    Route("/dev/token", dev_token),
+]
+
+
+async def api_error_handler(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, ApiError):
+        return error_response(exc.status, exc.code, exc.message)
+    if isinstance(exc, RoomError):
+        return error_response(exc.status, exc.code, exc.message)
+    raise exc

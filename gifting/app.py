@@ -1,0 +1,66 @@
+"""create_app(settings): the composition root. Owns the Redis client, hub, ledger, rooms and payments."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import WebSocketRoute
+
+from gifting import api, catalog
+from gifting.config import Settings
+from gifting.hub import Hub
+from gifting.ledger.store import Ledger
+from gifting.payments import PaymentProvider, SandboxProvider
+from gifting.rooms import RoomError, RoomStore
+from gifting.ws import websocket_endpoint
+
+log = logging.getLogger(__name__)
+
+
+def redis_client(url: str) -> aioredis.Redis:
+    return aioredis.from_url(url, decode_responses=True, health_check_interval=30)
+
+
+def create_app(settings: Settings, redis_url: str, secret: str, payments: PaymentProvider | None = None) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = redis_client(redis_url)
+        state = app.state
+        state.settings, state.secret, state.redis = settings, secret, redis
+        state.catalog = catalog.load_default()
+        state.payments = payments or SandboxProvider()
+        state.ledger = Ledger(redis, settings.creator_share_bps, settings.idempotency_ttl_s)
+        state.rooms = RoomStore(
+            redis, settings.room_history_events_max, settings.idempotency_ttl_s, settings.ended_room_ttl_s
+        )
+        state.hub = Hub(redis, settings, state.catalog)
+        await state.hub.start()
+        log.info("web process ready (hub %s)", state.hub.id)
+        try:
+            yield
+        finally:
+            await state.hub.stop()
+            await redis.aclose()
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return api.error_response(exc.status_code, code, str(exc.detail))
+
+    routes = [*api.routes, WebSocketRoute("/v1/ws", websocket_endpoint)]
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={
+            api.ApiError: api.api_error_handler,
+            RoomError: api.api_error_handler,
+            HTTPException: http_error,
+        },
+    )

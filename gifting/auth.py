@@ -1,0 +1,78 @@
+"""Signed identity tokens (HS256 JWT). The embedding platform issues the same tokens; there is no sign-up here."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Literal, cast
+
+import jwt
+
+Role = Literal["viewer", "creator", "admin"]
+ROLES: tuple[Role, ...] = ("viewer", "creator", "admin")
+USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+NAME_CHARS_MAX = 64
+ALGORITHM = "HS256"
+
+
+class AuthError(Exception):
+    """The token is missing, malformed, badly signed or expired. `code` is the wire error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    user: str
+    role: Role
+    name: str
+
+    @property
+    def can_create(self) -> bool:
+        return self.role in ("creator", "admin")
+
+
+def mint(secret: str, user: str, role: Role, name: str | None = None, ttl_s: int = 86400) -> str:
+    if not USER_ID_PATTERN.match(user):
+        raise ValueError(f"user id: expected [A-Za-z0-9_.@-]{{1,64}}, got {user!r}")
+    if role not in ROLES:
+        raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
+    now = int(time.time())
+    claims = {
+        "sub": user,
+        "role": role,
+        "name": (name or user)[:NAME_CHARS_MAX],
+        "iat": now,
+        "exp": now + ttl_s,
+    }
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify(secret: str, token: str | None) -> Identity:
+    if not token:
+        raise AuthError("unauthorized", "missing token: pass ?token=... or 'Authorization: Bearer ...'")
+    try:
+        claims = jwt.decode(token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp", "role"]})
+    except jwt.ExpiredSignatureError:
+        raise AuthError("token_expired", "token expired: get a new one from the platform") from None
+    except jwt.InvalidTokenError as exc:
+        raise AuthError("unauthorized", f"invalid token: {exc}") from None
+    user, role, name = claims.get("sub"), claims.get("role"), claims.get("name") or claims.get("sub")
+    if not isinstance(user, str) or not USER_ID_PATTERN.match(user):
+        raise AuthError("unauthorized", "invalid token: bad 'sub' claim")
+    if role not in ROLES:
+        raise AuthError("unauthorized", f"invalid token: role must be one of {', '.join(ROLES)}")
+    if not isinstance(name, str):
+        name = user
+    return Identity(user=user, role=cast(Role, role), name=name[:NAME_CHARS_MAX])
+
+
+def bearer(authorization: str | None) -> str | None:
+    """The token from an 'Authorization: Bearer ...' header value, if any."""
+    if authorization and authorization[:7].lower() == "bearer ":
+        return authorization[7:].strip()
+    return None

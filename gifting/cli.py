@@ -1,0 +1,262 @@
+"""The `gifting` command: dev, serve, worker, token, audit, config."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from gifting import auth, embedded
+from gifting.config import ConfigError, Settings, markdown_table
+
+log = logging.getLogger("gifting")
+SECRET_FILE = "secret"
+CHILD_STOP_TIMEOUT_S = 10.0
+
+
+class UsageError(Exception):
+    pass
+
+
+def resolve_redis_url(settings: Settings) -> str:
+    """REDIS_URL, else the embedded Valkey of a running `gifting dev` for the same data directory."""
+    if settings.redis_url:
+        return settings.redis_url
+    url = embedded.find_running(Path(settings.data_dir))
+    if url is None:
+        raise UsageError(
+            f"no Valkey to talk to: set REDIS_URL, or start `gifting dev` (data directory {settings.data_dir})"
+        )
+    return url
+
+
+def resolve_secret(settings: Settings, create: bool = False) -> str:
+    """GIFTING_SECRET, else the dev secret kept in the data directory (created by `gifting dev`)."""
+    if settings.secret:
+        return settings.secret
+    path = settings.path(SECRET_FILE)
+    if path.exists():
+        return path.read_text().strip()
+    if not create:
+        raise UsageError(f"no secret: set GIFTING_SECRET, or start `gifting dev` once to create {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
+
+
+# serve ---------------------------------------------------------------------------------------------------
+
+
+def cmd_serve(settings: Settings) -> int:
+    import uvicorn
+
+    from gifting.app import create_app
+
+    app = create_app(settings, resolve_redis_url(settings), resolve_secret(settings))
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_frame_bytes_hard_max,
+        ws_per_message_deflate=False,  # ~50 KiB per connection for frames this small: off
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_interval_s,
+        lifespan="on",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    uvicorn.Server(config).run()
+    return 0
+
+
+# worker --------------------------------------------------------------------------------------------------
+
+
+def cmd_worker(settings: Settings) -> int:
+    from gifting.app import redis_client
+    from gifting.catalog import load_default
+    from workers.settlement import SettlementWorker
+
+    url = resolve_redis_url(settings)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        redis = redis_client(url)
+        try:
+            await SettlementWorker(redis, settings, load_default()).run(stop)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(run())
+    return 0
+
+
+# dev -----------------------------------------------------------------------------------------------------
+
+
+def cmd_dev(settings: Settings) -> int:
+    """Valkey (embedded unless REDIS_URL), the web process and the worker; Ctrl-C stops all of them."""
+    data_dir = Path(settings.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = resolve_secret(settings, create=True)
+    valkey = None
+    url = settings.redis_url
+    if not url:
+        valkey = embedded.EmbeddedValkey(data_dir)
+        url = valkey.start()
+        log.info("embedded Valkey at %s (data in %s, AOF on)", url, data_dir / "valkey")
+    env = {**os.environ, "REDIS_URL": url, "GIFTING_SECRET": secret, "GIFTING_DEV": "1"}
+    children: list[subprocess.Popen[bytes]] = []
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for command in ("serve", "worker"):
+            children.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "gifting.cli", command],
+                    env=env,
+                    preexec_fn=embedded.die_with_parent,
+                )
+            )
+        _print_welcome(settings, secret)
+        while not stopping:
+            for child in children:
+                if child.poll() is not None:
+                    log.error("child process %s exited with %s; stopping", child.args, child.returncode)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for child in children:
+            try:
+                child.wait(CHILD_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                child.kill()
+        if valkey is not None:
+            valkey.stop()
+        log.info("stopped")
+    return 0
+
+
+def _print_welcome(settings: Settings, secret: str) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    creator = auth.mint(secret, "demo_creator", "creator", "Demo Creator", settings.token_ttl_s)
+    viewers = [auth.mint(secret, f"demo_viewer{i}", "viewer", f"Demo Viewer {i}", settings.token_ttl_s) for i in (1, 2)]
+    print(
+        f"""
+gifting dev is running
+  HTTP API   {base}/v1/...          health: {base}/healthz   ready: {base}/readyz
+  websocket  ws://{settings.host}:{settings.port}/v1/ws?token=TOKEN
+  data       {settings.data_dir}   (secret: {settings.path(SECRET_FILE)})
+
+demo tokens (or: gifting token USER --role viewer|creator|admin):
+  creator  demo_creator   {creator}
+  viewer   demo_viewer1   {viewers[0]}
+  viewer   demo_viewer2   {viewers[1]}
+
+try:
+  curl -s -X POST {base}/v1/wallet/purchases -H 'Authorization: Bearer {viewers[0][:12]}...' \\
+       -H 'Idempotency-Key: buy-1' -d '{{"bundle_id": "coins_328", "payment_token": "tok_sandbox_ok"}}'
+Ctrl-C stops everything.
+""",
+        flush=True,
+    )
+
+
+# token, audit, config --------------------------------------------------------------------------------------
+
+
+def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
+    ttl_s = args.ttl_s if args.ttl_s is not None else settings.token_ttl_s
+    try:
+        print(auth.mint(resolve_secret(settings), args.user, args.role, args.name, ttl_s))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def cmd_audit(settings: Settings) -> int:
+    from gifting.app import redis_client
+    from gifting.ledger.audit import run_audit
+
+    url = resolve_redis_url(settings)
+
+    async def run() -> bool:
+        redis = redis_client(url)
+        try:
+            report = await run_audit(redis, progress=lambda n: print(f"  ... {n} journal entries", file=sys.stderr))
+        finally:
+            await redis.aclose()
+        print(report.summary())
+        return report.clean
+
+    return 0 if asyncio.run(run()) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gifting", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("dev", help="run everything: embedded Valkey (unless REDIS_URL), web, worker")
+    sub.add_parser("serve", help="run the web process (HTTP API + websocket hub)")
+    sub.add_parser("worker", help="run the settlement worker")
+    token = sub.add_parser("token", help="print a signed token for a user")
+    token.add_argument("user")
+    token.add_argument("--role", choices=auth.ROLES, default="viewer")
+    token.add_argument("--name", default=None, help="display name (default: the user id)")
+    token.add_argument("--ttl-s", type=int, default=None, help="lifetime in seconds (default GIFTING_TOKEN_TTL_S)")
+    sub.add_parser("audit", help="recompute balances from the journal and check the ledger invariants")
+    config = sub.add_parser("config", help="print the settings in force")
+    config.add_argument("--markdown", action="store_true", help="print the README's configuration table")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+        if args.command == "dev":
+            return cmd_dev(settings)
+        if args.command == "serve":
+            return cmd_serve(settings)
+        if args.command == "worker":
+            return cmd_worker(settings)
+        if args.command == "token":
+            return cmd_token(settings, args)
+        if args.command == "audit":
+            return cmd_audit(settings)
+        if args.markdown:
+            print(markdown_table())
+        else:
+            for name, value in sorted(vars(settings).items()):
+                print(f"{name} = {'***' if name == 'secret' and value else value!r}")
+        return 0
+    except (UsageError, ConfigError, embedded.EmbeddedError) as exc:
+        print(f"gifting {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())

@@ -1,0 +1,184 @@
+"""Settings from the environment. Every limit is named with its unit and documented here.
+
+The README's configuration table is generated from this module (`gifting config --markdown`),
+so this is the one place a setting is described.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting from the environment could not be used; the message names the variable."""
+
+
+def _setting(env: str, default: Any, help: str) -> Any:
+    return field(default=default, metadata={"env": env, "help": help})
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where things are.
+    redis_url: str = _setting(
+        "REDIS_URL",
+        "",
+        "Valkey/Redis to use. Empty: start (or find) the embedded Valkey in the data directory.",
+    )
+    secret: str = _setting(
+        "GIFTING_SECRET",
+        "",
+        "HS256 secret for tokens. Empty: a generated one kept in the data directory (dev).",
+    )
+    host: str = _setting("GIFTING_HOST", "127.0.0.1", "Address the web process binds to.")
+    port: int = _setting("GIFTING_PORT", 8000, "Port the web process binds to.")
+    data_dir: str = _setting(
+        "GIFTING_DATA_DIR", ".gifting", "Data directory: embedded Valkey (AOF), dev secret, state files."
+    )
+    dev_mode: bool = _setting("GIFTING_DEV", False, "Dev mode: enables the demo-token endpoint. Never in production.")
+
+    # Money.
+    creator_share_bps: int = _setting(
+        "GIFTING_CREATOR_SHARE_BPS",
+        5000,
+        "Creator's share of a gift's coin value, in basis points (1/100 %).",
+    )
+    idempotency_ttl_s: int = _setting(
+        "GIFTING_IDEMPOTENCY_TTL_S", 7 * 86400, "How long a gift or purchase id is remembered, in seconds."
+    )
+
+    # Websocket limits.
+    ws_message_bytes_max: int = _setting(
+        "GIFTING_WS_MESSAGE_BYTES_MAX",
+        4096,
+        "Largest client message; larger ones get error `frame_too_large`.",
+    )
+    ws_frame_bytes_hard_max: int = _setting(
+        "GIFTING_WS_FRAME_BYTES_HARD_MAX",
+        65536,
+        "Protocol-level cap; a larger frame closes the socket (1009).",
+    )
+    ws_queue_bytes_max: int = _setting(
+        "GIFTING_WS_QUEUE_BYTES_MAX",
+        1 << 20,
+        "Outgoing bytes queued per connection; over it the client is closed with 4008 and resumes by offset.",
+    )
+    ws_rooms_per_connection_max: int = _setting(
+        "GIFTING_WS_ROOMS_PER_CONNECTION_MAX", 4, "Rooms one connection may join at once."
+    )
+    ws_invalid_messages_max: int = _setting(
+        "GIFTING_WS_INVALID_MESSAGES_MAX",
+        20,
+        "Invalid messages tolerated per connection before closing (4002).",
+    )
+    ws_ping_interval_s: float = _setting("GIFTING_WS_PING_INTERVAL_S", 20.0, "Keepalive ping interval, seconds.")
+    tick_ms: int = _setting("GIFTING_TICK_MS", 50, "Hub coalescing tick: one frame per room per tick, in ms.")
+    replay_events_max: int = _setting(
+        "GIFTING_REPLAY_EVENTS_MAX",
+        1000,
+        "Most events replayed on resume; more missed means `recovered: false`.",
+    )
+    snapshot_events: int = _setting("GIFTING_SNAPSHOT_EVENTS", 20, "Recent events included in a join snapshot (count).")
+
+    # Gifts.
+    gift_count_max: int = _setting("GIFTING_GIFT_COUNT_MAX", 999, "Largest `count` in one gift message.")
+    gift_rate_per_s: float = _setting(
+        "GIFTING_GIFT_RATE_PER_S",
+        20.0,
+        "Sustained gift messages per user per second (token bucket, per process).",
+    )
+    gift_burst: int = _setting("GIFTING_GIFT_BURST", 40, "Gift messages a user may send in a burst (bucket size).")
+    gift_backlog_max: int = _setting(
+        "GIFTING_GIFT_BACKLOG_MAX",
+        200_000,
+        "Unsettled gifts (stream entries) beyond which new gifts get `overloaded` instead of queueing.",
+    )
+    gift_result_timeout_ms: int = _setting(
+        "GIFTING_GIFT_RESULT_TIMEOUT_MS", 5000, "HTTP gift endpoint: wait for settlement this long, then 202."
+    )
+
+    # Settlement worker.
+    settle_batch_max: int = _setting("GIFTING_SETTLE_BATCH_MAX", 500, "Gifts read and settled per Lua call.")
+    settle_block_ms: int = _setting("GIFTING_SETTLE_BLOCK_MS", 200, "XREADGROUP BLOCK when the stream is empty.")
+    claim_idle_ms: int = _setting(
+        "GIFTING_CLAIM_IDLE_MS", 15000, "Entries idle this long with a consumer are reclaimed (XAUTOCLAIM)."
+    )
+    deliveries_max: int = _setting(
+        "GIFTING_DELIVERIES_MAX", 5, "Deliveries of one entry before it goes to the dead-letter stream."
+    )
+    waitaof_timeout_ms: int = _setting(
+        "GIFTING_WAITAOF_TIMEOUT_MS", 2000, "Longest wait for the AOF fsync of a batch before retrying it."
+    )
+    heartbeat_ttl_s: int = _setting(
+        "GIFTING_HEARTBEAT_TTL_S", 10, "A worker heartbeat older than this makes /readyz fail."
+    )
+
+    # Rooms.
+    room_history_events_max: int = _setting(
+        "GIFTING_ROOM_HISTORY_EVENTS_MAX", 10000, "Events kept per room for resume (XADD MAXLEN ~)."
+    )
+    room_title_chars_max: int = _setting("GIFTING_ROOM_TITLE_CHARS_MAX", 120, "Longest room title, characters.")
+    ended_room_ttl_s: int = _setting(
+        "GIFTING_ENDED_ROOM_TTL_S", 86400, "How long an ended room's history is kept, seconds."
+    )
+
+    # Tokens.
+    token_ttl_s: int = _setting("GIFTING_TOKEN_TTL_S", 86400, "Lifetime of tokens minted by `gifting token`.")
+
+    # Derived paths, not settings.
+    def path(self, *parts: str) -> Path:
+        return Path(self.data_dir).joinpath(*parts)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read every setting from `environ` (default: os.environ); `overrides` win (for tests)."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = env.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.metadata["env"], raw, type(f.default))
+        values.update(overrides)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
+                raise ConfigError(f"{f.metadata['env']}: expected a value >= 0, got {value}")
+        if not 0 <= self.creator_share_bps <= 10000:
+            raise ConfigError(f"GIFTING_CREATOR_SHARE_BPS: expected 0..10000, got {self.creator_share_bps}")
+        if self.tick_ms < 1 or self.settle_batch_max < 1 or self.gift_count_max < 1:
+            raise ConfigError("GIFTING_TICK_MS, GIFTING_SETTLE_BATCH_MAX and GIFTING_GIFT_COUNT_MAX must be >= 1")
+        if self.ws_message_bytes_max > self.ws_frame_bytes_hard_max:
+            raise ConfigError("GIFTING_WS_MESSAGE_BYTES_MAX must not exceed GIFTING_WS_FRAME_BYTES_HARD_MAX")
+
+
+def _parse(name: str, raw: str, kind: type) -> Any:
+    try:
+        if kind is bool:
+            if raw.lower() in ("1", "true", "yes", "on"):
+                return True
+            if raw.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+        return kind(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: expected {kind.__name__}, got {raw!r}") from None
+
+
+def markdown_table() -> str:
+    """The configuration table for the README."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for f in dataclasses.fields(Settings):
+        default = f.default if f.default != "" else "(empty)"
+        rows.append(f"| `{f.metadata['env']}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(rows)

@@ -1,0 +1,50 @@
+"""A gift request as it travels through the inbound stream, from hub (or HTTP) to the settlement worker."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import orjson
+
+from gifting import keys
+
+STREAM_FIELD = "g"  # the one field of a stream entry: the request as JSON
+
+
+@dataclass(frozen=True, slots=True)
+class GiftRequest:
+    gift_id: str
+    room: str
+    gift: str
+    count: int
+    sender: str
+    sender_name: str
+    hub: str  # the hub process waiting for the result (its reply channel)
+    price: int | None = None  # coins per gift the viewer saw, if the client said
+    ts_ms: int = 0
+
+    def to_entry(self) -> dict[str, bytes]:
+        return {STREAM_FIELD: orjson.dumps(asdict(self))}
+
+    @classmethod
+    def from_entry(cls, fields: dict[str, str]) -> GiftRequest:
+        """Raises ValueError (with what was wrong) for an entry that is not a gift request."""
+        try:
+            data: dict[str, Any] = orjson.loads(fields[STREAM_FIELD])
+            request = cls(**data)
+        except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
+            raise ValueError(f"not a gift request entry: {exc}") from None
+        if not (isinstance(request.count, int) and request.count > 0 and isinstance(request.gift_id, str)):
+            raise ValueError(f"not a gift request entry: bad count or gift_id in {data!r}")
+        return request
+
+
+def new_request(**fields: Any) -> GiftRequest:
+    return GiftRequest(ts_ms=int(time.time() * 1000), **fields)
+
+
+async def enqueue(redis: Any, request: GiftRequest) -> None:
+    """XADD to the inbound stream. No MAXLEN: an unsettled gift is never trimmed; the hub bounds the backlog."""
+    await redis.xadd(keys.GIFTS_STREAM, request.to_entry())

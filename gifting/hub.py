@@ -1,0 +1,443 @@
+"""The hub: rooms -> connections, per-room tick coalescing, bounded per-connection queues, resume by offset.
+
+No HTTP framework here: a connection is two callables (send a frame, close) and an identity.
+
+- Cross-process routing: one pub/sub channel per room, subscribed while this process has sockets in it,
+  plus this process's own channel for gift results.
+- Coalescing: events of a room are collected for one tick (GIFTING_TICK_MS) and sent as one `events`
+  frame, encoded once per audience (creator, viewers) and codec; every connection gets the same object.
+- Each connection has a writer task and an outgoing queue bounded in bytes (GIFTING_WS_QUEUE_BYTES_MAX).
+  A client that lets it overflow is closed with CLOSE_SLOW_CONSUMER and resumes by offset.
+- Resume: history offsets are dense, so a join with `since` replays exactly what was missed, or answers
+  `recovered: false` with a snapshot. A gap in the live feed (a lost pub/sub connection) is filled from
+  history before later events are delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from gifting import gifts, keys, protocol
+from gifting.auth import Identity
+from gifting.catalog import Catalog
+from gifting.config import Settings
+from gifting.protocol import Codec, ProtocolError
+
+log = logging.getLogger(__name__)
+
+# Close codes (documented in docs/PROTOCOL.md).
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_TOO_MANY_INVALID = 4002
+CLOSE_SLOW_CONSUMER = 4008
+CLOSE_GOING_AWAY = 1001
+
+WAITER_TTL_S = 60.0  # a gift result not seen by then is dropped; the client resends the gift_id to learn it
+BUCKET_IDLE_S = 120.0  # rate-limit state of a user idle this long is forgotten
+MAINTENANCE_INTERVAL_S = 1.0
+
+SendFrame = Callable[[str | bytes], Awaitable[None]]
+CloseSocket = Callable[[int, str], Awaitable[None]]
+
+
+@dataclass(eq=False)
+class Connection:
+    identity: Identity
+    codec: Codec
+    send: SendFrame
+    close_socket: CloseSocket
+    queue_bytes_max: int
+    rooms: set[str] = field(default_factory=set)
+    queue: deque[tuple[str | bytes, int]] = field(default_factory=deque)
+    queued_bytes: int = 0
+    closed: bool = False
+    close_code: int | None = None
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    writer: asyncio.Task[None] | None = None
+
+    def enqueue(self, data: str | bytes, nbytes: int) -> bool:
+        """Queue a frame; False (and the connection closes) if the queue would exceed its byte limit."""
+        if self.closed:
+            return False
+        if self.queued_bytes + nbytes > self.queue_bytes_max:
+            self.shut(CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full; reconnect and resume with since")
+            return False
+        self.queue.append((data, nbytes))
+        self.queued_bytes += nbytes
+        self.wakeup.set()
+        return True
+
+    def send_message(self, message: dict[str, Any]) -> bool:
+        data = protocol.encode(message, self.codec)
+        return self.enqueue(data, len(data))
+
+    def shut(self, code: int, reason: str) -> None:
+        """Stop queueing, drop what is queued, and close the socket (the writer may be stuck on a slow peer)."""
+        if self.closed:
+            return
+        self.closed, self.close_code = True, code
+        self.queue.clear()
+        self.queued_bytes = 0
+        if self.writer is not None:
+            self.writer.cancel()
+        task = asyncio.get_running_loop().create_task(self._close(code, reason))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.close_socket(code, reason), timeout=5.0)
+
+    async def run_writer(self) -> None:
+        while not self.closed:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.queue and not self.closed:
+                data, nbytes = self.queue.popleft()
+                self.queued_bytes -= nbytes
+                await self.send(data)
+
+
+_background: set[asyncio.Task[None]] = set()
+
+
+@dataclass(eq=False)
+class Room:
+    id: str
+    creator: str = ""
+    conns: set[Connection] = field(default_factory=set)
+    joining: dict[Connection, list[dict[str, Any]]] = field(default_factory=dict)  # live events held per joiner
+    pending: list[dict[str, Any]] = field(default_factory=list)  # events for the next tick
+    last_offset: int = -1  # last offset taken from the live feed; -1: not known yet
+    filling: bool = False  # a gap is being filled from history
+    held: list[dict[str, Any]] = field(default_factory=list)  # live events that arrived while filling
+
+
+class Hub:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, catalog: Catalog) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.catalog = catalog
+        self.id = secrets.token_hex(6)
+        self.rooms: dict[str, Room] = {}
+        self.waiters: dict[str, tuple[float, list[Connection | asyncio.Future[dict[str, Any]]]]] = {}
+        self.buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, last refill, monotonic s)
+        self.backlog = 0  # unsettled gifts in the stream, refreshed once per maintenance interval
+        self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.frames_sent = 0  # counters for benchmarks and logs
+        self.events_received = 0
+
+    async def start(self) -> None:
+        await self.pubsub.subscribe(keys.hub_channel(self.id))
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(t) for t in (self._read_pubsub(), self._tick(), self._maintain())]
+
+    async def stop(self) -> None:
+        for conn in {c for room in self.rooms.values() for c in room.conns}:
+            conn.shut(CLOSE_GOING_AWAY, "server shutting down")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.pubsub.aclose()
+
+    # Connections -----------------------------------------------------------------------------------------
+
+    def connect(self, identity: Identity, codec: Codec, send: SendFrame, close: CloseSocket) -> Connection:
+        conn = Connection(identity, codec, send, close, self.settings.ws_queue_bytes_max)
+        conn.writer = asyncio.get_running_loop().create_task(conn.run_writer())
+        return conn
+
+    async def disconnect(self, conn: Connection) -> None:
+        for room_id in list(conn.rooms):
+            await self.leave(conn, room_id)
+        conn.closed = True
+        if conn.writer is not None:
+            conn.writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await conn.writer
+
+    async def join(self, conn: Connection, message: protocol.Join) -> None:
+        """Subscribe first, then snapshot: every event after the snapshot reaches the joiner exactly once."""
+        if message.room not in conn.rooms and len(conn.rooms) >= self.settings.ws_rooms_per_connection_max:
+            raise ProtocolError(
+                "too_many_rooms",
+                f"a connection may join at most {self.settings.ws_rooms_per_connection_max} rooms",
+            )
+        room = self.rooms.get(message.room)
+        if room is None:
+            room = self.rooms[message.room] = Room(message.room)
+            await self.pubsub.subscribe(keys.room_channel(message.room))
+        room.conns.add(conn)
+        room.joining[conn] = []
+        conn.rooms.add(message.room)
+        try:
+            joined, events = await self._snapshot(conn, room, message)
+        except BaseException:
+            room.joining.pop(conn, None)
+            await self.leave(conn, message.room)
+            raise
+        held = room.joining.pop(conn, [])
+        last = events[-1]["offset"] if events else joined["offset"]
+        events += [e for e in held if e["offset"] > last]
+        conn.send_message(joined)
+        if events:
+            conn.send_message(protocol.events_frame(room.id, self._audience(conn, room, events)))
+
+    async def _snapshot(
+        self, conn: Connection, room: Room, message: protocol.Join
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        since = message.since
+        replay_max = self.settings.replay_events_max
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(keys.room_meta(room.id))
+            if since is not None:
+                pipe.xrange(keys.room_history(room.id), min=f"{since.offset + 1}-0", max="+", count=replay_max + 1)
+            else:
+                pipe.xrevrange(keys.room_history(room.id), count=self.settings.snapshot_events)
+            meta, history = await pipe.execute()
+        if not meta:
+            raise ProtocolError("room_not_found", f"no room {room.id!r}", message.ref)
+        room.creator = meta.get("creator", "")
+        offset = int(meta.get("offset", 0))
+        events = [orjson.loads(fields["e"]) for _, fields in history]
+        joined: dict[str, Any] = {
+            "type": "joined",
+            "room": room.id,
+            "epoch": meta.get("epoch", ""),
+            "offset": offset,
+            "status": meta.get("status", "ended"),
+            "title": meta.get("title", ""),
+            "creator": room.creator,
+            "creator_name": meta.get("creator_name", ""),
+        }
+        if message.ref is not None:
+            joined["ref"] = message.ref
+        if since is None:
+            joined["recent"] = self._audience(conn, room, events[::-1])
+            return joined, []
+        recovered = since.epoch == joined["epoch"] and (
+            since.offset == offset
+            or (bool(events) and events[0]["offset"] == since.offset + 1 and len(events) <= replay_max)
+        )
+        joined["recovered"] = recovered
+        if not recovered:
+            # Missed too much (or history was lost): a fresh snapshot instead of a silent gap.
+            recent = events[-self.settings.snapshot_events :] if since.epoch == joined["epoch"] else []
+            joined["recent"] = self._audience(conn, room, recent)
+            return joined, []
+        return joined, events
+
+    async def leave(self, conn: Connection, room_id: str) -> None:
+        conn.rooms.discard(room_id)
+        room = self.rooms.get(room_id)
+        if room is None:
+            return
+        room.conns.discard(conn)
+        room.joining.pop(conn, None)
+        if not room.conns:
+            del self.rooms[room_id]
+            with contextlib.suppress(RedisConnectionError):
+                await self.pubsub.unsubscribe(keys.room_channel(room_id))
+
+    # Gifts ---------------------------------------------------------------------------------------------
+
+    def rate_limited(self, user: str) -> bool:
+        """Token bucket per user in this process: GIFTING_GIFT_RATE_PER_S, bursts of GIFTING_GIFT_BURST."""
+        now = time.monotonic()
+        tokens, last = self.buckets.get(user, (float(self.settings.gift_burst), now))
+        tokens = min(float(self.settings.gift_burst), tokens + (now - last) * self.settings.gift_rate_per_s)
+        if tokens < 1.0:
+            self.buckets[user] = (tokens, now)
+            return True
+        self.buckets[user] = (tokens - 1.0, now)
+        return False
+
+    def precheck(self, identity: Identity, gift: str) -> str | None:
+        """Reasons the hub can give at once, without settlement (nothing is recorded; the id may be retried)."""
+        if gift not in self.catalog.gifts:
+            return "unknown_gift"
+        if self.backlog > self.settings.gift_backlog_max:
+            return "overloaded"
+        if self.rate_limited(identity.user):
+            return "rate_limited"
+        return None
+
+    async def send_gift(
+        self,
+        identity: Identity,
+        message: protocol.SendGift,
+        waiter: Connection | asyncio.Future[dict[str, Any]],
+    ) -> dict[str, Any] | None:
+        """Queue a gift for settlement; its result reaches `waiter`. Returns an immediate rejection, if any."""
+        reason = self.precheck(identity, message.gift)
+        if reason is not None:
+            return {"type": "gift_result", "gift_id": message.gift_id, "status": "rejected", "reason": reason}
+        now = time.monotonic()
+        _, waiting = self.waiters.setdefault(message.gift_id, (now, []))
+        waiting.append(waiter)
+        request = gifts.new_request(
+            gift_id=message.gift_id,
+            room=message.room,
+            gift=message.gift,
+            count=message.count,
+            sender=identity.user,
+            sender_name=identity.name,
+            hub=self.id,
+            price=message.price,
+        )
+        await gifts.enqueue(self.redis, request)
+        return None
+
+    def _deliver_results(self, results: list[dict[str, Any]]) -> None:
+        for result in results:
+            _, waiting = self.waiters.pop(result.get("gift_id", ""), (0.0, []))
+            for waiter in waiting:
+                if isinstance(waiter, Connection):
+                    waiter.send_message(result)
+                elif not waiter.done():
+                    waiter.set_result(result)
+
+    # Room events ---------------------------------------------------------------------------------------
+
+    def _accept_events(self, room: Room, events: list[dict[str, Any]]) -> None:
+        """Live events from pub/sub, in offset order. A jump in offsets means we missed some: fill from history."""
+        if room.filling:
+            room.held.extend(events)
+            return
+        for i, event in enumerate(events):
+            offset = event["offset"]
+            if offset <= room.last_offset:
+                continue  # already delivered (replayed during a fill)
+            if room.last_offset >= 0 and offset > room.last_offset + 1:
+                room.filling = True
+                room.held.extend(events[i:])
+                task = asyncio.get_running_loop().create_task(self._fill_gap(room, room.last_offset, offset))
+                _background.add(task)
+                task.add_done_callback(_background.discard)
+                return
+            room.last_offset = offset
+            room.pending.append(event)
+            for held in room.joining.values():
+                held.append(event)
+
+    async def _fill_gap(self, room: Room, after: int, before: int) -> None:
+        log.warning("room %s: live feed skipped offsets %d..%d; filling from history", room.id, after + 1, before - 1)
+        missing: list[dict[str, Any]] = []
+        try:
+            history = await self.redis.xrange(
+                keys.room_history(room.id), min=f"{after + 1}-0", max=f"{before - 1}-0", count=before - after
+            )
+            missing = [orjson.loads(fields["e"]) for _, fields in history]
+        except Exception:
+            log.exception("room %s: could not fill the gap; clients will resume by offset", room.id)
+        room.filling = False
+        held, room.held = room.held, []
+        if not missing or missing[0]["offset"] != after + 1:
+            room.last_offset = -1  # history no longer has them; accept what follows (clients see the jump)
+        self._accept_events(room, missing + held)
+
+    def _audience(self, conn: Connection, room: Room, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if conn.identity.user == room.creator:
+            return events
+        return [protocol.for_viewers(e) for e in events]
+
+    def flush(self) -> None:
+        """One tick: for each room with events, encode each audience's frame once per codec, queue it everywhere."""
+        for room in list(self.rooms.values()):
+            if not room.pending:
+                continue
+            events, room.pending = room.pending, []
+            frames: dict[tuple[bool, Codec], tuple[str | bytes, int]] = {}
+            for conn in room.conns:
+                if conn in room.joining or conn.closed:
+                    continue
+                creator = conn.identity.user == room.creator
+                frame = frames.get((creator, conn.codec))
+                if frame is None:
+                    body = events if creator else [protocol.for_viewers(e) for e in events]
+                    data = protocol.encode(protocol.events_frame(room.id, body), conn.codec)
+                    frame = frames[(creator, conn.codec)] = (data, len(data))
+                if conn.enqueue(*frame):
+                    self.frames_sent += 1
+
+    # Background tasks ----------------------------------------------------------------------------------
+
+    async def _read_pubsub(self) -> None:
+        hub_channel = keys.hub_channel(self.id)
+        while True:
+            try:
+                message = await self.pubsub.get_message(timeout=1.0)
+            except (RedisConnectionError, OSError) as exc:
+                log.warning("hub pub/sub: %s; reconnecting", exc)
+                await asyncio.sleep(0.5)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            channel, data = message["channel"], message["data"]
+            try:
+                payload = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                log.error("hub pub/sub: undecodable message on %s", channel)
+                continue
+            if channel == hub_channel:
+                self._deliver_results(payload)
+            else:
+                room = self.rooms.get(channel.removeprefix("room:"))
+                if room is not None:
+                    self.events_received += len(payload)
+                    self._accept_events(room, payload)
+
+    async def _tick(self) -> None:
+        loop = asyncio.get_running_loop()
+        tick_s = self.settings.tick_ms / 1000
+        next_at = loop.time()
+        while True:
+            next_at += tick_s
+            delay = next_at - loop.time()
+            if delay < 0:  # fell behind (a long stall): do not burst to catch up
+                next_at, delay = loop.time(), 0
+            await asyncio.sleep(delay)
+            try:
+                self.flush()
+            except Exception:
+                log.exception("hub tick failed")
+
+    async def _maintain(self) -> None:
+        while True:
+            await asyncio.sleep(MAINTENANCE_INTERVAL_S)
+            now = time.monotonic()
+            for gift_id in [g for g, (t, _) in self.waiters.items() if now - t > WAITER_TTL_S]:
+                del self.waiters[gift_id]
+            for user in [u for u, (_, t) in self.buckets.items() if now - t > BUCKET_IDLE_S]:
+                del self.buckets[user]
+            with contextlib.suppress(Exception):
+                self.backlog = int(await self.redis.xlen(keys.GIFTS_STREAM))
+
+    def stats(self) -> dict[str, int]:
+        return {
+            "rooms": len(self.rooms),
+            "connections": len({c for r in self.rooms.values() for c in r.conns}),
+            "frames_sent": self.frames_sent,
+            "events_received": self.events_received,
+            "waiters": len(self.waiters),
+        }
+
+
+def count_by_room(hub: Hub) -> dict[str, int]:
+    counts: dict[str, int] = defaultdict(int)
+    for room_id, room in hub.rooms.items():
+        counts[room_id] = len(room.conns)
+    return counts

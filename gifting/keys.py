@@ -1,0 +1,78 @@
+"""Every Redis key, stream, consumer group and channel name, in one place.
+
+Keys are hash-tagged so that each Lua call touches exactly one cluster slot:
+
+- `{ledger}`: balances, journal and idempotency records; one settlement call per batch.
+- `{room:ID}`: one room's metadata, history stream and announce dedupe keys; one announce call per room.
+- `{gifts}`: the inbound gift stream and its dead-letter stream.
+
+On a single Valkey all of this is one server; on a cluster each tag lands on one shard.
+"""
+
+from __future__ import annotations
+
+# Ledger (one slot).
+LEDGER_COINS = "{ledger}:coins"  # hash: account -> balance (coins)
+LEDGER_DIAMONDS = "{ledger}:diamonds"  # hash: account -> balance (diamonds)
+LEDGER_JOURNAL = "{ledger}:journal"  # stream: one entry per transfer chain; never trimmed
+LEDGER_LEDGERS = (("coins", LEDGER_COINS), ("diamonds", LEDGER_DIAMONDS))
+
+
+def gift_record(gift_id: str) -> str:
+    """Outcome of a gift id (idempotency record), kept for GIFTING_IDEMPOTENCY_TTL_S."""
+    return "{ledger}:gift:" + gift_id
+
+
+def purchase_record(user: str, idempotency_key: str) -> str:
+    """Outcome of a purchase, per user and Idempotency-Key."""
+    return "{ledger}:purchase:" + user + ":" + idempotency_key
+
+
+# System accounts. Users are "u:<user id>".
+SYS_COIN_ISSUANCE = "sys:coin_issuance"  # coins sold to users come from here (goes negative)
+SYS_PLATFORM_REVENUE = "sys:platform_revenue"  # the platform's share of gifted coins
+SYS_CREATOR_EARNINGS = "sys:creator_earnings"  # the creators' share of gifted coins, paid out as diamonds
+SYS_DIAMOND_ISSUANCE = "sys:diamond_issuance"  # diamonds credited to creators come from here
+
+
+def account(user: str) -> str:
+    return "u:" + user
+
+
+# Inbound gifts (one slot).
+GIFTS_STREAM = "{gifts}:in"
+GIFTS_DEAD_LETTER = "{gifts}:dead"
+SETTLEMENT_GROUP = "settlement"
+
+
+# Rooms.
+ROOMS_LIVE = "rooms:live"  # sorted set: room id -> started_at (ms)
+
+
+def room_meta(room: str) -> str:
+    """Hash: creator, creator_name, title, status (live|ended), epoch, offset, started_at_ms, ended_at_ms."""
+    return "{room:" + room + "}:meta"
+
+
+def room_history(room: str) -> str:
+    """Stream of room events; entry id is `<offset>-0`, so offsets and stream ids are the same thing."""
+    return "{room:" + room + "}:history"
+
+
+def room_announced(room: str, gift_id: str) -> str:
+    """Marks a gift as already in the room history: each settled gift enters it exactly once."""
+    return "{room:" + room + "}:announced:" + gift_id
+
+
+def room_channel(room: str) -> str:
+    """Pub/sub channel of one room, subscribed by every hub process with sockets in it."""
+    return "room:" + room
+
+
+def hub_channel(hub_id: str) -> str:
+    """Pub/sub channel of one hub process: gift results for the senders connected to it."""
+    return "hub:" + hub_id
+
+
+# Liveness.
+WORKER_HEARTBEATS = "workers:heartbeats"  # sorted set: consumer name -> last beat (ms)

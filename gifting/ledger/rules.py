@@ -1,0 +1,120 @@
+"""Ledger rules: integer amounts, the legs of each transfer chain, outcome records. Pure; no I/O.
+
+Double entry (after TigerBeetle): every change moves an integer amount from a debit account to a credit
+account on one ledger (`coins` or `diamonds`). System accounts absorb the other side, so every ledger sums
+to zero. The Lua scripts apply exactly these legs; `gifting audit` recomputes balances from the journal with
+`parse_legs` and compares.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from gifting import keys
+
+BPS_DENOMINATOR = 10_000
+LEDGERS = ("coins", "diamonds")
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    ledger: str
+    debit: str
+    credit: str
+    amount: int
+
+
+@dataclass(frozen=True, slots=True)
+class GiftSplit:
+    """How a gift's coins divide: the creator's diamonds and the platform's coins."""
+
+    coins: int
+    diamonds: int  # credited to the creator; equals the coins routed to sys:creator_earnings
+    platform_coins: int
+
+
+def split_gift(coins: int, creator_share_bps: int) -> GiftSplit:
+    """Creator share in basis points, rounded down: any fraction of a diamond stays with the platform."""
+    assert coins > 0 and 0 <= creator_share_bps <= BPS_DENOMINATOR, (coins, creator_share_bps)
+    diamonds = coins * creator_share_bps // BPS_DENOMINATOR
+    return GiftSplit(coins=coins, diamonds=diamonds, platform_coins=coins - diamonds)
+
+
+def gift_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
+    """The atomic chain of one gift. Zero-amount legs are omitted (a 1-coin gift at 50 % earns 0 diamonds)."""
+    legs = [
+        Leg("coins", keys.account(viewer), keys.SYS_PLATFORM_REVENUE, split.platform_coins),
+        Leg("coins", keys.account(viewer), keys.SYS_CREATOR_EARNINGS, split.diamonds),
+        Leg("diamonds", keys.SYS_DIAMOND_ISSUANCE, keys.account(creator), split.diamonds),
+    ]
+    return [leg for leg in legs if leg.amount > 0]
+
+
+def purchase_legs(user: str, coins: int) -> list[Leg]:
+    return [Leg("coins", keys.SYS_COIN_ISSUANCE, keys.account(user), coins)]
+
+
+def encode_legs(legs: list[Leg]) -> str:
+    """Journal form: 'ledger debit credit amount' joined by '|'. Account names contain no spaces or bars."""
+    return "|".join(f"{leg.ledger} {leg.debit} {leg.credit} {leg.amount}" for leg in legs)
+
+
+class JournalError(ValueError):
+    """A journal entry does not parse; the audit reports it as a finding."""
+
+
+def parse_legs(text: str) -> list[Leg]:
+    legs = []
+    for part in text.split("|") if text else []:
+        fields = part.split(" ")
+        if len(fields) != 4 or fields[0] not in LEDGERS or not fields[3].isdigit():
+            raise JournalError(f"bad leg {part!r}: expected 'ledger debit credit amount'")
+        legs.append(Leg(fields[0], fields[1], fields[2], int(fields[3])))
+    return legs
+
+
+def is_user_account(account: str) -> bool:
+    return account.startswith("u:")
+
+
+def fingerprint(*fields: object) -> str:
+    """Identifies the request behind an idempotency key: same key with another fingerprint is a conflict."""
+    text = "\x1f".join(str(f) for f in fields)
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+# Reasons a gift is rejected; they reach only the sender.
+REJECT_INSUFFICIENT_COINS = "insufficient_coins"
+REJECT_UNKNOWN_GIFT = "unknown_gift"
+REJECT_PRICE_CHANGED = "price_changed"
+REJECT_ROOM_NOT_LIVE = "room_not_live"
+REJECT_SELF_GIFT = "self_gift"
+REJECT_REASONS = (
+    REJECT_INSUFFICIENT_COINS,
+    REJECT_UNKNOWN_GIFT,
+    REJECT_PRICE_CHANGED,
+    REJECT_ROOM_NOT_LIVE,
+    REJECT_SELF_GIFT,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GiftOutcome:
+    """What settlement decided for one gift id; the same outcome answers every resend."""
+
+    gift_id: str
+    status: str  # settled | rejected | conflict
+    reason: str  # "" when settled
+    coins: int  # the sender's coin balance right after this gift was decided
+    replay: bool  # True: decided earlier, this is the stored outcome
+
+    @property
+    def settled(self) -> bool:
+        return self.status == "settled"
+
+
+def parse_gift_record(gift_id: str, record: str, replay: bool) -> GiftOutcome:
+    """The stored form written by settle.lua: 'status|reason|coins|fingerprint'."""
+    status, reason, coins, _fp = record.split("|")
+    return GiftOutcome(gift_id, status, reason, int(coins), replay)

@@ -1,0 +1,88 @@
+-- Settle a batch of gifts atomically and idempotently (called by gifting/ledger/store.py).
+--
+-- KEYS: 1 coin balances (hash), 2 diamond balances (hash), 3 journal (stream), 4.. one record key per gift.
+-- ARGV: 1 now_ms, 2 record ttl_s, 3 creator share bps, then per gift (STRIDE values):
+--   gift_id, viewer account, creator account, coins, diamonds, fingerprint, reject reason ('' = none),
+--   room, gift, count.
+-- Returns per gift: status, reason, coin balance after, replay (1 = decided earlier).
+--
+-- Each account's balance is read once and written once per batch, and system accounts get one HINCRBY per
+-- batch: the per-gift work is one GET, one SET and one XADD.
+local coins_key, diamonds_key, journal_key = KEYS[1], KEYS[2], KEYS[3]
+local now_ms, ttl_s, bps = ARGV[1], ARGV[2], ARGV[3]
+local STRIDE = 10
+local n = (#ARGV - 3) / STRIDE
+
+local balances, dirty = {}, {}
+local platform_total, earnings_total = 0, 0
+local diamonds_by_creator = {}
+local out = {}
+
+local function fmt(x) return string.format('%d', x) end
+
+local function balance(account)
+  local b = balances[account]
+  if b == nil then
+    b = tonumber(redis.call('HGET', coins_key, account) or '0')
+    balances[account] = b
+  end
+  return b
+end
+
+for i = 0, n - 1 do
+  local a = 3 + i * STRIDE
+  local gift_id, viewer, creator = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
+  local coins, diamonds = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local fp, reject = ARGV[a + 6], ARGV[a + 7]
+  local record_key = KEYS[4 + i]
+  local record = redis.call('GET', record_key)
+  if record then
+    local status, reason, bal, old_fp = string.match(record, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+    if old_fp ~= fp then
+      out[#out + 1] = 'conflict'; out[#out + 1] = status
+    else
+      out[#out + 1] = status; out[#out + 1] = reason
+    end
+    out[#out + 1] = bal; out[#out + 1] = 1
+  else
+    local status, reason = 'settled', ''
+    local bal = balance(viewer)
+    if reject ~= '' then
+      status, reason = 'rejected', reject
+    elseif bal < coins then
+      status, reason = 'rejected', 'insufficient_coins'
+    else
+      bal = bal - coins
+      balances[viewer] = bal
+      dirty[viewer] = true
+      local platform = coins - diamonds
+      platform_total = platform_total + platform
+      earnings_total = earnings_total + diamonds
+      local legs = {}
+      if platform > 0 then legs[#legs + 1] = 'coins ' .. viewer .. ' sys:platform_revenue ' .. fmt(platform) end
+      if diamonds > 0 then
+        legs[#legs + 1] = 'coins ' .. viewer .. ' sys:creator_earnings ' .. fmt(diamonds)
+        legs[#legs + 1] = 'diamonds sys:diamond_issuance ' .. creator .. ' ' .. fmt(diamonds)
+        diamonds_by_creator[creator] = (diamonds_by_creator[creator] or 0) + diamonds
+      end
+      redis.call('XADD', journal_key, '*', 'kind', 'gift', 'id', gift_id, 'legs', table.concat(legs, '|'),
+        'room', ARGV[a + 8], 'gift', ARGV[a + 9], 'count', ARGV[a + 10], 'bps', bps, 'ts', now_ms)
+    end
+    redis.call('SET', record_key, status .. '|' .. reason .. '|' .. fmt(bal) .. '|' .. fp, 'EX', ttl_s)
+    out[#out + 1] = status; out[#out + 1] = reason; out[#out + 1] = fmt(bal); out[#out + 1] = 0
+  end
+end
+
+local fields = {}
+for account, _ in pairs(dirty) do
+  fields[#fields + 1] = account
+  fields[#fields + 1] = fmt(balances[account])
+end
+if #fields > 0 then redis.call('HSET', coins_key, unpack(fields)) end
+if platform_total > 0 then redis.call('HINCRBY', coins_key, 'sys:platform_revenue', platform_total) end
+if earnings_total > 0 then
+  redis.call('HINCRBY', coins_key, 'sys:creator_earnings', earnings_total)
+  redis.call('HINCRBY', diamonds_key, 'sys:diamond_issuance', -earnings_total)
+  for creator, d in pairs(diamonds_by_creator) do redis.call('HINCRBY', diamonds_key, creator, d) end
+end
+return out

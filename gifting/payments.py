@@ -1,0 +1,60 @@
+"""Payment providers: how a coin purchase is paid for.
+
+A provider must be idempotent by the key it is given: charging twice with the same key returns the first
+charge (real providers support this: pass our Idempotency-Key through). That, plus the ledger's own purchase
+record, is what makes a retried purchase credit coins exactly once even across a crash between the charge
+and the ledger write.
+
+To plug in a real provider, implement `PaymentProvider` and pass it to `create_app(payments=...)`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol
+
+SANDBOX_OK = "tok_sandbox_ok"
+SANDBOX_DECLINED = "tok_sandbox_declined"
+
+
+class PaymentError(Exception):
+    """The payment request itself is unusable (not a decline): nothing is charged or recorded."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    status: str  # paid | declined
+    charge_id: str
+    decline_reason: str = ""
+
+
+class PaymentProvider(Protocol):
+    name: str
+
+    async def charge(
+        self, idempotency_key: str, user: str, amount_minor: int, currency: str, payment_token: str
+    ) -> Charge: ...
+
+
+class SandboxProvider:
+    """Accepts `tok_sandbox_ok`, declines `tok_sandbox_declined`; any other token is an error."""
+
+    name = "sandbox"
+
+    async def charge(
+        self, idempotency_key: str, user: str, amount_minor: int, currency: str, payment_token: str
+    ) -> Charge:
+        assert amount_minor > 0
+        charge_id = "ch_sb_" + hashlib.sha256(f"{user}\x1f{idempotency_key}".encode()).hexdigest()[:20]
+        if payment_token == SANDBOX_OK:
+            return Charge("paid", charge_id)
+        if payment_token == SANDBOX_DECLINED:
+            return Charge("declined", charge_id, "card_declined")
+        raise PaymentError(
+            "invalid_payment_token", f"sandbox payment_token must be {SANDBOX_OK!r} or {SANDBOX_DECLINED!r}"
+        )

@@ -1,0 +1,207 @@
+"""The websocket wire protocol: decode and validate client messages, encode server messages. Pure.
+
+Two codecs, chosen by subprotocol: `gifting.v1.json` (text frames, the default) and
+`gifting.v1.msgpack` (binary frames). docs/PROTOCOL.md documents every message.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import msgpack
+import orjson
+
+ROOM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+EPOCH_PATTERN = re.compile(r"^[A-Za-z0-9]{1,32}$")
+OFFSET_MAX = 2**53  # offsets stay exact in JavaScript numbers
+REF_CHARS_MAX = 64
+
+
+class Codec(Enum):
+    JSON = "gifting.v1.json"
+    MSGPACK = "gifting.v1.msgpack"
+
+    @classmethod
+    def negotiate(cls, offered: list[str]) -> Codec | None:
+        """The first subprotocol offered that we speak; JSON when none was offered, None if none matches."""
+        if not offered:
+            return cls.JSON
+        for name in offered:
+            for codec in cls:
+                if codec.value == name:
+                    return codec
+        return None
+
+
+class ProtocolError(Exception):
+    """A client message we cannot accept. `code` goes on the wire in an `error` message."""
+
+    def __init__(self, code: str, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.ref = ref
+
+
+@dataclass(frozen=True, slots=True)
+class Since:
+    epoch: str
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    since: Since | None = None
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SendGift:
+    room: str
+    gift: str
+    count: int
+    gift_id: str
+    price: int | None = None  # coins per gift as the viewer saw it; settlement rejects if it changed
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ref: str | None = None
+
+
+ClientMessage = Join | Leave | SendGift | Ping
+
+
+def decode_frame(data: str | bytes, codec: Codec) -> dict[str, Any]:
+    """Bytes or text off the wire -> a dict. Raises ProtocolError('bad_frame')."""
+    try:
+        if codec is Codec.MSGPACK:
+            if isinstance(data, str):
+                raise ProtocolError("bad_frame", "expected a binary msgpack frame, got a text frame")
+            obj = msgpack.unpackb(data, raw=False, strict_map_key=True)
+        else:
+            obj = orjson.loads(data)
+    except (orjson.JSONDecodeError, msgpack.UnpackException, ValueError, TypeError) as exc:
+        raise ProtocolError("bad_frame", f"could not decode {codec.value} frame: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError("bad_frame", f"expected an object, got {type(obj).__name__}")
+    return obj
+
+
+def parse_message(obj: dict[str, Any], gift_count_max: int) -> ClientMessage:
+    """A decoded dict -> a typed, validated client message. Raises ProtocolError with a specific code."""
+    ref = obj.get("ref")
+    if ref is not None and (not isinstance(ref, str) or len(ref) > REF_CHARS_MAX):
+        raise ProtocolError("bad_message", f"ref: expected a string of at most {REF_CHARS_MAX} characters")
+    kind = obj.get("type")
+    if kind == "gift":
+        return SendGift(
+            room=_room(obj, ref),
+            gift=_string(obj, "gift", ref, 40),
+            count=parse_count(obj.get("count"), gift_count_max, ref),
+            gift_id=parse_gift_id(obj.get("gift_id"), ref),
+            price=_optional_price(obj.get("price"), ref),
+            ref=ref,
+        )
+    if kind == "join":
+        return Join(room=_room(obj, ref), since=_since(obj.get("since"), ref), ref=ref)
+    if kind == "leave":
+        return Leave(room=_room(obj, ref), ref=ref)
+    if kind == "ping":
+        return Ping(ref=ref)
+    raise ProtocolError("unknown_type", f"expected type join|leave|gift|ping, got {kind!r}", ref)
+
+
+def parse_count(value: object, count_max: int, ref: str | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= count_max:
+        raise ProtocolError("bad_count", f"count: expected an integer in 1..{count_max}, got {value!r}", ref)
+    return value
+
+
+def parse_gift_id(value: object, ref: str | None = None) -> str:
+    """A gift id is a client-generated UUID; we keep its canonical lowercase form."""
+    if not isinstance(value, str):
+        raise ProtocolError("bad_gift_id", f"gift_id: expected a UUID string, got {value!r}", ref)
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise ProtocolError("bad_gift_id", f"gift_id: expected a UUID, got {value[:64]!r}", ref) from None
+
+
+def parse_room(value: object, ref: str | None = None) -> str:
+    if not isinstance(value, str) or not ROOM_ID_PATTERN.match(value):
+        raise ProtocolError("bad_room", f"room: expected [A-Za-z0-9_-]{{1,64}}, got {value!r}", ref)
+    return value
+
+
+def _room(obj: dict[str, Any], ref: str | None) -> str:
+    return parse_room(obj.get("room"), ref)
+
+
+def _string(obj: dict[str, Any], name: str, ref: str | None, chars_max: int) -> str:
+    value = obj.get(name)
+    if not isinstance(value, str) or not 1 <= len(value) <= chars_max:
+        raise ProtocolError("bad_message", f"{name}: expected a string of 1..{chars_max} characters", ref)
+    return value
+
+
+def _optional_price(value: object, ref: str | None) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ProtocolError("bad_message", f"price: expected a positive integer of coins, got {value!r}", ref)
+    return value
+
+
+def _since(value: object, ref: str | None) -> Since | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ProtocolError("bad_message", 'since: expected {"epoch": str, "offset": int}', ref)
+    epoch, offset = value.get("epoch"), value.get("offset")
+    if not isinstance(epoch, str) or not EPOCH_PATTERN.match(epoch):
+        raise ProtocolError("bad_message", f"since.epoch: expected an epoch string, got {epoch!r}", ref)
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= OFFSET_MAX:
+        raise ProtocolError("bad_message", f"since.offset: expected an integer >= 0, got {offset!r}", ref)
+    return Since(epoch, offset)
+
+
+def encode(message: dict[str, Any], codec: Codec) -> str | bytes:
+    """A server message -> what goes on the wire: str (a text frame) for JSON, bytes for msgpack."""
+    if codec is Codec.MSGPACK:
+        return msgpack.packb(message, use_bin_type=True)
+    return orjson.dumps(message).decode()
+
+
+def error(code: str, message: str, ref: str | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if ref is not None:
+        out["ref"] = ref
+    return out
+
+
+def events_frame(room: str, events: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"type": "events", "room": room, "events": events}
+
+
+# Fields of a room event that only the room's creator receives.
+CREATOR_ONLY_FIELDS = ("diamonds",)
+
+
+def for_viewers(event: dict[str, Any]) -> dict[str, Any]:
+    """The viewers' copy of a room event: the creator's earnings are not broadcast."""
+    if not any(name in event for name in CREATOR_ONLY_FIELDS):
+        return event
+    return {k: v for k, v in event.items() if k not in CREATOR_ONLY_FIELDS}

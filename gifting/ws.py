@@ -1,0 +1,123 @@
+"""The websocket endpoint `/v1/ws`: authenticate, pick the codec, then relay client messages to the hub."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from gifting import auth, protocol
+from gifting.hub import CLOSE_TOO_MANY_INVALID, CLOSE_UNAUTHORIZED, Connection, Hub
+from gifting.protocol import Codec, ProtocolError
+
+log = logging.getLogger(__name__)
+
+
+async def websocket_endpoint(ws: WebSocket) -> None:
+    hub: Hub = ws.app.state.hub
+    settings = hub.settings
+    offered = list(ws.scope.get("subprotocols") or [])
+    codec = Codec.negotiate(offered)
+    if codec is None:
+        await ws.close(code=1002, reason=f"unsupported subprotocol; use {Codec.JSON.value} or {Codec.MSGPACK.value}")
+        return
+    subprotocol = codec.value if offered else None
+    token = ws.query_params.get("token") or auth.bearer(ws.headers.get("authorization"))
+    try:
+        identity = auth.verify(hub_secret(ws), token)
+    except auth.AuthError as exc:
+        # Accept, say why, then close: a browser cannot read the reason of a refused handshake.
+        await ws.accept(subprotocol=subprotocol)
+        await ws.send(_frame(protocol.error(exc.code, exc.message), codec))
+        await ws.close(code=CLOSE_UNAUTHORIZED, reason=exc.code)
+        return
+    await ws.accept(subprotocol=subprotocol)
+
+    async def send(data: str | bytes) -> None:
+        await ws.send(
+            {"type": "websocket.send", "text": data}
+            if isinstance(data, str)
+            else {"type": "websocket.send", "bytes": data}
+        )
+
+    async def close(code: int, reason: str) -> None:
+        await ws.close(code=code, reason=reason)
+
+    conn = hub.connect(identity, codec, send, close)
+    conn.send_message(
+        {
+            "type": "welcome",
+            "user": identity.user,
+            "role": identity.role,
+            "name": identity.name,
+            "limits": {
+                "message_bytes_max": settings.ws_message_bytes_max,
+                "gift_count_max": settings.gift_count_max,
+                "gift_rate_per_s": settings.gift_rate_per_s,
+                "gift_burst": settings.gift_burst,
+                "rooms_per_connection_max": settings.ws_rooms_per_connection_max,
+            },
+        }
+    )
+    try:
+        await _relay(ws, hub, conn)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        await hub.disconnect(conn)
+
+
+async def _relay(ws: WebSocket, hub: Hub, conn: Connection) -> None:
+    settings = hub.settings
+    invalid = 0
+    while not conn.closed:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("text")
+        if data is None:
+            data = message.get("bytes") or b""
+        try:
+            size = len(data.encode()) if isinstance(data, str) else len(data)
+            if size > settings.ws_message_bytes_max:
+                raise ProtocolError(
+                    "frame_too_large",
+                    f"message of {size} bytes; the limit is {settings.ws_message_bytes_max} bytes",
+                )
+            parsed = protocol.parse_message(protocol.decode_frame(data, conn.codec), settings.gift_count_max)
+            await _handle(hub, conn, parsed)
+        except ProtocolError as exc:
+            invalid += 1
+            conn.send_message(protocol.error(exc.code, exc.message, exc.ref))
+            if invalid > settings.ws_invalid_messages_max:
+                conn.shut(CLOSE_TOO_MANY_INVALID, "too many invalid messages")
+
+
+async def _handle(hub: Hub, conn: Connection, message: protocol.ClientMessage) -> None:
+    if isinstance(message, protocol.SendGift):
+        rejected = await hub.send_gift(conn.identity, message, conn)
+        if rejected is not None:
+            conn.send_message(rejected)
+    elif isinstance(message, protocol.Join):
+        await hub.join(conn, message)
+    elif isinstance(message, protocol.Leave):
+        await hub.leave(conn, message.room)
+        left: dict[str, Any] = {"type": "left", "room": message.room}
+        if message.ref is not None:
+            left["ref"] = message.ref
+        conn.send_message(left)
+    elif isinstance(message, protocol.Ping):
+        conn.send_message({"type": "pong", "ref": message.ref} if message.ref else {"type": "pong"})
+
+
+def _frame(message: dict[str, Any], codec: Codec) -> Any:
+    data = protocol.encode(message, codec)
+    return (
+        {"type": "websocket.send", "text": data} if isinstance(data, str) else {"type": "websocket.send", "bytes": data}
+    )
+
+
+def hub_secret(ws: WebSocket) -> str:
+    secret: str = ws.app.state.secret
+    return secret

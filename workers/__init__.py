@@ -1,0 +1,1 @@
+"""Long-running consumers: the settlement worker (settlement.py)."""

@@ -1,0 +1,307 @@
+"""The settlement worker: gifts stream -> one Lua call per batch -> fsync -> room events + results -> XACK.
+
+    XREADGROUP (batch) -> settle.lua (idempotent by gift_id, atomic)
+      -> WAITAOF (durable before anything is announced)
+      -> announce.lua per room (history exactly once, PUBLISH) + results to the senders' hubs
+      -> XACK + XDEL
+
+A crash anywhere before XACK leaves the entries pending: this consumer re-reads its own pending entries
+on restart, and any consumer reclaims entries idle longer than GIFTING_CLAIM_IDLE_MS (XAUTOCLAIM).
+Redelivered gifts hit their idempotency record; announce.lua's markers keep room history exactly-once.
+An entry delivered more than GIFTING_DELIVERIES_MAX times goes to the dead-letter stream with its error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections import defaultdict
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+
+from gifting import keys
+from gifting.catalog import Catalog
+from gifting.config import Settings
+from gifting.gifts import GiftRequest
+from gifting.ledger import rules
+from gifting.ledger.store import GiftToSettle, Ledger
+from gifting.rooms import RoomStore
+
+log = logging.getLogger(__name__)
+
+BACKOFF_S_MAX = 5.0
+HEARTBEAT_INTERVAL_S = 1.0
+Entry = tuple[str, dict[str, str]]
+
+
+class SettlementWorker:
+    def __init__(
+        self, redis: aioredis.Redis, settings: Settings, catalog: Catalog, consumer: str | None = None
+    ) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.catalog = catalog
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.ledger = Ledger(redis, settings.creator_share_bps, settings.idempotency_ttl_s)
+        self.rooms = RoomStore(
+            redis, settings.room_history_events_max, settings.idempotency_ttl_s, settings.ended_room_ttl_s
+        )
+        self._last_heartbeat = 0.0
+        self._last_claim = 0.0
+        self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set: settle batches. Finishes the batch in hand before returning (graceful drain)."""
+        await self.ensure_group()
+        log.info("settlement worker %s started", self.consumer)
+        backoff_s, own_pending = 0.1, True
+        while not stop.is_set():
+            try:
+                await self.heartbeat()
+                if own_pending:
+                    # After a start or an error: our own unacked entries first (they are not idle to others).
+                    own_pending = await self.step(pending=True) > 0
+                elif time.monotonic() - self._last_claim > self.settings.claim_idle_ms / 2000:
+                    self._last_claim = time.monotonic()
+                    await self.reclaim()
+                await self.step(pending=False)
+                backoff_s = 0.1
+            except (ConnectionError, TimeoutError, ResponseError, OSError) as exc:
+                log.warning("settlement: %s; retrying in %.1f s", exc, backoff_s)
+                own_pending = True
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_S_MAX)
+        log.info("settlement worker %s stopped (%d gifts settled)", self.consumer, self.settled_total)
+
+    async def heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat >= HEARTBEAT_INTERVAL_S:
+            self._last_heartbeat = now
+            now_ms = int(time.time() * 1000)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.zadd(keys.WORKER_HEARTBEATS, {self.consumer: now_ms})
+                pipe.zremrangebyscore(keys.WORKER_HEARTBEATS, 0, now_ms - 3600_000)
+                await pipe.execute()
+
+    async def step(self, pending: bool) -> int:
+        """Read one batch (new entries, or our own pending ones) and settle it. Returns entries read."""
+        block = None if pending else self.settings.settle_block_ms
+        response = await self.redis.xreadgroup(
+            keys.SETTLEMENT_GROUP,
+            self.consumer,
+            {keys.GIFTS_STREAM: "0" if pending else ">"},
+            count=self.settings.settle_batch_max,
+            block=block,
+        )
+        entries: list[Entry] = response[0][1] if response else []
+        entries = [(eid, fields) for eid, fields in entries if fields]  # deleted while pending
+        if entries:
+            await self.process(entries, redelivered=pending)
+        return len(entries)
+
+    async def reclaim(self) -> None:
+        """Take over entries idle with any consumer (a dead worker) and settle them."""
+        _next, entries, _deleted = await self.redis.xautoclaim(
+            keys.GIFTS_STREAM,
+            keys.SETTLEMENT_GROUP,
+            self.consumer,
+            min_idle_time=self.settings.claim_idle_ms,
+            start_id="0-0",
+            count=self.settings.settle_batch_max,
+        )
+        entries = [(eid, fields) for eid, fields in entries if fields]
+        if entries:
+            log.info("settlement: reclaimed %d idle entries", len(entries))
+            await self.process(entries, redelivered=True)
+
+    async def process(self, entries: list[Entry], redelivered: bool = False) -> None:
+        if redelivered:
+            entries = await self._drop_exhausted(entries)
+        requests: list[tuple[str, GiftRequest]] = []
+        for entry_id, fields in entries:
+            try:
+                requests.append((entry_id, GiftRequest.from_entry(fields)))
+            except ValueError as exc:
+                await self.dead_letter(entry_id, fields, str(exc))
+        if not requests:
+            return
+        try:
+            await self.settle([r for _, r in requests])
+        except ResponseError as exc:
+            if len(requests) == 1 or "script" not in str(exc).lower():
+                raise
+            # A script error names no entry: settle one by one so only the poison entry stays behind.
+            log.warning("settlement: batch failed (%s); settling %d entries one by one", exc, len(requests))
+            for entry_id, request in requests:
+                try:
+                    await self.settle([request])
+                except ResponseError as one_exc:
+                    await self.dead_letter(entry_id, entries_by_id(entries)[entry_id], str(one_exc))
+                    continue
+                await self.ack([entry_id])
+            return
+        await self.ack([entry_id for entry_id, _ in requests])
+
+    async def settle(self, requests: list[GiftRequest]) -> list[rules.GiftOutcome]:
+        rooms = await self._room_states({r.room for r in requests})
+        batch = [self.prepare(r, rooms.get(r.room)) for r in requests]
+        outcomes = await self.ledger.settle(batch)
+        await self.ledger.durable(self.settings.waitaof_timeout_ms)
+        await self.publish(requests, batch, outcomes)
+        fresh = sum(1 for o in outcomes if o.settled and not o.replay)
+        self.settled_total += fresh
+        for request, outcome in zip(requests, outcomes, strict=True):
+            if not outcome.settled or outcome.replay:
+                log.debug(
+                    "gift %s: %s %s (replay=%s)",
+                    request.gift_id,
+                    outcome.status,
+                    outcome.reason,
+                    outcome.replay,
+                )
+        return outcomes
+
+    def prepare(self, request: GiftRequest, room: dict[str, str] | None) -> GiftToSettle:
+        """Decide everything the ledger does not: price from the catalog, room live, not a self-gift."""
+        gift = self.catalog.gifts.get(request.gift)
+        reject, coins, diamonds = "", 0, 0
+        if gift is None:
+            reject = rules.REJECT_UNKNOWN_GIFT
+        elif request.price is not None and request.price != gift.coins:
+            reject = rules.REJECT_PRICE_CHANGED
+        elif room is None or room.get("status") != "live":
+            reject = rules.REJECT_ROOM_NOT_LIVE
+        elif room.get("creator") == request.sender:
+            reject = rules.REJECT_SELF_GIFT
+        if gift is not None and not reject:
+            split = rules.split_gift(gift.coins * request.count, self.settings.creator_share_bps)
+            coins, diamonds = split.coins, split.diamonds
+        creator = room.get("creator", "") if room else ""
+        return GiftToSettle(
+            gift_id=request.gift_id,
+            viewer=request.sender,
+            creator=creator or "?",
+            coins=coins,
+            diamonds=diamonds,
+            fingerprint=rules.fingerprint(request.sender, request.room, request.gift, request.count),
+            reject=reject,
+            room=request.room,
+            gift=request.gift,
+            count=request.count,
+        )
+
+    async def _room_states(self, rooms: set[str]) -> dict[str, dict[str, str]]:
+        ordered = sorted(rooms)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room in ordered:
+                pipe.hmget(keys.room_meta(room), "creator", "status")
+            replies = await pipe.execute()
+        return {
+            room: {"creator": creator, "status": status}
+            for room, (creator, status) in zip(ordered, replies, strict=True)
+            if creator is not None
+        }
+
+    async def publish(
+        self, requests: list[GiftRequest], batch: list[GiftToSettle], outcomes: list[rules.GiftOutcome]
+    ) -> None:
+        """Room events (settled gifts only, once each) and every sender's result, in one pipeline."""
+        events_by_room: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+        results_by_hub: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for request, settled, outcome in zip(requests, batch, outcomes, strict=True):
+            results_by_hub[request.hub].append(result_message(outcome))
+            if outcome.settled:
+                events_by_room[request.room].append((request.gift_id, room_event(request, settled)))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for room, events in events_by_room.items():
+                await self.rooms.announce(room, events, client=pipe)
+            for hub, results in results_by_hub.items():
+                if hub:
+                    pipe.publish(keys.hub_channel(hub), orjson.dumps(results))
+            await pipe.execute()
+
+    async def ack(self, entry_ids: list[str]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, *entry_ids)
+            pipe.xdel(keys.GIFTS_STREAM, *entry_ids)
+            await pipe.execute()
+
+    async def dead_letter(self, entry_id: str, fields: dict[str, str], error: str) -> None:
+        """Park an entry we cannot settle, with its error; never drop it silently."""
+        log.error("settlement: entry %s to dead-letter stream: %s", entry_id, error)
+        record = {**fields, "entry_id": entry_id, "error": error[:1000], "ts": str(int(time.time() * 1000))}
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(keys.GIFTS_DEAD_LETTER, record)  # type: ignore[arg-type]
+            pipe.xack(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, entry_id)
+            pipe.xdel(keys.GIFTS_STREAM, entry_id)
+            await pipe.execute()
+
+    async def _drop_exhausted(self, entries: list[Entry]) -> list[Entry]:
+        """Entries delivered more than GIFTING_DELIVERIES_MAX times go to the dead-letter stream."""
+        ids = [eid for eid, _ in entries]
+        pending = await self.redis.xpending_range(
+            keys.GIFTS_STREAM,
+            keys.SETTLEMENT_GROUP,
+            min=ids[0],
+            max=ids[-1],
+            count=len(ids),
+            consumername=self.consumer,
+        )
+        deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
+        keep = []
+        for entry_id, fields in entries:
+            count = deliveries.get(entry_id, 0)
+            if count > self.settings.deliveries_max:
+                await self.dead_letter(entry_id, fields, f"delivered {count} times without settling")
+            else:
+                keep.append((entry_id, fields))
+        return keep
+
+
+def entries_by_id(entries: list[Entry]) -> dict[str, dict[str, str]]:
+    return dict(entries)
+
+
+def room_event(request: GiftRequest, settled: GiftToSettle) -> dict[str, Any]:
+    """A settled gift as the room sees it (announce.lua adds the offset). `diamonds` goes to the creator only."""
+    return {
+        "kind": "gift",
+        "gift_id": request.gift_id,
+        "gift": request.gift,
+        "count": request.count,
+        "coins": settled.coins,
+        "diamonds": settled.diamonds,
+        "sender": request.sender,
+        "sender_name": request.sender_name,
+        "ts": request.ts_ms,
+    }
+
+
+def result_message(outcome: rules.GiftOutcome) -> dict[str, Any]:
+    if outcome.status == "conflict":
+        return {
+            "type": "error",
+            "code": "gift_id_conflict",
+            "message": "gift_id was already used for a different gift; use a new gift_id",
+            "gift_id": outcome.gift_id,
+        }
+    return {
+        "type": "gift_result",
+        "gift_id": outcome.gift_id,
+        "status": outcome.status,
+        "reason": outcome.reason or None,
+        "coins": outcome.coins,
+    }
