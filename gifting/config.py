@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 SECRET_BYTES_MIN = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 
 
@@ -162,7 +161,9 @@ class Settings:
         if self.tick_ms < 1 or self.settle_batch_max < 1 or self.gift_count_max < 1:
             raise ConfigError("GIFTING_TICK_MS, GIFTING_SETTLE_BATCH_MAX and GIFTING_GIFT_COUNT_MAX must be >= 1")
         if self.secret and len(self.secret.encode()) < SECRET_BYTES_MIN:
-            raise ConfigError(f"GIFTING_SECRET: expected at least {SECRET_BYTES_MIN} bytes (HS256 key), got {len(self.secret)}")
+            raise ConfigError(
+                f"GIFTING_SECRET: expected at least {SECRET_BYTES_MIN} bytes (HS256 key), got {len(self.secret)}"
+            )
         if self.ws_message_bytes_max > self.ws_frame_bytes_hard_max:
             raise ConfigError("GIFTING_WS_MESSAGE_BYTES_MAX must not exceed GIFTING_WS_FRAME_BYTES_HARD_MAX")
 

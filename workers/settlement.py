@@ -244,7 +244,7 @@ class SettlementWorker:
         log.error("settlement: entry %s to dead-letter stream: %s", entry_id, error)
         record = {**fields, "entry_id": entry_id, "error": error[:1000], "ts": str(int(time.time() * 1000))}
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.GIFTS_DEAD_LETTER, record)  # type: ignore[arg-type]
+            pipe.xadd(keys.GIFTS_DEAD_LETTER, record)
             pipe.xack(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, entry_id)
             pipe.xdel(keys.GIFTS_STREAM, entry_id)
             await pipe.execute()
