@@ -37,6 +37,13 @@ def error_response(status: int, code: str, message: str) -> Response:
     return json_response({"error": {"code": code, "message": message}}, status)
 
 
+def require_admin(request: Request) -> Identity:
+    identity = identify(request)
+    if identity.role != "admin":
+        raise ApiError(403, "forbidden", "admin only")
+    return identity
+
+
 def identify(request: Request) -> Identity:
     token = auth.bearer(request.headers.get("authorization")) or request.query_params.get("token")
     try:
@@ -83,11 +90,11 @@ async def readyz(request: Request) -> Response:
 
 
 async def catalog_gifts(request: Request) -> Response:
-    return json_response({"gifts": request.app.state.catalog.gift_list()})
+    return json_response({"gifts": request.app.state.catalogs.current.gift_list()})
 
 
 async def catalog_bundles(request: Request) -> Response:
-    return json_response({"bundles": request.app.state.catalog.bundle_list()})
+    return json_response({"bundles": request.app.state.catalogs.current.bundle_list()})
 
 
 async def wallet(request: Request) -> Response:
@@ -111,8 +118,8 @@ async def purchase(request: Request) -> Response:
     existing = await state.ledger.purchase_record(identity.user, key)
     if existing is not None:
         return await _purchase_response(state, identity, existing[0], existing[1] == fingerprint, replay=True)
-    bundle = state.catalog.bundles.get(bundle_id)
-    if bundle is None:
+    bundle = state.catalogs.current.bundles.get(bundle_id)
+    if bundle is None or bundle.retired:
         raise ApiError(404, "unknown_bundle", f"no bundle {bundle_id!r}; see GET /v1/catalog/bundles")
     try:
         charge = await state.payments.charge(key, identity.user, bundle.price_minor, bundle.currency, payment_token)

@@ -13,7 +13,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
-from gifting import api, catalog
+from gifting import admin_api, api
+from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.hub import Hub
 from gifting.ledger.store import Ledger
@@ -34,13 +35,14 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         redis = redis_client(redis_url)
         state = app.state
         state.settings, state.secret, state.redis = settings, secret, redis
-        state.catalog = catalog.load_default()
+        state.catalogs = CatalogStore(redis)
+        await state.catalogs.load()
         state.payments = payments or SandboxProvider()
         state.ledger = Ledger(redis, settings.creator_share_bps, settings.idempotency_ttl_s)
         state.rooms = RoomStore(
             redis, settings.room_history_events_max, settings.idempotency_ttl_s, settings.ended_room_ttl_s
         )
-        state.hub = Hub(redis, settings, state.catalog)
+        state.hub = Hub(redis, settings, state.catalogs)
         await state.hub.start()
         log.info("web process ready (hub %s)", state.hub.id)
         try:
@@ -54,7 +56,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return api.error_response(exc.status_code, code, str(exc.detail))
 
-    routes = [*api.routes, WebSocketRoute("/v1/ws", websocket_endpoint)]
+    routes = [*api.routes, *admin_api.routes, WebSocketRoute("/v1/ws", websocket_endpoint)]
     return Starlette(
         routes=routes,
         lifespan=lifespan,

@@ -10,8 +10,11 @@ from typing import Any
 import orjson
 
 ID_PATTERN = re.compile(r"^[a-z0-9_]{1,40}$")
+CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
 GIFT_COINS_MAX = 1_000_000  # a single gift costs at most this many coins
 BUNDLE_COINS_MAX = 10_000_000
+PRICE_MINOR_MAX = 10**9  # minor currency units
+TEXT_CHARS_MAX = 80
 
 
 class CatalogError(ValueError):
@@ -25,6 +28,7 @@ class Gift:
     coins: int  # price of one gift, in coins
     asset: str
     tier: str
+    retired: bool = False  # retired gifts stay known (history, statements) but cannot be sent
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -36,6 +40,7 @@ class Bundle:
     coins: int
     price_minor: int  # price in minor currency units (cents)
     currency: str
+    retired: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -48,25 +53,62 @@ class Catalog:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Catalog:
-        gifts = [Gift(**g) for g in data["gifts"]]
-        bundles = [Bundle(**b) for b in data["bundles"]]
-        for g in gifts:
-            _check_id("gift", g.id)
-            _check_amount(f"gift {g.id!r} coins", g.coins, GIFT_COINS_MAX)
-        for b in bundles:
-            _check_id("bundle", b.id)
-            _check_amount(f"bundle {b.id!r} coins", b.coins, BUNDLE_COINS_MAX)
-            _check_amount(f"bundle {b.id!r} price_minor", b.price_minor, 10**9)
+        gifts = [make_gift(g) for g in data["gifts"]]
+        bundles = [make_bundle(b) for b in data["bundles"]]
         catalog = cls({g.id: g for g in gifts}, {b.id: b for b in bundles})
         if len(catalog.gifts) != len(gifts) or len(catalog.bundles) != len(bundles):
             raise CatalogError("catalog: duplicate gift or bundle id")
         return catalog
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "gifts": [g.to_dict() for g in self.gifts.values()],
+            "bundles": [b.to_dict() for b in self.bundles.values()],
+        }
+
+    def sendable(self, gift_id: str) -> Gift | None:
+        gift = self.gifts.get(gift_id)
+        return None if gift is None or gift.retired else gift
+
     def gift_list(self) -> list[dict[str, Any]]:
-        return [g.to_dict() for g in sorted(self.gifts.values(), key=lambda g: (g.coins, g.id))]
+        """Gifts on sale, cheapest first."""
+        live = (g for g in self.gifts.values() if not g.retired)
+        return [g.to_dict() for g in sorted(live, key=lambda g: (g.coins, g.id))]
 
     def bundle_list(self) -> list[dict[str, Any]]:
-        return [b.to_dict() for b in sorted(self.bundles.values(), key=lambda b: (b.price_minor, b.id))]
+        live = (b for b in self.bundles.values() if not b.retired)
+        return [b.to_dict() for b in sorted(live, key=lambda b: (b.price_minor, b.id))]
+
+
+def make_gift(data: dict[str, Any]) -> Gift:
+    """A validated Gift from a dict (the catalog file, or an admin's request). Raises CatalogError."""
+    try:
+        gift = Gift(**data)
+    except TypeError as exc:
+        raise CatalogError(f"gift: expected fields id, name, coins, asset, tier[, retired]: {exc}") from None
+    _check_id("gift", gift.id)
+    _check_amount(f"gift {gift.id!r} coins", gift.coins, GIFT_COINS_MAX)
+    _check_text(f"gift {gift.id!r}", gift.name, gift.asset, gift.tier)
+    return gift
+
+
+def make_bundle(data: dict[str, Any]) -> Bundle:
+    try:
+        bundle = Bundle(**data)
+    except TypeError as exc:
+        raise CatalogError(f"bundle: expected fields id, coins, price_minor, currency[, retired]: {exc}") from None
+    _check_id("bundle", bundle.id)
+    _check_amount(f"bundle {bundle.id!r} coins", bundle.coins, BUNDLE_COINS_MAX)
+    _check_amount(f"bundle {bundle.id!r} price_minor", bundle.price_minor, PRICE_MINOR_MAX)
+    if not isinstance(bundle.currency, str) or not CURRENCY_PATTERN.match(bundle.currency):
+        raise CatalogError(f"bundle {bundle.id!r} currency: expected an ISO 4217 code, got {bundle.currency!r}")
+    return bundle
+
+
+def _check_text(what: str, *values: object) -> None:
+    for value in values:
+        if not isinstance(value, str) or not 1 <= len(value) <= TEXT_CHARS_MAX:
+            raise CatalogError(f"{what}: name, asset and tier must be strings of 1..{TEXT_CHARS_MAX} characters")
 
 
 def _check_id(kind: str, value: str) -> None:

@@ -85,7 +85,6 @@ def cmd_serve(settings: Settings) -> int:
 
 def cmd_worker(settings: Settings) -> int:
     from gifting.app import redis_client
-    from gifting.catalog import load_default
     from workers.settlement import SettlementWorker
 
     url = resolve_redis_url(settings)
@@ -97,7 +96,7 @@ def cmd_worker(settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
         redis = redis_client(url)
         try:
-            await SettlementWorker(redis, settings, load_default()).run(stop)
+            await SettlementWorker(redis, settings).run(stop)
         finally:
             await redis.aclose()
 

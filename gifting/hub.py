@@ -20,8 +20,8 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gifting import gifts, keys, protocol
 from gifting.auth import Identity
-from gifting.catalog import Catalog
+from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.protocol import Codec, ProtocolError
 
@@ -91,9 +91,7 @@ class Connection:
         self.queued_bytes = 0
         if self.writer is not None:
             self.writer.cancel()
-        task = asyncio.get_running_loop().create_task(self._close(code, reason))
-        _background.add(task)
-        task.add_done_callback(_background.discard)
+        spawn(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -109,7 +107,14 @@ class Connection:
                 await self.send(data)
 
 
-_background: set[asyncio.Task[None]] = set()
+_background: set[asyncio.Task[Any]] = set()
+
+
+def spawn(coro: Coroutine[Any, Any, Any]) -> None:
+    """Run a fire-and-forget task, holding a reference so it is not garbage-collected mid-flight."""
+    task = asyncio.get_running_loop().create_task(coro)
+    _background.add(task)
+    task.add_done_callback(_background.discard)
 
 
 @dataclass(eq=False)
@@ -125,10 +130,10 @@ class Room:
 
 
 class Hub:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, catalog: Catalog) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, catalogs: CatalogStore) -> None:
         self.redis = redis
         self.settings = settings
-        self.catalog = catalog
+        self.catalogs = catalogs
         self.id = secrets.token_hex(6)
         self.rooms: dict[str, Room] = {}
         self.waiters: dict[str, tuple[float, list[Connection | asyncio.Future[dict[str, Any]]]]] = {}
@@ -140,7 +145,7 @@ class Hub:
         self.events_received = 0
 
     async def start(self) -> None:
-        await self.pubsub.subscribe(keys.hub_channel(self.id))
+        await self.pubsub.subscribe(keys.hub_channel(self.id), keys.CATALOG_CHANNEL)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(t) for t in (self._read_pubsub(), self._tick(), self._maintain())]
 
@@ -267,8 +272,11 @@ class Hub:
 
     def precheck(self, identity: Identity, gift: str) -> str | None:
         """Reasons the hub can give at once, without settlement (nothing is recorded; the id may be retried)."""
-        if gift not in self.catalog.gifts:
+        known = self.catalogs.current.gifts.get(gift)
+        if known is None:
             return "unknown_gift"
+        if known.retired:
+            return "gift_retired"
         if self.backlog > self.settings.gift_backlog_max:
             return "overloaded"
         if self.rate_limited(identity.user):
@@ -296,7 +304,9 @@ class Hub:
             sender=identity.user,
             sender_name=identity.name,
             hub=self.id,
-            price=message.price,
+            # The price this viewer was shown: the client's, else this process's catalog. Settlement charges
+            # exactly this or rejects the gift (price_changed); never more.
+            price=message.price if message.price is not None else self.catalogs.current.gifts[message.gift].coins,
         )
         await gifts.enqueue(self.redis, request)
         return None
@@ -324,9 +334,7 @@ class Hub:
             if room.last_offset >= 0 and offset > room.last_offset + 1:
                 room.filling = True
                 room.held.extend(events[i:])
-                task = asyncio.get_running_loop().create_task(self._fill_gap(room, room.last_offset, offset))
-                _background.add(task)
-                task.add_done_callback(_background.discard)
+                spawn(self._fill_gap(room, room.last_offset, offset))
                 return
             room.last_offset = offset
             room.pending.append(event)
@@ -394,6 +402,8 @@ class Hub:
                 continue
             if channel == hub_channel:
                 self._deliver_results(payload)
+            elif channel == keys.CATALOG_CHANNEL:
+                spawn(self.catalogs.refresh())
             else:
                 room = self.rooms.get(channel.removeprefix("room:"))
                 if room is not None:
@@ -434,10 +444,3 @@ class Hub:
             "events_received": self.events_received,
             "waiters": len(self.waiters),
         }
-
-
-def count_by_room(hub: Hub) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for room_id, room in hub.rooms.items():
-        counts[room_id] = len(room.conns)
-    return counts

@@ -76,3 +76,10 @@ def hub_channel(hub_id: str) -> str:
 
 # Liveness.
 WORKER_HEARTBEATS = "workers:heartbeats"  # sorted set: consumer name -> last beat (ms)
+
+
+# Catalog: seeded from gifting/data/catalog.json, then changed by admins; every process reloads on change.
+CATALOG_GIFTS = "catalog:gifts"  # hash: gift id -> JSON
+CATALOG_BUNDLES = "catalog:bundles"  # hash: bundle id -> JSON
+CATALOG_VERSION = "catalog:version"  # integer, incremented by every change
+CATALOG_CHANNEL = "catalog"  # pub/sub: the new version, published after every change

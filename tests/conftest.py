@@ -26,7 +26,6 @@ import websockets
 
 from gifting import auth
 from gifting.app import create_app, redis_client
-from gifting.catalog import load_default
 from gifting.config import Settings
 from gifting.embedded import EmbeddedValkey, free_port
 from workers.settlement import SettlementWorker
@@ -245,7 +244,7 @@ async def run_worker(
     settings: Settings, redis_url: str, consumer: str | None = None
 ) -> AsyncIterator[SettlementWorker]:
     client = redis_client(redis_url)
-    worker = SettlementWorker(client, settings, load_default(), consumer=consumer)
+    worker = SettlementWorker(client, settings, consumer=consumer)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop))
     try:

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
 from gifting import keys
-from gifting.catalog import Catalog
+from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.gifts import GiftRequest
 from gifting.ledger import rules
@@ -41,12 +41,10 @@ Entry = tuple[str, dict[str, str]]
 
 
 class SettlementWorker:
-    def __init__(
-        self, redis: aioredis.Redis, settings: Settings, catalog: Catalog, consumer: str | None = None
-    ) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, consumer: str | None = None) -> None:
         self.redis = redis
         self.settings = settings
-        self.catalog = catalog
+        self.catalogs = CatalogStore(redis)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.ledger = Ledger(redis, settings.creator_share_bps, settings.idempotency_ttl_s)
         self.rooms = RoomStore(
@@ -66,6 +64,7 @@ class SettlementWorker:
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set: settle batches. Finishes the batch in hand before returning (graceful drain)."""
         await self.ensure_group()
+        await self.catalogs.load()
         log.info("settlement worker %s started", self.consumer)
         backoff_s, own_pending = 0.1, True
         while not stop.is_set():
@@ -176,10 +175,12 @@ class SettlementWorker:
 
     def prepare(self, request: GiftRequest, room: dict[str, str] | None) -> GiftToSettle:
         """Decide everything the ledger does not: price from the catalog, room live, not a self-gift."""
-        gift = self.catalog.gifts.get(request.gift)
+        gift = self.catalogs.current.gifts.get(request.gift)
         reject, coins, diamonds = "", 0, 0
         if gift is None:
             reject = rules.REJECT_UNKNOWN_GIFT
+        elif gift.retired:
+            reject = rules.REJECT_GIFT_RETIRED
         elif request.price is not None and request.price != gift.coins:
             reject = rules.REJECT_PRICE_CHANGED
         elif room is None or room.get("status") != "live":
@@ -204,11 +205,15 @@ class SettlementWorker:
         )
 
     async def _room_states(self, rooms: set[str]) -> dict[str, dict[str, str]]:
+        """Each room's creator and status, and the catalog version, in one round trip per batch."""
         ordered = sorted(rooms)
         async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.CATALOG_VERSION)
             for room in ordered:
                 pipe.hmget(keys.room_meta(room), "creator", "status")
-            replies = await pipe.execute()
+            version, *replies = await pipe.execute()
+        if int(version or 0) != self.catalogs.version:
+            await self.catalogs.refresh()
         return {
             room: {"creator": creator, "status": status}
             for room, (creator, status) in zip(ordered, replies, strict=True)

@@ -87,12 +87,14 @@ def fingerprint(*fields: object) -> str:
 # Reasons a gift is rejected; they reach only the sender.
 REJECT_INSUFFICIENT_COINS = "insufficient_coins"
 REJECT_UNKNOWN_GIFT = "unknown_gift"
+REJECT_GIFT_RETIRED = "gift_retired"
 REJECT_PRICE_CHANGED = "price_changed"
 REJECT_ROOM_NOT_LIVE = "room_not_live"
 REJECT_SELF_GIFT = "self_gift"
 REJECT_REASONS = (
     REJECT_INSUFFICIENT_COINS,
     REJECT_UNKNOWN_GIFT,
+    REJECT_GIFT_RETIRED,
     REJECT_PRICE_CHANGED,
     REJECT_ROOM_NOT_LIVE,
     REJECT_SELF_GIFT,
