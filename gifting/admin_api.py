@@ -61,7 +61,34 @@ async def retire_bundle(request: Request) -> Response:
     return json_response(retired.to_dict())
 
 
+async def reverse_purchase(request: Request) -> Response:
+    """Refund (coins must be unspent) or charge back (may leave a debt) a paid purchase, once."""
+    require_admin(request)
+    mode = request.path_params["mode"]
+    if mode not in ("refund", "chargeback"):
+        raise ApiError(404, "not_found", "expected /refund or /chargeback")
+    ledger = request.app.state.ledger
+    balance = await ledger.reverse(request.path_params["purchase"], mode)
+    await ledger.durable(request.app.state.settings.waitaof_timeout_ms)
+    record, _ = await ledger.purchase_record(request.path_params["purchase"])
+    return json_response({"purchase": record, "coins": balance})
+
+
+async def resolve_withdrawal(request: Request) -> Response:
+    """Manually post (paid) or void (failed; diamonds return) a pending withdrawal, exactly once."""
+    require_admin(request)
+    action = request.path_params["action"]
+    if action not in ("post", "void"):
+        raise ApiError(404, "not_found", "expected /post or /void")
+    ledger = request.app.state.ledger
+    withdrawal = await ledger.resolve_withdrawal(request.path_params["withdrawal"], action, "voided_by_admin")
+    await ledger.durable(request.app.state.settings.waitaof_timeout_ms)
+    return json_response({"withdrawal": withdrawal})
+
+
 routes = [
+    Route("/v1/admin/purchases/{purchase}/{mode}", reverse_purchase, methods=["POST"]),
+    Route("/v1/admin/withdrawals/{withdrawal}/{action}", resolve_withdrawal, methods=["POST"]),
     Route("/v1/admin/gifts/{gift}", put_gift, methods=["PUT"]),
     Route("/v1/admin/gifts/{gift}/retire", retire_gift, methods=["POST"]),
     Route("/v1/admin/bundles/{bundle}", put_bundle, methods=["PUT"]),

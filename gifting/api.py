@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 from typing import Any
 
@@ -14,13 +13,11 @@ from starlette.routing import Route
 
 from gifting import auth, keys, protocol
 from gifting.auth import Identity
-from gifting.ledger import rules
-from gifting.payments import PaymentError
+from gifting.ledger.store import LedgerError
 from gifting.protocol import ProtocolError
 from gifting.rooms import RoomError
 
 BODY_BYTES_MAX = 16 * 1024
-IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
 
 class ApiError(Exception):
@@ -95,67 +92,6 @@ async def catalog_gifts(request: Request) -> Response:
 
 async def catalog_bundles(request: Request) -> Response:
     return json_response({"bundles": request.app.state.catalogs.current.bundle_list()})
-
-
-async def wallet(request: Request) -> Response:
-    identity = identify(request)
-    balances = await request.app.state.ledger.wallet(identity.user)
-    return json_response({"user": identity.user, **balances})
-
-
-async def purchase(request: Request) -> Response:
-    """Buy a coin bundle. Idempotent by the Idempotency-Key header: a retry returns the original result."""
-    identity = identify(request)
-    state = request.app.state
-    key = request.headers.get("idempotency-key", "")
-    if not IDEMPOTENCY_KEY_PATTERN.match(key):
-        raise ApiError(400, "idempotency_key_required", "header Idempotency-Key: expected [A-Za-z0-9_.:-]{1,64}")
-    body = await json_body(request)
-    bundle_id, payment_token = body.get("bundle_id"), body.get("payment_token")
-    if not isinstance(bundle_id, str) or not isinstance(payment_token, str) or len(payment_token) > 256:
-        raise ApiError(400, "bad_request", 'expected {"bundle_id": str, "payment_token": str}')
-    fingerprint = rules.fingerprint(bundle_id, payment_token)
-    existing = await state.ledger.purchase_record(identity.user, key)
-    if existing is not None:
-        return await _purchase_response(state, identity, existing[0], existing[1] == fingerprint, replay=True)
-    bundle = state.catalogs.current.bundles.get(bundle_id)
-    if bundle is None or bundle.retired:
-        raise ApiError(404, "unknown_bundle", f"no bundle {bundle_id!r}; see GET /v1/catalog/bundles")
-    try:
-        charge = await state.payments.charge(key, identity.user, bundle.price_minor, bundle.currency, payment_token)
-    except PaymentError as exc:
-        raise ApiError(400, exc.code, exc.message) from None
-    record = {
-        "purchase_id": f"{identity.user}:{key}",
-        "bundle_id": bundle.id,
-        "coins": bundle.coins,
-        "price_minor": bundle.price_minor,
-        "currency": bundle.currency,
-        "status": charge.status,
-        "reason": charge.decline_reason or None,
-        "charge_id": charge.charge_id,
-        "provider": state.payments.name,
-        "ts": int(time.time() * 1000),
-    }
-    stored, same, replay = await state.ledger.purchase(
-        identity.user, key, fingerprint, charge.status, record, bundle.coins, bundle.id,
-        bundle.price_minor, bundle.currency, charge.charge_id,
-    )  # fmt: skip
-    await state.ledger.durable(state.settings.waitaof_timeout_ms)
-    return await _purchase_response(state, identity, stored, same, replay)
-
-
-async def _purchase_response(
-    state: Any, identity: Identity, record: dict[str, Any], same_request: bool, replay: bool
-) -> Response:
-    if not same_request:
-        raise ApiError(409, "idempotency_key_conflict", "Idempotency-Key was used for a different purchase")
-    balances = await state.ledger.wallet(identity.user)
-    body = {"purchase": record, "wallet": balances, "replay": replay}
-    if record["status"] == "declined":
-        body["error"] = {"code": "payment_declined", "message": f"payment declined: {record.get('reason')}"}
-        return json_response(body, 402)
-    return json_response(body, 200 if replay else 201)
 
 
 # Rooms -------------------------------------------------------------------------------------------------
@@ -244,8 +180,6 @@ routes = [
     Route("/readyz", readyz),
     Route("/v1/catalog/gifts", catalog_gifts),
     Route("/v1/catalog/bundles", catalog_bundles),
-    Route("/v1/wallet", wallet),
-    Route("/v1/wallet/purchases", purchase, methods=["POST"]),
     Route("/v1/rooms", list_rooms, methods=["GET"]),
     Route("/v1/rooms", open_room, methods=["POST"]),
     Route("/v1/rooms/{room}", get_room),
@@ -258,6 +192,6 @@ routes = [
 async def api_error_handler(request: Request, exc: Exception) -> Response:
     if isinstance(exc, ApiError):
         return error_response(exc.status, exc.code, exc.message)
-    if isinstance(exc, RoomError):
+    if isinstance(exc, RoomError | LedgerError):
         return error_response(exc.status, exc.code, exc.message)
     raise exc

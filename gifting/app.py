@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
-from gifting import admin_api, api
+from gifting import admin_api, api, wallet_api
 from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.hub import Hub
-from gifting.ledger.store import Ledger
+from gifting.ledger.store import Ledger, LedgerError
 from gifting.payments import PaymentProvider, SandboxProvider
 from gifting.rooms import RoomError, RoomStore
 from gifting.ws import websocket_endpoint
@@ -38,7 +38,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         state.catalogs = CatalogStore(redis)
         await state.catalogs.load()
         state.payments = payments or SandboxProvider()
-        state.ledger = Ledger(redis, settings.creator_share_bps, settings.idempotency_ttl_s)
+        state.ledger = Ledger(redis, settings)
         state.rooms = RoomStore(
             redis, settings.room_history_events_max, settings.idempotency_ttl_s, settings.ended_room_ttl_s
         )
@@ -56,13 +56,14 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return api.error_response(exc.status_code, code, str(exc.detail))
 
-    routes = [*api.routes, *admin_api.routes, WebSocketRoute("/v1/ws", websocket_endpoint)]
+    routes = [*api.routes, *wallet_api.routes, *admin_api.routes, WebSocketRoute("/v1/ws", websocket_endpoint)]
     return Starlette(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
             api.ApiError: api.api_error_handler,
             RoomError: api.api_error_handler,
+            LedgerError: api.api_error_handler,
             HTTPException: http_error,
         },
     )

@@ -51,7 +51,25 @@ class Settings:
         "Creator's share of a gift's coin value, in basis points (1/100 %).",
     )
     idempotency_ttl_s: int = _setting(
-        "GIFTING_IDEMPOTENCY_TTL_S", 7 * 86400, "How long a gift or purchase id is remembered, in seconds."
+        "GIFTING_IDEMPOTENCY_TTL_S", 7 * 86400, "How long a gift id is remembered, in seconds (purchases: forever)."
+    )
+    daily_spend_coins_max: int = _setting(
+        "GIFTING_DAILY_SPEND_COINS_MAX", 0, "Coins a viewer may spend on gifts per UTC day; 0: no global cap."
+    )
+    withdrawal_diamonds_min: int = _setting(
+        "GIFTING_WITHDRAWAL_DIAMONDS_MIN", 1000, "Smallest withdrawal, in diamonds."
+    )
+    withdrawal_diamonds_per_day_max: int = _setting(
+        "GIFTING_WITHDRAWAL_DIAMONDS_PER_DAY_MAX", 1_000_000, "Diamonds a creator may withdraw per UTC day."
+    )
+    diamond_hold_s: int = _setting(
+        "GIFTING_DIAMOND_HOLD_S", 3 * 86400, "Diamonds earned this recently cannot be withdrawn, in seconds."
+    )
+    withdrawal_timeout_s: int = _setting(
+        "GIFTING_WITHDRAWAL_TIMEOUT_S", 86400, "A withdrawal still pending after this many seconds is voided."
+    )
+    payout_interval_ms: int = _setting(
+        "GIFTING_PAYOUT_INTERVAL_MS", 1000, "How often the worker sends pending withdrawals to the payout provider."
     )
 
     # Websocket limits.

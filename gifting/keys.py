@@ -23,9 +23,54 @@ def gift_record(gift_id: str) -> str:
     return "{ledger}:gift:" + gift_id
 
 
-def purchase_record(user: str, idempotency_key: str) -> str:
-    """Outcome of a purchase, per user and Idempotency-Key."""
-    return "{ledger}:purchase:" + user + ":" + idempotency_key
+def purchase_id(user: str, idempotency_key: str) -> str:
+    return user + ":" + idempotency_key
+
+
+def purchase_record(purchase: str) -> str:
+    """A purchase (keyed by user and Idempotency-Key): its outcome and later refund/chargeback. Kept forever."""
+    return "{ledger}:purchase:" + purchase
+
+
+def purchases_of(user: str) -> str:
+    """List of a user's purchase ids, oldest first."""
+    return "{ledger}:purchases:" + account(user)
+
+
+def statement(user: str) -> str:
+    """Stream of one user's transfers (kind, ledger, signed amount, counterpart, reference): the statement."""
+    return "{ledger}:stmt:" + account(user)
+
+
+def spent_on(day: str) -> str:
+    """Hash: account -> coins spent on gifts that UTC day (YYYYMMDD); for the daily spend cap."""
+    return "{ledger}:spent:" + day
+
+
+LEDGER_SPEND_LIMITS = "{ledger}:limits"  # hash: account -> the viewer's own daily spend cap in coins
+
+
+def earned(user: str) -> str:
+    """Hash: hour number -> diamonds earned that hour (for the withdrawal hold)."""
+    return "{ledger}:earned:" + account(user)
+
+
+def withdrawal(withdrawal_id: str) -> str:
+    """Hash: a cash-out (two-phase transfer): user, diamonds, status, times, payout account."""
+    return "{ledger}:withdrawal:" + withdrawal_id
+
+
+def withdrawals_of(user: str) -> str:
+    """List of a user's withdrawal ids, oldest first."""
+    return "{ledger}:withdrawals:" + account(user)
+
+
+def withdrawn_on(day: str) -> str:
+    """Hash: account -> diamonds requested for withdrawal that UTC day (voided ones given back)."""
+    return "{ledger}:withdrawn:" + day
+
+
+WITHDRAWALS_PENDING = "{ledger}:withdrawals:pending"  # sorted set: withdrawal id -> deadline (ms)
 
 
 # System accounts. Users are "u:<user id>".
@@ -33,6 +78,8 @@ SYS_COIN_ISSUANCE = "sys:coin_issuance"  # coins sold to users come from here (g
 SYS_PLATFORM_REVENUE = "sys:platform_revenue"  # the platform's share of gifted coins
 SYS_CREATOR_EARNINGS = "sys:creator_earnings"  # the creators' share of gifted coins, paid out as diamonds
 SYS_DIAMOND_ISSUANCE = "sys:diamond_issuance"  # diamonds credited to creators come from here
+SYS_PAYOUT_CLEARING = "sys:payout_clearing"  # diamonds of pending withdrawals (two-phase)
+SYS_DIAMONDS_PAID_OUT = "sys:diamonds_paid_out"  # diamonds of withdrawals paid out
 
 
 def account(user: str) -> str:
@@ -59,9 +106,19 @@ def room_history(room: str) -> str:
     return "{room:" + room + "}:history"
 
 
+def room_stats(room: str) -> str:
+    """Hash: gifts, coins, diamonds of the room's live session (counted once each, with the history)."""
+    return "{room:" + room + "}:stats"
+
+
 def room_announced(room: str, gift_id: str) -> str:
     """Marks a gift as already in the room history: each settled gift enters it exactly once."""
     return "{room:" + room + "}:announced:" + gift_id
+
+
+def creator_sessions(creator: str) -> str:
+    """List: summaries (JSON) of a creator's ended live sessions, newest first."""
+    return "sessions:" + account(creator)
 
 
 def room_channel(room: str) -> str:

@@ -5,7 +5,8 @@ charge (real providers support this: pass our Idempotency-Key through). That, pl
 record, is what makes a retried purchase credit coins exactly once even across a crash between the charge
 and the ledger write.
 
-To plug in a real provider, implement `PaymentProvider` and pass it to `create_app(payments=...)`.
+To plug in a real provider, implement `PaymentProvider` and pass it to `create_app(payments=...)`; for cash-outs,
+implement `PayoutProvider` and give it to the settlement worker (`SettlementWorker(payouts=...)`).
 """
 
 from __future__ import annotations
@@ -58,3 +59,34 @@ class SandboxProvider:
         raise PaymentError(
             "invalid_payment_token", f"sandbox payment_token must be {SANDBOX_OK!r} or {SANDBOX_DECLINED!r}"
         )
+
+
+PAYOUT_OK = "acct_sandbox_ok"
+PAYOUT_FAIL = "acct_sandbox_fail"
+PAYOUT_SLOW = "acct_sandbox_slow"
+
+
+@dataclass(frozen=True, slots=True)
+class Payout:
+    status: str  # paid | failed | processing
+    reason: str = ""
+
+
+class PayoutProvider(Protocol):
+    name: str
+
+    async def payout(self, withdrawal_id: str, user: str, diamonds: int, payout_account: str) -> Payout: ...
+
+
+class SandboxPayouts:
+    """`acct_sandbox_ok` is paid, `acct_sandbox_fail` fails (the diamonds come back), `acct_sandbox_slow` stays
+    processing until the withdrawal times out (GIFTING_WITHDRAWAL_TIMEOUT_S) and is voided."""
+
+    name = "sandbox"
+
+    async def payout(self, withdrawal_id: str, user: str, diamonds: int, payout_account: str) -> Payout:
+        if payout_account == PAYOUT_OK:
+            return Payout("paid")
+        if payout_account == PAYOUT_SLOW:
+            return Payout("processing")
+        return Payout("failed", "payout_rejected" if payout_account == PAYOUT_FAIL else "unknown_payout_account")

@@ -13,6 +13,8 @@ import redis.asyncio as aioredis
 from gifting import keys
 from gifting.ledger.store import load_script
 
+SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
+
 
 class RoomError(Exception):
     def __init__(self, code: str, message: str, status: int = 400) -> None:
@@ -112,9 +114,20 @@ class RoomStore:
             pipe.zrem(keys.ROOMS_LIVE, room)
             pipe.expire(keys.room_meta(room), self.ended_ttl_s)
             pipe.expire(keys.room_history(room), self.ended_ttl_s)
+            pipe.expire(keys.room_stats(room), self.ended_ttl_s)
             await pipe.execute()
         await self.announce(room, [("room_ended:" + room, {"kind": "room_ended", "ts": now_ms})])
+        # The session's earnings summary outlives the room (kept for the creator's history).
+        summary = await self.earnings(room)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.lpush(keys.creator_sessions(info.creator), orjson.dumps(summary))
+            pipe.ltrim(keys.creator_sessions(info.creator), 0, SESSIONS_KEPT - 1)
+            await pipe.execute()
         return await self.get(room)
+
+    async def sessions(self, creator: str, limit: int) -> list[dict[str, Any]]:
+        """Summaries of the creator's ended live sessions, newest first."""
+        return [orjson.loads(s) for s in await self.redis.lrange(keys.creator_sessions(creator), 0, limit - 1)]
 
     async def live(self, limit: int = 100) -> list[RoomInfo]:
         rooms = await self.redis.zrevrange(keys.ROOMS_LIVE, 0, limit - 1)
@@ -130,14 +143,29 @@ class RoomStore:
         With `client` a pipeline, the call is queued on it (the worker announces every room of a batch in one
         round trip).
         """
+        args: list[Any] = [keys.room_channel(room), self.history_events_max, self.marker_ttl_s, new_epoch()]
+        for _, event in events:
+            args += [orjson.dumps(event).decode(), event.get("coins", 0), event.get("diamonds", 0)]
         return await self._announce(
-            keys=[keys.room_meta(room), keys.room_history(room)] + [keys.room_announced(room, d) for d, _ in events],
-            args=[
-                keys.room_channel(room),
-                self.history_events_max,
-                self.marker_ttl_s,
-                new_epoch(),
-                *(orjson.dumps(event).decode() for _, event in events),
-            ],
+            keys=[keys.room_meta(room), keys.room_history(room), keys.room_stats(room)]
+            + [keys.room_announced(room, dedupe_id) for dedupe_id, _ in events],
+            args=args,
             client=client or self.redis,
         )
+
+    async def earnings(self, room: str) -> dict[str, Any]:
+        """The live session's totals: gifts, coins spent, diamonds earned, and duration."""
+        info = await self.get(room)
+        stats = await self.redis.hgetall(keys.room_stats(room))
+        end_ms = info.ended_at_ms or int(time.time() * 1000)
+        return {
+            "room": room,
+            "creator": info.creator,
+            "status": info.status,
+            "started_at_ms": info.started_at_ms,
+            "ended_at_ms": info.ended_at_ms,
+            "duration_s": max(0, (end_ms - info.started_at_ms) // 1000),
+            "gifts": int(stats.get("gifts", 0)),
+            "coins": int(stats.get("coins", 0)),
+            "diamonds": int(stats.get("diamonds", 0)),
+        }

@@ -30,23 +30,33 @@ from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.gifts import GiftRequest
 from gifting.ledger import rules
-from gifting.ledger.store import GiftToSettle, Ledger
+from gifting.ledger.store import GiftToSettle, Ledger, LedgerError
+from gifting.payments import PayoutProvider, SandboxPayouts
 from gifting.rooms import RoomStore
 
 log = logging.getLogger(__name__)
 
 BACKOFF_S_MAX = 5.0
 HEARTBEAT_INTERVAL_S = 1.0
+PAYOUTS_PER_RUN_MAX = 100  # withdrawals sent to the payout provider per run
 Entry = tuple[str, dict[str, str]]
 
 
 class SettlementWorker:
-    def __init__(self, redis: aioredis.Redis, settings: Settings, consumer: str | None = None) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        settings: Settings,
+        consumer: str | None = None,
+        payouts: PayoutProvider | None = None,
+    ) -> None:
         self.redis = redis
         self.settings = settings
+        self.payouts = payouts or SandboxPayouts()
+        self._last_payout_run = 0.0
         self.catalogs = CatalogStore(redis)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
-        self.ledger = Ledger(redis, settings.creator_share_bps, settings.idempotency_ttl_s)
+        self.ledger = Ledger(redis, settings)
         self.rooms = RoomStore(
             redis, settings.room_history_events_max, settings.idempotency_ttl_s, settings.ended_room_ttl_s
         )
@@ -76,6 +86,9 @@ class SettlementWorker:
                 elif time.monotonic() - self._last_claim > self.settings.claim_idle_ms / 2000:
                     self._last_claim = time.monotonic()
                     await self.reclaim()
+                if time.monotonic() - self._last_payout_run > self.settings.payout_interval_ms / 1000:
+                    self._last_payout_run = time.monotonic()
+                    await self.run_payouts()
                 await self.step(pending=False)
                 backoff_s = 0.1
             except (ConnectionError, TimeoutError, ResponseError, OSError) as exc:
@@ -84,6 +97,35 @@ class SettlementWorker:
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, BACKOFF_S_MAX)
         log.info("settlement worker %s stopped (%d gifts settled)", self.consumer, self.settled_total)
+
+    async def run_payouts(self) -> int:
+        """Send pending withdrawals to the payout provider: post the paid, void the failed and the timed out.
+
+        post/void are exactly-once in withdraw.lua, so two workers racing on one withdrawal cannot both win.
+        """
+        resolved = 0
+        for withdrawal_id in await self.ledger.pending_withdrawals(PAYOUTS_PER_RUN_MAX):
+            withdrawal = await self.ledger.withdrawal(withdrawal_id)
+            if withdrawal is None or withdrawal["status"] != "pending":
+                continue
+            if time.time() * 1000 >= withdrawal["deadline_ms"]:
+                mode, reason = "void", "timeout"
+            else:
+                payout = await self.payouts.payout(
+                    withdrawal_id, withdrawal["user"], withdrawal["diamonds"], withdrawal["payout_account"]
+                )
+                if payout.status == "processing":
+                    continue
+                mode, reason = ("post", "") if payout.status == "paid" else ("void", payout.reason)
+            try:
+                await self.ledger.resolve_withdrawal(withdrawal_id, mode, reason)
+                resolved += 1
+                log.info("withdrawal %s: %s %s", withdrawal_id, mode, reason)
+            except LedgerError as exc:
+                log.info("withdrawal %s: %s", withdrawal_id, exc.message)
+        if resolved:
+            await self.ledger.durable(self.settings.waitaof_timeout_ms)
+        return resolved
 
     async def heartbeat(self) -> None:
         now = time.monotonic()

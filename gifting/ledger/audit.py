@@ -1,11 +1,18 @@
 """`gifting audit`: recompute every balance from the journal and check the ledger's invariants.
 
-Checks: each ledger sums to zero; stored balances equal the journal's; no user balance below zero; every
-journal entry parses and every gift has all its legs at the creator share stored with it.
+Checks:
+- each ledger sums to zero, and stored balances equal the journal's;
+- no user balance below zero, except a coin debt no larger than the user's chargebacks (the documented debt);
+- every journal entry parses, and every gift has exactly its legs at the creator share stored with it;
+- every paid purchase record has its journal transfer and vice versa; each refund or chargeback reverses one
+  paid purchase, once, for its full amount;
+- every withdrawal is pending at most once and resolved (posted or voided) at most once, for its amount, and
+  none is still pending past its deadline (plus GRACE_MS for the payout loop to notice).
 """
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +23,8 @@ from gifting import keys
 from gifting.ledger import rules
 
 CHUNK_ENTRIES = 5000  # journal entries read per XRANGE
+GRACE_MS = 60_000  # a pending withdrawal may overrun its deadline this long before it is a finding
+SCAN_COUNT = 1000
 
 
 @dataclass
@@ -43,51 +52,60 @@ class AuditReport:
         return "\n".join(lines)
 
 
+@dataclass
+class _Journal:
+    """What the audit learns from one pass over the journal."""
+
+    balances: dict[str, dict[str, int]] = field(
+        default_factory=lambda: {ledger: defaultdict(int) for ledger in rules.LEDGERS}
+    )
+    purchases: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (account, coins)
+    reversals: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
+    chargebacks: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # account -> coins
+    withdrawals: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
+
+
 async def run_audit(redis: aioredis.Redis, progress: Callable[[int], None] | None = None) -> AuditReport:
-    report = AuditReport()
-    computed: dict[str, dict[str, int]] = {ledger: defaultdict(int) for ledger in rules.LEDGERS}
+    report, journal = AuditReport(), _Journal()
     start = "-"
     while True:
         chunk = await redis.xrange(keys.LEDGER_JOURNAL, min=start, max="+", count=CHUNK_ENTRIES)
         for entry_id, fields in chunk:
             report.entries += 1
-            _apply_entry(report, computed, entry_id, fields)
+            _apply_entry(report, journal, entry_id, fields)
         if len(chunk) < CHUNK_ENTRIES:
             break
         start = "(" + chunk[-1][0]
         if progress:
             progress(report.entries)
-
-    for ledger, hash_key in keys.LEDGER_LEDGERS:
-        stored = {a: int(v) for a, v in (await redis.hgetall(hash_key)).items()}
-        expected = computed[ledger]
-        report.totals[ledger] = stored
-        if (total := sum(stored.values())) != 0:
-            report.findings.append(f"{ledger}: stored balances sum to {total}, expected 0")
-        for account in sorted(set(stored) | set(expected)):
-            have, want = stored.get(account, 0), expected.get(account, 0)
-            if have != want:
-                report.findings.append(f"{ledger} {account}: stored balance {have}, journal says {want}")
-            if rules.is_user_account(account) and have < 0:
-                report.findings.append(f"{ledger} {account}: balance {have} below zero")
+    await _check_balances(redis, report, journal)
+    await _check_purchases(redis, report, journal)
+    await _check_withdrawals(redis, report, journal)
     return report
 
 
-def _apply_entry(
-    report: AuditReport, computed: dict[str, dict[str, int]], entry_id: str, fields: dict[str, str]
-) -> None:
-    kind = fields.get("kind", "?")
+def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: dict[str, str]) -> None:
+    kind, entry = fields.get("kind", "?"), fields.get("id", "?")
     report.kinds[kind] += 1
     try:
         legs = rules.parse_legs(fields.get("legs", ""))
     except rules.JournalError as exc:
-        report.findings.append(f"journal {entry_id} ({kind} {fields.get('id')}): {exc}")
+        report.findings.append(f"journal {entry_id} ({kind} {entry}): {exc}")
         return
     for leg in legs:
-        computed[leg.ledger][leg.debit] -= leg.amount
-        computed[leg.ledger][leg.credit] += leg.amount
+        journal.balances[leg.ledger][leg.debit] -= leg.amount
+        journal.balances[leg.ledger][leg.credit] += leg.amount
+    amount = sum(leg.amount for leg in legs)
     if kind == "gift":
         _check_gift(report, entry_id, fields, legs)
+    elif kind == "purchase":
+        journal.purchases[entry] = (legs[0].credit if legs else "?", amount)
+    elif kind in ("refund", "chargeback"):
+        journal.reversals[fields.get("ref", "?")].append((kind, amount))
+        if kind == "chargeback" and legs:
+            journal.chargebacks[legs[0].debit] += amount
+    elif kind.startswith("withdrawal_"):
+        journal.withdrawals[entry].append((kind, amount))
 
 
 def _check_gift(report: AuditReport, entry_id: str, fields: dict[str, str], legs: list[rules.Leg]) -> None:
@@ -102,8 +120,75 @@ def _check_gift(report: AuditReport, entry_id: str, fields: dict[str, str], legs
     except (AssertionError, ValueError):
         report.findings.append(f"journal {entry_id} gift {fields.get('id')}: bad bps {fields.get('bps')!r}")
         return
-    creator = next((leg.credit for leg in legs if leg.ledger == "diamonds"), None)
+    creator = next((leg.credit for leg in legs if leg.ledger == "diamonds"), "u:?")
     viewer = coin_legs[0].debit.removeprefix("u:")
-    expected = rules.gift_legs(viewer, creator.removeprefix("u:") if creator else "?", split)
+    expected = rules.gift_legs(viewer, creator.removeprefix("u:"), split)
     if sorted(expected, key=repr) != sorted(legs, key=repr):
         report.findings.append(f"journal {entry_id} gift {fields.get('id')}: legs do not match the gift rules")
+
+
+async def _check_balances(redis: aioredis.Redis, report: AuditReport, journal: _Journal) -> None:
+    for ledger, hash_key in keys.LEDGER_LEDGERS:
+        stored = {a: int(v) for a, v in (await redis.hgetall(hash_key)).items()}
+        expected = journal.balances[ledger]
+        report.totals[ledger] = stored
+        if (total := sum(stored.values())) != 0:
+            report.findings.append(f"{ledger}: stored balances sum to {total}, expected 0")
+        for account in sorted(set(stored) | set(expected)):
+            have, want = stored.get(account, 0), expected.get(account, 0)
+            if have != want:
+                report.findings.append(f"{ledger} {account}: stored balance {have}, journal says {want}")
+            debt_allowed = journal.chargebacks.get(account, 0) if ledger == "coins" else 0
+            if rules.is_user_account(account) and have < 0 and -have > debt_allowed:
+                report.findings.append(
+                    f"{ledger} {account}: balance {have} below zero beyond its chargeback debt ({debt_allowed})"
+                )
+
+
+async def _check_purchases(redis: aioredis.Redis, report: AuditReport, journal: _Journal) -> None:
+    seen: set[str] = set()
+    async for key in redis.scan_iter(match="{ledger}:purchase:*", count=SCAN_COUNT):
+        purchase = key.removeprefix("{ledger}:purchase:")
+        status, coins = await redis.hmget(key, "status", "coins")
+        seen.add(purchase)
+        in_journal = purchase in journal.purchases
+        if status == "declined" and in_journal:
+            report.findings.append(f"purchase {purchase}: declined, but the journal credits it")
+        elif status != "declined" and not in_journal:
+            report.findings.append(f"purchase {purchase}: {status}, but the journal has no credit for it")
+        reversals = journal.reversals.get(purchase, [])
+        if status in ("refunded", "charged_back") and len(reversals) != 1:
+            report.findings.append(f"purchase {purchase}: {status} with {len(reversals)} reversal transfers")
+        if status == "paid" and reversals:
+            report.findings.append(f"purchase {purchase}: paid, but the journal reverses it")
+        if in_journal and coins is not None and journal.purchases[purchase][1] != int(coins):
+            report.findings.append(f"purchase {purchase}: record says {coins} coins, journal says otherwise")
+    for purchase in set(journal.purchases) - seen:
+        if not purchase.startswith("grant:"):
+            report.findings.append(f"purchase {purchase}: in the journal but has no purchase record")
+    for purchase, reversals in journal.reversals.items():
+        if purchase not in journal.purchases:
+            report.findings.append(f"{reversals[0][0]} of {purchase}: no such purchase in the journal")
+        elif len(reversals) > 1:
+            report.findings.append(f"purchase {purchase}: reversed {len(reversals)} times")
+        elif reversals[0][1] != journal.purchases[purchase][1]:
+            report.findings.append(f"purchase {purchase}: reversed for another amount than it credited")
+
+
+async def _check_withdrawals(redis: aioredis.Redis, report: AuditReport, journal: _Journal) -> None:
+    now_ms = int(time.time() * 1000)
+    for withdrawal, steps in journal.withdrawals.items():
+        kinds = [k for k, _ in steps]
+        amounts = {a for _, a in steps}
+        if kinds[:1] != ["withdrawal_pending"] or len(steps) > 2 or kinds.count("withdrawal_pending") != 1:
+            report.findings.append(f"withdrawal {withdrawal}: transfers {kinds} are not pending then one resolution")
+        if len(amounts) != 1:
+            report.findings.append(f"withdrawal {withdrawal}: resolved for another amount than was pending")
+        status, deadline = await redis.hmget(keys.withdrawal(withdrawal), "status", "deadline_ms")
+        expected_status = {1: "pending", 2: {"withdrawal_posted": "paid", "withdrawal_voided": "failed"}.get(kinds[-1])}
+        if status != expected_status.get(len(steps)):
+            report.findings.append(f"withdrawal {withdrawal}: record says {status}, journal says {kinds}")
+        if len(steps) == 1 and deadline is not None and now_ms > int(deadline) + GRACE_MS:
+            report.findings.append(
+                f"withdrawal {withdrawal}: still pending {now_ms - int(deadline)} ms past its deadline"
+            )

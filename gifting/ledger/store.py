@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -13,13 +14,23 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from gifting import keys
+from gifting.config import Settings
 from gifting.ledger import rules
 
 log = logging.getLogger(__name__)
+STATEMENT_PAGE_MAX = 200  # entries per statement page
 
 
 def load_script(name: str) -> str:
     return resources.files("gifting").joinpath(f"ledger/{name}").read_text()
+
+
+def utc_day(now_ms: int) -> str:
+    return datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y%m%d")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,22 +53,36 @@ class DurabilityError(RuntimeError):
     """Valkey did not confirm the AOF fsync in time: nothing may be announced yet."""
 
 
+class LedgerError(Exception):
+    """A ledger operation was refused; `code` goes on the wire, nothing moved."""
+
+    def __init__(self, code: str, message: str, status: int = 409) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
 class Ledger:
-    def __init__(self, redis: aioredis.Redis, creator_share_bps: int, idempotency_ttl_s: int) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
-        self.creator_share_bps = creator_share_bps
-        self.idempotency_ttl_s = idempotency_ttl_s
+        self.settings = settings
         self._settle = redis.register_script(load_script("settle.lua"))
         self._purchase = redis.register_script(load_script("purchase.lua"))
+        self._reverse = redis.register_script(load_script("reverse.lua"))
+        self._withdraw = redis.register_script(load_script("withdraw.lua"))
         self.waitaof_supported: bool | None = None  # learned on first use
+
+    # Gifts -------------------------------------------------------------------------------------------------
 
     async def settle(self, gifts: list[GiftToSettle]) -> list[rules.GiftOutcome]:
         """Settle a batch in one atomic Lua call; resends get their stored outcome (replay=True)."""
         if not gifts:
             return []
-        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL]
+        now = now_ms()
+        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.LEDGER_SPEND_LIMITS]
+        keys_.append(keys.spent_on(utc_day(now)))
         keys_.extend(keys.gift_record(g.gift_id) for g in gifts)
-        args: list[Any] = [int(time.time() * 1000), self.idempotency_ttl_s, self.creator_share_bps]
+        s = self.settings
+        args: list[Any] = [now, s.idempotency_ttl_s, s.creator_share_bps, s.daily_spend_coins_max, now // 3600_000]
         for g in gifts:
             args += [g.gift_id, keys.account(g.viewer), keys.account(g.creator), g.coins, g.diamonds]
             args += [g.fingerprint, g.reject, g.room, g.gift, g.count]
@@ -68,6 +93,10 @@ class Ledger:
             status, reason, coins, replay = flat[4 * i : 4 * i + 4]
             outcomes.append(rules.GiftOutcome(g.gift_id, status, reason, int(coins), bool(int(replay))))
         return outcomes
+
+    async def gift_outcome(self, gift_id: str) -> rules.GiftOutcome | None:
+        raw = await self.redis.get(keys.gift_record(gift_id))
+        return None if raw is None else rules.parse_gift_record(gift_id, raw, replay=True)
 
     async def durable(self, timeout_ms: int) -> None:
         """Group commit: wait until everything written so far is fsynced to the AOF (WAITAOF 1 0)."""
@@ -85,51 +114,135 @@ class Ledger:
         if int(local) < 1:
             raise DurabilityError(f"WAITAOF: AOF fsync not confirmed within {timeout_ms} ms")
 
+    # Purchases ---------------------------------------------------------------------------------------------
+
     async def purchase(
-        self,
-        user: str,
-        idempotency_key: str,
-        fingerprint: str,
-        status: str,
-        record: dict[str, Any],
-        coins: int,
-        bundle: str,
-        price_minor: int,
-        currency: str,
-        charge_id: str,
+        self, user: str, purchase_id: str, fingerprint: str, status: str, record: dict[str, Any], coins: int
     ) -> tuple[dict[str, Any], bool, bool]:
         """Record a purchase outcome once. Returns (stored record, fingerprint matches, replay)."""
         assert status in ("paid", "declined") and coins > 0
-        result = await self._purchase(
-            keys=[keys.LEDGER_COINS, keys.LEDGER_JOURNAL, keys.purchase_record(user, idempotency_key)],
-            args=[
-                orjson.dumps(record).decode(),
-                fingerprint,
-                status,
-                keys.account(user),
-                coins,
-                int(time.time() * 1000),
-                self.idempotency_ttl_s,
-                bundle,
-                price_minor,
-                currency,
-                charge_id,
+        stored, stored_fp, replay = await self._purchase(
+            keys=[
+                keys.LEDGER_COINS,
+                keys.LEDGER_JOURNAL,
+                keys.purchase_record(purchase_id),
+                keys.purchases_of(user),
+                keys.statement(user),
             ],
+            args=[orjson.dumps(record).decode(), fingerprint, status, keys.account(user), coins, now_ms(), purchase_id],
         )
-        stored, stored_fp, replay = result
         return orjson.loads(stored), stored_fp == fingerprint, bool(int(replay))
 
-    async def purchase_record(self, user: str, idempotency_key: str) -> tuple[dict[str, Any], str] | None:
-        """A stored purchase outcome and its fingerprint, if the key was used before."""
-        raw = await self.redis.get(keys.purchase_record(user, idempotency_key))
-        if raw is None:
+    async def purchase_record(self, purchase_id: str) -> tuple[dict[str, Any], str] | None:
+        """A purchase's record (with its current status) and request fingerprint, if it exists."""
+        fp, record, status = await self.redis.hmget(keys.purchase_record(purchase_id), "fp", "record", "status")
+        if fp is None:
             return None
-        fp, _, record = raw.partition("|")
-        return orjson.loads(record), fp
+        data: dict[str, Any] = orjson.loads(record)
+        data["status"] = status  # paid | declined | refunded | charged_back
+        return data, fp
 
-    async def gift_outcome(self, gift_id: str) -> rules.GiftOutcome | None:
-        raw = await self.redis.get(keys.gift_record(gift_id))
-        return None if raw is None else rules.parse_gift_record(gift_id, raw, replay=True)
+    async def purchases(self, user: str, limit: int) -> list[dict[str, Any]]:
+        ids = await self.redis.lrange(keys.purchases_of(user), -limit, -1)
+        records = [await self.purchase_record(pid) for pid in reversed(ids)]
+        return [r[0] for r in records if r is not None]
+
+    async def reverse(self, purchase_id: str, mode: str) -> int:
+        """Refund or charge back a paid purchase, once. Returns the user's coin balance after."""
+        assert mode in ("refund", "chargeback")
+        user_account = await self.redis.hget(keys.purchase_record(purchase_id), "user")
+        if user_account is None:
+            raise LedgerError("unknown_purchase", f"no purchase {purchase_id!r}", 404)
+        code, balance = await self._reverse(
+            keys=[
+                keys.LEDGER_COINS,
+                keys.LEDGER_JOURNAL,
+                keys.purchase_record(purchase_id),
+                keys.statement(user_account.removeprefix("u:")),
+            ],
+            args=[mode, now_ms(), purchase_id],
+        )
+        if code != "ok":
+            raise LedgerError(code, REVERSE_ERRORS.get(code, code))
+        return int(balance)
+
+    # Withdrawals -------------------------------------------------------------------------------------------
+
+    async def request_withdrawal(
+        self, user: str, withdrawal_id: str, diamonds: int, payout_account: str, fingerprint: str
+    ) -> tuple[dict[str, Any], bool]:
+        """Put diamonds on hold for a payout (pending transfer). Returns (withdrawal, replay)."""
+        s, now = self.settings, now_ms()
+        cutoff_hour = (now - s.diamond_hold_s * 1000) // 3600_000 if s.diamond_hold_s > 0 else now // 3600_000 + 1
+        code, _status, detail = await self._withdraw(
+            keys=self._withdraw_keys(user, withdrawal_id, utc_day(now)),
+            args=[
+                "request", now, withdrawal_id, keys.account(user), diamonds, s.withdrawal_diamonds_min,
+                s.withdrawal_diamonds_per_day_max, cutoff_hour, now + s.withdrawal_timeout_s * 1000,
+                payout_account, fingerprint, utc_day(now),
+            ],
+        )  # fmt: skip
+        if code != "ok":
+            raise LedgerError(code, WITHDRAW_ERRORS.get(code, code).format(detail=detail), 409)
+        withdrawal = await self.withdrawal(withdrawal_id)
+        assert withdrawal is not None
+        return withdrawal, detail == "replay"
+
+    async def resolve_withdrawal(self, withdrawal_id: str, mode: str, reason: str = "") -> dict[str, Any]:
+        """Post (paid) or void (failed, diamonds returned) a pending withdrawal, exactly once."""
+        assert mode in ("post", "void")
+        user_account = await self.redis.hget(keys.withdrawal(withdrawal_id), "user")
+        if user_account is None:
+            raise LedgerError("unknown_withdrawal", f"no withdrawal {withdrawal_id!r}", 404)
+        user = user_account.removeprefix("u:")
+        code, status, _ = await self._withdraw(
+            keys=self._withdraw_keys(user, withdrawal_id, utc_day(now_ms())),
+            args=[mode, now_ms(), withdrawal_id, reason],
+        )
+        if code != "ok":
+            raise LedgerError(code, f"withdrawal {withdrawal_id} is {status}, not pending")
+        withdrawal = await self.withdrawal(withdrawal_id)
+        assert withdrawal is not None
+        return withdrawal
+
+    def _withdraw_keys(self, user: str, withdrawal_id: str, day: str) -> list[str]:
+        return [
+            keys.LEDGER_DIAMONDS,
+            keys.LEDGER_JOURNAL,
+            keys.withdrawal(withdrawal_id),
+            keys.WITHDRAWALS_PENDING,
+            keys.withdrawals_of(user),
+            keys.statement(user),
+            keys.earned(user),
+            keys.withdrawn_on(day),
+        ]
+
+    async def withdrawal(self, withdrawal_id: str) -> dict[str, Any] | None:
+        data = await self.redis.hgetall(keys.withdrawal(withdrawal_id))
+        if not data:
+            return None
+        return {
+            "withdrawal_id": withdrawal_id,
+            "user": data["user"].removeprefix("u:"),
+            "diamonds": int(data["diamonds"]),
+            "status": data["status"],
+            "reason": data.get("reason") or None,
+            "payout_account": data.get("payout_account"),
+            "created_ms": int(data["created_ms"]),
+            "deadline_ms": int(data["deadline_ms"]),
+            "resolved_ms": int(data["resolved_ms"]) if data.get("resolved_ms") else None,
+        }
+
+    async def withdrawals(self, user: str, limit: int) -> list[dict[str, Any]]:
+        ids = await self.redis.lrange(keys.withdrawals_of(user), -limit, -1)
+        found = [await self.withdrawal(wid) for wid in reversed(ids)]
+        return [w for w in found if w is not None]
+
+    async def pending_withdrawals(self, limit: int) -> list[str]:
+        ids: list[str] = await self.redis.zrange(keys.WITHDRAWALS_PENDING, 0, limit - 1)
+        return ids
+
+    # Wallet, statements, limits ------------------------------------------------------------------------------
 
     async def wallet(self, user: str) -> dict[str, int]:
         account = keys.account(user)
@@ -138,3 +251,49 @@ class Ledger:
             pipe.hget(keys.LEDGER_DIAMONDS, account)
             coins, diamonds = await pipe.execute()
         return {"coins": int(coins or 0), "diamonds": int(diamonds or 0)}
+
+    async def statement(self, user: str, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        """A page of the user's transfers, newest first; the cursor continues where the page ended."""
+        limit = max(1, min(limit, STATEMENT_PAGE_MAX))
+        entries = await self.redis.xrevrange(keys.statement(user), max=f"({cursor}" if cursor else "+", count=limit)
+        items = [
+            {
+                "id": entry_id,
+                "kind": f["k"],
+                "ledger": f["l"],
+                "amount": int(f["a"]),
+                "counterpart": f["c"].removeprefix("u:"),
+                "reference": f["r"],
+                "gift": f.get("g") or None,
+                "count": int(f["n"]) if f.get("n") else None,
+                "ts": int(f["t"]),
+            }
+            for entry_id, f in entries
+        ]
+        return items, (entries[-1][0] if len(entries) == limit else None)
+
+    async def set_spend_limit(self, user: str, coins_per_day: int) -> None:
+        if coins_per_day > 0:
+            await self.redis.hset(keys.LEDGER_SPEND_LIMITS, keys.account(user), coins_per_day)
+        else:
+            await self.redis.hdel(keys.LEDGER_SPEND_LIMITS, keys.account(user))
+
+    async def spend_limit(self, user: str) -> dict[str, int]:
+        own = int(await self.redis.hget(keys.LEDGER_SPEND_LIMITS, keys.account(user)) or 0)
+        spent = int(await self.redis.hget(keys.spent_on(utc_day(now_ms())), keys.account(user)) or 0)
+        return {"daily_spend_coins_max": own, "global_daily_spend_coins_max": self.settings.daily_spend_coins_max,
+                "spent_today": spent}  # fmt: skip
+
+
+REVERSE_ERRORS = {
+    "purchase_not_paid": "the purchase was declined; there is nothing to reverse",
+    "already_reversed": "the purchase was already refunded or charged back",
+    "coins_spent": "the purchase's coins were already spent; a refund needs them unspent (a chargeback does not)",
+}
+WITHDRAW_ERRORS = {
+    "idempotency_key_conflict": "Idempotency-Key was used for a different withdrawal",
+    "below_minimum": "withdrawals start at {detail} diamonds",
+    "daily_cap_exceeded": "over the daily withdrawal cap; {detail} diamonds left today (UTC)",
+    "insufficient_diamonds": "not enough diamonds; the balance is {detail}",
+    "diamonds_on_hold": "recently earned diamonds are on hold; {detail} diamonds can be withdrawn now",
+}
