@@ -78,7 +78,7 @@ async def test_creator_share_is_stored_and_rounded_for_the_platform(start_system
     await send_and_settle(system, "v1", room, "confetti")
     assert (await system.wallet("c1"))["diamonds"] == 33
     entries = await system.redis.xrange("{ledger}:journal")
-    gift = [f for _, f in entries if f["kind"] == "gift"][0]
+    gift = next(f for _, f in entries if f["kind"] == "gift")
     assert gift["bps"] == "3333" and "sys:platform_revenue 67" in gift["legs"]
     await audit_clean(system)
 
