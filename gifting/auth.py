@@ -11,7 +11,7 @@ import jwt
 
 Role = Literal["viewer", "creator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "creator", "admin")
-USER_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 NAME_CHARS_MAX = 64
 ALGORITHM = "HS256"
 
@@ -37,7 +37,7 @@ class Identity:
 
 
 def mint(secret: str, user: str, role: Role, name: str | None = None, ttl_s: int = 86400) -> str:
-    if not USER_ID_PATTERN.match(user):
+    if not USER_ID_PATTERN.fullmatch(user):
         raise ValueError(f"user id: expected [A-Za-z0-9_.@-]{{1,64}}, got {user!r}")
     if role not in ROLES:
         raise ValueError(f"role: expected one of {', '.join(ROLES)}, got {role!r}")
@@ -62,7 +62,7 @@ def verify(secret: str, token: str | None) -> Identity:
     except jwt.InvalidTokenError as exc:
         raise AuthError("unauthorized", f"invalid token: {exc}") from None
     user, role, name = claims.get("sub"), claims.get("role"), claims.get("name") or claims.get("sub")
-    if not isinstance(user, str) or not USER_ID_PATTERN.match(user):
+    if not isinstance(user, str) or not USER_ID_PATTERN.fullmatch(user):
         raise AuthError("unauthorized", "invalid token: bad 'sub' claim")
     if role not in ROLES:
         raise AuthError("unauthorized", f"invalid token: role must be one of {', '.join(ROLES)}")

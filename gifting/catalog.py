@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 
-ID_PATTERN = re.compile(r"^[a-z0-9_]{1,40}$")
-CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
+ID_PATTERN = re.compile(r"[a-z0-9_]{1,40}")
+CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
 GIFT_COINS_MAX = 1_000_000  # a single gift costs at most this many coins
 BUNDLE_COINS_MAX = 10_000_000
 PRICE_MINOR_MAX = 10**9  # minor currency units
@@ -100,7 +100,7 @@ def make_bundle(data: dict[str, Any]) -> Bundle:
     _check_id("bundle", bundle.id)
     _check_amount(f"bundle {bundle.id!r} coins", bundle.coins, BUNDLE_COINS_MAX)
     _check_amount(f"bundle {bundle.id!r} price_minor", bundle.price_minor, PRICE_MINOR_MAX)
-    if not isinstance(bundle.currency, str) or not CURRENCY_PATTERN.match(bundle.currency):
+    if not isinstance(bundle.currency, str) or not CURRENCY_PATTERN.fullmatch(bundle.currency):
         raise CatalogError(f"bundle {bundle.id!r} currency: expected an ISO 4217 code, got {bundle.currency!r}")
     return bundle
 
@@ -112,7 +112,7 @@ def _check_text(what: str, *values: object) -> None:
 
 
 def _check_id(kind: str, value: str) -> None:
-    if not ID_PATTERN.match(value):
+    if not ID_PATTERN.fullmatch(value):
         raise CatalogError(f"{kind} id: expected [a-z0-9_]{{1,40}}, got {value!r}")
 
 

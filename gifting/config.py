@@ -7,6 +7,7 @@ so this is the one place a setting is described.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -172,8 +173,8 @@ class Settings:
     def validate(self) -> None:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, int | float) and not isinstance(value, bool) and value < 0:
-                raise ConfigError(f"{f.metadata['env']}: expected a value >= 0, got {value}")
+            if isinstance(value, int | float) and not isinstance(value, bool) and not 0 <= value < math.inf:
+                raise ConfigError(f"{f.metadata['env']}: expected a finite value >= 0, got {value}")
         if not 0 <= self.creator_share_bps <= 10000:
             raise ConfigError(f"GIFTING_CREATOR_SHARE_BPS: expected 0..10000, got {self.creator_share_bps}")
         if self.tick_ms < 1 or self.settle_batch_max < 1 or self.gift_count_max < 1:

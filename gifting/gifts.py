@@ -36,9 +36,18 @@ class GiftRequest:
             request = cls(**data)
         except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"not a gift request entry: {exc}") from None
-        if not (isinstance(request.count, int) and request.count > 0 and isinstance(request.gift_id, str)):
-            raise ValueError(f"not a gift request entry: bad count or gift_id in {data!r}")
+        strings = (request.gift_id, request.room, request.gift, request.sender, request.sender_name, request.hub)
+        if not all(isinstance(s, str) for s in strings):
+            raise ValueError(f"not a gift request entry: a text field is not a string in {data!r}")
+        if not _positive_int(request.count) or not (request.price is None or _positive_int(request.price)):
+            raise ValueError(f"not a gift request entry: count and price must be positive integers in {data!r}")
+        if not isinstance(request.ts_ms, int):
+            raise ValueError(f"not a gift request entry: ts_ms must be an integer in {data!r}")
         return request
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def new_request(**fields: Any) -> GiftRequest:

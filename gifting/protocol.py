@@ -15,8 +15,8 @@ from typing import Any
 import msgpack
 import orjson
 
-ROOM_ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-EPOCH_PATTERN = re.compile(r"^[A-Za-z0-9]{1,32}$")
+ROOM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+EPOCH_PATTERN = re.compile(r"[A-Za-z0-9]{1,32}")
 OFFSET_MAX = 2**53  # offsets stay exact in JavaScript numbers
 REF_CHARS_MAX = 64
 
@@ -141,7 +141,7 @@ def parse_gift_id(value: object, ref: str | None = None) -> str:
 
 
 def parse_room(value: object, ref: str | None = None) -> str:
-    if not isinstance(value, str) or not ROOM_ID_PATTERN.match(value):
+    if not isinstance(value, str) or not ROOM_ID_PATTERN.fullmatch(value):
         raise ProtocolError("bad_room", f"room: expected [A-Za-z0-9_-]{{1,64}}, got {value!r}", ref)
     return value
 
@@ -171,7 +171,7 @@ def _since(value: object, ref: str | None) -> Since | None:
     if not isinstance(value, dict):
         raise ProtocolError("bad_message", 'since: expected {"epoch": str, "offset": int}', ref)
     epoch, offset = value.get("epoch"), value.get("offset")
-    if not isinstance(epoch, str) or not EPOCH_PATTERN.match(epoch):
+    if not isinstance(epoch, str) or not EPOCH_PATTERN.fullmatch(epoch):
         raise ProtocolError("bad_message", f"since.epoch: expected an epoch string, got {epoch!r}", ref)
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= OFFSET_MAX:
         raise ProtocolError("bad_message", f"since.offset: expected an integer >= 0, got {offset!r}", ref)

@@ -17,8 +17,8 @@ from gifting.ledger import rules
 from gifting.ledger.store import LedgerError
 from gifting.payments import PAYOUT_OK, PaymentError
 
-IDEMPOTENCY_KEY_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
-PAYOUT_ACCOUNT_PATTERN = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+IDEMPOTENCY_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+PAYOUT_ACCOUNT_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 LIST_LIMIT_MAX = 200
 DIAMONDS_MAX = 10**12  # a withdrawal request above this is absurd, not merely over the balance
 SPEND_LIMIT_COINS_MAX = 10**9
@@ -26,7 +26,7 @@ SPEND_LIMIT_COINS_MAX = 10**9
 
 def idempotency_key(request: Request) -> str:
     key = request.headers.get("idempotency-key", "")
-    if not IDEMPOTENCY_KEY_PATTERN.match(key):
+    if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
         raise ApiError(400, "idempotency_key_required", "header Idempotency-Key: expected [A-Za-z0-9_.:-]{1,64}")
     return key
 
@@ -133,7 +133,7 @@ async def request_withdrawal(request: Request) -> Response:
     body = await json_body(request)
     diamonds = positive_int(body.get("diamonds"), "diamonds", DIAMONDS_MAX)
     payout_account = body.get("payout_account", PAYOUT_OK)
-    if not isinstance(payout_account, str) or not PAYOUT_ACCOUNT_PATTERN.match(payout_account):
+    if not isinstance(payout_account, str) or not PAYOUT_ACCOUNT_PATTERN.fullmatch(payout_account):
         raise ApiError(400, "bad_payout_account", "payout_account: expected [A-Za-z0-9_.:-]{1,64}")
     ledger = request.app.state.ledger
     fingerprint = rules.fingerprint(diamonds, payout_account)

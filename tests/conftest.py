@@ -291,10 +291,10 @@ async def _close_clients(system: System) -> None:
 def spawn(command: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """A real `gifting <command>` process (for multi-process and crash tests)."""
     full_env = {**os.environ, **env, "GIFTING_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
-    log = open(log_path, "wb")  # noqa: SIM115 - closed with the process by the caller's stop()
-    return subprocess.Popen(
-        [sys.executable, "-m", "gifting.cli", command], env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
-    )
+    with open(log_path, "wb") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "gifting.cli", command], env=full_env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+        )
 
 
 def stop(process: subprocess.Popen[bytes], kill: bool = False) -> None:

@@ -30,7 +30,7 @@ from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.gifts import GiftRequest
 from gifting.ledger import rules
-from gifting.ledger.store import GiftToSettle, Ledger, LedgerError
+from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
 from gifting.payments import PayoutProvider, SandboxPayouts
 from gifting.rooms import RoomStore
 
@@ -91,7 +91,8 @@ class SettlementWorker:
                     await self.run_payouts()
                 await self.step(pending=False)
                 backoff_s = 0.1
-            except (ConnectionError, TimeoutError, ResponseError, OSError) as exc:
+            except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError) as exc:
+                # Nothing of the batch was announced or acked: it stays pending and is settled (idempotently) again.
                 log.warning("settlement: %s; retrying in %.1f s", exc, backoff_s)
                 own_pending = True
                 await asyncio.sleep(backoff_s)

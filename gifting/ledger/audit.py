@@ -3,7 +3,7 @@
 Checks:
 - each ledger sums to zero, and stored balances equal the journal's;
 - no user balance below zero, except a coin debt no larger than the user's chargebacks (the documented debt);
-- every journal entry parses, and every gift has exactly its legs at the creator share stored with it;
+- every journal entry parses, every gift settled once, with exactly its legs at the creator share stored with it;
 - every paid purchase record has its journal transfer and vice versa; each refund or chargeback reverses one
   paid purchase, once, for its full amount;
 - every withdrawal is pending at most once and resolved (posted or voided) at most once, for its amount, and
@@ -63,6 +63,7 @@ class _Journal:
     reversals: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
     chargebacks: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # account -> coins
     withdrawals: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
+    gift_ids: set[str] = field(default_factory=set)
 
 
 async def run_audit(redis: aioredis.Redis, progress: Callable[[int], None] | None = None) -> AuditReport:
@@ -97,6 +98,9 @@ def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: 
         journal.balances[leg.ledger][leg.credit] += leg.amount
     amount = sum(leg.amount for leg in legs)
     if kind == "gift":
+        if entry in journal.gift_ids:
+            report.findings.append(f"journal {entry_id}: gift {entry} settled more than once")
+        journal.gift_ids.add(entry)
         _check_gift(report, entry_id, fields, legs)
     elif kind == "purchase":
         journal.purchases[entry] = (legs[0].credit if legs else "?", amount)

@@ -68,7 +68,7 @@ def parse_legs(text: str) -> list[Leg]:
     legs = []
     for part in text.split("|") if text else []:
         fields = part.split(" ")
-        if len(fields) != 4 or fields[0] not in LEDGERS or not fields[3].isdigit():
+        if len(fields) != 4 or fields[0] not in LEDGERS or not (fields[3].isascii() and fields[3].isdigit()):
             raise JournalError(f"bad leg {part!r}: expected 'ledger debit credit amount'")
         legs.append(Leg(fields[0], fields[1], fields[2], int(fields[3])))
     return legs

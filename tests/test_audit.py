@@ -1,0 +1,185 @@
+"""The ledger audit: clean on a real history, and a finding for each kind of damage; the `gifting audit` CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+
+from gifting import keys
+from gifting.ledger.audit import run_audit
+from tests.conftest import REPO, System
+
+CLI_TIMEOUT_S = 30.0
+
+
+async def settled_gifts(system: System, viewer: str, creator: str, gifts: list[tuple[str, int]]) -> str:
+    """Open a room for `creator` and have `viewer` send `gifts` (gift, count), each settled. Returns the room."""
+    room = await system.open_room(creator)
+    client = await system.connect(viewer)
+    for gift, count in gifts:
+        gid = await client.gift(room, gift, count)
+        result = await client.result(gid)
+        assert result["status"] == "settled", result
+    return room
+
+
+async def journal_entry(redis: aioredis.Redis, fields: dict[str, Any]) -> str:
+    entry_id: str = await redis.xadd(keys.LEDGER_JOURNAL, fields)
+    return entry_id
+
+
+async def move(redis: aioredis.Redis, ledger_key: str, debit: str, credit: str, amount: int) -> None:
+    """Change stored balances exactly as a journal leg says, so the balance checks stay quiet."""
+    await redis.hincrby(ledger_key, debit, -amount)
+    await redis.hincrby(ledger_key, credit, amount)
+
+
+async def run_cli_audit(redis_url: str, data_dir: Path) -> tuple[int, str]:
+    env = {**os.environ, "REDIS_URL": redis_url, "GIFTING_DATA_DIR": str(data_dir)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gifting.cli",
+        "audit",
+        env=env,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), CLI_TIMEOUT_S)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise
+    assert process.returncode is not None
+    return process.returncode, stdout.decode() + stderr.decode()
+
+
+async def test_audit_is_clean_after_a_purchase_and_gifts(system: System) -> None:
+    """A real purchase and settled gifts leave the audit clean, with every entry counted and each ledger at zero."""
+    await system.buy("viewer1", "coins_328")
+    await settled_gifts(system, "viewer1", "creator1", [("confetti", 2), ("coffee", 3), ("rose", 1)])
+    report = await run_audit(system.redis)
+    assert report.clean, report.summary()
+    assert report.entries == 4 and dict(report.kinds) == {"purchase": 1, "gift": 3}
+    assert {ledger: sum(b.values()) for ledger, b in report.totals.items()} == {"coins": 0, "diamonds": 0}
+    assert report.totals["coins"]["u:viewer1"] == 328 - 200 - 30 - 1
+    assert report.totals["diamonds"]["u:creator1"] == 100 + 15 + 0
+    assert report.summary().endswith("findings: none")
+
+
+async def test_tampered_balance_is_a_finding_naming_the_account(system: System) -> None:
+    """A user's coin balance changed outside the journal is a finding that names the account and both amounts."""
+    await system.buy("viewer1", "coins_65")
+    await settled_gifts(system, "viewer1", "creator1", [("coffee", 1)])
+    await system.redis.hincrby(keys.LEDGER_COINS, keys.account("viewer1"), 5)
+    report = await run_audit(system.redis)
+    assert not report.clean
+    assert "coins u:viewer1: stored balance 60, journal says 55" in report.findings
+    assert "coins: stored balances sum to 5, expected 0" in report.findings
+    assert "FINDING coins u:viewer1" in report.summary()
+
+
+@pytest.mark.parametrize(
+    "legs",
+    [
+        "coins u:viewer1 sys:platform_revenue",
+        "gems u:viewer1 sys:platform_revenue 5",
+        "coins u:viewer1 sys:platform_revenue -5",
+        "coins u:viewer1 sys:platform_revenue five",
+        "coins u:viewer1 sys:platform_revenue 5|",
+    ],
+    ids=["missing-amount", "unknown-ledger", "negative", "not-a-number", "empty-leg"],
+)
+async def test_journal_entry_with_broken_legs_is_a_finding(redis: aioredis.Redis, legs: str) -> None:
+    """A journal entry whose legs do not parse is a finding naming the entry."""
+    entry_id = await journal_entry(redis, {"kind": "gift", "id": "g-broken", "legs": legs, "bps": "5000"})
+    report = await run_audit(redis)
+    assert len(report.findings) == 1, report.findings
+    assert report.findings[0].startswith(f"journal {entry_id} (gift g-broken): bad leg"), report.findings
+
+
+async def test_gift_entry_without_legs_is_a_finding(redis: aioredis.Redis) -> None:
+    """A gift journal entry with no coin legs at all is a finding."""
+    entry_id = await journal_entry(redis, {"kind": "gift", "id": "g-empty", "legs": "", "bps": "5000"})
+    report = await run_audit(redis)
+    assert report.findings == [f"journal {entry_id} gift g-empty: expected coin legs from one viewer"]
+
+
+@pytest.mark.parametrize(
+    ("diamonds", "bps"),
+    [(40, "5000"), (50, "3000"), (50, "20000")],
+    ids=["diamonds-off-share", "bps-other-share", "bps-out-of-range"],
+)
+async def test_gift_whose_diamonds_do_not_match_its_bps_is_a_finding(system: System, diamonds: int, bps: str) -> None:
+    """A gift entry whose diamonds leg is not its stored creator share of the coins is a finding."""
+    await system.grant("viewer1", 100)
+    redis = system.redis
+    legs = [
+        ("coins", keys.LEDGER_COINS, "u:viewer1", keys.SYS_PLATFORM_REVENUE, 50),
+        ("coins", keys.LEDGER_COINS, "u:viewer1", keys.SYS_CREATOR_EARNINGS, 50),
+        ("diamonds", keys.LEDGER_DIAMONDS, keys.SYS_DIAMOND_ISSUANCE, "u:creator1", diamonds),
+    ]
+    for _, ledger_key, debit, credit, amount in legs:
+        await move(redis, ledger_key, debit, credit, amount)
+    text = "|".join(f"{ledger} {debit} {credit} {amount}" for ledger, _, debit, credit, amount in legs)
+    entry_id = await journal_entry(redis, {"kind": "gift", "id": "g-off", "legs": text, "bps": bps})
+    report = await run_audit(redis)
+    assert len(report.findings) == 1, report.findings
+    assert report.findings[0].startswith(f"journal {entry_id} gift g-off: "), report.findings
+
+
+async def test_consistent_gift_entry_at_its_share_is_not_a_finding(system: System) -> None:
+    """The same hand-written gift entry with legs matching its bps is clean (the checks above are not noise)."""
+    await system.grant("viewer1", 100)
+    redis = system.redis
+    await move(redis, keys.LEDGER_COINS, "u:viewer1", keys.SYS_PLATFORM_REVENUE, 70)
+    await move(redis, keys.LEDGER_COINS, "u:viewer1", keys.SYS_CREATOR_EARNINGS, 30)
+    await move(redis, keys.LEDGER_DIAMONDS, keys.SYS_DIAMOND_ISSUANCE, "u:creator1", 30)
+    legs = (
+        "coins u:viewer1 sys:platform_revenue 70|coins u:viewer1 sys:creator_earnings 30|"
+        "diamonds sys:diamond_issuance u:creator1 30"
+    )
+    await journal_entry(redis, {"kind": "gift", "id": "g-ok", "legs": legs, "bps": "3000"})
+    report = await run_audit(redis)
+    assert report.clean, report.summary()
+
+
+async def test_user_balance_below_zero_is_a_finding(system: System) -> None:
+    """A gift that overdraws a viewer is a finding even when stored balances agree with the journal."""
+    await system.grant("viewer1", 100)
+    redis = system.redis
+    await move(redis, keys.LEDGER_COINS, "u:viewer1", keys.SYS_PLATFORM_REVENUE, 75)
+    await move(redis, keys.LEDGER_COINS, "u:viewer1", keys.SYS_CREATOR_EARNINGS, 75)
+    await move(redis, keys.LEDGER_DIAMONDS, keys.SYS_DIAMOND_ISSUANCE, "u:creator1", 75)
+    legs = (
+        "coins u:viewer1 sys:platform_revenue 75|coins u:viewer1 sys:creator_earnings 75|"
+        "diamonds sys:diamond_issuance u:creator1 75"
+    )
+    await journal_entry(redis, {"kind": "gift", "id": "g-over", "legs": legs, "bps": "5000"})
+    report = await run_audit(redis)
+    assert len(report.findings) == 1, report.findings
+    assert report.findings[0].startswith("coins u:viewer1: balance -50 below zero"), report.findings
+
+
+async def test_cli_audit_exits_0_when_clean_and_1_with_a_finding(
+    system: System, valkey_url: str, tmp_path: Path
+) -> None:
+    """`python -m gifting.cli audit` prints its findings and exits 0 on a clean ledger, 1 after tampering."""
+    await system.buy("viewer1", "coins_65")
+    await settled_gifts(system, "viewer1", "creator1", [("coffee", 2)])
+    code, output = await run_cli_audit(valkey_url, tmp_path)
+    assert code == 0, output
+    assert "findings: none" in output
+    await system.redis.hincrby(keys.LEDGER_COINS, keys.account("viewer1"), 5)
+    code, output = await run_cli_audit(valkey_url, tmp_path)
+    assert code == 1, output
+    assert "findings: 2" in output
+    assert "FINDING coins u:viewer1: stored balance 50, journal says 45" in output

@@ -1,0 +1,166 @@
+"""Ledger rules, pure: the gift split rounds in the platform's favour, every chain balances, legs round-trip."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from gifting import keys
+from gifting.ledger import rules
+from gifting.ledger.rules import JournalError, Leg
+
+
+def net_by_ledger(legs: list[Leg]) -> dict[str, dict[str, int]]:
+    """Each account's net change per ledger after applying `legs`."""
+    net: dict[str, dict[str, int]] = {ledger: defaultdict(int) for ledger in rules.LEDGERS}
+    for leg in legs:
+        net[leg.ledger][leg.debit] -= leg.amount
+        net[leg.ledger][leg.credit] += leg.amount
+    return net
+
+
+@pytest.mark.parametrize(
+    ("coins", "bps", "diamonds"),
+    [
+        (1, 5000, 0),
+        (2, 5000, 1),
+        (3, 5000, 1),
+        (100, 5000, 50),
+        (99, 5000, 49),
+        (7, 3333, 2),
+        (1, 9999, 0),
+        (1, 10000, 1),
+        (44999, 0, 0),
+        (44999 * 999, 5000, 44999 * 999 // 2),
+    ],
+)
+def test_split_rounds_in_the_platforms_favour(coins: int, bps: int, diamonds: int) -> None:
+    """The creator's diamonds are rounded down; the platform keeps the remainder."""
+    split = rules.split_gift(coins, bps)
+    assert (split.coins, split.diamonds, split.platform_coins) == (coins, diamonds, coins - diamonds)
+
+
+def test_one_coin_gift_at_half_share_has_no_diamond_legs() -> None:
+    """A 1-coin gift at 50 % earns 0 diamonds: only the platform leg is written."""
+    legs = rules.gift_legs("v", "c", rules.split_gift(1, 5000))
+    assert legs == [Leg("coins", "u:v", keys.SYS_PLATFORM_REVENUE, 1)]
+
+
+def test_full_share_gift_has_no_platform_leg() -> None:
+    """At 100 % the creator gets every coin as diamonds and the platform leg is omitted."""
+    legs = rules.gift_legs("v", "c", rules.split_gift(10, 10000))
+    assert legs == [
+        Leg("coins", "u:v", keys.SYS_CREATOR_EARNINGS, 10),
+        Leg("diamonds", keys.SYS_DIAMOND_ISSUANCE, "u:c", 10),
+    ]
+
+
+def test_gift_legs_sum_to_zero_per_ledger() -> None:
+    """A 3-coin gift at 50 %: viewer -3 coins, platform +2, earnings +1, creator +1 diamond; each ledger nets 0."""
+    net = net_by_ledger(rules.gift_legs("v", "c", rules.split_gift(3, 5000)))
+    assert dict(net["coins"]) == {"u:v": -3, keys.SYS_PLATFORM_REVENUE: 2, keys.SYS_CREATOR_EARNINGS: 1}
+    assert dict(net["diamonds"]) == {keys.SYS_DIAMOND_ISSUANCE: -1, "u:c": 1}
+    assert all(sum(accounts.values()) == 0 for accounts in net.values())
+
+
+def test_purchase_legs_balance() -> None:
+    """A purchase moves coins from issuance to the user, and the coin ledger nets 0."""
+    legs = rules.purchase_legs("v", 65)
+    assert legs == [Leg("coins", keys.SYS_COIN_ISSUANCE, "u:v", 65)]
+    assert sum(net_by_ledger(legs)["coins"].values()) == 0
+
+
+accounts = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789_.@-", min_size=1, max_size=64)
+
+
+@given(coins=st.integers(1, 10**12), bps=st.integers(0, rules.BPS_DENOMINATOR), viewer=accounts, creator=accounts)
+@example(coins=1, bps=5000, viewer="v", creator="c")
+@example(coins=1, bps=0, viewer="v", creator="c")
+def test_split_and_legs_always_balance(coins: int, bps: int, viewer: str, creator: str) -> None:
+    """For any amount and share: diamonds = floor(coins*bps/10000), legs are positive, each ledger nets 0."""
+    split = rules.split_gift(coins, bps)
+    assert split.diamonds * rules.BPS_DENOMINATOR <= coins * bps < (split.diamonds + 1) * rules.BPS_DENOMINATOR
+    assert split.diamonds + split.platform_coins == coins and split.platform_coins >= 0
+    legs = rules.gift_legs(viewer, creator, split)
+    assert all(leg.amount > 0 for leg in legs)
+    net = net_by_ledger(legs)
+    assert all(sum(balances.values()) == 0 for balances in net.values())
+    if viewer != creator:
+        assert net["coins"][keys.account(viewer)] == -coins
+        assert net["diamonds"][keys.account(creator)] == split.diamonds
+    assert net["coins"][keys.SYS_CREATOR_EARNINGS] == split.diamonds
+    assert rules.parse_legs(rules.encode_legs(legs)) == legs
+
+
+def test_encode_parse_round_trip() -> None:
+    """Legs encode to 'ledger debit credit amount' joined by '|' and parse back identically."""
+    legs = rules.gift_legs("viewer_1", "creator.2@x", rules.split_gift(1088, 5000))
+    text = rules.encode_legs(legs)
+    assert text == (
+        "coins u:viewer_1 sys:platform_revenue 544|coins u:viewer_1 sys:creator_earnings 544"
+        "|diamonds sys:diamond_issuance u:creator.2@x 544"
+    )
+    assert rules.parse_legs(text) == legs
+    assert rules.parse_legs("") == [] and rules.encode_legs([]) == ""
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "garbage",
+        "coins a b",
+        "coins a b c",
+        "coins a b 1 extra",
+        "gems a b 1",
+        "Coins a b 1",
+        "coins a b -1",
+        "coins a b 1.5",
+        "coins a b 1|",
+        "|coins a b 1",
+        "coins a b 1||coins a b 2",
+        "coins  a b 1",
+        "coins a b 1\n",
+        "coins a b ²",
+        "coins a b ٣",
+    ],
+)
+def test_parse_garbage_raises_journal_error(text: str) -> None:
+    """A leg that is not 'coins|diamonds debit credit <ASCII digits>' raises JournalError (what the audit reports)."""
+    with pytest.raises(JournalError):
+        rules.parse_legs(text)
+
+
+@given(
+    ledger=st.sampled_from(rules.LEDGERS),
+    debit=st.text(min_size=1, max_size=8),
+    credit=st.text(min_size=1, max_size=8),
+    amount=st.text(min_size=1, max_size=6),
+)
+@example(ledger="coins", debit="a", credit="b", amount="²")
+def test_parse_never_raises_anything_but_journal_error(ledger: str, debit: str, credit: str, amount: str) -> None:
+    """Any journal text parses to legs with non-negative int amounts, or raises JournalError; nothing else."""
+    try:
+        legs = rules.parse_legs(f"{ledger} {debit} {credit} {amount}")
+    except JournalError:
+        return
+    assert all(type(leg.amount) is int and leg.amount >= 0 for leg in legs)
+
+
+def test_fingerprint_identifies_the_request() -> None:
+    """Same fields give the same fingerprint; any change, or moving a boundary between fields, gives another."""
+    base = rules.fingerprint("alice", "r_1", "rose", 1)
+    assert base == rules.fingerprint("alice", "r_1", "rose", 1)
+    assert base != rules.fingerprint("alice", "r_1", "rose", 2)
+    assert base != rules.fingerprint("bob", "r_1", "rose", 1)
+    assert rules.fingerprint("a b", "c") != rules.fingerprint("a", "b c")
+
+
+def test_parse_gift_record() -> None:
+    """The stored 'status|reason|coins|fingerprint' record reads back as an outcome."""
+    outcome = rules.parse_gift_record("g1", "rejected|insufficient_coins|5|abc", replay=True)
+    assert outcome == rules.GiftOutcome("g1", "rejected", "insufficient_coins", 5, True)
+    assert not outcome.settled
+    assert rules.parse_gift_record("g2", "settled||0|abc", replay=False).settled
