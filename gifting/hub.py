@@ -65,6 +65,7 @@ class Connection:
     close_code: int | None = None
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     writer: asyncio.Task[None] | None = None
+    closing: asyncio.Task[None] | None = None  # the close handshake started by shut()
 
     def enqueue(self, data: str | bytes, nbytes: int) -> bool:
         """Queue a frame; False (and the connection closes) if the queue would exceed its byte limit."""
@@ -91,7 +92,7 @@ class Connection:
         self.queued_bytes = 0
         if self.writer is not None:
             self.writer.cancel()
-        spawn(self._close(code, reason))
+        self.closing = asyncio.get_running_loop().create_task(self._close(code, reason))
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
@@ -173,6 +174,9 @@ class Hub:
             conn.writer.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await conn.writer
+        if conn.closing is not None:  # let a close we started (4002, 4008) reach the client with its code
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await conn.closing
 
     async def join(self, conn: Connection, message: protocol.Join) -> None:
         """Subscribe first, then snapshot: every event after the snapshot reaches the joiner exactly once."""
@@ -312,13 +316,20 @@ class Hub:
         return None
 
     def _deliver_results(self, results: list[dict[str, Any]]) -> None:
+        """Each queued request gets exactly one result, in stream order: two sends of one gift_id (a resend, or
+        a conflicting reuse) get their own answers."""
         for result in results:
-            _, waiting = self.waiters.pop(result.get("gift_id", ""), (0.0, []))
-            for waiter in waiting:
-                if isinstance(waiter, Connection):
-                    waiter.send_message(result)
-                elif not waiter.done():
-                    waiter.set_result(result)
+            gift_id = result.get("gift_id", "")
+            _, waiting = self.waiters.get(gift_id, (0.0, []))
+            if not waiting:
+                continue  # its waiter timed out or disconnected; the client resends the gift_id to learn it
+            waiter = waiting.pop(0)
+            if not waiting:
+                del self.waiters[gift_id]
+            if isinstance(waiter, Connection):
+                waiter.send_message(result)
+            elif not waiter.done():
+                waiter.set_result(result)
 
     # Room events ---------------------------------------------------------------------------------------
 
