@@ -66,6 +66,7 @@ class Connection:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     writer: asyncio.Task[None] | None = None
     closing: asyncio.Task[None] | None = None  # the close handshake started by shut()
+    shut_down: asyncio.Event = field(default_factory=asyncio.Event)  # set by shut(): the reader stops waiting
 
     def enqueue(self, data: str | bytes, nbytes: int) -> bool:
         """Queue a frame; False (and the connection closes) if the queue would exceed its byte limit."""
@@ -88,6 +89,7 @@ class Connection:
         if self.closed:
             return
         self.closed, self.close_code = True, code
+        self.shut_down.set()
         self.queue.clear()
         self.queued_bytes = 0
         if self.writer is not None:
@@ -124,6 +126,7 @@ class Room:
     creator: str = ""
     conns: set[Connection] = field(default_factory=set)
     joining: dict[Connection, list[dict[str, Any]]] = field(default_factory=dict)  # live events held per joiner
+    floors: dict[Connection, int] = field(default_factory=dict)  # offset a fresh joiner already has, until a tick
     pending: list[dict[str, Any]] = field(default_factory=list)  # events for the next tick
     last_offset: int = -1  # last offset taken from the live feed; -1: not known yet
     filling: bool = False  # a gap is being filled from history
@@ -184,6 +187,7 @@ class Hub:
             raise ProtocolError(
                 "too_many_rooms",
                 f"a connection may join at most {self.settings.ws_rooms_per_connection_max} rooms",
+                message.ref,
             )
         room = self.rooms.get(message.room)
         if room is None:
@@ -201,6 +205,9 @@ class Hub:
         held = room.joining.pop(conn, [])
         last = events[-1]["offset"] if events else joined["offset"]
         events += [e for e in held if e["offset"] > last]
+        # Events already queued for the next tick may include some the join just delivered: the next flush
+        # sends this connection only those above its floor.
+        room.floors[conn] = events[-1]["offset"] if events else last
         conn.send_message(joined)
         if events:
             conn.send_message(protocol.events_frame(room.id, self._audience(conn, room, events)))
@@ -212,16 +219,15 @@ class Hub:
         replay_max = self.settings.replay_events_max
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.room_meta(room.id))
+            pipe.xrevrange(keys.room_history(room.id), count=self.settings.snapshot_events)
             if since is not None:
                 pipe.xrange(keys.room_history(room.id), min=f"{since.offset + 1}-0", max="+", count=replay_max + 1)
-            else:
-                pipe.xrevrange(keys.room_history(room.id), count=self.settings.snapshot_events)
-            meta, history = await pipe.execute()
+            meta, latest, *replay = await pipe.execute()
         if not meta:
             raise ProtocolError("room_not_found", f"no room {room.id!r}", message.ref)
         room.creator = meta.get("creator", "")
         offset = int(meta.get("offset", 0))
-        events = [orjson.loads(fields["e"]) for _, fields in history]
+        recent = self._audience(conn, room, [orjson.loads(fields["e"]) for _, fields in reversed(latest)])
         joined: dict[str, Any] = {
             "type": "joined",
             "room": room.id,
@@ -235,17 +241,17 @@ class Hub:
         if message.ref is not None:
             joined["ref"] = message.ref
         if since is None:
-            joined["recent"] = self._audience(conn, room, events[::-1])
+            joined["recent"] = recent
             return joined, []
+        events = [orjson.loads(fields["e"]) for _, fields in replay[0]]
         recovered = since.epoch == joined["epoch"] and (
             since.offset == offset
             or (bool(events) and events[0]["offset"] == since.offset + 1 and len(events) <= replay_max)
         )
         joined["recovered"] = recovered
         if not recovered:
-            # Missed too much (or history was lost): a fresh snapshot instead of a silent gap.
-            recent = events[-self.settings.snapshot_events :] if since.epoch == joined["epoch"] else []
-            joined["recent"] = self._audience(conn, room, recent)
+            # Missed too much, or history was lost: a fresh snapshot instead of a silent gap.
+            joined["recent"] = recent
             return joined, []
         return joined, events
 
@@ -256,6 +262,7 @@ class Hub:
             return
         room.conns.discard(conn)
         room.joining.pop(conn, None)
+        room.floors.pop(conn, None)
         if not room.conns:
             del self.rooms[room_id]
             with contextlib.suppress(RedisConnectionError):
@@ -380,8 +387,13 @@ class Hub:
                 continue
             events, room.pending = room.pending, []
             frames: dict[tuple[bool, Codec], tuple[str | bytes, int]] = {}
+            floors, room.floors = room.floors, {}
             for conn in room.conns:
                 if conn in room.joining or conn.closed:
+                    continue
+                floor = floors.get(conn)
+                if floor is not None and events[0]["offset"] <= floor:
+                    self._send_above(conn, room, events, floor)  # a fresh joiner: rare, encoded for it alone
                     continue
                 creator = conn.identity.user == room.creator
                 frame = frames.get((creator, conn.codec))
@@ -391,6 +403,11 @@ class Hub:
                     frame = frames[(creator, conn.codec)] = (data, len(data))
                 if conn.enqueue(*frame):
                     self.frames_sent += 1
+
+    def _send_above(self, conn: Connection, room: Room, events: list[dict[str, Any]], floor: int) -> None:
+        newer = [e for e in events if e["offset"] > floor]
+        if newer and conn.send_message(protocol.events_frame(room.id, self._audience(conn, room, newer))):
+            self.frames_sent += 1
 
     # Background tasks ----------------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -69,29 +70,46 @@ async def websocket_endpoint(ws: WebSocket) -> None:
 
 
 async def _relay(ws: WebSocket, hub: Hub, conn: Connection) -> None:
-    settings = hub.settings
+    """Read client messages until the client leaves or the hub shuts the connection (slow, invalid)."""
     invalid = 0
-    while not conn.closed:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        data = message.get("text")
-        if data is None:
-            data = message.get("bytes") or b""
-        try:
-            size = len(data.encode()) if isinstance(data, str) else len(data)
-            if size > settings.ws_message_bytes_max:
-                raise ProtocolError(
-                    "frame_too_large",
-                    f"message of {size} bytes; the limit is {settings.ws_message_bytes_max} bytes",
-                )
-            parsed = protocol.parse_message(protocol.decode_frame(data, conn.codec), settings.gift_count_max)
-            await _handle(hub, conn, parsed)
-        except ProtocolError as exc:
-            invalid += 1
-            conn.send_message(protocol.error(exc.code, exc.message, exc.ref))
-            if invalid > settings.ws_invalid_messages_max:
-                conn.shut(CLOSE_TOO_MANY_INVALID, "too many invalid messages")
+    shut = asyncio.ensure_future(conn.shut_down.wait())
+    try:
+        while not conn.closed:
+            receiving = asyncio.ensure_future(ws.receive())
+            await asyncio.wait((receiving, shut), return_when=asyncio.FIRST_COMPLETED)
+            if not receiving.done():
+                # A client that stopped reading may never send again: stop waiting for it.
+                receiving.cancel()
+                return
+            message = receiving.result()
+            if message["type"] == "websocket.disconnect":
+                return
+            invalid = await _handle_frame(hub, conn, message, invalid)
+    finally:
+        shut.cancel()
+
+
+async def _handle_frame(hub: Hub, conn: Connection, message: Any, invalid: int) -> int:
+    """One client frame. Returns the connection's running count of invalid messages."""
+    settings = hub.settings
+    data = message.get("text")
+    if data is None:
+        data = message.get("bytes") or b""
+    try:
+        size = len(data.encode()) if isinstance(data, str) else len(data)
+        if size > settings.ws_message_bytes_max:
+            raise ProtocolError(
+                "frame_too_large",
+                f"message of {size} bytes; the limit is {settings.ws_message_bytes_max} bytes",
+            )
+        parsed = protocol.parse_message(protocol.decode_frame(data, conn.codec), settings.gift_count_max)
+        await _handle(hub, conn, parsed)
+    except ProtocolError as exc:
+        invalid += 1
+        conn.send_message(protocol.error(exc.code, exc.message, exc.ref))
+        if invalid > settings.ws_invalid_messages_max:
+            conn.shut(CLOSE_TOO_MANY_INVALID, "too many invalid messages")
+    return invalid
 
 
 async def _handle(hub: Hub, conn: Connection, message: protocol.ClientMessage) -> None:

@@ -23,11 +23,13 @@ import pytest
 import redis.asyncio as aioredis
 import uvicorn
 import websockets
+from starlette.applications import Starlette
 
 from gifting import auth
 from gifting.app import create_app, redis_client
 from gifting.config import Settings
 from gifting.embedded import EmbeddedValkey, free_port
+from gifting.hub import Hub
 from workers.settlement import SettlementWorker
 
 SECRET = "test-secret-not-for-production-0123456789"
@@ -147,8 +149,14 @@ class System:
     redis: aioredis.Redis
     base_url: str
     http: httpx.AsyncClient
+    app: Starlette
     worker: SettlementWorker | None = None
     _clients: list[WsClient] = field(default_factory=list)
+
+    @property
+    def hub(self) -> Hub:
+        hub: Hub = self.app.state.hub
+        return hub
 
     @property
     def ws_url(self) -> str:
@@ -211,8 +219,8 @@ class System:
 
 
 @contextlib.asynccontextmanager
-async def run_web(settings: Settings, redis_url: str) -> AsyncIterator[str]:
-    """The web app on a free port of 127.0.0.1, served by uvicorn inside this event loop."""
+async def run_web(settings: Settings, redis_url: str) -> AsyncIterator[tuple[str, Starlette]]:
+    """The web app on a free port of 127.0.0.1, served by uvicorn inside this event loop: (base URL, app)."""
     port = free_port()
     app = create_app(settings, redis_url, SECRET)
     config = uvicorn.Config(
@@ -233,7 +241,7 @@ async def run_web(settings: Settings, redis_url: str) -> AsyncIterator[str]:
             task.result()
         await asyncio.sleep(0.01)
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield f"http://127.0.0.1:{port}", app
     finally:
         server.should_exit = True
         await asyncio.wait_for(task, 15)
@@ -265,9 +273,9 @@ async def start_system(redis: aioredis.Redis, valkey_url: str, tmp_path: Path) -
 
     async def start(worker: bool = True, **overrides: Any) -> System:
         settings = make_settings(tmp_path, **overrides)
-        base_url = await stack.enter_async_context(run_web(settings, valkey_url))
+        base_url, app = await stack.enter_async_context(run_web(settings, valkey_url))
         http = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=15))
-        system = System(settings, redis, base_url, http)
+        system = System(settings, redis, base_url, http, app)
         if worker:
             system.worker = await stack.enter_async_context(run_worker(settings, valkey_url))
         stack.push_async_callback(_close_clients, system)
