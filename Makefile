@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check lint bench clean
+.PHONY: run test check docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,10 +20,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/pytest
 
+LINTED := $(wildcard gifting workers loadtest tests)
+
 check: $(STAMP)
-	$(BIN)/ruff format --check gifting workers loadtest tests
-	$(BIN)/ruff check gifting workers loadtest tests
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/ruff check $(LINTED)
 	$(BIN)/mypy
+
+docs: $(STAMP)
+	$(BIN)/gifting config --write-readme README.md
 
 bench: $(STAMP)
 	$(BIN)/python loadtest/bench_settlement.py

@@ -15,7 +15,7 @@ from gifting import auth, keys, protocol
 from gifting.auth import Identity
 from gifting.ledger.store import LedgerError
 from gifting.protocol import ProtocolError
-from gifting.rooms import RoomError
+from gifting.rooms import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, TOP_LIMIT_MAX, TOP_PERIODS, RoomError
 
 BODY_BYTES_MAX = 16 * 1024
 
@@ -152,6 +152,54 @@ async def send_gift(request: Request) -> Response:
     return json_response(result, 200)
 
 
+async def leaderboard(request: Request) -> Response:
+    """Top gifters: `?period=stream|day|week|all` (day and week: UTC, of the room's creator), `?limit=` 1..100."""
+    room = _room_param(request)
+    period = request.query_params.get("period", "stream")
+    if period not in TOP_PERIODS:
+        raise ApiError(400, "bad_period", f"period: expected one of {', '.join(TOP_PERIODS)}")
+    raw_limit = request.query_params.get("limit", "10")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= TOP_LIMIT_MAX:
+        raise ApiError(400, "bad_limit", f"limit: expected an integer in 1..{TOP_LIMIT_MAX}")
+    top = await request.app.state.rooms.top(room, period, int(raw_limit))
+    return json_response({"room": room, "period": period, "top": top})
+
+
+async def set_goal(request: Request) -> Response:
+    """The creator's LIVE goal: {"gift", "target"} (N of that gift) or {"diamonds"} (a diamond total)."""
+    identity = identify(request)
+    room = _room_param(request)
+    body = await json_body(request)
+    state = request.app.state
+    if "diamonds" in body and "gift" not in body:
+        gift, target = None, _goal_target(body.get("diamonds"), "diamonds", GOAL_DIAMONDS_MAX)
+    elif "gift" in body and "diamonds" not in body:
+        gift = body.get("gift")
+        if not isinstance(gift, str) or state.catalogs.current.sendable(gift) is None:
+            raise ApiError(400, "unknown_gift", f"gift: no gift {gift!r} on sale")
+        target = _goal_target(body.get("target"), "target", GOAL_TARGET_MAX)
+    else:
+        raise ApiError(400, "bad_goal", 'expected {"gift": id, "target": n} or {"diamonds": n}')
+    goal = await state.rooms.set_goal(room, identity.user, gift, target)
+    return json_response({"goal": goal}, 201)
+
+
+async def cancel_goal(request: Request) -> Response:
+    identity = identify(request)
+    return json_response({"goal": await request.app.state.rooms.cancel_goal(_room_param(request), identity.user)})
+
+
+def _goal_target(value: object, name: str, maximum: int) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
+        raise ApiError(400, "bad_target", f"{name}: expected an integer in 1..{maximum}, got {value!r}")
+    return value
+
+
+async def summary(request: Request) -> Response:
+    """The stream summary: stored when the stream ended, running totals while it is live."""
+    return json_response(await request.app.state.rooms.summary(_room_param(request)))
+
+
 def _room_param(request: Request) -> str:
     try:
         return protocol.parse_room(request.path_params["room"])
@@ -185,6 +233,10 @@ routes = [
     Route("/v1/rooms/{room}", get_room),
     Route("/v1/rooms/{room}/end", end_room, methods=["POST"]),
     Route("/v1/rooms/{room}/gifts", send_gift, methods=["POST"]),
+    Route("/v1/rooms/{room}/leaderboard", leaderboard),
+    Route("/v1/rooms/{room}/goals", set_goal, methods=["POST"]),
+    Route("/v1/rooms/{room}/goals", cancel_goal, methods=["DELETE"]),
+    Route("/v1/rooms/{room}/summary", summary),
     Route("/dev/token", dev_token),
 ]
 

@@ -39,9 +39,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         await state.catalogs.load()
         state.payments = payments or SandboxProvider()
         state.ledger = Ledger(redis, settings)
-        state.rooms = RoomStore(
-            redis, settings.room_history_events_max, settings.idempotency_ttl_s, settings.ended_room_ttl_s
-        )
+        state.rooms = RoomStore(redis, settings)
         state.hub = Hub(redis, settings, state.catalogs)
         await state.hub.start()
         log.info("web process ready (hub %s)", state.hub.id)

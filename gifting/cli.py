@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from gifting import auth, embedded
-from gifting.config import ConfigError, Settings, markdown_table
+from gifting.config import ConfigError, Settings, markdown_table, write_readme_table
 
 log = logging.getLogger("gifting")
 SECRET_FILE = "secret"
@@ -228,6 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("audit", help="recompute balances from the journal and check the ledger invariants")
     config = sub.add_parser("config", help="print the settings in force")
     config.add_argument("--markdown", action="store_true", help="print the README's configuration table")
+    config.add_argument("--write-readme", metavar="PATH", help="rewrite the configuration table in this README")
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -243,7 +244,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_token(settings, args)
         if args.command == "audit":
             return cmd_audit(settings)
-        if args.markdown:
+        if args.write_readme:
+            write_readme_table(Path(args.write_readme))
+        elif args.markdown:
             print(markdown_table())
         else:
             for name, value in sorted(vars(settings).items()):

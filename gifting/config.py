@@ -99,6 +99,22 @@ class Settings:
     )
     ws_ping_interval_s: float = _setting("GIFTING_WS_PING_INTERVAL_S", 20.0, "Keepalive ping interval, seconds.")
     tick_ms: int = _setting("GIFTING_TICK_MS", 50, "Hub coalescing tick: one frame per room per tick, in ms.")
+    combo_window_ms: int = _setting(
+        "GIFTING_COMBO_WINDOW_MS", 3000, "The same gift from the same viewer within this many ms extends a combo."
+    )
+    big_gift_coins: int = _setting(
+        "GIFTING_BIG_GIFT_COINS", 500, "Gifts worth at least this many coins are never merged in viewers' frames."
+    )
+    frame_events_max: int = _setting(
+        "GIFTING_FRAME_EVENTS_MAX", 50, "Entries in one viewers' frame; cheap gifts beyond it become a tick summary."
+    )
+    viewers_interval_ms: int = _setting(
+        "GIFTING_VIEWERS_INTERVAL_MS", 2000, "How often approximate viewer counts are shared and pushed, in ms."
+    )
+    leaderboard_interval_ms: int = _setting(
+        "GIFTING_LEADERBOARD_INTERVAL_MS", 2000, "Top gifters are pushed at most this often per room, in ms."
+    )
+    leaderboard_size: int = _setting("GIFTING_LEADERBOARD_SIZE", 10, "Entries in a pushed top-gifters list.")
     replay_events_max: int = _setting(
         "GIFTING_REPLAY_EVENTS_MAX",
         1000,
@@ -207,3 +223,11 @@ def markdown_table() -> str:
         default = f.default if f.default != "" else "(empty)"
         rows.append(f"| `{f.metadata['env']}` | `{default}` | {f.metadata['help']} |")
     return "\n".join(rows)
+
+
+def write_readme_table(path: Path) -> None:
+    """Replace the configuration table in the README with the one generated from this module."""
+    text = path.read_text()
+    start = text.index("| variable | default | meaning |")
+    end = text.index("\n\n", start)
+    path.write_text(text[:start] + markdown_table() + text[end:])

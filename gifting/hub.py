@@ -29,11 +29,12 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gifting import gifts, keys, protocol
+from gifting import coalesce, gifts, keys, protocol
 from gifting.auth import Identity
 from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.protocol import Codec, ProtocolError
+from gifting.rooms import top_entries
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,11 @@ class Room:
     last_offset: int = -1  # last offset taken from the live feed; -1: not known yet
     filling: bool = False  # a gap is being filled from history
     held: list[dict[str, Any]] = field(default_factory=list)  # live events that arrived while filling
+    ephemeral: list[dict[str, Any]] = field(default_factory=list)  # events without offset for the next tick
+    combos: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)  # id -> (ends at, last gift)
+    viewers: int = 0  # approximate, across all web processes
+    gifted: bool = False  # gifts arrived since the top gifters were last pushed
+    top: list[dict[str, Any]] = field(default_factory=list)  # the top gifters last pushed
 
 
 class Hub:
@@ -151,7 +157,8 @@ class Hub:
     async def start(self) -> None:
         await self.pubsub.subscribe(keys.hub_channel(self.id), keys.CATALOG_CHANNEL)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(t) for t in (self._read_pubsub(), self._tick(), self._maintain())]
+        tasks = (self._read_pubsub(), self._tick(), self._maintain(), self._share_viewers(), self._push_top())
+        self._tasks = [loop.create_task(t) for t in tasks]
 
     async def stop(self) -> None:
         for conn in {c for room in self.rooms.values() for c in room.conns}:
@@ -210,7 +217,9 @@ class Hub:
         room.floors[conn] = events[-1]["offset"] if events else last
         conn.send_message(joined)
         if events:
-            conn.send_message(protocol.events_frame(room.id, self._audience(conn, room, events)))
+            frame = protocol.events_frame(room.id, self._audience(conn, room, events))
+            frame["from"], frame["to"] = events[0]["offset"], events[-1]["offset"]
+            conn.send_message(frame)
 
     async def _snapshot(
         self, conn: Connection, room: Room, message: protocol.Join
@@ -219,10 +228,11 @@ class Hub:
         replay_max = self.settings.replay_events_max
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.room_meta(room.id))
+            pipe.hgetall(keys.room_goal(room.id))
             pipe.xrevrange(keys.room_history(room.id), count=self.settings.snapshot_events)
             if since is not None:
                 pipe.xrange(keys.room_history(room.id), min=f"{since.offset + 1}-0", max="+", count=replay_max + 1)
-            meta, latest, *replay = await pipe.execute()
+            meta, goal, latest, *replay = await pipe.execute()
         if not meta:
             raise ProtocolError("room_not_found", f"no room {room.id!r}", message.ref)
         room.creator = meta.get("creator", "")
@@ -237,6 +247,10 @@ class Hub:
             "title": meta.get("title", ""),
             "creator": room.creator,
             "creator_name": meta.get("creator_name", ""),
+            # Live state, so a (re)joining client needs nothing else: approximate viewers, goal, top gifters.
+            "viewers": max(room.viewers, len(room.conns)),
+            "goal": {**goal, "target": int(goal["target"]), "progress": int(goal["progress"])} if goal else None,
+            "top": room.top or await top_entries(self.redis, keys.room_top(room.id), self.settings.leaderboard_size),
         }
         if message.ref is not None:
             joined["ref"] = message.ref
@@ -356,6 +370,10 @@ class Hub:
                 return
             room.last_offset = offset
             room.pending.append(event)
+            if event.get("kind") == "gift":
+                room.gifted = True
+                if "combo" in event:
+                    room.combos[event["combo"]["id"]] = (time.monotonic() + self.settings.combo_window_ms / 1000, event)
             for held in room.joining.values():
                 held.append(event)
 
@@ -382,32 +400,65 @@ class Hub:
 
     def flush(self) -> None:
         """One tick: for each room with events, encode each audience's frame once per codec, queue it everywhere."""
+        now = time.monotonic()
         for room in list(self.rooms.values()):
-            if not room.pending:
+            self._end_combos(room, now)
+            if not room.pending and not room.ephemeral:
                 continue
             events, room.pending = room.pending, []
+            ephemeral, room.ephemeral = room.ephemeral, []
             frames: dict[tuple[bool, Codec], tuple[str | bytes, int]] = {}
             floors, room.floors = room.floors, {}
             for conn in room.conns:
                 if conn in room.joining or conn.closed:
                     continue
                 floor = floors.get(conn)
-                if floor is not None and events[0]["offset"] <= floor:
-                    self._send_above(conn, room, events, floor)  # a fresh joiner: rare, encoded for it alone
+                if floor is not None and events and events[0]["offset"] <= floor:
+                    # A fresh joiner already has some of these: rare, so encoded for it alone.
+                    self._send(conn, room, [e for e in events if e["offset"] > floor], ephemeral)
                     continue
                 creator = conn.identity.user == room.creator
                 frame = frames.get((creator, conn.codec))
                 if frame is None:
-                    body = events if creator else [protocol.for_viewers(e) for e in events]
-                    data = protocol.encode(protocol.events_frame(room.id, body), conn.codec)
+                    data = protocol.encode(self._frame(room, events, ephemeral, creator), conn.codec)
                     frame = frames[(creator, conn.codec)] = (data, len(data))
                 if conn.enqueue(*frame):
                     self.frames_sent += 1
 
-    def _send_above(self, conn: Connection, room: Room, events: list[dict[str, Any]], floor: int) -> None:
-        newer = [e for e in events if e["offset"] > floor]
-        if newer and conn.send_message(protocol.events_frame(room.id, self._audience(conn, room, newer))):
-            self.frames_sent += 1
+    def _frame(
+        self, room: Room, events: list[dict[str, Any]], ephemeral: list[dict[str, Any]], creator: bool
+    ) -> dict[str, Any]:
+        """The creator gets every event; viewers get them shaped by the big-room policy (coalesce.py)."""
+        s = self.settings
+        body = events if creator else coalesce.for_viewers_frame(events, s.big_gift_coins, s.frame_events_max)
+        frame = protocol.events_frame(room.id, body + ephemeral)
+        covered = coalesce.offsets_covered(events)
+        if covered is not None:
+            frame["from"], frame["to"] = covered
+        return frame
+
+    def _send(
+        self, conn: Connection, room: Room, events: list[dict[str, Any]], ephemeral: list[dict[str, Any]]
+    ) -> None:
+        if events or ephemeral:
+            frame = self._frame(room, events, ephemeral, conn.identity.user == room.creator)
+            if conn.send_message(frame):
+                self.frames_sent += 1
+
+    def _end_combos(self, room: Room, now: float) -> None:
+        """A combo not extended within the window ends: one `combo_end` (no offset) for the room."""
+        ended = [combo_id for combo_id, (ends_at, _) in room.combos.items() if ends_at <= now]
+        for combo_id in ended:
+            _, last = room.combos.pop(combo_id)
+            room.ephemeral.append(
+                {
+                    "kind": "combo_end",
+                    "combo": {"id": combo_id, "count": last["combo"]["count"]},
+                    "gift": last["gift"],
+                    "sender": last["sender"],
+                    "sender_name": last.get("sender_name", ""),
+                }
+            )
 
     # Background tasks ----------------------------------------------------------------------------------
 
@@ -464,6 +515,47 @@ class Hub:
             with contextlib.suppress(Exception):
                 self.backlog = int(await self.redis.xlen(keys.GIFTS_STREAM))
 
+    async def _share_viewers(self) -> None:
+        """Approximate viewer counts: each process writes its own count per room (with a timestamp) and sums
+        the fresh ones; one `viewers` event per room and interval, never one per join or leave."""
+        interval_s = self.settings.viewers_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            rooms = list(self.rooms.values())
+            if not rooms:
+                continue
+            now_ms = int(time.time() * 1000)
+            try:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for room in rooms:
+                        pipe.hset(keys.room_viewers(room.id), self.id, f"{len(room.conns)} {now_ms}")
+                        pipe.expire(keys.room_viewers(room.id), int(interval_s * 5) + 1)
+                        pipe.hgetall(keys.room_viewers(room.id))
+                    replies = await pipe.execute()
+            except (RedisConnectionError, OSError) as exc:
+                log.warning("viewer counts: %s", exc)
+                continue
+            for room, counts in zip(rooms, replies[2::3], strict=True):
+                viewers = fresh_viewer_total(counts, now_ms, int(interval_s * 3000))
+                if viewers != room.viewers:
+                    room.viewers = viewers
+                    room.ephemeral.append({"kind": "viewers", "count": viewers})
+
+    async def _push_top(self) -> None:
+        """Top gifters of the stream, pushed when they changed, at most once per interval per room."""
+        while True:
+            await asyncio.sleep(self.settings.leaderboard_interval_ms / 1000)
+            for room in [r for r in self.rooms.values() if r.gifted]:
+                room.gifted = False
+                try:
+                    top = await top_entries(self.redis, keys.room_top(room.id), self.settings.leaderboard_size)
+                except (RedisConnectionError, OSError) as exc:
+                    log.warning("top gifters: %s", exc)
+                    continue
+                if top != room.top and room.id in self.rooms:
+                    room.top = top
+                    room.ephemeral.append({"kind": "leaderboard", "top": top})
+
     def stats(self) -> dict[str, int]:
         return {
             "rooms": len(self.rooms),
@@ -472,3 +564,13 @@ class Hub:
             "events_received": self.events_received,
             "waiters": len(self.waiters),
         }
+
+
+def fresh_viewer_total(counts: dict[str, str], now_ms: int, max_age_ms: int) -> int:
+    """Sum of the per-process counts written within `max_age_ms` (a dead process's count ages out)."""
+    total = 0
+    for value in counts.values():
+        count, _, written_ms = value.partition(" ")
+        if count.isdigit() and written_ms.isdigit() and now_ms - int(written_ms) <= max_age_ms:
+            total += int(count)
+    return total

@@ -47,6 +47,14 @@ def spent_on(day: str) -> str:
     return "{ledger}:spent:" + day
 
 
+LEDGER_LIFETIME_SPENT = "{ledger}:lifetime_spent"  # hash: account -> coins ever spent on gifts (levels)
+
+
+def creator_top(creator: str, period: str, bucket: str = "") -> str:
+    """Sorted set: viewer account -> coins gifted to `creator` in a period: all, day:YYYYMMDD, week:YYYYWww."""
+    return "{ledger}:top:" + account(creator) + ":" + period + (":" + bucket if bucket else "")
+
+
 LEDGER_SPEND_LIMITS = "{ledger}:limits"  # hash: account -> the viewer's own daily spend cap in coins
 
 
@@ -111,6 +119,26 @@ def room_stats(room: str) -> str:
     return "{room:" + room + "}:stats"
 
 
+def room_top(room: str) -> str:
+    """Sorted set: user -> coins gifted during this live session (top gifters per stream)."""
+    return "{room:" + room + "}:top"
+
+
+def room_goal(room: str) -> str:
+    """Hash: the room's LIVE goal: id, kind (gift | diamonds), gift, target, progress, status."""
+    return "{room:" + room + "}:goal"
+
+
+def room_summary(room: str) -> str:
+    """String: the stream summary (JSON), written when the stream ends."""
+    return "{room:" + room + "}:summary"
+
+
+def room_viewers(room: str) -> str:
+    """Hash: hub id -> 'count ts_ms': each web process's sockets in the room, refreshed periodically."""
+    return "{room:" + room + "}:viewers"
+
+
 def room_announced(room: str, gift_id: str) -> str:
     """Marks a gift as already in the room history: each settled gift enters it exactly once."""
     return "{room:" + room + "}:announced:" + gift_id
@@ -130,6 +158,8 @@ def hub_channel(hub_id: str) -> str:
     """Pub/sub channel of one hub process: gift results for the senders connected to it."""
     return "hub:" + hub_id
 
+
+USER_NAMES = "users:names"  # hash: user -> display name (for leaderboards)
 
 # Liveness.
 WORKER_HEARTBEATS = "workers:heartbeats"  # sorted set: consumer name -> last beat (ms)

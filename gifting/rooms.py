@@ -11,9 +11,12 @@ import orjson
 import redis.asyncio as aioredis
 
 from gifting import keys
-from gifting.ledger.store import load_script
+from gifting.config import Settings
+from gifting.ledger import rules
+from gifting.ledger.store import iso_week, load_script, utc_day
 
 SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
+SUMMARY_TTL_S = 90 * 86400  # a room's own summary; the creator's session list keeps it longer
 
 
 class RoomError(Exception):
@@ -70,13 +73,26 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
+GOAL_TARGET_MAX = 1_000_000  # gifts (of one kind) or 10**12 diamonds is absurd for one stream
+GOAL_DIAMONDS_MAX = 10**12
+TOP_LIMIT_MAX = 100
+TOP_PERIODS = ("stream", "day", "week", "all")
+
+# Start a goal only if none is active (one goal at a time; a completed or cancelled one may be replaced).
+SET_GOAL = """
+if redis.call('HGET', KEYS[1], 'status') == 'active' then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
 class RoomStore:
-    def __init__(self, redis: aioredis.Redis, history_events_max: int, marker_ttl_s: int, ended_ttl_s: int) -> None:
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
-        self.history_events_max = history_events_max
-        self.marker_ttl_s = marker_ttl_s
-        self.ended_ttl_s = ended_ttl_s
+        self.settings = settings
         self._announce = redis.register_script(load_script("announce.lua"))
+        self._set_goal = redis.register_script(SET_GOAL)
 
     async def open(self, creator: str, creator_name: str, title: str) -> RoomInfo:
         room = new_room_id()
@@ -112,18 +128,80 @@ class RoomStore:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.room_meta(room), mapping={"status": "ended", "ended_at_ms": str(now_ms)})
             pipe.zrem(keys.ROOMS_LIVE, room)
-            pipe.expire(keys.room_meta(room), self.ended_ttl_s)
-            pipe.expire(keys.room_history(room), self.ended_ttl_s)
-            pipe.expire(keys.room_stats(room), self.ended_ttl_s)
+            pipe.expire(keys.room_meta(room), self.settings.ended_room_ttl_s)
+            pipe.expire(keys.room_history(room), self.settings.ended_room_ttl_s)
+            pipe.expire(keys.room_stats(room), self.settings.ended_room_ttl_s)
             await pipe.execute()
-        await self.announce(room, [("room_ended:" + room, {"kind": "room_ended", "ts": now_ms})])
-        # The session's earnings summary outlives the room (kept for the creator's history).
+        # The stream summary goes to the room and outlives it (kept for the creator's history).
         summary = await self.earnings(room)
+        summary["top"] = await self.top(room, "stream", 5)
+        await self.announce(
+            room,
+            [
+                ("room_ended:" + room, {"kind": "room_ended", "ts": now_ms}),
+                ("summary:" + room, {"kind": "stream_summary", "summary": summary}),
+            ],
+        )
         async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.set(keys.room_summary(room), orjson.dumps(summary), ex=SUMMARY_TTL_S)
             pipe.lpush(keys.creator_sessions(info.creator), orjson.dumps(summary))
             pipe.ltrim(keys.creator_sessions(info.creator), 0, SESSIONS_KEPT - 1)
             await pipe.execute()
         return await self.get(room)
+
+    async def set_goal(self, room: str, user: str, gift: str | None, target: int) -> dict[str, Any]:
+        """One LIVE goal at a time: N of a gift, or a diamond total. Its progress moves with settled gifts."""
+        info = await self.get(room)
+        if info.creator != user:
+            raise RoomError("forbidden", "only the room's creator sets its goal", 403)
+        if info.status != "live":
+            raise RoomError("room_not_live", f"room {room!r} is not live", 409)
+        goal = {
+            "id": "g_" + secrets.token_hex(6),
+            "kind": "gift" if gift else "diamonds",
+            "gift": gift or "",
+            "target": target,
+            "progress": 0,
+            "status": "active",
+        }
+        flat = [str(x) for pair in goal.items() for x in pair]
+        if not await self._set_goal(keys=[keys.room_goal(room)], args=flat):
+            raise RoomError("goal_active", "a goal is already active; cancel it or wait until it completes", 409)
+        await self.announce(room, [(f"goal:{goal['id']}", {"kind": "goal_progress", "goal": goal})])
+        return goal
+
+    async def cancel_goal(self, room: str, user: str) -> dict[str, Any]:
+        info = await self.get(room)
+        if info.creator != user:
+            raise RoomError("forbidden", "only the room's creator cancels its goal", 403)
+        goal = await self.goal(room)
+        if goal is None or goal["status"] != "active":
+            raise RoomError("no_active_goal", "the room has no active goal", 409)
+        await self.redis.hset(keys.room_goal(room), "status", "cancelled")
+        goal["status"] = "cancelled"
+        await self.announce(room, [(f"goal:{goal['id']}:cancelled", {"kind": "goal_progress", "goal": goal})])
+        return goal
+
+    async def goal(self, room: str) -> dict[str, Any] | None:
+        raw = await self.redis.hgetall(keys.room_goal(room))
+        if not raw:
+            return None
+        return {**raw, "target": int(raw["target"]), "progress": int(raw["progress"])}
+
+    async def top(self, room: str, period: str, limit: int) -> list[dict[str, Any]]:
+        """Top gifters by coins: of this stream, or of the room's creator per UTC day, ISO week or all time.
+
+        Ties are broken by user id (ascending), so every reader sees the same order.
+        """
+        assert period in TOP_PERIODS and 1 <= limit <= TOP_LIMIT_MAX
+        if period == "stream":
+            key = keys.room_top(room)
+        else:
+            creator = (await self.get(room)).creator
+            now = int(time.time() * 1000)
+            bucket = {"day": utc_day(now), "week": iso_week(now), "all": ""}[period]
+            key = keys.creator_top(creator, period, bucket)
+        return await top_entries(self.redis, key, limit)
 
     async def sessions(self, creator: str, limit: int) -> list[dict[str, Any]]:
         """Summaries of the creator's ended live sessions, newest first."""
@@ -143,12 +221,20 @@ class RoomStore:
         With `client` a pipeline, the call is queued on it (the worker announces every room of a batch in one
         round trip).
         """
-        args: list[Any] = [keys.room_channel(room), self.history_events_max, self.marker_ttl_s, new_epoch()]
+        s = self.settings
+        args: list[Any] = [keys.room_channel(room), s.room_history_events_max, s.idempotency_ttl_s, new_epoch()]
+        args.append(s.combo_window_ms)
         for _, event in events:
-            args += [orjson.dumps(event).decode(), event.get("coins", 0), event.get("diamonds", 0)]
+            args += [orjson.dumps(event).decode(), *announce_fields(event)]
         return await self._announce(
-            keys=[keys.room_meta(room), keys.room_history(room), keys.room_stats(room)]
-            + [keys.room_announced(room, dedupe_id) for dedupe_id, _ in events],
+            keys=[
+                keys.room_meta(room),
+                keys.room_history(room),
+                keys.room_stats(room),
+                keys.room_top(room),
+                keys.room_goal(room),
+                *(keys.room_announced(room, dedupe_id) for dedupe_id, _ in events),
+            ],
             args=args,
             client=client or self.redis,
         )
@@ -168,4 +254,51 @@ class RoomStore:
             "gifts": int(stats.get("gifts", 0)),
             "coins": int(stats.get("coins", 0)),
             "diamonds": int(stats.get("diamonds", 0)),
+            "goals_met": int(stats.get("goals_met", 0)),
         }
+
+    async def summary(self, room: str) -> dict[str, Any]:
+        """The stored stream summary once ended; the running totals while live."""
+        stored = await self.redis.get(keys.room_summary(room))
+        if stored is not None:
+            data: dict[str, Any] = orjson.loads(stored)
+            return data
+        summary = await self.earnings(room)
+        summary["top"] = await self.top(room, "stream", 5)
+        return summary
+
+
+async def top_entries(redis: aioredis.Redis, key: str, limit: int) -> list[dict[str, Any]]:
+    """The top `limit` members by score with display names; ties broken by user id, ascending."""
+    rows = await redis.zrevrange(key, 0, limit - 1, withscores=True)
+    if len(rows) == limit:  # members tied with the last one may sort on either side of the cut: fetch them all
+        last = rows[-1][1]
+        rows = [r for r in rows if r[1] > last] + await redis.zrangebyscore(key, last, last, withscores=True)
+    rows.sort(key=lambda r: (-r[1], r[0].removeprefix("u:")))
+    rows = rows[:limit]
+    users = [member.removeprefix("u:") for member, _ in rows]
+    if not users:
+        return []
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hmget(keys.USER_NAMES, users)
+        pipe.hmget(keys.LEDGER_LIFETIME_SPENT, [keys.account(u) for u in users])
+        names, spent = await pipe.execute()
+    return [
+        {"user": user, "name": name or user, "coins": int(score), "level": rules.level_for(int(lifetime or 0))}
+        for user, name, lifetime, (_, score) in zip(users, names, spent, rows, strict=True)
+    ]
+
+
+def announce_fields(event: dict[str, Any]) -> list[Any]:
+    """What announce.lua needs besides the JSON: coins, diamonds, gift, count, contributors, combo key."""
+    kind = event.get("kind")
+    contributors, combo = "", ""
+    if kind == "gift":
+        contributors = f"{event['sender']} {event['coins']}"
+        combo = f"{event['sender']}:{event['gift']}"
+    elif kind == "pool_completed":
+        contributors = "|".join(f"{c['user']} {c['coins']}" for c in event["pool"]["contributors"])
+    coins = event.get("coins", 0) if kind in ("gift", "pool_completed") else 0
+    diamonds = event.get("diamonds", 0) if kind in ("gift", "pool_completed") else 0
+    count = event.get("count", 1 if kind == "pool_completed" else 0)
+    return [coins, diamonds, event.get("gift", ""), count, contributors, combo]

@@ -9,7 +9,7 @@ from tests.conftest import REPO
 def test_readme_configuration_table_is_current() -> None:
     """Every setting appears in the README exactly as `gifting config --markdown` prints it."""
     readme = (REPO / "README.md").read_text()
-    assert markdown_table() in readme, "regenerate the README table with `gifting config --markdown`"
+    assert markdown_table() in readme, "regenerate the README table with `make docs`"
 
 
 def test_procfile_runs_web_and_worker() -> None:

@@ -19,6 +19,7 @@ from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
 from gifting import keys
+from gifting.config import Settings
 from gifting.hub import CLOSE_SLOW_CONSUMER, Connection, Hub
 from gifting.rooms import RoomStore
 from tests.conftest import RECV_TIMEOUT_S, System, SystemFactory, WsClient, run_worker, token
@@ -410,7 +411,7 @@ async def pump_until(
 
     Bounded in batches and time. Returns the last offset announced.
     """
-    store = RoomStore(redis, 100_000, 600, 600)
+    store = RoomStore(redis, Settings.from_env({}, room_history_events_max=100_000, idempotency_ttl_s=600))
     pad = "x" * PAD_CHARS
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 30
@@ -534,8 +535,8 @@ async def test_room_end_broadcasts_room_ended_and_unlists_the_room(system: Syste
     ended = await system.http.post(f"/v1/rooms/{room}/end", headers=system.auth("creator1", "creator"))
     assert ended.status_code == 200 and ended.json()["status"] == "ended"
     for client in (creator, viewer):
-        events = await events_until(client, room, 2)
-        assert [(e["offset"], e["kind"]) for e in events] == [(1, "gift"), (2, "room_ended")]
+        events = await events_until(client, room, 3)
+        assert [(e["offset"], e["kind"]) for e in events] == [(1, "gift"), (2, "room_ended"), (3, "stream_summary")]
     listed = (await system.http.get("/v1/rooms")).json()["rooms"]
     assert room not in {r["room"] for r in listed} and other_room in {r["room"] for r in listed}
     gid = await sender.gift(room)

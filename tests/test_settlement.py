@@ -74,7 +74,7 @@ async def grant(redis: aioredis.Redis, user: str, coins: int) -> None:
 
 
 async def open_room(redis: aioredis.Redis, creator: str = "creator1") -> str:
-    store = RoomStore(redis, 10_000, 3600, 3600)
+    store = RoomStore(redis, Settings.from_env({}))
     return (await store.open(creator, creator.title(), "Live")).room
 
 

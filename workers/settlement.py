@@ -57,9 +57,7 @@ class SettlementWorker:
         self.catalogs = CatalogStore(redis)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.ledger = Ledger(redis, settings)
-        self.rooms = RoomStore(
-            redis, settings.room_history_events_max, settings.idempotency_ttl_s, settings.ended_room_ttl_s
-        )
+        self.rooms = RoomStore(redis, settings)
         self._last_heartbeat = 0.0
         self._last_claim = 0.0
         self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
@@ -272,8 +270,11 @@ class SettlementWorker:
         for request, settled, outcome in zip(requests, batch, outcomes, strict=True):
             results_by_hub[request.hub].append(result_message(outcome))
             if outcome.settled:
-                events_by_room[request.room].append((request.gift_id, room_event(request, settled)))
+                events_by_room[request.room].append((request.gift_id, room_event(request, settled, outcome)))
+        names = {r.sender: r.sender_name for r, o in zip(requests, outcomes, strict=True) if o.settled}
         async with self.redis.pipeline(transaction=False) as pipe:
+            if names:
+                pipe.hset(keys.USER_NAMES, mapping=names)  # for leaderboards
             for room, events in events_by_room.items():
                 await self.rooms.announce(room, events, client=pipe)
             for hub, results in results_by_hub.items():
@@ -323,7 +324,7 @@ def entries_by_id(entries: list[Entry]) -> dict[str, dict[str, str]]:
     return dict(entries)
 
 
-def room_event(request: GiftRequest, settled: GiftToSettle) -> dict[str, Any]:
+def room_event(request: GiftRequest, settled: GiftToSettle, outcome: rules.GiftOutcome) -> dict[str, Any]:
     """A settled gift as the room sees it (announce.lua adds the offset). `diamonds` goes to the creator only."""
     return {
         "kind": "gift",
@@ -334,6 +335,7 @@ def room_event(request: GiftRequest, settled: GiftToSettle) -> dict[str, Any]:
         "diamonds": settled.diamonds,
         "sender": request.sender,
         "sender_name": request.sender_name,
+        "level": rules.level_for(outcome.lifetime_spent),
         "ts": request.ts_ms,
     }
 

@@ -110,6 +110,7 @@ class GiftOutcome:
     reason: str  # "" when settled
     coins: int  # the sender's coin balance right after this gift was decided
     replay: bool  # True: decided earlier, this is the stored outcome
+    lifetime_spent: int = 0  # the sender's lifetime coins spent on gifts (for the gifter level)
 
     @property
     def settled(self) -> bool:
@@ -120,3 +121,27 @@ def parse_gift_record(gift_id: str, record: str, replay: bool) -> GiftOutcome:
     """The stored form written by settle.lua: 'status|reason|coins|fingerprint'."""
     status, reason, coins, _fp = record.split("|")
     return GiftOutcome(gift_id, status, reason, int(coins), replay)
+
+
+# Gifter levels: (level, lifetime coins spent on gifts needed). A badge on the viewer's gift events.
+LEVEL_THRESHOLDS: tuple[tuple[int, int], ...] = (
+    (1, 0),
+    (2, 100),
+    (3, 500),
+    (4, 1_000),
+    (5, 5_000),
+    (6, 10_000),
+    (7, 50_000),
+    (8, 100_000),
+    (9, 500_000),
+    (10, 1_000_000),
+)
+
+
+def level_for(lifetime_spent: int) -> int:
+    """The highest level whose threshold the viewer's lifetime spend has reached."""
+    level = 1
+    for candidate, threshold in LEVEL_THRESHOLDS:
+        if lifetime_spent >= threshold:
+            level = candidate
+    return level

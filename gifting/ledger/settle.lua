@@ -3,16 +3,24 @@
 -- KEYS: 1 coin balances (hash), 2 diamond balances (hash), 3 journal (stream), 4 viewer spend limits (hash),
 --   5 today's spend per viewer (hash), 6.. one record key per gift.
 -- ARGV: 1 now_ms, 2 record ttl_s, 3 creator share bps, 4 global daily spend cap in coins (0: none),
---   5 earnings bucket (hour number, for the withdrawal hold), then per gift (STRIDE values):
+--   5 earnings bucket (hour number, for the withdrawal hold), 6 UTC day (YYYYMMDD), 7 ISO week (YYYYWww),
+--   then per gift (STRIDE values):
 --   gift_id, viewer account, creator account, coins, diamonds, fingerprint, reject reason ('' = none),
 --   room, gift, count.
--- Returns per gift: status, reason, coin balance after, replay (1 = decided earlier).
+-- Returns per gift: status, reason, coin balance after, replay (1 = decided earlier), the sender's lifetime
+-- coins spent on gifts (for gifter levels).
+--
+-- Also, for fresh settlements only (so exactly once): lifetime spend per viewer, and each creator's top
+-- gifters per day, week and all time (sorted sets by coins).
 --
 -- Each account's balance is read once and written once per batch, and system accounts get one HINCRBY per
 -- batch: the per-gift work is one GET, one SET and one XADD.
 local coins_key, diamonds_key, journal_key, limits_key, spent_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local now_ms, ttl_s, bps, global_cap, hour = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local HEAD, STRIDE, FIRST_RECORD = 5, 10, 6
+local day, week = ARGV[6], ARGV[7]
+local HEAD, STRIDE, FIRST_RECORD = 7, 10, 6
+local lifetime, lifetime_dirty = {}, {}
+local top = {}  -- creator -> viewer -> coins, applied once per pair per batch
 local n = (#ARGV - HEAD) / STRIDE
 local spent, caps = {}, {}
 
@@ -45,6 +53,15 @@ local function cap(account)
   return c
 end
 
+local function spent_ever(account)
+  local v = lifetime[account]
+  if v == nil then
+    v = tonumber(redis.call('HGET', '{ledger}:lifetime_spent', account) or '0')
+    lifetime[account] = v
+  end
+  return v
+end
+
 local function statement(account, kind, ledger, amount, counterpart, ref, gift, count)
   redis.call('XADD', '{ledger}:stmt:' .. account, '*', 'k', kind, 'l', ledger, 'a', amount, 'c', counterpart,
     'r', ref, 'g', gift, 'n', count, 't', now_ms)
@@ -64,7 +81,7 @@ for i = 0, n - 1 do
     else
       out[#out + 1] = status; out[#out + 1] = reason
     end
-    out[#out + 1] = bal; out[#out + 1] = 1
+    out[#out + 1] = bal; out[#out + 1] = 1; out[#out + 1] = fmt(spent_ever(viewer))
   else
     local status, reason = 'settled', ''
     local bal = balance(viewer)
@@ -89,6 +106,10 @@ for i = 0, n - 1 do
         legs[#legs + 1] = 'diamonds sys:diamond_issuance ' .. creator .. ' ' .. fmt(diamonds)
         diamonds_by_creator[creator] = (diamonds_by_creator[creator] or 0) + diamonds
       end
+      lifetime[viewer] = spent_ever(viewer) + coins
+      lifetime_dirty[viewer] = true
+      top[creator] = top[creator] or {}
+      top[creator][viewer] = (top[creator][viewer] or 0) + coins
       redis.call('XADD', journal_key, '*', 'kind', 'gift', 'id', gift_id, 'legs', table.concat(legs, '|'),
         'room', ARGV[a + 8], 'gift', ARGV[a + 9], 'count', ARGV[a + 10], 'bps', bps, 'ts', now_ms)
       statement(viewer, 'gift_sent', 'coins', -coins, creator, gift_id, ARGV[a + 9], ARGV[a + 10])
@@ -98,6 +119,7 @@ for i = 0, n - 1 do
     end
     redis.call('SET', record_key, status .. '|' .. reason .. '|' .. fmt(bal) .. '|' .. fp, 'EX', ttl_s)
     out[#out + 1] = status; out[#out + 1] = reason; out[#out + 1] = fmt(bal); out[#out + 1] = 0
+    out[#out + 1] = fmt(spent_ever(viewer))
   end
 end
 
@@ -127,5 +149,21 @@ if earnings_total > 0 then
     -- Freshly earned diamonds are held back from withdrawal for a while (chargeback protection).
     redis.call('HINCRBY', '{ledger}:earned:' .. creator, hour, d)
   end
+end
+local lifetime_fields = {}
+for account, _ in pairs(lifetime_dirty) do
+  lifetime_fields[#lifetime_fields + 1] = account
+  lifetime_fields[#lifetime_fields + 1] = fmt(lifetime[account])
+end
+if #lifetime_fields > 0 then redis.call('HSET', '{ledger}:lifetime_spent', unpack(lifetime_fields)) end
+for creator, viewers in pairs(top) do
+  local prefix = '{ledger}:top:' .. creator
+  for viewer, coins in pairs(viewers) do
+    redis.call('ZINCRBY', prefix .. ':all', coins, viewer)
+    redis.call('ZINCRBY', prefix .. ':day:' .. day, coins, viewer)
+    redis.call('ZINCRBY', prefix .. ':week:' .. week, coins, viewer)
+  end
+  redis.call('EXPIRE', prefix .. ':day:' .. day, 172800)
+  redis.call('EXPIRE', prefix .. ':week:' .. week, 1209600)
 end
 return out

@@ -29,6 +29,11 @@ def utc_day(now_ms: int) -> str:
     return datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y%m%d")
 
 
+def iso_week(now_ms: int) -> str:
+    year, week, _ = datetime.fromtimestamp(now_ms / 1000, UTC).isocalendar()
+    return f"{year}W{week:02d}"
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -83,15 +88,16 @@ class Ledger:
         keys_.extend(keys.gift_record(g.gift_id) for g in gifts)
         s = self.settings
         args: list[Any] = [now, s.idempotency_ttl_s, s.creator_share_bps, s.daily_spend_coins_max, now // 3600_000]
+        args += [utc_day(now), iso_week(now)]
         for g in gifts:
             args += [g.gift_id, keys.account(g.viewer), keys.account(g.creator), g.coins, g.diamonds]
             args += [g.fingerprint, g.reject, g.room, g.gift, g.count]
         flat = await self._settle(keys=keys_, args=args)
-        assert len(flat) == 4 * len(gifts), "settle.lua returns 4 values per gift"
+        assert len(flat) == 5 * len(gifts), "settle.lua returns 5 values per gift"
         outcomes = []
         for i, g in enumerate(gifts):
-            status, reason, coins, replay = flat[4 * i : 4 * i + 4]
-            outcomes.append(rules.GiftOutcome(g.gift_id, status, reason, int(coins), bool(int(replay))))
+            status, reason, coins, replay, spent = flat[5 * i : 5 * i + 5]
+            outcomes.append(rules.GiftOutcome(g.gift_id, status, reason, int(coins), bool(int(replay)), int(spent)))
         return outcomes
 
     async def gift_outcome(self, gift_id: str) -> rules.GiftOutcome | None:
