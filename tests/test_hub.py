@@ -11,6 +11,7 @@ from typing import Any
 
 import msgpack
 import orjson
+import pytest
 import redis.asyncio as aioredis
 from websockets.client import ClientProtocol
 from websockets.frames import Frame, Opcode
@@ -55,6 +56,15 @@ async def events_until(client: WsClient, room: str, offset: int) -> list[dict[st
     while not any(e["offset"] >= offset for e in room_events(client, room)):
         await client.wait_type("events")
     return room_events(client, room)
+
+
+@pytest.fixture
+async def system(start_system: SystemFactory) -> System:
+    """These tests are about offsets and resume, so every gift counts as big: viewers get each one unmerged.
+
+    The big-room merging of cheap gifts has its own tests in test_live_room.py.
+    """
+    return await start_system(big_gift_coins=1)
 
 
 def offsets(events: list[dict[str, Any]]) -> list[int]:
@@ -188,7 +198,7 @@ async def test_joins_while_gifts_keep_flowing_see_every_offset_once(start_system
     """With gifts settling throughout, a rejoin's events before plus after hold every offset once; a plain join too."""
     # A long tick keeps live events waiting in the hub while the joins run (the joins must not get them twice);
     # `stayer` keeps the room subscribed in the hub throughout.
-    system = await start_system(tick_ms=100)
+    system = await start_system(tick_ms=100, big_gift_coins=1)
     room = await system.open_room()
     sender = await sender_with_coins(system)
     stayer = await system.connect("viewer0")
@@ -237,7 +247,7 @@ async def test_joins_while_gifts_keep_flowing_see_every_offset_once(start_system
 
 async def test_resume_too_far_behind_gets_a_fresh_snapshot(start_system: SystemFactory) -> None:
     """Missing over GIFTING_REPLAY_EVENTS_MAX gives recovered: false with the latest events, then only newer ones."""
-    system = await start_system(replay_events_max=5, snapshot_events=3)
+    system = await start_system(replay_events_max=5, snapshot_events=3, big_gift_coins=1)
     room = await system.open_room()
     sender = await sender_with_coins(system)
     viewer = await system.connect("viewer1")
@@ -267,7 +277,7 @@ async def test_resume_too_far_behind_gets_a_fresh_snapshot(start_system: SystemF
 
 async def test_resume_with_unusable_since_gets_a_fresh_snapshot(start_system: SystemFactory) -> None:
     """A since with a wrong epoch, or ahead of the room, gets recovered: false and the snapshot a plain join gets."""
-    system = await start_system(snapshot_events=3)
+    system = await start_system(snapshot_events=3, big_gift_coins=1)
     room = await system.open_room()
     sender = await sender_with_coins(system)
     await send_gifts(sender, room, 5)
@@ -292,7 +302,7 @@ async def test_resume_with_unusable_since_gets_a_fresh_snapshot(start_system: Sy
 
 async def test_plain_join_gets_recent_then_only_newer_events(start_system: SystemFactory) -> None:
     """A join without since carries the last GIFTING_SNAPSHOT_EVENTS events; later frames only hold higher offsets."""
-    system = await start_system(snapshot_events=5)
+    system = await start_system(snapshot_events=5, big_gift_coins=1)
     room = await system.open_room()
     sender = await sender_with_coins(system)
     gids = await send_gifts(sender, room, 8)
@@ -316,7 +326,7 @@ async def test_gifts_settled_together_reach_sockets_as_few_coalesced_frames(
     start_system: SystemFactory, valkey_url: str
 ) -> None:
     """Many gifts settled in one batch arrive as fewer `events` frames than gifts; only the creator's carry diamonds."""
-    system = await start_system(worker=False)
+    system = await start_system(worker=False, big_gift_coins=1)
     room = await system.open_room("creator1")
     sender = await sender_with_coins(system)
     creator = await system.connect("creator1", "creator")
