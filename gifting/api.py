@@ -14,6 +14,7 @@ from starlette.routing import Route
 from gifting import auth, keys, protocol
 from gifting.auth import Identity
 from gifting.ledger.store import LedgerError
+from gifting.pools import get_pool, open_pool
 from gifting.protocol import ProtocolError
 from gifting.rooms import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, TOP_LIMIT_MAX, TOP_PERIODS, RoomError
 
@@ -200,6 +201,51 @@ async def summary(request: Request) -> Response:
     return json_response(await request.app.state.rooms.summary(_room_param(request)))
 
 
+async def start_pool(request: Request) -> Response:
+    """Open a pool in the room for a gift: {"gift", "deadline_s"}. Viewers then pledge coins toward it."""
+    identity = identify(request)
+    body = await json_body(request)
+    state = request.app.state
+    gift = body.get("gift")
+    if not isinstance(gift, str):
+        raise ApiError(400, "unknown_gift", "gift: expected a gift id")
+    pool = await open_pool(
+        state.redis, state.rooms, state.settings, state.catalogs.current, _room_param(request), identity.user,
+        gift, body.get("deadline_s"),
+    )  # fmt: skip
+    return json_response({"pool": pool}, 201)
+
+
+async def get_pool_handler(request: Request) -> Response:
+    pool = await get_pool(request.app.state.redis, request.path_params["pool"])
+    if pool is None:
+        raise ApiError(404, "unknown_pool", f"no pool {request.path_params['pool']!r}")
+    return json_response({"pool": pool})
+
+
+async def pledge(request: Request) -> Response:
+    """Pledge coins to a pool: {"coins", "pledge_id"}; waits (bounded) for the worker's result like a gift."""
+    identity = identify(request)
+    state = request.app.state
+    body = await json_body(request)
+    try:
+        message = protocol.parse_pledge({**body, "pool": request.path_params["pool"]})
+    except ProtocolError as exc:
+        raise ApiError(400, exc.code, exc.message) from None
+    future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+    rejected = await state.hub.send_pledge(identity, message, future)
+    if rejected is not None:
+        return json_response(rejected, 429)
+    try:
+        result = await asyncio.wait_for(future, state.settings.gift_result_timeout_ms / 1000)
+    except TimeoutError:
+        pending = {"type": "pledge_result", "pledge_id": message.pledge_id, "status": "pending", "reason": None}
+        return json_response(pending, 202)
+    if result.get("type") == "error":
+        return error_response(409, result["code"], result["message"])
+    return json_response(result, 200 if result["status"] == "accepted" else 422)
+
+
 def _room_param(request: Request) -> str:
     try:
         return protocol.parse_room(request.path_params["room"])
@@ -237,6 +283,9 @@ routes = [
     Route("/v1/rooms/{room}/goals", set_goal, methods=["POST"]),
     Route("/v1/rooms/{room}/goals", cancel_goal, methods=["DELETE"]),
     Route("/v1/rooms/{room}/summary", summary),
+    Route("/v1/rooms/{room}/pools", start_pool, methods=["POST"]),
+    Route("/v1/pools/{pool}", get_pool_handler),
+    Route("/v1/pools/{pool}/pledges", pledge, methods=["POST"]),
     Route("/dev/token", dev_token),
 ]
 

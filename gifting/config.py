@@ -115,6 +115,9 @@ class Settings:
         "GIFTING_LEADERBOARD_INTERVAL_MS", 2000, "Top gifters are pushed at most this often per room, in ms."
     )
     leaderboard_size: int = _setting("GIFTING_LEADERBOARD_SIZE", 10, "Entries in a pushed top-gifters list.")
+    pool_deadline_s_min: int = _setting("GIFTING_POOL_DEADLINE_S_MIN", 10, "Shortest pool deadline, seconds.")
+    pool_deadline_s_max: int = _setting("GIFTING_POOL_DEADLINE_S_MAX", 3600, "Longest pool deadline, seconds.")
+    pools_per_room_max: int = _setting("GIFTING_POOLS_PER_ROOM_MAX", 3, "Open pools one room may have at once.")
     replay_events_max: int = _setting(
         "GIFTING_REPLAY_EVENTS_MAX",
         1000,

@@ -33,8 +33,9 @@ from gifting import coalesce, gifts, keys, protocol
 from gifting.auth import Identity
 from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
+from gifting.pools import PoolOp, room_pools
 from gifting.protocol import Codec, ProtocolError
-from gifting.rooms import top_entries
+from gifting.rooms import RoomStore, top_entries
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +145,7 @@ class Hub:
         self.redis = redis
         self.settings = settings
         self.catalogs = catalogs
+        self.room_store = RoomStore(redis, settings)
         self.id = secrets.token_hex(6)
         self.rooms: dict[str, Room] = {}
         self.waiters: dict[str, tuple[float, list[Connection | asyncio.Future[dict[str, Any]]]]] = {}
@@ -251,6 +253,7 @@ class Hub:
             "viewers": max(room.viewers, len(room.conns)),
             "goal": {**goal, "target": int(goal["target"]), "progress": int(goal["progress"])} if goal else None,
             "top": room.top or await top_entries(self.redis, keys.room_top(room.id), self.settings.leaderboard_size),
+            "pools": await room_pools(self.redis, room.id),
         }
         if message.ref is not None:
             joined["ref"] = message.ref
@@ -336,11 +339,24 @@ class Hub:
         await gifts.enqueue(self.redis, request)
         return None
 
+    async def send_pledge(
+        self, identity: Identity, message: protocol.Pledge, waiter: Connection | asyncio.Future[dict[str, Any]]
+    ) -> dict[str, Any] | None:
+        """Queue a pledge for the worker (pool.lua); its result reaches `waiter` like a gift's."""
+        if self.backlog > self.settings.gift_backlog_max or self.rate_limited(identity.user):
+            reason = "overloaded" if self.backlog > self.settings.gift_backlog_max else "rate_limited"
+            return {"type": "pledge_result", "pledge_id": message.pledge_id, "status": "rejected", "reason": reason}
+        _, waiting = self.waiters.setdefault(message.pledge_id, (time.monotonic(), []))
+        waiting.append(waiter)
+        op = PoolOp("pledge", message.pool, message.pledge_id, message.coins, identity.user, identity.name, self.id)
+        await self.redis.xadd(keys.GIFTS_STREAM, op.to_entry())
+        return None
+
     def _deliver_results(self, results: list[dict[str, Any]]) -> None:
         """Each queued request gets exactly one result, in stream order: two sends of one gift_id (a resend, or
         a conflicting reuse) get their own answers."""
         for result in results:
-            gift_id = result.get("gift_id", "")
+            gift_id = result.get("gift_id") or result.get("pledge_id") or ""
             _, waiting = self.waiters.get(gift_id, (0.0, []))
             if not waiting:
                 continue  # its waiter timed out or disconnected; the client resends the gift_id to learn it
@@ -430,8 +446,11 @@ class Hub:
     ) -> dict[str, Any]:
         """The creator gets every event; viewers get them shaped by the big-room policy (coalesce.py)."""
         s = self.settings
-        body = events if creator else coalesce.for_viewers_frame(events, s.big_gift_coins, s.frame_events_max)
-        frame = protocol.events_frame(room.id, body + ephemeral)
+        if creator:
+            body = events + ephemeral
+        else:
+            body = coalesce.for_viewers_frame(events, s.big_gift_coins, s.frame_events_max, ephemeral)
+        frame = protocol.events_frame(room.id, body)
         covered = coalesce.offsets_covered(events)
         if covered is not None:
             frame["from"], frame["to"] = covered

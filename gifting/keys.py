@@ -94,6 +94,26 @@ def account(user: str) -> str:
     return "u:" + user
 
 
+# Pooled gifts (ledger slot: pledges are transfers).
+SYS_POOL_ESCROW = "sys:pool_escrow"  # coins pledged to open pools (pending transfers)
+POOLS_OPEN = "{ledger}:pools:open"  # sorted set: pool id -> deadline (ms)
+
+
+def pool(pool_id: str) -> str:
+    """Hash: id, room, creator, gift, price, bps, pledged, status (open|completed|expired), deadline_ms,
+    starter, contributors (JSON list of {user, name, coins})."""
+    return "{ledger}:pool:" + pool_id
+
+
+def pledge_record(pledge_id: str) -> str:
+    return "{ledger}:pledge:" + pledge_id
+
+
+def room_pools(room: str) -> str:
+    """Set: the room's open pool ids (for the per-room limit and the join snapshot)."""
+    return "{room:" + room + "}:pools"
+
+
 # Inbound gifts (one slot).
 GIFTS_STREAM = "{gifts}:in"
 GIFTS_DEAD_LETTER = "{gifts}:dead"

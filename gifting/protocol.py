@@ -77,11 +77,29 @@ class SendGift:
 
 
 @dataclass(frozen=True, slots=True)
+class StartPool:
+    room: str
+    gift: str
+    deadline_s: int
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pledge:
+    pool: str
+    coins: int
+    pledge_id: str
+    ref: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Ping:
     ref: str | None = None
 
 
-ClientMessage = Join | Leave | SendGift | Ping
+ClientMessage = Join | Leave | SendGift | StartPool | Pledge | Ping
+POOL_ID_PATTERN = re.compile(r"p_[0-9a-f]{16}")
+PLEDGE_COINS_MAX = 10_000_000
 
 
 def decode_frame(data: str | bytes, codec: Codec) -> dict[str, Any]:
@@ -119,9 +137,30 @@ def parse_message(obj: dict[str, Any], gift_count_max: int) -> ClientMessage:
         return Join(room=_room(obj, ref), since=_since(obj.get("since"), ref), ref=ref)
     if kind == "leave":
         return Leave(room=_room(obj, ref), ref=ref)
+    if kind == "pledge":
+        return parse_pledge(obj, ref)
+    if kind == "pool_start":
+        deadline_s = obj.get("deadline_s")
+        if not isinstance(deadline_s, int) or isinstance(deadline_s, bool):
+            raise ProtocolError("bad_deadline", f"deadline_s: expected an integer of seconds, got {deadline_s!r}", ref)
+        return StartPool(room=_room(obj, ref), gift=_string(obj, "gift", ref, 40), deadline_s=deadline_s, ref=ref)
     if kind == "ping":
         return Ping(ref=ref)
-    raise ProtocolError("unknown_type", f"expected type join|leave|gift|ping, got {kind!r}", ref)
+    raise ProtocolError("unknown_type", f"expected type join|leave|gift|pool_start|pledge|ping, got {kind!r}", ref)
+
+
+def parse_pledge(obj: dict[str, Any], ref: str | None = None) -> Pledge:
+    pool, coins = obj.get("pool"), obj.get("coins")
+    if not isinstance(pool, str) or not POOL_ID_PATTERN.fullmatch(pool):
+        raise ProtocolError("bad_pool", f"pool: expected a pool id, got {pool!r}", ref)
+    if not isinstance(coins, int) or isinstance(coins, bool) or not 1 <= coins <= PLEDGE_COINS_MAX:
+        raise ProtocolError("bad_amount", f"coins: expected an integer in 1..{PLEDGE_COINS_MAX}, got {coins!r}", ref)
+    pledge_id = obj.get("pledge_id")
+    try:
+        pledge_id = parse_gift_id(pledge_id, ref)
+    except ProtocolError:
+        raise ProtocolError("bad_pledge_id", f"pledge_id: expected a UUID, got {pledge_id!r}", ref) from None
+    return Pledge(pool=pool, coins=coins, pledge_id=pledge_id, ref=ref)
 
 
 def parse_count(value: object, count_max: int, ref: str | None = None) -> int:

@@ -10,7 +10,9 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gifting import auth, protocol
 from gifting.hub import CLOSE_TOO_MANY_INVALID, CLOSE_UNAUTHORIZED, Connection, Hub
+from gifting.pools import open_pool
 from gifting.protocol import Codec, ProtocolError
+from gifting.rooms import RoomError
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,22 @@ async def _handle(hub: Hub, conn: Connection, message: protocol.ClientMessage) -
         rejected = await hub.send_gift(conn.identity, message, conn)
         if rejected is not None:
             conn.send_message(rejected)
+    elif isinstance(message, protocol.Pledge):
+        rejected = await hub.send_pledge(conn.identity, message, conn)
+        if rejected is not None:
+            conn.send_message(rejected)
+    elif isinstance(message, protocol.StartPool):
+        try:
+            pool = await open_pool(
+                hub.redis, hub.room_store, hub.settings, hub.catalogs.current, message.room, conn.identity.user,
+                message.gift, message.deadline_s,
+            )  # fmt: skip
+        except RoomError as exc:
+            raise ProtocolError(exc.code, exc.message, message.ref) from None
+        started: dict[str, Any] = {"type": "pool_started", "pool": pool}
+        if message.ref is not None:
+            started["ref"] = message.ref
+        conn.send_message(started)
     elif isinstance(message, protocol.Join):
         await hub.join(conn, message)
     elif isinstance(message, protocol.Leave):

@@ -123,11 +123,15 @@ def test_policy_caps_entries_and_keeps_priorities() -> None:
                        "diamonds": coins // 2, "sender": f"u{i}", "combo": {"id": str(i), "count": 1}})  # fmt: skip
     shaped = coalesce.for_viewers_frame(events, big_gift_coins=500, frame_events_max=10)
     assert len(shaped) == 10 and shaped[-1]["kind"] == "tick_summary"
-    assert shaped[0]["kind"] == "goal_progress"
+    assert shaped[0]["kind"] == "goal_progress"  # kept in offset order; big gifts and room events first in rank
     assert [e["gift_id"] for e in shaped if e.get("coins") == 1000] == ["0", "10", "20"]
     assert all("diamonds" not in e for e in shaped)
     assert shaped[-1]["gifts"] == 30 - 3 - 5 and shaped[-1]["coins"] == 22  # 9 kept: 1 goal, 3 big, 5 combos
     assert coalesce.offsets_covered(events) == (1, 31)
+    counters = [{"kind": "viewers", "count": 9}, {"kind": "combo_end", "combo": {"id": "x", "count": 2}}]
+    with_counters = coalesce.for_viewers_frame(events[:5], 500, 5, counters)
+    assert len(with_counters) == 5 and with_counters[-1]["kind"] == "tick_summary"
+    assert not any(e["kind"] in ("viewers", "combo_end") for e in with_counters)  # counters yield first
 
 
 async def test_top_gifters_stream_and_periods_with_deterministic_ties(system: System) -> None:

@@ -32,13 +32,15 @@ from gifting.gifts import GiftRequest
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
 from gifting.payments import PayoutProvider, SandboxPayouts
+from gifting.pools import POOL_FIELD, PoolOp, pool_view
 from gifting.rooms import RoomStore
 
 log = logging.getLogger(__name__)
 
 BACKOFF_S_MAX = 5.0
 HEARTBEAT_INTERVAL_S = 1.0
-PAYOUTS_PER_RUN_MAX = 100  # withdrawals sent to the payout provider per run
+PAYOUTS_PER_RUN_MAX = 100  # withdrawals sent to the payout provider (and pools expired) per run
+EXPIRE_RETRY_S = 5.0  # an expiry enqueued but not yet done is enqueued again after this long
 Entry = tuple[str, dict[str, str]]
 
 
@@ -54,6 +56,7 @@ class SettlementWorker:
         self.settings = settings
         self.payouts = payouts or SandboxPayouts()
         self._last_payout_run = 0.0
+        self._expiring: dict[str, float] = {}  # pool id -> when to enqueue its expiry again (monotonic s)
         self.catalogs = CatalogStore(redis)
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.ledger = Ledger(redis, settings)
@@ -87,6 +90,7 @@ class SettlementWorker:
                 if time.monotonic() - self._last_payout_run > self.settings.payout_interval_ms / 1000:
                     self._last_payout_run = time.monotonic()
                     await self.run_payouts()
+                    await self.sweep_pools()
                 await self.step(pending=False)
                 backoff_s = 0.1
             except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError) as exc:
@@ -171,13 +175,28 @@ class SettlementWorker:
         if redelivered:
             entries = await self._drop_exhausted(entries)
         requests: list[tuple[str, GiftRequest]] = []
+        pool_ops: list[tuple[str, PoolOp]] = []
         for entry_id, fields in entries:
             try:
-                requests.append((entry_id, GiftRequest.from_entry(fields)))
+                if POOL_FIELD in fields:
+                    pool_ops.append((entry_id, PoolOp.from_entry(fields)))
+                else:
+                    requests.append((entry_id, GiftRequest.from_entry(fields)))
             except ValueError as exc:
                 await self.dead_letter(entry_id, fields, str(exc))
-        if not requests:
-            return
+        if requests:
+            await self._settle_entries(requests, dict(entries))
+        for entry_id, op in pool_ops:  # pledges are rare next to gifts: one call each, in stream order
+            try:
+                await self.settle_pool_op(op)
+            except ResponseError as exc:
+                if "script" not in str(exc).lower():
+                    raise
+                await self.dead_letter(entry_id, dict(entries)[entry_id], str(exc))
+                continue
+            await self.ack([entry_id])
+
+    async def _settle_entries(self, requests: list[tuple[str, GiftRequest]], fields: dict[str, dict[str, str]]) -> None:
         try:
             await self.settle([r for _, r in requests])
         except ResponseError as exc:
@@ -189,11 +208,54 @@ class SettlementWorker:
                 try:
                     await self.settle([request])
                 except ResponseError as one_exc:
-                    await self.dead_letter(entry_id, entries_by_id(entries)[entry_id], str(one_exc))
+                    await self.dead_letter(entry_id, fields[entry_id], str(one_exc))
                     continue
                 await self.ack([entry_id])
             return
         await self.ack([entry_id for entry_id, _ in requests])
+
+    async def settle_pool_op(self, op: PoolOp) -> None:
+        """A pledge (pending transfer; may complete the pool) or an expiry (voids every pledge), then its events."""
+        status, reason, balance, _replay, pool = await self.ledger.pool_op(
+            op.op, op.pool, op.pledge_id, op.sender, op.coins, op.sender_name
+        )
+        await self.ledger.durable(self.settings.waitaof_timeout_ms)
+        events: list[tuple[str, dict[str, Any]]] = []
+        view = pool_view(pool) if pool else None
+        if view is not None and op.op == "expire" and status == "expired":
+            events.append((f"pool:{op.pool}:expired", {"kind": "pool_expired", "pool": view}))
+        if view is not None and op.op == "pledge" and status == "accepted":
+            events.append((f"pledge:{op.pledge_id}", {"kind": "pool_progress", "pool": view}))
+            if view["status"] == "completed":
+                split = rules.split_gift(view["price"], int(pool["bps"]))  # type: ignore[index]
+                completed = {"kind": "pool_completed", "pool": view, "gift": view["gift"], "count": 1}
+                completed |= {"coins": split.coins, "diamonds": split.diamonds}
+                events.append((f"pool:{op.pool}:completed", completed))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if events and view is not None:
+                await self.rooms.announce(view["room"], events, client=pipe)
+            if op.op == "pledge" and op.hub:
+                result = {"type": "pledge_result", "pledge_id": op.pledge_id, "pool": view, "coins": balance}
+                if status == "conflict":
+                    message = "pledge_id was already used for a different pledge; use a new one"
+                    result = {"type": "error", "code": "pledge_id_conflict", "pledge_id": op.pledge_id}
+                    result["message"] = message
+                else:
+                    result |= {"status": status, "reason": reason or None}
+                pipe.publish(keys.hub_channel(op.hub), orjson.dumps([result]))
+            await pipe.execute()
+
+    async def sweep_pools(self) -> None:
+        """Pools past their deadline get an `expire` operation through the stream (crash-safe, exactly once)."""
+        now_ms = int(time.time() * 1000)
+        due = await self.redis.zrangebyscore(keys.POOLS_OPEN, 0, now_ms, start=0, num=PAYOUTS_PER_RUN_MAX)
+        for pool_id in due:
+            if self._expiring.get(pool_id, 0) > time.monotonic():
+                continue
+            self._expiring[pool_id] = time.monotonic() + EXPIRE_RETRY_S
+            await self.redis.xadd(keys.GIFTS_STREAM, PoolOp(op="expire", pool=pool_id).to_entry())
+        for pool_id in [p for p, t in self._expiring.items() if t < time.monotonic()]:
+            del self._expiring[pool_id]
 
     async def settle(self, requests: list[GiftRequest]) -> list[rules.GiftOutcome]:
         rooms = await self._room_states({r.room for r in requests})
@@ -318,10 +380,6 @@ class SettlementWorker:
             else:
                 keep.append((entry_id, fields))
         return keep
-
-
-def entries_by_id(entries: list[Entry]) -> dict[str, dict[str, str]]:
-    return dict(entries)
 
 
 def room_event(request: GiftRequest, settled: GiftToSettle, outcome: rules.GiftOutcome) -> dict[str, Any]:

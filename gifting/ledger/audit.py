@@ -6,6 +6,8 @@ Checks:
 - every journal entry parses, every gift settled once, with exactly its legs at the creator share stored with it;
 - every paid purchase record has its journal transfer and vice versa; each refund or chargeback reverses one
   paid purchase, once, for its full amount;
+- every pool closes (completed or voided) at most once, for exactly the coins pledged to it, and the escrow
+  holds exactly the pledges of open pools;
 - every withdrawal is pending at most once and resolved (posted or voided) at most once, for its amount, and
   none is still pending past its deadline (plus GRACE_MS for the payout loop to notice).
 """
@@ -64,6 +66,8 @@ class _Journal:
     chargebacks: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # account -> coins
     withdrawals: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
     gift_ids: set[str] = field(default_factory=set)
+    pledges: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # pool -> coins pledged
+    pool_closings: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
 
 
 async def run_audit(redis: aioredis.Redis, progress: Callable[[int], None] | None = None) -> AuditReport:
@@ -82,6 +86,7 @@ async def run_audit(redis: aioredis.Redis, progress: Callable[[int], None] | Non
     await _check_balances(redis, report, journal)
     await _check_purchases(redis, report, journal)
     await _check_withdrawals(redis, report, journal)
+    await _check_pools(redis, report, journal)
     return report
 
 
@@ -110,6 +115,11 @@ def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: 
             journal.chargebacks[legs[0].debit] += amount
     elif kind.startswith("withdrawal_"):
         journal.withdrawals[entry].append((kind, amount))
+    elif kind == "pledge_pending":
+        journal.pledges[fields.get("ref", "?")] += amount
+    elif kind in ("pool_completed", "pool_voided"):
+        coins = sum(leg.amount for leg in legs if leg.ledger == "coins")
+        journal.pool_closings[entry].append((kind, coins))
 
 
 def _check_gift(report: AuditReport, entry_id: str, fields: dict[str, str], legs: list[rules.Leg]) -> None:
@@ -196,3 +206,26 @@ async def _check_withdrawals(redis: aioredis.Redis, report: AuditReport, journal
             report.findings.append(
                 f"withdrawal {withdrawal}: still pending {now_ms - int(deadline)} ms past its deadline"
             )
+
+
+async def _check_pools(redis: aioredis.Redis, report: AuditReport, journal: _Journal) -> None:
+    """Each pool closes at most once, for exactly what was pledged; what is still open is in escrow."""
+    now_ms = int(time.time() * 1000)
+    escrow_open = 0
+    for pool in set(journal.pledges) | set(journal.pool_closings):
+        pledged, closings = journal.pledges.get(pool, 0), journal.pool_closings.get(pool, [])
+        status, deadline = await redis.hmget(keys.pool(pool), "status", "deadline_ms")
+        if len(closings) > 1:
+            report.findings.append(f"pool {pool}: closed {len(closings)} times ({[k for k, _ in closings]})")
+        elif closings and closings[0][1] != pledged:
+            report.findings.append(f"pool {pool}: {closings[0][0]} moved {closings[0][1]} coins, pledged {pledged}")
+        expected = {"pool_completed": "completed", "pool_voided": "expired"}.get(closings[0][0]) if closings else "open"
+        if status != expected:
+            report.findings.append(f"pool {pool}: record says {status}, journal says {expected}")
+        if not closings:
+            escrow_open += pledged
+            if deadline is not None and now_ms > int(deadline) + GRACE_MS:
+                report.findings.append(f"pool {pool}: still open {now_ms - int(deadline)} ms past its deadline")
+    escrow = report.totals.get("coins", {}).get(keys.SYS_POOL_ESCROW, 0)
+    if escrow != escrow_open:
+        report.findings.append(f"coins {keys.SYS_POOL_ESCROW}: holds {escrow}, open pools pledged {escrow_open}")

@@ -74,6 +74,7 @@ class Ledger:
         self._purchase = redis.register_script(load_script("purchase.lua"))
         self._reverse = redis.register_script(load_script("reverse.lua"))
         self._withdraw = redis.register_script(load_script("withdraw.lua"))
+        self._pool = redis.register_script(load_script("pool.lua"))
         self.waitaof_supported: bool | None = None  # learned on first use
 
     # Gifts -------------------------------------------------------------------------------------------------
@@ -119,6 +120,22 @@ class Ledger:
         self.waitaof_supported = True
         if int(local) < 1:
             raise DurabilityError(f"WAITAOF: AOF fsync not confirmed within {timeout_ms} ms")
+
+    async def pool_op(
+        self, op: str, pool_id: str, pledge_id: str = "", user: str = "", coins: int = 0, name: str = ""
+    ) -> tuple[str, str, int, bool, dict[str, Any] | None]:
+        """A pledge to a pool, or its expiry (pool.lua). Returns (status, reason, balance, replay, pool)."""
+        now = now_ms()
+        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
+        if op == "pledge":
+            keys_.append(keys.pledge_record(pledge_id))
+            fingerprint = rules.fingerprint(pool_id, user, coins)
+            args: list[Any] = [op, now, pledge_id, keys.account(user), coins, fingerprint, name]
+            args += [self.settings.idempotency_ttl_s, now // 3600_000, utc_day(now), iso_week(now)]
+        else:
+            args = [op, now]
+        status, reason, balance, replay, pool = await self._pool(keys=keys_, args=args)
+        return status, reason, int(balance), bool(int(replay)), (orjson.loads(pool) if pool else None)
 
     # Purchases ---------------------------------------------------------------------------------------------
 

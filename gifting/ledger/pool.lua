@@ -1,0 +1,124 @@
+-- Pooled gifts: viewers pledge coins toward one expensive gift (called by workers/settlement.py).
+--
+-- Each pledge is a pending transfer viewer -> sys:pool_escrow. When the pledges reach the price the pool
+-- completes in the same call: the escrow pays the gift like settle.lua does (platform share, creator share as
+-- diamonds). At the deadline an incomplete pool is voided: every pledge goes back. A pool's status moves
+-- open -> completed | expired exactly once, so a pledge is never both posted and voided.
+--
+-- KEYS: 1 coin balances, 2 diamond balances, 3 journal, 4 pool (hash), 5 open pools (sorted set by deadline),
+--   6 pledge record (pledge only; else any key of the slot).
+-- ARGV 'pledge': 1 op, 2 now_ms, 3 pledge id, 4 account, 5 coins, 6 fingerprint, 7 display name, 8 record ttl_s,
+--   9 earnings hour, 10 UTC day, 11 ISO week.
+-- ARGV 'expire': 1 op, 2 now_ms.
+-- Returns {status, reason, balance, replay, pool JSON}; status: accepted | rejected | conflict | expired | noop.
+local coins_key, diamonds_key, journal, pool_key, open_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local op, now_ms = ARGV[1], ARGV[2]
+local function fmt(x) return string.format('%d', x) end
+
+local function snapshot()
+  local p = redis.call('HGETALL', pool_key)
+  local t = {}
+  for i = 1, #p, 2 do t[p[i]] = p[i + 1] end
+  if not t.id then return '' end
+  return cjson.encode({id = t.id, room = t.room, creator = t.creator, gift = t.gift, price = tonumber(t.price),
+    bps = tonumber(t.bps),
+    pledged = tonumber(t.pledged), status = t.status, deadline_ms = tonumber(t.deadline_ms),
+    contributors = cjson.decode(t.contributors)})
+end
+
+local function statement(account, kind, amount, ref)
+  redis.call('XADD', '{ledger}:stmt:' .. account, '*', 'k', kind, 'l', 'coins', 'a', amount,
+    'c', 'sys:pool_escrow', 'r', ref, 'g', '', 'n', '', 't', now_ms)
+end
+
+local pool = redis.call('HMGET', pool_key, 'id', 'status', 'price', 'pledged', 'deadline_ms', 'creator', 'bps',
+  'contributors', 'gift', 'room')
+local id, status, price, pledged, deadline = pool[1], pool[2], tonumber(pool[3]), tonumber(pool[4]), tonumber(pool[5])
+
+if op == 'expire' then
+  if not id or status ~= 'open' or tonumber(now_ms) < deadline then return {'noop', status or '', '0', 0, snapshot()} end
+  local contributors = cjson.decode(pool[8])
+  local legs = {}
+  for _, c in ipairs(contributors) do
+    local account = 'u:' .. c.user
+    redis.call('HINCRBY', coins_key, account, c.coins)
+    redis.call('HINCRBY', coins_key, 'sys:pool_escrow', -c.coins)
+    legs[#legs + 1] = 'coins sys:pool_escrow ' .. account .. ' ' .. fmt(c.coins)
+    statement(account, 'pledge_returned', c.coins, id)
+  end
+  if #legs > 0 then
+    redis.call('XADD', journal, '*', 'kind', 'pool_voided', 'id', id, 'legs', table.concat(legs, '|'), 'ts', now_ms)
+  end
+  redis.call('HSET', pool_key, 'status', 'expired', 'closed_ms', now_ms)
+  redis.call('ZREM', open_key, id)
+  return {'expired', '', '0', 0, snapshot()}
+end
+
+-- pledge
+local record_key, pledge_id, account, coins, fp = KEYS[6], ARGV[3], ARGV[4], tonumber(ARGV[5]), ARGV[6]
+local record = redis.call('GET', record_key)
+if record then
+  local s, reason, bal, old_fp = string.match(record, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
+  if old_fp ~= fp then return {'conflict', s, bal, 1, snapshot()} end
+  return {s, reason, bal, 1, snapshot()}
+end
+local balance = tonumber(redis.call('HGET', coins_key, account) or '0')
+local function decide(s, reason)
+  redis.call('SET', record_key, s .. '|' .. reason .. '|' .. fmt(balance) .. '|' .. fp, 'EX', ARGV[8])
+  return {s, reason, fmt(balance), 0, snapshot()}
+end
+if not id then return decide('rejected', 'unknown_pool') end
+if status ~= 'open' then return decide('rejected', 'pool_' .. status) end
+if tonumber(now_ms) >= deadline then return decide('rejected', 'pool_expired') end
+if account == 'u:' .. pool[6] then return decide('rejected', 'self_gift') end
+if coins > price - pledged then return decide('rejected', 'pledge_exceeds_remaining') end
+if balance < coins then return decide('rejected', 'insufficient_coins') end
+
+balance = balance - coins
+redis.call('HSET', coins_key, account, fmt(balance))
+redis.call('HINCRBY', coins_key, 'sys:pool_escrow', coins)
+redis.call('XADD', journal, '*', 'kind', 'pledge_pending', 'id', pledge_id, 'ref', id,
+  'legs', 'coins ' .. account .. ' sys:pool_escrow ' .. fmt(coins), 'ts', now_ms)
+statement(account, 'pledge', -coins, id)
+local contributors = cjson.decode(pool[8])
+local user = string.sub(account, 3)
+local merged = false
+for _, c in ipairs(contributors) do
+  if c.user == user then c.coins = c.coins + coins; merged = true end
+end
+if not merged then contributors[#contributors + 1] = {user = user, name = ARGV[7], coins = coins} end
+pledged = pledged + coins
+redis.call('HSET', pool_key, 'pledged', pledged, 'contributors', cjson.encode(contributors))
+
+if pledged == price then
+  -- Post every pledge: the escrow pays the gift, split like any gift.
+  local creator = 'u:' .. pool[6]
+  local diamonds = math.floor(price * tonumber(pool[7]) / 10000)
+  local platform = price - diamonds
+  local legs = {}
+  if platform > 0 then legs[#legs + 1] = 'coins sys:pool_escrow sys:platform_revenue ' .. fmt(platform) end
+  if diamonds > 0 then
+    legs[#legs + 1] = 'coins sys:pool_escrow sys:creator_earnings ' .. fmt(diamonds)
+    legs[#legs + 1] = 'diamonds sys:diamond_issuance ' .. creator .. ' ' .. fmt(diamonds)
+  end
+  redis.call('HINCRBY', coins_key, 'sys:pool_escrow', -price)
+  redis.call('HINCRBY', coins_key, 'sys:platform_revenue', platform)
+  redis.call('HINCRBY', coins_key, 'sys:creator_earnings', diamonds)
+  redis.call('HINCRBY', diamonds_key, 'sys:diamond_issuance', -diamonds)
+  redis.call('HINCRBY', diamonds_key, creator, diamonds)
+  redis.call('HINCRBY', '{ledger}:earned:' .. creator, ARGV[9], diamonds)
+  redis.call('XADD', journal, '*', 'kind', 'pool_completed', 'id', id, 'legs', table.concat(legs, '|'),
+    'room', pool[10], 'gift', pool[9], 'bps', pool[7], 'ts', now_ms)
+  redis.call('XADD', '{ledger}:stmt:' .. creator, '*', 'k', 'gift_received', 'l', 'diamonds', 'a', diamonds,
+    'c', 'pool', 'r', id, 'g', pool[9], 'n', 1, 't', now_ms)
+  for _, c in ipairs(contributors) do
+    redis.call('HINCRBY', '{ledger}:lifetime_spent', 'u:' .. c.user, c.coins)
+    local prefix = '{ledger}:top:' .. creator
+    redis.call('ZINCRBY', prefix .. ':all', c.coins, 'u:' .. c.user)
+    redis.call('ZINCRBY', prefix .. ':day:' .. ARGV[10], c.coins, 'u:' .. c.user)
+    redis.call('ZINCRBY', prefix .. ':week:' .. ARGV[11], c.coins, 'u:' .. c.user)
+  end
+  redis.call('HSET', pool_key, 'status', 'completed', 'closed_ms', now_ms)
+  redis.call('ZREM', open_key, id)
+end
+return decide('accepted', '')
