@@ -48,7 +48,9 @@ async def send_gifts(sender: WsClient, room: str, n: int) -> list[str]:
 
 
 def room_events(client: WsClient, room: str) -> list[dict[str, Any]]:
-    return [e for m in client.seen if m.get("type") == "events" and m.get("room") == room for e in m["events"]]
+    """History events of `room` received so far (counters such as `viewers` have no offset and are skipped)."""
+    seen = [e for m in client.seen if m.get("type") == "events" and m.get("room") == room for e in m["events"]]
+    return [e for e in seen if "offset" in e]
 
 
 async def events_until(client: WsClient, room: str, offset: int) -> list[dict[str, Any]]:
