@@ -14,6 +14,7 @@ Checks:
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -71,23 +72,61 @@ class _Journal:
 
 
 async def run_audit(redis: aioredis.Redis, progress: Callable[[int], None] | None = None) -> AuditReport:
-    report, journal = AuditReport(), _Journal()
-    start = "-"
+    """Audit a ledger that may be in use: balances are compared with the journal as of one atomic snapshot;
+    records (purchases, withdrawals, pools) are read after it and must agree with the journal either at the
+    snapshot or after the entries that arrived since (a live payout may post a withdrawal meanwhile)."""
+    report = AuditReport()
+    async with redis.pipeline(transaction=True) as pipe:
+        for _, hash_key in keys.LEDGER_LEDGERS:
+            pipe.hgetall(hash_key)
+        pipe.xrevrange(keys.LEDGER_JOURNAL, count=1)
+        *stored, last = await pipe.execute()
+    end = last[0][0] if last else None
+    snapshot = _Journal()
+    if end is not None:
+        await _scan(redis, report, snapshot, "-", end, progress)
+    _check_balances(report, snapshot, {ledger: b for (ledger, _), b in zip(keys.LEDGER_LEDGERS, stored, strict=True)})
+    records = await _read_records(redis, snapshot)
+    latest = copy.deepcopy(snapshot)
+    await _scan(redis, report, latest, f"({end}" if end else "-", "+", None)
+    _check_purchases(report, snapshot, latest, records.purchases)
+    _check_withdrawals(report, snapshot, latest, records.withdrawals)
+    _check_pools(report, snapshot, latest, records.pools)
+    return report
+
+
+async def _scan(
+    redis: aioredis.Redis, report: AuditReport, journal: _Journal, start: str, end: str,
+    progress: Callable[[int], None] | None,
+) -> None:  # fmt: skip
     while True:
-        chunk = await redis.xrange(keys.LEDGER_JOURNAL, min=start, max="+", count=CHUNK_ENTRIES)
+        chunk = await redis.xrange(keys.LEDGER_JOURNAL, min=start, max=end, count=CHUNK_ENTRIES)
         for entry_id, fields in chunk:
             report.entries += 1
             _apply_entry(report, journal, entry_id, fields)
         if len(chunk) < CHUNK_ENTRIES:
-            break
+            return
         start = "(" + chunk[-1][0]
         if progress:
             progress(report.entries)
-    await _check_balances(redis, report, journal)
-    await _check_purchases(redis, report, journal)
-    await _check_withdrawals(redis, report, journal)
-    await _check_pools(redis, report, journal)
-    return report
+
+
+@dataclass
+class _Records:
+    purchases: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # id -> (status, coins)
+    withdrawals: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # id -> (status, deadline)
+    pools: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # id -> (status, deadline)
+
+
+async def _read_records(redis: aioredis.Redis, journal: _Journal) -> _Records:
+    records = _Records()
+    async for key in redis.scan_iter(match="{ledger}:purchase:*", count=SCAN_COUNT):
+        records.purchases[key.removeprefix("{ledger}:purchase:")] = tuple(await redis.hmget(key, "status", "coins"))
+    for withdrawal in journal.withdrawals:
+        records.withdrawals[withdrawal] = tuple(await redis.hmget(keys.withdrawal(withdrawal), "status", "deadline_ms"))
+    for pool in set(journal.pledges) | set(journal.pool_closings):
+        records.pools[pool] = tuple(await redis.hmget(keys.pool(pool), "status", "deadline_ms"))
+    return records
 
 
 def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: dict[str, str]) -> None:
@@ -141,9 +180,9 @@ def _check_gift(report: AuditReport, entry_id: str, fields: dict[str, str], legs
         report.findings.append(f"journal {entry_id} gift {fields.get('id')}: legs do not match the gift rules")
 
 
-async def _check_balances(redis: aioredis.Redis, report: AuditReport, journal: _Journal) -> None:
-    for ledger, hash_key in keys.LEDGER_LEDGERS:
-        stored = {a: int(v) for a, v in (await redis.hgetall(hash_key)).items()}
+def _check_balances(report: AuditReport, journal: _Journal, snapshot: dict[str, dict[str, str]]) -> None:
+    for ledger, raw in snapshot.items():
+        stored = {a: int(v) for a, v in raw.items()}
         expected = journal.balances[ledger]
         report.totals[ledger] = stored
         if (total := sum(stored.values())) != 0:
@@ -159,73 +198,96 @@ async def _check_balances(redis: aioredis.Redis, report: AuditReport, journal: _
                 )
 
 
-async def _check_purchases(redis: aioredis.Redis, report: AuditReport, journal: _Journal) -> None:
-    seen: set[str] = set()
-    async for key in redis.scan_iter(match="{ledger}:purchase:*", count=SCAN_COUNT):
-        purchase = key.removeprefix("{ledger}:purchase:")
-        status, coins = await redis.hmget(key, "status", "coins")
-        seen.add(purchase)
-        in_journal = purchase in journal.purchases
-        if status == "declined" and in_journal:
-            report.findings.append(f"purchase {purchase}: declined, but the journal credits it")
-        elif status != "declined" and not in_journal:
-            report.findings.append(f"purchase {purchase}: {status}, but the journal has no credit for it")
-        reversals = journal.reversals.get(purchase, [])
-        if status in ("refunded", "charged_back") and len(reversals) != 1:
-            report.findings.append(f"purchase {purchase}: {status} with {len(reversals)} reversal transfers")
-        if status == "paid" and reversals:
-            report.findings.append(f"purchase {purchase}: paid, but the journal reverses it")
-        if in_journal and coins is not None and journal.purchases[purchase][1] != int(coins):
+def _purchase_status(journal: _Journal, purchase: str) -> str | None:
+    """What the purchase record's status must be, given this journal (None: no purchase yet)."""
+    if purchase not in journal.purchases:
+        return None
+    reversals = journal.reversals.get(purchase, [])
+    if not reversals:
+        return "paid"
+    return "refunded" if reversals[0][0] == "refund" else "charged_back"
+
+
+def _check_purchases(
+    report: AuditReport, snapshot: _Journal, latest: _Journal, records: dict[str, tuple[str | None, str | None]]
+) -> None:
+    for purchase, (status, coins) in records.items():
+        if status == "declined":
+            if purchase in latest.purchases:
+                report.findings.append(f"purchase {purchase}: declined, but the journal credits it")
+            continue
+        allowed = {_purchase_status(snapshot, purchase), _purchase_status(latest, purchase)}
+        if status not in allowed:
+            report.findings.append(
+                f"purchase {purchase}: record says {status}, journal says {sorted(map(str, allowed))}"
+            )
+        if purchase in latest.purchases and coins is not None and latest.purchases[purchase][1] != int(coins):
             report.findings.append(f"purchase {purchase}: record says {coins} coins, journal says otherwise")
-    for purchase in set(journal.purchases) - seen:
+    for purchase in set(snapshot.purchases) - set(records):
         if not purchase.startswith("grant:"):
             report.findings.append(f"purchase {purchase}: in the journal but has no purchase record")
-    for purchase, reversals in journal.reversals.items():
-        if purchase not in journal.purchases:
+    for purchase, reversals in latest.reversals.items():
+        if purchase not in latest.purchases:
             report.findings.append(f"{reversals[0][0]} of {purchase}: no such purchase in the journal")
         elif len(reversals) > 1:
             report.findings.append(f"purchase {purchase}: reversed {len(reversals)} times")
-        elif reversals[0][1] != journal.purchases[purchase][1]:
+        elif reversals[0][1] != latest.purchases[purchase][1]:
             report.findings.append(f"purchase {purchase}: reversed for another amount than it credited")
 
 
-async def _check_withdrawals(redis: aioredis.Redis, report: AuditReport, journal: _Journal) -> None:
+def _withdrawal_status(journal: _Journal, withdrawal: str) -> str | None:
+    kinds = [k for k, _ in journal.withdrawals.get(withdrawal, [])]
+    if not kinds:
+        return None
+    return {"withdrawal_posted": "paid", "withdrawal_voided": "failed"}.get(kinds[-1], "pending")
+
+
+def _check_withdrawals(
+    report: AuditReport, snapshot: _Journal, latest: _Journal, records: dict[str, tuple[str | None, str | None]]
+) -> None:
     now_ms = int(time.time() * 1000)
-    for withdrawal, steps in journal.withdrawals.items():
+    for withdrawal, steps in latest.withdrawals.items():
         kinds = [k for k, _ in steps]
-        amounts = {a for _, a in steps}
         if kinds[:1] != ["withdrawal_pending"] or len(steps) > 2 or kinds.count("withdrawal_pending") != 1:
             report.findings.append(f"withdrawal {withdrawal}: transfers {kinds} are not pending then one resolution")
-        if len(amounts) != 1:
+        if len({a for _, a in steps}) != 1:
             report.findings.append(f"withdrawal {withdrawal}: resolved for another amount than was pending")
-        status, deadline = await redis.hmget(keys.withdrawal(withdrawal), "status", "deadline_ms")
-        expected_status = {1: "pending", 2: {"withdrawal_posted": "paid", "withdrawal_voided": "failed"}.get(kinds[-1])}
-        if status != expected_status.get(len(steps)):
-            report.findings.append(f"withdrawal {withdrawal}: record says {status}, journal says {kinds}")
-        if len(steps) == 1 and deadline is not None and now_ms > int(deadline) + GRACE_MS:
+    for withdrawal, (status, deadline) in records.items():
+        allowed = {_withdrawal_status(snapshot, withdrawal), _withdrawal_status(latest, withdrawal)}
+        if status not in allowed:
+            report.findings.append(
+                f"withdrawal {withdrawal}: record says {status}, journal says {sorted(map(str, allowed))}"
+            )
+        if status == "pending" and deadline is not None and now_ms > int(deadline) + GRACE_MS:
             report.findings.append(
                 f"withdrawal {withdrawal}: still pending {now_ms - int(deadline)} ms past its deadline"
             )
 
 
-async def _check_pools(redis: aioredis.Redis, report: AuditReport, journal: _Journal) -> None:
+def _pool_status(journal: _Journal, pool: str) -> str:
+    closings = journal.pool_closings.get(pool, [])
+    return {"pool_completed": "completed", "pool_voided": "expired"}.get(closings[0][0], "?") if closings else "open"
+
+
+def _check_pools(
+    report: AuditReport, snapshot: _Journal, latest: _Journal, records: dict[str, tuple[str | None, str | None]]
+) -> None:
     """Each pool closes at most once, for exactly what was pledged; what is still open is in escrow."""
     now_ms = int(time.time() * 1000)
-    escrow_open = 0
-    for pool in set(journal.pledges) | set(journal.pool_closings):
-        pledged, closings = journal.pledges.get(pool, 0), journal.pool_closings.get(pool, [])
-        status, deadline = await redis.hmget(keys.pool(pool), "status", "deadline_ms")
+    for pool in set(latest.pledges) | set(latest.pool_closings):
+        pledged, closings = latest.pledges.get(pool, 0), latest.pool_closings.get(pool, [])
         if len(closings) > 1:
             report.findings.append(f"pool {pool}: closed {len(closings)} times ({[k for k, _ in closings]})")
         elif closings and closings[0][1] != pledged:
             report.findings.append(f"pool {pool}: {closings[0][0]} moved {closings[0][1]} coins, pledged {pledged}")
-        expected = {"pool_completed": "completed", "pool_voided": "expired"}.get(closings[0][0]) if closings else "open"
-        if status != expected:
-            report.findings.append(f"pool {pool}: record says {status}, journal says {expected}")
-        if not closings:
-            escrow_open += pledged
-            if deadline is not None and now_ms > int(deadline) + GRACE_MS:
-                report.findings.append(f"pool {pool}: still open {now_ms - int(deadline)} ms past its deadline")
+    for pool, (status, deadline) in records.items():
+        allowed = {_pool_status(snapshot, pool), _pool_status(latest, pool)}
+        if status not in allowed:
+            report.findings.append(f"pool {pool}: record says {status}, journal says {sorted(allowed)}")
+        if status == "open" and deadline is not None and now_ms > int(deadline) + GRACE_MS:
+            report.findings.append(f"pool {pool}: still open {now_ms - int(deadline)} ms past its deadline")
+    # As of the snapshot, the escrow holds exactly the pledges of pools not yet closed.
+    escrow_open = sum(v for pool, v in snapshot.pledges.items() if pool not in snapshot.pool_closings)
     escrow = report.totals.get("coins", {}).get(keys.SYS_POOL_ESCROW, 0)
     if escrow != escrow_open:
         report.findings.append(f"coins {keys.SYS_POOL_ESCROW}: holds {escrow}, open pools pledged {escrow_open}")

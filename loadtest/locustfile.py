@@ -1,0 +1,813 @@
+"""Locust scenarios for the gifting server: the real roles over the real protocol (docs/LOADTEST.md).
+
+    export GIFTING_SECRET=...   # the server's token secret (`gifting dev`: the data directory's `secret` file)
+    locust -f loadtest/locustfile.py --headless -u 20 -r 10 -t 20s --host http://127.0.0.1:8000 \\
+        [--scenario steady|gift-storm|big-room|reconnect-storm|purchase-rush] [UserClass ...]
+
+User classes (each its own user id; tokens are minted here from GIFTING_SECRET):
+  Viewer       joins a room and reads every frame
+  Gifter       buys coins over HTTP, sends gifts over the websocket at --gift-rate per second
+  Creator      opens a room (or takes one the scenario opened) and reads the full feed, with earnings
+  Purchaser    the HTTP purchase flow: Idempotency-Key, replay, decline, key conflict, balance
+  Reconnector  reads a room, drops the socket, resumes with `since`; counts gaps
+
+Everything a client must get right is checked and a miss is a failure in locust's statistics: a gap, a
+duplicate or an out-of-order event (loadtest/scenarios/feed.py), a gift without exactly one result, a gift
+rejected although it should have settled, a settled gift that never appears in its sender's feed, a wrong
+balance. Legitimate back-pressure (rate_limited, overloaded) and resume gaps beyond the replay limit are
+counted under their own names, not as failures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import random
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gevent
+import requests
+from locust import FastHttpUser, between, constant, constant_pacing, events, task
+from locust.env import Environment
+from locust.exception import StopUser
+from locust.runners import MasterRunner, WorkerRunner
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from gifting import auth  # noqa: E402
+from loadtest.scenarios import DEFAULT, SCENARIOS, Scenario  # noqa: E402
+from loadtest.scenarios.feed import FeedChecker, OwnGifts  # noqa: E402
+from loadtest.ws_client import CODECS, ClientError, Message, WsSession, report  # noqa: E402
+
+log = logging.getLogger("loadtest")
+
+TOKEN_TTL_S = 86400
+HTTP_TIMEOUT_S = 15.0
+WS_TIMEOUT_S = 10.0
+DRAIN_S = 2.0  # on stop, how long a gifter waits for its last results before its balance check
+INFLIGHT_MAX = 400  # a gifter pauses when this many of its gifts await a result
+TOP_UP_BUNDLE = "coins_16500"
+GIFT_MIX = (  # (gift, weight): mostly cheap gifts (they combo and merge), now and then a big one
+    ("rose", 30),
+    ("heart", 20),
+    ("thumbs_up", 15),
+    ("finger_heart", 15),
+    ("coffee", 10),
+    ("perfume", 5),
+    ("money_rain", 1),
+)
+COUNTS = (1, 1, 1, 1, 2, 3, 5)
+ROOM_CLASSES = ("Viewer", "Gifter", "Reconnector")  # classes that need a room to join
+
+
+# Command line -----------------------------------------------------------------------------------------------
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser: Any) -> None:
+    """The scenario options; each also reads LOCUST_<NAME> from the environment, like locust's own."""
+    group = parser.add_argument_group("gifting scenarios", "loadtest/locustfile.py; see docs/LOADTEST.md")
+
+    def option(name: str, **kwargs: Any) -> None:
+        group.add_argument(name, env_var="LOCUST_" + name.removeprefix("--").replace("-", "_").upper(), **kwargs)
+
+    option(
+        "--scenario",
+        choices=sorted(SCENARIOS),
+        default=DEFAULT,
+        help=f"which users, rooms and rates (default {DEFAULT}); user classes named on the command line win",
+    )
+    option("--rooms", type=int, default=None, help="rooms to open (default: the scenario's)")
+    option("--gift-rate", type=float, default=None, help="gifts per second per gifter (default: the scenario's)")
+    option("--reconnect-every", type=float, default=None, help="seconds between a reconnector's drops")
+    option("--fanout-every", type=int, default=10, help="report every Nth fan-out latency per socket (default 10)")
+    option("--result-timeout", type=float, default=10.0, help="seconds a gift may take to settle, then to appear")
+    option("--codec", choices=sorted(CODECS), default="json", help="websocket subprotocol (default json)")
+    option("--keep-rooms", action="store_true", default=False, help="do not end the rooms when the test stops")
+
+
+# Shared state of one test run (one locust process) ----------------------------------------------------------
+
+
+@dataclass
+class Room:
+    room: str
+    creator: str
+    creator_name: str
+    claimed: bool = False
+
+
+@dataclass
+class Run:
+    """What the scenario set up through the public API, shared by this process's users."""
+
+    id: str = ""
+    secret: str = ""
+    scenario: Scenario = SCENARIOS[DEFAULT]
+    rooms: list[Room] = field(default_factory=list)
+    prices: dict[str, int] = field(default_factory=dict)  # gift -> coins
+    bundles: dict[str, int] = field(default_factory=dict)  # bundle -> coins
+    gift_choices: list[str] = field(default_factory=list)
+    gift_weights: list[int] = field(default_factory=list)
+    users: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+    room_turn: itertools.count[int] = field(default_factory=itertools.count)
+    gift_rate: float = 0.0
+    warned_rate: bool = False
+    ready: bool = False
+
+    def user_id(self, kind: str) -> str:
+        return f"lt{self.id}-{kind}{next(self.users)}"
+
+    def token(self, user: str, role: auth.Role, name: str) -> str:
+        return auth.mint(self.secret, user, role, name, TOKEN_TTL_S)
+
+    def next_room(self) -> Room:
+        if not self.rooms:
+            raise ClientError("no room to join: the scenario opened none")
+        return self.rooms[next(self.room_turn) % len(self.rooms)]
+
+
+RUN = Run()
+
+
+def resolve_secret() -> str:
+    """GIFTING_SECRET; else the dev secret of `gifting dev` in GIFTING_DATA_DIR (default .gifting)."""
+    secret = os.environ.get("GIFTING_SECRET", "").strip()
+    if secret:
+        return secret
+    path = Path(os.environ.get("GIFTING_DATA_DIR", ".gifting")) / "secret"
+    if path.is_file():
+        log.info("GIFTING_SECRET not set: using the dev secret in %s", path)
+        return path.read_text().strip()
+    return ""
+
+
+def options(env: Environment) -> Any:
+    return env.parsed_options
+
+
+@events.init.add_listener
+def apply_scenario(environment: Environment, **_: Any) -> None:
+    """Pick the scenario's user classes (unless classes were named) with its weights and rates."""
+    opts = options(environment)
+    if opts is None:  # used as a library, without locust's command line
+        return
+    RUN.secret = resolve_secret()
+    if not RUN.secret:
+        logging.error(
+            "no token secret: export GIFTING_SECRET (for `gifting dev`: export GIFTING_SECRET=$(cat .gifting/secret))"
+        )
+        sys.exit(2)
+    scenario = RUN.scenario = SCENARIOS[opts.scenario]
+    named = set(opts.user_classes or [])
+    for cls in environment.user_classes:
+        name = cls.__name__
+        cls.weight = scenario.weights.get(name, 1 if name in named else 0)
+        cls.fixed_count = scenario.fixed.get(name, 0)
+    if not named:
+        environment.user_classes[:] = [c for c in environment.user_classes if c.__name__ in scenario.classes]
+    rate = opts.gift_rate if opts.gift_rate is not None else scenario.gift_rate
+    if rate <= 0:
+        logging.error("--gift-rate must be > 0 gifts per second per gifter, got %s", rate)
+        sys.exit(2)
+    RUN.gift_rate = rate
+    Gifter.wait_time = constant_pacing(1.0 / rate)
+    Purchaser.wait_time = between(*scenario.purchase_wait_s)
+    log.info(
+        "scenario %s: %s; classes %s; %g gifts/s per gifter",
+        scenario.name,
+        scenario.measures,
+        ", ".join(f"{c.__name__}(weight {c.weight}, fixed {c.fixed_count})" for c in environment.user_classes),
+        rate,
+    )
+
+
+@events.test_start.add_listener
+def set_up(environment: Environment, **_: Any) -> None:
+    """Read the catalog and open the scenario's rooms, through the public API (once per run)."""
+    if isinstance(environment.runner, MasterRunner) or options(environment) is None:
+        return
+    opts = options(environment)
+    host = (environment.host or "").rstrip("/")
+    RUN.id = uuid.uuid4().hex[:6]
+    RUN.rooms, RUN.ready = [], False
+    try:
+        with requests.Session() as http:
+            gifts = _get(http, f"{host}/v1/catalog/gifts")["gifts"]
+            RUN.prices = {g["id"]: int(g["coins"]) for g in gifts}
+            RUN.bundles = {b["id"]: int(b["coins"]) for b in _get(http, f"{host}/v1/catalog/bundles")["bundles"]}
+            mix = [(g, w) for g, w in GIFT_MIX if g in RUN.prices] or [(min(RUN.prices, key=RUN.prices.__getitem__), 1)]
+            RUN.gift_choices, RUN.gift_weights = [g for g, _ in mix], [w for _, w in mix]
+            wanted = opts.rooms if opts.rooms is not None else RUN.scenario.rooms
+            if any(c.__name__ in ROOM_CLASSES for c in environment.user_classes):
+                wanted = max(wanted, 1)
+            for i in range(wanted):
+                creator = f"lt{RUN.id}-c{i}"
+                name = f"Load Creator {i}"
+                RUN.rooms.append(open_room(http, host, creator, name, f"loadtest {RUN.scenario.name} {i}"))
+    except Exception as exc:
+        hint = " (is GIFTING_SECRET the server's secret?)" if "401" in str(exc) else ""
+        logging.error("scenario set-up failed against %s: %s%s", host, exc, hint)
+        report("set-up", 0.0, f"{type(exc).__name__}: {exc}")
+        gevent.spawn_later(0, environment.runner.quit)  # type: ignore[union-attr]
+        return
+    RUN.ready = True
+    log.info("run %s: rooms %s", RUN.id, ", ".join(r.room for r in RUN.rooms) or "none")
+
+
+@events.test_stop.add_listener
+def tear_down(environment: Environment, **_: Any) -> None:
+    """End the rooms this run opened (the users have stopped by now)."""
+    opts = options(environment)
+    if opts is None or opts.keep_rooms or isinstance(environment.runner, MasterRunner):
+        return
+    host = (environment.host or "").rstrip("/")
+    rooms, RUN.rooms = RUN.rooms, []
+    with requests.Session() as http:
+        for room in rooms:
+            token = RUN.token(room.creator, "creator", room.creator_name)
+            try:
+                http.post(
+                    f"{host}/v1/rooms/{room.room}/end",
+                    headers={"Authorization": f"Bearer {token}"},
+                    timeout=HTTP_TIMEOUT_S,
+                )
+            except requests.RequestException as exc:
+                log.warning("could not end room %s: %s", room.room, exc)
+
+
+@events.quitting.add_listener
+def print_summary(environment: Environment, **_: Any) -> None:
+    """A compact table (locust prints none with --json-file) and every distinct failure, most frequent first."""
+    runner = environment.runner
+    if runner is None or isinstance(runner, WorkerRunner) or options(environment) is None:
+        return
+    stats = runner.stats
+    lines = [f"{'type':<5} {'name':<44} {'requests':>9} {'failures':>9} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}"]
+    for entry in sorted(stats.entries.values(), key=lambda e: (e.method or "", e.name)):
+        lines.append(
+            f"{entry.method or '':<5} {entry.name:<44} {entry.num_requests:>9} {entry.num_failures:>9} "
+            f"{entry.get_response_time_percentile(0.5):>8.0f} {entry.get_response_time_percentile(0.95):>8.0f} "
+            f"{entry.get_response_time_percentile(0.99):>8.0f}"
+        )
+    total = stats.total
+    lines.append(f"{'':<5} {'total':<44} {total.num_requests:>9} {total.num_failures:>9}")
+    errors = sorted(stats.errors.values(), key=lambda e: -e.occurrences)
+    for error in errors[:20]:
+        lines.append(f"FAILED {error.occurrences}x {error.method} {error.name}: {str(error.error)[:300]}")
+    if len(errors) > 20:
+        lines.append(f"... and {len(errors) - 20} more distinct failures")
+    print("\n".join(lines), flush=True)
+
+
+def _get(http: requests.Session, url: str) -> Any:
+    response = http.get(url, timeout=HTTP_TIMEOUT_S)
+    response.raise_for_status()
+    return response.json()
+
+
+def open_room(http: requests.Session, host: str, creator: str, name: str, title: str) -> Room:
+    """POST /v1/rooms as `creator`, reported to locust's statistics."""
+    started = time.perf_counter()
+    response = http.post(
+        f"{host}/v1/rooms",
+        headers={"Authorization": f"Bearer {RUN.token(creator, 'creator', name)}"},
+        json={"title": title},
+        timeout=HTTP_TIMEOUT_S,
+    )
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    problem = None if response.status_code == 201 else ClientError(f"{response.status_code}: {response.text[:200]}")
+    events.request.fire(
+        request_type="POST",
+        name="POST /v1/rooms",
+        response_time=elapsed_ms,
+        response_length=len(response.content),
+        exception=problem,
+        context={},
+    )
+    if problem is not None:
+        raise problem
+    return Room(response.json()["room"], creator, name)
+
+
+# Users ------------------------------------------------------------------------------------------------------
+
+
+class GiftingUser(FastHttpUser):
+    """A user with an identity (its own user id and token) and, for the websocket roles, one session."""
+
+    abstract = True
+    role: auth.Role = "viewer"
+    kind = "user"
+    full_feed = False  # the creator's feed (every event, with diamonds)
+
+    session: WsSession | None = None
+    active = False  # set once on_start completed; a user whose set-up never happened stops quietly
+    stopped = False
+
+    def on_start(self) -> None:
+        if not RUN.ready:  # the scenario's set-up failed (reported) and the runner is quitting
+            return
+        self.user_id = RUN.user_id(self.kind)
+        self.display_name = f"Load {self.kind} {self.user_id.rsplit(self.kind, 1)[-1]}"
+        self.token = RUN.token(self.user_id, self.role, self.display_name)
+        self.auth = {"Authorization": f"Bearer {self.token}"}
+        self.session = None
+        self.room: Room | None = None
+        self.checker = FeedChecker(self.full_feed)
+        self.joining_since: dict[str, Any] | None = None
+        self.fanout_seen = 0
+        self.fanout_every = max(1, int(options(self.environment).fanout_every or 1))
+        self.fanout_name = "creator fan-out (sampled)" if self.full_feed else "fan-out (sampled)"
+        try:
+            self.begin()
+        except BaseException:
+            self.on_stop()  # locust calls on_stop only after a started user stops: close what was opened
+            raise
+        self.active = True
+
+    def begin(self) -> None:
+        """The role's own start: connect, join, buy."""
+
+    def alive(self) -> None:
+        """At the top of every task: stop this user if it never started or its socket is gone (reported)."""
+        if not self.active:
+            raise StopUser()
+        if self.session is not None and not self.session.open:
+            log.warning("%s: socket closed (code %s); the user stops", self.user_id, self.session.close_code)
+            raise StopUser()
+
+    def on_stop(self) -> None:
+        if self.stopped:
+            return
+        self.stopped = True
+        if self.active:
+            self.finish()
+        else:
+            self.disconnect()
+
+    def finish(self) -> None:
+        """The role's own stop (once)."""
+        self.disconnect()
+
+    # websocket --------------------------------------------------------------------------------------------
+
+    @property
+    def ws_url(self) -> str:
+        return self.host.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/v1/ws"
+
+    def connect(self) -> None:
+        self.session = WsSession(self.ws_url, self.token, self.handle, options(self.environment).codec)
+        self.session.connect(WS_TIMEOUT_S)
+
+    def disconnect(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+    def join(self, room: Room, since: dict[str, Any] | None = None) -> Message:
+        """join (or resume with `since`), reported as `join` / `resume`; the reader checks what follows."""
+        assert self.session is not None
+        name = "join" if since is None else "resume"
+        self.joining_since = since
+        message: Message = {"type": "join", "room": room.room}
+        if since is not None:
+            message["since"] = since
+        started = time.perf_counter()
+        try:
+            joined = self.session.call(message, WS_TIMEOUT_S)
+            if joined.get("type") != "joined":
+                raise ClientError(f"{name} {room.room}: {joined.get('code')}: {joined.get('message')}")
+        except Exception as exc:
+            report(name, time.perf_counter() - started, exc)
+            raise
+        report(name, time.perf_counter() - started)
+        self.room = room
+        return joined
+
+    def handle(self, message: Message, now: float) -> None:
+        """Every server message, in order, in the session's reader greenlet."""
+        kind = message.get("type")
+        if kind == "events":
+            self.on_events(message, now)
+        elif kind == "joined":
+            self.on_joined(message)
+        elif kind == "gift_result":
+            self.on_gift_result(message, now)
+        elif kind == "error":
+            if message.get("gift_id"):
+                self.on_gift_result(message, now)
+            elif message.get("ref") is None:
+                report("server error", 0.0, f"{message.get('code')}: {message.get('message')}")
+
+    def on_joined(self, joined: Message) -> None:
+        since = self.joining_since
+        if since is not None and joined.get("recovered"):
+            self.checker.start(joined["epoch"], since["offset"])
+        else:
+            self.checker.start(joined["epoch"], joined["offset"])
+
+    def on_events(self, frame: Message, now: float) -> None:
+        for problem in self.checker.frame(frame):
+            report("feed order", 0.0, problem)
+        wall_ms = time.time() * 1000
+        for event in frame.get("events") or ():
+            if event.get("kind") != "gift":
+                continue
+            if self.full_feed:
+                if not isinstance(event.get("diamonds"), int):
+                    report("creator feed", 0.0, f"a gift without the creator's diamonds: {event}")
+            elif "diamonds" in event:
+                report("viewer feed", 0.0, f"a viewer received the creator's earnings: {event}")
+            if event.get("sender") == self.user_id:
+                continue
+            self.fanout_seen += 1
+            if self.fanout_seen % self.fanout_every == 0 and isinstance(event.get("ts"), int):
+                report(self.fanout_name, max(0.0, wall_ms - event["ts"]) / 1000)
+
+    def on_gift_result(self, message: Message, now: float) -> None:
+        report("gift -> result", 0.0, f"a gift_result for a gift this user did not send: {message}")
+
+    # http -------------------------------------------------------------------------------------------------
+
+    def buy(self, bundle: str, payment_token: str = "tok_sandbox_ok", key: str | None = None) -> int:
+        """One purchase (201 expected); returns the coins bought, 0 if it failed (reported by locust)."""
+        key = key or uuid.uuid4().hex
+        with self.client.post(
+            "/v1/wallet/purchases",
+            headers={**self.auth, "Idempotency-Key": key},
+            json={"bundle_id": bundle, "payment_token": payment_token},
+            name="POST /v1/wallet/purchases",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 201:
+                response.failure(f"expected 201, got {response.status_code}: {(response.text or '')[:200]}")
+                return 0
+            coins = int(response.json()["purchase"]["coins"])
+            response.success()
+            return coins
+
+
+class Viewer(GiftingUser):
+    """Joins a room and reads every frame: order, no creator-only fields, sampled fan-out latency."""
+
+    kind = "viewer"
+    wait_time = constant(1.0)
+
+    def begin(self) -> None:
+        self.connect()
+        self.join(RUN.next_room())
+
+    @task
+    def watch(self) -> None:
+        self.alive()
+
+
+class Creator(GiftingUser):
+    """Takes a room the scenario opened (else opens one) and reads the full feed, with earnings."""
+
+    role: auth.Role = "creator"
+    kind = "creator"
+    full_feed = True
+    wait_time = constant(5.0)
+
+    def begin(self) -> None:
+        room = next((r for r in RUN.rooms if not r.claimed), None)
+        if room is not None:
+            room.claimed = True
+            self.user_id, self.display_name = room.creator, room.creator_name
+            self.token = RUN.token(self.user_id, self.role, self.display_name)
+            self.auth = {"Authorization": f"Bearer {self.token}"}
+        else:
+            with requests.Session() as http:
+                room = open_room(
+                    http, self.host.rstrip("/"), self.user_id, self.display_name, f"loadtest {self.user_id}"
+                )
+            room.claimed = True
+            RUN.rooms.append(room)
+        self.gift_ids: set[str] = set()
+        self.gifts_seen = 0
+        self.connect()
+        self.join(room)
+
+    def on_events(self, frame: Message, now: float) -> None:
+        super().on_events(frame, now)
+        for event in frame.get("events") or ():
+            if event.get("kind") == "gift":
+                gift_id = event.get("gift_id")
+                if gift_id in self.gift_ids:
+                    report("feed order", 0.0, f"gift {gift_id} appeared twice in the creator's feed")
+                self.gift_ids.add(gift_id)
+                self.gifts_seen += 1
+
+    @task
+    def earnings(self) -> None:
+        """The live session's totals count at least the gifts this creator has seen."""
+        self.alive()
+        assert self.room is not None
+        seen = self.gifts_seen
+        with self.client.get(
+            f"/v1/rooms/{self.room.room}/earnings",
+            headers=self.auth,
+            name="GET /v1/rooms/{room}/earnings",
+            catch_response=True,
+        ) as response:
+            if response.status_code != 200:
+                response.failure(f"expected 200, got {response.status_code}: {(response.text or '')[:200]}")
+            elif int(response.json().get("gifts", -1)) < seen:
+                response.failure(f"earnings count {response.json().get('gifts')} gifts; the feed showed {seen}")
+            else:
+                response.success()
+
+
+class Gifter(GiftingUser):
+    """Buys coins over HTTP and sends gifts over the websocket at --gift-rate per second, into one room.
+
+    Reports `gift -> result` (until its gift_result) and `gift -> own animation` (until it shows in this
+    user's own feed). Retriable rejections (rate_limited, overloaded) are counted as
+    `gift rejected: <reason>` and resent with the same gift_id; any other rejection is a failure (coins are
+    bought before they run out, so insufficient_coins means the ledger is wrong). On stop, the balance must
+    equal what was bought minus what settled.
+    """
+
+    kind = "gifter"
+    wait_time = constant_pacing(0.5)  # set from the scenario / --gift-rate at init
+
+    def begin(self) -> None:
+        self.gifts = OwnGifts()
+        self.bought = 0
+        self.retries: dict[str, Message] = {}
+        self.messages: dict[str, Message] = {}
+        self.timeout_s = float(options(self.environment).result_timeout)
+        self.connect()
+        assert self.session is not None
+        limit = (self.session.welcome.get("limits") or {}).get("gift_rate_per_s")
+        if isinstance(limit, int | float) and RUN.gift_rate > limit and not RUN.warned_rate:
+            RUN.warned_rate = True
+            log.warning(
+                "--gift-rate %g is over the server's %g gifts/s per user: expect rate_limited", RUN.gift_rate, limit
+            )
+        self.join(RUN.next_room())
+        self.top_up()
+
+    def top_up(self) -> None:
+        bundle = TOP_UP_BUNDLE if TOP_UP_BUNDLE in RUN.bundles else max(RUN.bundles, key=RUN.bundles.__getitem__)
+        self.bought += self.buy(bundle)
+
+    def available(self) -> int:
+        return self.bought - self.gifts.settled_cost - self.gifts.inflight_cost()
+
+    @task
+    def send_gift(self) -> None:
+        self.alive()
+        assert self.session is not None and self.room is not None
+        self.report_overdue()
+        now = time.perf_counter()
+        for gift_id, message in list(self.retries.items()):  # retriable rejections first, same gift_id
+            del self.retries[gift_id]
+            self.gifts.sent(gift_id, message["gift"], self.cost(message), now)
+            self.session.send(message)
+        if self.gifts.unresolved() >= INFLIGHT_MAX:
+            return
+        gift = random.choices(RUN.gift_choices, RUN.gift_weights)[0]
+        count = random.choice(COUNTS)
+        message = {"type": "gift", "room": self.room.room, "gift": gift, "count": count, "gift_id": str(uuid.uuid4())}
+        if self.available() < self.cost(message):
+            self.top_up()
+            if self.available() < self.cost(message):
+                return
+        self.messages[message["gift_id"]] = message
+        self.gifts.sent(message["gift_id"], gift, self.cost(message), time.perf_counter())
+        self.session.send(message)
+
+    @staticmethod
+    def cost(message: Message) -> int:
+        return RUN.prices[message["gift"]] * int(message["count"])
+
+    def on_gift_result(self, message: Message, now: float) -> None:
+        gift_id = message.get("gift_id", "")
+        reason = message.get("reason")
+        if message.get("status") == "rejected" and reason == "insufficient_coins":
+            # We never send without coins: the ledger or the accounting is wrong.
+            report("gift -> result", 0.0, f"gift {gift_id} rejected insufficient_coins; expected to settle")
+            self.gifts.result(message, now)
+            self.messages.pop(gift_id, None)
+            return
+        out = self.gifts.result(message, now)
+        for status, seconds in out.result_s:
+            if status == "settled":
+                report("gift -> result", seconds)
+            elif status.removeprefix("rejected: ") in ("rate_limited", "overloaded"):
+                report(f"gift {status}", seconds)
+            else:
+                report("gift -> result", seconds, f"gift {gift_id} {status}; expected to settle")
+        for problem in out.problems:
+            report("gift -> result", 0.0, problem)
+        for retry in out.retry:
+            if retry in self.messages:
+                self.retries[retry] = self.messages[retry]
+        if gift_id not in self.gifts.pending:
+            self.messages.pop(gift_id, None)
+
+    def on_events(self, frame: Message, now: float) -> None:
+        super().on_events(frame, now)
+        entries = frame.get("events") or []
+        own = [e for e in entries if e.get("kind") == "gift" and e.get("sender") == self.user_id]
+        summary = any(e.get("kind") == "tick_summary" for e in entries)
+        if not own and not summary:
+            return
+        out = self.gifts.frame(own, summary, now)
+        for seconds in out.animation_s:
+            report("gift -> own animation", seconds)
+        for problem in out.problems:
+            report("gift -> own animation", 0.0, problem)
+        for entry in own:
+            if entry.get("gift_id") not in self.gifts.pending:
+                self.messages.pop(entry.get("gift_id", ""), None)
+
+    def report_overdue(self) -> None:
+        out = self.gifts.overdue(time.perf_counter(), self.timeout_s)
+        for problem in out.problems:
+            report("gift -> own animation" if "appear" in problem else "gift -> result", 0.0, problem)
+        for _ in range(out.summarized):
+            report("own gift in a tick summary")
+        if out.problems or out.summarized:
+            self.messages = {k: v for k, v in self.messages.items() if k in self.gifts.pending}
+
+    def finish(self) -> None:
+        """Wait briefly for the last results, then check the balance against what was bought and settled."""
+        try:
+            deadline = time.perf_counter() + DRAIN_S
+            while self.awaiting_results() and time.perf_counter() < deadline:
+                gevent.sleep(0.05)
+            if not self.awaiting_results():
+                self.check_balance()
+        finally:
+            self.disconnect()
+
+    def awaiting_results(self) -> bool:
+        return any(p.status is None and p.queued for p in self.gifts.pending.values())
+
+    def check_balance(self) -> None:
+        expected = self.bought - self.gifts.settled_cost
+        name = "GET /v1/wallet (after gifts)"
+        with self.client.get("/v1/wallet", headers=self.auth, name=name, catch_response=True) as response:
+            if response.status_code != 200:
+                response.failure(f"expected 200, got {response.status_code}")
+            elif response.json().get("coins") != expected:
+                response.failure(
+                    f"balance {response.json().get('coins')} coins; bought {self.bought}, "
+                    f"settled {self.gifts.settled_cost}: expected {expected}"
+                )
+            else:
+                response.success()
+
+
+class Reconnector(GiftingUser):
+    """Reads a room, drops the socket, resumes with `since` {epoch, offset}; nothing may be missed or repeated.
+
+    A resume answered `recovered: false` is a gap the server owned up to: counted as `resume gap`, a failure
+    only if it missed fewer events than the replay limit (GIFTING_REPLAY_EVENTS_MAX).
+    """
+
+    kind = "reconnector"
+
+    def wait_time(self) -> float:
+        scenario = RUN.scenario
+        every = options(self.environment).reconnect_every or scenario.reconnect_every_s
+        if scenario.synchronized:  # everyone drops at the same wall-clock moment: a storm
+            return every - (time.time() % every) + random.uniform(0, 0.02)
+        return random.uniform(0.5, 1.5) * every
+
+    def begin(self) -> None:
+        self.replay_max = int(os.environ.get("GIFTING_REPLAY_EVENTS_MAX", "1000"))
+        self.drops = 0
+        self.connect()
+        self.join(RUN.next_room())
+
+    @task
+    def drop_and_resume(self) -> None:
+        self.alive()
+        self.drops += 1
+        if self.drops == 1:  # locust runs a task right after on_start: the first drop comes after a wait
+            return
+        assert self.room is not None
+        self.disconnect()
+        epoch, offset = self.checker.epoch, self.checker.last
+        gevent.sleep(random.uniform(0.1, 0.5))  # offline for a moment: events pile up to replay
+        self.connect()
+        assert epoch is not None and offset is not None
+        joined = self.join(self.room, since={"epoch": epoch, "offset": offset})
+        if not joined.get("recovered"):
+            missed = int(joined.get("offset", 0)) - offset
+            if joined.get("epoch") == epoch and 0 <= missed <= self.replay_max:
+                report("resume", 0.0, f"recovered: false after missing only {missed} events (epoch {epoch})")
+            else:  # owned up to by the server: counted, with the events missed as its "size"
+                report("resume gap", 0.0, None, length=max(0, missed))
+
+
+class Purchaser(GiftingUser):
+    """The HTTP purchase flow with idempotency keys; the balance must count each purchase exactly once."""
+
+    kind = "purchaser"
+    wait_time = between(0.5, 2.0)  # set from the scenario at init
+
+    def begin(self) -> None:
+        self.expected = 0
+        self.paid_keys: list[tuple[str, str]] = []  # (key, bundle) of paid purchases
+
+    def post(self, key: str, bundle: str, payment_token: str, name: str) -> Any:
+        return self.client.post(
+            "/v1/wallet/purchases",
+            headers={**self.auth, "Idempotency-Key": key},
+            json={"bundle_id": bundle, "payment_token": payment_token},
+            name=name,
+            catch_response=True,
+        )
+
+    @task(6)
+    def purchase(self) -> None:
+        """Buy, then retry with the same key: one purchase, the same id, the balance credited once."""
+        self.alive()
+        bundle, key = random.choice(list(RUN.bundles)), uuid.uuid4().hex
+        with self.post(key, bundle, "tok_sandbox_ok", "POST /v1/wallet/purchases") as first:
+            body = _json(first)
+            if first.status_code != 201 or body.get("replay") is not False:
+                first.failure(f"expected 201 replay=false, got {first.status_code}: {(first.text or '')[:200]}")
+                return
+            self.expected += RUN.bundles[bundle]
+            if body["purchase"].get("status") != "paid" or body["wallet"].get("coins") != self.expected:
+                first.failure(f"purchase {body['purchase']}; wallet {body['wallet']}, expected {self.expected}")
+                return
+            first.success()
+        self.paid_keys.append((key, bundle))
+        with self.post(key, bundle, "tok_sandbox_ok", "POST /v1/wallet/purchases (replay)") as again:
+            replay = _json(again)
+            if again.status_code != 200 or replay.get("replay") is not True:
+                again.failure(f"expected 200 replay=true, got {again.status_code}: {(again.text or '')[:200]}")
+            elif replay["purchase"].get("purchase_id") != body["purchase"].get("purchase_id"):
+                again.failure(f"replay returned another purchase: {replay['purchase']} vs {body['purchase']}")
+            elif replay["wallet"].get("coins") != self.expected:
+                again.failure(f"replay moved the balance: {replay['wallet']}, expected {self.expected}")
+            else:
+                again.success()
+
+    @task(2)
+    def declined(self) -> None:
+        """A declined payment is 402 payment_declined, again on retry, and credits nothing."""
+        self.alive()
+        bundle, key = random.choice(list(RUN.bundles)), uuid.uuid4().hex
+        for name in ("POST /v1/wallet/purchases (declined)", "POST /v1/wallet/purchases (declined replay)"):
+            with self.post(key, bundle, "tok_sandbox_declined", name) as response:
+                body = _json(response)
+                code = (body.get("error") or {}).get("code")
+                if response.status_code != 402 or code != "payment_declined":
+                    response.failure(f"expected 402 payment_declined, got {response.status_code} {code}")
+                elif (body.get("wallet") or {}).get("coins", self.expected) != self.expected:
+                    response.failure(f"a declined payment moved the balance: {body.get('wallet')}")
+                else:
+                    response.success()
+
+    @task(1)
+    def key_conflict(self) -> None:
+        """The same Idempotency-Key for a different purchase is 409 idempotency_key_conflict."""
+        self.alive()
+        if not self.paid_keys:
+            return
+        key, bundle = random.choice(self.paid_keys)
+        other = next((b for b in RUN.bundles if b != bundle), None)
+        if other is None:
+            return
+        with self.post(key, other, "tok_sandbox_ok", "POST /v1/wallet/purchases (key conflict)") as response:
+            code = (_json(response).get("error") or {}).get("code")
+            if response.status_code != 409 or code != "idempotency_key_conflict":
+                response.failure(f"expected 409 idempotency_key_conflict, got {response.status_code} {code}")
+            else:
+                response.success()
+
+    @task(1)
+    def balance(self) -> None:
+        """The balance is every paid purchase, once."""
+        self.alive()
+        with self.client.get("/v1/wallet", headers=self.auth, name="GET /v1/wallet", catch_response=True) as response:
+            coins = _json(response).get("coins")
+            if response.status_code != 200 or coins != self.expected:
+                response.failure(f"balance {coins} ({response.status_code}); expected {self.expected}")
+            else:
+                response.success()
+
+
+def _json(response: Any) -> dict[str, Any]:
+    with contextlib.suppress(Exception):
+        body = response.json()
+        if isinstance(body, dict):
+            return body
+    return {}

@@ -1,0 +1,79 @@
+"""The load-test scenarios: which user classes run, in what proportion, against how many rooms, how fast.
+
+Pure data, read by loadtest/locustfile.py (`--scenario NAME`) and described in docs/LOADTEST.md. Class weights
+apply to locust's `-u` users; `fixed` users are spawned first, whatever `-u` is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    measures: str
+    rooms: int  # rooms the scenario opens before the users start (each with its own creator identity)
+    weights: dict[str, int]  # user class name -> locust weight
+    fixed: dict[str, int] = field(default_factory=dict)  # user class name -> fixed_count
+    gift_rate: float = 2.0  # gifts per second per gifter
+    reconnect_every_s: float = 5.0  # a reconnector's time between drops
+    synchronized: bool = False  # every reconnector drops at the same moment (a storm) instead of at random
+    purchase_wait_s: tuple[float, float] = (0.5, 2.0)  # a purchaser's pause between purchase flows
+    example: str = ""  # a sensible size for this machine kind (2 cores), for the docs
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({*self.weights, *self.fixed})
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            name="steady",
+            measures="every path at a moderate, constant load: the default mix",
+            rooms=2,
+            weights={"Viewer": 4, "Gifter": 2, "Reconnector": 1, "Purchaser": 1, "Creator": 1},
+            example="-u 20 -r 10 -t 60s",
+        ),
+        Scenario(
+            name="gift-storm",
+            measures="settlement and one room's fan-out when every gifter sends fast into the same room",
+            rooms=1,
+            weights={"Gifter": 3, "Viewer": 2},
+            fixed={"Creator": 1},
+            gift_rate=10.0,
+            example="-u 40 -r 20 -t 60s",
+        ),
+        Scenario(
+            name="big-room",
+            measures="fan-out to many sockets in one room (coalesced frames, sampled fan-out latency)",
+            rooms=1,
+            weights={"Viewer": 30, "Gifter": 1},
+            fixed={"Creator": 1},
+            gift_rate=5.0,
+            example="-u 300 -r 50 -t 60s",
+        ),
+        Scenario(
+            name="reconnect-storm",
+            measures="resume by offset when every reconnector drops at the same moment, while gifts flow",
+            rooms=1,
+            weights={"Reconnector": 8, "Gifter": 2},
+            fixed={"Creator": 1},
+            gift_rate=5.0,
+            reconnect_every_s=5.0,
+            synchronized=True,
+            example="-u 100 -r 50 -t 60s",
+        ),
+        Scenario(
+            name="purchase-rush",
+            measures="the HTTP purchase flow (idempotency keys, replays, declines) as fast as it goes",
+            rooms=0,
+            weights={"Purchaser": 1},
+            purchase_wait_s=(0.0, 0.05),
+            example="-u 50 -r 25 -t 60s",
+        ),
+    )
+}
+DEFAULT = "steady"

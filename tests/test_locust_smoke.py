@@ -1,0 +1,133 @@
+"""The locust scenarios run clean: a few seconds, a few users, every user class, zero failures.
+
+Locust (gevent) never runs in this process: it is a subprocess pointed at the system started in-process.
+The feed checks it relies on (loadtest/scenarios/feed.py) are pure and tested here directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from loadtest.scenarios import SCENARIOS
+from loadtest.scenarios.feed import FeedChecker, OwnGifts
+from tests.conftest import REPO, SECRET, SystemFactory
+
+LOCUST_TIMEOUT_S = 60.0
+USER_CLASSES = ("Viewer", "Gifter", "Creator", "Purchaser", "Reconnector")
+EXPECTED = {  # (type, name) that must appear with requests > 0
+    ("WS", "connect"),
+    ("WS", "join"),
+    ("WS", "resume"),
+    ("WS", "gift -> result"),
+    ("WS", "gift -> own animation"),
+    ("WS", "fan-out (sampled)"),
+    ("WS", "creator fan-out (sampled)"),
+    ("POST", "POST /v1/rooms"),
+    ("POST", "POST /v1/wallet/purchases"),
+    ("POST", "POST /v1/wallet/purchases (replay)"),
+    ("GET", "GET /v1/rooms/{room}/earnings"),
+    ("GET", "GET /v1/wallet (after gifts)"),
+}
+
+
+@pytest.mark.timeout(LOCUST_TIMEOUT_S + 30)
+async def test_locust_smoke_run_has_no_failures(start_system: SystemFactory, tmp_path: Path) -> None:
+    """Every user class runs against a live system for a few seconds with zero failures."""
+    if importlib.util.find_spec("locust") is None:
+        pytest.skip("locust is not installed: pip install -e '.[dev]'")
+    system = await start_system()
+    report = tmp_path / "smoke"
+    # `steady` with -u 6 spawns each of its five classes at least once; naming them makes that explicit.
+    assert set(SCENARIOS["steady"].classes) == set(USER_CLASSES)
+    command = [
+        *(sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py")),
+        *("--headless", "-u", "6", "-r", "6", "-t", "5s", "--stop-timeout", "3"),
+        *("--host", system.base_url, "--json-file", str(report), "--only-summary"),
+        *("--scenario", "steady", "--rooms", "1", "--gift-rate", "5", "--fanout-every", "1", "--reconnect-every", "1"),
+        *USER_CLASSES,
+    ]
+    env = {**os.environ, "GIFTING_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
+    process = await asyncio.create_subprocess_exec(
+        *command, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), LOCUST_TIMEOUT_S)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        pytest.fail(f"locust did not finish within {LOCUST_TIMEOUT_S:g} s")
+    log = output.decode(errors="replace")
+    stats = read_stats(Path(f"{report}.json"))
+    assert stats is not None, f"locust wrote no --json-file (exit {process.returncode})\n{log}"
+    failures = {(s["method"], s["name"]): s["num_failures"] for s in stats if s["num_failures"]}
+    assert not failures, f"{failures}\n{log}"
+    requests = {(s["method"], s["name"]): s["num_requests"] for s in stats}
+    missing = {name for name in EXPECTED if not requests.get(name)}
+    assert not missing, f"no requests for {sorted(missing)}\n{log}"
+    assert process.returncode == 0, log
+
+
+def read_stats(path: Path) -> list[dict[str, Any]] | None:
+    """Locust's --json-file: one entry per (type, name) with num_requests and num_failures."""
+    if not path.exists():
+        return None
+    stats: list[dict[str, Any]] = json.loads(path.read_text())
+    return stats
+
+
+def test_feed_checker_accepts_tiled_viewer_frames_and_flags_gaps_and_duplicates() -> None:
+    """Viewer frames must tile the offsets; a gap, an overlap or a backwards entry is reported."""
+    checker = FeedChecker(full_feed=False)
+    checker.start("e1", 10)
+    merged = {"type": "events", "from": 11, "to": 14, "events": [{"offset": 12}, {"offset": 14}, {"kind": "viewers"}]}
+    assert checker.frame(merged) == []
+    assert checker.frame({"type": "events", "events": [{"kind": "leaderboard"}]}) == []
+    assert any("gap" in p for p in checker.frame({"type": "events", "from": 17, "to": 17, "events": [{"offset": 17}]}))
+    assert any("duplicate" in p for p in checker.frame({"type": "events", "from": 16, "to": 18, "events": []}))
+    assert any("order" in p for p in checker.frame({"from": 19, "to": 20, "events": [{"offset": 20}, {"offset": 19}]}))
+
+
+def test_feed_checker_full_feed_needs_every_offset() -> None:
+    """The creator's feed may not skip an offset inside a frame."""
+    checker = FeedChecker(full_feed=True)
+    checker.start("e1", 0)
+    assert checker.frame({"from": 1, "to": 2, "events": [{"offset": 1}, {"offset": 2}]}) == []
+    assert any("gap" in p for p in checker.frame({"from": 3, "to": 5, "events": [{"offset": 3}, {"offset": 5}]}))
+
+
+def test_own_gifts_merged_entry_animates_its_whole_combo() -> None:
+    """A merged own entry stands for the earlier gifts of its combo; each is animated once."""
+    gifts = OwnGifts()
+    for i, gift_id in enumerate(("a", "b", "c")):
+        gifts.sent(gift_id, "rose", 1, float(i))
+    for gift_id in ("a", "b", "c"):
+        assert gifts.result({"type": "gift_result", "gift_id": gift_id, "status": "settled"}, 5.0).problems == []
+    out = gifts.frame([{"kind": "gift", "gift_id": "c", "merged": 3, "offset": 3}], False, 6.0)
+    assert out.problems == [] and sorted(out.animation_s) == [4.0, 5.0, 6.0]
+    assert gifts.unresolved() == 0 and gifts.settled_cost == 3
+    assert gifts.frame([{"kind": "gift", "gift_id": "c", "offset": 4}], False, 7.0).problems
+
+
+def test_own_gifts_flags_missing_results_and_animations_but_retries_rate_limited() -> None:
+    """Retriable rejections are not problems; a silent gift or a settled gift never shown is."""
+    gifts = OwnGifts()
+    gifts.sent("a", "rose", 1, 0.0)
+    gifts.sent("b", "rose", 1, 0.0)
+    out = gifts.result({"type": "gift_result", "gift_id": "a", "status": "rejected", "reason": "rate_limited"}, 0.1)
+    assert out.retry == ["a"] and out.problems == []
+    assert gifts.result({"type": "gift_result", "gift_id": "b", "status": "settled"}, 0.2).problems == []
+    overdue = gifts.overdue(20.0, 10.0)
+    assert len(overdue.problems) == 1 and "did not appear" in overdue.problems[0]
+    gifts.sent("a", "rose", 1, 20.0)
+    assert gifts.overdue(40.0, 10.0).problems == ["gift a: no gift_result within 10 s"]
+    late = gifts.result({"type": "gift_result", "gift_id": "a", "status": "settled"}, 41.0)
+    assert late.problems == [] and late.result_s == [] and gifts.settled_cost == 2
+    assert gifts.frame([{"kind": "gift", "gift_id": "b", "offset": 1}], False, 42.0).problems == []
