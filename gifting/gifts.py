@@ -24,6 +24,7 @@ class GiftRequest:
     hub: str  # the hub process waiting for the result (its reply channel)
     price: int | None = None  # coins per gift the viewer saw, if the client said
     ts_ms: int = 0
+    req: int = 0  # the hub's number for this request: its result finds the right waiter
 
     def to_entry(self) -> dict[str, bytes]:
         return {STREAM_FIELD: orjson.dumps(asdict(self))}
@@ -41,8 +42,8 @@ class GiftRequest:
             raise ValueError(f"not a gift request entry: a text field is not a string in {data!r}")
         if not _positive_int(request.count) or not (request.price is None or _positive_int(request.price)):
             raise ValueError(f"not a gift request entry: count and price must be positive integers in {data!r}")
-        if not isinstance(request.ts_ms, int):
-            raise ValueError(f"not a gift request entry: ts_ms must be an integer in {data!r}")
+        if not isinstance(request.ts_ms, int) or not isinstance(request.req, int):
+            raise ValueError(f"not a gift request entry: ts_ms and req must be integers in {data!r}")
         return request
 
 

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import secrets
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Union
 
 import orjson
 import redis.asyncio as aioredis
@@ -50,6 +51,7 @@ BUCKET_IDLE_S = 120.0  # rate-limit state of a user idle this long is forgotten
 MAINTENANCE_INTERVAL_S = 1.0
 
 SendFrame = Callable[[str | bytes], Awaitable[None]]
+Waiter = Union["Connection", "asyncio.Future[dict[str, Any]]"]
 CloseSocket = Callable[[int, str], Awaitable[None]]
 
 
@@ -148,7 +150,9 @@ class Hub:
         self.room_store = RoomStore(redis, settings)
         self.id = secrets.token_hex(6)
         self.rooms: dict[str, Room] = {}
-        self.waiters: dict[str, tuple[float, list[Connection | asyncio.Future[dict[str, Any]]]]] = {}
+        # request id (gift_id, pledge_id) -> (registered at, [(request number, waiter)])
+        self.waiters: dict[str, tuple[float, list[tuple[int, Waiter]]]] = {}
+        self._requests = itertools.count(1)
         self.buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, last refill, monotonic s)
         self.backlog = 0  # unsettled gifts in the stream, refreshed once per maintenance interval
         self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
@@ -321,10 +325,8 @@ class Hub:
         reason = self.precheck(identity, message.gift)
         if reason is not None:
             return {"type": "gift_result", "gift_id": message.gift_id, "status": "rejected", "reason": reason}
-        now = time.monotonic()
-        _, waiting = self.waiters.setdefault(message.gift_id, (now, []))
-        waiting.append(waiter)
         request = gifts.new_request(
+            req=self._wait(message.gift_id, waiter),
             gift_id=message.gift_id,
             room=message.room,
             gift=message.gift,
@@ -346,23 +348,33 @@ class Hub:
         if self.backlog > self.settings.gift_backlog_max or self.rate_limited(identity.user):
             reason = "overloaded" if self.backlog > self.settings.gift_backlog_max else "rate_limited"
             return {"type": "pledge_result", "pledge_id": message.pledge_id, "status": "rejected", "reason": reason}
-        _, waiting = self.waiters.setdefault(message.pledge_id, (time.monotonic(), []))
-        waiting.append(waiter)
-        op = PoolOp("pledge", message.pool, message.pledge_id, message.coins, identity.user, identity.name, self.id)
+        req = self._wait(message.pledge_id, waiter)
+        op = PoolOp(
+            "pledge", message.pool, message.pledge_id, message.coins, identity.user, identity.name, self.id, req
+        )
         await self.redis.xadd(keys.GIFTS_STREAM, op.to_entry())
         return None
 
+    def _wait(self, request_id: str, waiter: Waiter) -> int:
+        """Register who waits for a request's result; the number travels with the request and comes back."""
+        req = next(self._requests)
+        _, waiting = self.waiters.setdefault(request_id, (time.monotonic(), []))
+        waiting.append((req, waiter))
+        return req
+
     def _deliver_results(self, results: list[dict[str, Any]]) -> None:
-        """Each queued request gets exactly one result, in stream order: two sends of one gift_id (a resend, or
-        a conflicting reuse) get their own answers."""
+        """Each request gets its own result: two sends of one gift_id (a resend, or a conflicting reuse) get
+        their own answers, whatever order their stream entries took."""
         for result in results:
-            gift_id = result.get("gift_id") or result.get("pledge_id") or ""
-            _, waiting = self.waiters.get(gift_id, (0.0, []))
+            request_id = result.get("gift_id") or result.get("pledge_id") or ""
+            req = result.pop("req", None)
+            _, waiting = self.waiters.get(request_id, (0.0, []))
+            match = next((i for i, (number, _) in enumerate(waiting) if number == req), None)
+            if match is None:
+                continue  # its waiter timed out or disconnected; the client resends the id to learn the outcome
+            _, waiter = waiting.pop(match)
             if not waiting:
-                continue  # its waiter timed out or disconnected; the client resends the gift_id to learn it
-            waiter = waiting.pop(0)
-            if not waiting:
-                del self.waiters[gift_id]
+                del self.waiters[request_id]
             if isinstance(waiter, Connection):
                 waiter.send_message(result)
             elif not waiter.done():

@@ -33,6 +33,7 @@ class PoolOp:
     sender: str = ""
     sender_name: str = ""
     hub: str = ""
+    req: int = 0  # the hub's number for this request (see GiftRequest.req)
 
     def to_entry(self) -> dict[str, bytes]:
         return {POOL_FIELD: orjson.dumps(asdict(self))}

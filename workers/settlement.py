@@ -242,7 +242,7 @@ class SettlementWorker:
                     result["message"] = message
                 else:
                     result |= {"status": status, "reason": reason or None}
-                pipe.publish(keys.hub_channel(op.hub), orjson.dumps([result]))
+                pipe.publish(keys.hub_channel(op.hub), orjson.dumps([{**result, "req": op.req}]))
             await pipe.execute()
 
     async def sweep_pools(self) -> None:
@@ -330,7 +330,7 @@ class SettlementWorker:
         events_by_room: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         results_by_hub: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for request, settled, outcome in zip(requests, batch, outcomes, strict=True):
-            results_by_hub[request.hub].append(result_message(outcome))
+            results_by_hub[request.hub].append({**result_message(outcome), "req": request.req})
             if outcome.settled:
                 events_by_room[request.room].append((request.gift_id, room_event(request, settled, outcome)))
         names = {r.sender: r.sender_name for r, o in zip(requests, outcomes, strict=True) if o.settled}
