@@ -232,6 +232,7 @@ async def run_web(settings: Settings, redis_url: str) -> AsyncIterator[tuple[str
         ws_per_message_deflate=False,
         lifespan="on",
         log_level="warning",
+        timeout_graceful_shutdown=5,  # as `gifting serve`: a stuck socket must not hold the teardown
     )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
