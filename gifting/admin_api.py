@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -14,50 +16,44 @@ from gifting.catalog import CatalogError, make_bundle, make_gift
 
 async def put_gift(request: Request) -> Response:
     """Add a gift or change it (reprice, rename). Body: {name, coins, asset, tier}."""
-    require_admin(request)
-    body = await json_body(request)
-    try:
-        gift = make_gift({**body, "id": request.path_params["gift"], "retired": False})
-    except CatalogError as exc:
-        raise ApiError(400, "bad_gift", str(exc)) from None
-    await request.app.state.catalogs.put_gift(gift)
-    return json_response(gift.to_dict())
-
-
-async def retire_gift(request: Request) -> Response:
-    """Retire a gift: it leaves the catalog listing and any gift of it is rejected (gift_retired)."""
-    require_admin(request)
-    store = request.app.state.catalogs
-    await store.refresh()
-    gift = store.current.gifts.get(request.path_params["gift"])
-    if gift is None:
-        raise ApiError(404, "unknown_gift", f"no gift {request.path_params['gift']!r}")
-    retired = dataclasses.replace(gift, retired=True)
-    await store.put_gift(retired)
-    return json_response(retired.to_dict())
+    return await _put(request, "gift", make_gift, "put_gift")
 
 
 async def put_bundle(request: Request) -> Response:
     """Add a coin bundle or change it. Body: {coins, price_minor, currency}."""
-    require_admin(request)
-    body = await json_body(request)
-    try:
-        bundle = make_bundle({**body, "id": request.path_params["bundle"], "retired": False})
-    except CatalogError as exc:
-        raise ApiError(400, "bad_bundle", str(exc)) from None
-    await request.app.state.catalogs.put_bundle(bundle)
-    return json_response(bundle.to_dict())
+    return await _put(request, "bundle", make_bundle, "put_bundle")
+
+
+async def retire_gift(request: Request) -> Response:
+    """Retire a gift: it leaves the catalog listing and any gift of it is rejected (gift_retired)."""
+    return await _retire(request, "gift", "gifts", "put_gift")
 
 
 async def retire_bundle(request: Request) -> Response:
+    """Retire a coin bundle: it leaves the listing and cannot be bought (unknown_bundle)."""
+    return await _retire(request, "bundle", "bundles", "put_bundle")
+
+
+async def _put(request: Request, kind: str, make: Callable[[dict[str, Any]], Any], store_method: str) -> Response:
+    require_admin(request)
+    body = await json_body(request)
+    try:
+        item = make({**body, "id": request.path_params[kind], "retired": False})
+    except CatalogError as exc:
+        raise ApiError(400, f"bad_{kind}", str(exc)) from None
+    await getattr(request.app.state.catalogs, store_method)(item)
+    return json_response(item.to_dict())
+
+
+async def _retire(request: Request, kind: str, table: str, store_method: str) -> Response:
     require_admin(request)
     store = request.app.state.catalogs
     await store.refresh()
-    bundle = store.current.bundles.get(request.path_params["bundle"])
-    if bundle is None:
-        raise ApiError(404, "unknown_bundle", f"no bundle {request.path_params['bundle']!r}")
-    retired = dataclasses.replace(bundle, retired=True)
-    await store.put_bundle(retired)
+    item = getattr(store.current, table).get(request.path_params[kind])
+    if item is None:
+        raise ApiError(404, f"unknown_{kind}", f"no {kind} {request.path_params[kind]!r}")
+    retired = dataclasses.replace(item, retired=True)
+    await getattr(store, store_method)(retired)
     return json_response(retired.to_dict())
 
 

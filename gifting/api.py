@@ -143,14 +143,9 @@ async def send_gift(request: Request) -> Response:
     rejected = await state.hub.send_gift(identity, message, future)
     if rejected is not None:
         return json_response(rejected, 429 if rejected["reason"] in ("rate_limited", "overloaded") else 422)
-    try:
-        result = await asyncio.wait_for(future, state.settings.gift_result_timeout_ms / 1000)
-    except TimeoutError:
-        pending = {"type": "gift_result", "gift_id": message.gift_id, "status": "pending", "reason": None}
-        return json_response(pending, 202)
-    if result.get("type") == "error":
-        return error_response(409, result["code"], result["message"])
-    return json_response(result, 200)
+    pending = {"type": "gift_result", "gift_id": message.gift_id, "status": "pending", "reason": None}
+    result, status = await _settled(future, state.settings.gift_result_timeout_ms, pending)
+    return json_response(result, status)
 
 
 async def leaderboard(request: Request) -> Response:
@@ -236,14 +231,23 @@ async def pledge(request: Request) -> Response:
     rejected = await state.hub.send_pledge(identity, message, future)
     if rejected is not None:
         return json_response(rejected, 429)
+    pending = {"type": "pledge_result", "pledge_id": message.pledge_id, "status": "pending", "reason": None}
+    result, status = await _settled(future, state.settings.gift_result_timeout_ms, pending)
+    return json_response(result, 422 if status == 200 and result["status"] == "rejected" else status)
+
+
+async def _settled(
+    future: asyncio.Future[dict[str, Any]], timeout_ms: int, pending: dict[str, Any]
+) -> tuple[dict[str, Any], int]:
+    """The worker's result for an HTTP request (200), an error from it (409), or `pending` (202) past the
+    timeout: the client resends the same id later to learn the outcome."""
     try:
-        result = await asyncio.wait_for(future, state.settings.gift_result_timeout_ms / 1000)
+        result = await asyncio.wait_for(future, timeout_ms / 1000)
     except TimeoutError:
-        pending = {"type": "pledge_result", "pledge_id": message.pledge_id, "status": "pending", "reason": None}
-        return json_response(pending, 202)
+        return pending, 202
     if result.get("type") == "error":
-        return error_response(409, result["code"], result["message"])
-    return json_response(result, 200 if result["status"] == "accepted" else 422)
+        return {"error": {"code": result["code"], "message": result["message"]}}, 409
+    return result, 200
 
 
 def _room_param(request: Request) -> str:

@@ -11,10 +11,8 @@ const GRADIENTS = [
   ["#3a1c4d", "#c8174a"], ["#10324a", "#2a9d8f"], ["#3d2a0c", "#e76f51"], ["#1d2452", "#7b5cff"], ["#0f3d2e", "#5fd08d"],
 ];
 
-function thumb(room) {
-  let hash = 0;
-  for (const ch of room.room) hash = (hash * 31 + ch.charCodeAt(0)) >>> 0;
-  const [from, to] = GRADIENTS[hash % GRADIENTS.length];
+function thumb(room, index) {
+  const [from, to] = GRADIENTS[index % GRADIENTS.length];
   const node = el("div.room-thumb", { "aria-hidden": "true" },
     el("span.badge", { dataset: { state: "live" } }, "LIVE"),
     el("span.avatar.big", {}, (room.creator_name || room.creator || "?").slice(0, 1).toUpperCase()));
@@ -24,8 +22,8 @@ function thumb(room) {
 
 function render(rooms) {
   const list = $("#rooms");
-  list.replaceChildren(...rooms.map((room) => el("li.room-card", { dataset: { room: room.room } },
-    thumb(room),
+  list.replaceChildren(...rooms.map((room, index) => el("li.room-card", { dataset: { room: room.room } },
+    thumb(room, index),
     el("div.room-body", {},
       el("h2", {}, room.title),
       el("p.muted.small", {}, `${room.creator_name || room.creator} · ${liveFor(room.started_at_ms)}`),
