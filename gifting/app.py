@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
 
-from gifting import admin_api, api, wallet_api
+from gifting import admin_api, api, pages, wallet_api
 from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.hub import Hub
@@ -54,7 +54,13 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return api.error_response(exc.status_code, code, str(exc.detail))
 
-    routes = [*api.routes, *wallet_api.routes, *admin_api.routes, WebSocketRoute("/v1/ws", websocket_endpoint)]
+    routes = [
+        *api.routes,
+        *wallet_api.routes,
+        *admin_api.routes,
+        WebSocketRoute("/v1/ws", websocket_endpoint),
+        *pages.routes,
+    ]
     return Starlette(
         routes=routes,
         lifespan=lifespan,

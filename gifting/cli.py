@@ -175,6 +175,12 @@ demo tokens (or: gifting token USER --role viewer|creator|admin):
   viewer   demo_viewer1   {viewers[0]}
   viewer   demo_viewer2   {viewers[1]}
 
+pages (one browser tab per person; the creator goes live first, viewers find the stream in the lobby):
+  creator    {base}/studio#token={creator}
+  viewer 1   {base}/#token={viewers[0]}
+  viewer 2   {base}/#token={viewers[1]}
+  more demo users: {base}/dev
+
 try:
   curl -s -X POST {base}/v1/wallet/purchases -H 'Authorization: Bearer {viewers[0][:12]}...' \\
        -H 'Idempotency-Key: buy-1' -d '{{"bundle_id": "coins_328", "payment_token": "tok_sandbox_ok"}}'
