@@ -1,0 +1,96 @@
+"""Contender (b), naive: a Starlette websocket endpoint on uvicorn; for each gift, `await ws.send_bytes()` to each
+connection in turn.
+
+    python -m loadtest.contenders.naive --port P --redis-url URL --room R
+
+What one writes first: no coalescing, no encode-once-per-tick, no per-connection queue. Each gift from the
+room's pub/sub channel becomes its own `{"type": "events", "room": R, "events": [event]}` message (encoded
+once per gift, not per connection), sent with `await ws.send_bytes(...)` to every joined socket, inline in the
+pub/sub reader (so a slow fan-out delays the next gift, as it would). uvicorn is configured exactly as
+`gifting serve` configures it (websockets-sansio, permessage-deflate off, the same ping interval).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.routing import WebSocketRoute
+from starlette.websockets import WebSocket
+
+from gifting import protocol
+from gifting.app import redis_client
+from gifting.config import Settings
+from loadtest.contenders.common import SUBPROTOCOL, arguments, raise_nofile_limit, read_room_events
+
+
+def make_app(redis_url: str, room: str) -> Starlette:
+    sockets: set[WebSocket] = set()
+
+    async def endpoint(ws: WebSocket) -> None:
+        offered = list(ws.scope.get("subprotocols") or [])
+        await ws.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
+        join = orjson.loads(await ws.receive_text())
+        await ws.send_text(orjson.dumps({"type": "joined", "room": join.get("room", room)}).decode())
+        sockets.add(ws)
+        try:
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+        finally:
+            sockets.discard(ws)
+
+    async def fan_out(events: list[dict[str, Any]]) -> None:
+        for event in events:
+            data = orjson.dumps(protocol.events_frame(room, [protocol.for_viewers(event)]))
+            for ws in list(sockets):
+                try:
+                    await ws.send_bytes(data)
+                except Exception:
+                    sockets.discard(ws)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = redis_client(redis_url)
+        task = asyncio.get_running_loop().create_task(read_room_events(redis, room, fan_out))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+            await redis.aclose()
+
+    return Starlette(routes=[WebSocketRoute("/v1/ws", endpoint)], lifespan=lifespan)
+
+
+def main() -> None:
+    args = arguments(__doc__ or "")
+    raise_nofile_limit()
+    settings = Settings.from_env({})
+    config = uvicorn.Config(
+        make_app(args.redis_url, args.room),
+        host=args.host,
+        port=args.port,
+        ws="websockets-sansio",
+        ws_max_size=settings.ws_frame_bytes_hard_max,
+        ws_per_message_deflate=False,
+        ws_ping_interval=settings.ws_ping_interval_s,
+        ws_ping_timeout=settings.ws_ping_interval_s,
+        lifespan="on",
+        access_log=False,
+        log_level="warning",
+        backlog=4096,
+        timeout_graceful_shutdown=2,
+    )
+    uvicorn.Server(config).run()
+
+
+if __name__ == "__main__":
+    main()
