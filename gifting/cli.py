@@ -145,14 +145,7 @@ def cmd_dev(settings: Settings) -> int:
                     stopping = True
             time.sleep(0.2)
     finally:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGTERM)
-        for child in children:
-            try:
-                child.wait(CHILD_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                child.kill()
+        embedded.stop_processes(children, CHILD_STOP_TIMEOUT_S)
         if valkey is not None:
             valkey.stop()
         log.info("stopped")

@@ -58,7 +58,7 @@ from gifting import keys
 from gifting.app import redis_client
 from gifting.catalog import Catalog, Gift
 from gifting.config import Settings
-from gifting.embedded import EmbeddedValkey, die_with_parent
+from gifting.embedded import EmbeddedValkey, die_with_parent, stop_processes
 from gifting.gifts import STREAM_FIELD, GiftRequest
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import GiftToSettle, load_script
@@ -282,15 +282,7 @@ def spawn_workers(url: str, args: argparse.Namespace, tmp: Path) -> tuple[list[s
 
 def stop_workers(procs: list[subprocess.Popen[bytes]]) -> None:
     """SIGTERM (the worker finishes its batch in hand and logs its count), then SIGKILL if it hangs."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(WORKER_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    stop_processes(procs, WORKER_STOP_TIMEOUT_S)
 
 
 @dataclass
