@@ -25,14 +25,19 @@ from gifting.ws import websocket_endpoint
 log = logging.getLogger(__name__)
 
 
-def redis_client(url: str) -> aioredis.Redis:
-    return aioredis.from_url(url, decode_responses=True, health_check_interval=30)
+def redis_client(url: str, connections_max: int = 100, wait_s: float = 10.0) -> aioredis.Redis:
+    """A client whose pool waits (up to `wait_s`) for a free connection instead of failing: a reconnect storm
+    of joins queues up rather than dropping sockets."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, decode_responses=True, health_check_interval=30, max_connections=connections_max, timeout=wait_s
+    )
+    return aioredis.Redis.from_pool(pool)
 
 
 def create_app(settings: Settings, redis_url: str, secret: str, payments: PaymentProvider | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = redis_client(redis_url)
+        redis = redis_client(redis_url, settings.redis_connections_max, settings.redis_wait_s)
         state = app.state
         state.settings, state.secret, state.redis = settings, secret, redis
         state.catalogs = CatalogStore(redis)

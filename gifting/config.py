@@ -38,6 +38,12 @@ class Settings:
         "",
         "HS256 secret for tokens. Empty: a generated one kept in the data directory (dev).",
     )
+    redis_connections_max: int = _setting(
+        "GIFTING_REDIS_CONNECTIONS_MAX", 100, "Valkey connections per process; more requests wait for a free one."
+    )
+    redis_wait_s: float = _setting(
+        "GIFTING_REDIS_WAIT_S", 10.0, "Longest wait for a free Valkey connection before the request fails, seconds."
+    )
     host: str = _setting("GIFTING_HOST", "127.0.0.1", "Address the web process binds to.")
     port: int = _setting("GIFTING_PORT", 8000, "Port the web process binds to.")
     data_dir: str = _setting(

@@ -553,3 +553,12 @@ async def test_room_end_broadcasts_room_ended_and_unlists_the_room(system: Syste
     assert room not in {r["room"] for r in listed} and other_room in {r["room"] for r in listed}
     gid = await sender.gift(room)
     assert (await sender.result(gid))["status"] == "rejected"
+
+
+async def test_more_concurrent_joins_than_valkey_connections_all_succeed(start_system: SystemFactory) -> None:
+    """60 joins at once through a 5-connection Valkey pool queue for a connection; none is dropped."""
+    system = await start_system(redis_connections_max=5)
+    room = await system.open_room("creator1")
+    clients = [await system.connect(f"w{i}") for i in range(60)]
+    joined = await asyncio.gather(*(client.join(room) for client in clients))
+    assert [j["type"] for j in joined] == ["joined"] * 60
