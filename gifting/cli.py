@@ -60,22 +60,10 @@ def resolve_secret(settings: Settings, create: bool = False) -> str:
 def cmd_serve(settings: Settings) -> int:
     import uvicorn
 
-    from gifting.app import create_app
+    from gifting.app import create_app, server_config
 
     app = create_app(settings, resolve_redis_url(settings), resolve_secret(settings))
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        ws="websockets-sansio",
-        ws_max_size=settings.ws_frame_bytes_hard_max,
-        ws_per_message_deflate=False,  # ~50 KiB per connection for frames this small: off
-        ws_ping_interval=settings.ws_ping_interval_s,
-        ws_ping_timeout=settings.ws_ping_interval_s,
-        lifespan="on",
-        access_log=False,
-        timeout_graceful_shutdown=5,
-    )
+    config = server_config(app, settings, settings.host, settings.port)
     uvicorn.Server(config).run()
     return 0
 

@@ -157,8 +157,6 @@ class Hub:
         self.backlog = 0  # unsettled gifts in the stream, refreshed once per maintenance interval
         self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
         self._tasks: list[asyncio.Task[None]] = []
-        self.frames_sent = 0  # counters for benchmarks and logs
-        self.events_received = 0
 
     async def start(self) -> None:
         await self.pubsub.subscribe(keys.hub_channel(self.id), keys.CATALOG_CHANNEL)
@@ -450,8 +448,7 @@ class Hub:
                 if frame is None:
                     data = protocol.encode(self._frame(room, events, ephemeral, creator), conn.codec)
                     frame = frames[(creator, conn.codec)] = (data, len(data))
-                if conn.enqueue(*frame):
-                    self.frames_sent += 1
+                conn.enqueue(*frame)
 
     def _frame(
         self, room: Room, events: list[dict[str, Any]], ephemeral: list[dict[str, Any]], creator: bool
@@ -473,8 +470,7 @@ class Hub:
     ) -> None:
         if events or ephemeral:
             frame = self._frame(room, events, ephemeral, conn.identity.user == room.creator)
-            if conn.send_message(frame):
-                self.frames_sent += 1
+            conn.send_message(frame)
 
     def _end_combos(self, room: Room, now: float) -> None:
         """A combo not extended within the window ends: one `combo_end` (no offset) for the room."""
@@ -517,7 +513,6 @@ class Hub:
             else:
                 room = self.rooms.get(channel.removeprefix("room:"))
                 if room is not None:
-                    self.events_received += len(payload)
                     self._accept_events(room, payload)
 
     async def _tick(self) -> None:
@@ -586,15 +581,6 @@ class Hub:
                 if top != room.top and room.id in self.rooms:
                     room.top = top
                     room.ephemeral.append({"kind": "leaderboard", "top": top})
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "rooms": len(self.rooms),
-            "connections": len({c for r in self.rooms.values() for c in r.conns}),
-            "frames_sent": self.frames_sent,
-            "events_received": self.events_received,
-            "waiters": len(self.waiters),
-        }
 
 
 def fresh_viewer_total(counts: dict[str, str], now_ms: int, max_age_ms: int) -> int:

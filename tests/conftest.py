@@ -26,7 +26,7 @@ import websockets
 from starlette.applications import Starlette
 
 from gifting import auth
-from gifting.app import create_app, redis_client
+from gifting.app import create_app, redis_client, server_config
 from gifting.config import Settings
 from gifting.embedded import EmbeddedValkey, free_port
 from gifting.hub import Hub
@@ -223,17 +223,7 @@ async def run_web(settings: Settings, redis_url: str) -> AsyncIterator[tuple[str
     """The web app on a free port of 127.0.0.1, served by uvicorn inside this event loop: (base URL, app)."""
     port = free_port()
     app = create_app(settings, redis_url, SECRET)
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        ws="websockets-sansio",
-        ws_max_size=settings.ws_frame_bytes_hard_max,
-        ws_per_message_deflate=False,
-        lifespan="on",
-        log_level="warning",
-        timeout_graceful_shutdown=5,  # as `gifting serve`: a stuck socket must not hold the teardown
-    )
+    config = server_config(app, settings, "127.0.0.1", port, log_level="warning")
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())

@@ -265,15 +265,12 @@ class SettlementWorker:
         await self.publish(requests, batch, outcomes)
         fresh = sum(1 for o in outcomes if o.settled and not o.replay)
         self.settled_total += fresh
-        for request, outcome in zip(requests, outcomes, strict=True):
-            if not outcome.settled or outcome.replay:
-                log.debug(
-                    "gift %s: %s %s (replay=%s)",
-                    request.gift_id,
-                    outcome.status,
-                    outcome.reason,
-                    outcome.replay,
-                )
+        if log.isEnabledFor(logging.DEBUG):  # one pass over the batch only when someone reads it
+            for outcome in outcomes:
+                if not outcome.settled or outcome.replay:
+                    log.debug(
+                        "gift %s: %s %s (replay=%s)", outcome.gift_id, outcome.status, outcome.reason, outcome.replay
+                    )
         return outcomes
 
     def prepare(self, request: GiftRequest, room: dict[str, str] | None) -> GiftToSettle:

@@ -19,7 +19,7 @@ import socketio
 import uvicorn
 
 from gifting import protocol
-from gifting.app import redis_client
+from gifting.app import redis_client, server_config
 from gifting.config import Settings
 from loadtest.contenders.common import arguments, raise_nofile_limit, read_room_events
 
@@ -54,21 +54,10 @@ def main() -> None:
     args = arguments(__doc__ or "")
     raise_nofile_limit()
     settings = Settings.from_env({})
-    config = uvicorn.Config(
-        make_app(args.redis_url, args.room),
-        host=args.host,
-        port=args.port,
-        ws="websockets-sansio",
-        ws_max_size=settings.ws_frame_bytes_hard_max,
-        ws_per_message_deflate=False,
-        ws_ping_interval=settings.ws_ping_interval_s,
-        ws_ping_timeout=settings.ws_ping_interval_s,
-        lifespan="on",
-        access_log=False,
-        log_level="warning",
-        backlog=4096,
-        timeout_graceful_shutdown=2,
-    )
+    config = server_config(
+        make_app(args.redis_url, args.room), settings, args.host, args.port,
+        log_level="warning", backlog=4096, timeout_graceful_shutdown=2,
+    )  # fmt: skip
     uvicorn.Server(config).run()
 
 
