@@ -724,6 +724,11 @@ class Purchaser(GiftingUser):
         self.expected = 0
         self.paid_keys: list[tuple[str, str]] = []  # (key, bundle) of paid purchases
 
+    def on_start(self) -> None:
+        super().on_start()
+        if self.active:
+            self.purchase()  # every purchaser checks the buy-and-retry path once, however short the run
+
     def post(self, key: str, bundle: str, payment_token: str, name: str) -> Any:
         return self.client.post(
             "/v1/wallet/purchases",
