@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 SECRET_BYTES_MIN = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
+SETTLE_BATCH_HARD_MAX = 2000  # the Lua scripts unpack() a batch's ids into one call; Lua's C stack holds ~8,000
 
 
 class ConfigError(ValueError):
@@ -149,7 +150,9 @@ class Settings:
     )
 
     # Settlement worker.
-    settle_batch_max: int = _setting("GIFTING_SETTLE_BATCH_MAX", 500, "Gifts read and settled per Lua call.")
+    settle_batch_max: int = _setting(
+        "GIFTING_SETTLE_BATCH_MAX", 500, f"Gifts read and settled per Lua call, 1..{SETTLE_BATCH_HARD_MAX}."
+    )
     settle_block_ms: int = _setting("GIFTING_SETTLE_BLOCK_MS", 200, "XREADGROUP BLOCK when the stream is empty.")
     claim_idle_ms: int = _setting(
         "GIFTING_CLAIM_IDLE_MS", 15000, "Entries idle this long with a consumer are reclaimed (XAUTOCLAIM)."
@@ -204,6 +207,10 @@ class Settings:
             raise ConfigError(f"GIFTING_CREATOR_SHARE_BPS: expected 0..10000, got {self.creator_share_bps}")
         if self.tick_ms < 1 or self.settle_batch_max < 1 or self.gift_count_max < 1:
             raise ConfigError("GIFTING_TICK_MS, GIFTING_SETTLE_BATCH_MAX and GIFTING_GIFT_COUNT_MAX must be >= 1")
+        if self.settle_batch_max > SETTLE_BATCH_HARD_MAX:
+            raise ConfigError(
+                f"GIFTING_SETTLE_BATCH_MAX: expected 1..{SETTLE_BATCH_HARD_MAX}, got {self.settle_batch_max}"
+            )
         if self.secret and len(self.secret.encode()) < SECRET_BYTES_MIN:
             raise ConfigError(
                 f"GIFTING_SECRET: expected at least {SECRET_BYTES_MIN} bytes (HS256 key), got {len(self.secret)}"

@@ -18,9 +18,10 @@ LEDGER_JOURNAL = "{ledger}:journal"  # stream: one entry per transfer chain; nev
 LEDGER_LEDGERS = (("coins", LEDGER_COINS), ("diamonds", LEDGER_DIAMONDS))
 
 
-def gift_record(gift_id: str) -> str:
-    """Outcome of a gift id (idempotency record), kept for GIFTING_IDEMPOTENCY_TTL_S."""
-    return "{ledger}:gift:" + gift_id
+def gift_records(bucket: int) -> str:
+    """Hash: gift id -> outcome (idempotency record) of the gifts first decided in one time bucket; the bucket
+    expires once its newest record is GIFTING_IDEMPOTENCY_TTL_S old (see ledger/rules.record_buckets)."""
+    return "{ledger}:gifts:" + str(bucket)
 
 
 def purchase_id(user: str, idempotency_key: str) -> str:
@@ -38,7 +39,7 @@ def purchases_of(user: str) -> str:
 
 
 def statement(user: str) -> str:
-    """Stream of one user's transfers (kind, ledger, signed amount, counterpart, reference): the statement."""
+    """List of one user's transfers, oldest first, one tab-separated row each (ledger/rules.STATEMENT_FIELDS)."""
     return "{ledger}:stmt:" + account(user)
 
 
@@ -90,8 +91,11 @@ SYS_PAYOUT_CLEARING = "sys:payout_clearing"  # diamonds of pending withdrawals (
 SYS_DIAMONDS_PAID_OUT = "sys:diamonds_paid_out"  # diamonds of withdrawals paid out
 
 
+ACCOUNT_PREFIX = "u:"  # a user's account; system accounts start with "sys:"
+
+
 def account(user: str) -> str:
-    return "u:" + user
+    return ACCOUNT_PREFIX + user
 
 
 # Pooled gifts (ledger slot: pledges are transfers).
@@ -159,9 +163,10 @@ def room_viewers(room: str) -> str:
     return "{room:" + room + "}:viewers"
 
 
-def room_announced(room: str, gift_id: str) -> str:
-    """Marks a gift as already in the room history: each settled gift enters it exactly once."""
-    return "{room:" + room + "}:announced:" + gift_id
+def room_announced(room: str, bucket: int) -> str:
+    """Hash: dedupe id -> 1 for the events that entered the room history in one time bucket, so each settled
+    gift enters it exactly once (buckets as for gift records: ledger/rules.record_buckets)."""
+    return "{room:" + room + "}:announced:" + str(bucket)
 
 
 def creator_sessions(creator: str) -> str:

@@ -91,7 +91,7 @@ class RoomStore:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self._announce = redis.register_script(load_script("announce.lua"))
+        self.announce_script = redis.register_script(load_script("announce.lua"))
         self._set_goal = redis.register_script(SET_GOAL)
 
     async def open(self, creator: str, creator_name: str, title: str) -> RoomInfo:
@@ -218,26 +218,25 @@ class RoomStore:
     async def announce(self, room: str, events: list[tuple[str, dict[str, Any]]], client: Any = None) -> Any:
         """Append events (dedupe id, event without offset) to the room's history once each, and publish them.
 
-        With `client` a pipeline, the call is queued on it (the worker announces every room of a batch in one
-        round trip).
+        With `client` a pipeline, the call is queued on it by sha (the worker announces every room of a batch in
+        one round trip, and has loaded the script: `announce_script`).
         """
         s = self.settings
-        args: list[Any] = [keys.room_channel(room), s.room_history_events_max, s.idempotency_ttl_s, new_epoch()]
-        args.append(s.combo_window_ms)
-        for _, event in events:
-            args += [orjson.dumps(event).decode(), *announce_fields(event)]
-        return await self._announce(
-            keys=[
-                keys.room_meta(room),
-                keys.room_history(room),
-                keys.room_stats(room),
-                keys.room_top(room),
-                keys.room_goal(room),
-                *(keys.room_announced(room, dedupe_id) for dedupe_id, _ in events),
-            ],
-            args=args,
-            client=client or self.redis,
-        )
+        buckets, expire_at = rules.record_buckets(int(time.time()), s.idempotency_ttl_s)
+        args: list[Any] = [keys.room_channel(room), s.room_history_events_max, new_epoch(), s.combo_window_ms]
+        args.append(expire_at)
+        args += [announce_arg(dedupe_id, event) for dedupe_id, event in events]
+        keys_ = [
+            keys.room_meta(room),
+            keys.room_history(room),
+            keys.room_stats(room),
+            keys.room_top(room),
+            keys.room_goal(room),
+            *(keys.room_announced(room, bucket) for bucket in buckets),
+        ]
+        if client is not None:
+            return client.evalsha(self.announce_script.sha, len(keys_), *keys_, *args)
+        return await self.announce_script(keys=keys_, args=args)
 
     async def earnings(self, room: str) -> dict[str, Any]:
         """The live session's totals: gifts, coins spent, diamonds earned, and duration."""
@@ -289,8 +288,9 @@ async def top_entries(redis: aioredis.Redis, key: str, limit: int) -> list[dict[
     ]
 
 
-def announce_fields(event: dict[str, Any]) -> list[Any]:
-    """What announce.lua needs besides the JSON: coins, diamonds, gift, count, contributors, combo key."""
+def announce_arg(dedupe_id: str, event: dict[str, Any]) -> str:
+    """One event as announce.lua takes it: dedupe id, coins, diamonds, gift, count, contributors, combo key and
+    the JSON, tab-separated (ids and account names have no tabs; JSON escapes them)."""
     kind = event.get("kind")
     contributors, combo = "", ""
     if kind == "gift":
@@ -301,4 +301,5 @@ def announce_fields(event: dict[str, Any]) -> list[Any]:
     coins = event.get("coins", 0) if kind in ("gift", "pool_completed") else 0
     diamonds = event.get("diamonds", 0) if kind in ("gift", "pool_completed") else 0
     count = event.get("count", 1 if kind == "pool_completed" else 0)
-    return [coins, diamonds, event.get("gift", ""), count, contributors, combo]
+    json = orjson.dumps(event).decode()
+    return f"{dedupe_id}\t{coins}\t{diamonds}\t{event.get('gift', '')}\t{count}\t{contributors}\t{combo}\t{json}"

@@ -160,7 +160,7 @@ async def transactions(request: Request) -> Response:
     """Every transfer of the caller, newest first: `?limit=` (1..200) and `?cursor=` from the previous page."""
     identity = identify(request)
     cursor = request.query_params.get("cursor")
-    if cursor is not None and not re.fullmatch(r"\d{1,20}-\d{1,20}", cursor):
+    if cursor is not None and not re.fullmatch(r"\d{1,20}", cursor):
         raise ApiError(400, "bad_cursor", "cursor: pass next_cursor from the previous page")
     items, next_cursor = await request.app.state.ledger.statement(identity.user, cursor, list_limit(request))
     return json_response({"transactions": items, "next_cursor": next_cursor})

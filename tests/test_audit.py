@@ -183,3 +183,11 @@ async def test_cli_audit_exits_0_when_clean_and_1_with_a_finding(
     assert code == 1, output
     assert "findings: 2" in output
     assert "FINDING coins u:viewer1: stored balance 50, journal says 45" in output
+
+
+async def test_batch_gift_entry_with_a_row_that_does_not_parse_is_a_finding(redis: aioredis.Redis) -> None:
+    """settle.lua writes one `gifts` entry per batch; a row without its five fields is named as a finding."""
+    entry_id = await journal_entry(redis, {"kind": "gifts", "rows": "g-short\tcoins u:a u:b 1", "bps": "5000"})
+    report = await run_audit(redis)
+    assert report.findings == [f"journal {entry_id} (gifts): bad gift row 'g-short\\tcoins u:a u:b 1': "
+                               "expected 5 tab-separated fields"]  # fmt: skip

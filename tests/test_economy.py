@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from tests.conftest import System, SystemFactory, gift_id
 
@@ -78,7 +79,7 @@ async def test_creator_share_is_stored_and_rounded_for_the_platform(start_system
     await send_and_settle(system, "v1", room, "confetti")
     assert (await system.wallet("c1"))["diamonds"] == 33
     entries = await system.redis.xrange("{ledger}:journal")
-    gift = next(f for _, f in entries if f["kind"] == "gift")
+    gift = next(g for _, f in entries if f["kind"] == "gifts" for g in rules.journal_gifts(f))
     assert gift["bps"] == "3333" and "sys:platform_revenue 67" in gift["legs"]
     await audit_clean(system)
 

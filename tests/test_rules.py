@@ -164,3 +164,41 @@ def test_parse_gift_record() -> None:
     assert outcome == rules.GiftOutcome("g1", "rejected", "insufficient_coins", 5, True)
     assert not outcome.settled
     assert rules.parse_gift_record("g2", "settled||0|abc", replay=False).settled
+
+
+@given(now=st.integers(0, 4_000_000_000), ttl=st.integers(1, 30 * 86400), age=st.integers(0, 30 * 86400))
+def test_record_buckets_find_every_record_younger_than_the_ttl(now: int, ttl: int, age: int) -> None:
+    """A record written `age` s ago (age <= ttl) sits in a bucket the lookup reads, and that bucket has not
+    expired yet; the batch writes into the newest bucket it reads."""
+    buckets, _ = rules.record_buckets(now, ttl)
+    age = min(age, ttl, now)
+    written_buckets, expire_at = rules.record_buckets(now - age, ttl)
+    assert written_buckets[0] in buckets
+    assert expire_at > now and expire_at > (now - age) + ttl
+    assert buckets == sorted(buckets, reverse=True) and len(buckets) <= rules.RECORD_BUCKETS + 2
+
+
+def test_journal_gifts_reads_each_row_of_a_batch_entry() -> None:
+    legs = "coins u:v sys:platform_revenue 5|coins u:v sys:creator_earnings 5|diamonds sys:diamond_issuance u:c 5"
+    fields = {"kind": "gifts", "rows": f"g1\t{legs}\tr1\trose\t2\ng2\t{legs}\tr1\tlion\t1", "bps": "5000", "ts": "7"}
+    gifts = rules.journal_gifts(fields)
+    assert [g["id"] for g in gifts] == ["g1", "g2"]
+    assert gifts[0] == {"kind": "gift", "id": "g1", "legs": legs, "room": "r1", "gift": "rose", "count": "2",
+                        "bps": "5000", "ts": "7"}  # fmt: skip
+    assert len(rules.parse_legs(gifts[1]["legs"])) == 3
+
+
+@pytest.mark.parametrize("rows", ["", "g1\tlegs", "g1\ta\tb\tc\td\te"])
+def test_journal_gifts_rejects_rows_that_do_not_parse(rows: str) -> None:
+    with pytest.raises(rules.JournalError, match="bad gift row"):
+        rules.journal_gifts({"kind": "gifts", "rows": rows})
+
+
+def test_statement_row_parses_to_the_api_shape() -> None:
+    row = "1700000000000\tgift_sent\tcoins\t-10\tu:c1\tg-1\trose\t2"
+    assert rules.parse_statement_row(4, row) == {
+        "id": "4", "kind": "gift_sent", "ledger": "coins", "amount": -10, "counterpart": "c1",
+        "reference": "g-1", "gift": "rose", "count": 2, "ts": 1700000000000,
+    }  # fmt: skip
+    purchase = rules.parse_statement_row(0, "5\tpurchase\tcoins\t65\tsys:coin_issuance\tu1:k\t\t")
+    assert purchase["gift"] is None and purchase["count"] is None and purchase["counterpart"] == "sys:coin_issuance"

@@ -103,17 +103,18 @@ async def history(redis: aioredis.Redis, room: str) -> list[tuple[str, dict[str,
 
 
 async def journal_gift_ids(redis: aioredis.Redis) -> Counter[str]:
+    """Each gift id in the journal (settle.lua writes one `gifts` entry per batch), with how often it appears."""
     entries = await redis.xrange(keys.LEDGER_JOURNAL)
-    return Counter(f["id"] for _, f in entries if f.get("kind") == "gift")
+    return Counter(g["id"] for _, f in entries if f.get("kind") == "gifts" for g in rules.journal_gifts(f))
 
 
 async def outcomes(redis: aioredis.Redis, gids: list[str]) -> dict[str, rules.GiftOutcome | None]:
-    raws: list[str | None] = []
-    for i in range(0, len(gids), 500):
-        raws += await redis.mget([keys.gift_record(g) for g in gids[i : i + 500]])
-    return {
-        g: None if r is None else rules.parse_gift_record(g, r, replay=True) for g, r in zip(gids, raws, strict=True)
-    }
+    found = await Ledger(redis, Settings.from_env({})).gift_outcomes(gids)
+    return {g: found.get(g) for g in gids}
+
+
+async def decided(redis: aioredis.Redis, gid: str) -> bool:
+    return (await outcomes(redis, [gid]))[gid] is not None
 
 
 async def balances(redis: aioredis.Redis, user: str) -> tuple[int, int]:
@@ -624,9 +625,7 @@ async def test_unconfirmed_fsync_announces_nothing_and_the_worker_retries(
         await redis.config_set("appendfsync", "no")  # WAITAOF 1 0 then times out with 0 local fsyncs
         try:
             await gifts.enqueue(redis, request(gid, room, "viewer1"))
-            await wait_until(
-                lambda: redis.exists(keys.gift_record(gid)), "settle.lua to run", 10, lambda: task_failure(task)
-            )
+            await wait_until(lambda: decided(redis, gid), "settle.lua to run", 10, lambda: task_failure(task))
             assert await history(redis, room) == [], "announced before the fsync was confirmed"
             # A window of many WAITAOF timeouts: the worker must stay up and keep the entry pending.
             loop = asyncio.get_running_loop()
@@ -645,3 +644,36 @@ async def test_unconfirmed_fsync_announces_nothing_and_the_worker_retries(
     assert await journal_gift_ids(redis) == Counter({gid: 1})
     assert await balances(redis, "viewer1") == (90, 0)
     await assert_audit_clean(redis)
+
+
+async def test_same_gift_id_twice_in_one_batch_settles_once(redis: aioredis.Redis, tmp_path: Path) -> None:
+    """settle.lua sees the first occurrence's record for the second one in the same call: one debit."""
+    room = await open_room(redis)
+    await grant(redis, "viewer1", 100)
+    worker = SettlementWorker(redis, make_settings(tmp_path))
+    await worker.catalogs.load()
+    gid = gift_id()
+    first, second = await worker.settle([request(gid, room, "viewer1"), request(gid, room, "viewer1")])
+    assert (first.status, first.replay, second.status, second.replay) == ("settled", False, "settled", True)
+    assert first.coins == second.coins == 100 - load_default().gifts["coffee"].coins
+    assert await journal_gift_ids(redis) == Counter({gid: 1})
+    assert [e["gift_id"] for _, e in await history(redis, room)] == [gid]
+    await assert_audit_clean(redis)
+
+
+async def test_resend_after_the_record_bucket_rolled_over_replays(redis: aioredis.Redis, tmp_path: Path) -> None:
+    """Records live in time buckets (GIFTING_IDEMPOTENCY_TTL_S / 8 each); a resend in a later bucket, still
+    within the TTL, gets the stored outcome and is not announced again."""
+    settings = make_settings(tmp_path, idempotency_ttl_s=8)  # buckets of 1 s
+    room = await open_room(redis)
+    await grant(redis, "viewer1", 100)
+    worker = SettlementWorker(redis, settings)
+    await worker.catalogs.load()
+    gid = gift_id()
+    [first] = await worker.settle([request(gid, room, "viewer1")])
+    await asyncio.sleep(1.5)
+    [again] = await worker.settle([request(gid, room, "viewer1")])
+    assert (first.replay, again.replay, again.status, again.coins) == (False, True, "settled", first.coins)
+    assert (await balances(redis, "viewer1"))[0] == first.coins
+    assert len(await history(redis, room)) == 1
+    assert (await Ledger(redis, settings).gift_outcomes([gid]))[gid].coins == first.coins

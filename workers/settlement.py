@@ -14,6 +14,7 @@ An entry delivered more than GIFTING_DELIVERIES_MAX times goes to the dead-lette
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -23,7 +24,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
 from gifting import keys
 from gifting.catalog_store import CatalogStore
@@ -42,6 +43,12 @@ HEARTBEAT_INTERVAL_S = 1.0
 PAYOUTS_PER_RUN_MAX = 100  # withdrawals sent to the payout provider (and pools expired) per run
 EXPIRE_RETRY_S = 5.0  # an expiry enqueued but not yet done is enqueued again after this long
 Entry = tuple[str, dict[str, str]]
+
+# XACK and XDEL in one atomic step: an empty stream then means every entry went all the way through.
+ACK_SCRIPT = """
+redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
 
 
 class SettlementWorker:
@@ -64,6 +71,8 @@ class SettlementWorker:
         self._last_heartbeat = 0.0
         self._last_claim = 0.0
         self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
+        self._ack_script = redis.register_script(ACK_SCRIPT)
+        self._to_ack: list[str] = []  # settled and announced; acked with the next read (one round trip less)
 
     async def ensure_group(self) -> None:
         try:
@@ -72,9 +81,16 @@ class SettlementWorker:
             if "BUSYGROUP" not in str(exc):
                 raise
 
+    async def load_scripts(self) -> None:
+        """The hot path calls its scripts by sha inside pipelines (no SCRIPT EXISTS round trip per batch), so
+        they are loaded at start, and again after a NOSCRIPT error (Valkey restarted without them)."""
+        for script in (self.ledger.settle_script, self.rooms.announce_script, self._ack_script):
+            await self.redis.script_load(script.script)
+
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set: settle batches. Finishes the batch in hand before returning (graceful drain)."""
         await self.ensure_group()
+        await self.load_scripts()
         await self.catalogs.load()
         log.info("settlement worker %s started", self.consumer)
         backoff_s, own_pending = 0.1, True
@@ -99,6 +115,11 @@ class SettlementWorker:
                 own_pending = True
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, BACKOFF_S_MAX)
+                with contextlib.suppress(ConnectionError, TimeoutError, ResponseError, OSError):
+                    if isinstance(exc, NoScriptError):
+                        await self.load_scripts()
+        with contextlib.suppress(ConnectionError, TimeoutError, OSError):
+            await self.flush_acks()  # what is not acked here is settled again (idempotently) by whoever reads it
         log.info("settlement worker %s stopped (%d gifts settled)", self.consumer, self.settled_total)
 
     async def run_payouts(self) -> int:
@@ -141,15 +162,20 @@ class SettlementWorker:
                 await pipe.execute()
 
     async def step(self, pending: bool) -> int:
-        """Read one batch (new entries, or our own pending ones) and settle it. Returns entries read."""
+        """Read one batch (new entries, or our own pending ones) and settle it. Returns entries read.
+
+        The previous batch's acks travel in the same round trip, ahead of the read."""
         block = None if pending else self.settings.settle_block_ms
-        response = await self.redis.xreadgroup(
-            keys.SETTLEMENT_GROUP,
-            self.consumer,
-            {keys.GIFTS_STREAM: "0" if pending else ">"},
-            count=self.settings.settle_batch_max,
-            block=block,
-        )
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._queue_acks(pipe)
+            pipe.xreadgroup(
+                keys.SETTLEMENT_GROUP,
+                self.consumer,
+                {keys.GIFTS_STREAM: "0" if pending else ">"},
+                count=self.settings.settle_batch_max,
+                block=block,
+            )
+            *_, response = await pipe.execute()
         entries: list[Entry] = response[0][1] if response else []
         entries = [(eid, fields) for eid, fields in entries if fields]  # deleted while pending
         if entries:
@@ -260,8 +286,7 @@ class SettlementWorker:
     async def settle(self, requests: list[GiftRequest]) -> list[rules.GiftOutcome]:
         rooms = await self._room_states({r.room for r in requests})
         batch = [self.prepare(r, rooms.get(r.room)) for r in requests]
-        outcomes = await self.ledger.settle(batch)
-        await self.ledger.durable(self.settings.waitaof_timeout_ms)
+        outcomes = await self.ledger.settle(batch, durable_timeout_ms=self.settings.waitaof_timeout_ms)
         await self.publish(requests, batch, outcomes)
         fresh = sum(1 for o in outcomes if o.settled and not o.replay)
         self.settled_total += fresh
@@ -342,9 +367,17 @@ class SettlementWorker:
             await pipe.execute()
 
     async def ack(self, entry_ids: list[str]) -> None:
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xack(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, *entry_ids)
-            pipe.xdel(keys.GIFTS_STREAM, *entry_ids)
+        """Done with these entries: they are acked (and deleted) with the next read, or by flush_acks."""
+        self._to_ack.extend(entry_ids)
+
+    def _queue_acks(self, pipe: Any) -> None:
+        if self._to_ack:
+            ids, self._to_ack = self._to_ack, []
+            pipe.evalsha(self._ack_script.sha, 1, keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, *ids)
+
+    async def flush_acks(self) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            self._queue_acks(pipe)
             await pipe.execute()
 
     async def dead_letter(self, entry_id: str, fields: dict[str, str], error: str) -> None:

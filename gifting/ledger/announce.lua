@@ -2,29 +2,52 @@
 -- (called through gifting/rooms.py RoomStore.announce by the settlement worker and the web process).
 --
 -- KEYS: 1 room meta (hash), 2 history (stream), 3 stats (hash), 4 stream top gifters (sorted set),
---   5 goal (hash), 6.. one announced-marker key per event.
--- ARGV: 1 room channel, 2 history max length (entries, approximate), 3 marker ttl_s, 4 epoch candidate (used
---   only when the room has no epoch: its history was lost), 5 combo window ms, then per event (STRIDE values):
---   JSON object without an offset, coins, diamonds, gift id, count, contributors ('user coins|user coins', ''),
---   combo key ('sender:gift', or '' for events that do not combo).
+--   5 goal (hash), 6.. the announced-marker buckets (hashes: dedupe id -> 1), newest (this call's) first.
+-- ARGV: 1 room channel, 2 history max length (entries, approximate), 3 epoch candidate (used only when the
+--   room has no epoch: its history was lost), 4 combo window ms, 5 unix time (s) at which this call's marker
+--   bucket expires, then one value per event, tab-separated: dedupe id, coins, diamonds, gift id, count,
+--   contributors ('user coins|user coins' or ''), combo key ('sender:gift', or '' for events that do not
+--   combo), the event as a JSON object without an offset (last: JSON has no raw tabs).
 --
 -- Everything derived here (offsets, combos, stats, top gifters, goal progress and completion) happens once
--- per event, because the marker admits each event once and the script is atomic. Goal events are appended
+-- per event, because the markers admit each event once and the script is atomic. Goal events are appended
 -- to the history too, so a resuming client sees them like any other event.
+-- As in settle.lua, every write is made once per call (or per distinct combo or gifter), except the history
+-- entry of each event: redis.call costs, not Lua, bound the worker's throughput.
 -- Returns the number of events appended.
 local meta, history, stats, top, goal = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local channel, maxlen, marker_ttl, window_ms = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
-local HEAD, STRIDE, FIRST_MARKER = 5, 7, 6
-local prefix = string.sub(meta, 1, -5)  -- '{room:ID}:'
+local FIRST_BUCKET = 6
+local channel, maxlen, window_ms, bucket_expire_at = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
+local HEAD = 5
+local prefix = string.sub(meta, 1, -5) -- '{room:ID}:'
 
-if redis.call('HSETNX', meta, 'epoch', ARGV[4]) == 1 then
+if redis.call('HSETNX', meta, 'epoch', ARGV[3]) == 1 then
   redis.call('HSET', meta, 'offset', 0)
   redis.call('DEL', history)
 end
 
-local appended = {}
+local events, ids = {}, {}
+for i = HEAD + 1, #ARGV do
+  local id, coins, diamonds, gift, count, contributors, combo, json =
+    string.match(ARGV[i], '^([^\t]*)\t(%d+)\t(%d+)\t([^\t]*)\t(%d+)\t([^\t]*)\t([^\t]*)\t(.*)$')
+  if not id then return redis.error_reply('announce: malformed event argument ' .. (i - HEAD)) end
+  events[#events + 1] = {id = id, coins = tonumber(coins), diamonds = tonumber(diamonds), gift = gift,
+    count = tonumber(count), contributors = contributors, combo = combo, json = json}
+  ids[#ids + 1] = id
+end
+
+local seen = {}
+for k = FIRST_BUCKET, #KEYS do
+  local found = redis.call('HMGET', KEYS[k], unpack(ids))
+  for i, v in ipairs(ids) do
+    if found[i] then seen[v] = true end
+  end
+end
+
+local offset = tonumber(redis.call('HGET', meta, 'offset') or '0')
+local appended, markers = {}, {}
 local function append(event)
-  local offset = redis.call('HINCRBY', meta, 'offset', 1)
+  offset = offset + 1
   event = '{"offset":' .. offset .. ',' .. string.sub(event, 2)
   redis.call('XADD', history, 'MAXLEN', '~', maxlen, offset .. '-0', 'e', event)
   appended[#appended + 1] = event
@@ -35,45 +58,66 @@ local goal_active = g[1] == 'active'
 local goal_progress = tonumber(g[4] or '0')
 local goal_moved = false
 local gifts, coins_total, diamonds_total = 0, 0, 0
+local combos, gifters = {}, {} -- combo key -> {id, total} (written once at the end); user -> coins
 
-for i = 0, (#ARGV - HEAD) / STRIDE - 1 do
-  local a = HEAD + i * STRIDE
-  if redis.call('SET', KEYS[FIRST_MARKER + i], '1', 'NX', 'EX', marker_ttl) then
-    local event, coins, diamonds = ARGV[a + 1], tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-    local gift, count, contributors, combo = ARGV[a + 4], tonumber(ARGV[a + 5]), ARGV[a + 6], ARGV[a + 7]
-    if combo ~= '' then
-      -- Same sender, same gift, within the window: one combo with a running count.
-      local combo_key = prefix .. 'combo:' .. combo
-      local current = redis.call('GET', combo_key)
-      local id, total
-      if current then
-        id, total = string.match(current, '^(.*)|(%d+)$')
-        total = tonumber(total) + count
-      else
-        id, total = cjson.decode(event)['gift_id'], count
+for _, e in ipairs(events) do
+  if not seen[e.id] then
+    seen[e.id] = true -- the same id twice in one call is appended once
+    markers[#markers + 1] = e.id
+    markers[#markers + 1] = '1'
+    local event = e.json
+    if e.combo ~= '' then
+      -- Same sender, same gift, within the window: one combo with a running count (its id: the first gift's).
+      local c = combos[e.combo]
+      if c == nil then
+        local current = redis.call('GET', prefix .. 'combo:' .. e.combo)
+        if current then
+          local id, total = string.match(current, '^(.*)|(%d+)$')
+          c = {id = id, total = tonumber(total)}
+        else
+          c = {id = e.id, total = 0}
+        end
+        combos[e.combo] = c
       end
-      redis.call('SET', combo_key, id .. '|' .. total, 'PX', window_ms)
-      event = string.sub(event, 1, -2) .. ',"combo":{"id":' .. cjson.encode(id) .. ',"count":' .. total .. '}}'
+      c.total = c.total + e.count
+      event = string.sub(event, 1, -2) .. ',"combo":{"id":' .. cjson.encode(c.id) .. ',"count":' .. c.total .. '}}'
     end
     append(event)
-    if coins > 0 then
-      gifts, coins_total, diamonds_total = gifts + 1, coins_total + coins, diamonds_total + diamonds
+    if e.coins > 0 then
+      gifts, coins_total, diamonds_total = gifts + 1, coins_total + e.coins, diamonds_total + e.diamonds
     end
-    for user, amount in string.gmatch(contributors, '([^ |]+) (%d+)') do
-      redis.call('ZINCRBY', top, amount, user)
+    for user, amount in string.gmatch(e.contributors, '([^ |]+) (%d+)') do
+      gifters[user] = (gifters[user] or 0) + tonumber(amount)
     end
     if goal_active then
       if g[2] == 'diamonds' then
-        goal_progress = goal_progress + diamonds
-        goal_moved = goal_moved or diamonds > 0
-      elseif g[2] == 'gift' and gift == g[3] then
-        goal_progress = goal_progress + count
+        goal_progress = goal_progress + e.diamonds
+        goal_moved = goal_moved or e.diamonds > 0
+      elseif g[2] == 'gift' and e.gift == g[3] then
+        goal_progress = goal_progress + e.count
         goal_moved = true
       end
     end
   end
 end
 
+if #markers > 0 then
+  redis.call('HSET', KEYS[FIRST_BUCKET], unpack(markers))
+  redis.call('EXPIREAT', KEYS[FIRST_BUCKET], bucket_expire_at)
+end
+for key, c in pairs(combos) do
+  redis.call('SET', prefix .. 'combo:' .. key, c.id .. '|' .. c.total, 'PX', window_ms)
+end
+local users = {}
+for user, _ in pairs(gifters) do users[#users + 1] = user end
+if #users > 0 then
+  local scores, args = redis.call('ZMSCORE', top, unpack(users)), {}
+  for i, user in ipairs(users) do
+    args[#args + 1] = string.format('%d', tonumber(scores[i] or '0') + gifters[user])
+    args[#args + 1] = user
+  end
+  redis.call('ZADD', top, unpack(args))
+end
 if gifts > 0 then
   redis.call('HINCRBY', stats, 'gifts', gifts)
   redis.call('HINCRBY', stats, 'coins', coins_total)
@@ -94,6 +138,7 @@ if goal_moved then
 end
 
 if #appended > 0 then
+  redis.call('HSET', meta, 'offset', offset)
   redis.call('PUBLISH', channel, '[' .. table.concat(appended, ',') .. ']')
 end
 return #appended

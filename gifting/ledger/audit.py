@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from gifting import keys
 from gifting.ledger import rules
 
-CHUNK_ENTRIES = 5000  # journal entries read per XRANGE
+CHUNK_ENTRIES = 200  # journal entries read per XRANGE (a settled batch is one entry of up to 2,000 gifts)
 GRACE_MS = 60_000  # a pending withdrawal may overrun its deadline this long before it is a finding
 SCAN_COUNT = 1000
 
@@ -131,6 +131,15 @@ async def _read_records(redis: aioredis.Redis, journal: _Journal) -> _Records:
 
 def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: dict[str, str]) -> None:
     kind, entry = fields.get("kind", "?"), fields.get("id", "?")
+    if kind == "gifts":  # one entry per settled batch: each row is a gift with its legs
+        try:
+            gifts = rules.journal_gifts(fields)
+        except rules.JournalError as exc:
+            report.findings.append(f"journal {entry_id} (gifts): {exc}")
+            return
+        for gift in gifts:
+            _apply_entry(report, journal, entry_id, gift)
+        return
     report.kinds[kind] += 1
     try:
         legs = rules.parse_legs(fields.get("legs", ""))

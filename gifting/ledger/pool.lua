@@ -27,8 +27,8 @@ local function snapshot()
 end
 
 local function statement(account, kind, amount, ref)
-  redis.call('XADD', '{ledger}:stmt:' .. account, '*', 'k', kind, 'l', 'coins', 'a', amount,
-    'c', 'sys:pool_escrow', 'r', ref, 'g', '', 'n', '', 't', now_ms)
+  redis.call('RPUSH', '{ledger}:stmt:' .. account,
+    table.concat({now_ms, kind, 'coins', string.format('%d', amount), 'sys:pool_escrow', ref, '', ''}, '\t'))
 end
 
 local pool = redis.call('HMGET', pool_key, 'id', 'status', 'price', 'pledged', 'deadline_ms', 'creator', 'bps',
@@ -109,8 +109,8 @@ if pledged == price then
   redis.call('HINCRBY', '{ledger}:earned:' .. creator, ARGV[9], diamonds)
   redis.call('XADD', journal, '*', 'kind', 'pool_completed', 'id', id, 'legs', table.concat(legs, '|'),
     'room', pool[10], 'gift', pool[9], 'bps', pool[7], 'ts', now_ms)
-  redis.call('XADD', '{ledger}:stmt:' .. creator, '*', 'k', 'gift_received', 'l', 'diamonds', 'a', diamonds,
-    'c', 'pool', 'r', id, 'g', pool[9], 'n', 1, 't', now_ms)
+  redis.call('RPUSH', '{ledger}:stmt:' .. creator, table.concat({now_ms, 'gift_received', 'diamonds',
+    string.format('%d', diamonds), 'pool', id, pool[9], '1'}, '\t'))
   for _, c in ipairs(contributors) do
     redis.call('HINCRBY', '{ledger}:lifetime_spent', 'u:' .. c.user, c.coins)
     local prefix = '{ledger}:top:' .. creator

@@ -1,7 +1,7 @@
 -- Credit a coin purchase once per (user, Idempotency-Key) (called by gifting/ledger/store.py).
 --
 -- KEYS: 1 coin balances (hash), 2 journal (stream), 3 purchase record, 4 the user's purchase list,
---   5 the user's statement (stream).
+--   5 the user's statement (list of tab-separated rows, ledger/rules.STATEMENT_FIELDS).
 -- ARGV: 1 record (JSON), 2 fingerprint, 3 status ('paid' | 'declined'), 4 user account, 5 coins, 6 now_ms,
 --   7 purchase id.
 -- Returns {record JSON, fingerprint of the stored record, replay (1 = decided earlier)}.
@@ -16,8 +16,8 @@ if ARGV[3] == 'paid' then
   redis.call('HINCRBY', KEYS[1], 'sys:coin_issuance', -coins)
   redis.call('XADD', KEYS[2], '*', 'kind', 'purchase', 'id', ARGV[7],
     'legs', 'coins sys:coin_issuance ' .. ARGV[4] .. ' ' .. ARGV[5], 'ts', ARGV[6])
-  redis.call('XADD', KEYS[5], '*', 'k', 'purchase', 'l', 'coins', 'a', ARGV[5], 'c', 'sys:coin_issuance',
-    'r', ARGV[7], 'g', '', 'n', '', 't', ARGV[6])
+  redis.call('RPUSH', KEYS[5], table.concat({ARGV[6], 'purchase', 'coins', ARGV[5], 'sys:coin_issuance', ARGV[7],
+    '', ''}, '\t'))
 end
 redis.call('HSET', KEYS[3], 'fp', ARGV[2], 'record', ARGV[1], 'user', ARGV[4], 'coins', ARGV[5],
   'status', ARGV[3])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from gifting import keys
 
@@ -72,6 +73,56 @@ def parse_legs(text: str) -> list[Leg]:
             raise JournalError(f"bad leg {part!r}: expected 'ledger debit credit amount'")
         legs.append(Leg(fields[0], fields[1], fields[2], int(fields[3])))
     return legs
+
+
+RECORD_BUCKETS = 8  # a gift id is looked up in this many time buckets (+1), one HMGET each per batch
+
+
+def record_buckets(now_s: int, ttl_s: int) -> tuple[list[int], int]:
+    """Which idempotency-record buckets a batch settled at `now_s` reads (newest first; it writes the first)
+    and when the newest expires (unix s). A bucket spans ttl_s / RECORD_BUCKETS and lives until its last
+    record is ttl_s old, so a gift id is remembered at least ttl_s and at most ttl_s + one bucket span."""
+    span = max(1, -(-ttl_s // RECORD_BUCKETS))
+    current = now_s // span
+    oldest = (now_s - ttl_s) // span
+    return list(range(current, oldest - 1, -1)), (current + 1) * span + ttl_s
+
+
+STATEMENT_FIELDS = ("ts", "kind", "ledger", "amount", "counterpart", "reference", "gift", "count")
+
+
+def parse_statement_row(index: int, row: str) -> dict[str, Any]:
+    """One statement row as written by the Lua scripts (tab-separated STATEMENT_FIELDS) for the API."""
+    ts, kind, ledger, amount, counterpart, reference, gift, count = row.split("\t")
+    return {
+        "id": str(index),
+        "kind": kind,
+        "ledger": ledger,
+        "amount": int(amount),
+        "counterpart": counterpart.removeprefix("u:"),
+        "reference": reference,
+        "gift": gift or None,
+        "count": int(count) if count else None,
+        "ts": int(ts),
+    }
+
+
+GIFT_ROW_FIELDS = ("id", "legs", "room", "gift", "count")
+
+
+def journal_gifts(fields: dict[str, str]) -> list[dict[str, str]]:
+    """The gifts of one journal entry of kind 'gifts' (settle.lua writes one per batch: a tab-separated row per
+    gift, rows joined by newlines), each in the shape of a single-transfer entry: kind, id, legs, room, gift,
+    count, bps, ts. Raises JournalError for a row that does not parse."""
+    gifts = []
+    for row in fields.get("rows", "").split("\n"):
+        values = row.split("\t")
+        if len(values) != len(GIFT_ROW_FIELDS):
+            raise JournalError(f"bad gift row {row[:200]!r}: expected {len(GIFT_ROW_FIELDS)} tab-separated fields")
+        gift = dict(zip(GIFT_ROW_FIELDS, values, strict=True))
+        gift |= {"kind": "gift", "bps": fields.get("bps", ""), "ts": fields.get("ts", "")}
+        gifts.append(gift)
+    return gifts
 
 
 def is_user_account(account: str) -> bool:

@@ -1,143 +1,174 @@
 -- Settle a batch of gifts atomically and idempotently (called by gifting/ledger/store.py).
 --
 -- KEYS: 1 coin balances (hash), 2 diamond balances (hash), 3 journal (stream), 4 viewer spend limits (hash),
---   5 today's spend per viewer (hash), 6.. one record key per gift.
--- ARGV: 1 now_ms, 2 record ttl_s, 3 creator share bps, 4 global daily spend cap in coins (0: none),
---   5 earnings bucket (hour number, for the withdrawal hold), 6 UTC day (YYYYMMDD), 7 ISO week (YYYYWww),
---   then per gift (STRIDE values):
+--   5 today's spend per viewer (hash), 6 lifetime spend per viewer (hash),
+--   7.. the idempotency record buckets (hashes: gift id -> record), newest (this batch's) first.
+-- ARGV: 1 now_ms, 2 creator share bps, 3 global daily spend cap in coins (0: none), 4 earnings bucket (hour
+--   number, for the withdrawal hold), 5 UTC day (YYYYMMDD), 6 ISO week (YYYYWww), 7 unix time (s) at which this
+--   batch's record bucket expires, then one value per gift, tab-separated:
 --   gift_id, viewer account, creator account, coins, diamonds, fingerprint, reject reason ('' = none),
 --   room, gift, count.
--- Returns per gift: status, reason, coin balance after, replay (1 = decided earlier), the sender's lifetime
--- coins spent on gifts (for gifter levels).
+-- Returns one string: a line per gift, 'status|reason|coin balance after|replay (1 = decided earlier)|the
+--   sender's lifetime coins spent on gifts (for gifter levels)'.
 --
--- Also, for fresh settlements only (so exactly once): lifetime spend per viewer, and each creator's top
--- gifters per day, week and all time (sorted sets by coins).
---
--- Each account's balance is read once and written once per batch, and system accounts get one HINCRBY per
--- batch: the per-gift work is one GET, one SET and one XADD.
-local coins_key, diamonds_key, journal_key, limits_key, spent_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local now_ms, ttl_s, bps, global_cap, hour = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
-local day, week = ARGV[6], ARGV[7]
-local HEAD, STRIDE, FIRST_RECORD = 7, 10, 6
-local lifetime, lifetime_dirty = {}, {}
-local top = {}  -- creator -> viewer -> coins, applied once per pair per batch
-local n = (#ARGV - HEAD) / STRIDE
-local spent, caps = {}, {}
-
-local balances, dirty = {}, {}
-local platform_total, earnings_total = 0, 0
-local diamonds_by_creator = {}
-local out = {}
+-- Why it looks like this: inside Valkey every redis.call costs a few microseconds plus its own AOF record, and
+-- that, not the arithmetic, bounds settlement throughput. So the script makes a fixed number of calls per
+-- batch (or per distinct account in it), never per gift: records are fields of one hash per time bucket
+-- (one HMGET per bucket, one HSET), balances, caps and lifetime spend one HMGET and one HSET each, the journal
+-- one entry per batch (a row per gift, each with its legs), a statement row per gift pushed with one RPUSH per
+-- account, and each creator's top gifters read with ZMSCORE and written with one ZADD per period (in the
+-- real path's command stats ~1.3 us per member, against ~3.8 us for a ZINCRBY each).
+local coins_key, diamonds_key, journal_key = KEYS[1], KEYS[2], KEYS[3]
+local limits_key, spent_key, lifetime_key = KEYS[4], KEYS[5], KEYS[6]
+local FIRST_BUCKET = 7
+local now_ms, bps, global_cap, hour = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local day, week, bucket_expire_at = ARGV[5], ARGV[6], ARGV[7]
+local HEAD = 7
+local CHUNK = 1000 -- values per unpack(): Lua's C stack holds a few thousand
 
 local function fmt(x) return string.format('%d', x) end
 
-local function balance(account)
-  local b = balances[account]
-  if b == nil then
-    b = tonumber(redis.call('HGET', coins_key, account) or '0')
-    balances[account] = b
+-- cmd key v1 v2 ... in as few calls as the C stack allows.
+local function call_list(cmd, key, values)
+  for i = 1, #values, CHUNK do
+    redis.call(cmd, key, unpack(values, i, math.min(i + CHUNK - 1, #values)))
   end
-  return b
 end
 
--- A viewer's daily cap: the lower of the global cap and the viewer's own (0 or absent: none).
-local function cap(account)
-  local c = caps[account]
-  if c == nil then
-    c = global_cap
-    local own = tonumber(redis.call('HGET', limits_key, account) or '0')
-    if own > 0 and (c == 0 or own < c) then c = own end
-    caps[account] = c
-    spent[account] = tonumber(redis.call('HGET', spent_key, account) or '0')
+-- field -> value for the given fields of a hash (absent fields are left out).
+local function hmget(key, fields)
+  local found = {}
+  for i = 1, #fields, CHUNK do
+    local last = math.min(i + CHUNK - 1, #fields)
+    local values = redis.call('HMGET', key, unpack(fields, i, last))
+    for j = i, last do
+      local v = values[j - i + 1]
+      if v then found[fields[j]] = v end
+    end
   end
-  return c
+  return found
 end
 
-local function spent_ever(account)
-  local v = lifetime[account]
-  if v == nil then
-    v = tonumber(redis.call('HGET', '{ledger}:lifetime_spent', account) or '0')
-    lifetime[account] = v
-  end
-  return v
+local function keys_of(set)
+  local list = {}
+  for k, _ in pairs(set) do list[#list + 1] = k end
+  return list
 end
 
-local function statement(account, kind, ledger, amount, counterpart, ref, gift, count)
-  redis.call('XADD', '{ledger}:stmt:' .. account, '*', 'k', kind, 'l', ledger, 'a', amount, 'c', counterpart,
-    'r', ref, 'g', gift, 'n', count, 't', now_ms)
+-- Parse the batch; collect the accounts it touches.
+local gifts, ids, viewer_set = {}, {}, {}
+for i = HEAD + 1, #ARGV do
+  local id, viewer, creator, coins, diamonds, fp, reject, room, gift, count =
+    string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(%d+)$')
+  if not id then return redis.error_reply('settle: malformed gift argument ' .. (i - HEAD)) end
+  gifts[#gifts + 1] = {id = id, viewer = viewer, creator = creator, coins = tonumber(coins),
+    diamonds = tonumber(diamonds), fp = fp, reject = reject, room = room, gift = gift, count = count}
+  ids[#ids + 1] = id
+  viewer_set[viewer] = true
+end
+local viewers = keys_of(viewer_set)
+
+-- Decided earlier: the newest record bucket that knows the id wins (an id is recorded once).
+local records = {}
+for k = #KEYS, FIRST_BUCKET, -1 do
+  for id, record in pairs(hmget(KEYS[k], ids)) do records[id] = record end
 end
 
-for i = 0, n - 1 do
-  local a = HEAD + i * STRIDE
-  local gift_id, viewer, creator = ARGV[a + 1], ARGV[a + 2], ARGV[a + 3]
-  local coins, diamonds = tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
-  local fp, reject = ARGV[a + 6], ARGV[a + 7]
-  local record_key = KEYS[FIRST_RECORD + i]
-  local record = redis.call('GET', record_key)
+local raw_balance = hmget(coins_key, viewers)
+local raw_lifetime = hmget(lifetime_key, viewers)
+local raw_own_cap = hmget(limits_key, viewers)
+local raw_spent = hmget(spent_key, viewers)
+local balances, lifetime, caps, spent = {}, {}, {}, {}
+for _, v in ipairs(viewers) do
+  balances[v] = tonumber(raw_balance[v] or '0')
+  lifetime[v] = tonumber(raw_lifetime[v] or '0')
+  local c, own = global_cap, tonumber(raw_own_cap[v] or '0')
+  if own > 0 and (c == 0 or own < c) then c = own end
+  caps[v] = c
+  spent[v] = tonumber(raw_spent[v] or '0')
+end
+
+local dirty, capped = {}, {}
+local platform_total, earnings_total = 0, 0
+local diamonds_by_creator, top = {}, {} -- creator -> viewer -> coins
+local new_records, rows, statements = {}, {}, {} -- statements: account -> rows
+local out = {}
+
+local function statement(account, row)
+  local list = statements[account]
+  if list == nil then list = {}; statements[account] = list end
+  list[#list + 1] = row
+end
+
+for _, g in ipairs(gifts) do
+  local viewer = g.viewer
+  local record = records[g.id]
   if record then
     local status, reason, bal, old_fp = string.match(record, '^([^|]*)|([^|]*)|([^|]*)|([^|]*)$')
-    if old_fp ~= fp then
-      out[#out + 1] = 'conflict'; out[#out + 1] = status
-    else
-      out[#out + 1] = status; out[#out + 1] = reason
-    end
-    out[#out + 1] = bal; out[#out + 1] = 1; out[#out + 1] = fmt(spent_ever(viewer))
+    if old_fp ~= g.fp then reason, status = status, 'conflict' end
+    out[#out + 1] = status .. '|' .. reason .. '|' .. bal .. '|1|' .. fmt(lifetime[viewer])
   else
     local status, reason = 'settled', ''
-    local bal = balance(viewer)
-    if reject ~= '' then
-      status, reason = 'rejected', reject
+    local bal, coins, diamonds = balances[viewer], g.coins, g.diamonds
+    if g.reject ~= '' then
+      status, reason = 'rejected', g.reject
     elseif bal < coins then
       status, reason = 'rejected', 'insufficient_coins'
-    elseif cap(viewer) > 0 and spent[viewer] + coins > caps[viewer] then
+    elseif caps[viewer] > 0 and spent[viewer] + coins > caps[viewer] then
       status, reason = 'rejected', 'daily_limit'
     else
       bal = bal - coins
-      if caps[viewer] > 0 then spent[viewer] = spent[viewer] + coins end
-      balances[viewer] = bal
-      dirty[viewer] = true
-      local platform = coins - diamonds
-      platform_total = platform_total + platform
-      earnings_total = earnings_total + diamonds
+      balances[viewer], dirty[viewer] = bal, true
+      if caps[viewer] > 0 then spent[viewer], capped[viewer] = spent[viewer] + coins, true end
+      lifetime[viewer] = lifetime[viewer] + coins
+      local creator, platform = g.creator, coins - diamonds
+      platform_total, earnings_total = platform_total + platform, earnings_total + diamonds
       local legs = {}
       if platform > 0 then legs[#legs + 1] = 'coins ' .. viewer .. ' sys:platform_revenue ' .. fmt(platform) end
       if diamonds > 0 then
         legs[#legs + 1] = 'coins ' .. viewer .. ' sys:creator_earnings ' .. fmt(diamonds)
         legs[#legs + 1] = 'diamonds sys:diamond_issuance ' .. creator .. ' ' .. fmt(diamonds)
         diamonds_by_creator[creator] = (diamonds_by_creator[creator] or 0) + diamonds
+        statement(creator, table.concat({now_ms, 'gift_received', 'diamonds', fmt(diamonds), viewer, g.id, g.gift,
+          g.count}, '\t'))
       end
-      lifetime[viewer] = spent_ever(viewer) + coins
-      lifetime_dirty[viewer] = true
-      top[creator] = top[creator] or {}
-      top[creator][viewer] = (top[creator][viewer] or 0) + coins
-      redis.call('XADD', journal_key, '*', 'kind', 'gift', 'id', gift_id, 'legs', table.concat(legs, '|'),
-        'room', ARGV[a + 8], 'gift', ARGV[a + 9], 'count', ARGV[a + 10], 'bps', bps, 'ts', now_ms)
-      statement(viewer, 'gift_sent', 'coins', -coins, creator, gift_id, ARGV[a + 9], ARGV[a + 10])
-      if diamonds > 0 then
-        statement(creator, 'gift_received', 'diamonds', diamonds, viewer, gift_id, ARGV[a + 9], ARGV[a + 10])
-      end
+      local by_viewer = top[creator]
+      if by_viewer == nil then by_viewer = {}; top[creator] = by_viewer end
+      by_viewer[viewer] = (by_viewer[viewer] or 0) + coins
+      rows[#rows + 1] = table.concat({g.id, table.concat(legs, '|'), g.room, g.gift, g.count}, '\t')
+      statement(viewer, table.concat({now_ms, 'gift_sent', 'coins', fmt(-coins), creator, g.id, g.gift, g.count}, '\t'))
     end
-    redis.call('SET', record_key, status .. '|' .. reason .. '|' .. fmt(bal) .. '|' .. fp, 'EX', ttl_s)
-    out[#out + 1] = status; out[#out + 1] = reason; out[#out + 1] = fmt(bal); out[#out + 1] = 0
-    out[#out + 1] = fmt(spent_ever(viewer))
+    record = status .. '|' .. reason .. '|' .. fmt(bal) .. '|' .. g.fp
+    records[g.id] = record -- the same id again later in this batch is a replay
+    new_records[#new_records + 1] = g.id
+    new_records[#new_records + 1] = record
+    out[#out + 1] = status .. '|' .. reason .. '|' .. fmt(bal) .. '|0|' .. fmt(lifetime[viewer])
   end
 end
 
-local fields = {}
-for account, _ in pairs(dirty) do
-  fields[#fields + 1] = account
-  fields[#fields + 1] = fmt(balances[account])
+-- Writes: a fixed number per batch, or one per account touched.
+if #new_records > 0 then
+  call_list('HSET', KEYS[FIRST_BUCKET], new_records)
+  redis.call('EXPIREAT', KEYS[FIRST_BUCKET], bucket_expire_at)
 end
-if #fields > 0 then redis.call('HSET', coins_key, unpack(fields)) end
-local spent_fields = {}
-for account, c in pairs(caps) do
-  if c > 0 then
-    spent_fields[#spent_fields + 1] = account
-    spent_fields[#spent_fields + 1] = fmt(spent[account])
-  end
+if #rows > 0 then
+  redis.call('XADD', journal_key, '*', 'kind', 'gifts', 'rows', table.concat(rows, '\n'), 'bps', bps, 'ts', now_ms)
+end
+
+local fields, spent_fields, lifetime_fields = {}, {}, {}
+for v, _ in pairs(dirty) do
+  fields[#fields + 1] = v; fields[#fields + 1] = fmt(balances[v])
+  lifetime_fields[#lifetime_fields + 1] = v; lifetime_fields[#lifetime_fields + 1] = fmt(lifetime[v])
+end
+for v, _ in pairs(capped) do
+  spent_fields[#spent_fields + 1] = v; spent_fields[#spent_fields + 1] = fmt(spent[v])
+end
+if #fields > 0 then
+  call_list('HSET', coins_key, fields)
+  call_list('HSET', lifetime_key, lifetime_fields)
 end
 if #spent_fields > 0 then
-  redis.call('HSET', spent_key, unpack(spent_fields))
+  call_list('HSET', spent_key, spent_fields)
   redis.call('EXPIRE', spent_key, 172800)
 end
 if platform_total > 0 then redis.call('HINCRBY', coins_key, 'sys:platform_revenue', platform_total) end
@@ -150,20 +181,27 @@ if earnings_total > 0 then
     redis.call('HINCRBY', '{ledger}:earned:' .. creator, hour, d)
   end
 end
-local lifetime_fields = {}
-for account, _ in pairs(lifetime_dirty) do
-  lifetime_fields[#lifetime_fields + 1] = account
-  lifetime_fields[#lifetime_fields + 1] = fmt(lifetime[account])
-end
-if #lifetime_fields > 0 then redis.call('HSET', '{ledger}:lifetime_spent', unpack(lifetime_fields)) end
-for creator, viewers in pairs(top) do
-  local prefix = '{ledger}:top:' .. creator
-  for viewer, coins in pairs(viewers) do
-    redis.call('ZINCRBY', prefix .. ':all', coins, viewer)
-    redis.call('ZINCRBY', prefix .. ':day:' .. day, coins, viewer)
-    redis.call('ZINCRBY', prefix .. ':week:' .. week, coins, viewer)
+for account, list in pairs(statements) do call_list('RPUSH', '{ledger}:stmt:' .. account, list) end
+
+-- Each creator's top gifters per UTC day, ISO week and all time: add this batch's coins to the stored scores.
+-- (period key, seconds it is kept: a day's board for 2 days, a week's for 2 weeks, all time for ever)
+local TOP_PERIODS = {{'all', nil}, {'day:' .. day, 172800}, {'week:' .. week, 1209600}}
+for creator, by_viewer in pairs(top) do
+  local members = keys_of(by_viewer)
+  for _, period in ipairs(TOP_PERIODS) do
+    local key = '{ledger}:top:' .. creator .. ':' .. period[1]
+    local scores, args = {}, {}
+    for i = 1, #members, CHUNK do
+      local last = math.min(i + CHUNK - 1, #members)
+      local chunk = redis.call('ZMSCORE', key, unpack(members, i, last))
+      for j = i, last do scores[j] = chunk[j - i + 1] end
+    end
+    for i, viewer in ipairs(members) do
+      args[#args + 1] = fmt(tonumber(scores[i] or '0') + by_viewer[viewer])
+      args[#args + 1] = viewer
+    end
+    call_list('ZADD', key, args)
+    if period[2] then redis.call('EXPIRE', key, period[2]) end
   end
-  redis.call('EXPIRE', prefix .. ':day:' .. day, 172800)
-  redis.call('EXPIRE', prefix .. ':week:' .. week, 1209600)
 end
-return out
+return table.concat(out, '\n')

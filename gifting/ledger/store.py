@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
 from gifting import keys
 from gifting.config import Settings
@@ -70,7 +70,7 @@ class Ledger:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self._settle = redis.register_script(load_script("settle.lua"))
+        self.settle_script = redis.register_script(load_script("settle.lua"))
         self._purchase = redis.register_script(load_script("purchase.lua"))
         self._reverse = redis.register_script(load_script("reverse.lua"))
         self._withdraw = redis.register_script(load_script("withdraw.lua"))
@@ -79,45 +79,81 @@ class Ledger:
 
     # Gifts -------------------------------------------------------------------------------------------------
 
-    async def settle(self, gifts: list[GiftToSettle]) -> list[rules.GiftOutcome]:
-        """Settle a batch in one atomic Lua call; resends get their stored outcome (replay=True)."""
+    async def settle(self, gifts: list[GiftToSettle], durable_timeout_ms: int | None = None) -> list[rules.GiftOutcome]:
+        """Settle a batch in one atomic Lua call; resends get their stored outcome (replay=True).
+
+        With `durable_timeout_ms`, the group commit (WAITAOF, see `durable`) goes in the same round trip.
+        """
         if not gifts:
             return []
         now = now_ms()
-        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.LEDGER_SPEND_LIMITS]
-        keys_.append(keys.spent_on(utc_day(now)))
-        keys_.extend(keys.gift_record(g.gift_id) for g in gifts)
         s = self.settings
-        args: list[Any] = [now, s.idempotency_ttl_s, s.creator_share_bps, s.daily_spend_coins_max, now // 3600_000]
-        args += [utc_day(now), iso_week(now)]
-        for g in gifts:
-            args += [g.gift_id, keys.account(g.viewer), keys.account(g.creator), g.coins, g.diamonds]
-            args += [g.fingerprint, g.reject, g.room, g.gift, g.count]
-        flat = await self._settle(keys=keys_, args=args)
-        assert len(flat) == 5 * len(gifts), "settle.lua returns 5 values per gift"
+        buckets, expire_at = rules.record_buckets(now // 1000, s.idempotency_ttl_s)
+        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.LEDGER_SPEND_LIMITS]
+        keys_ += [keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT, *map(keys.gift_records, buckets)]
+        args: list[Any] = [now, s.creator_share_bps, s.daily_spend_coins_max, now // 3600_000, utc_day(now)]
+        args += [iso_week(now), expire_at]
+        args += [
+            f"{g.gift_id}\t{keys.ACCOUNT_PREFIX}{g.viewer}\t{keys.ACCOUNT_PREFIX}{g.creator}\t{g.coins}\t{g.diamonds}\t"
+            f"{g.fingerprint}\t{g.reject}\t{g.room}\t{g.gift}\t{g.count}"
+            for g in gifts
+        ]
+        wait = durable_timeout_ms is not None and self.waitaof_supported is not False
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.evalsha(self.settle_script.sha, len(keys_), *keys_, *args)
+            if wait:
+                pipe.execute_command("WAITAOF", 1, 0, durable_timeout_ms)
+            replies = await pipe.execute(raise_on_error=False)
+        if isinstance(replies[0], NoScriptError):  # Valkey restarted since the script was loaded
+            await self.redis.script_load(self.settle_script.script)
+            return await self.settle(gifts, durable_timeout_ms)
+        if isinstance(replies[0], Exception):
+            raise replies[0]
+        if wait:
+            self._check_waitaof(replies[1], durable_timeout_ms or 0)
+        elif durable_timeout_ms is not None:
+            await self.durable(durable_timeout_ms)
+        lines = replies[0].split("\n")
+        assert len(lines) == len(gifts), "settle.lua returns one line per gift"
         outcomes = []
-        for i, g in enumerate(gifts):
-            status, reason, coins, replay, spent = flat[5 * i : 5 * i + 5]
-            outcomes.append(rules.GiftOutcome(g.gift_id, status, reason, int(coins), bool(int(replay)), int(spent)))
+        for g, line in zip(gifts, lines, strict=True):
+            status, reason, coins, replay, spent = line.split("|")
+            outcomes.append(rules.GiftOutcome(g.gift_id, status, reason, int(coins), replay == "1", int(spent)))
         return outcomes
 
-    async def gift_outcome(self, gift_id: str) -> rules.GiftOutcome | None:
-        raw = await self.redis.get(keys.gift_record(gift_id))
-        return None if raw is None else rules.parse_gift_record(gift_id, raw, replay=True)
+    async def gift_outcomes(self, gift_ids: list[str]) -> dict[str, rules.GiftOutcome]:
+        """The stored outcome of each gift id that was decided (within GIFTING_IDEMPOTENCY_TTL_S)."""
+        buckets, _ = rules.record_buckets(now_ms() // 1000, self.settings.idempotency_ttl_s)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bucket in buckets:
+                pipe.hmget(keys.gift_records(bucket), gift_ids)
+            found = await pipe.execute()
+        outcomes: dict[str, rules.GiftOutcome] = {}
+        for records in reversed(found):  # newest bucket last: it wins
+            for gift_id, record in zip(gift_ids, records, strict=True):
+                if record is not None:
+                    outcomes[gift_id] = rules.parse_gift_record(gift_id, record, replay=True)
+        return outcomes
 
     async def durable(self, timeout_ms: int) -> None:
         """Group commit: wait until everything written so far is fsynced to the AOF (WAITAOF 1 0)."""
         if self.waitaof_supported is False:
             return
         try:
-            local, _replicas = await self.redis.execute_command("WAITAOF", 1, 0, timeout_ms)
+            reply = await self.redis.execute_command("WAITAOF", 1, 0, timeout_ms)
         except ResponseError as exc:
+            reply = exc
+        self._check_waitaof(reply, timeout_ms)
+
+    def _check_waitaof(self, reply: Any, timeout_ms: int) -> None:
+        if isinstance(reply, ResponseError):
             if self.waitaof_supported is None:
                 self.waitaof_supported = False
-                log.warning("durability: WAITAOF unavailable (%s); settled gifts are not fsync-confirmed", exc)
+                log.warning("durability: WAITAOF unavailable (%s); settled gifts are not fsync-confirmed", reply)
                 return
-            raise
+            raise reply
         self.waitaof_supported = True
+        local, _replicas = reply
         if int(local) < 1:
             raise DurabilityError(f"WAITAOF: AOF fsync not confirmed within {timeout_ms} ms")
 
@@ -276,24 +312,16 @@ class Ledger:
         return {"coins": int(coins or 0), "diamonds": int(diamonds or 0)}
 
     async def statement(self, user: str, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of the user's transfers, newest first; the cursor continues where the page ended."""
+        """A page of the user's transfers, newest first. An item's id is its position in the statement (which
+        only grows); the cursor is the id of the page's last item, and the next page holds the older ones."""
         limit = max(1, min(limit, STATEMENT_PAGE_MAX))
-        entries = await self.redis.xrevrange(keys.statement(user), max=f"({cursor}" if cursor else "+", count=limit)
-        items = [
-            {
-                "id": entry_id,
-                "kind": f["k"],
-                "ledger": f["l"],
-                "amount": int(f["a"]),
-                "counterpart": f["c"].removeprefix("u:"),
-                "reference": f["r"],
-                "gift": f.get("g") or None,
-                "count": int(f["n"]) if f.get("n") else None,
-                "ts": int(f["t"]),
-            }
-            for entry_id, f in entries
-        ]
-        return items, (entries[-1][0] if len(entries) == limit else None)
+        key = keys.statement(user)
+        end = int(cursor) - 1 if cursor is not None else await self.redis.llen(key) - 1
+        start = max(0, end - limit + 1)
+        rows = await self.redis.lrange(key, start, end) if end >= 0 else []
+        items = [rules.parse_statement_row(start + i, row) for i, row in enumerate(rows)]
+        items.reverse()
+        return items, (str(start) if start > 0 and items else None)
 
     async def set_spend_limit(self, user: str, coins_per_day: int) -> None:
         if coins_per_day > 0:

@@ -5,7 +5,7 @@
 -- void:    sys:payout_clearing -> creator: the diamonds come back.
 --
 -- KEYS: 1 diamond balances, 2 journal, 3 withdrawal record (hash), 4 pending (sorted set by deadline),
---   5 the user's withdrawal list, 6 the user's statement, 7 the user's earnings by hour, 8 withdrawn today.
+--   5 the user's withdrawal list, 6 the user's statement (list), 7 the user's earnings by hour, 8 withdrawn today.
 -- ARGV: 1 mode, 2 now_ms, 3 withdrawal id; request adds: 4 account, 5 diamonds, 6 minimum, 7 daily cap,
 --   8 hold cutoff hour (earnings in this hour or later are held), 9 deadline_ms, 10 payout account,
 --   11 fingerprint, 12 day (YYYYMMDD); void adds: 4 reason.
@@ -40,8 +40,8 @@ if mode == 'request' then
     'created_ms', now_ms, 'deadline_ms', ARGV[9], 'payout_account', ARGV[10], 'day', ARGV[12])
   redis.call('ZADD', KEYS[4], ARGV[9], id)
   redis.call('RPUSH', KEYS[5], id)
-  redis.call('XADD', KEYS[6], '*', 'k', 'withdrawal', 'l', 'diamonds', 'a', -amount, 'c', 'sys:payout_clearing',
-    'r', id, 'g', '', 'n', '', 't', now_ms)
+  redis.call('RPUSH', KEYS[6], table.concat({now_ms, 'withdrawal', 'diamonds', fmt(-amount), 'sys:payout_clearing', id,
+    '', ''}, '\t'))
   redis.call('HINCRBY', KEYS[8], account, amount)
   redis.call('EXPIRE', KEYS[8], 172800)
   return {'ok', 'pending', ''}
@@ -65,8 +65,8 @@ redis.call('HINCRBY', KEYS[1], account, tonumber(amount))
 redis.call('XADD', KEYS[2], '*', 'kind', 'withdrawal_voided', 'id', id,
   'legs', 'diamonds sys:payout_clearing ' .. account .. ' ' .. amount, 'ts', now_ms)
 redis.call('HSET', KEYS[3], 'status', 'failed', 'resolved_ms', now_ms, 'reason', ARGV[4])
-redis.call('XADD', KEYS[6], '*', 'k', 'withdrawal_returned', 'l', 'diamonds', 'a', amount,
-  'c', 'sys:payout_clearing', 'r', id, 'g', '', 'n', '', 't', now_ms)
+redis.call('RPUSH', KEYS[6], table.concat({now_ms, 'withdrawal_returned', 'diamonds', amount, 'sys:payout_clearing',
+  id, '', ''}, '\t'))
 local withdrawn_key = '{ledger}:withdrawn:' .. day
 if redis.call('EXISTS', withdrawn_key) == 1 then redis.call('HINCRBY', withdrawn_key, account, -tonumber(amount)) end
 return {'ok', 'failed', ARGV[4]}
