@@ -202,3 +202,17 @@ def test_statement_row_parses_to_the_api_shape() -> None:
     }  # fmt: skip
     purchase = rules.parse_statement_row(0, "5\tpurchase\tcoins\t65\tsys:coin_issuance\tu1:k\t\t")
     assert purchase["gift"] is None and purchase["count"] is None and purchase["counterpart"] == "sys:coin_issuance"
+
+
+@given(coins=st.integers(1, 10**9), bps=st.integers(0, rules.BPS_DENOMINATOR), count=st.integers(1, 99))
+def test_gift_journal_row_reads_back_as_the_gift_legs(coins: int, bps: int, count: int) -> None:
+    """The row the worker builds for settle.lua parses (journal_gifts, parse_legs) to exactly gift_legs."""
+    split = rules.split_gift(coins, bps)
+    row = rules.gift_journal_row("g-1", "v1", "c1", split, "room1", "rose", count)
+    [gift] = rules.journal_gifts({"kind": "gifts", "rows": row, "bps": str(bps), "ts": "1"})
+    assert (gift["id"], gift["room"], gift["gift"], gift["count"]) == ("g-1", "room1", "rose", str(count))
+    assert rules.parse_legs(gift["legs"]) == rules.gift_legs("v1", "c1", split)
+    assert (
+        rules.parse_statement_row(0, rules.statement_row(5, "gift_sent", "coins", -coins, "u:c1", "g-1"))["amount"]
+        == -coins
+    )

@@ -107,6 +107,22 @@ def parse_statement_row(index: int, row: str) -> dict[str, Any]:
     }
 
 
+def gift_journal_row(
+    gift_id: str, viewer: str, creator: str, split: GiftSplit, room: str, gift: str, count: int
+) -> str:
+    """A settled gift's row in its batch's journal entry (GIFT_ROW_FIELDS, tab-separated; read by journal_gifts).
+    settle.lua writes it as given when it settles the gift, so the legs come from gift_legs, here."""
+    legs = encode_legs(gift_legs(viewer, creator, split))
+    return f"{gift_id}\t{legs}\t{room}\t{gift}\t{count}"
+
+
+def statement_row(
+    ts_ms: int, kind: str, ledger: str, amount: int, counterpart: str, reference: str, gift: str = "", count: str = ""
+) -> str:
+    """One statement row (STATEMENT_FIELDS, tab-separated), as every script appends it."""
+    return f"{ts_ms}\t{kind}\t{ledger}\t{amount}\t{counterpart}\t{reference}\t{gift}\t{count}"
+
+
 GIFT_ROW_FIELDS = ("id", "legs", "room", "gift", "count")
 
 

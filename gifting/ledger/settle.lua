@@ -5,9 +5,10 @@
 --   7.. the idempotency record buckets (hashes: gift id -> record), newest (this batch's) first.
 -- ARGV: 1 now_ms, 2 creator share bps, 3 global daily spend cap in coins (0: none), 4 earnings bucket (hour
 --   number, for the withdrawal hold), 5 UTC day (YYYYMMDD), 6 ISO week (YYYYWww), 7 unix time (s) at which this
---   batch's record bucket expires, then one value per gift, tab-separated:
---   gift_id, viewer account, creator account, coins, diamonds, fingerprint, reject reason ('' = none),
---   room, gift, count.
+--   batch's record bucket expires, then one value per gift, fields separated by 0x1f (US):
+--   gift_id, viewer account, creator account, coins, diamonds, fingerprint, reject reason ('' = none), and,
+--   built by the caller (ledger/rules.py) for when the gift settles: its journal row, the viewer's statement
+--   row, the creator's statement row ('' when no diamonds).
 -- Returns one string: a line per gift, 'status|reason|coin balance after|replay (1 = decided earlier)|the
 --   sender's lifetime coins spent on gifts (for gifter levels)'.
 --
@@ -58,11 +59,12 @@ end
 -- Parse the batch; collect the accounts it touches.
 local gifts, ids, viewer_set = {}, {}, {}
 for i = HEAD + 1, #ARGV do
-  local id, viewer, creator, coins, diamonds, fp, reject, room, gift, count =
-    string.match(ARGV[i], '^([^\t]*)\t([^\t]*)\t([^\t]*)\t(%d+)\t(%d+)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t([^\t]*)\t(%d+)$')
+  local id, viewer, creator, coins, diamonds, fp, reject, row, viewer_row, creator_row = string.match(ARGV[i],
+    '^([^\31]*)\31([^\31]*)\31([^\31]*)\31(%d+)\31(%d+)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
   if not id then return redis.error_reply('settle: malformed gift argument ' .. (i - HEAD)) end
   gifts[#gifts + 1] = {id = id, viewer = viewer, creator = creator, coins = tonumber(coins),
-    diamonds = tonumber(diamonds), fp = fp, reject = reject, room = room, gift = gift, count = count}
+    diamonds = tonumber(diamonds), fp = fp, reject = reject, row = row, viewer_row = viewer_row,
+    creator_row = creator_row}
   ids[#ids + 1] = id
   viewer_set[viewer] = true
 end
@@ -121,22 +123,17 @@ for _, g in ipairs(gifts) do
       balances[viewer], dirty[viewer] = bal, true
       if caps[viewer] > 0 then spent[viewer], capped[viewer] = spent[viewer] + coins, true end
       lifetime[viewer] = lifetime[viewer] + coins
-      local creator, platform = g.creator, coins - diamonds
-      platform_total, earnings_total = platform_total + platform, earnings_total + diamonds
-      local legs = {}
-      if platform > 0 then legs[#legs + 1] = 'coins ' .. viewer .. ' sys:platform_revenue ' .. fmt(platform) end
+      local creator = g.creator
+      platform_total, earnings_total = platform_total + coins - diamonds, earnings_total + diamonds
       if diamonds > 0 then
-        legs[#legs + 1] = 'coins ' .. viewer .. ' sys:creator_earnings ' .. fmt(diamonds)
-        legs[#legs + 1] = 'diamonds sys:diamond_issuance ' .. creator .. ' ' .. fmt(diamonds)
         diamonds_by_creator[creator] = (diamonds_by_creator[creator] or 0) + diamonds
-        statement(creator, table.concat({now_ms, 'gift_received', 'diamonds', fmt(diamonds), viewer, g.id, g.gift,
-          g.count}, '\t'))
+        statement(creator, g.creator_row)
       end
       local by_viewer = top[creator]
       if by_viewer == nil then by_viewer = {}; top[creator] = by_viewer end
       by_viewer[viewer] = (by_viewer[viewer] or 0) + coins
-      rows[#rows + 1] = table.concat({g.id, table.concat(legs, '|'), g.room, g.gift, g.count}, '\t')
-      statement(viewer, table.concat({now_ms, 'gift_sent', 'coins', fmt(-coins), creator, g.id, g.gift, g.count}, '\t'))
+      rows[#rows + 1] = g.row
+      statement(viewer, g.viewer_row)
     end
     record = status .. '|' .. reason .. '|' .. fmt(bal) .. '|' .. g.fp
     records[g.id] = record -- the same id again later in this batch is a replay
