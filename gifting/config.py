@@ -59,7 +59,9 @@ class Settings:
         "Creator's share of a gift's coin value, in basis points (1/100 %).",
     )
     idempotency_ttl_s: int = _setting(
-        "GIFTING_IDEMPOTENCY_TTL_S", 7 * 86400, "How long a gift id is remembered, in seconds (purchases: forever)."
+        "GIFTING_IDEMPOTENCY_TTL_S",
+        7 * 86400,
+        "How long a gift id is remembered, in seconds (at least; at most 1/8 longer). Purchases: forever.",
     )
     daily_spend_coins_max: int = _setting(
         "GIFTING_DAILY_SPEND_COINS_MAX", 0, "Coins a viewer may spend on gifts per UTC day; 0: no global cap."

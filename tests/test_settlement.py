@@ -677,3 +677,25 @@ async def test_resend_after_the_record_bucket_rolled_over_replays(redis: aioredi
     assert (await balances(redis, "viewer1"))[0] == first.coins
     assert len(await history(redis, room)) == 1
     assert (await Ledger(redis, settings).gift_outcomes([gid]))[gid].coins == first.coins
+
+
+async def test_worker_recovers_when_valkey_forgets_its_scripts(system: System) -> None:
+    """The hot path calls scripts by sha; after SCRIPT FLUSH (as after a Valkey restart) gifts still settle once."""
+    await system.grant("viewer1", 10)
+    room = await system.open_room("creator1")
+    viewer = await system.connect("viewer1")
+    first = await viewer.gift(room, "rose", 1)
+    assert (await viewer.result(first))["status"] == "settled"
+    for _ in range(2):  # the first gift after a flush meets NOSCRIPT in settle; the next in announce and ack
+        await system.redis.script_flush()
+        gid = await viewer.gift(room, "rose", 1)
+        assert (await viewer.result(gid))["status"] == "settled"
+    assert (await system.wallet("viewer1"))["coins"] == 7
+
+    async def announced() -> bool:  # a failed announce is retried with the batch (results may arrive first)
+        return len(await history(system.redis, room)) == 3
+
+    await wait_until(announced, "the third gift in the room history")
+    await wait_until(lambda: drained(system.redis), "every entry acked")
+    assert [e["offset"] for _, e in await history(system.redis, room)] == [1, 2, 3]
+    await assert_audit_clean(system.redis)

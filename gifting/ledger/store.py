@@ -124,14 +124,16 @@ class Ledger:
         args += [iso_week(now), expire_at]
         args += [settle_arg(g, now) for g in gifts]
         wait = durable_timeout_ms is not None and self.waitaof_supported is not False
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.evalsha(self.settle_script.sha, len(keys_), *keys_, *args)
-            if wait:
-                pipe.execute_command("WAITAOF", 1, 0, durable_timeout_ms)
-            replies = await pipe.execute(raise_on_error=False)
-        if isinstance(replies[0], NoScriptError):  # Valkey restarted since the script was loaded
-            await self.redis.script_load(self.settle_script.script)
-            return await self.settle(gifts, durable_timeout_ms)
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.evalsha(self.settle_script.sha, len(keys_), *keys_, *args)
+                if wait:
+                    pipe.execute_command("WAITAOF", 1, 0, durable_timeout_ms)
+                replies = await pipe.execute(raise_on_error=False)
+            if attempt == 0 and isinstance(replies[0], NoScriptError):  # Valkey lost its scripts (a restart)
+                await self.redis.script_load(self.settle_script.script)
+                continue
+            break
         if isinstance(replies[0], Exception):
             raise replies[0]
         if wait:
