@@ -36,7 +36,7 @@ from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.pools import PoolOp, room_pools
 from gifting.protocol import Codec, ProtocolError
-from gifting.rooms import RoomStore, top_entries
+from gifting.rooms import RoomStore, announced_events, history_events, top_entries
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,8 @@ class Hub:
             raise ProtocolError("room_not_found", f"no room {room.id!r}", message.ref)
         room.creator = meta.get("creator", "")
         offset = int(meta.get("offset", 0))
-        recent = self._audience(conn, room, [orjson.loads(fields["e"]) for _, fields in reversed(latest)])
+        latest_events = history_events(latest[::-1])[-self.settings.snapshot_events :]
+        recent = self._audience(conn, room, latest_events)
         joined: dict[str, Any] = {
             "type": "joined",
             "room": room.id,
@@ -262,7 +263,7 @@ class Hub:
         if since is None:
             joined["recent"] = recent
             return joined, []
-        events = [orjson.loads(fields["e"]) for _, fields in replay[0]]
+        events = [e for e in history_events(replay[0]) if e["offset"] > since.offset][: replay_max + 1]
         recovered = since.epoch == joined["epoch"] and (
             since.offset == offset
             or (bool(events) and events[0]["offset"] == since.offset + 1 and len(events) <= replay_max)
@@ -407,10 +408,8 @@ class Hub:
         log.warning("room %s: live feed skipped offsets %d..%d; filling from history", room.id, after + 1, before - 1)
         missing: list[dict[str, Any]] = []
         try:
-            history = await self.redis.xrange(
-                keys.room_history(room.id), min=f"{after + 1}-0", max=f"{before - 1}-0", count=before - after
-            )
-            missing = [orjson.loads(fields["e"]) for _, fields in history]
+            history = await self.redis.xrange(keys.room_history(room.id), min=f"{after + 1}-0", count=before - after)
+            missing = [e for e in history_events(history) if after < e["offset"] < before]
         except Exception:
             log.exception("room %s: could not fill the gap; clients will resume by offset", room.id)
         room.filling = False
@@ -501,19 +500,18 @@ class Hub:
             if message is None or message.get("type") != "message":
                 continue
             channel, data = message["channel"], message["data"]
-            try:
-                payload = orjson.loads(data)
-            except orjson.JSONDecodeError:
+            if channel == keys.CATALOG_CHANNEL:
+                spawn(self.catalogs.refresh())
+                continue
+            try:  # results: a JSON list; a room: one announcement (rooms.announced_events)
+                payload = orjson.loads(data) if channel == hub_channel else announced_events(data)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 log.error("hub pub/sub: undecodable message on %s", channel)
                 continue
             if channel == hub_channel:
                 self._deliver_results(payload)
-            elif channel == keys.CATALOG_CHANNEL:
-                spawn(self.catalogs.refresh())
-            else:
-                room = self.rooms.get(channel.removeprefix("room:"))
-                if room is not None:
-                    self._accept_events(room, payload)
+            elif (room := self.rooms.get(channel.removeprefix("room:"))) is not None:
+                self._accept_events(room, payload)
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()

@@ -224,8 +224,9 @@ class RoomStore:
         s = self.settings
         buckets, expire_at = rules.record_buckets(int(time.time()), s.idempotency_ttl_s)
         args: list[Any] = [keys.room_channel(room), s.room_history_events_max, new_epoch(), s.combo_window_ms]
-        args.append(expire_at)
-        args += [announce_arg(dedupe_id, event) for dedupe_id, event in events]
+        args += [expire_at, len(events)]
+        args += [announce_fields(dedupe_id, event) for dedupe_id, event in events]
+        args += [orjson.dumps(event) for _, event in events]
         keys_ = [
             keys.room_meta(room),
             keys.room_history(room),
@@ -288,9 +289,9 @@ async def top_entries(redis: aioredis.Redis, key: str, limit: int) -> list[dict[
     ]
 
 
-def announce_arg(dedupe_id: str, event: dict[str, Any]) -> str:
-    """One event as announce.lua takes it: dedupe id, coins, diamonds, gift, count, contributors, combo key and
-    the JSON, tab-separated (ids and account names have no tabs; JSON escapes them)."""
+def announce_fields(dedupe_id: str, event: dict[str, Any]) -> str:
+    """What announce.lua needs to know of an event besides its JSON, tab-separated: dedupe id, coins, diamonds,
+    gift, count, contributors, combo key (ids and account names have no tabs)."""
     kind = event.get("kind")
     contributors, combo = "", ""
     if kind == "gift":
@@ -301,5 +302,23 @@ def announce_arg(dedupe_id: str, event: dict[str, Any]) -> str:
     coins = event.get("coins", 0) if kind in ("gift", "pool_completed") else 0
     diamonds = event.get("diamonds", 0) if kind in ("gift", "pool_completed") else 0
     count = event.get("count", 1 if kind == "pool_completed" else 0)
-    json = orjson.dumps(event).decode()
-    return f"{dedupe_id}\t{coins}\t{diamonds}\t{event.get('gift', '')}\t{count}\t{contributors}\t{combo}\t{json}"
+    return f"{dedupe_id}\t{coins}\t{diamonds}\t{event.get('gift', '')}\t{count}\t{contributors}\t{combo}"
+
+
+def announced_events(announcement: str | bytes) -> list[dict[str, Any]]:
+    """The events of one announcement (a message on the room channel, or one history entry) with their offsets
+    and combos. announce.lua writes each call's events once as {"from", "combos", "events"} (see there)."""
+    data = orjson.loads(announcement)
+    events: list[dict[str, Any]] = data["events"]
+    first = data["from"]
+    for i, event in enumerate(events):
+        event["offset"] = first + i
+    for i, combo_id, count in data["combos"]:
+        events[i]["combo"] = {"id": combo_id, "count": count}
+    return events
+
+
+def history_events(entries: list[tuple[str, dict[str, str]]]) -> list[dict[str, Any]]:
+    """The events of history entries (XRANGE order), in offset order. An entry holds one announcement and its id
+    is the offset of its last event, so XRANGE from `N-0` starts with the entry that holds offset N."""
+    return [event for _, fields in entries for event in announced_events(fields["e"])]

@@ -3,22 +3,27 @@
 --
 -- KEYS: 1 room meta (hash), 2 history (stream), 3 stats (hash), 4 stream top gifters (sorted set),
 --   5 goal (hash), 6.. the announced-marker buckets (hashes: dedupe id -> 1), newest (this call's) first.
--- ARGV: 1 room channel, 2 history max length (entries, approximate), 3 epoch candidate (used only when the
+-- ARGV: 1 room channel, 2 history length kept (events, approximate), 3 epoch candidate (used only when the
 --   room has no epoch: its history was lost), 4 combo window ms, 5 unix time (s) at which this call's marker
---   bucket expires, then one value per event, tab-separated: dedupe id, coins, diamonds, gift id, count,
---   contributors ('user coins|user coins' or ''), combo key ('sender:gift', or '' for events that do not
---   combo), the event as a JSON object without an offset (last: JSON has no raw tabs).
+--   bucket expires, 6 n = number of events, then n values, tab-separated: dedupe id, coins, diamonds, gift id,
+--   count, contributors ('user coins|user coins' or ''), combo key ('sender:gift', or '' for events that do
+--   not combo); then the n events as JSON objects (no offset, no combo).
+--
+-- The events one call appends are stored and published once, as one announcement (rooms.announced_events
+-- reads it): {"from": offset of the first, "combos": [[index, combo id, count], ...], "events": [...]}; the
+-- history entry's id is the offset of the last, and history is trimmed by offset (MINID). So the script
+-- copies no event text and makes one XADD per call: inside Valkey each redis.call and each string built per
+-- gift costs microseconds, and that bounds the worker's throughput.
 --
 -- Everything derived here (offsets, combos, stats, top gifters, goal progress and completion) happens once
 -- per event, because the markers admit each event once and the script is atomic. Goal events are appended
 -- to the history too, so a resuming client sees them like any other event.
--- As in settle.lua, every write is made once per call (or per distinct combo or gifter), except the history
--- entry of each event: redis.call costs, not Lua, bound the worker's throughput.
 -- Returns the number of events appended.
 local meta, history, stats, top, goal = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local FIRST_BUCKET = 6
-local channel, maxlen, window_ms, bucket_expire_at = ARGV[1], ARGV[2], ARGV[4], ARGV[5]
-local HEAD = 5
+local channel, keep, window_ms, bucket_expire_at = ARGV[1], tonumber(ARGV[2]), ARGV[4], ARGV[5]
+local n = tonumber(ARGV[6])
+local HEAD = 6
 local prefix = string.sub(meta, 1, -5) -- '{room:ID}:'
 
 if redis.call('HSETNX', meta, 'epoch', ARGV[3]) == 1 then
@@ -27,13 +32,13 @@ if redis.call('HSETNX', meta, 'epoch', ARGV[3]) == 1 then
 end
 
 local events, ids = {}, {}
-for i = HEAD + 1, #ARGV do
-  local id, coins, diamonds, gift, count, contributors, combo, json =
-    string.match(ARGV[i], '^([^\t]*)\t(%d+)\t(%d+)\t([^\t]*)\t(%d+)\t([^\t]*)\t([^\t]*)\t(.*)$')
-  if not id then return redis.error_reply('announce: malformed event argument ' .. (i - HEAD)) end
-  events[#events + 1] = {id = id, coins = tonumber(coins), diamonds = tonumber(diamonds), gift = gift,
-    count = tonumber(count), contributors = contributors, combo = combo, json = json}
-  ids[#ids + 1] = id
+for i = 1, n do
+  local id, coins, diamonds, gift, count, contributors, combo =
+    string.match(ARGV[HEAD + i], '^([^\t]*)\t(%d+)\t(%d+)\t([^\t]*)\t(%d+)\t([^\t]*)\t([^\t]*)$')
+  if not id then return redis.error_reply('announce: malformed event argument ' .. i) end
+  events[i] = {id = id, coins = tonumber(coins), diamonds = tonumber(diamonds), gift = gift, count = tonumber(count),
+    contributors = contributors, combo = combo, json = ARGV[HEAD + n + i]}
+  ids[i] = id
 end
 
 local seen = {}
@@ -45,14 +50,7 @@ for k = FIRST_BUCKET, #KEYS do
 end
 
 local offset = tonumber(redis.call('HGET', meta, 'offset') or '0')
-local appended, markers = {}, {}
-local function append(event)
-  offset = offset + 1
-  event = '{"offset":' .. offset .. ',' .. string.sub(event, 2)
-  redis.call('XADD', history, 'MAXLEN', '~', maxlen, offset .. '-0', 'e', event)
-  appended[#appended + 1] = event
-end
-
+local appended, combo_marks, markers = {}, {}, {}
 local g = redis.call('HMGET', goal, 'status', 'kind', 'gift', 'progress', 'target')
 local goal_active = g[1] == 'active'
 local goal_progress = tonumber(g[4] or '0')
@@ -65,7 +63,7 @@ for _, e in ipairs(events) do
     seen[e.id] = true -- the same id twice in one call is appended once
     markers[#markers + 1] = e.id
     markers[#markers + 1] = '1'
-    local event = e.json
+    appended[#appended + 1] = e.json
     if e.combo ~= '' then
       -- Same sender, same gift, within the window: one combo with a running count (its id: the first gift's).
       local c = combos[e.combo]
@@ -80,9 +78,8 @@ for _, e in ipairs(events) do
         combos[e.combo] = c
       end
       c.total = c.total + e.count
-      event = string.sub(event, 1, -2) .. ',"combo":{"id":' .. cjson.encode(c.id) .. ',"count":' .. c.total .. '}}'
+      combo_marks[#combo_marks + 1] = '[' .. (#appended - 1) .. ',' .. cjson.encode(c.id) .. ',' .. c.total .. ']'
     end
-    append(event)
     if e.coins > 0 then
       gifts, coins_total, diamonds_total = gifts + 1, coins_total + e.coins, diamonds_total + e.diamonds
     end
@@ -130,15 +127,19 @@ if goal_moved then
   local state = redis.call('HGETALL', goal)
   local snapshot = {}
   for i = 1, #state, 2 do snapshot[state[i]] = tonumber(state[i + 1]) or state[i + 1] end
-  append(cjson.encode({kind = 'goal_progress', goal = snapshot}))
+  appended[#appended + 1] = cjson.encode({kind = 'goal_progress', goal = snapshot})
   if done then
     redis.call('HINCRBY', stats, 'goals_met', 1)
-    append(cjson.encode({kind = 'goal_completed', goal = snapshot}))
+    appended[#appended + 1] = cjson.encode({kind = 'goal_completed', goal = snapshot})
   end
 end
 
 if #appended > 0 then
-  redis.call('HSET', meta, 'offset', offset)
-  redis.call('PUBLISH', channel, '[' .. table.concat(appended, ',') .. ']')
+  local last = offset + #appended
+  local announcement = '{"from":' .. (offset + 1) .. ',"combos":[' .. table.concat(combo_marks, ',') ..
+    '],"events":[' .. table.concat(appended, ',') .. ']}'
+  redis.call('XADD', history, 'MINID', '~', math.max(0, last - keep), last .. '-0', 'e', announcement)
+  redis.call('HSET', meta, 'offset', last)
+  redis.call('PUBLISH', channel, announcement)
 end
 return #appended

@@ -19,11 +19,11 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gifting import keys
+from gifting.rooms import announced_events
 
 log = logging.getLogger("contender")
 
@@ -64,7 +64,7 @@ async def read_room_events(redis: aioredis.Redis, room: str, on_events: Callable
                 continue
             if message is None or message.get("type") != "message":
                 continue
-            result = on_events(orjson.loads(message["data"]))
+            result = on_events(announced_events(message["data"]))
             if asyncio.iscoroutine(result):
                 await result
     finally:
