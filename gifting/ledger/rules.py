@@ -111,9 +111,14 @@ def gift_journal_row(
     gift_id: str, viewer: str, creator: str, split: GiftSplit, room: str, gift: str, count: int
 ) -> str:
     """A settled gift's row in its batch's journal entry (GIFT_ROW_FIELDS, tab-separated; read by journal_gifts).
-    settle.lua writes it as given when it settles the gift, so the legs come from gift_legs, here."""
-    legs = encode_legs(gift_legs(viewer, creator, split))
-    return f"{gift_id}\t{legs}\t{room}\t{gift}\t{count}"
+    settle.lua writes it as given when it settles the gift. The legs are encode_legs(gift_legs(...)), spelled
+    out because the worker builds one per gift (tests/test_rules.py checks they agree)."""
+    v = keys.ACCOUNT_PREFIX + viewer
+    legs = [f"coins {v} {keys.SYS_PLATFORM_REVENUE} {split.platform_coins}"] if split.platform_coins > 0 else []
+    if split.diamonds > 0:
+        legs.append(f"coins {v} {keys.SYS_CREATOR_EARNINGS} {split.diamonds}")
+        legs.append(f"diamonds {keys.SYS_DIAMOND_ISSUANCE} {keys.ACCOUNT_PREFIX}{creator} {split.diamonds}")
+    return f"{gift_id}\t{'|'.join(legs)}\t{room}\t{gift}\t{count}"
 
 
 def statement_row(
