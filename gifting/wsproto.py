@@ -18,6 +18,7 @@ from typing import Any
 
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+from websockets.http11 import Request
 from websockets.protocol import State
 
 EXTENSION = "gifting.direct_socket"
@@ -35,7 +36,7 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     connection's bounded queue. `close_now` is the hub's close.
     """
 
-    def handle_connect(self, event: Any) -> None:
+    def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
         # Prebuilt frames carry no extension bits: a connection that negotiated one (permessage-deflate, off
         # in server_config) gets no direct socket and takes the ASGI path.
