@@ -14,6 +14,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import WebSocketRoute
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocket
 
 from gifting import admin_api, api, pages, wallet_api
 from gifting.catalog_store import CatalogStore
@@ -23,6 +25,7 @@ from gifting.ledger.store import Ledger, LedgerError
 from gifting.payments import PaymentProvider, SandboxProvider
 from gifting.rooms import RoomError, RoomStore
 from gifting.ws import websocket_endpoint
+from gifting.wsproto import HubWebSocketProtocol
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +40,13 @@ def redis_client(url: str, connections_max: int = 100, wait_s: float = 10.0) -> 
 
 
 def server_config(app: Any, settings: Settings, host: str, port: int, **overrides: Any) -> uvicorn.Config:
-    """uvicorn as every web process runs it (and the benchmark's contenders, so they are compared fairly)."""
+    """uvicorn as every web process runs it (and the benchmark's contenders, so they are compared fairly; those
+    pass `ws="websockets-sansio"`, the stock protocol this one extends, since they have no use for the hub's
+    direct socket)."""
     options: dict[str, Any] = {
         "host": host,
         "port": port,
-        "ws": "websockets-sansio",
+        "ws": HubWebSocketProtocol,  # websockets-sansio plus the hub's direct socket (gifting/wsproto.py)
         "ws_max_size": settings.ws_frame_bytes_hard_max,
         "ws_per_message_deflate": False,  # ~50 KiB per connection for frames this small: off
         "ws_ping_interval": settings.ws_ping_interval_s,
@@ -51,6 +56,26 @@ def server_config(app: Any, settings: Settings, host: str, port: int, **override
         "timeout_graceful_shutdown": 5,  # a stuck socket must not hold a shutdown
     }
     return uvicorn.Config(app, **(options | overrides))
+
+
+WS_PATH = "/v1/ws"
+
+
+class GiftingApp(Starlette):
+    """Starlette, with the websocket endpoint dispatched before the middleware stack.
+
+    Each layer of that stack (error and exception middleware, router, route, the endpoint's wrapper) is a
+    coroutine frame a websocket keeps alive for its whole life; at 10,000 sockets that is memory worth keeping
+    (docs/BENCHMARKS.md). The endpoint needs none of them: it answers its own errors on the socket. HTTP and
+    every other path go through the stack as usual.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == scope.get("root_path", "") + WS_PATH:
+            scope["app"] = self  # what Starlette sets: the endpoint reads app.state
+            await websocket_endpoint(WebSocket(scope, receive, send))
+            return
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, redis_url: str, secret: str, payments: PaymentProvider | None = None) -> Starlette:
@@ -82,10 +107,10 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         *api.routes,
         *wallet_api.routes,
         *admin_api.routes,
-        WebSocketRoute("/v1/ws", websocket_endpoint),
+        WebSocketRoute(WS_PATH, websocket_endpoint),  # GiftingApp dispatches it first; listed for the router too
         *pages.routes,
     ]
-    return Starlette(
+    return GiftingApp(
         routes=routes,
         lifespan=lifespan,
         exception_handlers={

@@ -1,13 +1,17 @@
-"""The hub: rooms -> connections, per-room tick coalescing, bounded per-connection queues, resume by offset.
+"""The hub: rooms -> connections, per-room tick coalescing, bounded per-connection output, resume by offset.
 
-No HTTP framework here: a connection is two callables (send a frame, close) and an identity.
+No HTTP framework here: a connection is an identity plus a way to write bytes and to close.
 
 - Cross-process routing: one pub/sub channel per room, subscribed while this process has sockets in it,
   plus this process's own channel for gift results.
 - Coalescing: events of a room are collected for one tick (GIFTING_TICK_MS) and sent as one `events`
-  frame, encoded once per audience (creator, viewers) and codec; every connection gets the same object.
-- Each connection has a writer task and an outgoing queue bounded in bytes (GIFTING_WS_QUEUE_BYTES_MAX).
-  A client that lets it overflow is closed with CLOSE_SLOW_CONSUMER and resumes by offset.
+  frame, encoded once per audience (creator, viewers) and codec, as a complete websocket frame.
+- Output: on the direct path (gifting/wsproto.py) the hub writes that frame's bytes to each connection's
+  transport itself, and the transport's write buffer is the connection's queue, bounded in bytes
+  (GIFTING_WS_QUEUE_BYTES_MAX). A client that lets it overflow is closed with CLOSE_SLOW_CONSUMER and resumes
+  by offset. Per room, the JSON viewers' transports are kept in one dict, so a tick of a big room is one loop
+  of `write(frame)`. Without a direct socket (another ASGI server) a connection falls back to ASGI sends from
+  a writer task, with the same bound.
 - Resume: history offsets are dense, so a join with `since` replays exactly what was missed, or answers
   `recovered: false` with a snapshot. A gap in the live feed (a lost pub/sub connection) is filled from
   history before later events are delivered.
@@ -45,54 +49,63 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOO_MANY_INVALID = 4002
 CLOSE_SLOW_CONSUMER = 4008
 CLOSE_GOING_AWAY = 1001
+SLOW_CONSUMER_REASON = "slow consumer: outgoing queue full; reconnect and resume with since"
 
 WAITER_TTL_S = 60.0  # a gift result not seen by then is dropped; the client resends the gift_id to learn it
 BUCKET_IDLE_S = 120.0  # rate-limit state of a user idle this long is forgotten
 MAINTENANCE_INTERVAL_S = 1.0
+FALLBACK_CLOSE_S = 5.0  # the fallback's close handshake may wait on a peer that does not read: this long
 
+CloseNow = Callable[[int, str], None]
 SendFrame = Callable[[str | bytes], Awaitable[None]]
-Waiter = Union["Connection", "asyncio.Future[dict[str, Any]]"]
 CloseSocket = Callable[[int, str], Awaitable[None]]
+Waiter = Union["Connection", "asyncio.Future[dict[str, Any]]"]
 
 
-@dataclass(eq=False)
-class Connection:
-    identity: Identity
-    codec: Codec
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """One server message, encoded once: `data` for an ASGI send (fallback), `frame` for a transport (direct)."""
+
+    data: str | bytes
+    frame: bytes
+
+    @classmethod
+    def of(cls, message: dict[str, Any], codec: Codec) -> Encoded:
+        data = protocol.encode(message, codec)
+        return cls(data, protocol.ws_frame(data))
+
+
+@dataclass(eq=False, slots=True)
+class Fallback:
+    """Output without a direct socket: one ASGI send per message, from a writer task, behind a byte-bounded
+    queue. It costs a task wake-up and an ASGI message per connection per tick (docs/BENCHMARKS.md); it is
+    here so the app still works on any ASGI server."""
+
     send: SendFrame
     close_socket: CloseSocket
-    queue_bytes_max: int
-    rooms: set[str] = field(default_factory=set)
-    queue: deque[tuple[str | bytes, int]] = field(default_factory=deque)
+    queue: deque[str | bytes] = field(default_factory=deque)
     queued_bytes: int = 0
-    closed: bool = False
-    close_code: int | None = None
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    shut_down: asyncio.Event = field(default_factory=asyncio.Event)  # set by shut(): the reader stops waiting
     writer: asyncio.Task[None] | None = None
     closing: asyncio.Task[None] | None = None  # the close handshake started by shut()
-    shut_down: asyncio.Event = field(default_factory=asyncio.Event)  # set by shut(): the reader stops waiting
 
-    def enqueue(self, data: str | bytes, nbytes: int) -> bool:
-        """Queue a frame; False (and the connection closes) if the queue would exceed its byte limit."""
-        if self.closed:
-            return False
-        if self.queued_bytes + nbytes > self.queue_bytes_max:
-            self.shut(CLOSE_SLOW_CONSUMER, "slow consumer: outgoing queue full; reconnect and resume with since")
-            return False
-        self.queue.append((data, nbytes))
-        self.queued_bytes += nbytes
+    def push(self, data: str | bytes) -> None:
+        self.queue.append(data)
+        self.queued_bytes += len(data)
         self.wakeup.set()
-        return True
 
-    def send_message(self, message: dict[str, Any]) -> bool:
-        data = protocol.encode(message, self.codec)
-        return self.enqueue(data, len(data))
+    async def run_writer(self) -> None:
+        while True:
+            await self.wakeup.wait()
+            self.wakeup.clear()
+            while self.queue:
+                data = self.queue.popleft()
+                self.queued_bytes -= len(data)
+                await self.send(data)
 
     def shut(self, code: int, reason: str) -> None:
-        """Stop queueing, drop what is queued, and close the socket (the writer may be stuck on a slow peer)."""
-        if self.closed:
-            return
-        self.closed, self.close_code = True, code
+        """Drop what is queued and close the socket (the writer may be stuck on a slow peer: cancelled)."""
         self.shut_down.set()
         self.queue.clear()
         self.queued_bytes = 0
@@ -102,16 +115,66 @@ class Connection:
 
     async def _close(self, code: int, reason: str) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.close_socket(code, reason), timeout=5.0)
+            await asyncio.wait_for(self.close_socket(code, reason), timeout=FALLBACK_CLOSE_S)
 
-    async def run_writer(self) -> None:
-        while not self.closed:
-            await self.wakeup.wait()
-            self.wakeup.clear()
-            while self.queue and not self.closed:
-                data, nbytes = self.queue.popleft()
-                self.queued_bytes -= nbytes
-                await self.send(data)
+    async def stop(self) -> None:
+        """Wait for the writer to stop and for a close we started (4002, 4008) to reach the client."""
+        if self.writer is not None:
+            self.writer.cancel()
+        for task in (self.writer, self.closing):
+            if task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+
+@dataclass(eq=False, slots=True)
+class Connection:
+    """One client socket: either a direct one (`transport` + `close_now`, gifting/wsproto.py) or a fallback."""
+
+    identity: Identity
+    codec: Codec
+    queue_bytes_max: int
+    transport: asyncio.WriteTransport | None = None  # takes complete websocket frames
+    close_now: CloseNow | None = None
+    fallback: Fallback | None = None
+    rooms: set[str] = field(default_factory=set)
+    closed: bool = False
+    close_code: int | None = None
+
+    def write(self, out: Encoded) -> bool:
+        """Send one message; False (and the connection closes with 4008) if it would overflow the byte limit."""
+        if self.closed:
+            return False
+        transport = self.transport
+        if transport is not None:
+            if transport.is_closing():
+                return False  # the peer went away; the endpoint is about to disconnect it
+            if transport.get_write_buffer_size() + len(out.frame) > self.queue_bytes_max:
+                self.shut(CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON)
+                return False
+            transport.write(out.frame)
+            return True
+        fallback = self.fallback
+        assert fallback is not None, "a connection has a transport or a fallback"
+        if fallback.queued_bytes + len(out.data) > self.queue_bytes_max:
+            self.shut(CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON)
+            return False
+        fallback.push(out.data)
+        return True
+
+    def send_message(self, message: dict[str, Any]) -> bool:
+        return self.write(Encoded.of(message, self.codec))
+
+    def shut(self, code: int, reason: str) -> None:
+        """Stop sending and close the socket with `code`; the endpoint's receive() then ends."""
+        if self.closed:
+            return
+        self.closed, self.close_code = True, code
+        if self.close_now is not None:
+            self.close_now(code, reason)
+        else:
+            assert self.fallback is not None
+            self.fallback.shut(code, reason)
 
 
 _background: set[asyncio.Task[Any]] = set()
@@ -128,7 +191,10 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> None:
 class Room:
     id: str
     creator: str = ""
-    conns: set[Connection] = field(default_factory=set)
+    conns: set[Connection] = field(default_factory=set)  # everyone in the room: direct | general
+    # JSON viewers on a direct socket, past their first tick: a tick writes one frame to all of these
+    direct: dict[Connection, asyncio.WriteTransport] = field(default_factory=dict)
+    general: set[Connection] = field(default_factory=set)  # the others (creator, msgpack, fallback, joining)
     joining: dict[Connection, list[dict[str, Any]]] = field(default_factory=dict)  # live events held per joiner
     floors: dict[Connection, int] = field(default_factory=dict)  # offset a fresh joiner already has, until a tick
     pending: list[dict[str, Any]] = field(default_factory=list)  # events for the next tick
@@ -175,22 +241,24 @@ class Hub:
 
     # Connections -----------------------------------------------------------------------------------------
 
-    def connect(self, identity: Identity, codec: Codec, send: SendFrame, close: CloseSocket) -> Connection:
-        conn = Connection(identity, codec, send, close, self.settings.ws_queue_bytes_max)
-        conn.writer = asyncio.get_running_loop().create_task(conn.run_writer())
-        return conn
+    def connect(
+        self, identity: Identity, codec: Codec, transport: asyncio.WriteTransport, close_now: CloseNow
+    ) -> Connection:
+        """A connection on a direct socket: the hub writes complete websocket frames to `transport`."""
+        return Connection(identity, codec, self.settings.ws_queue_bytes_max, transport, close_now)
+
+    def connect_fallback(self, identity: Identity, codec: Codec, send: SendFrame, close: CloseSocket) -> Connection:
+        """A connection without a direct socket: ASGI sends from a writer task (see Fallback)."""
+        fallback = Fallback(send, close)
+        fallback.writer = asyncio.get_running_loop().create_task(fallback.run_writer())
+        return Connection(identity, codec, self.settings.ws_queue_bytes_max, fallback=fallback)
 
     async def disconnect(self, conn: Connection) -> None:
         for room_id in list(conn.rooms):
             await self.leave(conn, room_id)
         conn.closed = True
-        if conn.writer is not None:
-            conn.writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await conn.writer
-        if conn.closing is not None:  # let a close we started (4002, 4008) reach the client with its code
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await conn.closing
+        if conn.fallback is not None:
+            await conn.fallback.stop()
 
     async def join(self, conn: Connection, message: protocol.Join) -> None:
         """Subscribe first, then snapshot: every event after the snapshot reaches the joiner exactly once."""
@@ -205,6 +273,8 @@ class Hub:
             room = self.rooms[message.room] = Room(message.room)
             await self.pubsub.subscribe(keys.room_channel(message.room))
         room.conns.add(conn)
+        room.direct.pop(conn, None)  # a joiner takes the general path until its first tick (floors)
+        room.general.add(conn)
         room.joining[conn] = []
         conn.rooms.add(message.room)
         try:
@@ -281,6 +351,8 @@ class Hub:
         if room is None:
             return
         room.conns.discard(conn)
+        room.direct.pop(conn, None)
+        room.general.discard(conn)
         room.joining.pop(conn, None)
         room.floors.pop(conn, None)
         if not room.conns:
@@ -424,30 +496,60 @@ class Hub:
         return [protocol.for_viewers(e) for e in events]
 
     def flush(self) -> None:
-        """One tick: for each room with events, encode each audience's frame once per codec, queue it everywhere."""
+        """One tick: every room with events sends them, encoded once per audience and codec, to every socket."""
         now = time.monotonic()
         for room in list(self.rooms.values()):
             self._end_combos(room, now)
-            if not room.pending and not room.ephemeral:
+            if room.pending or room.ephemeral:
+                self._flush_room(room)
+
+    def _flush_room(self, room: Room) -> None:
+        events, room.pending = room.pending, []
+        ephemeral, room.ephemeral = room.ephemeral, []
+        floors, room.floors = room.floors, {}
+        encoded: dict[tuple[bool, Codec], Encoded] = {}
+
+        def once(creator: bool, codec: Codec) -> Encoded:
+            out = encoded.get((creator, codec))
+            if out is None:
+                out = encoded[(creator, codec)] = Encoded.of(self._frame(room, events, ephemeral, creator), codec)
+            return out
+
+        if room.direct:
+            self._write_direct(room, once(False, Codec.JSON).frame)
+        for conn in room.general:
+            if conn in room.joining or conn.closed:
                 continue
-            events, room.pending = room.pending, []
-            ephemeral, room.ephemeral = room.ephemeral, []
-            frames: dict[tuple[bool, Codec], tuple[str | bytes, int]] = {}
-            floors, room.floors = room.floors, {}
-            for conn in room.conns:
-                if conn in room.joining or conn.closed:
-                    continue
-                floor = floors.get(conn)
-                if floor is not None and events and events[0]["offset"] <= floor:
-                    # A fresh joiner already has some of these: rare, so encoded for it alone.
-                    self._send(conn, room, [e for e in events if e["offset"] > floor], ephemeral)
-                    continue
-                creator = conn.identity.user == room.creator
-                frame = frames.get((creator, conn.codec))
-                if frame is None:
-                    data = protocol.encode(self._frame(room, events, ephemeral, creator), conn.codec)
-                    frame = frames[(creator, conn.codec)] = (data, len(data))
-                conn.enqueue(*frame)
+            floor = floors.get(conn)
+            if floor is not None and events and events[0]["offset"] <= floor:
+                # A fresh joiner already has some of these: rare, so encoded for it alone.
+                self._send(conn, room, [e for e in events if e["offset"] > floor], ephemeral)
+                continue
+            conn.write(once(conn.identity.user == room.creator, conn.codec))
+        for conn in floors:  # past their first tick: JSON viewers on a direct socket join the one loop
+            transport = conn.transport
+            if transport is not None and conn in room.general and self._plain_viewer(room, conn):
+                room.general.discard(conn)
+                room.direct[conn] = transport
+
+    @staticmethod
+    def _plain_viewer(room: Room, conn: Connection) -> bool:
+        """Gets the room's one JSON viewers' frame every tick: not the creator, not joining, not closed."""
+        return (
+            conn.codec is Codec.JSON
+            and conn.identity.user != room.creator
+            and conn not in room.joining
+            and not conn.closed
+        )
+
+    def _write_direct(self, room: Room, frame: bytes) -> None:
+        """The same bytes to every JSON viewer of the room: Connection.write, inlined, for the big-room loop."""
+        room_max = self.settings.ws_queue_bytes_max - len(frame)
+        for conn, transport in room.direct.items():
+            if transport.get_write_buffer_size() > room_max:
+                conn.shut(CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON)  # leaves the room when its endpoint ends
+            elif not transport.is_closing():
+                transport.write(frame)
 
     def _frame(
         self, room: Room, events: list[dict[str, Any]], ephemeral: list[dict[str, Any]], creator: bool

@@ -7,6 +7,7 @@ Two codecs, chosen by subprotocol: `gifting.v1.json` (text frames, the default) 
 from __future__ import annotations
 
 import re
+import struct
 import uuid
 from dataclasses import dataclass
 from enum import Enum
@@ -222,6 +223,31 @@ def encode(message: dict[str, Any], codec: Codec) -> str | bytes:
     if codec is Codec.MSGPACK:
         return msgpack.packb(message, use_bin_type=True)
     return orjson.dumps(message).decode()
+
+
+# RFC 6455 5.2: FIN bit, opcodes, and where the 7-bit length gives way to a 16-bit and a 64-bit one.
+_FIN = 0x80
+_OP_TEXT, _OP_BINARY = 0x1, 0x2
+_LEN_16, _LEN_64 = 126, 127
+
+
+def ws_frame(data: str | bytes) -> bytes:
+    """What `encode` returned, as one complete websocket frame: text for str (JSON), binary for bytes (msgpack).
+
+    FIN set, no extension bits, unmasked (a server's frames never are), length in 7, 16 or 64 bits. The hub
+    builds it once per tick, audience and codec, and writes the same bytes to every connection. Valid only on a
+    connection without extensions (permessage-deflate is off; gifting/wsproto.py checks it per connection).
+    """
+    payload = data.encode() if isinstance(data, str) else data
+    first = _FIN | (_OP_TEXT if isinstance(data, str) else _OP_BINARY)
+    n = len(payload)
+    if n < _LEN_16:
+        header = struct.pack("!BB", first, n)
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", first, _LEN_16, n)
+    else:
+        header = struct.pack("!BBQ", first, _LEN_64, n)
+    return header + payload
 
 
 def error(code: str, message: str, ref: str | None = None) -> dict[str, Any]:

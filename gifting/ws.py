@@ -1,4 +1,8 @@
-"""The websocket endpoint `/v1/ws`: authenticate, pick the codec, then relay client messages to the hub."""
+"""The websocket endpoint `/v1/ws`: authenticate, pick the codec, then relay client messages to the hub.
+
+On the server `gifting serve` runs (gifting/wsproto.py) the hub writes to the socket directly; on any other
+ASGI server, through ASGI sends (the hub's Fallback). One `receive()` loop per connection either way.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +10,10 @@ import asyncio
 import logging
 from typing import Any
 
+from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gifting import auth, protocol
+from gifting import auth, protocol, wsproto
 from gifting.hub import CLOSE_TOO_MANY_INVALID, CLOSE_UNAUTHORIZED, Connection, Hub
 from gifting.pools import open_pool
 from gifting.protocol import Codec, ProtocolError
@@ -36,18 +41,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await ws.close(code=CLOSE_UNAUTHORIZED, reason=exc.code)
         return
     await ws.accept(subprotocol=subprotocol)
-
-    async def send(data: str | bytes) -> None:
-        await ws.send(
-            {"type": "websocket.send", "text": data}
-            if isinstance(data, str)
-            else {"type": "websocket.send", "bytes": data}
-        )
-
-    async def close(code: int, reason: str) -> None:
-        await ws.close(code=code, reason=reason)
-
-    conn = hub.connect(identity, codec, send, close)
+    conn = _connect(ws, hub, identity, codec)
     conn.send_message(
         {
             "type": "welcome",
@@ -71,24 +65,53 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await hub.disconnect(conn)
 
 
+def _connect(ws: WebSocket, hub: Hub, identity: auth.Identity, codec: Codec) -> Connection:
+    socket = wsproto.direct_socket(ws.scope)
+    if socket is not None:
+        return hub.connect(identity, codec, socket.transport, socket.close_now)
+
+    async def send(data: str | bytes) -> None:
+        await ws.send(
+            {"type": "websocket.send", "text": data}
+            if isinstance(data, str)
+            else {"type": "websocket.send", "bytes": data}
+        )
+
+    async def close(code: int, reason: str) -> None:
+        await ws.close(code=code, reason=reason)
+
+    return hub.connect_fallback(identity, codec, send, close)
+
+
 async def _relay(ws: WebSocket, hub: Hub, conn: Connection) -> None:
     """Read client messages until the client leaves or the hub shuts the connection (slow, invalid)."""
     invalid = 0
-    shut = asyncio.ensure_future(conn.shut_down.wait())
+    while not conn.closed:
+        message = await _receive(ws, conn)
+        if message is None or message["type"] == "websocket.disconnect":
+            return
+        invalid = await _handle_frame(hub, conn, message, invalid)
+
+
+async def _receive(ws: WebSocket, conn: Connection) -> Message | None:
+    """The client's next message; None if the hub shut the connection while we waited.
+
+    On a direct socket the hub's close itself makes receive() return a disconnect. The fallback's close is an
+    ASGI send that a peer which stopped reading can hold up, and such a peer may never send again: there,
+    receive() is raced with the hub's shut.
+    """
+    if conn.fallback is None:
+        return await ws.receive()
+    receiving = asyncio.ensure_future(ws.receive())
+    shut = asyncio.ensure_future(conn.fallback.shut_down.wait())
     try:
-        while not conn.closed:
-            receiving = asyncio.ensure_future(ws.receive())
-            await asyncio.wait((receiving, shut), return_when=asyncio.FIRST_COMPLETED)
-            if not receiving.done():
-                # A client that stopped reading may never send again: stop waiting for it.
-                receiving.cancel()
-                return
-            message = receiving.result()
-            if message["type"] == "websocket.disconnect":
-                return
-            invalid = await _handle_frame(hub, conn, message, invalid)
+        await asyncio.wait((receiving, shut), return_when=asyncio.FIRST_COMPLETED)
     finally:
         shut.cancel()
+    if receiving.done():
+        return receiving.result()
+    receiving.cancel()
+    return None
 
 
 async def _handle_frame(hub: Hub, conn: Connection, message: Any, invalid: int) -> int:

@@ -9,8 +9,9 @@ Everything runs on 127.0.0.1 and is started here, each in its own process, and s
 
   Valkey   a private embedded valkey-server (gifting.embedded.EmbeddedValkey) in a temporary directory.
   server   the contender under test, alone in its process (its CPU time and RSS are read with psutil):
-             hub       `python -m gifting.cli serve` (the real web process: uvicorn websockets-sansio, the hub,
-                       GIFTING_TICK_MS = --tick-ms, GIFTING_WS_QUEUE_BYTES_MAX large so nobody is cut off).
+             hub       `python -m gifting.cli serve` (the real web process: uvicorn with the hub's direct
+                       socket, gifting/wsproto.py; GIFTING_TICK_MS = --tick-ms, GIFTING_WS_QUEUE_BYTES_MAX
+                       large so nobody is cut off).
              raw       (a) the raw limit of the same work: loadtest/contenders/raw.py, one prebuilt frame per
                        tick written to every connection with transport.write (same tick as the hub).
              naive     (b) loadtest/contenders/naive.py: Starlette, `await ws.send_bytes()` per connection per gift.

@@ -219,11 +219,14 @@ class System:
 
 
 @contextlib.asynccontextmanager
-async def run_web(settings: Settings, redis_url: str) -> AsyncIterator[tuple[str, Starlette]]:
-    """The web app on a free port of 127.0.0.1, served by uvicorn inside this event loop: (base URL, app)."""
+async def run_web(settings: Settings, redis_url: str, **server: Any) -> AsyncIterator[tuple[str, Starlette]]:
+    """The web app on a free port of 127.0.0.1, served by uvicorn inside this event loop: (base URL, app).
+
+    `server` overrides uvicorn options of gifting.app.server_config (e.g. the stock websocket protocol).
+    """
     port = free_port()
     app = create_app(settings, redis_url, SECRET)
-    config = server_config(app, settings, "127.0.0.1", port, log_level="warning")
+    config = server_config(app, settings, "127.0.0.1", port, **({"log_level": "warning"} | server))
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
@@ -259,12 +262,13 @@ SystemFactory = Callable[..., Awaitable[System]]
 
 @pytest.fixture
 async def start_system(redis: aioredis.Redis, valkey_url: str, tmp_path: Path) -> AsyncIterator[SystemFactory]:
-    """start_system(worker=True, **setting_overrides) -> a running System; everything stops after the test."""
+    """start_system(worker=True, server=None, **setting_overrides) -> a running System; everything stops after
+    the test. `server`: uvicorn options over server_config's."""
     stack = contextlib.AsyncExitStack()
 
-    async def start(worker: bool = True, **overrides: Any) -> System:
+    async def start(worker: bool = True, server: dict[str, Any] | None = None, **overrides: Any) -> System:
         settings = make_settings(tmp_path, **overrides)
-        base_url, app = await stack.enter_async_context(run_web(settings, valkey_url))
+        base_url, app = await stack.enter_async_context(run_web(settings, valkey_url, **(server or {})))
         http = await stack.enter_async_context(httpx.AsyncClient(base_url=base_url, timeout=15))
         system = System(settings, redis, base_url, http, app)
         if worker:

@@ -394,13 +394,19 @@ PAD_CHARS = 1000
 EVENTS_PER_BATCH = 12  # ~12 KiB per batch: one batch fits the queue of a client that reads
 
 
-async def slow_reader_setup(start_system: SystemFactory) -> tuple[System, str, WsClient, RawWsClient]:
-    """A room with a normal client and a raw one (small receive buffer) that has joined and now stops reading."""
-    system = await start_system(ws_queue_bytes_max=SLOW_QUEUE_BYTES, tick_ms=5)
-    room = await system.open_room()
+async def slow_reader_setup(
+    start_system: SystemFactory, as_creator: bool = False, server: dict[str, Any] | None = None
+) -> tuple[System, str, WsClient, RawWsClient]:
+    """A room with a normal client and a raw one (small receive buffer) that has joined and now stops reading.
+
+    `as_creator`: the slow one is the room's creator (its frames take the hub's general path, not the room's
+    one loop over JSON viewers). `server`: uvicorn options (the stock protocol: the hub's fallback path).
+    """
+    system = await start_system(ws_queue_bytes_max=SLOW_QUEUE_BYTES, tick_ms=5, server=server)
+    room = await system.open_room("slow" if as_creator else "creator1")
     normal = await system.connect("normal")
     assert (await normal.join(room))["type"] == "joined"
-    slow = await RawWsClient.connect(f"{system.ws_url}?token={token('slow')}")
+    slow = await RawWsClient.connect(f"{system.ws_url}?token={token('slow', 'creator' if as_creator else 'viewer')}")
     try:
         assert (await slow.recv())["type"] == "welcome"
         await slow.send({"type": "join", "room": room})
@@ -436,13 +442,37 @@ async def pump_until(
     return offset
 
 
-async def test_slow_reader_is_closed_with_4008_while_others_keep_receiving(start_system: SystemFactory) -> None:
+SLOW_PATHS = {
+    # the room's one loop over JSON viewers' transports (Hub._write_direct)
+    "direct, viewer": (False, None, "direct"),
+    # a direct socket written one by one (Connection.write): the creator gets its own frame
+    "direct, creator": (True, None, "general"),
+    # stock uvicorn: no direct socket, ASGI sends from a writer task
+    "fallback": (False, {"ws": "websockets-sansio"}, "fallback"),
+}
+
+
+def output_path(hub: Hub, room: str, conn: Connection) -> str:
+    if conn.fallback is not None:
+        return "fallback"
+    return "direct" if conn in hub.rooms[room].direct else "general"
+
+
+@pytest.mark.parametrize("path", list(SLOW_PATHS))
+async def test_slow_reader_is_closed_with_4008_while_others_keep_receiving(
+    start_system: SystemFactory, path: str
+) -> None:
     """A socket that stops reading is closed with 4008 once its queue overflows; a reading client gets every event."""
-    system, room, normal, slow = await slow_reader_setup(start_system)
+    as_creator, server, expected_path = SLOW_PATHS[path]
+    system, room, normal, slow = await slow_reader_setup(start_system, as_creator, server)
     try:
         hub = system.hub
         slow_conn = hub_connection(hub, room, "slow")
-        offset = await pump_until(system.redis, room, normal, lambda: slow_conn.closed)
+        on_path = await pump_until(
+            system.redis, room, normal, lambda: output_path(hub, room, slow_conn) == expected_path, 0, 5
+        )
+        assert output_path(hub, room, slow_conn) == expected_path
+        offset = await pump_until(system.redis, room, normal, lambda: slow_conn.closed, on_path)
         assert slow_conn.closed and slow_conn.close_code == CLOSE_SLOW_CONSUMER
         assert await slow.read_to_end(RECV_TIMEOUT_S) == CLOSE_SLOW_CONSUMER
         assert await eventually(lambda: slow_conn not in hub.rooms[room].conns, RECV_TIMEOUT_S)

@@ -7,7 +7,9 @@ What one writes first: no coalescing, no encode-once-per-tick, no per-connection
 room's pub/sub channel becomes its own `{"type": "events", "room": R, "events": [event]}` message (encoded
 once per gift, not per connection), sent with `await ws.send_bytes(...)` to every joined socket, inline in the
 pub/sub reader (so a slow fan-out delays the next gift, as it would). uvicorn is configured exactly as
-`gifting serve` configures it (websockets-sansio, permessage-deflate off, the same ping interval).
+`gifting serve` configures it (gifting.app.server_config: permessage-deflate off, the same ping interval and
+limits), except for the protocol class: stock websockets-sansio, of which the hub's HubWebSocketProtocol is a
+subclass that only adds the direct socket this contender has no use for.
 """
 
 from __future__ import annotations
@@ -76,7 +78,7 @@ def main() -> None:
     settings = Settings.from_env({})
     config = server_config(
         make_app(args.redis_url, args.room), settings, args.host, args.port,
-        log_level="warning", backlog=4096, timeout_graceful_shutdown=2,
+        log_level="warning", backlog=4096, timeout_graceful_shutdown=2, ws="websockets-sansio",
     )  # fmt: skip
     uvicorn.Server(config).run()
 

@@ -6,7 +6,8 @@ The way a Socket.IO application does it: a client connects over the websocket tr
 (`/socket.io/?EIO=4&transport=websocket`), emits `join` with the room id and gets `joined`; each gift from
 the room's pub/sub channel is `await sio.emit("gift", event, room=R)` (python-socketio encodes the packet once
 per emit and queues it to each participant's engine.io socket, whose writer task sends it). uvicorn is
-configured exactly as `gifting serve` configures it (websockets-sansio, permessage-deflate off).
+configured exactly as `gifting serve` configures it (gifting.app.server_config), except for the protocol class:
+stock websockets-sansio, which the hub's HubWebSocketProtocol extends with a direct socket.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def main() -> None:
     settings = Settings.from_env({})
     config = server_config(
         make_app(args.redis_url, args.room), settings, args.host, args.port,
-        log_level="warning", backlog=4096, timeout_graceful_shutdown=2,
+        log_level="warning", backlog=4096, timeout_graceful_shutdown=2, ws="websockets-sansio",
     )  # fmt: skip
     uvicorn.Server(config).run()
 
