@@ -73,7 +73,7 @@ def cmd_serve(settings: Settings) -> int:
 
 def cmd_worker(settings: Settings) -> int:
     from gifting.app import redis_client
-    from workers.settlement import SettlementWorker
+    from workers.settlement import run_workers
 
     url = resolve_redis_url(settings)
 
@@ -84,7 +84,7 @@ def cmd_worker(settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
         redis = redis_client(url)
         try:
-            await SettlementWorker(redis, settings).run(stop)
+            await run_workers(redis, settings, stop)
         finally:
             await redis.aclose()
 

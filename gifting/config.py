@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 SECRET_BYTES_MIN = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
+SETTLE_CONCURRENCY_MAX = 32  # batch loops per worker process (each holds a Valkey connection while it waits)
 SETTLE_BATCH_HARD_MAX = 2000  # the Lua scripts unpack() a batch's ids into one call; Lua's C stack holds ~8,000
 
 
@@ -155,6 +156,11 @@ class Settings:
     settle_batch_max: int = _setting(
         "GIFTING_SETTLE_BATCH_MAX", 500, f"Gifts read and settled per Lua call, 1..{SETTLE_BATCH_HARD_MAX}."
     )
+    settle_concurrency: int = _setting(
+        "GIFTING_SETTLE_CONCURRENCY",
+        8,
+        f"Batches one worker process settles at once (each loop its own consumer), 1..{SETTLE_CONCURRENCY_MAX}.",
+    )
     settle_block_ms: int = _setting("GIFTING_SETTLE_BLOCK_MS", 200, "XREADGROUP BLOCK when the stream is empty.")
     claim_idle_ms: int = _setting(
         "GIFTING_CLAIM_IDLE_MS", 15000, "Entries idle this long with a consumer are reclaimed (XAUTOCLAIM)."
@@ -209,6 +215,10 @@ class Settings:
             raise ConfigError(f"GIFTING_CREATOR_SHARE_BPS: expected 0..10000, got {self.creator_share_bps}")
         if self.tick_ms < 1 or self.settle_batch_max < 1 or self.gift_count_max < 1:
             raise ConfigError("GIFTING_TICK_MS, GIFTING_SETTLE_BATCH_MAX and GIFTING_GIFT_COUNT_MAX must be >= 1")
+        if not 1 <= self.settle_concurrency <= SETTLE_CONCURRENCY_MAX:
+            raise ConfigError(
+                f"GIFTING_SETTLE_CONCURRENCY: expected 1..{SETTLE_CONCURRENCY_MAX}, got {self.settle_concurrency}"
+            )
         if self.settle_batch_max > SETTLE_BATCH_HARD_MAX:
             raise ConfigError(
                 f"GIFTING_SETTLE_BATCH_MAX: expected 1..{SETTLE_BATCH_HARD_MAX}, got {self.settle_batch_max}"

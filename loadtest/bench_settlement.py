@@ -349,8 +349,8 @@ async def run_real_path(
         stop_workers(procs)
     settled: list[int | None] = []
     for log in logs:
-        match = STOPPED_LOG.search(tail(log, 200))
-        settled.append(int(match.group(1)) if match else None)
+        counts = STOPPED_LOG.findall(tail(log, 200))  # one line per batch loop (GIFTING_SETTLE_CONCURRENCY)
+        settled.append(sum(map(int, counts)) if counts else None)
     seconds = finished - started
     return RealResult(
         gifts=args.gifts,

@@ -51,6 +51,26 @@ return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
 """
 
 
+def default_consumer() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+async def run_workers(redis: aioredis.Redis, settings: Settings, stop: asyncio.Event) -> list[SettlementWorker]:
+    """One process's settlement: GIFTING_SETTLE_CONCURRENCY batch loops, each its own consumer of the group.
+
+    Why several: a loop spends most of a batch waiting (four round trips and an fsync), so with one loop
+    Valkey idles while the worker works and the other way round; a few loops keep both busy
+    (docs/BENCHMARKS.md, "Settlement"). Only the first runs payouts and pool expiry and sends the heartbeat.
+    """
+    n, base = settings.settle_concurrency, default_consumer()
+    workers = [
+        SettlementWorker(redis, settings, consumer=base if n == 1 else f"{base}-{i}", housekeeping=i == 0)
+        for i in range(n)
+    ]
+    await asyncio.gather(*(w.run(stop) for w in workers))
+    return workers
+
+
 class SettlementWorker:
     def __init__(
         self,
@@ -58,14 +78,16 @@ class SettlementWorker:
         settings: Settings,
         consumer: str | None = None,
         payouts: PayoutProvider | None = None,
+        housekeeping: bool = True,
     ) -> None:
         self.redis = redis
         self.settings = settings
+        self.housekeeping = housekeeping  # payouts and pool expiry: one loop per process is enough
         self.payouts = payouts or SandboxPayouts()
         self._last_payout_run = 0.0
         self._expiring: dict[str, float] = {}  # pool id -> when to enqueue its expiry again (monotonic s)
         self.catalogs = CatalogStore(redis)
-        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.consumer = consumer or default_consumer()
         self.ledger = Ledger(redis, settings)
         self.rooms = RoomStore(redis, settings)
         self._last_heartbeat = 0.0
@@ -96,14 +118,18 @@ class SettlementWorker:
         backoff_s, own_pending = 0.1, True
         while not stop.is_set():
             try:
-                await self.heartbeat()
+                if self.housekeeping:  # one heartbeat per process: /readyz counts worker processes
+                    await self.heartbeat()
                 if own_pending:
                     # After a start or an error: our own unacked entries first (they are not idle to others).
                     own_pending = await self.step(pending=True) > 0
                 elif time.monotonic() - self._last_claim > self.settings.claim_idle_ms / 2000:
                     self._last_claim = time.monotonic()
                     await self.reclaim()
-                if time.monotonic() - self._last_payout_run > self.settings.payout_interval_ms / 1000:
+                if (
+                    self.housekeeping
+                    and time.monotonic() - self._last_payout_run > self.settings.payout_interval_ms / 1000
+                ):
                     self._last_payout_run = time.monotonic()
                     await self.run_payouts()
                     await self.sweep_pools()
