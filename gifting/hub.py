@@ -299,24 +299,33 @@ class Hub:
         self, conn: Connection, room: Room, message: protocol.Join
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         since = message.since
-        replay_max = self.settings.replay_events_max
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.room_meta(room.id))
             pipe.hgetall(keys.room_goal(room.id))
-            pipe.xrevrange(keys.room_history(room.id), count=self.settings.snapshot_events)
-            if since is not None:
-                pipe.xrange(keys.room_history(room.id), min=f"{since.offset + 1}-0", max="+", count=replay_max + 1)
-            meta, goal, latest, *replay = await pipe.execute()
+            meta, goal = await pipe.execute()
         if not meta:
             raise ProtocolError("room_not_found", f"no room {room.id!r}", message.ref)
         room.creator = meta.get("creator", "")
-        offset = int(meta.get("offset", 0))
-        latest_events = history_events(latest[::-1])[-self.settings.snapshot_events :]
+        offset, epoch = int(meta.get("offset", 0)), meta.get("epoch", "")
+        missed = offset - since.offset if since is not None and since.epoch == epoch else -1
+        replaying = 0 < missed <= self.settings.replay_events_max
+        # History entries are announcements whose ids are the offsets of their last events, and the room's offset
+        # is always an entry's end, so these ranges read just the entries that hold the wanted events, however
+        # many events one announcement holds. Newer events are not read: they reach this socket live (it is
+        # subscribed already) and are merged by offset.
+        first = max(offset - self.settings.snapshot_events + 1, 0)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrevrange(keys.room_history(room.id), max=f"{offset}-0", min=f"{first}-0")
+            if replaying:
+                assert since is not None
+                pipe.xrange(keys.room_history(room.id), min=f"{since.offset + 1}-0", max=f"{offset}-0")
+            latest, *replay = await pipe.execute()
+        latest_events = [e for e in history_events(latest[::-1]) if first <= e["offset"] <= offset]
         recent = self._audience(conn, room, latest_events)
         joined: dict[str, Any] = {
             "type": "joined",
             "room": room.id,
-            "epoch": meta.get("epoch", ""),
+            "epoch": epoch,
             "offset": offset,
             "status": meta.get("status", "ended"),
             "title": meta.get("title", ""),
@@ -333,11 +342,9 @@ class Hub:
         if since is None:
             joined["recent"] = recent
             return joined, []
-        events = [e for e in history_events(replay[0]) if e["offset"] > since.offset][: replay_max + 1]
-        recovered = since.epoch == joined["epoch"] and (
-            since.offset == offset
-            or (bool(events) and events[0]["offset"] == since.offset + 1 and len(events) <= replay_max)
-        )
+        events = [e for e in history_events(replay[0]) if since.offset < e["offset"] <= offset] if replaying else []
+        # Recovered: nothing missed, or every missed event is still in history (at most GIFTING_REPLAY_EVENTS_MAX).
+        recovered = missed == 0 or (replaying and len(events) == missed and events[0]["offset"] == since.offset + 1)
         joined["recovered"] = recovered
         if not recovered:
             # Missed too much, or history was lost: a fresh snapshot instead of a silent gap.
@@ -480,7 +487,8 @@ class Hub:
         log.warning("room %s: live feed skipped offsets %d..%d; filling from history", room.id, after + 1, before - 1)
         missing: list[dict[str, Any]] = []
         try:
-            history = await self.redis.xrange(keys.room_history(room.id), min=f"{after + 1}-0", count=before - after)
+            # `before` starts an announcement, so the entries in the gap end at before - 1 at the latest.
+            history = await self.redis.xrange(keys.room_history(room.id), min=f"{after + 1}-0", max=f"{before - 1}-0")
             missing = [e for e in history_events(history) if after < e["offset"] < before]
         except Exception:
             log.exception("room %s: could not fill the gap; clients will resume by offset", room.id)

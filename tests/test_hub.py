@@ -592,3 +592,32 @@ async def test_more_concurrent_joins_than_valkey_connections_all_succeed(start_s
     clients = [await system.connect(f"w{i}") for i in range(60)]
     joined = await asyncio.gather(*(client.join(room) for client in clients))
     assert [j["type"] for j in joined] == ["joined"] * 60
+
+
+async def test_snapshot_and_resume_read_by_offset_when_one_announcement_holds_many_events(
+    start_system: SystemFactory,
+) -> None:
+    """History entries hold whole announcements (a worker batch for a room can be hundreds of events): a join
+    still gets exactly the last GIFTING_SNAPSHOT_EVENTS events, a resume exactly the missed ones, and neither
+    reads more than the entries that hold them."""
+    system = await start_system(replay_events_max=100)
+    room = await system.open_room()
+    store = RoomStore(system.redis, system.settings)
+    big = [
+        (f"g-{i}", {"kind": "gift", "gift_id": f"g-{i}", "gift": "rose", "count": 1, "coins": 1, "diamonds": 0,
+                    "sender": f"u{i}", "sender_name": f"U{i}", "ts": 1})
+        for i in range(1, 301)
+    ]  # fmt: skip
+    assert await store.announce(room, big[:250]) == 250  # one history entry: offsets 1..250
+    assert await store.announce(room, big[250:]) == 50  # another: 251..300
+    viewer = await system.connect("viewer1")
+    joined = await viewer.join(room)
+    n = system.settings.snapshot_events
+    assert [e["offset"] for e in joined["recent"]] == list(range(301 - n, 301))
+    again = await system.connect("viewer1")
+    resumed = await again.join(room, since={"epoch": joined["epoch"], "offset": 240})
+    assert resumed["recovered"] is True and resumed["offset"] == 300
+    assert offsets(await events_until(again, room, 300)) == list(range(241, 301))
+    too_far = await (await system.connect("viewer1")).join(room, since={"epoch": joined["epoch"], "offset": 150})
+    assert too_far["recovered"] is False  # 150 missed > GIFTING_REPLAY_EVENTS_MAX = 100: a fresh snapshot
+    assert [e["offset"] for e in too_far["recent"]] == list(range(301 - n, 301))
