@@ -238,8 +238,14 @@ def ws_frame(data: str | bytes) -> bytes:
     builds it once per tick, audience and codec, and writes the same bytes to every connection. Valid only on a
     connection without extensions (permessage-deflate is off; gifting/wsproto.py checks it per connection).
     """
-    payload = data.encode() if isinstance(data, str) else data
-    first = _FIN | (_OP_TEXT if isinstance(data, str) else _OP_BINARY)
+    if isinstance(data, str):
+        return frame_bytes(_OP_TEXT, data.encode())
+    return frame_bytes(_OP_BINARY, data)
+
+
+def frame_bytes(opcode: int, payload: bytes) -> bytes:
+    """One unmasked websocket frame with FIN set (RFC 6455 5.2): `opcode`, then `payload` as it is."""
+    first = _FIN | opcode
     n = len(payload)
     if n < _LEN_16:
         header = struct.pack("!BB", first, n)

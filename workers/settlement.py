@@ -55,7 +55,7 @@ def default_consumer() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-async def run_workers(redis: aioredis.Redis, settings: Settings, stop: asyncio.Event) -> list[SettlementWorker]:
+async def run_workers(redis: aioredis.Redis, settings: Settings, stop: asyncio.Event) -> None:
     """One process's settlement: GIFTING_SETTLE_CONCURRENCY batch loops, each its own consumer of the group.
 
     Why several: a loop spends most of a batch waiting (four round trips and an fsync), so with one loop
@@ -68,7 +68,6 @@ async def run_workers(redis: aioredis.Redis, settings: Settings, stop: asyncio.E
         for i in range(n)
     ]
     await asyncio.gather(*(w.run(stop) for w in workers))
-    return workers
 
 
 class SettlementWorker:

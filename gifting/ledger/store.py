@@ -343,9 +343,16 @@ class Ledger:
         only grows); the cursor is the id of the page's last item, and the next page holds the older ones."""
         limit = max(1, min(limit, STATEMENT_PAGE_MAX))
         key = keys.statement(user)
-        end = int(cursor) - 1 if cursor is not None else await self.redis.llen(key) - 1
-        start = max(0, end - limit + 1)
-        rows = await self.redis.lrange(key, start, end) if end >= 0 else []
+        if cursor is None:  # the newest page, and where it starts, in one round trip
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.llen(key)
+                pipe.lrange(key, -limit, -1)
+                length, rows = await pipe.execute()
+            start = max(0, length - limit)
+        else:
+            end = int(cursor) - 1
+            start = max(0, end - limit + 1)
+            rows = await self.redis.lrange(key, start, end) if end >= 0 else []
         items = [rules.parse_statement_row(start + i, row) for i, row in enumerate(rows)]
         items.reverse()
         return items, (str(start) if start > 0 and items else None)

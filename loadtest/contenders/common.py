@@ -22,7 +22,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gifting import keys
+from gifting import keys, protocol
 from gifting.rooms import announced_events
 
 log = logging.getLogger("contender")
@@ -77,15 +77,26 @@ def ws_accept_key(key: bytes) -> bytes:
 
 
 def ws_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
-    """One unmasked (server -> client) frame, FIN set."""
-    n = len(payload)
-    if n < 126:
-        header = bytes((0x80 | opcode, n))
-    elif n < 65536:
-        header = bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big")
-    else:
-        header = bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big")
-    return header + payload
+    """One unmasked (server -> client) frame, FIN set; JSON goes out as text, as the hub sends it."""
+    return protocol.frame_bytes(opcode, payload)
+
+
+def run_uvicorn(make_app: Callable[[str, str], Any], description: str) -> None:
+    """A uvicorn contender's main: `gifting serve`'s uvicorn configuration (gifting.app.server_config) with uvicorn's
+    stock websockets-sansio protocol, which the hub's protocol class extends (they have no use for the hub's direct
+    socket). The listen backlog and shutdown timeout only matter at start and stop."""
+    import uvicorn  # here, not at the top: the raw contender needs none of uvicorn or Starlette
+
+    from gifting.app import server_config
+    from gifting.config import Settings
+
+    args = arguments(description)
+    raise_nofile_limit()
+    config = server_config(
+        make_app(args.redis_url, args.room), Settings.from_env({}), args.host, args.port,
+        log_level="warning", backlog=4096, timeout_graceful_shutdown=2, ws="websockets-sansio",
+    )  # fmt: skip
+    uvicorn.Server(config).run()
 
 
 async def serve_until_signalled(start: Callable[[], Any], stop: Callable[[], Any]) -> None:

@@ -20,15 +20,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
 from gifting import protocol
-from gifting.app import redis_client, server_config
-from gifting.config import Settings
-from loadtest.contenders.common import SUBPROTOCOL, arguments, raise_nofile_limit, read_room_events
+from gifting.app import redis_client
+from loadtest.contenders.common import SUBPROTOCOL, read_room_events, run_uvicorn
 
 
 def make_app(redis_url: str, room: str) -> Starlette:
@@ -73,14 +71,7 @@ def make_app(redis_url: str, room: str) -> Starlette:
 
 
 def main() -> None:
-    args = arguments(__doc__ or "")
-    raise_nofile_limit()
-    settings = Settings.from_env({})
-    config = server_config(
-        make_app(args.redis_url, args.room), settings, args.host, args.port,
-        log_level="warning", backlog=4096, timeout_graceful_shutdown=2, ws="websockets-sansio",
-    )  # fmt: skip
-    uvicorn.Server(config).run()
+    run_uvicorn(make_app, __doc__ or "")
 
 
 if __name__ == "__main__":
