@@ -269,11 +269,17 @@ class RoomStore:
 
 
 async def top_entries(redis: aioredis.Redis, key: str, limit: int) -> list[dict[str, Any]]:
-    """The top `limit` members by score with display names; ties broken by user id, ascending."""
+    """The top `limit` members by score with display names; ties broken by user id, ascending.
+
+    At most 2 * `limit` members are read however many tie at the cut (an anonymous request must not make Valkey
+    and this process walk 50,000 tied members): a sorted set orders equal scores by member bytes, and every
+    member is `u:` + user id, so the first members of the last place's score, in set order, are the ones wanted.
+    """
     rows = await redis.zrevrange(key, 0, limit - 1, withscores=True)
-    if len(rows) == limit:  # members tied with the last one may sort on either side of the cut: fetch them all
+    if len(rows) == limit:  # ZREVRANGE takes the last place's ties from the wrong end: take them from the right one
         last = rows[-1][1]
-        rows = [r for r in rows if r[1] > last] + await redis.zrangebyscore(key, last, last, withscores=True)
+        above = [r for r in rows if r[1] > last]
+        rows = above + await redis.zrangebyscore(key, last, last, start=0, num=limit - len(above), withscores=True)
     rows.sort(key=lambda r: (-r[1], r[0].removeprefix("u:")))
     rows = rows[:limit]
     users = [member.removeprefix("u:") for member, _ in rows]

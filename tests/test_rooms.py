@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import orjson
@@ -9,7 +10,7 @@ import redis.asyncio as aioredis
 
 from gifting import keys
 from gifting.config import Settings
-from gifting.rooms import RoomStore, announced_events, history_events
+from gifting.rooms import RoomStore, announced_events, history_events, top_entries
 
 
 def test_announcement_gives_each_event_its_offset_and_combo() -> None:
@@ -53,3 +54,18 @@ async def test_announce_appends_once_combos_and_trims_by_offset(redis: aioredis.
     assert kept[-1]["offset"] == 39 and len(kept) >= 10  # MINID ~: at least the last 10 events stay
     assert [e["offset"] for e in kept] == list(range(kept[0]["offset"], 40))
     assert int(await redis.hget(keys.room_meta(room), "offset")) == 39
+
+
+async def test_top_gifters_read_a_bounded_number_of_members_however_many_tie(redis: aioredis.Redis) -> None:
+    """50,000 members tied at the last place: the top list is right and reads a few members, not all of them."""
+    key = keys.room_top("r1")
+    tied = {f"u:v{i:05d}": 1 for i in range(50_000)}
+    for chunk in range(0, 50_000, 5000):
+        await redis.zadd(key, dict(itertools.islice(tied.items(), chunk, chunk + 5000)))
+    await redis.zadd(key, {"u:whale": 9, "u:dolphin": 5})
+    sent_before = int((await redis.info("stats"))["total_net_output_bytes"])
+    top = await top_entries(redis, key, 4)
+    sent = int((await redis.info("stats"))["total_net_output_bytes"]) - sent_before
+    assert [(t["user"], t["coins"]) for t in top] == [("whale", 9), ("dolphin", 5), ("v00000", 1), ("v00001", 1)]
+    assert await top_entries(redis, key, 1) == [top[0]]
+    assert sent < 64 * 1024, f"{sent} bytes read for a top 4"
