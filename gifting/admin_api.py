@@ -1,4 +1,5 @@
-"""Admin HTTP handlers (admin token): the catalog. Changes reach every process without a restart."""
+"""Admin HTTP handlers (admin token): the catalog, reversals, withdrawals, token revocation. Changes reach every
+process without a restart."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gifting.api import ApiError, json_body, json_response, require_admin
+from gifting.auth import USER_ID_PATTERN
 from gifting.catalog import CatalogError, make_bundle, make_gift
 
 
@@ -82,7 +84,21 @@ async def resolve_withdrawal(request: Request) -> Response:
     return json_response({"withdrawal": withdrawal})
 
 
+async def revoke_tokens(request: Request) -> Response:
+    """Revoke every token of a user issued up to this second: HTTP calls with them fail `token_revoked`, and
+    the user's open sockets on every web process close with 4001 (pub/sub, with a periodic catch-up)."""
+    require_admin(request)
+    user = request.path_params["user"]
+    if not USER_ID_PATTERN.fullmatch(user):
+        raise ApiError(400, "bad_user", f"user id: expected [A-Za-z0-9_.@-]{{1,64}}, got {user[:80]!r}")
+    hub = request.app.state.hub
+    not_before = await hub.revocations.revoke(user)
+    hub.close_revoked(user)
+    return json_response({"user": user, "not_before": not_before})
+
+
 routes = [
+    Route("/v1/admin/users/{user}/revoke-tokens", revoke_tokens, methods=["POST"]),
     Route("/v1/admin/purchases/{purchase}/{mode}", reverse_purchase, methods=["POST"]),
     Route("/v1/admin/withdrawals/{withdrawal}/{action}", resolve_withdrawal, methods=["POST"]),
     Route("/v1/admin/gifts/{gift}", put_gift, methods=["PUT"]),

@@ -45,7 +45,7 @@ def require_admin(request: Request) -> Identity:
 def identify(request: Request) -> Identity:
     token = auth.bearer(request.headers.get("authorization")) or request.query_params.get("token")
     try:
-        return auth.verify(request.app.state.secret, token)
+        return auth.verify(request.app.state.secret, token, request.app.state.hub.revocations.not_before)
     except auth.AuthError as exc:
         raise ApiError(401, exc.code, exc.message) from None
 

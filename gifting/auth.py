@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Literal, cast
 
 import jwt
@@ -17,7 +18,7 @@ ALGORITHM = "HS256"
 
 
 class AuthError(Exception):
-    """The token is missing, malformed, badly signed or expired. `code` is the wire error code."""
+    """The token is missing, malformed, badly signed, expired or revoked. `code` is the wire error code."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -30,6 +31,10 @@ class Identity:
     user: str
     role: Role
     name: str
+    # The token's `iat` and `exp` (unix seconds): a socket closes when `exp` passes or the user's tokens issued
+    # up to some second are revoked (gifting/revocations.py). Not part of who the caller is: compare=False.
+    issued_at: int = field(default=0, compare=False)
+    expires_at: int = field(default=0, compare=False)
 
     @property
     def can_create(self) -> bool:
@@ -52,7 +57,9 @@ def mint(secret: str, user: str, role: Role, name: str | None = None, ttl_s: int
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def verify(secret: str, token: str | None) -> Identity:
+def verify(secret: str, token: str | None, not_before: Mapping[str, int] | None = None) -> Identity:
+    """The token's identity. `not_before`: user -> unix second; that user's tokens issued at or before it are
+    revoked (`token_revoked`), as are that user's tokens without `iat`."""
     if not token:
         raise AuthError("unauthorized", "missing token: pass ?token=... or 'Authorization: Bearer ...'")
     try:
@@ -68,7 +75,17 @@ def verify(secret: str, token: str | None) -> Identity:
         raise AuthError("unauthorized", f"invalid token: role must be one of {', '.join(ROLES)}")
     if not isinstance(name, str):
         name = user
-    return Identity(user=user, role=cast(Role, role), name=name[:NAME_CHARS_MAX])
+    issued_at = claims.get("iat")
+    issued_at = issued_at if isinstance(issued_at, int) and not isinstance(issued_at, bool) else 0
+    if not_before is not None and revoked(issued_at, not_before.get(user)):
+        raise AuthError("token_revoked", "token revoked: get a new one from the platform")
+    expires_at = int(claims["exp"])
+    return Identity(user, cast(Role, role), name[:NAME_CHARS_MAX], issued_at, expires_at)
+
+
+def revoked(issued_at: int, not_before: int | None) -> bool:
+    """Whether a token issued at `issued_at` (0: unknown) falls under a revocation of tokens up to `not_before`."""
+    return not_before is not None and issued_at <= not_before
 
 
 def bearer(authorization: str | None) -> str | None:

@@ -107,6 +107,24 @@ class Settings:
         20,
         "Invalid messages tolerated per connection before closing (4002).",
     )
+    ws_connections_per_user_max: int = _setting(
+        "GIFTING_WS_CONNECTIONS_PER_USER_MAX",
+        5,
+        "Open websockets one user may have on one web process; one more is closed with 4029.",
+    )
+    ws_message_rate_per_s: float = _setting(
+        "GIFTING_WS_MESSAGE_RATE_PER_S",
+        30.0,
+        "Sustained client messages of any type per connection per second (token bucket); over it: `rate_limited`.",
+    )
+    ws_message_burst: int = _setting(
+        "GIFTING_WS_MESSAGE_BURST", 60, "Client messages one connection may send in a burst (bucket size)."
+    )
+    ws_join_cost: int = _setting(
+        "GIFTING_WS_JOIN_COST",
+        10,
+        "Messages a `join` or `pool_start` counts as against the budget (a join reads a snapshot and may replay).",
+    )
     ws_ping_interval_s: float = _setting("GIFTING_WS_PING_INTERVAL_S", 20.0, "Keepalive ping interval, seconds.")
     tick_ms: int = _setting("GIFTING_TICK_MS", 50, "Hub coalescing tick: one frame per room per tick, in ms.")
     combo_window_ms: int = _setting(
@@ -186,6 +204,12 @@ class Settings:
 
     # Tokens.
     token_ttl_s: int = _setting("GIFTING_TOKEN_TTL_S", 86400, "Lifetime of tokens minted by `gifting token`.")
+    sync_check_interval_s: float = _setting(
+        "GIFTING_SYNC_CHECK_INTERVAL_S",
+        2.0,
+        "How often a web process compares its catalog and token revocations with Valkey's (a missed pub/sub "
+        "message is caught up within this), seconds.",
+    )
 
     # Derived paths, not settings.
     def path(self, *parts: str) -> Path:
@@ -227,6 +251,10 @@ class Settings:
             raise ConfigError(
                 f"GIFTING_SECRET: expected at least {SECRET_BYTES_MIN} bytes (HS256 key), got {len(self.secret)}"
             )
+        if self.sync_check_interval_s <= 0 or self.ws_connections_per_user_max < 1:
+            raise ConfigError("GIFTING_SYNC_CHECK_INTERVAL_S must be > 0, GIFTING_WS_CONNECTIONS_PER_USER_MAX >= 1")
+        if not 1 <= self.ws_join_cost <= self.ws_message_burst:
+            raise ConfigError("GIFTING_WS_JOIN_COST: expected 1..GIFTING_WS_MESSAGE_BURST (else no join ever fits)")
         if self.ws_message_bytes_max > self.ws_frame_bytes_hard_max:
             raise ConfigError("GIFTING_WS_MESSAGE_BYTES_MAX must not exceed GIFTING_WS_FRAME_BYTES_HARD_MAX")
 

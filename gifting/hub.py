@@ -35,11 +35,12 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gifting import coalesce, gifts, keys, protocol
-from gifting.auth import Identity
+from gifting.auth import Identity, revoked
 from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.pools import PoolOp, room_pools
 from gifting.protocol import Codec, ProtocolError
+from gifting.revocations import Revocations
 from gifting.rooms import RoomStore, announced_events, history_events, top_entries
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ log = logging.getLogger(__name__)
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOO_MANY_INVALID = 4002
 CLOSE_SLOW_CONSUMER = 4008
+CLOSE_TOO_MANY_CONNECTIONS = 4029
 CLOSE_GOING_AWAY = 1001
 SLOW_CONSUMER_REASON = "slow consumer: outgoing queue full; reconnect and resume with since"
 
@@ -223,12 +225,16 @@ class Hub:
         self.backlog = 0  # unsettled gifts in the stream, refreshed once per maintenance interval
         self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
         self._tasks: list[asyncio.Task[None]] = []
+        self.revocations = Revocations(redis)
+        self.users: dict[str, set[Connection]] = {}  # this process's connections per user (the per-user cap)
 
     async def start(self) -> None:
-        await self.pubsub.subscribe(keys.hub_channel(self.id), keys.CATALOG_CHANNEL)
+        await self.revocations.refresh()
+        await self.pubsub.subscribe(keys.hub_channel(self.id), keys.CATALOG_CHANNEL, keys.AUTH_CHANNEL)
         loop = asyncio.get_running_loop()
         tasks = (self._read_pubsub(), self._tick(), self._maintain(), self._share_viewers(), self._push_top())
         self._tasks = [loop.create_task(t) for t in tasks]
+        self._tasks.append(loop.create_task(self._check_versions()))
 
     async def stop(self) -> None:
         for conn in {c for room in self.rooms.values() for c in room.conns}:
@@ -245,15 +251,41 @@ class Hub:
         self, identity: Identity, codec: Codec, transport: asyncio.WriteTransport, close_now: CloseNow
     ) -> Connection:
         """A connection on a direct socket: the hub writes complete websocket frames to `transport`."""
-        return Connection(identity, codec, self.settings.ws_queue_bytes_max, transport, close_now)
+        return self._register(Connection(identity, codec, self.settings.ws_queue_bytes_max, transport, close_now))
 
     def connect_fallback(self, identity: Identity, codec: Codec, send: SendFrame, close: CloseSocket) -> Connection:
         """A connection without a direct socket: ASGI sends from a writer task (see Fallback)."""
         fallback = Fallback(send, close)
         fallback.writer = asyncio.get_running_loop().create_task(fallback.run_writer())
-        return Connection(identity, codec, self.settings.ws_queue_bytes_max, fallback=fallback)
+        return self._register(Connection(identity, codec, self.settings.ws_queue_bytes_max, fallback=fallback))
+
+    def connections_full(self, user: str) -> bool:
+        """Whether `user` already has GIFTING_WS_CONNECTIONS_PER_USER_MAX sockets on this process."""
+        return len(self.users.get(user, ())) >= self.settings.ws_connections_per_user_max
+
+    def _register(self, conn: Connection) -> Connection:
+        self.users.setdefault(conn.identity.user, set()).add(conn)
+        return conn
+
+    def close_unauthorized(self, conn: Connection, code: str, message: str) -> None:
+        """Say why, then close with 4001: the token expired or was revoked while the socket was open."""
+        if not conn.closed:
+            conn.send_message(protocol.error(code, message))
+            conn.shut(CLOSE_UNAUTHORIZED, code)
+
+    def close_revoked(self, user: str) -> None:
+        """Close `user`'s sockets opened with a token the revocation table now refuses."""
+        not_before = self.revocations.not_before.get(user)
+        for conn in list(self.users.get(user, ())):
+            if revoked(conn.identity.issued_at, not_before):
+                self.close_unauthorized(conn, "token_revoked", "token revoked: get a new one from the platform")
 
     async def disconnect(self, conn: Connection) -> None:
+        conns = self.users.get(conn.identity.user)
+        if conns is not None:
+            conns.discard(conn)
+            if not conns:
+                del self.users[conn.identity.user]
         for room_id in list(conn.rooms):
             await self.leave(conn, room_id)
         conn.closed = True
@@ -600,18 +632,27 @@ class Hub:
 
     async def _read_pubsub(self) -> None:
         hub_channel = keys.hub_channel(self.id)
+        resubscribed = False
         while True:
             try:
                 message = await self.pubsub.get_message(timeout=1.0)
             except (RedisConnectionError, OSError) as exc:
                 log.warning("hub pub/sub: %s; reconnecting", exc)
+                resubscribed = True
                 await asyncio.sleep(0.5)
                 continue
+            if resubscribed:  # messages published while we were away are lost: compare versions now
+                resubscribed = False
+                spawn(self._catch_up())
             if message is None or message.get("type") != "message":
                 continue
             channel, data = message["channel"], message["data"]
             if channel == keys.CATALOG_CHANNEL:
                 spawn(self.catalogs.refresh())
+                continue
+            if channel == keys.AUTH_CHANNEL:
+                if (user := self.revocations.apply(data)) is not None:
+                    self.close_revoked(user)
                 continue
             try:  # results: a JSON list; a room: one announcement (rooms.announced_events)
                 payload = orjson.loads(data) if channel == hub_channel else announced_events(data)
@@ -622,6 +663,22 @@ class Hub:
                 self._deliver_results(payload)
             elif (room := self.rooms.get(channel.removeprefix("room:"))) is not None:
                 self._accept_events(room, payload)
+
+    async def _catch_up(self) -> None:
+        """Reload the catalog and the revocation table if Valkey's versions moved (a pub/sub message may have
+        been missed), and close sockets whose tokens a missed revocation refuses."""
+        try:
+            await self.catalogs.refresh_if_stale()
+            if await self.revocations.refresh():
+                for user in [u for u in self.users if u in self.revocations.not_before]:
+                    self.close_revoked(user)
+        except (RedisConnectionError, OSError) as exc:
+            log.warning("version check: %s", exc)
+
+    async def _check_versions(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.sync_check_interval_s)
+            await self._catch_up()
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()

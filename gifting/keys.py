@@ -195,3 +195,8 @@ CATALOG_GIFTS = "catalog:gifts"  # hash: gift id -> JSON
 CATALOG_BUNDLES = "catalog:bundles"  # hash: bundle id -> JSON
 CATALOG_VERSION = "catalog:version"  # integer, incremented by every change
 CATALOG_CHANNEL = "catalog"  # pub/sub: the new version, published after every change
+
+# Token revocation (gifting/revocations.py): every web process holds a copy and reloads on change.
+AUTH_NOT_BEFORE = "auth:not_before"  # hash: user -> unix second; the user's tokens issued up to it are revoked
+AUTH_VERSION = "auth:version"  # integer, incremented by every revocation
+AUTH_CHANNEL = "auth:revoked"  # pub/sub: "user second", published after every revocation

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gifting import auth, protocol, wsproto
-from gifting.hub import CLOSE_TOO_MANY_INVALID, CLOSE_UNAUTHORIZED, Connection, Hub
+from gifting.hub import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TOO_MANY_INVALID, CLOSE_UNAUTHORIZED, Connection, Hub
+from gifting.limits import MessageBudget, over_budget
 from gifting.pools import open_pool
 from gifting.protocol import Codec, ProtocolError
 from gifting.rooms import RoomError
@@ -33,7 +35,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     subprotocol = codec.value if offered else None
     token = ws.query_params.get("token") or auth.bearer(ws.headers.get("authorization"))
     try:
-        identity = auth.verify(hub_secret(ws), token)
+        identity = auth.verify(hub_secret(ws), token, hub.revocations.not_before)
     except auth.AuthError as exc:
         # Accept, say why, then close: a browser cannot read the reason of a refused handshake.
         await ws.accept(subprotocol=subprotocol)
@@ -41,7 +43,17 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         await ws.close(code=CLOSE_UNAUTHORIZED, reason=exc.code)
         return
     await ws.accept(subprotocol=subprotocol)
+    if hub.connections_full(identity.user):  # checked and registered (_connect) with no await between
+        cap = settings.ws_connections_per_user_max
+        await ws.send(_frame(protocol.error("too_many_connections", f"at most {cap} sockets per user"), codec))
+        await ws.close(code=CLOSE_TOO_MANY_CONNECTIONS, reason="too many connections")
+        return
     conn = _connect(ws, hub, identity, codec)
+    # The socket lives no longer than its token: at `exp` it is closed with 4001 (revocation: Hub.close_revoked).
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, identity.expires_at - time.time()),
+        hub.close_unauthorized, conn, "token_expired", "token expired: reconnect with a new one",
+    )  # fmt: skip
     conn.send_message(
         {
             "type": "welcome",
@@ -54,6 +66,9 @@ async def websocket_endpoint(ws: WebSocket) -> None:
                 "gift_rate_per_s": settings.gift_rate_per_s,
                 "gift_burst": settings.gift_burst,
                 "rooms_per_connection_max": settings.ws_rooms_per_connection_max,
+                "message_rate_per_s": settings.ws_message_rate_per_s,
+                "message_burst": settings.ws_message_burst,
+                "join_cost": settings.ws_join_cost,
             },
         }
     )
@@ -62,6 +77,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     except WebSocketDisconnect:
         pass
     finally:
+        expiry.cancel()
         await hub.disconnect(conn)
 
 
@@ -86,11 +102,12 @@ def _connect(ws: WebSocket, hub: Hub, identity: auth.Identity, codec: Codec) -> 
 async def _relay(ws: WebSocket, hub: Hub, conn: Connection) -> None:
     """Read client messages until the client leaves or the hub shuts the connection (slow, invalid)."""
     invalid = 0
+    budget = MessageBudget(hub.settings)
     while not conn.closed:
         message = await _receive(ws, conn)
         if message is None or message["type"] == "websocket.disconnect":
             return
-        invalid = await _handle_frame(hub, conn, message, invalid)
+        invalid = await _handle_frame(hub, conn, message, invalid, budget)
 
 
 async def _receive(ws: WebSocket, conn: Connection) -> Message | None:
@@ -114,8 +131,8 @@ async def _receive(ws: WebSocket, conn: Connection) -> Message | None:
     return None
 
 
-async def _handle_frame(hub: Hub, conn: Connection, message: Any, invalid: int) -> int:
-    """One client frame. Returns the connection's running count of invalid messages."""
+async def _handle_frame(hub: Hub, conn: Connection, message: Any, invalid: int, budget: MessageBudget) -> int:
+    """One client frame. Returns the connection's running count of invalid (or over-budget) messages."""
     settings = hub.settings
     data = message.get("text")
     if data is None:
@@ -128,12 +145,16 @@ async def _handle_frame(hub: Hub, conn: Connection, message: Any, invalid: int) 
                 f"message of {size} bytes; the limit is {settings.ws_message_bytes_max} bytes",
             )
         parsed = protocol.parse_message(protocol.decode_frame(data, conn.codec), settings.gift_count_max)
-        await _handle(hub, conn, parsed)
+        if budget.take(parsed):
+            await _handle(hub, conn, parsed)
+            return invalid
+        answer = over_budget(parsed)  # a client that keeps going over its budget is closed like an invalid one
     except ProtocolError as exc:
-        invalid += 1
-        conn.send_message(protocol.error(exc.code, exc.message, exc.ref))
-        if invalid > settings.ws_invalid_messages_max:
-            conn.shut(CLOSE_TOO_MANY_INVALID, "too many invalid messages")
+        answer = protocol.error(exc.code, exc.message, exc.ref)
+    invalid += 1
+    conn.send_message(answer)
+    if invalid > settings.ws_invalid_messages_max:
+        conn.shut(CLOSE_TOO_MANY_INVALID, "too many invalid messages")
     return invalid
 
 

@@ -63,6 +63,8 @@ def make_settings(tmp_path: Path, **overrides: Any) -> Settings:
         "settle_block_ms": 50,
         "gift_rate_per_s": 1000.0,
         "gift_burst": 1000,
+        "ws_message_rate_per_s": 1000.0,
+        "ws_message_burst": 1000,
         "dev_mode": True,
     }
     defaults.update(overrides)
