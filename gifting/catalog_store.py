@@ -1,6 +1,8 @@
 """The catalog in Redis: seeded from the shipped file once, changed by admins, reloaded by every process.
 
-Web processes reload when the `catalog` channel announces a new version; the settlement worker compares
+Web processes reload when the `catalog` channel announces a new version, and compare `catalog:version` after
+every pub/sub re-subscribe and every GIFTING_SYNC_CHECK_INTERVAL_S (a missed message must not leave a process
+selling from a stale catalog); a purchase reads its bundle from Valkey itself. The settlement worker compares
 `catalog:version` once per batch. A gift is priced by the catalog the worker holds; the hub stamps each
 gift with the price its own catalog showed, so a repriced gift is settled at the price the viewer saw or
 rejected (`price_changed`), never charged more.
@@ -15,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from gifting import keys
-from gifting.catalog import Bundle, Catalog, CatalogError, Gift, load_default
+from gifting.catalog import Bundle, Catalog, CatalogError, Gift, load_default, make_bundle
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,18 @@ class CatalogStore:
         """One GET; the full read only when the version moved (the worker calls this once per batch)."""
         if int(await self.redis.get(keys.CATALOG_VERSION) or 0) != self.version:
             await self.refresh()
+
+    async def bundle(self, bundle_id: str) -> Bundle | None:
+        """The bundle as Valkey holds it now, not as this process last loaded it: a purchase charges real money,
+        so it never sells a bundle retired or repriced by a catalog change this process has not seen yet."""
+        raw = await self.redis.hget(keys.CATALOG_BUNDLES, bundle_id)
+        if raw is None:
+            return None
+        try:
+            return make_bundle(orjson.loads(raw))
+        except (CatalogError, orjson.JSONDecodeError) as exc:
+            log.error("catalog bundle %r is invalid (%s)", bundle_id, exc)
+            return None
 
     async def put_gift(self, gift: Gift) -> Gift:
         await self._write(keys.CATALOG_GIFTS, gift.id, gift.to_dict())

@@ -78,7 +78,7 @@ async def purchase(request: Request) -> Response:
     existing = await state.ledger.purchase_record(purchase_id)
     if existing is not None:
         return await _purchase_response(state, identity, existing[0], existing[1] == fingerprint, replay=True)
-    bundle = state.catalogs.current.bundles.get(bundle_id)
+    bundle = await state.catalogs.bundle(bundle_id)
     if bundle is None or bundle.retired:
         raise ApiError(404, "unknown_bundle", f"no bundle {bundle_id!r}; see GET /v1/catalog/bundles")
     try:
