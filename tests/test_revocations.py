@@ -45,14 +45,13 @@ async def revoke_quietly(system: System, user: str) -> int:
 
 async def test_socket_closes_when_its_token_expires(system: System) -> None:
     """A socket opened with a token about to expire is closed with 4001 (`token_expired`) when `exp` passes."""
-    await system.grant("v1", 100)
     room = await system.open_room("c1")
-    client = await system.connect("v1", raw_token=auth.mint(SECRET, "v1", "viewer", ttl_s=1))
+    client = await system.connect("v1", raw_token=auth.mint(SECRET, "v1", "viewer", ttl_s=3))
     assert (await client.recv())["type"] == "welcome"
-    assert (await client.join(room))["type"] == "joined"
-    assert (await client.result(await client.gift(room)))["status"] == "settled"
+    await client.send({"type": "join", "room": room})
     code, errors = await closed_with(client)
     assert (code, errors) == (4001, ["token_expired"])
+    assert any(m["type"] == "joined" for m in client.seen)  # it worked until then
 
 
 async def test_admin_revocation_closes_sockets_on_every_process(start_system: SystemFactory) -> None:
