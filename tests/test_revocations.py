@@ -114,3 +114,23 @@ async def test_revoke_bad_input(system: System) -> None:
     assert viewer.status_code == 403
     bad = await system.http.post("/v1/admin/users/a%20b/revoke-tokens", headers=system.auth("admin", "admin"))
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "bad_user"
+
+
+def test_verify_refuses_tokens_issued_up_to_the_not_before_second() -> None:
+    """A revoked user's tokens issued at or before their not-before second, or without `iat`, are refused;
+    later ones and other users' are not."""
+    now = int(time.time())
+    table = {"v1": now - 10}
+    for issued_at, ok in ((now - 20, False), (now - 10, False), (now - 9, True)):
+        token = token_issued_at("v1", issued_at)
+        if ok:
+            assert auth.verify(SECRET, token, table).issued_at == issued_at
+        else:
+            with pytest.raises(auth.AuthError) as info:
+                auth.verify(SECRET, token, table)
+            assert info.value.code == "token_revoked"
+    no_iat = jwt.encode({"sub": "v1", "role": "viewer", "exp": now + 60}, SECRET, algorithm=auth.ALGORITHM)
+    with pytest.raises(auth.AuthError, match="revoked"):
+        auth.verify(SECRET, no_iat, table)
+    assert auth.verify(SECRET, token_issued_at("v2", now - 20), table).user == "v2"
+    assert auth.verify(SECRET, no_iat).expires_at == now + 60
