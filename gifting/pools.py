@@ -18,7 +18,7 @@ from gifting import keys
 from gifting.catalog import Catalog
 from gifting.config import Settings
 from gifting.ledger.store import Ledger
-from gifting.rooms import RoomError, RoomStore
+from gifting.rooms import RoomError, RoomStore, durable_or_retry
 
 POOL_FIELD = "p"  # the stream entry field of a pool operation (gifts use "g")
 
@@ -135,7 +135,7 @@ async def cancel_pool(
     if pool is None or pool["status"] != "cancelled":
         current = pool["status"] if pool else "gone"
         raise RoomError("pool_not_open", f"pool {pool_id!r} is {current}, not open", 409)
-    await ledger.durable(ledger.settings.waitaof_timeout_ms)  # announce only what is durable
+    await durable_or_retry(ledger)  # announce only what is durable
     view = pool_view(pool)
     event = closing_event(view)
     assert event is not None

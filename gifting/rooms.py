@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from gifting import keys
 from gifting.config import Settings
 from gifting.ledger import rules
-from gifting.ledger.store import Ledger, iso_week, load_script, utc_day
+from gifting.ledger.store import DurabilityError, Ledger, iso_week, load_script, utc_day
 
 SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
 SUMMARY_TTL_S = 90 * 86400  # a room's own summary; the creator's session list keeps it longer
@@ -97,6 +97,15 @@ return 1
 """
 
 
+async def durable_or_retry(ledger: Ledger) -> None:
+    """Wait for the AOF fsync of what was written; if it is not confirmed, a RoomError (503) asks the client to
+    repeat the request, which redoes nothing and finishes what is left (every step before is idempotent)."""
+    try:
+        await ledger.durable(ledger.settings.waitaof_timeout_ms)
+    except DurabilityError as exc:
+        raise RoomError("not_durable", f"{exc}; the change is recorded: repeat the request to finish it", 503) from None
+
+
 def room_keys(room: str) -> list[str]:
     """The keys of a room's live session, expired together when it ends (GIFTING_ENDED_ROOM_TTL_S)."""
     return [keys.room_meta(room), keys.room_history(room), keys.room_stats(room), keys.room_top(room),
@@ -150,6 +159,7 @@ class RoomStore:
         """End a room in steps that are each safe to repeat. ROOMS_ENDING holds the room from the first step to
         the last, so an end interrupted by a crash is finished by the worker (GIFTING_ROOM_END_RETRY_S) or by
         ending the room again: every ended room gets its pools voided, its `room_ended` and its summary."""
+        await self.get(room)  # room_not_found once its records expired: nothing to finish (or to make again)
         now_ms = int(time.time() * 1000)
         ttl_s = self.settings.ended_room_ttl_s
         await self.redis.zadd(keys.ROOMS_ENDING, {room: now_ms}, nx=True)
@@ -168,7 +178,7 @@ class RoomStore:
             for key in room_keys(room):
                 pipe.expire(key, ttl_s)
             await pipe.execute()
-        await self.ledger.durable(self.settings.waitaof_timeout_ms)  # announce only what is durable
+        await durable_or_retry(self.ledger)  # announce only what is durable
         summary = await self.earnings(room)
         summary["top"] = await self.top(room, "stream", 5)
         await self.announce(room, await self._end_events(room, summary))

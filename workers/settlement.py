@@ -240,9 +240,10 @@ class SettlementWorker:
             try:
                 await self.rooms.finish_end(room)
                 log.info("room %s: finished its interrupted end", room)
-            except RoomError as exc:  # the room is gone (its records expired): nothing left to finish
-                log.warning("room %s: cannot finish its end: %s", room, exc.message)
-                await self.redis.zrem(keys.ROOMS_ENDING, room)
+            except RoomError as exc:
+                log.warning("room %s: cannot finish its end yet: %s", room, exc.message)
+                if exc.code == "room_not_found":  # its records expired: nothing is left to finish
+                    await self.redis.zrem(keys.ROOMS_ENDING, room)
         return len(rooms)
 
     async def prune_consumers(self) -> int:
