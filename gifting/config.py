@@ -85,6 +85,11 @@ class Settings:
     payouts_per_run_max: int = _setting(
         "GIFTING_PAYOUTS_PER_RUN_MAX", 100, "Pending withdrawals sent to the payout provider per run (a page)."
     )
+    payout_call_timeout_ms: int = _setting(
+        "GIFTING_PAYOUT_CALL_TIMEOUT_MS",
+        10_000,
+        "Longest wait for one payout provider call; past it the withdrawal is treated as processing, in ms.",
+    )
     payout_retry_s_max: int = _setting(
         "GIFTING_PAYOUT_RETRY_S_MAX",
         300,

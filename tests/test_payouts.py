@@ -108,3 +108,33 @@ async def test_consumers_left_by_stopped_processes_are_pruned(redis: aioredis.Re
     assert await worker.prune_consumers() == 1
     names = {c["name"] for c in await redis.xinfo_consumers(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP)}
     assert names == {"gone-2", worker.consumer}
+
+
+class StuckPayouts(CountingPayouts):
+    """A provider that never answers for one account and fails for another (its own outage)."""
+
+    async def payout(self, withdrawal_id: str, user: str, diamonds: int, payout_account: str) -> Payout:
+        if payout_account == "acct_hangs":
+            self.calls[withdrawal_id] += 1
+            await asyncio.Event().wait()
+        if payout_account == "acct_raises":
+            self.calls[withdrawal_id] += 1
+            raise RuntimeError("provider outage")
+        return await super().payout(withdrawal_id, user, diamonds, payout_account)
+
+
+async def test_a_hanging_or_failing_provider_call_does_not_stop_the_payouts(
+    redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """A provider call that never returns is cut at its timeout and one that raises is retried later; both stay
+    pending, and the withdrawal after them is paid."""
+    settings = make_settings(tmp_path, withdrawal_diamonds_min=1, diamond_hold_s=0, payout_call_timeout_ms=50)
+    provider = StuckPayouts()
+    worker = SettlementWorker(redis, settings, payouts=provider)
+    hangs = await withdraw(worker.ledger, "c1", "k0", "acct_hangs")
+    raises = await withdraw(worker.ledger, "c2", "k0", "acct_raises")
+    paid = await withdraw(worker.ledger, "c3", "k0", PAYOUT_OK)
+    assert await worker.run_payouts() == 1
+    statuses = [(await worker.ledger.withdrawal(w))["status"] for w in (hangs, raises, paid)]  # type: ignore[index]
+    assert statuses == ["pending", "pending", "paid"]
+    assert provider.calls[hangs] == provider.calls[raises] == 1

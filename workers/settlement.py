@@ -32,7 +32,7 @@ from gifting.config import Settings
 from gifting.gifts import GiftRequest
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
-from gifting.payments import PayoutProvider, SandboxPayouts
+from gifting.payments import Payout, PayoutProvider, SandboxPayouts
 from gifting.pools import POOL_FIELD, PoolOp, closing_event, pool_view
 from gifting.rooms import RoomError, RoomStore
 
@@ -222,14 +222,28 @@ class SettlementWorker:
         ask_at, delay_s = self._payout_retry.get(withdrawal_id, (0.0, 0.0))
         if ask_at > now:
             return None
-        payout = await self.payouts.payout(
-            withdrawal_id, withdrawal["user"], withdrawal["diamonds"], withdrawal["payout_account"]
-        )
+        payout = await self._ask_provider(withdrawal)
         if payout.status == "processing":
             delay_s = min(max(2 * delay_s, self.settings.payout_interval_ms / 1000), self.settings.payout_retry_s_max)
             self._payout_retry[withdrawal_id] = (now + delay_s, delay_s)
             return None
         return ("post", "") if payout.status == "paid" else ("void", payout.reason)
+
+    async def _ask_provider(self, withdrawal: dict[str, Any]) -> Payout:
+        """The provider's answer, bounded in time. A provider that hangs or fails is `processing`: asked again
+        after the backoff, with the same withdrawal id (its idempotency key), so an interrupted call that did pay
+        is answered `paid` then."""
+        withdrawal_id = withdrawal["withdrawal_id"]
+        call = self.payouts.payout(
+            withdrawal_id, withdrawal["user"], withdrawal["diamonds"], withdrawal["payout_account"]
+        )
+        try:
+            return await asyncio.wait_for(call, self.settings.payout_call_timeout_ms / 1000)
+        except TimeoutError:
+            log.warning("withdrawal %s: payout provider did not answer in time", withdrawal_id)
+        except Exception:  # the provider's own failure must not stop settlement; it is retried
+            log.exception("withdrawal %s: payout provider failed", withdrawal_id)
+        return Payout("processing")
 
     async def sweep_room_ends(self) -> int:
         """Finish room ends interrupted (a crash) more than GIFTING_ROOM_END_RETRY_S ago: every step is safe to
