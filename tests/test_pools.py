@@ -356,3 +356,25 @@ async def test_redelivered_expiry_announces_what_its_first_delivery_did_not(star
     assert (await history_kinds(system.redis, room)).count("pool_expired") == 1
     assert (await system.wallet("v1"))["coins"] == 1000
     await audit_clean(system.redis)
+
+
+async def test_pledges_racing_a_room_end_land_before_it_or_not_at_all(system: System) -> None:
+    """Ten pledges that together complete a pool race the room's end: nothing of the pool follows room_ended in
+    the history, and either the pool completed before the end or every coin came back."""
+    viewers = [f"v{i}" for i in range(10)]
+    for user in viewers:
+        await system.grant(user, 100)
+    room = await system.open_room("c1")
+    pool = await open_pool(system, room, user="v0")
+    end = system.http.post(f"/v1/rooms/{room}/end", headers=system.auth("c1", "creator"))
+    *_, ended = await asyncio.gather(*(pledge(system, u, pool, 100) for u in viewers), end)
+    assert ended.status_code == 200, ended.text
+    final = (await system.http.get(f"/v1/pools/{pool}")).json()["pool"]
+    kinds = await history_kinds(system.redis, room)
+    assert kinds[kinds.index("room_ended") :] == ["room_ended", "stream_summary"], kinds
+    if final["status"] == "completed":
+        assert (await system.wallet("c1"))["diamonds"] == 500
+    else:
+        assert final["status"] == "voided" and (await system.wallet("c1"))["diamonds"] == 0
+        assert {(await system.wallet(u))["coins"] for u in viewers} == {100}
+    await audit_clean(system.redis)
