@@ -14,7 +14,7 @@ from starlette.routing import Route
 from gifting import auth, keys, protocol
 from gifting.auth import Identity
 from gifting.ledger.store import LedgerError
-from gifting.pools import get_pool, open_pool
+from gifting.pools import cancel_pool, get_pool, open_pool
 from gifting.protocol import ProtocolError
 from gifting.rooms import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, TOP_LIMIT_MAX, TOP_PERIODS, RoomError
 
@@ -218,6 +218,17 @@ async def get_pool_handler(request: Request) -> Response:
     return json_response({"pool": pool})
 
 
+async def cancel_pool_handler(request: Request) -> Response:
+    """Cancel an open pool (its opener, the room's creator or an admin): every pledge goes back."""
+    identity = identify(request)
+    pool_id = request.path_params["pool"]
+    if not protocol.POOL_ID_PATTERN.fullmatch(pool_id):
+        raise ApiError(400, "bad_pool", f"pool: expected a pool id, got {pool_id!r}")
+    state = request.app.state
+    pool = await cancel_pool(state.redis, state.rooms, state.ledger, pool_id, identity.user, identity.role == "admin")
+    return json_response({"pool": pool})
+
+
 async def pledge(request: Request) -> Response:
     """Pledge coins to a pool: {"coins", "pledge_id"}; waits (bounded) for the worker's result like a gift."""
     identity = identify(request)
@@ -290,6 +301,7 @@ routes = [
     Route("/v1/rooms/{room}/pools", start_pool, methods=["POST"]),
     Route("/v1/pools/{pool}", get_pool_handler),
     Route("/v1/pools/{pool}/pledges", pledge, methods=["POST"]),
+    Route("/v1/pools/{pool}/cancel", cancel_pool_handler, methods=["POST"]),
     Route("/dev/token", dev_token),
 ]
 

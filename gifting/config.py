@@ -82,6 +82,22 @@ class Settings:
     payout_interval_ms: int = _setting(
         "GIFTING_PAYOUT_INTERVAL_MS", 1000, "How often the worker sends pending withdrawals to the payout provider."
     )
+    payouts_per_run_max: int = _setting(
+        "GIFTING_PAYOUTS_PER_RUN_MAX", 100, "Pending withdrawals sent to the payout provider per run (a page)."
+    )
+    payout_call_timeout_ms: int = _setting(
+        "GIFTING_PAYOUT_CALL_TIMEOUT_MS",
+        10_000,
+        "Longest wait for one payout provider call; past it the withdrawal is treated as processing, in ms.",
+    )
+    payout_retry_s_max: int = _setting(
+        "GIFTING_PAYOUT_RETRY_S_MAX",
+        300,
+        "A withdrawal the provider keeps `processing` is asked again after a doubling delay up to this, seconds.",
+    )
+    withdrawals_pending_per_user_max: int = _setting(
+        "GIFTING_WITHDRAWALS_PENDING_PER_USER_MAX", 3, "Pending withdrawals one creator may have at once."
+    )
 
     # Websocket limits.
     ws_message_bytes_max: int = _setting(
@@ -146,6 +162,15 @@ class Settings:
     pool_deadline_s_min: int = _setting("GIFTING_POOL_DEADLINE_S_MIN", 10, "Shortest pool deadline, seconds.")
     pool_deadline_s_max: int = _setting("GIFTING_POOL_DEADLINE_S_MAX", 3600, "Longest pool deadline, seconds.")
     pools_per_room_max: int = _setting("GIFTING_POOLS_PER_ROOM_MAX", 3, "Open pools one room may have at once.")
+    pools_per_user_max: int = _setting(
+        "GIFTING_POOLS_PER_USER_MAX", 1, "Open pools one user may have opened at once (over every room)."
+    )
+    pool_open_coins_min: int = _setting(
+        "GIFTING_POOL_OPEN_COINS_MIN", 1, "Coins a user must hold to open a pool (0: anyone may open one)."
+    )
+    pool_record_ttl_s: int = _setting(
+        "GIFTING_POOL_RECORD_TTL_S", 7 * 86400, "A closed pool's record is kept this long, seconds (open: kept)."
+    )
     replay_events_max: int = _setting(
         "GIFTING_REPLAY_EVENTS_MAX",
         1000,
@@ -191,6 +216,14 @@ class Settings:
     )
     heartbeat_ttl_s: int = _setting(
         "GIFTING_HEARTBEAT_TTL_S", 10, "A worker heartbeat older than this makes /readyz fail."
+    )
+    consumer_idle_s_max: int = _setting(
+        "GIFTING_CONSUMER_IDLE_S_MAX",
+        3600,
+        "A settlement consumer idle this long with no pending entries is removed from the group, seconds.",
+    )
+    room_end_retry_s: int = _setting(
+        "GIFTING_ROOM_END_RETRY_S", 30, "A room end left unfinished (a crash) this long is finished by the worker, s."
     )
 
     # Rooms.
@@ -255,6 +288,8 @@ class Settings:
             raise ConfigError("GIFTING_SYNC_CHECK_INTERVAL_S must be > 0, GIFTING_WS_CONNECTIONS_PER_USER_MAX >= 1")
         if not 1 <= self.ws_join_cost <= self.ws_message_burst:
             raise ConfigError("GIFTING_WS_JOIN_COST: expected 1..GIFTING_WS_MESSAGE_BURST (else no join ever fits)")
+        if self.payouts_per_run_max < 1 or self.pools_per_user_max < 1:
+            raise ConfigError("GIFTING_PAYOUTS_PER_RUN_MAX and GIFTING_POOLS_PER_USER_MAX must be >= 1")
         if self.ws_message_bytes_max > self.ws_frame_bytes_hard_max:
             raise ConfigError("GIFTING_WS_MESSAGE_BYTES_MAX must not exceed GIFTING_WS_FRAME_BYTES_HARD_MAX")
 

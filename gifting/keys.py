@@ -80,6 +80,7 @@ def withdrawn_on(day: str) -> str:
 
 
 WITHDRAWALS_PENDING = "{ledger}:withdrawals:pending"  # sorted set: withdrawal id -> deadline (ms)
+WITHDRAWALS_PENDING_BY_USER = "{ledger}:withdrawals:pending_by_user"  # hash: account -> pending withdrawals
 
 
 # System accounts. Users are "u:<user id>".
@@ -104,8 +105,9 @@ POOLS_OPEN = "{ledger}:pools:open"  # sorted set: pool id -> deadline (ms)
 
 
 def pool(pool_id: str) -> str:
-    """Hash: id, room, creator, gift, price, bps, pledged, status (open|completed|expired), deadline_ms,
-    starter, contributors (JSON list of {user, name, coins})."""
+    """Hash: id, room, creator, gift, price, bps, pledged, status (open|completed|expired|cancelled|voided),
+    deadline_ms, starter, contributors (JSON list of {user, name, coins}). Expires GIFTING_POOL_RECORD_TTL_S
+    after it closes."""
     return "{ledger}:pool:" + pool_id
 
 
@@ -114,8 +116,20 @@ def pledge_record(pledge_id: str) -> str:
 
 
 def room_pools(room: str) -> str:
-    """Set: the room's open pool ids (for the per-room limit and the join snapshot)."""
-    return "{room:" + room + "}:pools"
+    """Set: the room's open pool ids (for the per-room limit and the join snapshot). In the ledger slot, so
+    pool.lua opens and closes pools and keeps this set in one atomic step."""
+    return "{ledger}:room_pools:" + room
+
+
+def opener_pools(user: str) -> str:
+    """Set: the open pool ids a user opened (for the per-user limit)."""
+    return "{ledger}:opener_pools:" + account(user)
+
+
+def room_ended(room: str) -> str:
+    """Hash: '*' -> when the room's end began (ms), pool id -> 1 for each pool its end voided. While it exists,
+    pool.lua opens no pool in the room and accepts no pledge to it; it expires with the ended room."""
+    return "{ledger}:room_ended:" + room
 
 
 # Inbound gifts (one slot).
@@ -126,6 +140,7 @@ SETTLEMENT_GROUP = "settlement"
 
 # Rooms.
 ROOMS_LIVE = "rooms:live"  # sorted set: room id -> started_at (ms)
+ROOMS_ENDING = "rooms:ending"  # sorted set: room id -> when its end began (ms), until every step of it is done
 
 
 def room_meta(room: str) -> str:

@@ -73,6 +73,11 @@ class Payout:
 
 
 class PayoutProvider(Protocol):
+    """Pays withdrawals out. `withdrawal_id` is the idempotency key: the worker may ask again for the same id
+    (a crash between the payout and its posting, or a withdrawal still `processing`), and the provider must pay
+    an id at most once and answer a repeat with that payout's outcome. The worker asks only once the
+    withdrawal's debit is durable (WAITAOF)."""
+
     name: str
 
     async def payout(self, withdrawal_id: str, user: str, diamonds: int, payout_account: str) -> Payout: ...

@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 from gifting import keys
 from gifting.catalog import Catalog
 from gifting.config import Settings
-from gifting.rooms import RoomError, RoomStore
+from gifting.ledger.store import Ledger
+from gifting.rooms import RoomError, RoomStore, durable_or_retry
 
 POOL_FIELD = "p"  # the stream entry field of a pool operation (gifts use "g")
 
@@ -85,14 +86,6 @@ async def open_pool(
     info = await rooms.get(room)
     if info.status != "live":
         raise RoomError("room_not_live", f"room {room!r} is not live", 409)
-    open_ids = await redis.smembers(keys.room_pools(room))
-    if open_ids:
-        statuses = [await redis.hget(keys.pool(pid), "status") for pid in open_ids]
-        closed = [pid for pid, status in zip(open_ids, statuses, strict=True) if status != "open"]
-        if closed:
-            await redis.srem(keys.room_pools(room), *closed)
-        if len(open_ids) - len(closed) >= settings.pools_per_room_max:
-            raise RoomError("too_many_pools", f"a room may have {settings.pools_per_room_max} open pools", 409)
     pool_id = "p_" + secrets.token_hex(8)
     deadline_ms = int(time.time() * 1000) + deadline_s * 1000
     record = {
@@ -100,13 +93,53 @@ async def open_pool(
         "bps": settings.creator_share_bps, "pledged": 0, "status": "open", "deadline_ms": deadline_ms,
         "starter": starter, "contributors": "[]",
     }  # fmt: skip
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(keys.pool(pool_id), mapping=record)
-        pipe.zadd(keys.POOLS_OPEN, {pool_id: deadline_ms})
-        pipe.sadd(keys.room_pools(room), pool_id)
-        await pipe.execute()
-    view = pool_view(record)
+    # The caps and the room's end are checked in the same atomic step that opens the pool, so concurrent opens
+    # cannot pass a cap together and no pool opens in a room whose end has begun.
+    reason, opened = await Ledger(redis, settings).pool_open(room, starter, record)
+    if reason or opened is None:
+        raise RoomError(reason, OPEN_REFUSALS[reason].format(s=settings, room=room), 409)
+    view = pool_view(opened)
     await rooms.announce(room, [(f"pool:{pool_id}:opened", {"kind": "pool_progress", "pool": view})])
+    return view
+
+
+OPEN_REFUSALS = {
+    "room_not_live": "room {room!r} is not live",
+    "too_many_pools": "a room may have {s.pools_per_room_max} open pools; wait for one to close",
+    "too_many_open_pools": "one user may have {s.pools_per_user_max} open pools; cancel yours or wait for it",
+    "pool_opener_coins": "opening a pool takes at least {s.pool_open_coins_min} coins in the wallet",
+}
+CLOSED_EVENTS = {"expired": "pool_expired", "cancelled": "pool_cancelled", "voided": "pool_voided"}
+
+
+def closing_event(view: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """The room event of a pool voided for good (expired, cancelled, or voided at its room's end), derived from
+    its durable status, so whoever sees the status announces it (announce.lua keeps it once per pool)."""
+    kind = CLOSED_EVENTS.get(view["status"])
+    return (f"pool:{view['id']}:{view['status']}", {"kind": kind, "pool": view}) if kind else None
+
+
+async def cancel_pool(
+    redis: aioredis.Redis, rooms: RoomStore, ledger: Ledger, pool_id: str, user: str, is_admin: bool
+) -> dict[str, Any]:
+    """Its opener, the room's creator or an admin cancels an open pool: every pledge goes back.
+
+    Repeating a cancel of a cancelled pool answers it again and announces it again if that was lost (a crash
+    between the ledger step and the announcement); announce.lua keeps it once."""
+    starter, creator, status = await redis.hmget(keys.pool(pool_id), "starter", "creator", "status")
+    if status is None:
+        raise RoomError("unknown_pool", f"no pool {pool_id!r}", 404)
+    if user not in (starter, creator) and not is_admin:
+        raise RoomError("forbidden", "only the pool's opener, the room's creator or an admin cancels it", 403)
+    status, _reason, _balance, _replay, pool = await ledger.pool_op("cancel", pool_id)
+    if pool is None or pool["status"] != "cancelled":
+        current = pool["status"] if pool else "gone"
+        raise RoomError("pool_not_open", f"pool {pool_id!r} is {current}, not open", 409)
+    await durable_or_retry(ledger)  # announce only what is durable
+    view = pool_view(pool)
+    event = closing_event(view)
+    assert event is not None
+    await rooms.announce(view["room"], [event])
     return view
 
 

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from gifting import keys
 from gifting.config import Settings
 from gifting.ledger import rules
-from gifting.ledger.store import iso_week, load_script, utc_day
+from gifting.ledger.store import DurabilityError, Ledger, iso_week, load_script, utc_day
 
 SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
 SUMMARY_TTL_S = 90 * 86400  # a room's own summary; the creator's session list keeps it longer
@@ -87,12 +87,39 @@ return 1
 """
 
 
+# The summary and the creator's session list entry, once: a repeated end (after a crash) adds no second entry.
+STORE_SUMMARY = """
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+end
+return 1
+"""
+
+
+async def durable_or_retry(ledger: Ledger) -> None:
+    """Wait for the AOF fsync of what was written; if it is not confirmed, a RoomError (503) asks the client to
+    repeat the request, which redoes nothing and finishes what is left (every step before is idempotent)."""
+    try:
+        await ledger.durable(ledger.settings.waitaof_timeout_ms)
+    except DurabilityError as exc:
+        raise RoomError("not_durable", f"{exc}; the change is recorded: repeat the request to finish it", 503) from None
+
+
+def room_keys(room: str) -> list[str]:
+    """The keys of a room's live session, expired together when it ends (GIFTING_ENDED_ROOM_TTL_S)."""
+    return [keys.room_meta(room), keys.room_history(room), keys.room_stats(room), keys.room_top(room),
+            keys.room_goal(room)]  # fmt: skip
+
+
 class RoomStore:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
         self.announce_script = redis.register_script(load_script("announce.lua"))
         self._set_goal = redis.register_script(SET_GOAL)
+        self._store_summary = redis.register_script(STORE_SUMMARY)
+        self.ledger = Ledger(redis, settings)  # an ending room voids its pools
 
     async def open(self, creator: str, creator_name: str, title: str) -> RoomInfo:
         room = new_room_id()
@@ -119,35 +146,62 @@ class RoomStore:
         return RoomInfo.from_meta(room, meta)
 
     async def end(self, room: str, user: str, is_admin: bool) -> RoomInfo:
+        """End a live room (its creator or an admin). Ending a room whose end was interrupted finishes it."""
         info = await self.get(room)
         if info.creator != user and not is_admin:
             raise RoomError("forbidden", "only the room's creator can end it", 403)
-        if info.status != "live":
+        if info.status != "live" and await self.redis.zscore(keys.ROOMS_ENDING, room) is None:
             raise RoomError("room_not_live", f"room {room!r} has already ended", 409)
+        await self.finish_end(room)
+        return await self.get(room)
+
+    async def finish_end(self, room: str) -> None:
+        """End a room in steps that are each safe to repeat. ROOMS_ENDING holds the room from the first step to
+        the last, so an end interrupted by a crash is finished by the worker (GIFTING_ROOM_END_RETRY_S) or by
+        ending the room again: every ended room gets its pools voided, its `room_ended` and its summary."""
+        await self.get(room)  # room_not_found once its records expired: nothing to finish (or to make again)
         now_ms = int(time.time() * 1000)
+        ttl_s = self.settings.ended_room_ttl_s
+        await self.redis.zadd(keys.ROOMS_ENDING, {room: now_ms}, nx=True)
+        # First close the room to new pools and pledges (pool.lua checks the marker atomically), then void the
+        # open pools: no coin moves to a room once its end has begun.
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.room_meta(room), mapping={"status": "ended", "ended_at_ms": str(now_ms)})
-            pipe.zrem(keys.ROOMS_LIVE, room)
-            pipe.expire(keys.room_meta(room), self.settings.ended_room_ttl_s)
-            pipe.expire(keys.room_history(room), self.settings.ended_room_ttl_s)
-            pipe.expire(keys.room_stats(room), self.settings.ended_room_ttl_s)
+            pipe.hsetnx(keys.room_ended(room), "*", now_ms)
+            pipe.expire(keys.room_ended(room), ttl_s)
             await pipe.execute()
-        # The stream summary goes to the room and outlives it (kept for the creator's history).
+        for pool_id in sorted(await self.redis.smembers(keys.room_pools(room))):
+            await self.ledger.pool_op("void", pool_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hsetnx(keys.room_meta(room), "ended_at_ms", str(now_ms))
+            pipe.hset(keys.room_meta(room), "status", "ended")
+            pipe.zrem(keys.ROOMS_LIVE, room)
+            for key in room_keys(room):
+                pipe.expire(key, ttl_s)
+            await pipe.execute()
+        await durable_or_retry(self.ledger)  # announce only what is durable
         summary = await self.earnings(room)
         summary["top"] = await self.top(room, "stream", 5)
-        await self.announce(
-            room,
-            [
-                ("room_ended:" + room, {"kind": "room_ended", "ts": now_ms}),
-                ("summary:" + room, {"kind": "stream_summary", "summary": summary}),
-            ],
+        await self.announce(room, await self._end_events(room, summary))
+        await self._store_summary(
+            keys=[keys.room_summary(room), keys.creator_sessions(summary["creator"])],
+            args=[orjson.dumps(summary), SUMMARY_TTL_S, SESSIONS_KEPT],
         )
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.set(keys.room_summary(room), orjson.dumps(summary), ex=SUMMARY_TTL_S)
-            pipe.lpush(keys.creator_sessions(info.creator), orjson.dumps(summary))
-            pipe.ltrim(keys.creator_sessions(info.creator), 0, SESSIONS_KEPT - 1)
-            await pipe.execute()
-        return await self.get(room)
+        await self.redis.zrem(keys.ROOMS_ENDING, room)
+
+    async def _end_events(self, room: str, summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """The pools the end voided, `room_ended` and the summary (the stream summary goes to the room and
+        outlives it), from durable state: each announced once by its dedupe id, however often the end repeats."""
+        from gifting.pools import closing_event, pool_view  # pools builds on rooms
+
+        events: list[tuple[str, dict[str, Any]]] = []
+        for pool_id in sorted(await self.redis.hkeys(keys.room_ended(room))):
+            raw = await self.redis.hgetall(keys.pool(pool_id)) if pool_id != "*" else None
+            event = closing_event(pool_view(raw)) if raw else None
+            if event is not None:
+                events.append(event)
+        events.append(("room_ended:" + room, {"kind": "room_ended", "ts": summary["ended_at_ms"]}))
+        events.append(("summary:" + room, {"kind": "stream_summary", "summary": summary}))
+        return events
 
     async def set_goal(self, room: str, user: str, gift: str | None, target: int) -> dict[str, Any]:
         """One LIVE goal at a time: N of a gift, or a diamond total. Its progress moves with settled gifts."""
@@ -227,6 +281,7 @@ class RoomStore:
         args += [expire_at, len(events)]
         args += [announce_fields(dedupe_id, event) for dedupe_id, event in events]
         args += [orjson.dumps(event) for _, event in events]
+        args.append(s.ended_room_ttl_s)
         keys_ = [
             keys.room_meta(room),
             keys.room_history(room),

@@ -12,7 +12,9 @@ import redis.asyncio as aioredis
 from gifting import keys
 from gifting.ledger.audit import run_audit
 from gifting.pools import PoolOp
+from gifting.rooms import history_events, room_keys
 from tests.conftest import System, SystemFactory, gift_id, spawn, stop
+from workers.settlement import SettlementWorker
 
 WAIT_S = 30.0
 
@@ -103,7 +105,7 @@ async def test_pledge_resend_is_idempotent_and_conflicts_are_errors(system: Syst
     """The same pledge_id twice debits once; the same id with other coins is pledge_id_conflict."""
     await system.grant("v1", 1000)
     room = await system.open_room("c1")
-    pool = await open_pool(system, room)
+    pool = await open_pool(system, room, user="v1")
     pid = gift_id()
     first, second = await pledge(system, "v1", pool, 200, pid), await pledge(system, "v1", pool, 200, pid)
     assert first.json()["status"] == second.json()["status"] == "accepted"
@@ -118,7 +120,7 @@ async def test_pool_bad_input(system: System) -> None:
     """Unknown, malformed and closed pools, pledging more than owned, retired gifts, bad deadlines: clear codes."""
     await system.grant("v1", 50)
     room = await system.open_room("c1")
-    pool = await open_pool(system, room)
+    pool = await open_pool(system, room, user="v1")
     cases = [
         (await pledge(system, "v1", pool, 100), 422, "insufficient_coins"),
         (await pledge(system, "v1", "p_0123456789abcdef", 10), 422, "unknown_pool"),
@@ -171,7 +173,7 @@ async def test_worker_killed_mid_pool_leaves_the_audit_clean(
     for user in viewers:
         await system.grant(user, 10_000)
     room = await system.open_room("c1")
-    pools = [await open_pool(system, room, "galaxy", deadline_s=3) for _ in range(3)]
+    pools = [await open_pool(system, room, "galaxy", deadline_s=3, user=viewers[i]) for i in range(3)]
     env = {"REDIS_URL": valkey_url, "GIFTING_DATA_DIR": str(tmp_path), "GIFTING_CLAIM_IDLE_MS": "300",
            "GIFTING_PAYOUT_INTERVAL_MS": "50", "GIFTING_SETTLE_BATCH_MAX": "5"}  # fmt: skip
     worker = spawn("worker", env, tmp_path / "worker1.log")
@@ -193,3 +195,186 @@ async def test_worker_killed_mid_pool_leaves_the_audit_clean(
     finally:
         stop(worker)
     await audit_clean(redis)
+
+
+async def history_kinds(redis: aioredis.Redis, room: str) -> list[str]:
+    return [e["kind"] for e in history_events(await redis.xrange(keys.room_history(room)))]
+
+
+async def test_room_end_voids_open_pools_once_and_pays_the_creator_nothing(system: System) -> None:
+    """Ending a room voids its open pool (pledges back, one pool_voided before room_ended); a later pledge that
+    would have completed it is refused, the creator gets nothing, and every room key expires."""
+    await system.grant("v1", 1000)
+    await system.grant("v2", 1000)
+    room = await system.open_room("c1")
+    pool = await open_pool(system, room, user="v1")
+    assert (await pledge(system, "v1", pool, 600)).json()["status"] == "accepted"
+    ended = await system.http.post(f"/v1/rooms/{room}/end", headers=system.auth("c1", "creator"))
+    assert ended.status_code == 200, ended.text
+    late = await pledge(system, "v2", pool, 400)
+    assert late.status_code == 422 and late.json()["reason"] == "pool_voided", late.text
+    assert (await system.wallet("c1"))["diamonds"] == 0
+    assert (await system.wallet("v1"))["coins"] == (await system.wallet("v2"))["coins"] == 1000
+    kinds = await history_kinds(system.redis, room)
+    assert kinds.count("pool_voided") == kinds.count("room_ended") == 1, kinds
+    assert kinds.index("pool_voided") < kinds.index("room_ended") and kinds[-1] == "stream_summary", kinds
+    again = await system.http.post(f"/v1/rooms/{room}/end", headers=system.auth("c1", "creator"))
+    assert again.status_code == 409 and again.json()["error"]["code"] == "room_not_live"
+    for key in (*room_keys(room), keys.pool(pool), keys.room_ended(room)):
+        assert await system.redis.ttl(key) != -1, key  # gone, or expiring
+    assert await system.redis.ttl(keys.pool(pool)) > 0
+    await audit_clean(system.redis)
+
+
+async def test_no_pool_opens_and_no_pledge_lands_once_a_room_end_began(start_system: SystemFactory) -> None:
+    """A room end interrupted after closing the room (a crash): pledges get room_not_live, no pool opens, and the
+    worker finishes the end (pools voided, room_ended and summary once, one session entry)."""
+    system = await start_system(worker=False)
+    await system.grant("v1", 1000)
+    room = await system.open_room("c1")
+    pool = await open_pool(system, room, user="v1")
+    worker = SettlementWorker(system.redis, system.settings)
+    await worker.settle_pool_op(PoolOp("pledge", pool, gift_id(), 100, "v1", "v1"))
+    async with system.redis.pipeline(transaction=True) as pipe:  # the end's first steps, then the crash
+        pipe.zadd(keys.ROOMS_ENDING, {room: 1})
+        pipe.hset(keys.room_ended(room), "*", 1)
+        await pipe.execute()
+    status, reason, *_ = await worker.ledger.pool_op("pledge", pool, gift_id(), "v1", 900, "v1")
+    assert (status, reason) == ("rejected", "room_not_live")
+    refused = await system.http.post(
+        f"/v1/rooms/{room}/pools", headers=system.auth("v1"), json={"gift": "rose", "deadline_s": 60}
+    )
+    assert refused.status_code == 409 and refused.json()["error"]["code"] == "room_not_live", refused.text
+    assert await worker.sweep_room_ends() == 1
+    assert await worker.sweep_room_ends() == 0
+    assert (await system.http.get(f"/v1/rooms/{room}")).json()["status"] == "ended"
+    kinds = await history_kinds(system.redis, room)
+    assert [k for k in kinds if k != "pool_progress"] == ["pool_voided", "room_ended", "stream_summary"], kinds
+    assert len(await system.redis.lrange(keys.creator_sessions("c1"), 0, -1)) == 1
+    assert (await system.wallet("v1"))["coins"] == 1000
+    await audit_clean(system.redis)
+
+
+async def test_ending_an_interrupted_end_again_finishes_it_once(system: System) -> None:
+    """A room whose end stopped after marking it ended (no room_ended yet) is finished by ending it again."""
+    room = await system.open_room("c1")
+    async with system.redis.pipeline(transaction=True) as pipe:
+        pipe.zadd(keys.ROOMS_ENDING, {room: 1})
+        pipe.hset(keys.room_meta(room), mapping={"status": "ended", "ended_at_ms": 1})
+        await pipe.execute()
+    creator = system.auth("c1", "creator")
+    assert (await system.http.post(f"/v1/rooms/{room}/end", headers=creator)).status_code == 200
+    assert (await system.http.post(f"/v1/rooms/{room}/end", headers=creator)).status_code == 409
+    assert await history_kinds(system.redis, room) == ["room_ended", "stream_summary"]
+    assert await system.redis.zscore(keys.ROOMS_ENDING, room) is None
+
+
+async def test_announcing_after_a_room_ended_writes_no_key_without_a_ttl(system: System) -> None:
+    """An event announced after the end (a gift settled while the room ended) leaves its stats and top keys
+    expiring with the room, not forever."""
+    room = await system.open_room("c1")
+    assert (await system.http.post(f"/v1/rooms/{room}/end", headers=system.auth("c1", "creator"))).status_code == 200
+    late = {"kind": "gift", "gift_id": "g1", "gift": "rose", "count": 1, "coins": 1, "diamonds": 0, "sender": "v1"}
+    await system.app.state.rooms.announce(room, [("g1", late | {"sender_name": "v1", "level": 1, "ts": 1})])
+    for key in (keys.room_stats(room), keys.room_top(room), keys.room_history(room), keys.room_meta(room)):
+        assert await system.redis.ttl(key) > 0, key
+
+
+async def test_concurrent_pool_starts_respect_the_room_cap(system: System) -> None:
+    """Eight viewers start pools at once in a room capped at three: exactly three open, the rest too_many_pools."""
+    viewers = [f"v{i}" for i in range(8)]
+    for user in viewers:
+        await system.grant(user, 10)
+    room = await system.open_room("c1")
+    responses = await asyncio.gather(
+        *(
+            system.http.post(
+                f"/v1/rooms/{room}/pools", headers=system.auth(u), json={"gift": "galaxy", "deadline_s": 60}
+            )
+            for u in viewers
+        )
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [201] * 3 + [409] * 5, [r.text for r in responses]
+    assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {"too_many_pools"}
+    assert await system.redis.scard(keys.room_pools(room)) == 3
+
+
+async def test_pool_opener_limits_and_cancel(system: System) -> None:
+    """One open pool per user, none without coins; the opener (or creator, or an admin) cancels and every pledge
+    goes back; others may not; the record then expires and the opener may open another."""
+    for user in ("v1", "v2"):
+        await system.grant(user, 1000)
+    room = await system.open_room("c1")
+    watcher = await system.connect("w")
+    await watcher.join(room)
+    pool = await open_pool(system, room, user="v1")
+
+    async def start(user: str) -> Any:
+        body = {"gift": "galaxy", "deadline_s": 60}
+        return await system.http.post(f"/v1/rooms/{room}/pools", headers=system.auth(user), json=body)
+
+    assert (await start("v1")).json()["error"]["code"] == "too_many_open_pools"
+    assert (await start("broke")).json()["error"]["code"] == "pool_opener_coins"
+    assert (await pledge(system, "v2", pool, 300)).json()["status"] == "accepted"
+
+    async def cancel(user: str, role: Any = "viewer", pool_id: str = pool) -> Any:
+        return await system.http.post(f"/v1/pools/{pool_id}/cancel", headers=system.auth(user, role))
+
+    assert (await cancel("v2")).status_code == 403
+    assert (await cancel("v2", pool_id="p_0123456789abcdef")).status_code == 404
+    assert (await cancel("v2", pool_id="nope")).json()["error"]["code"] == "bad_pool"
+    cancelled = await cancel("v1")
+    assert cancelled.status_code == 200 and cancelled.json()["pool"]["status"] == "cancelled", cancelled.text
+    assert (await cancel("c1", "creator")).status_code == 200  # repeated: the same answer
+    assert (await system.wallet("v2"))["coins"] == 1000
+    assert (await pledge(system, "v2", pool, 10)).json()["reason"] == "pool_cancelled"
+    await watcher.wait_for(lambda m: any(e.get("kind") == "pool_cancelled" for e in m.get("events", [])))
+    assert (await history_kinds(system.redis, room)).count("pool_cancelled") == 1
+    assert await system.redis.ttl(keys.pool(pool)) > 0
+    second = await start("v1")
+    assert second.status_code == 201, second.text
+    assert (await cancel("boss", "admin", second.json()["pool"]["id"])).status_code == 200
+    await audit_clean(system.redis)
+
+
+async def test_redelivered_expiry_announces_what_its_first_delivery_did_not(start_system: SystemFactory) -> None:
+    """The worker expired a pool, then died before announcing: the redelivered expiry is a ledger noop and still
+    announces pool_expired, once."""
+    system = await start_system(worker=False, pool_deadline_s_min=1)
+    await system.grant("v1", 1000)
+    room = await system.open_room("c1")
+    pool = await open_pool(system, room, deadline_s=1, user="v1")
+    worker = SettlementWorker(system.redis, system.settings)
+    await worker.settle_pool_op(PoolOp("pledge", pool, gift_id(), 100, "v1", "v1"))
+    deadline_ms = await system.redis.zscore(keys.POOLS_OPEN, pool)
+    await asyncio.sleep(max(0.0, deadline_ms / 1000 - time.time()) + 0.05)  # past the deadline
+    status, *_ = await worker.ledger.pool_op("expire", pool)  # the first delivery: ledger step only, then death
+    assert status == "expired"
+    for _ in range(2):  # redelivered, twice
+        await worker.settle_pool_op(PoolOp("expire", pool))
+    assert (await history_kinds(system.redis, room)).count("pool_expired") == 1
+    assert (await system.wallet("v1"))["coins"] == 1000
+    await audit_clean(system.redis)
+
+
+async def test_pledges_racing_a_room_end_land_before_it_or_not_at_all(system: System) -> None:
+    """Ten pledges that together complete a pool race the room's end: nothing of the pool follows room_ended in
+    the history, and either the pool completed before the end or every coin came back."""
+    viewers = [f"v{i}" for i in range(10)]
+    for user in viewers:
+        await system.grant(user, 100)
+    room = await system.open_room("c1")
+    pool = await open_pool(system, room, user="v0")
+    end = system.http.post(f"/v1/rooms/{room}/end", headers=system.auth("c1", "creator"))
+    *_, ended = await asyncio.gather(*(pledge(system, u, pool, 100) for u in viewers), end)
+    assert ended.status_code == 200, ended.text
+    final = (await system.http.get(f"/v1/pools/{pool}")).json()["pool"]
+    kinds = await history_kinds(system.redis, room)
+    assert kinds[kinds.index("room_ended") :] == ["room_ended", "stream_summary"], kinds
+    if final["status"] == "completed":
+        assert (await system.wallet("c1"))["diamonds"] == 500
+    else:
+        assert final["status"] == "voided" and (await system.wallet("c1"))["diamonds"] == 0
+        assert {(await system.wallet(u))["coins"] for u in viewers} == {100}
+    await audit_clean(system.redis)

@@ -32,15 +32,15 @@ from gifting.config import Settings
 from gifting.gifts import GiftRequest
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
-from gifting.payments import PayoutProvider, SandboxPayouts
-from gifting.pools import POOL_FIELD, PoolOp, pool_view
-from gifting.rooms import RoomStore
+from gifting.payments import Payout, PayoutProvider, SandboxPayouts
+from gifting.pools import POOL_FIELD, PoolOp, closing_event, pool_view
+from gifting.rooms import RoomError, RoomStore
 
 log = logging.getLogger(__name__)
 
 BACKOFF_S_MAX = 5.0
 HEARTBEAT_INTERVAL_S = 1.0
-PAYOUTS_PER_RUN_MAX = 100  # withdrawals sent to the payout provider (and pools expired) per run
+POOLS_PER_RUN_MAX = 100  # pools expired (and interrupted room ends finished) per housekeeping run
 EXPIRE_RETRY_S = 5.0  # an expiry enqueued but not yet done is enqueued again after this long
 Entry = tuple[str, dict[str, str]]
 
@@ -48,6 +48,22 @@ Entry = tuple[str, dict[str, str]]
 ACK_SCRIPT = """
 redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
 return redis.call('XDEL', KEYS[1], unpack(ARGV, 2))
+"""
+
+# Remove the group's consumers idle longer than ARGV[2] ms that hold no pending entry (restarted processes leave
+# their names behind), except ARGV[3] (ourselves). One atomic step: a consumer that reads an entry between the
+# check and the delete would lose it from the pending list.
+PRUNE_CONSUMERS_SCRIPT = """
+local removed = 0
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #c, 2 do info[c[i]] = c[i + 1] end
+  if info.pending == 0 and info.idle > tonumber(ARGV[2]) and info.name ~= ARGV[3] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info.name)
+    removed = removed + 1
+  end
+end
+return removed
 """
 
 
@@ -84,6 +100,8 @@ class SettlementWorker:
         self.housekeeping = housekeeping  # payouts and pool expiry: one loop per process is enough
         self.payouts = payouts or SandboxPayouts()
         self._last_payout_run = 0.0
+        self._payout_offset = 0  # where the next page of pending withdrawals starts (wraps around)
+        self._payout_retry: dict[str, tuple[float, float]] = {}  # withdrawal id -> (ask again at, delay), monotonic s
         self._expiring: dict[str, float] = {}  # pool id -> when to enqueue its expiry again (monotonic s)
         self.catalogs = CatalogStore(redis)
         self.consumer = consumer or default_consumer()
@@ -93,6 +111,7 @@ class SettlementWorker:
         self._last_claim = 0.0
         self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
         self._ack_script = redis.register_script(ACK_SCRIPT)
+        self._prune_consumers = redis.register_script(PRUNE_CONSUMERS_SCRIPT)
         self._to_ack: list[str] = []  # settled and announced; acked with the next read (one round trip less)
 
     async def ensure_group(self) -> None:
@@ -132,6 +151,8 @@ class SettlementWorker:
                     self._last_payout_run = time.monotonic()
                     await self.run_payouts()
                     await self.sweep_pools()
+                    await self.sweep_room_ends()
+                    await self.prune_consumers()
                 await self.step(pending=False)
                 backoff_s = 0.1
             except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError) as exc:
@@ -148,33 +169,106 @@ class SettlementWorker:
         log.info("settlement worker %s stopped (%d gifts settled)", self.consumer, self.settled_total)
 
     async def run_payouts(self) -> int:
-        """Send pending withdrawals to the payout provider: post the paid, void the failed and the timed out.
+        """Send a page of pending withdrawals to the payout provider: post the paid, void the failed and the
+        timed out. Returns how many were resolved.
 
-        post/void are exactly-once in withdraw.lua, so two workers racing on one withdrawal cannot both win.
+        Fair: each run takes the next page (GIFTING_PAYOUTS_PER_RUN_MAX, wrapping around), so every pending
+        withdrawal is reached, and one the provider keeps `processing` is asked again only after its own doubling
+        delay (up to GIFTING_PAYOUT_RETRY_S_MAX), so no creator's withdrawals hold back the others'. Durable first:
+        the page is fsynced (WAITAOF) before any of it reaches the provider, so a payout is never made for a debit
+        Valkey could still lose; if that wait fails, nothing is sent this run. The provider gets the withdrawal id
+        as its idempotency key. post/void are exactly-once in withdraw.lua, so two workers racing on one
+        withdrawal cannot both win.
         """
+        page = await self._payout_page()
+        if not page:
+            return 0
+        await self.ledger.durable(self.settings.waitaof_timeout_ms)
         resolved = 0
-        for withdrawal_id in await self.ledger.pending_withdrawals(PAYOUTS_PER_RUN_MAX):
-            withdrawal = await self.ledger.withdrawal(withdrawal_id)
-            if withdrawal is None or withdrawal["status"] != "pending":
+        for withdrawal_id in page:
+            decision = await self._payout_decision(withdrawal_id)
+            if decision is None:
                 continue
-            if time.time() * 1000 >= withdrawal["deadline_ms"]:
-                mode, reason = "void", "timeout"
-            else:
-                payout = await self.payouts.payout(
-                    withdrawal_id, withdrawal["user"], withdrawal["diamonds"], withdrawal["payout_account"]
-                )
-                if payout.status == "processing":
-                    continue
-                mode, reason = ("post", "") if payout.status == "paid" else ("void", payout.reason)
+            mode, reason = decision
             try:
                 await self.ledger.resolve_withdrawal(withdrawal_id, mode, reason)
                 resolved += 1
                 log.info("withdrawal %s: %s %s", withdrawal_id, mode, reason)
             except LedgerError as exc:
                 log.info("withdrawal %s: %s", withdrawal_id, exc.message)
+            self._payout_retry.pop(withdrawal_id, None)
         if resolved:
             await self.ledger.durable(self.settings.waitaof_timeout_ms)
         return resolved
+
+    async def _payout_page(self) -> list[str]:
+        """The next page of pending withdrawals by deadline; after the last page, the first again."""
+        size = self.settings.payouts_per_run_max
+        page = await self.ledger.pending_withdrawals(size, self._payout_offset)
+        self._payout_offset = self._payout_offset + size if len(page) == size else 0
+        now = time.monotonic()
+        retry_s_max = self.settings.payout_retry_s_max
+        self._payout_retry = {w: r for w, r in self._payout_retry.items() if r[0] > now - retry_s_max}  # bounded
+        return page
+
+    async def _payout_decision(self, withdrawal_id: str) -> tuple[str, str] | None:
+        """post or void (with a reason) a pending withdrawal, or None: not pending, processing, or waiting."""
+        withdrawal = await self.ledger.withdrawal(withdrawal_id)
+        if withdrawal is None or withdrawal["status"] != "pending":
+            return None
+        if time.time() * 1000 >= withdrawal["deadline_ms"]:
+            return "void", "timeout"
+        now = time.monotonic()
+        ask_at, delay_s = self._payout_retry.get(withdrawal_id, (0.0, 0.0))
+        if ask_at > now:
+            return None
+        payout = await self._ask_provider(withdrawal)
+        if payout.status == "processing":
+            delay_s = min(max(2 * delay_s, self.settings.payout_interval_ms / 1000), self.settings.payout_retry_s_max)
+            self._payout_retry[withdrawal_id] = (now + delay_s, delay_s)
+            return None
+        return ("post", "") if payout.status == "paid" else ("void", payout.reason)
+
+    async def _ask_provider(self, withdrawal: dict[str, Any]) -> Payout:
+        """The provider's answer, bounded in time. A provider that hangs or fails is `processing`: asked again
+        after the backoff, with the same withdrawal id (its idempotency key), so an interrupted call that did pay
+        is answered `paid` then."""
+        withdrawal_id = withdrawal["withdrawal_id"]
+        call = self.payouts.payout(
+            withdrawal_id, withdrawal["user"], withdrawal["diamonds"], withdrawal["payout_account"]
+        )
+        try:
+            return await asyncio.wait_for(call, self.settings.payout_call_timeout_ms / 1000)
+        except TimeoutError:
+            log.warning("withdrawal %s: payout provider did not answer in time", withdrawal_id)
+        except Exception:  # the provider's own failure must not stop settlement; it is retried
+            log.exception("withdrawal %s: payout provider failed", withdrawal_id)
+        return Payout("processing")
+
+    async def sweep_room_ends(self) -> int:
+        """Finish room ends interrupted (a crash) more than GIFTING_ROOM_END_RETRY_S ago: every step is safe to
+        repeat (rooms.finish_end). Returns how many were finished."""
+        before_ms = int(time.time() * 1000) - self.settings.room_end_retry_s * 1000
+        rooms = await self.redis.zrangebyscore(keys.ROOMS_ENDING, 0, before_ms, start=0, num=POOLS_PER_RUN_MAX)
+        for room in rooms:
+            try:
+                await self.rooms.finish_end(room)
+                log.info("room %s: finished its interrupted end", room)
+            except RoomError as exc:
+                log.warning("room %s: cannot finish its end yet: %s", room, exc.message)
+                if exc.code == "room_not_found":  # its records expired: nothing is left to finish
+                    await self.redis.zrem(keys.ROOMS_ENDING, room)
+        return len(rooms)
+
+    async def prune_consumers(self) -> int:
+        """Remove consumers of the group left behind by stopped processes (idle, nothing pending)."""
+        removed: int = await self._prune_consumers(
+            keys=[keys.GIFTS_STREAM],
+            args=[keys.SETTLEMENT_GROUP, self.settings.consumer_idle_s_max * 1000, self.consumer],
+        )
+        if removed:
+            log.info("settlement: removed %d idle consumers from the group", removed)
+        return removed
 
     async def heartbeat(self) -> None:
         now = time.monotonic()
@@ -273,8 +367,11 @@ class SettlementWorker:
         await self.ledger.durable(self.settings.waitaof_timeout_ms)
         events: list[tuple[str, dict[str, Any]]] = []
         view = pool_view(pool) if pool else None
-        if view is not None and op.op == "expire" and status == "expired":
-            events.append((f"pool:{op.pool}:expired", {"kind": "pool_expired", "pool": view}))
+        closing = closing_event(view) if view is not None and op.op == "expire" else None
+        if closing is not None:
+            # From the pool's durable status, not this call's: a redelivered expiry (its first delivery expired the
+            # pool, then died before announcing) announces it; announce.lua keeps it once.
+            events.append(closing)
         if view is not None and op.op == "pledge" and status == "accepted":
             events.append((f"pledge:{op.pledge_id}", {"kind": "pool_progress", "pool": view}))
             if view["status"] == "completed":
@@ -299,7 +396,7 @@ class SettlementWorker:
     async def sweep_pools(self) -> None:
         """Pools past their deadline get an `expire` operation through the stream (crash-safe, exactly once)."""
         now_ms = int(time.time() * 1000)
-        due = await self.redis.zrangebyscore(keys.POOLS_OPEN, 0, now_ms, start=0, num=PAYOUTS_PER_RUN_MAX)
+        due = await self.redis.zrangebyscore(keys.POOLS_OPEN, 0, now_ms, start=0, num=POOLS_PER_RUN_MAX)
         for pool_id in due:
             if self._expiring.get(pool_id, 0) > time.monotonic():
                 continue

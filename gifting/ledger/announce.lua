@@ -7,7 +7,7 @@
 --   room has no epoch: its history was lost), 4 combo window ms, 5 unix time (s) at which this call's marker
 --   bucket expires, 6 n = number of events, then n values, tab-separated: dedupe id, coins, diamonds, gift id,
 --   count, contributors ('user coins|user coins' or ''), combo key ('sender:gift', or '' for events that do
---   not combo); then the n events as JSON objects (no offset, no combo).
+--   not combo); then the n events as JSON objects (no offset, no combo); then the ended room TTL (s).
 --
 -- The events one call appends are stored and published once, as one announcement (rooms.announced_events
 -- reads it): {"from": offset of the first, "combos": [[index, combo id, count], ...], "events": [...]}; the
@@ -141,5 +141,14 @@ if #appended > 0 then
   redis.call('XADD', history, 'MINID', '~', math.max(0, last - keep), last .. '-0', 'e', announcement)
   redis.call('HSET', meta, 'offset', last)
   redis.call('PUBLISH', channel, announcement)
+end
+-- An ended room's keys expire with it, also those first written after its end began (a gift settled while
+-- the room ended), and its meta if this call made it again: nothing of an ended room stays forever.
+if redis.call('HGET', meta, 'status') ~= 'live' then
+  local ttl = redis.call('TTL', meta)
+  if ttl < 0 then ttl = tonumber(ARGV[HEAD + 2 * n + 1]) end
+  for _, key in ipairs({meta, history, stats, top, goal}) do
+    if redis.call('TTL', key) == -1 then redis.call('EXPIRE', key, ttl) end
+  end
 end
 return #appended

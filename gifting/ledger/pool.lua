@@ -1,16 +1,24 @@
--- Pooled gifts: viewers pledge coins toward one expensive gift (called by workers/settlement.py).
+-- Pooled gifts: viewers pledge coins toward one expensive gift (called by gifting/pools.py and
+-- workers/settlement.py).
 --
 -- Each pledge is a pending transfer viewer -> sys:pool_escrow. When the pledges reach the price the pool
 -- completes in the same call: the escrow pays the gift like settle.lua does (platform share, creator share as
--- diamonds). At the deadline an incomplete pool is voided: every pledge goes back. A pool's status moves
--- open -> completed | expired exactly once, so a pledge is never both posted and voided.
+-- diamonds). An incomplete pool is voided at its deadline (expired), by its opener, the creator or an admin
+-- (cancelled), or when its room ends (voided): every pledge goes back. A pool's status moves
+-- open -> completed | expired | cancelled | voided exactly once, so a pledge is never both posted and voided.
+-- A closed pool's record expires after the pool record TTL; an open one never does (its escrow is in it).
 --
 -- KEYS: 1 coin balances, 2 diamond balances, 3 journal, 4 pool (hash), 5 open pools (sorted set by deadline),
---   6 pledge record (pledge only; else any key of the slot).
+--   6 pledge record (pledge only; else any key of the slot), 7 the room's open pools (set), 8 the opener's open
+--   pools (set), 9 the room's end marker (hash: '*' -> ended ms, pool id -> 1 for each pool voided by the end;
+--   its existence closes the room to new pools and pledges).
 -- ARGV 'pledge': 1 op, 2 now_ms, 3 pledge id, 4 account, 5 coins, 6 fingerprint, 7 display name, 8 record ttl_s,
---   9 earnings hour, 10 UTC day, 11 ISO week.
--- ARGV 'expire': 1 op, 2 now_ms.
--- Returns {status, reason, balance, replay, pool JSON}; status: accepted | rejected | conflict | expired | noop.
+--   9 earnings hour, 10 UTC day, 11 ISO week, 12 pool record ttl_s.
+-- ARGV 'expire' | 'cancel' | 'void': 1 op, 2 now_ms, 3 pool record ttl_s.
+-- ARGV 'open': 1 op, 2 now_ms, 3 pool id, 4 room cap, 5 opener cap, 6 opener account, 7 coins an opener needs,
+--   8.. the record's field/value pairs.
+-- Returns {status, reason, balance, replay, pool JSON}; status: accepted | rejected | conflict | expired |
+--   cancelled | voided | opened | noop.
 local coins_key, diamonds_key, journal, pool_key, open_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local op, now_ms = ARGV[1], ARGV[2]
 local function fmt(x) return string.format('%d', x) end
@@ -31,12 +39,43 @@ local function statement(account, kind, amount, ref)
     table.concat({now_ms, kind, 'coins', string.format('%d', amount), 'sys:pool_escrow', ref, '', ''}, '\t'))
 end
 
+local room_pools_key, opener_pools_key, ended_key = KEYS[7], KEYS[8], KEYS[9]
+
+-- Leave the open-pool indexes and let the record expire: the pool is closed for good.
+local function closed(id, ttl_s)
+  redis.call('ZREM', open_key, id)
+  redis.call('SREM', room_pools_key, id)
+  redis.call('SREM', opener_pools_key, id)
+  redis.call('EXPIRE', pool_key, ttl_s)
+end
+
+if op == 'open' then
+  local reject = nil
+  if redis.call('EXISTS', ended_key) == 1 then reject = 'room_not_live'
+  elseif redis.call('SCARD', room_pools_key) >= tonumber(ARGV[4]) then reject = 'too_many_pools'
+  elseif redis.call('SCARD', opener_pools_key) >= tonumber(ARGV[5]) then reject = 'too_many_open_pools'
+  elseif tonumber(redis.call('HGET', coins_key, ARGV[6]) or '0') < tonumber(ARGV[7]) then
+    reject = 'pool_opener_coins'
+  end
+  if reject then return {'rejected', reject, '0', 0, ''} end
+  redis.call('HSET', pool_key, unpack(ARGV, 8))
+  redis.call('ZADD', open_key, redis.call('HGET', pool_key, 'deadline_ms'), ARGV[3])
+  redis.call('SADD', room_pools_key, ARGV[3])
+  redis.call('SADD', opener_pools_key, ARGV[3])
+  return {'opened', '', '0', 0, snapshot()}
+end
+
 local pool = redis.call('HMGET', pool_key, 'id', 'status', 'price', 'pledged', 'deadline_ms', 'creator', 'bps',
   'contributors', 'gift', 'room')
 local id, status, price, pledged, deadline = pool[1], pool[2], tonumber(pool[3]), tonumber(pool[4]), tonumber(pool[5])
 
-if op == 'expire' then
-  if not id or status ~= 'open' or tonumber(now_ms) < deadline then return {'noop', status or '', '0', 0, snapshot()} end
+-- Void an open pool: every pledge goes back. expire: past its deadline; cancel: by its opener, the creator or
+-- an admin (checked by the caller); void: its room ended.
+if op == 'expire' or op == 'cancel' or op == 'void' then
+  local final = ({expire = 'expired', cancel = 'cancelled', void = 'voided'})[op]
+  if not id or status ~= 'open' or (op == 'expire' and tonumber(now_ms) < deadline) then
+    return {'noop', status or '', '0', 0, snapshot()}
+  end
   local contributors = cjson.decode(pool[8])
   local legs = {}
   for _, c in ipairs(contributors) do
@@ -47,11 +86,13 @@ if op == 'expire' then
     statement(account, 'pledge_returned', c.coins, id)
   end
   if #legs > 0 then
-    redis.call('XADD', journal, '*', 'kind', 'pool_voided', 'id', id, 'legs', table.concat(legs, '|'), 'ts', now_ms)
+    redis.call('XADD', journal, '*', 'kind', 'pool_voided', 'id', id, 'status', final, 'legs', table.concat(legs, '|'),
+      'ts', now_ms)
   end
-  redis.call('HSET', pool_key, 'status', 'expired', 'closed_ms', now_ms)
-  redis.call('ZREM', open_key, id)
-  return {'expired', '', '0', 0, snapshot()}
+  redis.call('HSET', pool_key, 'status', final, 'closed_ms', now_ms)
+  if op == 'void' then redis.call('HSET', ended_key, id, 1) end
+  closed(id, ARGV[3])
+  return {final, '', '0', 0, snapshot()}
 end
 
 -- pledge
@@ -69,6 +110,7 @@ local function decide(s, reason)
 end
 if not id then return decide('rejected', 'unknown_pool') end
 if status ~= 'open' then return decide('rejected', 'pool_' .. status) end
+if redis.call('EXISTS', ended_key) == 1 then return decide('rejected', 'room_not_live') end
 if tonumber(now_ms) >= deadline then return decide('rejected', 'pool_expired') end
 if account == 'u:' .. pool[6] then return decide('rejected', 'self_gift') end
 if coins > price - pledged then return decide('rejected', 'pledge_exceeds_remaining') end
@@ -119,6 +161,6 @@ if pledged == price then
     redis.call('ZINCRBY', prefix .. ':week:' .. ARGV[11], c.coins, 'u:' .. c.user)
   end
   redis.call('HSET', pool_key, 'status', 'completed', 'closed_ms', now_ms)
-  redis.call('ZREM', open_key, id)
+  closed(id, ARGV[12])
 end
 return decide('accepted', '')

@@ -187,18 +187,34 @@ class Ledger:
     async def pool_op(
         self, op: str, pool_id: str, pledge_id: str = "", user: str = "", coins: int = 0, name: str = ""
     ) -> tuple[str, str, int, bool, dict[str, Any] | None]:
-        """A pledge to a pool, or its expiry (pool.lua). Returns (status, reason, balance, replay, pool)."""
+        """A pledge to a pool, or its expiry, cancellation or voiding at its room's end (pool.lua).
+        Returns (status, reason, balance, replay, pool)."""
+        assert op in ("pledge", "expire", "cancel", "void")
         now = now_ms()
+        room, starter = await self.redis.hmget(keys.pool(pool_id), "room", "starter")  # fixed at open
         keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
+        keys_.append(keys.pledge_record(pledge_id) if op == "pledge" else keys.pool(pool_id))
+        keys_ += pool_index_keys(room or "", starter or "")
         if op == "pledge":
-            keys_.append(keys.pledge_record(pledge_id))
             fingerprint = rules.fingerprint(pool_id, user, coins)
             args: list[Any] = [op, now, pledge_id, keys.account(user), coins, fingerprint, name]
             args += [self.settings.idempotency_ttl_s, now // 3600_000, utc_day(now), iso_week(now)]
+            args += [self.settings.pool_record_ttl_s]
         else:
-            args = [op, now]
+            args = [op, now, self.settings.pool_record_ttl_s]
         status, reason, balance, replay, pool = await self._pool(keys=keys_, args=args)
         return status, reason, int(balance), bool(int(replay)), (orjson.loads(pool) if pool else None)
+
+    async def pool_open(self, room: str, starter: str, record: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+        """Open a pool unless its room ended or a cap is reached, atomically (pool.lua). Returns (reason, pool):
+        reason is '' when it opened."""
+        s, pool_id = self.settings, record["id"]
+        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
+        keys_ += [keys.pool(pool_id), *pool_index_keys(room, starter)]
+        args: list[Any] = ["open", now_ms(), pool_id, s.pools_per_room_max, s.pools_per_user_max]
+        args += [keys.account(starter), s.pool_open_coins_min, *(x for pair in record.items() for x in pair)]
+        _status, reason, _balance, _replay, pool = await self._pool(keys=keys_, args=args)
+        return reason, (orjson.loads(pool) if pool else None)
 
     # Purchases ---------------------------------------------------------------------------------------------
 
@@ -265,7 +281,7 @@ class Ledger:
             args=[
                 "request", now, withdrawal_id, keys.account(user), diamonds, s.withdrawal_diamonds_min,
                 s.withdrawal_diamonds_per_day_max, cutoff_hour, now + s.withdrawal_timeout_s * 1000,
-                payout_account, fingerprint, utc_day(now),
+                payout_account, fingerprint, utc_day(now), s.withdrawals_pending_per_user_max,
             ],
         )  # fmt: skip
         if code != "ok":
@@ -301,6 +317,7 @@ class Ledger:
             keys.statement(user),
             keys.earned(user),
             keys.withdrawn_on(day),
+            keys.WITHDRAWALS_PENDING_BY_USER,
         ]
 
     async def withdrawal(self, withdrawal_id: str) -> dict[str, Any] | None:
@@ -324,8 +341,9 @@ class Ledger:
         found = [await self.withdrawal(wid) for wid in reversed(ids)]
         return [w for w in found if w is not None]
 
-    async def pending_withdrawals(self, limit: int) -> list[str]:
-        ids: list[str] = await self.redis.zrange(keys.WITHDRAWALS_PENDING, 0, limit - 1)
+    async def pending_withdrawals(self, limit: int, offset: int = 0) -> list[str]:
+        """Pending withdrawal ids by deadline, `limit` from position `offset`."""
+        ids: list[str] = await self.redis.zrange(keys.WITHDRAWALS_PENDING, offset, offset + limit - 1)
         return ids
 
     # Wallet, statements, limits ------------------------------------------------------------------------------
@@ -370,6 +388,11 @@ class Ledger:
                 "spent_today": spent}  # fmt: skip
 
 
+def pool_index_keys(room: str, starter: str) -> list[str]:
+    """pool.lua's KEYS 7..9: the room's open pools, the opener's open pools, the room's end marker."""
+    return [keys.room_pools(room), keys.opener_pools(starter), keys.room_ended(room)]
+
+
 REVERSE_ERRORS = {
     "purchase_not_paid": "the purchase was declined; there is nothing to reverse",
     "already_reversed": "the purchase was already refunded or charged back",
@@ -381,4 +404,5 @@ WITHDRAW_ERRORS = {
     "daily_cap_exceeded": "over the daily withdrawal cap; {detail} diamonds left today (UTC)",
     "insufficient_diamonds": "not enough diamonds; the balance is {detail}",
     "diamonds_on_hold": "recently earned diamonds are on hold; {detail} diamonds can be withdrawn now",
+    "too_many_pending_withdrawals": "{detail} withdrawals are already pending; wait until one is paid or failed",
 }

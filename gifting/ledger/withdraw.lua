@@ -5,10 +5,11 @@
 -- void:    sys:payout_clearing -> creator: the diamonds come back.
 --
 -- KEYS: 1 diamond balances, 2 journal, 3 withdrawal record (hash), 4 pending (sorted set by deadline),
---   5 the user's withdrawal list, 6 the user's statement (list), 7 the user's earnings by hour, 8 withdrawn today.
+--   5 the user's withdrawal list, 6 the user's statement (list), 7 the user's earnings by hour, 8 withdrawn today,
+--   9 pending withdrawals per account (hash).
 -- ARGV: 1 mode, 2 now_ms, 3 withdrawal id; request adds: 4 account, 5 diamonds, 6 minimum, 7 daily cap,
 --   8 hold cutoff hour (earnings in this hour or later are held), 9 deadline_ms, 10 payout account,
---   11 fingerprint, 12 day (YYYYMMDD); void adds: 4 reason.
+--   11 fingerprint, 12 day (YYYYMMDD), 13 pending withdrawals one account may have; void adds: 4 reason.
 -- Returns {'ok' | error code, status, detail}.
 local mode, now_ms, id = ARGV[1], ARGV[2], ARGV[3]
 local function fmt(x) return string.format('%d', x) end
@@ -21,6 +22,9 @@ if mode == 'request' then
     return {'ok', existing[2], 'replay'}
   end
   if amount < tonumber(ARGV[6]) then return {'below_minimum', '', ARGV[6]} end
+  -- A bound per creator, so one creator's withdrawals cannot crowd the payout queue.
+  local pending = tonumber(redis.call('HGET', KEYS[9], account) or '0')
+  if pending >= tonumber(ARGV[13]) then return {'too_many_pending_withdrawals', '', fmt(pending)} end
   local today = tonumber(redis.call('HGET', KEYS[8], account) or '0')
   if today + amount > tonumber(ARGV[7]) then return {'daily_cap_exceeded', '', fmt(tonumber(ARGV[7]) - today)} end
   local balance = tonumber(redis.call('HGET', KEYS[1], account) or '0')
@@ -39,6 +43,7 @@ if mode == 'request' then
   redis.call('HSET', KEYS[3], 'fp', ARGV[11], 'user', account, 'diamonds', fmt(amount), 'status', 'pending',
     'created_ms', now_ms, 'deadline_ms', ARGV[9], 'payout_account', ARGV[10], 'day', ARGV[12])
   redis.call('ZADD', KEYS[4], ARGV[9], id)
+  redis.call('HINCRBY', KEYS[9], account, 1)
   redis.call('RPUSH', KEYS[5], id)
   redis.call('RPUSH', KEYS[6], table.concat({now_ms, 'withdrawal', 'diamonds', fmt(-amount), 'sys:payout_clearing', id,
     '', ''}, '\t'))
@@ -51,6 +56,7 @@ local status, account, amount, day = unpack(redis.call('HMGET', KEYS[3], 'status
 if not status then return {'unknown_withdrawal', '', ''} end
 if status ~= 'pending' then return {'withdrawal_not_pending', status, ''} end
 redis.call('ZREM', KEYS[4], id)
+if redis.call('HINCRBY', KEYS[9], account, -1) <= 0 then redis.call('HDEL', KEYS[9], account) end
 if mode == 'post' then
   redis.call('HINCRBY', KEYS[1], 'sys:payout_clearing', -tonumber(amount))
   redis.call('HINCRBY', KEYS[1], 'sys:diamonds_paid_out', tonumber(amount))

@@ -387,6 +387,7 @@ function renderPool(entry) {
     el("div.pool-head", {}, giftIcon(gift, "mini-icon"), el("strong", {}, gift.name), el("span.muted.small", {}, ` ${fmt(pool.pledged)} / ${fmt(pool.price)} coins`)),
     progressBar(pool.pledged, pool.price, `${gift.name} pool`),
     el("p.small.muted", {}, status === "completed" ? "Completed: sent!" : status === "expired" ? "Expired: pledges returned."
+      : status === "cancelled" ? "Cancelled: pledges returned." : status === "voided" ? "Stream ended: pledges returned."
       : `${(pool.contributors || []).length} contributors · ${duration(left)} left`),
   );
 }
@@ -489,6 +490,8 @@ function handle(event, live) {
       if (countGift(poolGiftEvent(event), live) && live) scheduleResync();
       break;
     case "pool_expired": upsertPool(event.pool, "expired"); break;
+    case "pool_cancelled": upsertPool(event.pool, "cancelled"); break;
+    case "pool_voided": upsertPool(event.pool, "voided"); break;
     case "leaderboard": renderTop(event.top); break;
     case "viewers":
       if (typeof event.count === "number") {

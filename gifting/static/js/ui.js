@@ -97,6 +97,10 @@ const REASONS = {
   pool_expired: "Time ran out for this group gift.",
   pledge_exceeds_remaining: "That's more than the group gift still needs; pledge less.",
   too_many_pools: "This stream already has as many group gifts as it can.",
+  pool_cancelled: "This group gift was cancelled.",
+  pool_voided: "The stream ended; this group gift was called off.",
+  too_many_open_pools: "You already have a group gift open. Wait for it to finish, or cancel it.",
+  pool_opener_coins: "Buy coins to start a group gift.",
 };
 
 export function reasonText(reason, fallback) {

@@ -243,6 +243,8 @@ function handle(event, animate) {
       handle(poolGiftEvent(event), animate);
       break;
     case "pool_expired": upsertPool(event.pool, "expired"); break;
+    case "pool_cancelled": upsertPool(event.pool, "cancelled"); break;
+    case "pool_voided": upsertPool(event.pool, "voided"); break;
     case "leaderboard": renderTop(event.top); break;
     case "viewers": if (typeof event.count === "number") setViewers(event.count); break;
     case "stream_summary": renderSummary(event.summary); break;
@@ -332,6 +334,8 @@ function renderPool(entry) {
   const people = (pool.contributors || []).length;
   const meta = status === "completed" ? "Sent! Thanks to everyone who pledged."
     : status === "expired" ? "Time ran out; pledges were returned."
+      : status === "cancelled" ? "Cancelled; pledges were returned."
+        : status === "voided" ? "The stream ended; pledges were returned."
       : `${people} contributor${people === 1 ? "" : "s"} · ${duration(left)} left`;
   node.querySelector(".pool-meta").textContent = meta;
   const form = node.querySelector("form");
