@@ -205,7 +205,8 @@ class Ledger:
     async def purchase(
         self, user: str, purchase_id: str, fingerprint: str, status: str, record: dict[str, Any], coins: int
     ) -> tuple[dict[str, Any], bool, bool]:
-        """Record a purchase outcome once. Returns (stored record, fingerprint matches, replay)."""
+        """Record a purchase outcome once. Returns (stored record, fingerprint matches, replay); a record of
+        another user under this id never matches (and its content is not returned)."""
         assert status in ("paid", "declined") and coins > 0
         stored, stored_fp, replay = await self._purchase(
             keys=[
@@ -219,11 +220,16 @@ class Ledger:
         )
         return orjson.loads(stored), stored_fp == fingerprint, bool(int(replay))
 
-    async def purchase_record(self, purchase_id: str) -> tuple[dict[str, Any], str] | None:
-        """A purchase's record (with its current status) and request fingerprint, if it exists."""
-        fp, record, status = await self.redis.hmget(keys.purchase_record(purchase_id), "fp", "record", "status")
+    async def purchase_record(self, purchase_id: str, owner: str | None = None) -> tuple[dict[str, Any], str] | None:
+        """A purchase's record (with its current status) and request fingerprint, if it exists. With `owner`, a
+        record of another user is refused (idempotency_key_conflict), never returned."""
+        fp, record, status, user = await self.redis.hmget(
+            keys.purchase_record(purchase_id), "fp", "record", "status", "user"
+        )
         if fp is None:
             return None
+        if owner is not None and user != keys.account(owner):
+            raise LedgerError("idempotency_key_conflict", "Idempotency-Key was used for a different purchase")
         data: dict[str, Any] = orjson.loads(record)
         data["status"] = status  # paid | declined | refunded | charged_back
         return data, fp
