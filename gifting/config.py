@@ -65,7 +65,14 @@ class Settings:
         "How long a gift id is remembered, in seconds (at least; at most 1/8 longer). Purchases: forever.",
     )
     daily_spend_coins_max: int = _setting(
-        "GIFTING_DAILY_SPEND_COINS_MAX", 0, "Coins a viewer may spend on gifts per UTC day; 0: no global cap."
+        "GIFTING_DAILY_SPEND_COINS_MAX",
+        0,
+        "Coins a viewer may spend per UTC day, gifts and pool pledges together; 0: no global cap.",
+    )
+    spend_limit_cooloff_s: int = _setting(
+        "GIFTING_SPEND_LIMIT_COOLOFF_S",
+        86400,
+        "A viewer's own daily spend cap raised or removed takes effect after this many seconds; lowered: at once.",
     )
     withdrawal_diamonds_min: int = _setting(
         "GIFTING_WITHDRAWAL_DIAMONDS_MIN", 1000, "Smallest withdrawal, in diamonds."

@@ -181,13 +181,17 @@ async def get_limits(request: Request) -> Response:
 
 
 async def put_limits(request: Request) -> Response:
-    """A viewer's own daily spend cap in coins (0 removes it); settlement enforces it atomically."""
+    """A viewer's own daily spend cap in coins (0 removes it); settlement enforces it atomically for gifts and
+    pledges. Lowering applies at once; raising or removing after GIFTING_SPEND_LIMIT_COOLOFF_S."""
     identity = identify(request)
     body = await json_body(request)
     value = body.get("daily_spend_coins_max")
-    if value != 0:
+    if type(value) is not int or value != 0:  # false and 0.0 equal 0 but are not a cap
         value = positive_int(value, "daily_spend_coins_max", SPEND_LIMIT_COINS_MAX)
-    await request.app.state.ledger.set_spend_limit(identity.user, value)
+    try:
+        await request.app.state.ledger.set_spend_limit(identity.user, value)
+    except LedgerError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
     return json_response(await request.app.state.ledger.spend_limit(identity.user))
 
 

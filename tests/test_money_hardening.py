@@ -3,6 +3,7 @@ cap for every way of spending, a self-set cap that cools off before it rises, sh
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
@@ -137,3 +138,171 @@ async def test_a_purchase_replay_checks_its_owner(system: System) -> None:
     stored, same, replay = await ledger.purchase("v2", keys.purchase_id("v1", "p1"), fingerprint, "paid", {}, 65)
     assert not same and replay and stored == {}  # the other purchase stays private
     assert (await system.wallet("v2"))["coins"] == 0
+
+
+# Items 3 and 5 ------------------------------------------------------------------------------------------------
+
+
+async def gift(system: System, viewer: str, room: str, name: str = "coffee", count: int = 1) -> dict[str, Any]:
+    response = await system.http.post(
+        f"/v1/rooms/{room}/gifts",
+        headers=system.auth(viewer),
+        json={"gift": name, "count": count, "gift_id": gift_id()},
+    )
+    assert response.status_code in (200, 422), response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def pledge(system: System, viewer: str, room: str, coins: int) -> dict[str, Any]:
+    opened = await system.http.post(
+        f"/v1/rooms/{room}/pools", headers=system.auth("starter"), json={"gift": "galaxy", "deadline_s": 60}
+    )
+    assert opened.status_code == 201, opened.text
+    pool = opened.json()["pool"]["id"]
+    response = await system.http.post(
+        f"/v1/pools/{pool}/pledges", headers=system.auth(viewer), json={"coins": coins, "pledge_id": gift_id()}
+    )
+    assert response.status_code in (200, 422), response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def limits(system: System, viewer: str, cap: int | None = None) -> dict[str, Any]:
+    if cap is None:
+        response = await system.http.get("/v1/wallet/limits", headers=system.auth(viewer))
+    else:
+        response = await system.http.put(
+            "/v1/wallet/limits", headers=system.auth(viewer), json={"daily_spend_coins_max": cap}
+        )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def test_pledges_count_against_the_global_daily_cap(start_system: SystemFactory) -> None:
+    """With a global cap of 10 a 99-coin pledge is refused `daily_limit` like a gift; an accepted pledge counts."""
+    system = await start_system(daily_spend_coins_max=10)
+    await system.grant("v1", 1000)
+    room = await system.open_room("c1")
+    assert (await gift(system, "v1", room, "confetti"))["reason"] == "daily_limit"
+    refused = await pledge(system, "v1", room, 99)
+    assert (refused["status"], refused["reason"]) == ("rejected", "daily_limit")
+    assert (await pledge(system, "v1", room, 6))["status"] == "accepted"
+    assert (await limits(system, "v1"))["spent_today"] == 6
+    assert (await gift(system, "v1", room, "coffee"))["reason"] == "daily_limit"  # 6 + 10 > 10
+    assert (await system.wallet("v1"))["coins"] == 994
+    await audit_clean(system)
+
+
+async def test_pledges_count_against_the_viewers_own_cap(system: System) -> None:
+    """A viewer's own cap binds pledges too, and gifts and pledges share one daily total."""
+    await system.grant("v1", 1000)
+    room = await system.open_room("c1")
+    await limits(system, "v1", 25)
+    assert (await gift(system, "v1", room, "coffee", 2))["status"] == "settled"
+    assert (await pledge(system, "v1", room, 6))["reason"] == "daily_limit"
+    assert (await pledge(system, "v1", room, 5))["status"] == "accepted"
+    assert (await limits(system, "v1"))["spent_today"] == 25
+    await audit_clean(system)
+
+
+async def test_spending_before_a_cap_is_set_counts_toward_it(system: System) -> None:
+    """Today's spending is counted from the first gift whether or not a cap exists: a new cap sees it."""
+    await system.grant("v1", 1000)
+    room = await system.open_room("c1")
+    assert (await gift(system, "v1", room, "confetti", 3))["status"] == "settled"
+    assert (await limits(system, "v1"))["spent_today"] == 300
+    await limits(system, "v1", 250)
+    assert (await gift(system, "v1", room, "coffee"))["reason"] == "daily_limit"
+    assert (await system.wallet("v1"))["coins"] == 700
+
+
+async def test_a_raised_or_removed_own_cap_waits_for_the_cooling_off(start_system: SystemFactory) -> None:
+    """Raising or removing one's own cap takes effect after the cooling-off; lowering it at once."""
+    system = await start_system(spend_limit_cooloff_s=3600)
+    await system.grant("v1", 1000)
+    room = await system.open_room("c1")
+    await limits(system, "v1", 10)
+    assert (await gift(system, "v1", room, "coffee"))["status"] == "settled"
+    for raised in (1000, 0):
+        answer = await limits(system, "v1", raised)
+        assert answer["daily_spend_coins_max"] == 10 and answer["pending_daily_spend_coins_max"] == raised
+        assert answer["pending_effective_ms"] > 0
+        assert (await gift(system, "v1", room, "coffee"))["reason"] == "daily_limit"
+        assert (await pledge(system, "v1", room, 5))["reason"] == "daily_limit"
+    lowered = await limits(system, "v1", 5)
+    assert lowered["daily_spend_coins_max"] == 5 and lowered["pending_daily_spend_coins_max"] is None
+    assert (await system.wallet("v1"))["coins"] == 990
+
+
+async def test_a_raised_own_cap_applies_once_the_cooling_off_is_over(start_system: SystemFactory) -> None:
+    """After the cooling-off the raised cap is the one in force, for gifts and pledges alike."""
+    system = await start_system(spend_limit_cooloff_s=1)
+    await system.grant("v1", 1000)
+    room = await system.open_room("c1")
+    await limits(system, "v1", 10)
+    assert (await gift(system, "v1", room, "coffee"))["status"] == "settled"
+    await limits(system, "v1", 100)
+    assert (await gift(system, "v1", room, "coffee"))["reason"] == "daily_limit"
+    await asyncio.sleep(1.2)  # past the cooling-off (a wait, not a timing assertion)
+    assert (await gift(system, "v1", room, "coffee"))["status"] == "settled"
+    assert (await pledge(system, "v1", room, 80))["status"] == "accepted"
+    answer = await limits(system, "v1")
+    assert answer["daily_spend_coins_max"] == 100 and answer["pending_daily_spend_coins_max"] is None
+    assert answer["spent_today"] == 100
+    await audit_clean(system)
+
+
+def test_own_spend_limit_changes_lower_at_once_and_raise_after_the_cooling_off() -> None:
+    """The rule itself: lower at once (cancelling a pending raise), raise or remove after the cooling-off."""
+    change, now = rules.change_own_spend_limit, 1_000_000
+    assert change(None, 100, now, 60).encode() == "100"  # a first cap lowers "no cap"
+    raised = change("100", 500, now, 60)
+    assert (raised.coins, raised.pending_coins, raised.pending_effective_ms) == (100, 500, now + 60_000)
+    assert change(raised.encode(), 500, now + 10, 60) == raised  # asking again keeps the time
+    assert change(raised.encode(), 50, now + 10, 60).encode() == "50"
+    assert change(raised.encode(), 100, now + 10, 60).encode() == "100"  # back to the cap in force
+    removed = change("100", 0, now, 60)
+    assert (removed.coins, removed.pending_coins) == (100, 0)
+    assert rules.own_spend_limit(removed.encode(), now + 60_000).coins == 0
+    assert change(removed.encode(), 0, now + 60_000, 60).encode() is None
+    assert change("100", 0, now, 0).encode() is None  # no cooling-off configured
+
+
+async def test_a_spend_limit_that_is_not_an_integer_is_bad_amount(system: System) -> None:
+    """`false`, `0.0`, strings and negatives are refused; nothing changes."""
+    await limits(system, "v1", 10)
+    for bad in (False, 0.0, "0", -1, 10**10, None):
+        response = await system.http.put(
+            "/v1/wallet/limits", headers=system.auth("v1"), json={"daily_spend_coins_max": bad}
+        )
+        assert response.status_code == 400 and response.json()["error"]["code"] == "bad_amount", bad
+    assert (await limits(system, "v1"))["daily_spend_coins_max"] == 10
+
+
+async def test_gifts_and_pledges_at_once_never_overrun_the_cap(start_system: SystemFactory) -> None:
+    """Twenty gifts and twenty pledges of 10 coins sent at once under a cap of 100: exactly 100 coins go."""
+    system = await start_system(daily_spend_coins_max=100)
+    await system.grant("v1", 1000)
+    room = await system.open_room("c1")
+    opened = await system.http.post(
+        f"/v1/rooms/{room}/pools", headers=system.auth("starter"), json={"gift": "galaxy", "deadline_s": 60}
+    )
+    pool = opened.json()["pool"]["id"]
+
+    async def pledge_10() -> dict[str, Any]:
+        response = await system.http.post(
+            f"/v1/pools/{pool}/pledges", headers=system.auth("v1"), json={"coins": 10, "pledge_id": gift_id()}
+        )
+        body: dict[str, Any] = response.json()
+        return body
+
+    results = await asyncio.gather(
+        *(gift(system, "v1", room, "coffee") for _ in range(20)), *(pledge_10() for _ in range(20))
+    )
+    assert sum(r["status"] in ("settled", "accepted") for r in results) == 10
+    assert {r["reason"] for r in results if r["status"] == "rejected"} == {"daily_limit"}
+    assert (await limits(system, "v1"))["spent_today"] == 100
+    assert (await system.wallet("v1"))["coins"] == 900
+    await audit_clean(system)

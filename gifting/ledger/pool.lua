@@ -6,9 +6,10 @@
 -- open -> completed | expired exactly once, so a pledge is never both posted and voided.
 --
 -- KEYS: 1 coin balances, 2 diamond balances, 3 journal, 4 pool (hash), 5 open pools (sorted set by deadline),
---   6 pledge record (pledge only; else any key of the slot).
+--   6 pledge record (pledge only; else any key of the slot), 7 viewer spend limits, 8 today's spend per viewer
+--   (7 and 8: pledge only; the daily spend cap of spend_cap.lua, shared with gifts).
 -- ARGV 'pledge': 1 op, 2 now_ms, 3 pledge id, 4 account, 5 coins, 6 fingerprint, 7 display name, 8 record ttl_s,
---   9 earnings hour, 10 UTC day, 11 ISO week.
+--   9 earnings hour, 10 UTC day, 11 ISO week, 12 global daily spend cap in coins (0: none), 13 spend total ttl_s.
 -- ARGV 'expire': 1 op, 2 now_ms.
 -- Returns {status, reason, balance, replay, pool JSON}; status: accepted | rejected | conflict | expired | noop.
 local coins_key, diamonds_key, journal, pool_key, open_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -73,6 +74,11 @@ if tonumber(now_ms) >= deadline then return decide('rejected', 'pool_expired') e
 if account == 'u:' .. pool[6] then return decide('rejected', 'self_gift') end
 if coins > price - pledged then return decide('rejected', 'pledge_exceeds_remaining') end
 if balance < coins then return decide('rejected', 'insufficient_coins') end
+local spent_today = tonumber(redis.call('HGET', KEYS[8], account) or '0')
+local cap = spend_cap(tonumber(ARGV[12]), redis.call('HGET', KEYS[7], account), tonumber(now_ms))
+if not spend_cap_allows(cap, spent_today, coins) then return decide('rejected', 'daily_limit') end
+redis.call('HSET', KEYS[8], account, fmt(spent_today + coins))
+redis.call('EXPIRE', KEYS[8], ARGV[13])
 
 balance = balance - coins
 redis.call('HSET', coins_key, account, fmt(balance))
