@@ -62,7 +62,14 @@ class Settings:
     idempotency_ttl_s: int = _setting(
         "GIFTING_IDEMPOTENCY_TTL_S",
         7 * 86400,
-        "How long a gift id is remembered, in seconds (at least; at most 1/8 longer). Purchases: forever.",
+        "How long a settled gift or accepted pledge id is remembered, in seconds (at least; at most 1/8 longer). "
+        "Purchases: forever.",
+    )
+    rejected_gift_ttl_s: int = _setting(
+        "GIFTING_REJECTED_GIFT_TTL_S",
+        3600,
+        "How long a rejected gift or pledge id is remembered, in seconds (at least; at most 1/8 longer); then a "
+        "resend is decided anew.",
     )
     daily_spend_coins_max: int = _setting(
         "GIFTING_DAILY_SPEND_COINS_MAX",

@@ -306,3 +306,69 @@ async def test_gifts_and_pledges_at_once_never_overrun_the_cap(start_system: Sys
     assert (await limits(system, "v1"))["spent_today"] == 100
     assert (await system.wallet("v1"))["coins"] == 900
     await audit_clean(system)
+
+
+# Item 18 ------------------------------------------------------------------------------------------------------
+
+
+async def record_ttl_s(system: System, pattern: str, field: str) -> int:
+    """The TTL of the record hash (one of the `pattern` keys) that holds `field`."""
+    async for key in system.redis.scan_iter(match=pattern):
+        if await system.redis.hexists(key, field):
+            ttl: int = await system.redis.ttl(key)
+            return ttl
+    raise AssertionError(f"no record of {field}")
+
+
+async def test_rejected_gifts_are_remembered_briefly_and_settled_ones_for_the_full_window(
+    start_system: SystemFactory,
+) -> None:
+    """A rejection's record expires after GIFTING_REJECTED_GIFT_TTL_S; a settled gift's after the full window."""
+    system = await start_system(rejected_gift_ttl_s=600)
+    room = await system.open_room("c1")
+    rejected = gift_id()
+    body = {"gift": "coffee", "count": 1, "gift_id": rejected}
+    answer = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v1"), json=body)
+    assert answer.json()["reason"] == "insufficient_coins"
+    await system.grant("v1", 100)
+    settled = (await gift(system, "v1", room))["gift_id"]
+    assert 0 < await record_ttl_s(system, "{ledger}:gifts:*", rejected) <= 600 + 600 // 8 + 1
+    assert await record_ttl_s(system, "{ledger}:gifts:*", settled) >= system.settings.idempotency_ttl_s
+    again = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v1"), json=body)
+    assert (again.json()["status"], again.json()["reason"]) == ("rejected", "insufficient_coins")
+    outcomes = await system.app.state.ledger.gift_outcomes([rejected, settled])
+    assert (outcomes[rejected].status, outcomes[settled].status) == ("rejected", "settled")
+    assert (await system.wallet("v1"))["coins"] == 90
+
+
+async def test_a_rejected_gift_id_may_be_decided_anew_once_its_record_expired(start_system: SystemFactory) -> None:
+    """Past GIFTING_REJECTED_GIFT_TTL_S a rejected gift id is forgotten: a resend is a new decision."""
+    system = await start_system(rejected_gift_ttl_s=1)
+    room = await system.open_room("c1")
+    body = {"gift": "coffee", "count": 1, "gift_id": gift_id()}
+    answer = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v1"), json=body)
+    assert answer.json()["reason"] == "insufficient_coins"
+    await system.grant("v1", 100)
+    await asyncio.sleep(3.2)  # past the record's bucket (ttl + one bucket span): a wait, not a timing assertion
+    again = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v1"), json=body)
+    assert again.json()["status"] == "settled", again.text
+    await audit_clean(system)
+
+
+async def test_rejected_pledges_are_remembered_briefly(start_system: SystemFactory) -> None:
+    """A rejected pledge's record expires after GIFTING_REJECTED_GIFT_TTL_S; an accepted one after the window."""
+    system = await start_system(rejected_gift_ttl_s=600)
+    room = await system.open_room("c1")
+    opened = await system.http.post(
+        f"/v1/rooms/{room}/pools", headers=system.auth("starter"), json={"gift": "galaxy", "deadline_s": 60}
+    )
+    pool = opened.json()["pool"]["id"]
+    ids = {"rejected": gift_id(), "accepted": gift_id()}
+    for expected, pid in ids.items():
+        response = await system.http.post(
+            f"/v1/pools/{pool}/pledges", headers=system.auth("v1"), json={"coins": 10, "pledge_id": pid}
+        )
+        assert response.json()["status"] == expected, response.text
+        await system.grant("v1", 100)
+    assert 0 < await system.redis.ttl(keys.pledge_record(ids["rejected"])) <= 600
+    assert await system.redis.ttl(keys.pledge_record(ids["accepted"])) > 600

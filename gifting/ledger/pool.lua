@@ -9,7 +9,8 @@
 --   6 pledge record (pledge only; else any key of the slot), 7 viewer spend limits, 8 today's spend per viewer
 --   (7 and 8: pledge only; the daily spend cap of spend_cap.lua, shared with gifts).
 -- ARGV 'pledge': 1 op, 2 now_ms, 3 pledge id, 4 account, 5 coins, 6 fingerprint, 7 display name, 8 record ttl_s,
---   9 earnings hour, 10 UTC day, 11 ISO week, 12 global daily spend cap in coins (0: none), 13 spend total ttl_s.
+--   9 earnings hour, 10 UTC day, 11 ISO week, 12 global daily spend cap in coins (0: none), 13 spend total ttl_s,
+--   14 rejected record ttl_s (a rejection is remembered briefly; an accepted pledge for the full ttl_s).
 -- ARGV 'expire': 1 op, 2 now_ms.
 -- Returns {status, reason, balance, replay, pool JSON}; status: accepted | rejected | conflict | expired | noop.
 local coins_key, diamonds_key, journal, pool_key, open_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -65,7 +66,9 @@ if record then
 end
 local balance = tonumber(redis.call('HGET', coins_key, account) or '0')
 local function decide(s, reason)
-  redis.call('SET', record_key, s .. '|' .. reason .. '|' .. fmt(balance) .. '|' .. fp, 'EX', ARGV[8])
+  local ttl_s = ARGV[8]
+  if s ~= 'accepted' then ttl_s = ARGV[14] end
+  redis.call('SET', record_key, s .. '|' .. reason .. '|' .. fmt(balance) .. '|' .. fp, 'EX', ttl_s)
   return {s, reason, fmt(balance), 0, snapshot()}
 end
 if not id then return decide('rejected', 'unknown_pool') end

@@ -124,10 +124,12 @@ class Ledger:
         now = now_ms()
         s = self.settings
         buckets, expire_at = rules.record_buckets(now // 1000, s.idempotency_ttl_s)
+        rejected_buckets, rejected_expire_at = rules.record_buckets(now // 1000, s.rejected_gift_ttl_s)
         keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.LEDGER_SPEND_LIMITS]
         keys_ += [keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT, *map(keys.gift_records, buckets)]
+        keys_ += map(keys.rejected_gift_records, rejected_buckets)
         args: list[Any] = [now, s.creator_share_bps, s.daily_spend_coins_max, now // 3600_000, utc_day(now)]
-        args += [iso_week(now), expire_at, rules.SPENT_DAY_TTL_S]
+        args += [iso_week(now), expire_at, rules.SPENT_DAY_TTL_S, len(buckets), rejected_expire_at]
         args += [settle_arg(g, now) for g in gifts]
         wait = durable_timeout_ms is not None and self.waitaof_supported is not False
         for attempt in range(2):
@@ -155,14 +157,18 @@ class Ledger:
         return outcomes
 
     async def gift_outcomes(self, gift_ids: list[str]) -> dict[str, rules.GiftOutcome]:
-        """The stored outcome of each gift id that was decided (within GIFTING_IDEMPOTENCY_TTL_S)."""
-        buckets, _ = rules.record_buckets(now_ms() // 1000, self.settings.idempotency_ttl_s)
+        """The stored outcome of each gift id that was decided (settled within GIFTING_IDEMPOTENCY_TTL_S, rejected
+        within GIFTING_REJECTED_GIFT_TTL_S)."""
+        now_s = now_ms() // 1000
+        buckets, _ = rules.record_buckets(now_s, self.settings.idempotency_ttl_s)
+        rejected_buckets, _ = rules.record_buckets(now_s, self.settings.rejected_gift_ttl_s)
+        record_keys = [*map(keys.gift_records, buckets), *map(keys.rejected_gift_records, rejected_buckets)]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for bucket in buckets:
-                pipe.hmget(keys.gift_records(bucket), gift_ids)
+            for key in record_keys:
+                pipe.hmget(key, gift_ids)
             found = await pipe.execute()
         outcomes: dict[str, rules.GiftOutcome] = {}
-        for records in reversed(found):  # newest bucket last: it wins
+        for records in reversed(found):  # an id is recorded once; a settled record wins over a stale rejection
             for gift_id, record in zip(gift_ids, records, strict=True):
                 if record is not None:
                     outcomes[gift_id] = rules.parse_gift_record(gift_id, record, replay=True)
@@ -201,7 +207,7 @@ class Ledger:
             fingerprint = rules.fingerprint(pool_id, user, coins)
             args: list[Any] = [op, now, pledge_id, keys.account(user), coins, fingerprint, name]
             args += [self.settings.idempotency_ttl_s, now // 3600_000, utc_day(now), iso_week(now)]
-            args += [self.settings.daily_spend_coins_max, rules.SPENT_DAY_TTL_S]
+            args += [self.settings.daily_spend_coins_max, rules.SPENT_DAY_TTL_S, self.settings.rejected_gift_ttl_s]
         else:
             args = [op, now]
         status, reason, balance, replay, pool = await self._pool(keys=keys_, args=args)
