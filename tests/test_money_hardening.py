@@ -140,6 +140,28 @@ async def test_a_purchase_replay_checks_its_owner(system: System) -> None:
     assert (await system.wallet("v2"))["coins"] == 0
 
 
+async def test_another_users_gift_or_pledge_id_is_a_conflict_without_their_outcome(system: System) -> None:
+    """Gift and pledge ids are global: another user's id gets `*_id_conflict`, never its owner's outcome."""
+    await system.grant("v1", 1000)
+    await system.grant("v2", 1000)
+    room = await system.open_room("c1")
+    body = {"gift": "coffee", "count": 1, "gift_id": gift_id()}
+    first = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v1"), json=body)
+    assert first.json()["status"] == "settled"
+    stolen = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v2"), json=body)
+    assert stolen.status_code == 409 and "coins" not in stolen.json(), stolen.text
+    assert stolen.json()["error"]["code"] == "gift_id_conflict"
+    opened = await system.http.post(
+        f"/v1/rooms/{room}/pools", headers=system.auth("starter"), json={"gift": "galaxy", "deadline_s": 60}
+    )
+    pledge_body = {"coins": 10, "pledge_id": gift_id()}
+    url = f"/v1/pools/{opened.json()['pool']['id']}/pledges"
+    assert (await system.http.post(url, headers=system.auth("v1"), json=pledge_body)).json()["status"] == "accepted"
+    stolen = await system.http.post(url, headers=system.auth("v2"), json=pledge_body)
+    assert stolen.status_code == 409 and "coins" not in stolen.json(), stolen.text
+    assert (await system.wallet("v2"))["coins"] == 1000
+
+
 # Items 3 and 5 ------------------------------------------------------------------------------------------------
 
 
