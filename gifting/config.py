@@ -62,10 +62,24 @@ class Settings:
     idempotency_ttl_s: int = _setting(
         "GIFTING_IDEMPOTENCY_TTL_S",
         7 * 86400,
-        "How long a gift id is remembered, in seconds (at least; at most 1/8 longer). Purchases: forever.",
+        "How long a settled gift or accepted pledge id is remembered, in seconds (at least; at most 1/8 longer). "
+        "Purchases: forever.",
+    )
+    rejected_gift_ttl_s: int = _setting(
+        "GIFTING_REJECTED_GIFT_TTL_S",
+        3600,
+        "How long a rejected gift or pledge id is remembered, in seconds (at least; at most 1/8 longer); then a "
+        "resend is decided anew.",
     )
     daily_spend_coins_max: int = _setting(
-        "GIFTING_DAILY_SPEND_COINS_MAX", 0, "Coins a viewer may spend on gifts per UTC day; 0: no global cap."
+        "GIFTING_DAILY_SPEND_COINS_MAX",
+        0,
+        "Coins a viewer may spend per UTC day, gifts and pool pledges together; 0: no global cap.",
+    )
+    spend_limit_cooloff_s: int = _setting(
+        "GIFTING_SPEND_LIMIT_COOLOFF_S",
+        86400,
+        "A viewer's own daily spend cap raised or removed takes effect after this many seconds; lowered: at once.",
     )
     withdrawal_diamonds_min: int = _setting(
         "GIFTING_WITHDRAWAL_DIAMONDS_MIN", 1000, "Smallest withdrawal, in diamonds."

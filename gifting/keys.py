@@ -24,8 +24,26 @@ def gift_records(bucket: int) -> str:
     return "{ledger}:gifts:" + str(bucket)
 
 
-def purchase_id(user: str, idempotency_key: str) -> str:
+def rejected_gift_records(bucket: int) -> str:
+    """Hash: gift id -> outcome of the gifts rejected in one time bucket. Kept only GIFTING_REJECTED_GIFT_TTL_S:
+    rejections cost the sender nothing, so remembering them for the full window would let anyone fill memory."""
+    return "{ledger}:gifts:rejected:" + str(bucket)
+
+
+def user_scoped_id(user: str, idempotency_key: str) -> str:
+    """An id built from a user's own key. User ids never contain ':' (auth.USER_ID_PATTERN), so the first ':'
+    ends the user: no two (user, key) pairs give the same id, whatever the key holds. Every id the server
+    builds from user input goes through here (readers still check the owner on every replay)."""
+    assert ":" not in user, user
     return user + ":" + idempotency_key
+
+
+def purchase_id(user: str, idempotency_key: str) -> str:
+    return user_scoped_id(user, idempotency_key)
+
+
+def withdrawal_id(user: str, idempotency_key: str) -> str:
+    return "w:" + user_scoped_id(user, idempotency_key)
 
 
 def purchase_record(purchase: str) -> str:

@@ -1,9 +1,14 @@
 """Payment providers: how a coin purchase is paid for.
 
 A provider must be idempotent by the key it is given: charging twice with the same key returns the first
-charge (real providers support this: pass our Idempotency-Key through). That, plus the ledger's own purchase
-record, is what makes a retried purchase credit coins exactly once even across a crash between the charge
-and the ledger write.
+charge (real providers support this). That, plus the ledger's own purchase record, is what makes a retried
+purchase credit coins exactly once even across a crash between the charge and the ledger write.
+
+The key is never the client's raw Idempotency-Key: two users may both send `buy-42`, and a provider that
+honours idempotency would hand the second user the first user's charge. `charge_key` derives it from the
+purchase id (user and Idempotency-Key) and the purchase itself (bundle, payment token, amount, currency), so
+it is unique per user and per purchase: a retry of the same purchase reaches the same charge, anything else
+a new one.
 
 To plug in a real provider, implement `PaymentProvider` and pass it to `create_app(payments=...)`; for cash-outs,
 implement `PayoutProvider` and give it to the settlement worker (`SettlementWorker(payouts=...)`).
@@ -34,7 +39,20 @@ class Charge:
     decline_reason: str = ""
 
 
+CHARGE_KEY_PREFIX = "gift-pur-"
+
+
+def charge_key(purchase_id: str, amount_minor: int, currency: str, fingerprint: str) -> str:
+    """The idempotency key a provider receives for one purchase: unique per user and purchase, 41 characters
+    (providers cap keys; Stripe at 255), and it does not reveal the user id or the client's key."""
+    text = "\x1f".join((purchase_id, str(amount_minor), currency, fingerprint))
+    return CHARGE_KEY_PREFIX + hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+
+
 class PaymentProvider(Protocol):
+    """Charges real money. Contract: `idempotency_key` is unique per user and per purchase (see `charge_key`);
+    the same key must return the first charge, never a second one; a different key is a different charge."""
+
     name: str
 
     async def charge(

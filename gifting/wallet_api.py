@@ -15,7 +15,7 @@ from gifting.api import ApiError, identify, json_body, json_response
 from gifting.auth import Identity
 from gifting.ledger import rules
 from gifting.ledger.store import LedgerError
-from gifting.payments import PAYOUT_OK, PaymentError
+from gifting.payments import PAYOUT_OK, PaymentError, charge_key
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 PAYOUT_ACCOUNT_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -75,14 +75,23 @@ async def purchase(request: Request) -> Response:
         raise ApiError(400, "bad_request", 'expected {"bundle_id": str, "payment_token": str}')
     purchase_id = keys.purchase_id(identity.user, key)
     fingerprint = rules.fingerprint(bundle_id, payment_token)
-    existing = await state.ledger.purchase_record(purchase_id)
+    try:
+        existing = await state.ledger.purchase_record(purchase_id, owner=identity.user)
+    except LedgerError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
     if existing is not None:
         return await _purchase_response(state, identity, existing[0], existing[1] == fingerprint, replay=True)
     bundle = await state.catalogs.bundle(bundle_id)
     if bundle is None or bundle.retired:
         raise ApiError(404, "unknown_bundle", f"no bundle {bundle_id!r}; see GET /v1/catalog/bundles")
     try:
-        charge = await state.payments.charge(key, identity.user, bundle.price_minor, bundle.currency, payment_token)
+        charge = await state.payments.charge(
+            charge_key(purchase_id, bundle.price_minor, bundle.currency, fingerprint),
+            identity.user,
+            bundle.price_minor,
+            bundle.currency,
+            payment_token,
+        )
     except PaymentError as exc:
         raise ApiError(400, exc.code, exc.message) from None
     record = {
@@ -139,7 +148,7 @@ async def request_withdrawal(request: Request) -> Response:
     fingerprint = rules.fingerprint(diamonds, payout_account)
     try:
         withdrawal, replay = await ledger.request_withdrawal(
-            identity.user, f"w_{identity.user}_{key}", diamonds, payout_account, fingerprint
+            identity.user, keys.withdrawal_id(identity.user, key), diamonds, payout_account, fingerprint
         )
     except LedgerError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
@@ -172,13 +181,17 @@ async def get_limits(request: Request) -> Response:
 
 
 async def put_limits(request: Request) -> Response:
-    """A viewer's own daily spend cap in coins (0 removes it); settlement enforces it atomically."""
+    """A viewer's own daily spend cap in coins (0 removes it); settlement enforces it atomically for gifts and
+    pledges. Lowering applies at once; raising or removing after GIFTING_SPEND_LIMIT_COOLOFF_S."""
     identity = identify(request)
     body = await json_body(request)
     value = body.get("daily_spend_coins_max")
-    if value != 0:
+    if type(value) is not int or value != 0:  # false and 0.0 equal 0 but are not a cap
         value = positive_int(value, "daily_spend_coins_max", SPEND_LIMIT_COINS_MAX)
-    await request.app.state.ledger.set_spend_limit(identity.user, value)
+    try:
+        await request.app.state.ledger.set_spend_limit(identity.user, value)
+    except LedgerError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
     return json_response(await request.app.state.ledger.spend_limit(identity.user))
 
 

@@ -62,7 +62,7 @@ from gifting.embedded import EmbeddedValkey, die_with_parent, stop_processes
 from gifting.gifts import STREAM_FIELD, GiftRequest
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
-from gifting.ledger.store import GiftToSettle, load_script
+from gifting.ledger.store import GiftToSettle
 from gifting.rooms import RoomStore
 from workers.settlement import SettlementWorker
 
@@ -384,7 +384,7 @@ async def run_ceiling(
 ) -> CeilingResult:
     say(f"phase 2/3: ceiling, settle.lua alone, {gifts:,} gifts in batches of {batch} (+ WAITAOF per batch)")
     # Gifts are prepared (uuid, GiftRequest, SettlementWorker.prepare) before the clock starts.
-    await redis.script_load(load_script("settle.lua"))  # so no NOSCRIPT round lands in the stats
+    await redis.script_load(worker.ledger.settle_script.script)  # so no NOSCRIPT round lands in the stats
     await redis.config_resetstat()
     settled, calls = 0, 0
     now_ms = int(time.time() * 1000)

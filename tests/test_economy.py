@@ -154,9 +154,9 @@ async def test_withdrawal_paid_failed_and_timed_out(start_system: SystemFactory)
         if "pending" not in (await statuses()).values():
             break
         await asyncio.sleep(0.05)
-    assert await statuses() == {"w_c1_w1": "paid", "w_c1_w2": "failed", "w_c1_w3": "failed"}
+    assert await statuses() == {"w:c1:w1": "paid", "w:c1:w2": "failed", "w:c1:w3": "failed"}
     assert (await system.wallet("c1"))["diamonds"] == 900  # failed and timed-out diamonds came back
-    post_after_void = await system.http.post("/v1/admin/withdrawals/w_c1_w2/post", headers=system.auth("a", "admin"))
+    post_after_void = await system.http.post("/v1/admin/withdrawals/w:c1:w2/post", headers=system.auth("a", "admin"))
     assert post_after_void.status_code == 409 and post_after_void.json()["error"]["code"] == "withdrawal_not_pending"
     await audit_clean(system)
 

@@ -182,7 +182,7 @@ class WithdrawReq:
 
     @property
     def wid(self) -> str:
-        return f"w_{self.creator}_{self.key}"
+        return keys.withdrawal_id(self.creator, self.key)
 
     @property
     def fp(self) -> tuple[int, str]:

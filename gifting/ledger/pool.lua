@@ -11,9 +11,12 @@
 -- KEYS: 1 coin balances, 2 diamond balances, 3 journal, 4 pool (hash), 5 open pools (sorted set by deadline),
 --   6 pledge record (pledge only; else any key of the slot), 7 the room's open pools (set), 8 the opener's open
 --   pools (set), 9 the room's end marker (hash: '*' -> ended ms, pool id -> 1 for each pool voided by the end;
---   its existence closes the room to new pools and pledges).
+--   its existence closes the room to new pools and pledges), 10 viewer spend limits, 11 today's spend per viewer
+--   (10 and 11: pledge only; the daily spend cap of spend_cap.lua, shared with gifts).
 -- ARGV 'pledge': 1 op, 2 now_ms, 3 pledge id, 4 account, 5 coins, 6 fingerprint, 7 display name, 8 record ttl_s,
---   9 earnings hour, 10 UTC day, 11 ISO week, 12 pool record ttl_s.
+--   9 earnings hour, 10 UTC day, 11 ISO week, 12 pool record ttl_s, 13 global daily spend cap in coins (0: none),
+--   14 spend total ttl_s, 15 rejected record ttl_s (a rejection is remembered briefly; an accepted pledge for the
+--   full ttl_s).
 -- ARGV 'expire' | 'cancel' | 'void': 1 op, 2 now_ms, 3 pool record ttl_s.
 -- ARGV 'open': 1 op, 2 now_ms, 3 pool id, 4 room cap, 5 opener cap, 6 opener account, 7 coins an opener needs,
 --   8.. the record's field/value pairs.
@@ -105,7 +108,9 @@ if record then
 end
 local balance = tonumber(redis.call('HGET', coins_key, account) or '0')
 local function decide(s, reason)
-  redis.call('SET', record_key, s .. '|' .. reason .. '|' .. fmt(balance) .. '|' .. fp, 'EX', ARGV[8])
+  local ttl_s = ARGV[8]
+  if s ~= 'accepted' then ttl_s = ARGV[15] end
+  redis.call('SET', record_key, s .. '|' .. reason .. '|' .. fmt(balance) .. '|' .. fp, 'EX', ttl_s)
   return {s, reason, fmt(balance), 0, snapshot()}
 end
 if not id then return decide('rejected', 'unknown_pool') end
@@ -115,6 +120,11 @@ if tonumber(now_ms) >= deadline then return decide('rejected', 'pool_expired') e
 if account == 'u:' .. pool[6] then return decide('rejected', 'self_gift') end
 if coins > price - pledged then return decide('rejected', 'pledge_exceeds_remaining') end
 if balance < coins then return decide('rejected', 'insufficient_coins') end
+local spent_today = tonumber(redis.call('HGET', KEYS[11], account) or '0')
+local cap = spend_cap(tonumber(ARGV[13]), redis.call('HGET', KEYS[10], account), tonumber(now_ms))
+if not spend_cap_allows(cap, spent_today, coins) then return decide('rejected', 'daily_limit') end
+redis.call('HSET', KEYS[11], account, fmt(spent_today + coins))
+redis.call('EXPIRE', KEYS[11], ARGV[14])
 
 balance = balance - coins
 redis.call('HSET', coins_key, account, fmt(balance))

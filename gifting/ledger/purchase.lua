@@ -4,10 +4,13 @@
 --   5 the user's statement (list of tab-separated rows, ledger/rules.STATEMENT_FIELDS).
 -- ARGV: 1 record (JSON), 2 fingerprint, 3 status ('paid' | 'declined'), 4 user account, 5 coins, 6 now_ms,
 --   7 purchase id.
--- Returns {record JSON, fingerprint of the stored record, replay (1 = decided earlier)}.
+-- Returns {record JSON, fingerprint of the stored record, replay (1 = decided earlier)}; for a record of another
+--   user: {'{}', '', 1}, a conflict.
 -- Purchase records have no TTL: refunds and chargebacks can come months later.
-local existing = redis.call('HMGET', KEYS[3], 'fp', 'record')
+local existing = redis.call('HMGET', KEYS[3], 'fp', 'record', 'user')
 if existing[1] then
+  -- Checked on every replay: another user's purchase is a conflict, and its record stays private.
+  if existing[3] ~= ARGV[4] then return {'{}', '', 1} end
   return {existing[2], existing[1], 1}
 end
 if ARGV[3] == 'paid' then

@@ -156,6 +156,57 @@ def fingerprint(*fields: object) -> str:
     return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
 
 
+# Daily spend caps. Every way of spending coins (gifts in settle.lua, pool pledges in pool.lua) checks the same
+# rule, spend_cap.lua, prepended to both scripts: the cap in force is the lower of GIFTING_DAILY_SPEND_COINS_MAX
+# and the viewer's own (0: none), and spending counts toward the UTC day's total from the first coin, whether
+# or not a cap exists. The viewer's own cap is stored as 'cap', or 'cap|requested|effective_ms' while a
+# raised or removed cap waits out the cooling-off (GIFTING_SPEND_LIMIT_COOLOFF_S).
+SPENT_DAY_TTL_S = 2 * 86400  # a day's spend totals outlive the day by one, for late batches and support
+
+
+@dataclass(frozen=True, slots=True)
+class OwnSpendLimit:
+    """A viewer's own daily cap in coins (0: none) and a raised or removed cap waiting out the cooling-off."""
+
+    coins: int
+    pending_coins: int | None = None
+    pending_effective_ms: int | None = None
+
+    def encode(self) -> str | None:
+        """The stored form (None: nothing to store)."""
+        if self.pending_coins is None:
+            return str(self.coins) if self.coins > 0 else None
+        return f"{self.coins}|{self.pending_coins}|{self.pending_effective_ms}"
+
+
+def own_spend_limit(stored: str | None, now_ms: int) -> OwnSpendLimit:
+    """The stored own cap as it stands at `now_ms` (a pending change past its time is in force)."""
+    if not stored:
+        return OwnSpendLimit(0)
+    fields = stored.split("|")
+    if len(fields) == 1:
+        return OwnSpendLimit(int(fields[0]))
+    coins, pending, effective_ms = map(int, fields)
+    if now_ms >= effective_ms:
+        return OwnSpendLimit(pending)
+    return OwnSpendLimit(coins, pending, effective_ms)
+
+
+def change_own_spend_limit(stored: str | None, requested: int, now_ms: int, cooloff_s: int) -> OwnSpendLimit:
+    """A viewer asks for a daily cap of `requested` coins (0: none). A lower cap applies at once (and cancels a
+    pending raise); a higher one, or none, only after `cooloff_s`, the protection regulators ask of gambling
+    and gifting platforms against a decision made in the heat of the moment. Asking again for the same pending
+    value keeps its time; asking for another restarts the cooling-off."""
+    assert requested >= 0 and cooloff_s >= 0
+    current = own_spend_limit(stored, now_ms)
+    lowers = requested > 0 and (current.coins == 0 or requested < current.coins)
+    if lowers or requested == current.coins or cooloff_s == 0:
+        return OwnSpendLimit(requested)
+    if current.pending_coins == requested:
+        return current
+    return OwnSpendLimit(current.coins, requested, now_ms + cooloff_s * 1000)
+
+
 # Reasons a gift is rejected; they reach only the sender.
 REJECT_INSUFFICIENT_COINS = "insufficient_coins"
 REJECT_UNKNOWN_GIFT = "unknown_gift"
@@ -163,6 +214,7 @@ REJECT_GIFT_RETIRED = "gift_retired"
 REJECT_PRICE_CHANGED = "price_changed"
 REJECT_ROOM_NOT_LIVE = "room_not_live"
 REJECT_SELF_GIFT = "self_gift"
+REJECT_DAILY_LIMIT = "daily_limit"  # the viewer's daily spend cap (spend_cap.lua), for gifts and pledges
 REJECT_REASONS = (
     REJECT_INSUFFICIENT_COINS,
     REJECT_UNKNOWN_GIFT,
@@ -170,6 +222,7 @@ REJECT_REASONS = (
     REJECT_PRICE_CHANGED,
     REJECT_ROOM_NOT_LIVE,
     REJECT_SELF_GIFT,
+    REJECT_DAILY_LIMIT,
 )
 
 

@@ -1,11 +1,14 @@
 -- Settle a batch of gifts atomically and idempotently (called by gifting/ledger/store.py).
 --
 -- KEYS: 1 coin balances (hash), 2 diamond balances (hash), 3 journal (stream), 4 viewer spend limits (hash),
---   5 today's spend per viewer (hash), 6 lifetime spend per viewer (hash),
---   7.. the idempotency record buckets (hashes: gift id -> record), newest (this batch's) first.
+--   5 today's spend per viewer (hash; every gift counts, capped or not), 6 lifetime spend per viewer (hash),
+--   7.. the idempotency record buckets of settled gifts (hashes: gift id -> record), newest (this batch's)
+--   first (ARGV 9 of them), then those of rejected gifts, newest first: kept only GIFTING_REJECTED_GIFT_TTL_S.
 -- ARGV: 1 now_ms, 2 creator share bps, 3 global daily spend cap in coins (0: none), 4 earnings bucket (hour
 --   number, for the withdrawal hold), 5 UTC day (YYYYMMDD), 6 ISO week (YYYYWww), 7 unix time (s) at which this
---   batch's record bucket expires, then one value per gift, fields separated by 0x1f (US):
+--   batch's record bucket expires, 8 how long a day's spend totals are kept (s), 9 number of settled-record
+--   bucket keys, 10 unix time (s) at which this batch's rejected-record bucket expires, then one value per
+--   gift, fields separated by 0x1f (US):
 --   gift_id, viewer account, creator account, coins, diamonds, fingerprint, reject reason ('' = none), and,
 --   built by the caller (ledger/rules.py) for when the gift settles: its journal row, the viewer's statement
 --   row, the creator's statement row ('' when no diamonds).
@@ -23,8 +26,9 @@ local coins_key, diamonds_key, journal_key = KEYS[1], KEYS[2], KEYS[3]
 local limits_key, spent_key, lifetime_key = KEYS[4], KEYS[5], KEYS[6]
 local FIRST_BUCKET = 7
 local now_ms, bps, global_cap, hour = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local day, week, bucket_expire_at = ARGV[5], ARGV[6], ARGV[7]
-local HEAD = 7
+local day, week, bucket_expire_at, spent_ttl_s = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local FIRST_REJECTED_BUCKET, rejected_expire_at = FIRST_BUCKET + tonumber(ARGV[9]), ARGV[10]
+local HEAD = 10
 local CHUNK = 1000 -- values per unpack(): Lua's C stack holds a few thousand
 
 local function fmt(x) return string.format('%d', x) end
@@ -84,13 +88,12 @@ local balances, lifetime, caps, spent = {}, {}, {}, {}
 for _, v in ipairs(viewers) do
   balances[v] = tonumber(raw_balance[v] or '0')
   lifetime[v] = tonumber(raw_lifetime[v] or '0')
-  local c, own = global_cap, tonumber(raw_own_cap[v] or '0')
-  if own > 0 and (c == 0 or own < c) then c = own end
-  caps[v] = c
+  caps[v] = spend_cap(global_cap, raw_own_cap[v], tonumber(now_ms))
   spent[v] = tonumber(raw_spent[v] or '0')
 end
 
-local dirty, capped = {}, {}
+local dirty = {}
+local rejected_records = {}
 local platform_total, earnings_total = 0, 0
 local diamonds_by_creator, top = {}, {} -- creator -> viewer -> coins
 local new_records, rows, statements = {}, {}, {} -- statements: account -> rows
@@ -116,12 +119,12 @@ for _, g in ipairs(gifts) do
       status, reason = 'rejected', g.reject
     elseif bal < coins then
       status, reason = 'rejected', 'insufficient_coins'
-    elseif caps[viewer] > 0 and spent[viewer] + coins > caps[viewer] then
+    elseif not spend_cap_allows(caps[viewer], spent[viewer], coins) then
       status, reason = 'rejected', 'daily_limit'
     else
       bal = bal - coins
       balances[viewer], dirty[viewer] = bal, true
-      if caps[viewer] > 0 then spent[viewer], capped[viewer] = spent[viewer] + coins, true end
+      spent[viewer] = spent[viewer] + coins
       lifetime[viewer] = lifetime[viewer] + coins
       local creator = g.creator
       platform_total, earnings_total = platform_total + coins - diamonds, earnings_total + diamonds
@@ -137,8 +140,10 @@ for _, g in ipairs(gifts) do
     end
     record = status .. '|' .. reason .. '|' .. fmt(bal) .. '|' .. g.fp
     records[g.id] = record -- the same id again later in this batch is a replay
-    new_records[#new_records + 1] = g.id
-    new_records[#new_records + 1] = record
+    local list = new_records
+    if status ~= 'settled' then list = rejected_records end
+    list[#list + 1] = g.id
+    list[#list + 1] = record
     out[#out + 1] = status .. '|' .. reason .. '|' .. fmt(bal) .. '|0|' .. fmt(lifetime[viewer])
   end
 end
@@ -148,6 +153,10 @@ if #new_records > 0 then
   call_list('HSET', KEYS[FIRST_BUCKET], new_records)
   redis.call('EXPIREAT', KEYS[FIRST_BUCKET], bucket_expire_at)
 end
+if #rejected_records > 0 then
+  call_list('HSET', KEYS[FIRST_REJECTED_BUCKET], rejected_records)
+  redis.call('EXPIREAT', KEYS[FIRST_REJECTED_BUCKET], rejected_expire_at)
+end
 if #rows > 0 then
   redis.call('XADD', journal_key, '*', 'kind', 'gifts', 'rows', table.concat(rows, '\n'), 'bps', bps, 'ts', now_ms)
 end
@@ -156,8 +165,6 @@ local fields, spent_fields, lifetime_fields = {}, {}, {}
 for v, _ in pairs(dirty) do
   fields[#fields + 1] = v; fields[#fields + 1] = fmt(balances[v])
   lifetime_fields[#lifetime_fields + 1] = v; lifetime_fields[#lifetime_fields + 1] = fmt(lifetime[v])
-end
-for v, _ in pairs(capped) do
   spent_fields[#spent_fields + 1] = v; spent_fields[#spent_fields + 1] = fmt(spent[v])
 end
 if #fields > 0 then
@@ -166,7 +173,7 @@ if #fields > 0 then
 end
 if #spent_fields > 0 then
   call_list('HSET', spent_key, spent_fields)
-  redis.call('EXPIRE', spent_key, 172800)
+  redis.call('EXPIRE', spent_key, spent_ttl_s)
 end
 if platform_total > 0 then redis.call('HINCRBY', coins_key, 'sys:platform_revenue', platform_total) end
 if earnings_total > 0 then

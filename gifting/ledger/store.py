@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from gifting import keys
 from gifting.config import Settings
@@ -19,10 +19,16 @@ from gifting.ledger import rules
 
 log = logging.getLogger(__name__)
 STATEMENT_PAGE_MAX = 200  # entries per statement page
+SPEND_LIMIT_ATTEMPTS_MAX = 20  # optimistic retries of a spend limit change (WATCH on the shared limits hash)
 
 
 def load_script(name: str) -> str:
     return resources.files("gifting").joinpath(f"ledger/{name}").read_text()
+
+
+def load_spending_script(name: str) -> str:
+    """A script that spends coins, with the one daily spend cap rule (spend_cap.lua) in front of it."""
+    return load_script("spend_cap.lua") + "\n" + load_script(name)
 
 
 def utc_day(now_ms: int) -> str:
@@ -99,11 +105,11 @@ class Ledger:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self.settle_script = redis.register_script(load_script("settle.lua"))
+        self.settle_script = redis.register_script(load_spending_script("settle.lua"))
         self._purchase = redis.register_script(load_script("purchase.lua"))
         self._reverse = redis.register_script(load_script("reverse.lua"))
         self._withdraw = redis.register_script(load_script("withdraw.lua"))
-        self._pool = redis.register_script(load_script("pool.lua"))
+        self._pool = redis.register_script(load_spending_script("pool.lua"))
         self.waitaof_supported: bool | None = None  # learned on first use
 
     # Gifts -------------------------------------------------------------------------------------------------
@@ -118,10 +124,12 @@ class Ledger:
         now = now_ms()
         s = self.settings
         buckets, expire_at = rules.record_buckets(now // 1000, s.idempotency_ttl_s)
+        rejected_buckets, rejected_expire_at = rules.record_buckets(now // 1000, s.rejected_gift_ttl_s)
         keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.LEDGER_SPEND_LIMITS]
         keys_ += [keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT, *map(keys.gift_records, buckets)]
+        keys_ += map(keys.rejected_gift_records, rejected_buckets)
         args: list[Any] = [now, s.creator_share_bps, s.daily_spend_coins_max, now // 3600_000, utc_day(now)]
-        args += [iso_week(now), expire_at]
+        args += [iso_week(now), expire_at, rules.SPENT_DAY_TTL_S, len(buckets), rejected_expire_at]
         args += [settle_arg(g, now) for g in gifts]
         wait = durable_timeout_ms is not None and self.waitaof_supported is not False
         for attempt in range(2):
@@ -149,14 +157,18 @@ class Ledger:
         return outcomes
 
     async def gift_outcomes(self, gift_ids: list[str]) -> dict[str, rules.GiftOutcome]:
-        """The stored outcome of each gift id that was decided (within GIFTING_IDEMPOTENCY_TTL_S)."""
-        buckets, _ = rules.record_buckets(now_ms() // 1000, self.settings.idempotency_ttl_s)
+        """The stored outcome of each gift id that was decided (settled within GIFTING_IDEMPOTENCY_TTL_S, rejected
+        within GIFTING_REJECTED_GIFT_TTL_S)."""
+        now_s = now_ms() // 1000
+        buckets, _ = rules.record_buckets(now_s, self.settings.idempotency_ttl_s)
+        rejected_buckets, _ = rules.record_buckets(now_s, self.settings.rejected_gift_ttl_s)
+        record_keys = [*map(keys.gift_records, buckets), *map(keys.rejected_gift_records, rejected_buckets)]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for bucket in buckets:
-                pipe.hmget(keys.gift_records(bucket), gift_ids)
+            for key in record_keys:
+                pipe.hmget(key, gift_ids)
             found = await pipe.execute()
         outcomes: dict[str, rules.GiftOutcome] = {}
-        for records in reversed(found):  # newest bucket last: it wins
+        for records in reversed(found):  # an id is recorded once; a settled record wins over a stale rejection
             for gift_id, record in zip(gift_ids, records, strict=True):
                 if record is not None:
                     outcomes[gift_id] = rules.parse_gift_record(gift_id, record, replay=True)
@@ -196,10 +208,12 @@ class Ledger:
         keys_.append(keys.pledge_record(pledge_id) if op == "pledge" else keys.pool(pool_id))
         keys_ += pool_index_keys(room or "", starter or "")
         if op == "pledge":
+            keys_ += [keys.LEDGER_SPEND_LIMITS, keys.spent_on(utc_day(now))]
             fingerprint = rules.fingerprint(pool_id, user, coins)
             args: list[Any] = [op, now, pledge_id, keys.account(user), coins, fingerprint, name]
             args += [self.settings.idempotency_ttl_s, now // 3600_000, utc_day(now), iso_week(now)]
             args += [self.settings.pool_record_ttl_s]
+            args += [self.settings.daily_spend_coins_max, rules.SPENT_DAY_TTL_S, self.settings.rejected_gift_ttl_s]
         else:
             args = [op, now, self.settings.pool_record_ttl_s]
         status, reason, balance, replay, pool = await self._pool(keys=keys_, args=args)
@@ -221,7 +235,8 @@ class Ledger:
     async def purchase(
         self, user: str, purchase_id: str, fingerprint: str, status: str, record: dict[str, Any], coins: int
     ) -> tuple[dict[str, Any], bool, bool]:
-        """Record a purchase outcome once. Returns (stored record, fingerprint matches, replay)."""
+        """Record a purchase outcome once. Returns (stored record, fingerprint matches, replay); a record of
+        another user under this id never matches (and its content is not returned)."""
         assert status in ("paid", "declined") and coins > 0
         stored, stored_fp, replay = await self._purchase(
             keys=[
@@ -235,11 +250,16 @@ class Ledger:
         )
         return orjson.loads(stored), stored_fp == fingerprint, bool(int(replay))
 
-    async def purchase_record(self, purchase_id: str) -> tuple[dict[str, Any], str] | None:
-        """A purchase's record (with its current status) and request fingerprint, if it exists."""
-        fp, record, status = await self.redis.hmget(keys.purchase_record(purchase_id), "fp", "record", "status")
+    async def purchase_record(self, purchase_id: str, owner: str | None = None) -> tuple[dict[str, Any], str] | None:
+        """A purchase's record (with its current status) and request fingerprint, if it exists. With `owner`, a
+        record of another user is refused (idempotency_key_conflict), never returned."""
+        fp, record, status, user = await self.redis.hmget(
+            keys.purchase_record(purchase_id), "fp", "record", "status", "user"
+        )
         if fp is None:
             return None
+        if owner is not None and user != keys.account(owner):
+            raise LedgerError("idempotency_key_conflict", "Idempotency-Key was used for a different purchase")
         data: dict[str, Any] = orjson.loads(record)
         data["status"] = status  # paid | declined | refunded | charged_back
         return data, fp
@@ -376,16 +396,37 @@ class Ledger:
         return items, (str(start) if start > 0 and items else None)
 
     async def set_spend_limit(self, user: str, coins_per_day: int) -> None:
-        if coins_per_day > 0:
-            await self.redis.hset(keys.LEDGER_SPEND_LIMITS, keys.account(user), coins_per_day)
-        else:
-            await self.redis.hdel(keys.LEDGER_SPEND_LIMITS, keys.account(user))
+        """A viewer's own cap (0: none): lowered at once, raised or removed after the cooling-off
+        (rules.change_own_spend_limit). Read and write under WATCH, so two changes at once cannot both apply."""
+        account = keys.account(user)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for _attempt in range(SPEND_LIMIT_ATTEMPTS_MAX):
+                try:
+                    await pipe.watch(keys.LEDGER_SPEND_LIMITS)
+                    stored = await pipe.hget(keys.LEDGER_SPEND_LIMITS, account)
+                    changed = rules.change_own_spend_limit(
+                        stored, coins_per_day, now_ms(), self.settings.spend_limit_cooloff_s
+                    ).encode()
+                    pipe.multi()
+                    if changed is None:
+                        pipe.hdel(keys.LEDGER_SPEND_LIMITS, account)
+                    else:
+                        pipe.hset(keys.LEDGER_SPEND_LIMITS, account, changed)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue
+        raise LedgerError("busy", "the spend limit changed concurrently too often; retry", 503)
 
-    async def spend_limit(self, user: str) -> dict[str, int]:
-        own = int(await self.redis.hget(keys.LEDGER_SPEND_LIMITS, keys.account(user)) or 0)
-        spent = int(await self.redis.hget(keys.spent_on(utc_day(now_ms())), keys.account(user)) or 0)
-        return {"daily_spend_coins_max": own, "global_daily_spend_coins_max": self.settings.daily_spend_coins_max,
-                "spent_today": spent}  # fmt: skip
+    async def spend_limit(self, user: str) -> dict[str, Any]:
+        now = now_ms()
+        stored = await self.redis.hget(keys.LEDGER_SPEND_LIMITS, keys.account(user))
+        own = rules.own_spend_limit(stored, now)
+        spent = int(await self.redis.hget(keys.spent_on(utc_day(now)), keys.account(user)) or 0)
+        return {"daily_spend_coins_max": own.coins, "pending_daily_spend_coins_max": own.pending_coins,
+                "pending_effective_ms": own.pending_effective_ms,
+                "global_daily_spend_coins_max": self.settings.daily_spend_coins_max,
+                "spend_limit_cooloff_s": self.settings.spend_limit_cooloff_s, "spent_today": spent}  # fmt: skip
 
 
 def pool_index_keys(room: str, starter: str) -> list[str]:

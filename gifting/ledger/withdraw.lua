@@ -16,8 +16,10 @@ local function fmt(x) return string.format('%d', x) end
 
 if mode == 'request' then
   local account, amount = ARGV[4], tonumber(ARGV[5])
-  local existing = redis.call('HMGET', KEYS[3], 'fp', 'status')
+  local existing = redis.call('HMGET', KEYS[3], 'fp', 'status', 'user')
   if existing[1] then
+    -- The owner is checked on every replay: another user's withdrawal is never answered, even with equal fields.
+    if existing[3] ~= account then return {'idempotency_key_conflict', '', ''} end
     if existing[1] ~= ARGV[11] then return {'idempotency_key_conflict', existing[2], ''} end
     return {'ok', existing[2], 'replay'}
   end
