@@ -151,6 +151,7 @@ async def test_another_users_gift_or_pledge_id_is_a_conflict_without_their_outco
     stolen = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v2"), json=body)
     assert stolen.status_code == 409 and "coins" not in stolen.json(), stolen.text
     assert stolen.json()["error"]["code"] == "gift_id_conflict"
+    await system.grant("starter", 10)  # an opener needs coins (GIFTING_POOL_OPEN_COINS_MIN)
     opened = await system.http.post(
         f"/v1/rooms/{room}/pools", headers=system.auth("starter"), json={"gift": "galaxy", "deadline_s": 60}
     )
@@ -176,12 +177,18 @@ async def gift(system: System, viewer: str, room: str, name: str = "coffee", cou
     return body
 
 
+_room_pools: dict[str, str] = {}  # room -> the pool pledge() reuses (a user may open one pool at a time)
+
+
 async def pledge(system: System, viewer: str, room: str, coins: int) -> dict[str, Any]:
-    opened = await system.http.post(
-        f"/v1/rooms/{room}/pools", headers=system.auth("starter"), json={"gift": "galaxy", "deadline_s": 60}
-    )
-    assert opened.status_code == 201, opened.text
-    pool = opened.json()["pool"]["id"]
+    pool = _room_pools.get(room)
+    if pool is None:
+        await system.grant("starter", 10)  # an opener needs coins (GIFTING_POOL_OPEN_COINS_MIN)
+        opened = await system.http.post(
+            f"/v1/rooms/{room}/pools", headers=system.auth("starter"), json={"gift": "galaxy", "deadline_s": 60}
+        )
+        assert opened.status_code == 201, opened.text
+        pool = _room_pools[room] = opened.json()["pool"]["id"]
     response = await system.http.post(
         f"/v1/pools/{pool}/pledges", headers=system.auth(viewer), json={"coins": coins, "pledge_id": gift_id()}
     )
@@ -308,6 +315,7 @@ async def test_gifts_and_pledges_at_once_never_overrun_the_cap(start_system: Sys
     system = await start_system(daily_spend_coins_max=100)
     await system.grant("v1", 1000)
     room = await system.open_room("c1")
+    await system.grant("starter", 10)  # an opener needs coins (GIFTING_POOL_OPEN_COINS_MIN)
     opened = await system.http.post(
         f"/v1/rooms/{room}/pools", headers=system.auth("starter"), json={"gift": "galaxy", "deadline_s": 60}
     )
@@ -381,6 +389,7 @@ async def test_rejected_pledges_are_remembered_briefly(start_system: SystemFacto
     """A rejected pledge's record expires after GIFTING_REJECTED_GIFT_TTL_S; an accepted one after the window."""
     system = await start_system(rejected_gift_ttl_s=600)
     room = await system.open_room("c1")
+    await system.grant("starter", 10)  # an opener needs coins (GIFTING_POOL_OPEN_COINS_MIN)
     opened = await system.http.post(
         f"/v1/rooms/{room}/pools", headers=system.auth("starter"), json={"gift": "galaxy", "deadline_s": 60}
     )
