@@ -192,8 +192,22 @@ def _goal_target(value: object, name: str, maximum: int) -> int:
 
 
 async def summary(request: Request) -> Response:
-    """The stream summary: stored when the stream ended, running totals while it is live."""
-    return json_response(await request.app.state.rooms.summary(_room_param(request)))
+    """The stream summary: stored when the stream ended, running totals while it is live. Earnings (diamonds)
+    only for the room's creator and admins; anyone else gets the viewers' copy, as on the websocket."""
+    data = await request.app.state.rooms.summary(_room_param(request))
+    if not _sees_earnings(request, data["creator"]):
+        data = protocol.for_viewers(data)
+    return json_response(data)
+
+
+def _sees_earnings(request: Request, creator: str) -> bool:
+    """A valid token of the creator or an admin; no token (or a bad one) is just a viewer here."""
+    token = auth.bearer(request.headers.get("authorization")) or request.query_params.get("token")
+    try:
+        identity = auth.verify(request.app.state.secret, token)
+    except auth.AuthError:
+        return False
+    return identity.user == creator or identity.role == "admin"
 
 
 async def start_pool(request: Request) -> Response:
