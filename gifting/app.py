@@ -17,7 +17,7 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gifting import admin_api, api, pages, wallet_api
+from gifting import admin_api, api, logs, pages, wallet_api
 from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.hub import Hub
@@ -55,6 +55,7 @@ def server_config(app: Any, settings: Settings, host: str, port: int, **override
         "access_log": False,
         "timeout_graceful_shutdown": 5,  # a stuck socket must not hold a shutdown
     }
+    logs.install(settings.secret)  # uvicorn logs request lines with their query strings (?token=...)
     return uvicorn.Config(app, **(options | overrides))
 
 
@@ -79,6 +80,8 @@ class GiftingApp(Starlette):
 
 
 def create_app(settings: Settings, redis_url: str, secret: str, payments: PaymentProvider | None = None) -> Starlette:
+    logs.install(secret)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_client(redis_url, settings.redis_connections_max, settings.redis_wait_s)
