@@ -83,6 +83,36 @@ class Settings:
         "GIFTING_PAYOUT_INTERVAL_MS", 1000, "How often the worker sends pending withdrawals to the payout provider."
     )
 
+    # HTTP limits (gifting/edge.py).
+    http_body_bytes_max: int = _setting(
+        "GIFTING_HTTP_BODY_BYTES_MAX",
+        16384,
+        "Largest request body, bytes; larger ones get 413 `body_too_large`, refused on Content-Length unread.",
+    )
+    http_header_bytes_max: int = _setting(
+        "GIFTING_HTTP_HEADER_BYTES_MAX", 16384, "Largest request line plus headers, bytes; larger ones get 400."
+    )
+    http_header_timeout_s: float = _setting(
+        "GIFTING_HTTP_HEADER_TIMEOUT_S",
+        10.0,
+        "A request's line and headers (and then its body) must arrive within this, seconds, from the connection's "
+        "start or its previous answer; else it is closed (a body: 408 `request_timeout`).",
+    )
+    http_idle_timeout_s: int = _setting(
+        "GIFTING_HTTP_IDLE_TIMEOUT_S", 5, "A keep-alive connection idle this long after an answer is closed, seconds."
+    )
+    connections_max: int = _setting(
+        "GIFTING_CONNECTIONS_MAX",
+        20000,
+        "Open connections per web process, websockets included; more get 503 `too_many_connections`. 0: no cap.",
+    )
+    connections_per_address_max: int = _setting(
+        "GIFTING_CONNECTIONS_PER_ADDRESS_MAX",
+        256,
+        "Open connections per client IP address and process; more get 503 `too_many_connections`. 0: no cap "
+        "(behind a proxy that connects from one address).",
+    )
+
     # Websocket limits.
     ws_message_bytes_max: int = _setting(
         "GIFTING_WS_MESSAGE_BYTES_MAX",

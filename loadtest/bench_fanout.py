@@ -525,6 +525,8 @@ class Server:
                     "GIFTING_DATA_DIR": str(workdir / "hub-data"),
                     "GIFTING_TICK_MS": str(tick_ms),
                     "GIFTING_WS_QUEUE_BYTES_MAX": str(QUEUE_BYTES_MAX),
+                    "GIFTING_CONNECTIONS_MAX": "0",  # thousands of sockets from one loopback address
+                    "GIFTING_CONNECTIONS_PER_ADDRESS_MAX": "0",
                 }
             )
         else:

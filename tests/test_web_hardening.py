@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import websockets
 
 from gifting import logs
@@ -187,3 +188,141 @@ def mint_cli(env: dict[str, str], user: str, role: str) -> str:
     return subprocess.run(
         command, env=env, cwd=REPO, capture_output=True, text=True, timeout=30, check=True
     ).stdout.strip()
+
+
+# Items 10 and 11: bounded bodies, request heads and connections -------------------------------------------------
+
+READ_S = 10.0  # how long a test waits for an answer or a close it expects (never a timing assertion)
+
+
+async def open_raw(system: System) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, port = system.base_url.removeprefix("http://").split(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, dict[str, Any]]:
+    """The status and JSON body of one answer (the server closes the connection after it)."""
+    raw = await asyncio.wait_for(reader.read(), READ_S)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), orjson.loads(body)
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bool:
+    """True once the server closes the connection (within READ_S), False if it is still open."""
+    try:
+        return await asyncio.wait_for(reader.read(), READ_S) == b""
+    except TimeoutError:
+        return False
+
+
+async def test_body_over_the_limit_is_refused_on_content_length_without_reading_it(system: System) -> None:
+    """A 150 MiB Content-Length gets 413 body_too_large after the head alone, on any route, the body unsent."""
+    for path in ("/v1/wallet/limits", "/healthz", "/v1/no-such-route"):
+        reader, writer = await open_raw(system)
+        writer.write(
+            f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {150 << 20}\r\nAuthorization: Bearer {token('v1')}\r\n\r\n".encode()
+            + b'{"daily_spend_coins_max": 1'
+        )
+        await writer.drain()
+        status, body = await read_answer(reader)
+        assert (status, body["error"]["code"]) == (413, "body_too_large"), (path, body)
+        writer.close()
+
+
+async def test_streamed_body_is_cut_at_the_limit(start_system: SystemFactory) -> None:
+    """A chunked body with no length is answered 413 as soon as it passes the limit; the rest is never read."""
+    system = await start_system(http_body_bytes_max=1024)
+    reader, writer = await open_raw(system)
+    writer.write(
+        b"PUT /v1/wallet/limits HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+        + f"Authorization: Bearer {token('v1')}\r\n\r\n".encode()
+    )
+    for _ in range(3):  # 1,536 bytes of a body that never ends
+        writer.write(b"200\r\n" + b" " * 512 + b"\r\n")
+    await writer.drain()
+    status, body = await read_answer(reader)
+    assert (status, body["error"]["code"]) == (413, "body_too_large"), body
+    writer.close()
+    ok = await system.http.put("/v1/wallet/limits", headers=system.auth("v1"), json={"daily_spend_coins_max": 5})
+    assert ok.status_code == 200, ok.text
+
+
+async def test_slow_request_head_is_closed_at_the_header_timeout(start_system: SystemFactory) -> None:
+    """One header line every 0.2 s (slowloris) is cut off once the head's deadline passes; others are served."""
+    system = await start_system(http_header_timeout_s=1.0)
+    reader, writer = await open_raw(system)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    cut_off = False
+    for i in range(int(READ_S / 0.2)):
+        try:
+            writer.write(f"X-Slow-{i}: 1\r\n".encode())
+            await writer.drain()
+        except ConnectionError:
+            cut_off = True
+            break
+        with contextlib.suppress(TimeoutError):
+            if await asyncio.wait_for(reader.read(1), 0.2) == b"":
+                cut_off = True
+                break
+    assert cut_off, "a request head sent one line at a time stayed open"
+    writer.close()
+    assert (await system.http.get("/healthz")).status_code == 200
+
+
+async def test_idle_connections_are_closed(start_system: SystemFactory) -> None:
+    """A connection that never sends a byte, and a keep-alive one idle after its answer, are closed."""
+    system = await start_system(http_header_timeout_s=1.0, http_idle_timeout_s=1)
+    reader, writer = await open_raw(system)
+    assert await closed_by_server(reader), "a connection that sent nothing stayed open"
+    writer.close()
+    reader, writer = await open_raw(system)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_S)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    await asyncio.wait_for(
+        reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])), READ_S
+    )
+    assert await closed_by_server(reader), "an idle keep-alive connection stayed open"
+    writer.close()
+
+
+async def wait_served(system: System) -> None:
+    """A fresh connection is served again (the server has seen the client's closes); bounded by READ_S."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + READ_S
+    while True:
+        async with httpx.AsyncClient(base_url=system.base_url, timeout=READ_S) as http:
+            if (await http.get("/healthz")).status_code == 200:
+                return
+        assert loop.time() < deadline, "the server never served a new connection after closes"
+        await asyncio.sleep(0.05)
+
+
+async def test_connections_per_address_are_capped_websockets_included(start_system: SystemFactory) -> None:
+    """Over GIFTING_CONNECTIONS_PER_ADDRESS_MAX, a new connection gets 503 too_many_connections; closing frees it."""
+    system = await start_system(connections_per_address_max=3)
+    websocket = await system.connect("v1")
+    held = [await open_raw(system) for _ in range(2)]
+    reader, writer = await open_raw(system)
+    status, body = await read_answer(reader)
+    assert (status, body["error"]["code"]) == (503, "too_many_connections"), body
+    writer.close()
+    await websocket.close()  # a websocket's place is given back when it closes
+    await wait_served(system)
+    for _, held_writer in held:
+        held_writer.close()
+
+
+async def test_connections_per_process_are_capped(start_system: SystemFactory) -> None:
+    """Over GIFTING_CONNECTIONS_MAX, a new connection gets 503 too_many_connections at once."""
+    system = await start_system(connections_max=2)
+    held = [await open_raw(system) for _ in range(2)]
+    reader, writer = await open_raw(system)
+    status, body = await read_answer(reader)
+    assert (status, body["error"]["code"]) == (503, "too_many_connections"), body
+    writer.close()
+    for _, held_writer in held:
+        held_writer.close()
+    await wait_served(system)
