@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gifting import auth, keys, protocol
+from gifting import auth, keys, pages, protocol
 from gifting.auth import Identity
 from gifting.ledger.store import LedgerError
 from gifting.pools import get_pool, open_pool
@@ -275,6 +275,8 @@ async def dev_token(request: Request) -> Response:
     state = request.app.state
     if not state.settings.dev_mode:
         raise ApiError(404, "not_found", "dev endpoints are off (GIFTING_DEV is not set)")
+    if not pages.loopback_host(request):  # DNS rebinding: another origin's page, its name resolving here
+        raise ApiError(403, "dev_host_refused", "dev endpoints answer only at localhost, 127.0.0.1 or [::1]")
     user, role = request.query_params.get("user", "demo_viewer"), request.query_params.get("role", "viewer")
     try:
         token = auth.mint(state.secret, user, role, request.query_params.get("name"), state.settings.token_ttl_s)  # type: ignore[arg-type]

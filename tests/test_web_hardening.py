@@ -326,3 +326,48 @@ async def test_connections_per_process_are_capped(start_system: SystemFactory) -
     for _, held_writer in held:
         held_writer.close()
     await wait_served(system)
+
+
+# Item 22: page headers and dev endpoints -------------------------------------------------------------------------
+
+
+def csp_directives(response: httpx.Response) -> dict[str, str]:
+    """The Content-Security-Policy header as {directive: sources}; a repeated directive fails the test."""
+    directives: dict[str, str] = {}
+    for part in response.headers["content-security-policy"].split(";"):
+        name, _, sources = part.strip().partition(" ")
+        assert name not in directives, f"directive {name} twice: {response.headers['content-security-policy']}"
+        directives[name] = sources
+    return directives
+
+
+async def test_every_page_and_asset_has_the_security_headers(system: System) -> None:
+    """Pages and static assets carry CSP (frame-ancestors 'none') and nosniff; pages are not served as static."""
+    for path in ("/", "/watch/r_x", "/studio", "/overlay/r_x", "/dev", "/static/js/client.js", "/static/css/app.css"):
+        response = await system.http.get(path)
+        assert response.headers.get("x-content-type-options") == "nosniff", path
+        assert csp_directives(response)["frame-ancestors"] == "'none'", path
+        assert response.headers.get("x-frame-options") == "DENY", path
+    for name in ("index.html", "dev.html", "studio.html", "INDEX.HTML"):
+        assert (await system.http.get(f"/static/{name}")).status_code == 404, name
+
+
+async def test_host_header_cannot_inject_a_csp_directive(system: System) -> None:
+    """A Host header with CSP syntax is never copied into the policy; a plain one still names the socket."""
+    for host in ("x; script-src *", "x script-src *", "x,y", "a'b"):
+        directives = csp_directives(await system.http.get("/", headers={"Host": host}))
+        assert directives["script-src"] == "'self'" and directives["connect-src"] == "'self'", (host, directives)
+    plain = csp_directives(await system.http.get("/", headers={"Host": "live.example:8443"}))
+    assert plain["connect-src"] == "'self' ws://live.example:8443 wss://live.example:8443"
+
+
+async def test_dev_token_answers_only_loopback_hosts(system: System) -> None:
+    """DNS rebinding: /dev/token and /dev refuse a Host that is not localhost, 127.0.0.1 or [::1]."""
+    port = system.base_url.rsplit(":", 1)[1]
+    for host in ("evil.example", f"evil.example:{port}", "127.0.0.1.evil.example", "localhost.evil.example"):
+        refused = await system.http.get("/dev/token?role=admin", headers={"Host": host})
+        assert (refused.status_code, refused.json()["error"]["code"]) == (403, "dev_host_refused"), host
+        assert (await system.http.get("/dev", headers={"Host": host})).status_code == 403, host
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
+        minted = await system.http.get("/dev/token?role=admin", headers={"Host": host})
+        assert minted.status_code == 200 and minted.json()["token"], host
