@@ -16,7 +16,9 @@ from gifting.auth import Identity
 from gifting.ledger.store import LedgerError
 from gifting.pools import get_pool, open_pool
 from gifting.protocol import ProtocolError
-from gifting.rooms import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, TOP_LIMIT_MAX, TOP_PERIODS, RoomError
+from gifting.rooms import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, LIVE_PAGE_MAX, TOP_LIMIT_MAX, TOP_PERIODS, RoomError
+
+LIVE_PAGE_DEFAULT = 50
 
 
 class ApiError(Exception):
@@ -108,8 +110,24 @@ async def open_room(request: Request) -> Response:
 
 
 async def list_rooms(request: Request) -> Response:
-    rooms = await request.app.state.rooms.live()
-    return json_response({"rooms": [r.to_dict() for r in rooms]})
+    """Live rooms, newest first, a page at a time: `?limit=` 1..100 (default 50), `?cursor=` a next_cursor."""
+    raw_limit = request.query_params.get("limit", str(LIVE_PAGE_DEFAULT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIVE_PAGE_MAX:
+        raise ApiError(400, "bad_limit", f"limit: expected an integer in 1..{LIVE_PAGE_MAX}")
+    try:
+        rooms, next_cursor = await request.app.state.rooms.live(int(raw_limit), request.query_params.get("cursor"))
+    except ValueError as exc:
+        raise ApiError(400, "bad_cursor", str(exc)) from None
+    return json_response({"rooms": [r.to_dict() for r in rooms], "next_cursor": next_cursor})
+
+
+async def creator_live_room(request: Request) -> Response:
+    """The creator's live room, or null: pages find a creator's stream here, not by scanning the lobby."""
+    creator = request.path_params["creator"]
+    if not auth.USER_ID_PATTERN.fullmatch(creator):
+        raise ApiError(400, "bad_creator", "creator: expected a user id ([A-Za-z0-9_.@-]{1,64})")
+    info = await request.app.state.rooms.creator_live(creator)
+    return json_response({"room": info.to_dict() if info else None})
 
 
 async def get_room(request: Request) -> Response:
@@ -293,6 +311,7 @@ routes = [
     Route("/v1/rooms", list_rooms, methods=["GET"]),
     Route("/v1/rooms", open_room, methods=["POST"]),
     Route("/v1/rooms/{room}", get_room),
+    Route("/v1/creators/{creator}/live", creator_live_room),
     Route("/v1/rooms/{room}/end", end_room, methods=["POST"]),
     Route("/v1/rooms/{room}/gifts", send_gift, methods=["POST"]),
     Route("/v1/rooms/{room}/leaderboard", leaderboard),

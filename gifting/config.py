@@ -209,6 +209,11 @@ class Settings:
     room_history_events_max: int = _setting(
         "GIFTING_ROOM_HISTORY_EVENTS_MAX", 10000, "Events kept per room for resume (XADD MAXLEN ~)."
     )
+    live_rooms_per_creator_max: int = _setting(
+        "GIFTING_LIVE_ROOMS_PER_CREATOR_MAX",
+        1,
+        "Rooms one creator may have live at once; going live again gets 409 `already_live` (at least 1).",
+    )
     room_title_chars_max: int = _setting("GIFTING_ROOM_TITLE_CHARS_MAX", 120, "Longest room title, characters.")
     ended_room_ttl_s: int = _setting(
         "GIFTING_ENDED_ROOM_TTL_S", 86400, "How long an ended room's history is kept, seconds."
@@ -256,6 +261,10 @@ class Settings:
         if self.secret and len(self.secret.encode()) < SECRET_BYTES_MIN:
             raise ConfigError(
                 f"GIFTING_SECRET: expected at least {SECRET_BYTES_MIN} bytes (HS256 key), got {len(self.secret)}"
+            )
+        if self.live_rooms_per_creator_max < 1:
+            raise ConfigError(
+                f"GIFTING_LIVE_ROOMS_PER_CREATOR_MAX: expected at least 1, got {self.live_rooms_per_creator_max}"
             )
         if self.ws_message_bytes_max > self.ws_frame_bytes_hard_max:
             raise ConfigError("GIFTING_WS_MESSAGE_BYTES_MAX must not exceed GIFTING_WS_FRAME_BYTES_HARD_MAX")

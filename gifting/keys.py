@@ -128,6 +128,11 @@ SETTLEMENT_GROUP = "settlement"
 ROOMS_LIVE = "rooms:live"  # sorted set: room id -> started_at (ms)
 
 
+def creator_live_rooms(creator: str) -> str:
+    """Sorted set: the creator's live room ids -> started_at (ms); at most GIFTING_LIVE_ROOMS_PER_CREATOR_MAX."""
+    return "rooms:live:" + account(creator)
+
+
 def room_meta(room: str) -> str:
     """Hash: creator, creator_name, title, status (live|ended), epoch, offset, started_at_ms, ended_at_ms."""
     return "{room:" + room + "}:meta"

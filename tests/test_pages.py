@@ -589,3 +589,20 @@ CHECKERBOARD = """() => {
   s.backgroundSize = "40px 40px";
   s.backgroundPosition = "0 0, 0 20px, 20px -20px, -20px 0";
 }"""
+
+
+async def test_studio_and_lobby_find_a_creators_room_behind_a_full_lobby(browse: Pages, site: System) -> None:
+    """With 120 newer rooms of other creators ahead of it, the studio still finds its creator's live stream
+    (GET /v1/creators/{c}/live), and the lobby pages on to it with "More streams"."""
+    room = await site.open_room("creator1", "Mine")
+    for i in range(120):
+        await site.app.state.rooms.open(f"flood{i}", "Flood", f"Flood {i}")
+    studio = await browse.open("/studio", token("creator1", "creator", "Cleo"))
+    await studio.wait_for_selector("#stream-live:not([hidden])")
+    assert f"/overlay/{room}" in await studio.input_value("#overlay-url")
+    lobby = await browse.open("/", token("viewer1"))
+    for shown in (50, 100):
+        await lobby.wait_for_function("n => document.querySelectorAll('#rooms li').length === n", arg=shown)
+        await lobby.click("#more")
+    await lobby.wait_for_selector(f"#rooms li[data-room='{room}']")
+    await lobby.wait_for_selector("#more", state="hidden")

@@ -17,7 +17,7 @@ import httpx
 import orjson
 import websockets
 
-from gifting import logs
+from gifting import keys, logs
 from gifting.embedded import free_port
 from tests.conftest import REPO, SECRET, System, SystemFactory, gift_id, stop, token
 from tests.test_multiprocess import dev_env, tail, wait_ready
@@ -371,3 +371,62 @@ async def test_dev_token_answers_only_loopback_hosts(system: System) -> None:
     for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "LOCALHOST"):
         minted = await system.http.get("/dev/token?role=admin", headers={"Host": host})
         assert minted.status_code == 200 and minted.json()["token"], host
+
+
+# Item 14: the lobby is paginated, live rooms are capped per creator ------------------------------------------------
+
+
+async def test_one_live_room_per_creator(system: System) -> None:
+    """Going live while live is 409 already_live; after the stream ends the creator can go live again."""
+    room = await system.open_room("c1")
+    again = await system.http.post("/v1/rooms", headers=system.auth("c1", "creator"), json={"title": "Again"})
+    assert (again.status_code, again.json()["error"]["code"]) == (409, "already_live"), again.text
+    assert room in again.json()["error"]["message"]
+    await system.http.post(f"/v1/rooms/{room}/end", headers=system.auth("c1", "creator"))
+    assert await system.open_room("c1") != room
+
+
+async def lobby_pages(system: System, limit: int) -> list[list[str]]:
+    """Every page of GET /v1/rooms, following next_cursor (at most 100 pages)."""
+    pages: list[list[str]] = []
+    cursor = None
+    for _ in range(100):
+        params = {"limit": str(limit)} | ({"cursor": cursor} if cursor else {})
+        body = (await system.http.get("/v1/rooms", params=params)).json()
+        pages.append([r["room"] for r in body["rooms"]])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return pages
+    raise AssertionError("next_cursor never ran out")
+
+
+async def test_lobby_pages_through_every_live_room_once(system: System) -> None:
+    """Pages of the lobby hold every live room exactly once, newest first, even with equal start times."""
+    rooms = [await system.open_room(f"c{i}") for i in range(7)]
+    # Opened within one ms, rooms would tie: the order is pinned first, then every start time made equal.
+    await system.redis.zadd(keys.ROOMS_LIVE, {room: 1_700_000_000_000 + i for i, room in enumerate(rooms)})
+    pages = await lobby_pages(system, 3)
+    assert [len(p) for p in pages] == [3, 3, 1] and [r for p in pages for r in p] == rooms[::-1]
+    await system.redis.zadd(keys.ROOMS_LIVE, dict.fromkeys(rooms, 1_700_000_000_000))
+    tied = [r for p in await lobby_pages(system, 2) for r in p]
+    assert sorted(tied) == sorted(rooms) and len(tied) == len(rooms)
+    default = (await system.http.get("/v1/rooms")).json()
+    assert len(default["rooms"]) == 7 and default["next_cursor"] is None
+    for query, code in (("limit=0", "bad_limit"), ("limit=101", "bad_limit"), ("limit=x", "bad_limit"),
+                        ("cursor=nope", "bad_cursor"), ("cursor=1.r_a%20b", "bad_cursor")):  # fmt: skip
+        response = await system.http.get(f"/v1/rooms?{query}")
+        assert (response.status_code, response.json()["error"]["code"]) == (400, code), query
+
+
+async def test_a_creators_live_room_is_found_directly_behind_a_full_lobby(system: System) -> None:
+    """With 120 newer rooms ahead of it in the lobby, GET /v1/creators/{c}/live still finds the creator's room."""
+    room = await system.open_room("c1")
+    for i in range(120):
+        await system.app.state.rooms.open(f"flood{i}", "Flood", "newer")
+    first_page = (await system.http.get("/v1/rooms?limit=100")).json()
+    assert room not in [r["room"] for r in first_page["rooms"]] and first_page["next_cursor"]
+    found = (await system.http.get("/v1/creators/c1/live")).json()
+    assert found["room"]["room"] == room and found["room"]["creator"] == "c1"
+    assert (await system.http.get("/v1/creators/nobody/live")).json() == {"room": None}
+    bad = await system.http.get("/v1/creators/a%20b/live")
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "bad_creator")

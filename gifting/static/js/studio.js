@@ -569,7 +569,7 @@ async function main() {
   let mine = null;
   for (let attempt = 0; ; attempt++) {
     try {
-      mine = (await api("/v1/rooms")).rooms.find((r) => r.creator === me) || null;
+      mine = (await api(`/v1/creators/${encodeURIComponent(me)}/live`)).room;
       banner("");
       break;
     } catch (err) {
