@@ -43,11 +43,15 @@ def require_admin(request: Request) -> Identity:
 
 
 def identify(request: Request) -> Identity:
+    """The caller, from a full-power token: an overlay token (read-only, websocket feed only) is refused."""
     token = auth.bearer(request.headers.get("authorization")) or request.query_params.get("token")
     try:
-        return auth.verify(request.app.state.secret, token)
+        identity = auth.verify(request.app.state.secret, token)
     except auth.AuthError as exc:
         raise ApiError(401, exc.code, exc.message) from None
+    if identity.overlay_of is not None:
+        raise ApiError(403, "token_scope", "an overlay token only reads its creator's room feed over the websocket")
+    return identity
 
 
 async def json_body(request: Request) -> dict[str, Any]:
@@ -107,6 +111,19 @@ async def open_room(request: Request) -> Response:
         raise ApiError(400, "bad_title", f"title: expected 1..{chars_max} characters")
     info = await request.app.state.rooms.open(identity.user, identity.name, title.strip())
     return json_response(info.to_dict(), 201)
+
+
+async def overlay_token(request: Request) -> Response:
+    """A read-only token for the caller's stream overlay (auth.mint_overlay): the overlay link carries this,
+    never the creator's own token."""
+    identity = identify(request)
+    if not identity.can_create:
+        raise ApiError(403, "forbidden", "only creators have an overlay")
+    ttl_s = request.app.state.settings.overlay_token_ttl_s
+    token = auth.mint_overlay(request.app.state.secret, identity.user, ttl_s)
+    return json_response(
+        {"token": token, "creator": identity.user, "expires_at_ms": (int(time.time()) + ttl_s) * 1000}, 201
+    )
 
 
 async def list_rooms(request: Request) -> Response:
@@ -312,6 +329,7 @@ routes = [
     Route("/v1/rooms", open_room, methods=["POST"]),
     Route("/v1/rooms/{room}", get_room),
     Route("/v1/creators/{creator}/live", creator_live_room),
+    Route("/v1/overlay-tokens", overlay_token, methods=["POST"]),
     Route("/v1/rooms/{room}/end", end_room, methods=["POST"]),
     Route("/v1/rooms/{room}/gifts", send_gift, methods=["POST"]),
     Route("/v1/rooms/{room}/leaderboard", leaderboard),

@@ -25,11 +25,18 @@ class AuthError(Exception):
         self.message = message
 
 
+OVERLAY_SCOPE = "overlay"
+OVERLAY_USER_PREFIX = "overlay:"  # ':' is in no user id, so an overlay is never mistaken for a person
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     user: str
     role: Role
     name: str
+    # Set for an overlay token: the creator whose room feed it reads. It may join that creator's rooms over the
+    # websocket and do nothing else; HTTP refuses it (api.identify).
+    overlay_of: str | None = None
 
     @property
     def can_create(self) -> bool:
@@ -52,6 +59,16 @@ def mint(secret: str, user: str, role: Role, name: str | None = None, ttl_s: int
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+def mint_overlay(secret: str, creator: str, ttl_s: int) -> str:
+    """A read-only token for the creator's stream overlay: whoever sees the overlay URL can watch the creator's
+    room feed (as a viewer sees it), and nothing more: no gifts, no wallet, no withdrawals."""
+    if not USER_ID_PATTERN.fullmatch(creator):
+        raise ValueError(f"user id: expected [A-Za-z0-9_.@-]{{1,64}}, got {creator!r}")
+    now = int(time.time())
+    claims = {"sub": creator, "role": "viewer", "scope": OVERLAY_SCOPE, "iat": now, "exp": now + ttl_s}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
 def verify(secret: str, token: str | None) -> Identity:
     if not token:
         raise AuthError("unauthorized", "missing token: pass ?token=... or 'Authorization: Bearer ...'")
@@ -66,6 +83,11 @@ def verify(secret: str, token: str | None) -> Identity:
         raise AuthError("unauthorized", "invalid token: bad 'sub' claim")
     if role not in ROLES:
         raise AuthError("unauthorized", f"invalid token: role must be one of {', '.join(ROLES)}")
+    scope = claims.get("scope")
+    if scope == OVERLAY_SCOPE:
+        return Identity(user=OVERLAY_USER_PREFIX + user, role="viewer", name="Overlay", overlay_of=user)
+    if scope is not None:
+        raise AuthError("unauthorized", f"invalid token: unknown scope {str(scope)[:40]!r}")
     if not isinstance(name, str):
         name = user
     return Identity(user=user, role=cast(Role, role), name=name[:NAME_CHARS_MAX])

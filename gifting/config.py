@@ -221,6 +221,11 @@ class Settings:
 
     # Tokens.
     token_ttl_s: int = _setting("GIFTING_TOKEN_TTL_S", 86400, "Lifetime of tokens minted by `gifting token`.")
+    overlay_token_ttl_s: int = _setting(
+        "GIFTING_OVERLAY_TOKEN_TTL_S",
+        30 * 86400,
+        "Lifetime of a read-only overlay token (POST /v1/overlay-tokens), seconds: the studio mints a new link.",
+    )
 
     # Derived paths, not settings.
     def path(self, *parts: str) -> Path:

@@ -430,3 +430,70 @@ async def test_a_creators_live_room_is_found_directly_behind_a_full_lobby(system
     assert (await system.http.get("/v1/creators/nobody/live")).json() == {"room": None}
     bad = await system.http.get("/v1/creators/a%20b/live")
     assert (bad.status_code, bad.json()["error"]["code"]) == (400, "bad_creator")
+
+
+# Item 9: the overlay link carries a read-only token ---------------------------------------------------------------
+
+
+async def overlay_token_of(system: System, creator: str) -> str:
+    response = await system.http.post("/v1/overlay-tokens", headers=system.auth(creator, "creator"))
+    assert response.status_code == 201, response.text
+    minted: str = response.json()["token"]
+    return minted
+
+
+async def test_overlay_token_reads_the_creators_feed_and_nothing_else(system: System) -> None:
+    """An overlay token joins its creator's rooms and sees gifts (the viewers' copy); it cannot gift, start
+    pools, join other creators' rooms, or use any HTTP endpoint (wallet, withdrawals, more tokens)."""
+    await system.grant("v1", 1000)
+    room, other_room = await system.open_room("c1"), await system.open_room("c2")
+    overlay = await overlay_token_of(system, "c1")
+    viewer_only = await system.http.post("/v1/overlay-tokens", headers=system.auth("v1"))
+    assert viewer_only.status_code == 403
+    bearer = {"Authorization": f"Bearer {overlay}"}
+    for method, path, body in (
+        ("GET", "/v1/wallet", None),
+        ("POST", "/v1/wallet/withdrawals", {"diamonds": 1000}),
+        ("PUT", "/v1/wallet/limits", {"daily_spend_coins_max": 1}),
+        ("POST", "/v1/overlay-tokens", None),
+        ("POST", f"/v1/rooms/{room}/end", None),
+        ("GET", f"/v1/rooms/{room}/earnings", None),
+    ):
+        response = await system.http.request(method, path, headers={**bearer, "Idempotency-Key": gift_id()}, json=body)
+        assert (response.status_code, response.json()["error"]["code"]) == (403, "token_scope"), (path, response.text)
+    summary = (await system.http.get(f"/v1/rooms/{room}/summary", headers=bearer)).json()
+    assert "diamonds" not in summary
+
+    client = await system.connect("ignored", raw_token=overlay)
+    assert (await client.recv())["type"] == "welcome"
+    assert (await client.join(room))["type"] == "joined"
+    refused = await client.join(other_room)
+    assert (refused["type"], refused["code"]) == ("error", "token_scope"), refused
+    for message in (
+        {"type": "gift", "room": room, "gift": "rose", "count": 1, "gift_id": gift_id()},
+        {"type": "pool_start", "room": room, "gift": "galaxy", "deadline_s": 60},
+    ):
+        await client.send(message)
+        error = await client.wait_type("error")
+        assert error["code"] == "token_scope", error
+    response = await system.http.post(
+        f"/v1/rooms/{room}/gifts", headers=system.auth("v1"), json={"gift": "rose", "count": 1, "gift_id": gift_id()}
+    )
+    assert response.status_code == 200, response.text
+    frame = await client.wait_for(lambda m: m.get("type") == "events" and any(e["kind"] == "gift" for e in m["events"]))
+    assert "diamonds" not in keys_anywhere(frame), frame
+
+
+def test_tokens_with_an_unknown_scope_are_refused() -> None:
+    """A token whose scope this server does not know is invalid, not a full-power token."""
+    import jwt
+
+    from gifting import auth
+
+    forged = jwt.encode({"sub": "c1", "role": "creator", "scope": "admin-ish", "exp": 2**40}, SECRET, "HS256")
+    try:
+        auth.verify(SECRET, forged)
+    except auth.AuthError as exc:
+        assert exc.code == "unauthorized"
+    else:
+        raise AssertionError("a token with an unknown scope was accepted")
