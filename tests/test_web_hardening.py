@@ -248,24 +248,40 @@ async def test_streamed_body_is_cut_at_the_limit(start_system: SystemFactory) ->
     assert ok.status_code == 200, ok.text
 
 
-async def test_slow_request_head_is_closed_at_the_header_timeout(start_system: SystemFactory) -> None:
-    """One header line every 0.2 s (slowloris) is cut off once the head's deadline passes; others are served."""
-    system = await start_system(http_header_timeout_s=1.0)
-    reader, writer = await open_raw(system)
+async def read_one_response(reader: asyncio.StreamReader) -> bytes:
+    """The head of one keep-alive answer, its body read and dropped."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_S)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await asyncio.wait_for(reader.readexactly(length), READ_S)
+    return head
+
+
+async def sends_slowly_until_cut_off(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Send a request head one line every 0.2 s for up to READ_S; True once the server has closed it."""
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-    cut_off = False
     for i in range(int(READ_S / 0.2)):
         try:
             writer.write(f"X-Slow-{i}: 1\r\n".encode())
             await writer.drain()
         except ConnectionError:
-            cut_off = True
-            break
+            return True
         with contextlib.suppress(TimeoutError):
             if await asyncio.wait_for(reader.read(1), 0.2) == b"":
-                cut_off = True
-                break
-    assert cut_off, "a request head sent one line at a time stayed open"
+                return True
+    return False
+
+
+async def test_slow_request_head_is_closed_at_the_header_timeout(start_system: SystemFactory) -> None:
+    """One header line every 0.2 s (slowloris), on a fresh connection or after an answered request, is cut off
+    once the head's deadline passes; others are served."""
+    system = await start_system(http_header_timeout_s=1.0)
+    reader, writer = await open_raw(system)
+    assert await sends_slowly_until_cut_off(reader, writer), "a request head sent one line at a time stayed open"
+    writer.close()
+    reader, writer = await open_raw(system)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert (await read_one_response(reader)).startswith(b"HTTP/1.1 200")
+    assert await sends_slowly_until_cut_off(reader, writer), "a second request's slow head stayed open"
     writer.close()
     assert (await system.http.get("/healthz")).status_code == 200
 
@@ -278,12 +294,7 @@ async def test_idle_connections_are_closed(start_system: SystemFactory) -> None:
     writer.close()
     reader, writer = await open_raw(system)
     writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_S)
-    assert head.startswith(b"HTTP/1.1 200"), head
-    await asyncio.wait_for(
-        reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])), READ_S
-    )
+    assert (await read_one_response(reader)).startswith(b"HTTP/1.1 200")
     assert await closed_by_server(reader), "an idle keep-alive connection stayed open"
     writer.close()
 
