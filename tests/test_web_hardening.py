@@ -57,6 +57,11 @@ async def test_earnings_reach_only_the_creator_and_admins(system: System) -> Non
     rejoined = await system.connect("w2")
     joined = await rejoined.join(room)
     assert "diamonds" not in keys_anywhere(joined), joined
+    resumed = await system.connect("w3")  # a resume from offset 0 replays the whole history
+    assert (await resumed.join(room, since={"epoch": joined["epoch"], "offset": 0}))["recovered"] is True
+    replay = await resumed.wait_type("events")
+    assert any(e["kind"] == "stream_summary" for e in replay["events"]), replay
+    assert "diamonds" not in keys_anywhere(replay), replay
     url = f"/v1/rooms/{room}/summary"
     for headers, sees in (
         ({}, False),
