@@ -11,14 +11,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gifting import auth, keys, protocol
+from gifting import auth, keys, pages, protocol
 from gifting.auth import Identity
 from gifting.ledger.store import LedgerError
 from gifting.pools import cancel_pool, get_pool, open_pool
 from gifting.protocol import ProtocolError
-from gifting.rooms import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, TOP_LIMIT_MAX, TOP_PERIODS, RoomError
+from gifting.rooms import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, LIVE_PAGE_MAX, TOP_LIMIT_MAX, TOP_PERIODS, RoomError
 
-BODY_BYTES_MAX = 16 * 1024
+LIVE_PAGE_DEFAULT = 50
 
 
 class ApiError(Exception):
@@ -43,17 +43,19 @@ def require_admin(request: Request) -> Identity:
 
 
 def identify(request: Request) -> Identity:
+    """The caller, from a full-power token: an overlay token (read-only, websocket feed only) is refused."""
     token = auth.bearer(request.headers.get("authorization")) or request.query_params.get("token")
     try:
-        return auth.verify(request.app.state.secret, token, request.app.state.hub.revocations.not_before)
+        identity = auth.verify(request.app.state.secret, token, request.app.state.hub.revocations.not_before)
     except auth.AuthError as exc:
         raise ApiError(401, exc.code, exc.message) from None
+    if identity.overlay_of is not None:
+        raise ApiError(403, "token_scope", "an overlay token only reads its creator's room feed over the websocket")
+    return identity
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > BODY_BYTES_MAX:
-        raise ApiError(413, "body_too_large", f"request body of {len(body)} bytes; the limit is {BODY_BYTES_MAX}")
+    body = await request.body()  # at most GIFTING_HTTP_BODY_BYTES_MAX: gifting/edge.py refused a larger one unread
     try:
         data = orjson.loads(body or b"{}")
     except orjson.JSONDecodeError as exc:
@@ -111,9 +113,38 @@ async def open_room(request: Request) -> Response:
     return json_response(info.to_dict(), 201)
 
 
+async def overlay_token(request: Request) -> Response:
+    """A read-only token for the caller's stream overlay (auth.mint_overlay): the overlay link carries this,
+    never the creator's own token."""
+    identity = identify(request)
+    if not identity.can_create:
+        raise ApiError(403, "forbidden", "only creators have an overlay")
+    ttl_s = request.app.state.settings.overlay_token_ttl_s
+    token = auth.mint_overlay(request.app.state.secret, identity.user, ttl_s)
+    return json_response(
+        {"token": token, "creator": identity.user, "expires_at_ms": (int(time.time()) + ttl_s) * 1000}, 201
+    )
+
+
 async def list_rooms(request: Request) -> Response:
-    rooms = await request.app.state.rooms.live()
-    return json_response({"rooms": [r.to_dict() for r in rooms]})
+    """Live rooms, newest first, a page at a time: `?limit=` 1..100 (default 50), `?cursor=` a next_cursor."""
+    raw_limit = request.query_params.get("limit", str(LIVE_PAGE_DEFAULT))
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIVE_PAGE_MAX:
+        raise ApiError(400, "bad_limit", f"limit: expected an integer in 1..{LIVE_PAGE_MAX}")
+    try:
+        rooms, next_cursor = await request.app.state.rooms.live(int(raw_limit), request.query_params.get("cursor"))
+    except ValueError as exc:
+        raise ApiError(400, "bad_cursor", str(exc)) from None
+    return json_response({"rooms": [r.to_dict() for r in rooms], "next_cursor": next_cursor})
+
+
+async def creator_live_room(request: Request) -> Response:
+    """The creator's live room, or null: pages find a creator's stream here, not by scanning the lobby."""
+    creator = request.path_params["creator"]
+    if not auth.USER_ID_PATTERN.fullmatch(creator):
+        raise ApiError(400, "bad_creator", "creator: expected a user id ([A-Za-z0-9_.@-]{1,64})")
+    info = await request.app.state.rooms.creator_live(creator)
+    return json_response({"room": info.to_dict() if info else None})
 
 
 async def get_room(request: Request) -> Response:
@@ -192,8 +223,22 @@ def _goal_target(value: object, name: str, maximum: int) -> int:
 
 
 async def summary(request: Request) -> Response:
-    """The stream summary: stored when the stream ended, running totals while it is live."""
-    return json_response(await request.app.state.rooms.summary(_room_param(request)))
+    """The stream summary: stored when the stream ended, running totals while it is live. Earnings (diamonds)
+    only for the room's creator and admins; anyone else gets the viewers' copy, as on the websocket."""
+    data = await request.app.state.rooms.summary(_room_param(request))
+    if not _sees_earnings(request, data["creator"]):
+        data = protocol.for_viewers(data)
+    return json_response(data)
+
+
+def _sees_earnings(request: Request, creator: str) -> bool:
+    """A valid token of the creator or an admin; no token (or a bad one) is just a viewer here."""
+    token = auth.bearer(request.headers.get("authorization")) or request.query_params.get("token")
+    try:
+        identity = auth.verify(request.app.state.secret, token)
+    except auth.AuthError:
+        return False
+    return identity.user == creator or identity.role == "admin"
 
 
 async def start_pool(request: Request) -> Response:
@@ -276,6 +321,8 @@ async def dev_token(request: Request) -> Response:
     state = request.app.state
     if not state.settings.dev_mode:
         raise ApiError(404, "not_found", "dev endpoints are off (GIFTING_DEV is not set)")
+    if not pages.loopback_host(request):  # DNS rebinding: another origin's page, its name resolving here
+        raise ApiError(403, "dev_host_refused", "dev endpoints answer only at localhost, 127.0.0.1 or [::1]")
     user, role = request.query_params.get("user", "demo_viewer"), request.query_params.get("role", "viewer")
     try:
         token = auth.mint(state.secret, user, role, request.query_params.get("name"), state.settings.token_ttl_s)  # type: ignore[arg-type]
@@ -292,6 +339,8 @@ routes = [
     Route("/v1/rooms", list_rooms, methods=["GET"]),
     Route("/v1/rooms", open_room, methods=["POST"]),
     Route("/v1/rooms/{room}", get_room),
+    Route("/v1/creators/{creator}/live", creator_live_room),
+    Route("/v1/overlay-tokens", overlay_token, methods=["POST"]),
     Route("/v1/rooms/{room}/end", end_room, methods=["POST"]),
     Route("/v1/rooms/{room}/gifts", send_gift, methods=["POST"]),
     Route("/v1/rooms/{room}/leaderboard", leaderboard),

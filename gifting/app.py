@@ -17,7 +17,7 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gifting import admin_api, api, pages, wallet_api
+from gifting import admin_api, api, edge, logs, pages, wallet_api
 from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.hub import Hub
@@ -54,7 +54,15 @@ def server_config(app: Any, settings: Settings, host: str, port: int, **override
         "lifespan": "on",
         "access_log": False,
         "timeout_graceful_shutdown": 5,  # a stuck socket must not hold a shutdown
+        "http": edge.http_protocol(
+            edge.ConnectionBounds(
+                settings.http_header_timeout_s, settings.connections_max, settings.connections_per_address_max
+            )
+        ),
+        "h11_max_incomplete_event_size": settings.http_header_bytes_max,
+        "timeout_keep_alive": settings.http_idle_timeout_s,
     }
+    logs.install(settings.secret)  # uvicorn logs request lines with their query strings (?token=...)
     return uvicorn.Config(app, **(options | overrides))
 
 
@@ -75,10 +83,18 @@ class GiftingApp(Starlette):
             scope["app"] = self  # what Starlette sets: the endpoint reads app.state
             await websocket_endpoint(WebSocket(scope, receive, send))
             return
+        if scope["type"] == "http":
+            s = self.state.settings  # every route's body is bounded (gifting/edge.py)
+            await edge.bounded_body(
+                super().__call__, scope, receive, send, s.http_body_bytes_max, s.http_header_timeout_s
+            )
+            return
         await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings, redis_url: str, secret: str, payments: PaymentProvider | None = None) -> Starlette:
+    logs.install(secret)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = redis_client(redis_url, settings.redis_connections_max, settings.redis_wait_s)

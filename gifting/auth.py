@@ -26,6 +26,10 @@ class AuthError(Exception):
         self.message = message
 
 
+OVERLAY_SCOPE = "overlay"
+OVERLAY_USER_PREFIX = "overlay:"  # ':' is in no user id, so an overlay is never mistaken for a person
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     user: str
@@ -35,6 +39,9 @@ class Identity:
     # up to some second are revoked (gifting/revocations.py). Not part of who the caller is: compare=False.
     issued_at: int = field(default=0, compare=False)
     expires_at: int = field(default=0, compare=False)
+    # Set for an overlay token: the creator whose room feed it reads. It may join that creator's rooms over the
+    # websocket and do nothing else; HTTP refuses it (api.identify).
+    overlay_of: str | None = None
 
     @property
     def can_create(self) -> bool:
@@ -57,6 +64,16 @@ def mint(secret: str, user: str, role: Role, name: str | None = None, ttl_s: int
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
+def mint_overlay(secret: str, creator: str, ttl_s: int) -> str:
+    """A read-only token for the creator's stream overlay: whoever sees the overlay URL can watch the creator's
+    room feed (as a viewer sees it), and nothing more: no gifts, no wallet, no withdrawals."""
+    if not USER_ID_PATTERN.fullmatch(creator):
+        raise ValueError(f"user id: expected [A-Za-z0-9_.@-]{{1,64}}, got {creator!r}")
+    now = int(time.time())
+    claims = {"sub": creator, "role": "viewer", "scope": OVERLAY_SCOPE, "iat": now, "exp": now + ttl_s}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
 def verify(secret: str, token: str | None, not_before: Mapping[str, int] | None = None) -> Identity:
     """The token's identity. `not_before`: user -> unix second; that user's tokens issued at or before it are
     revoked (`token_revoked`), as are that user's tokens without `iat`."""
@@ -73,13 +90,18 @@ def verify(secret: str, token: str | None, not_before: Mapping[str, int] | None 
         raise AuthError("unauthorized", "invalid token: bad 'sub' claim")
     if role not in ROLES:
         raise AuthError("unauthorized", f"invalid token: role must be one of {', '.join(ROLES)}")
-    if not isinstance(name, str):
-        name = user
+    scope = claims.get("scope")
+    if scope is not None and scope != OVERLAY_SCOPE:
+        raise AuthError("unauthorized", f"invalid token: unknown scope {str(scope)[:40]!r}")
     issued_at = claims.get("iat")
     issued_at = issued_at if isinstance(issued_at, int) and not isinstance(issued_at, bool) else 0
-    if not_before is not None and revoked(issued_at, not_before.get(user)):
+    if not_before is not None and revoked(issued_at, not_before.get(user)):  # an overlay's too: its creator's
         raise AuthError("token_revoked", "token revoked: get a new one from the platform")
     expires_at = int(claims["exp"])
+    if scope == OVERLAY_SCOPE:
+        return Identity(OVERLAY_USER_PREFIX + user, "viewer", "Overlay", issued_at, expires_at, overlay_of=user)
+    if not isinstance(name, str):
+        name = user
     return Identity(user, cast(Role, role), name[:NAME_CHARS_MAX], issued_at, expires_at)
 
 

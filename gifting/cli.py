@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from gifting import auth, embedded
+from gifting import auth, embedded, logs
 from gifting.config import ConfigError, Settings, markdown_table, write_readme_table
 
 log = logging.getLogger("gifting")
@@ -140,18 +140,16 @@ def cmd_dev(settings: Settings) -> int:
     return 0
 
 
+DEMO_LINKS_FILE = "demo-links.txt"
+
+
 def _print_welcome(settings: Settings, secret: str) -> None:
+    """The dev banner. Demo tokens are credentials: they go to a file only its owner reads, and to the console
+    only when it is a terminal, never to a redirected stdout (a log file, CI output)."""
     base = f"http://{settings.host}:{settings.port}"
     creator = auth.mint(secret, "demo_creator", "creator", "Demo Creator", settings.token_ttl_s)
     viewers = [auth.mint(secret, f"demo_viewer{i}", "viewer", f"Demo Viewer {i}", settings.token_ttl_s) for i in (1, 2)]
-    print(
-        f"""
-gifting dev is running
-  HTTP API   {base}/v1/...          health: {base}/healthz   ready: {base}/readyz
-  websocket  ws://{settings.host}:{settings.port}/v1/ws?token=TOKEN
-  data       {settings.data_dir}   (secret: {settings.path(SECRET_FILE)})
-
-demo tokens (or: gifting token USER --role viewer|creator|admin):
+    links = f"""demo tokens (or: gifting token USER --role viewer|creator|admin):
   creator  demo_creator   {creator}
   viewer   demo_viewer1   {viewers[0]}
   viewer   demo_viewer2   {viewers[1]}
@@ -161,10 +159,24 @@ pages (one browser tab per person; the creator goes live first, viewers find the
   viewer 1   {base}/#token={viewers[0]}
   viewer 2   {base}/#token={viewers[1]}
   more demo users: {base}/dev
+"""
+    path = settings.path(DEMO_LINKS_FILE)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(links)
+    shown = links if sys.stdout.isatty() else f"demo tokens and page links: {path} (kept out of logs)\n"
+    print(
+        f"""
+gifting dev is running
+  HTTP API   {base}/v1/...          health: {base}/healthz   ready: {base}/readyz
+  websocket  ws://{settings.host}:{settings.port}/v1/ws?token=TOKEN
+  data       {settings.data_dir}   (secret: {settings.path(SECRET_FILE)})
 
+{shown}
 try:
-  curl -s -X POST {base}/v1/wallet/purchases -H 'Authorization: Bearer {viewers[0][:12]}...' \\
-       -H 'Idempotency-Key: buy-1' -d '{{"bundle_id": "coins_328", "payment_token": "tok_sandbox_ok"}}'
+  curl -s -X POST {base}/v1/wallet/purchases -H 'Authorization: Bearer TOKEN' \\
+       -H 'Idempotency-Key: buy-1' -d '{{"bundle_id": "coins_328", "payment_token": "PAYMENT_TOKEN"}}'
+  (sandbox payment tokens: docs/PROTOCOL.md)
 Ctrl-C stops everything.
 """,
         flush=True,
@@ -219,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.install()
     try:
         settings = Settings.from_env()
         if args.command == "dev":

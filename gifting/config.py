@@ -113,6 +113,36 @@ class Settings:
         "GIFTING_WITHDRAWALS_PENDING_PER_USER_MAX", 3, "Pending withdrawals one creator may have at once."
     )
 
+    # HTTP limits (gifting/edge.py).
+    http_body_bytes_max: int = _setting(
+        "GIFTING_HTTP_BODY_BYTES_MAX",
+        16384,
+        "Largest request body, bytes; larger ones get 413 `body_too_large`, refused on Content-Length unread.",
+    )
+    http_header_bytes_max: int = _setting(
+        "GIFTING_HTTP_HEADER_BYTES_MAX", 16384, "Largest request line plus headers, bytes; larger ones get 400."
+    )
+    http_header_timeout_s: float = _setting(
+        "GIFTING_HTTP_HEADER_TIMEOUT_S",
+        10.0,
+        "A request's line and headers (and then its body) must arrive within this, seconds, from the connection's "
+        "start or its previous answer; else it is closed (a body: 408 `request_timeout`).",
+    )
+    http_idle_timeout_s: int = _setting(
+        "GIFTING_HTTP_IDLE_TIMEOUT_S", 5, "A keep-alive connection idle this long after an answer is closed, seconds."
+    )
+    connections_max: int = _setting(
+        "GIFTING_CONNECTIONS_MAX",
+        20000,
+        "Open connections per web process, websockets included; more get 503 `too_many_connections`. 0: no cap.",
+    )
+    connections_per_address_max: int = _setting(
+        "GIFTING_CONNECTIONS_PER_ADDRESS_MAX",
+        256,
+        "Open connections per client IP address and process; more get 503 `too_many_connections`. 0: no cap "
+        "(behind a proxy that connects from one address).",
+    )
+
     # Websocket limits.
     ws_message_bytes_max: int = _setting(
         "GIFTING_WS_MESSAGE_BYTES_MAX",
@@ -244,6 +274,11 @@ class Settings:
     room_history_events_max: int = _setting(
         "GIFTING_ROOM_HISTORY_EVENTS_MAX", 10000, "Events kept per room for resume (XADD MAXLEN ~)."
     )
+    live_rooms_per_creator_max: int = _setting(
+        "GIFTING_LIVE_ROOMS_PER_CREATOR_MAX",
+        1,
+        "Rooms one creator may have live at once; going live again gets 409 `already_live` (at least 1).",
+    )
     room_title_chars_max: int = _setting("GIFTING_ROOM_TITLE_CHARS_MAX", 120, "Longest room title, characters.")
     ended_room_ttl_s: int = _setting(
         "GIFTING_ENDED_ROOM_TTL_S", 86400, "How long an ended room's history is kept, seconds."
@@ -256,6 +291,11 @@ class Settings:
         2.0,
         "How often a web process compares its catalog and token revocations with Valkey's (a missed pub/sub "
         "message is caught up within this), seconds.",
+    )
+    overlay_token_ttl_s: int = _setting(
+        "GIFTING_OVERLAY_TOKEN_TTL_S",
+        30 * 86400,
+        "Lifetime of a read-only overlay token (POST /v1/overlay-tokens), seconds: the studio mints a new link.",
     )
 
     # Derived paths, not settings.
@@ -304,6 +344,10 @@ class Settings:
             raise ConfigError("GIFTING_WS_JOIN_COST: expected 1..GIFTING_WS_MESSAGE_BURST (else no join ever fits)")
         if self.payouts_per_run_max < 1 or self.pools_per_user_max < 1:
             raise ConfigError("GIFTING_PAYOUTS_PER_RUN_MAX and GIFTING_POOLS_PER_USER_MAX must be >= 1")
+        if self.live_rooms_per_creator_max < 1:
+            raise ConfigError(
+                f"GIFTING_LIVE_ROOMS_PER_CREATOR_MAX: expected at least 1, got {self.live_rooms_per_creator_max}"
+            )
         if self.ws_message_bytes_max > self.ws_frame_bytes_hard_max:
             raise ConfigError("GIFTING_WS_MESSAGE_BYTES_MAX must not exceed GIFTING_WS_FRAME_BYTES_HARD_MAX")
 

@@ -161,6 +161,11 @@ ROOMS_LIVE = "rooms:live"  # sorted set: room id -> started_at (ms)
 ROOMS_ENDING = "rooms:ending"  # sorted set: room id -> when its end began (ms), until every step of it is done
 
 
+def creator_live_rooms(creator: str) -> str:
+    """Sorted set: the creator's live room ids -> started_at (ms); at most GIFTING_LIVE_ROOMS_PER_CREATOR_MAX."""
+    return "rooms:live:" + account(creator)
+
+
 def room_meta(room: str) -> str:
     """Hash: creator, creator_name, title, status (live|ended), epoch, offset, started_at_ms, ended_at_ms."""
     return "{room:" + room + "}:meta"

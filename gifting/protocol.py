@@ -272,7 +272,22 @@ CREATOR_ONLY_FIELDS = ("diamonds",)
 
 
 def for_viewers(event: dict[str, Any]) -> dict[str, Any]:
-    """The viewers' copy of a room event: the creator's earnings are not broadcast."""
-    if not any(name in event for name in CREATOR_ONLY_FIELDS):
-        return event
-    return {k: v for k, v in event.items() if k not in CREATOR_ONLY_FIELDS}
+    """The viewers' copy of a room event: the creator's earnings are not broadcast, at any depth (a
+    `stream_summary` carries them in `summary`, a pool in `pool`)."""
+    return _without_creator_only(event) if _has_creator_only(event) else event
+
+
+def _has_creator_only(value: Any) -> bool:
+    if isinstance(value, dict):
+        return any(k in CREATOR_ONLY_FIELDS or _has_creator_only(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_creator_only(v) for v in value)
+    return False
+
+
+def _without_creator_only(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_creator_only(v) for k, v in value.items() if k not in CREATOR_ONLY_FIELDS}
+    if isinstance(value, list):
+        return [_without_creator_only(v) for v in value]
+    return value

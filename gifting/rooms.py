@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -76,6 +77,8 @@ def new_epoch() -> str:
 GOAL_TARGET_MAX = 1_000_000  # gifts (of one kind) or 10**12 diamonds is absurd for one stream
 GOAL_DIAMONDS_MAX = 10**12
 TOP_LIMIT_MAX = 100
+LIVE_PAGE_MAX = 100  # rooms in one page of the lobby
+ROOM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 TOP_PERIODS = ("stream", "day", "week", "all")
 
 # Start a goal only if none is active (one goal at a time; a completed or cancelled one may be replaced).
@@ -93,6 +96,17 @@ if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('LPUSH', KEYS[2], ARGV[1])
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
 end
+return 1
+"""
+
+
+# Open a room only if its creator has fewer than ARGV[1] live rooms; else return the newest live one's id.
+# KEYS: the creator's live rooms, all live rooms, the new room's meta. ARGV: max, room, started_at_ms, meta...
+OPEN_ROOM = """
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return redis.call('ZREVRANGE', KEYS[1], 0, 0)[1] end
+redis.call('HSET', KEYS[3], unpack(ARGV, 4))
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
+redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
 return 1
 """
 
@@ -120,6 +134,7 @@ class RoomStore:
         self._set_goal = redis.register_script(SET_GOAL)
         self._store_summary = redis.register_script(STORE_SUMMARY)
         self.ledger = Ledger(redis, settings)  # an ending room voids its pools
+        self._open = redis.register_script(OPEN_ROOM)
 
     async def open(self, creator: str, creator_name: str, title: str) -> RoomInfo:
         room = new_room_id()
@@ -133,10 +148,14 @@ class RoomStore:
             "offset": "0",
             "started_at_ms": str(now_ms),
         }
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.room_meta(room), mapping=meta)
-            pipe.zadd(keys.ROOMS_LIVE, {room: now_ms})
-            await pipe.execute()
+        cap = self.settings.live_rooms_per_creator_max
+        flat = [x for pair in meta.items() for x in pair]
+        opened = await self._open(
+            keys=[keys.creator_live_rooms(creator), keys.ROOMS_LIVE, keys.room_meta(room)],
+            args=[cap, room, now_ms, *flat],
+        )
+        if opened != 1:
+            raise RoomError("already_live", f"{cap} live room(s) per creator is the limit; end {opened} first", 409)
         return RoomInfo.from_meta(room, meta)
 
     async def get(self, room: str) -> RoomInfo:
@@ -159,7 +178,7 @@ class RoomStore:
         """End a room in steps that are each safe to repeat. ROOMS_ENDING holds the room from the first step to
         the last, so an end interrupted by a crash is finished by the worker (GIFTING_ROOM_END_RETRY_S) or by
         ending the room again: every ended room gets its pools voided, its `room_ended` and its summary."""
-        await self.get(room)  # room_not_found once its records expired: nothing to finish (or to make again)
+        info = await self.get(room)  # room_not_found once its records expired: nothing to finish (or to make again)
         now_ms = int(time.time() * 1000)
         ttl_s = self.settings.ended_room_ttl_s
         await self.redis.zadd(keys.ROOMS_ENDING, {room: now_ms}, nx=True)
@@ -175,6 +194,7 @@ class RoomStore:
             pipe.hsetnx(keys.room_meta(room), "ended_at_ms", str(now_ms))
             pipe.hset(keys.room_meta(room), "status", "ended")
             pipe.zrem(keys.ROOMS_LIVE, room)
+            pipe.zrem(keys.creator_live_rooms(info.creator), room)
             for key in room_keys(room):
                 pipe.expire(key, ttl_s)
             await pipe.execute()
@@ -261,8 +281,35 @@ class RoomStore:
         """Summaries of the creator's ended live sessions, newest first."""
         return [orjson.loads(s) for s in await self.redis.lrange(keys.creator_sessions(creator), 0, limit - 1)]
 
-    async def live(self, limit: int = 100) -> list[RoomInfo]:
-        rooms = await self.redis.zrevrange(keys.ROOMS_LIVE, 0, limit - 1)
+    async def live(self, limit: int, cursor: str | None = None) -> tuple[list[RoomInfo], str | None]:
+        """One page of live rooms, newest first, and the cursor of the next page (None: the last page).
+
+        A cursor is the last room's start time and id ("ms.room"), not a position, so rooms opening or ending
+        meanwhile neither repeat nor skip a room on the next page. Raises ValueError for a malformed cursor.
+        """
+        assert 1 <= limit <= LIVE_PAGE_MAX
+        if cursor is None:
+            rows = await self.redis.zrevrangebyscore(keys.ROOMS_LIVE, "+inf", "-inf", 0, limit + 1, withscores=True)
+        else:
+            after_ms, after_room = parse_live_cursor(cursor)
+            ties = await self.redis.zcount(keys.ROOMS_LIVE, after_ms, after_ms)
+            rows = await self.redis.zrevrangebyscore(
+                keys.ROOMS_LIVE, after_ms, "-inf", 0, limit + 1 + ties, withscores=True
+            )
+            # Equal start times come in descending id order: the page goes on after the cursor's room.
+            rows = [(r, ms) for r, ms in rows if ms < after_ms or r < after_room][: limit + 1]
+        page = rows[:limit]
+        rooms = await self._infos([r for r, _ in page])
+        next_cursor = f"{int(page[-1][1])}.{page[-1][0]}" if len(rows) > limit else None
+        return rooms, next_cursor
+
+    async def creator_live(self, creator: str) -> RoomInfo | None:
+        """The creator's newest live room, if any: how the studio and the overlay find it."""
+        newest = await self.redis.zrevrange(keys.creator_live_rooms(creator), 0, 0)
+        rooms = await self._infos(newest)
+        return rooms[0] if rooms else None
+
+    async def _infos(self, rooms: list[str]) -> list[RoomInfo]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for room in rooms:
                 pipe.hgetall(keys.room_meta(room))
@@ -321,6 +368,13 @@ class RoomStore:
         summary = await self.earnings(room)
         summary["top"] = await self.top(room, "stream", 5)
         return summary
+
+
+def parse_live_cursor(cursor: str) -> tuple[int, str]:
+    started_ms, _, room = cursor.partition(".")
+    if not started_ms.isdigit() or len(started_ms) > 16 or not ROOM_ID_PATTERN.fullmatch(room):
+        raise ValueError(f"cursor: expected the next_cursor of a previous page, got {cursor[:80]!r}")
+    return int(started_ms), room
 
 
 async def top_entries(redis: aioredis.Redis, key: str, limit: int) -> list[dict[str, Any]]:

@@ -159,6 +159,8 @@ async def _handle_frame(hub: Hub, conn: Connection, message: Any, invalid: int, 
 
 
 async def _handle(hub: Hub, conn: Connection, message: protocol.ClientMessage) -> None:
+    if conn.identity.overlay_of is not None:
+        await _check_overlay_scope(hub, conn.identity.overlay_of, message)
     if isinstance(message, protocol.SendGift):
         rejected = await hub.send_gift(conn.identity, message, conn)
         if rejected is not None:
@@ -189,6 +191,22 @@ async def _handle(hub: Hub, conn: Connection, message: protocol.ClientMessage) -
         conn.send_message(left)
     elif isinstance(message, protocol.Ping):
         conn.send_message({"type": "pong", "ref": message.ref} if message.ref else {"type": "pong"})
+
+
+async def _check_overlay_scope(hub: Hub, creator: str, message: protocol.ClientMessage) -> None:
+    """An overlay token reads one creator's room feed: it may join that creator's rooms, leave and ping."""
+    if isinstance(message, protocol.Leave | protocol.Ping):
+        return
+    ref = getattr(message, "ref", None)
+    if isinstance(message, protocol.Join):
+        try:
+            room_creator = (await hub.room_store.get(message.room)).creator
+        except RoomError as exc:
+            raise ProtocolError(exc.code, exc.message, ref) from None
+        if room_creator == creator:
+            return
+        raise ProtocolError("token_scope", f"this overlay token reads only {creator}'s rooms", ref)
+    raise ProtocolError("token_scope", "an overlay token only reads its creator's room feed", ref)
 
 
 def _frame(message: dict[str, Any], codec: Codec) -> Any:

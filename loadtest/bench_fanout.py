@@ -525,6 +525,8 @@ class Server:
                     "GIFTING_DATA_DIR": str(workdir / "hub-data"),
                     "GIFTING_TICK_MS": str(tick_ms),
                     "GIFTING_WS_QUEUE_BYTES_MAX": str(QUEUE_BYTES_MAX),
+                    "GIFTING_CONNECTIONS_MAX": "0",  # thousands of sockets from one loopback address
+                    "GIFTING_CONNECTIONS_PER_ADDRESS_MAX": "0",
                 }
             )
         else:
@@ -601,9 +603,9 @@ def open_room_direct(redis_url: str) -> str:
     async def run() -> str:
         redis = redis_client(redis_url)
         try:
-            info = await RoomStore(redis, Settings.from_env({})).open(
-                "bench_creator", "Bench Creator", "fan-out benchmark"
-            )
+            # Every contender opens its room as the same creator, on a Valkey that may keep earlier rooms live.
+            settings = Settings.from_env({}, live_rooms_per_creator_max=1_000_000)
+            info = await RoomStore(redis, settings).open("bench_creator", "Bench Creator", "fan-out benchmark")
         finally:
             await redis.aclose()
         return info.room

@@ -251,11 +251,11 @@ async def test_diamond_goal_and_stream_summary(system: System) -> None:
     watcher = await system.connect("w")
     await watcher.join(room)
     await http_gift(system, "v1", room, "money_rain")  # 500 coins -> 250 diamonds
-    live = (await system.http.get(f"/v1/rooms/{room}/summary")).json()
+    live = (await system.http.get(f"/v1/rooms/{room}/summary", headers=creator)).json()
     assert (live["gifts"], live["coins"], live["diamonds"], live["goals_met"]) == (1, 500, 250, 1)
     await system.http.post(f"/v1/rooms/{room}/end", headers=creator)
     frames = await frames_until(watcher, lambda es: any(e["kind"] == "stream_summary" for e in es))
     summary = next(e for f in frames for e in f["events"] if e["kind"] == "stream_summary")["summary"]
-    assert summary["diamonds"] == 250 and summary["top"][0]["user"] == "v1" and summary["goals_met"] == 1
-    stored = (await system.http.get(f"/v1/rooms/{room}/summary")).json()
+    assert "diamonds" not in summary and summary["top"][0]["user"] == "v1" and summary["goals_met"] == 1
+    stored = (await system.http.get(f"/v1/rooms/{room}/summary", headers=creator)).json()
     assert stored["status"] == "ended" and stored["diamonds"] == 250

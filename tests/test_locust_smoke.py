@@ -19,6 +19,7 @@ import pytest
 from loadtest.scenarios import SCENARIOS
 from loadtest.scenarios.feed import FeedChecker, OwnGifts
 from tests.conftest import REPO, SECRET, SystemFactory
+from tests.test_web_hardening import PAYMENT_TOKENS, captured_logs, leaked
 
 LOCUST_TIMEOUT_S = 60.0
 USER_CLASSES = ("Viewer", "Gifter", "Creator", "Purchaser", "Reconnector")
@@ -43,7 +44,7 @@ async def test_locust_smoke_run_has_no_failures(start_system: SystemFactory, tmp
     """Every user class runs against a live system for a few seconds with zero failures."""
     if importlib.util.find_spec("locust") is None:
         pytest.skip("locust is not installed: pip install -e '.[dev]'")
-    system = await start_system()
+    system = await start_system(server={"log_level": "info"})
     report = tmp_path / "smoke"
     # `steady` with -u 6 spawns each of its five classes at least once; naming them makes that explicit.
     assert set(SCENARIOS["steady"].classes) == set(USER_CLASSES)
@@ -55,16 +56,20 @@ async def test_locust_smoke_run_has_no_failures(start_system: SystemFactory, tmp
         *USER_CLASSES,
     ]
     env = {**os.environ, "GIFTING_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
-    process = await asyncio.create_subprocess_exec(
-        *command, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-    )
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), LOCUST_TIMEOUT_S)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        pytest.fail(f"locust did not finish within {LOCUST_TIMEOUT_S:g} s")
+    with captured_logs() as server_lines:
+        process = await asyncio.create_subprocess_exec(
+            *command, cwd=REPO, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), LOCUST_TIMEOUT_S)
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            pytest.fail(f"locust did not finish within {LOCUST_TIMEOUT_S:g} s")
     log = output.decode(errors="replace")
+    server_log = "\n".join(server_lines)
+    assert "WebSocket /v1/ws" in server_log, "no server log captured"
+    assert not leaked(log + server_log, [SECRET, *PAYMENT_TOKENS]), "a credential reached a log line"
     stats = read_stats(Path(f"{report}.json"))
     assert stats is not None, f"locust wrote no --json-file (exit {process.returncode})\n{log}"
     failures = {(s["method"], s["name"]): s["num_failures"] for s in stats if s["num_failures"]}

@@ -17,7 +17,9 @@ import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
+import jwt
 import pytest
 
 from gifting import pages
@@ -177,6 +179,7 @@ async def go_live(page: Page, title: str) -> str:
     await page.fill("#title", title)
     await page.click("#golive")
     await page.wait_for_selector("#stream-live:not([hidden])")
+    await page.wait_for_function("() => document.querySelector('#overlay-url').value.includes('#token=')")
     overlay_url = await page.input_value("#overlay-url")
     return overlay_url.split("/overlay/")[1].split("#")[0]
 
@@ -257,9 +260,11 @@ async def test_viewer_buys_coins_and_a_combo_reaches_viewers_studio_and_overlay(
     overlay alert; a gift the viewer can no longer afford is rejected with the reason."""
     studio = await browse.open("/studio", token("creator1", "creator", "Cleo"))
     room = await go_live(studio, "Friday night synthwave")
-    overlay_url = await studio.input_value("#overlay-url")
+    overlay_path, _, overlay_token = (await studio.input_value("#overlay-url")).partition("#token=")
+    claims = jwt.decode(unquote(overlay_token), options={"verify_signature": False})
+    assert claims["scope"] == "overlay"  # the link carries a read-only token, not the creator's own
     overlay, other, viewer = await asyncio.gather(
-        browse.open(overlay_url.removeprefix(site.base_url).split("#")[0], token("creator1", "creator")),
+        browse.open(overlay_path.removeprefix(site.base_url), unquote(overlay_token)),
         browse.open(f"/watch/{room}", token("viewer2", "viewer", "Bob"), viewport=PHONE),
         browse.open(f"/watch/{room}", token("viewer1", "viewer", "Ann")),
     )
@@ -589,3 +594,21 @@ CHECKERBOARD = """() => {
   s.backgroundSize = "40px 40px";
   s.backgroundPosition = "0 0, 0 20px, 20px -20px, -20px 0";
 }"""
+
+
+async def test_studio_and_lobby_find_a_creators_room_behind_a_full_lobby(browse: Pages, site: System) -> None:
+    """With 120 newer rooms of other creators ahead of it, the studio still finds its creator's live stream
+    (GET /v1/creators/{c}/live), and the lobby pages on to it with "More streams"."""
+    room = await site.open_room("creator1", "Mine")
+    for i in range(120):
+        await site.app.state.rooms.open(f"flood{i}", "Flood", f"Flood {i}")
+    studio = await browse.open("/studio", token("creator1", "creator", "Cleo"))
+    await studio.wait_for_selector("#stream-live:not([hidden])")
+    await studio.wait_for_function("() => document.querySelector('#overlay-url').value.includes('#token=')")
+    assert f"/overlay/{room}" in await studio.input_value("#overlay-url")
+    lobby = await browse.open("/", token("viewer1"))
+    for shown in (50, 100):
+        await lobby.wait_for_function("n => document.querySelectorAll('#rooms li').length === n", arg=shown)
+        await lobby.click("#more")
+    await lobby.wait_for_selector(f"#rooms li[data-room='{room}']")
+    await lobby.wait_for_selector("#more", state="hidden")

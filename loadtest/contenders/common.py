@@ -93,7 +93,8 @@ def run_uvicorn(make_app: Callable[[str, str], Any], description: str) -> None:
     args = arguments(description)
     raise_nofile_limit()
     config = server_config(
-        make_app(args.redis_url, args.room), Settings.from_env({}), args.host, args.port,
+        make_app(args.redis_url, args.room), Settings.from_env({}, connections_max=0, connections_per_address_max=0),
+        args.host, args.port,
         log_level="warning", backlog=4096, timeout_graceful_shutdown=2, ws="websockets-sansio",
     )  # fmt: skip
     uvicorn.Server(config).run()

@@ -11,15 +11,18 @@ const DEMO = [
 
 async function mint({ user, role, name }) {
   const query = new URLSearchParams({ user, role, name });
-  return (await api(`/dev/token?${query}`)).token;
+  const token = (await api(`/dev/token?${query}`)).token;
+  // An overlay link carries a read-only overlay token, never the creator's own (POST /v1/overlay-tokens).
+  const overlay = role === "viewer" ? null : (await api("/v1/overlay-tokens", { method: "POST", token })).token;
+  return { token, overlay };
 }
 
-function links(who, token, rooms) {
+function links(who, { token, overlay }, rooms) {
   const items = [el("a", { href: withToken("/", token) }, `${who.name}: lobby`)];
   if (who.role !== "viewer") items.push(el("a", { href: withToken("/studio", token) }, `${who.name}: creator studio`));
   for (const room of rooms) {
     items.push(el("a", { href: withToken(`/watch/${encodeURIComponent(room.room)}`, token) }, `${who.name}: watch “${room.title}”`));
-    if (room.creator === who.user) items.push(el("a", { href: withToken(`/overlay/${encodeURIComponent(room.room)}`, token) }, `${who.name}: overlay for “${room.title}”`));
+    if (room.creator === who.user) items.push(el("a", { href: withToken(`/overlay/${encodeURIComponent(room.room)}`, overlay) }, `${who.name}: overlay for “${room.title}”`));
   }
   return items.map((a) => el("li", {}, a));
 }

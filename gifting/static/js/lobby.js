@@ -4,6 +4,9 @@ import { readToken, tokenClaims, withToken } from "./client.js";
 import { $, api, banner, devMode, el, explain, liveFor, whoAmI } from "./ui.js";
 
 const REFRESH_MS = 10000;
+const PAGE_ROOMS = 50; // GET /v1/rooms pages (server maximum 100)
+let shown = []; // rooms on screen: the first page, and more pages the viewer asked for
+let nextCursor = null;
 const token = readToken();
 const claims = whoAmI(token);
 
@@ -30,19 +33,37 @@ function render(rooms) {
       el("a.button.primary", { href: withToken(`/watch/${encodeURIComponent(room.room)}`, token), "aria-label": `Watch ${room.title}` }, "Watch")),
   )));
   $("#empty").hidden = rooms.length > 0;
+  $("#more").hidden = !nextCursor;
   $("#rooms-status").textContent = rooms.length
-    ? `${rooms.length} stream${rooms.length === 1 ? "" : "s"} live · updated ${new Date().toLocaleTimeString()}`
+    ? `${rooms.length}${nextCursor ? "+" : ""} stream${rooms.length === 1 ? "" : "s"} live · updated ${new Date().toLocaleTimeString()}`
     : "Nobody is live.";
 }
 
-async function refresh() {
+/** The first page again; the periodic refresh leaves a viewer who paged further alone. */
+async function refresh(periodic = false) {
+  if (periodic === true && shown.length > PAGE_ROOMS) return;
   try {
-    const data = await api("/v1/rooms");
-    render(data.rooms);
+    const data = await api(`/v1/rooms?limit=${PAGE_ROOMS}`);
+    shown = data.rooms;
+    nextCursor = data.next_cursor;
+    render(shown);
     banner("");
   } catch (err) {
     $("#rooms-status").textContent = "Couldn't load the live streams.";
     banner(`${explain(err)} Retrying every ${REFRESH_MS / 1000} s.`, "warn");
+  }
+}
+
+async function more() {
+  if (!nextCursor) return;
+  try {
+    const data = await api(`/v1/rooms?limit=${PAGE_ROOMS}&cursor=${encodeURIComponent(nextCursor)}`);
+    const seen = new Set(shown.map((r) => r.room));
+    shown = shown.concat(data.rooms.filter((r) => !seen.has(r.room)));
+    nextCursor = data.next_cursor;
+    render(shown);
+  } catch (err) {
+    banner(`Couldn't load more streams: ${explain(err)}`, "warn");
   }
 }
 
@@ -53,9 +74,10 @@ async function main() {
     link.href = withToken("/studio", token);
   }
   if (await devMode()) $("#dev-link").hidden = false;
-  $("#refresh").addEventListener("click", refresh);
+  $("#refresh").addEventListener("click", () => refresh());
+  $("#more").addEventListener("click", more);
   await refresh();
-  setInterval(refresh, REFRESH_MS);
+  setInterval(() => refresh(true), REFRESH_MS);
 }
 
 main();

@@ -35,8 +35,8 @@ async function followCreator(live) {
   while (true) {
     await new Promise((r) => setTimeout(r, FOLLOW_EVERY_MS));
     try {
-      const next = (await api("/v1/rooms")).rooms.find((r) => r.creator === creator && r.room !== room);
-      if (next) {
+      const next = (await api(`/v1/creators/${encodeURIComponent(creator)}/live`)).room;
+      if (next && next.room !== room) {
         live.leave(room);
         room = next.room;
         live.join(room);

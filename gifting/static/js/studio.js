@@ -65,10 +65,23 @@ function showLive(info) {
   badge.dataset.state = "live";
   badge.textContent = "LIVE";
   $("#watch-link").href = withToken(`/watch/${encodeURIComponent(info.room)}`, token);
-  $("#overlay-url").value = `${location.origin}${withToken(`/overlay/${encodeURIComponent(info.room)}`, token)}`;
+  showOverlayLink(info.room);
   $("#goal-set").disabled = false;
   $("#goal-msg").textContent = "";
   tickLiveFor();
+}
+
+/** The overlay link carries a read-only overlay token (POST /v1/overlay-tokens), never this tab's own token:
+ * whoever sees the streaming software's settings can watch the feed, not spend or withdraw. */
+async function showOverlayLink(room) {
+  const input = $("#overlay-url");
+  input.value = "";
+  try {
+    state.overlayToken ??= (await api("/v1/overlay-tokens", { method: "POST", token })).token;
+    if (state.room?.room === room) input.value = `${location.origin}${withToken(`/overlay/${encodeURIComponent(room)}`, state.overlayToken)}`;
+  } catch (err) {
+    input.placeholder = `Couldn't get an overlay link: ${explain(err)}`;
+  }
 }
 
 function tickLiveFor() {
@@ -572,7 +585,7 @@ async function main() {
   let mine = null;
   for (let attempt = 0; ; attempt++) {
     try {
-      mine = (await api("/v1/rooms")).rooms.find((r) => r.creator === me) || null;
+      mine = (await api(`/v1/creators/${encodeURIComponent(me)}/live`)).room;
       banner("");
       break;
     } catch (err) {
