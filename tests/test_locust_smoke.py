@@ -103,17 +103,47 @@ def test_feed_checker_full_feed_needs_every_offset() -> None:
     assert any("gap" in p for p in checker.frame({"from": 3, "to": 5, "events": [{"offset": 3}, {"offset": 5}]}))
 
 
-def test_own_gifts_merged_entry_animates_its_whole_combo() -> None:
-    """A merged own entry stands for the earlier gifts of its combo; each is animated once."""
+def test_own_gifts_merged_entry_animates_exactly_the_gifts_it_lists() -> None:
+    """A merged own entry stands for the gifts in its `gift_ids`; each is animated once, a second time is flagged."""
     gifts = OwnGifts()
     for i, gift_id in enumerate(("a", "b", "c")):
         gifts.sent(gift_id, "rose", 1, float(i))
     for gift_id in ("a", "b", "c"):
         assert gifts.result({"type": "gift_result", "gift_id": gift_id, "status": "settled"}, 5.0).problems == []
-    out = gifts.frame([{"kind": "gift", "gift_id": "c", "merged": 3, "offset": 3}], False, 6.0)
+    entry = {"kind": "gift", "gift_id": "c", "merged": 3, "gift_ids": ["a", "b", "c"], "offset": 3}
+    out = gifts.frame([entry], [], 6.0)
     assert out.problems == [] and sorted(out.animation_s) == [4.0, 5.0, 6.0]
     assert gifts.unresolved() == 0 and gifts.settled_cost == 3
-    assert gifts.frame([{"kind": "gift", "gift_id": "c", "offset": 4}], False, 7.0).problems
+    assert gifts.frame([{"kind": "gift", "gift_id": "c", "offset": 4}], [], 7.0).problems
+
+
+def test_own_gifts_merged_out_of_send_order_is_exact() -> None:
+    """Settlement may announce a sender's later gift first: a merged entry whose last gift was sent first,
+    and a gift sent after it still waiting, are matched by id (the storm's failure, issue #16)."""
+    gifts = OwnGifts()
+    for i, gift_id in enumerate(("a", "b", "c")):
+        gifts.sent(gift_id, "rose", 1, float(i))
+    for gift_id in ("a", "b", "c"):
+        gifts.result({"type": "gift_result", "gift_id": gift_id, "status": "settled"}, 5.0)
+    entry = {"kind": "gift", "gift_id": "a", "merged": 2, "gift_ids": ["b", "a"], "offset": 9}
+    assert gifts.frame([entry], [], 6.0).problems == []
+    assert [p.gift_id for p in gifts.pending.values()] == ["c"]
+    assert gifts.overdue(30.0, 10.0).problems == ["gift c settled but did not appear within 10 s"]
+    lying = {"kind": "gift", "gift_id": "x", "merged": 3, "gift_ids": ["x"], "offset": 10}
+    assert any("merged=3" in p for p in gifts.frame([lying], [], 31.0).problems)
+
+
+def test_own_gifts_summarized_are_accounted_by_id_not_by_time() -> None:
+    """Own gifts the sender's copy of a tick_summary lists are accounted for once; one it does not list and that
+    never showed is a failure, even though a summary arrived after it was sent."""
+    gifts = OwnGifts()
+    for gift_id in ("a", "b"):
+        gifts.sent(gift_id, "rose", 1, 0.0)
+        gifts.result({"type": "gift_result", "gift_id": gift_id, "status": "settled"}, 1.0)
+    out = gifts.frame([], ["a"], 2.0)
+    assert out.problems == [] and out.summarized == 1 and out.animation_s == []
+    assert gifts.frame([], ["a"], 3.0).problems == ["own gift a appeared twice (offset None)"]
+    assert gifts.overdue(20.0, 10.0).problems == ["gift b settled but did not appear within 10 s"]
 
 
 def test_own_gifts_flags_missing_results_and_animations_but_retries_rate_limited() -> None:
@@ -130,4 +160,4 @@ def test_own_gifts_flags_missing_results_and_animations_but_retries_rate_limited
     assert gifts.overdue(40.0, 10.0).problems == ["gift a: no gift_result within 10 s"]
     late = gifts.result({"type": "gift_result", "gift_id": "a", "status": "settled"}, 41.0)
     assert late.problems == [] and late.result_s == [] and gifts.settled_cost == 2
-    assert gifts.frame([{"kind": "gift", "gift_id": "b", "offset": 1}], False, 42.0).problems == []
+    assert gifts.frame([{"kind": "gift", "gift_id": "b", "offset": 1}], [], 42.0).problems == []
