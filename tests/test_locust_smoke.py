@@ -38,21 +38,53 @@ EXPECTED = {  # (type, name) that must appear with requests > 0
 }
 
 
+# What each user class must have measured in a smoke run (its role's main paths).
+EXPECTED_BY_CLASS = {
+    "Viewer": {("WS", "connect"), ("WS", "join"), ("WS", "fan-out (sampled)")},
+    "Gifter": {
+        ("WS", "gift -> result"),
+        ("WS", "gift -> own animation"),
+        ("POST", "POST /v1/wallet/purchases"),
+        ("GET", "GET /v1/wallet (after gifts)"),
+    },
+    "Creator": {("WS", "creator fan-out (sampled)"), ("GET", "GET /v1/rooms/{room}/earnings")},
+    "Reconnector": {("WS", "resume")},
+    "Purchaser": {("POST", "POST /v1/wallet/purchases"), ("POST", "POST /v1/wallet/purchases (replay)")},
+}
+# Per scenario: users (-u, enough that locust spawns every class once) and extra options. Each run is a few
+# seconds; the scenario's own rates apply, except steady's, which drops every second to resume often.
+SMOKE = {
+    "steady": ("6", "--rooms", "1", "--gift-rate", "5", "--reconnect-every", "1", *USER_CLASSES),
+    "gift-storm": ("6",),
+    "big-room": ("33",),  # 30:1 viewers to gifters: 32 weighted users hold one gifter
+    "reconnect-storm": ("6", "--reconnect-every", "1"),
+    "purchase-rush": ("3",),
+}
+SMOKE_SECONDS = "4s"
+
+
+def test_every_documented_scenario_has_a_smoke_run() -> None:
+    """The suite runs a smoke of every scenario in loadtest/scenarios (and docs/LOADTEST.md documents them)."""
+    assert set(SMOKE) == set(SCENARIOS)
+    assert set(EXPECTED) == set().union(*(EXPECTED_BY_CLASS[c] for c in USER_CLASSES)) | {("POST", "POST /v1/rooms")}
+
+
 @pytest.mark.timeout(LOCUST_TIMEOUT_S + 30)
-async def test_locust_smoke_run_has_no_failures(start_system: SystemFactory, tmp_path: Path) -> None:
-    """Every user class runs against a live system for a few seconds with zero failures."""
+@pytest.mark.parametrize("scenario", sorted(SMOKE))
+async def test_locust_smoke_run_has_no_failures(start_system: SystemFactory, tmp_path: Path, scenario: str) -> None:
+    """Each scenario runs every one of its user classes against a live system for a few seconds, 0 failures."""
     if importlib.util.find_spec("locust") is None:
         pytest.skip("locust is not installed: pip install -e '.[dev]'")
     system = await start_system()
     report = tmp_path / "smoke"
     # `steady` with -u 6 spawns each of its five classes at least once; naming them makes that explicit.
     assert set(SCENARIOS["steady"].classes) == set(USER_CLASSES)
+    users, *extra = SMOKE[scenario]
     command = [
         *(sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py")),
-        *("--headless", "-u", "6", "-r", "6", "-t", "5s", "--stop-timeout", "3"),
+        *("--headless", "-u", users, "-r", users, "-t", SMOKE_SECONDS, "--stop-timeout", "3"),
         *("--host", system.base_url, "--json-file", str(report), "--only-summary"),
-        *("--scenario", "steady", "--rooms", "1", "--gift-rate", "5", "--fanout-every", "1", "--reconnect-every", "1"),
-        *USER_CLASSES,
+        *("--scenario", scenario, "--fanout-every", "1", *extra),
     ]
     env = {**os.environ, "GIFTING_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
     process = await asyncio.create_subprocess_exec(
@@ -70,7 +102,10 @@ async def test_locust_smoke_run_has_no_failures(start_system: SystemFactory, tmp
     failures = {(s["method"], s["name"]): s["num_failures"] for s in stats if s["num_failures"]}
     assert not failures, f"{failures}\n{log}"
     requests = {(s["method"], s["name"]): s["num_requests"] for s in stats}
-    missing = {name for name in EXPECTED if not requests.get(name)}
+    expected = (
+        EXPECTED if scenario == "steady" else set().union(*(EXPECTED_BY_CLASS[c] for c in SCENARIOS[scenario].classes))
+    )
+    missing = {name for name in expected if not requests.get(name)}
     assert not missing, f"no requests for {sorted(missing)}\n{log}"
     assert process.returncode == 0, log
 

@@ -13,7 +13,7 @@ import itertools
 from collections import Counter
 from typing import Any
 
-from gifting import keys
+from gifting import coalesce, keys
 from gifting.hub import Hub, Room
 from tests.conftest import System, SystemFactory, WsClient
 
@@ -143,3 +143,22 @@ async def test_storm_shows_every_settled_gift_exactly_once(start_system: SystemF
         assert tiled(frames, joined[id(client)], last)
         mine = {g: n for g, n in shown_ids(frames, user).items() if g in own or g in rejected}
         assert mine == dict.fromkeys(own, 1), user  # its own settled gifts once each, its rejected ones never
+
+
+def test_policy_names_what_merged_entries_and_summaries_stand_for() -> None:
+    """The pure policy: a merged entry lists its gift ids (at most merged_gifts_max), and the ids a tick_summary
+    counts are returned per sender, for that sender's own copy only."""
+    events = [
+        {"offset": i + 1, "kind": "gift", "gift_id": f"g{i}", "gift": "rose", "count": 1, "coins": 1,
+         "sender": "a" if i < 7 else f"u{i}", "combo": {"id": "ca" if i < 7 else f"c{i}", "count": i + 1}}
+        for i in range(12)
+    ]  # fmt: skip
+    entries, own = coalesce.shape_for_viewers(events, 500, 50, None, merged_gifts_max=3)
+    assert [e.get("gift_ids") for e in entries[:3]] == [["g0", "g1", "g2"], ["g3", "g4", "g5"], None]
+    assert [e.get("merged", 1) for e in entries[:3]] == [3, 3, 1] and entries[2]["gift_id"] == "g6" and own == {}
+    capped, own = coalesce.shape_for_viewers(events, 500, 2, None, merged_gifts_max=3)
+    summary = capped[-1]
+    assert summary == {"kind": "tick_summary", "gifts": 9, "coins": 9} and "gift_ids" not in summary
+    assert own == {"a": ["g3", "g4", "g5", "g6"], **{f"u{i}": [f"g{i}"] for i in range(7, 12)}}
+    mine = coalesce.own_copy(capped, own["a"])
+    assert mine[-1]["gift_ids"] == own["a"] and capped[-1] == summary  # the shared copy is untouched
