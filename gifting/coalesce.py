@@ -5,13 +5,20 @@ Per room and tick, the creator gets every event. Viewers get the same events wit
 1. Creator-only fields (`diamonds`) are removed.
 2. Cheap gifts (below `big_gift_coins`) of one combo (same sender, same gift, within the combo window) merge
    into one entry: the last one, whose `combo.count` is the running total; `merged` says how many gift
-   messages it stands for, and its `count` and `coins` are their sums. Gifts at or above `big_gift_coins`
-   are never merged.
+   messages it stands for, `gift_ids` which ones (in offset order, its own `gift_id` last), and its `count`
+   and `coins` are their sums. So every client can account for every gift exactly, whatever order a sender's
+   gifts settled in (settlement runs batches concurrently: a sender's gifts need not reach the room in the
+   order they were sent). One entry stands for at most `merged_gifts_max` gifts (its `gift_ids` bound the
+   frame's bytes); the combo's next gift starts a new entry. Gifts at or above `big_gift_coins` are never
+   merged.
 3. At most `frame_events_max` entries, counting the tick's entries without an offset (`combo_end`,
    `viewers`, `leaderboard`). Over that, entries are kept in priority order: big gifts, then goal, pool and
    other room events, then combos by value, then counters; the cheap gifts that do not fit are counted in one
    `tick_summary` entry (`gifts`, `coins`, no offset). Counters that do not fit are dropped: a later push
    carries fresh ones. (The sender's own `gift_result` does not wait for a tick at all.)
+4. A sender whose own gifts went into the `tick_summary` gets its own copy of the frame, whose summary also
+   lists them (`gift_ids`): so a sender accounts for each of its gifts exactly, while everyone else's copy
+   stays one encoding per tick and the summary stays small however many gifts it counts.
 
 The frame says which offsets it covers (`from`, `to`), so a client can check continuity even though merged
 entries skip offsets, and resume from `to`.
@@ -38,9 +45,24 @@ def offsets_covered(events: list[Event]) -> tuple[int, int] | None:
 
 
 def for_viewers_frame(
-    events: list[Event], big_gift_coins: int, frame_events_max: int, counters: list[Event] | None = None
+    events: list[Event],
+    big_gift_coins: int,
+    frame_events_max: int,
+    counters: list[Event] | None = None,
+    merged_gifts_max: int = 20,
 ) -> list[Event]:
     """The viewers' entries for one tick of one room (history `events`, then `counters`), per the policy above."""
+    return shape_for_viewers(events, big_gift_coins, frame_events_max, counters, merged_gifts_max)[0]
+
+
+def shape_for_viewers(
+    events: list[Event],
+    big_gift_coins: int,
+    frame_events_max: int,
+    counters: list[Event] | None = None,
+    merged_gifts_max: int = 20,
+) -> tuple[list[Event], dict[str, list[str]]]:
+    """The viewers' entries (as for_viewers_frame), and per sender the ids of its gifts the tick_summary counts."""
     merged: list[Event] = []
     last_index: dict[str, int] = {}  # combo id -> index in merged
     for event in events:
@@ -48,21 +70,32 @@ def for_viewers_frame(
         combo = entry.get("combo")
         if entry.get("kind") == "gift" and combo and entry.get("coins", 0) < big_gift_coins:
             previous = last_index.get(combo["id"])
-            if previous is not None:
-                before = merged[previous]
+            if previous is not None and merged[previous].get("merged", 1) < merged_gifts_max:
+                entry = _merge(merged[previous], entry)
                 merged[previous] = {}  # replaced by the later entry, which carries the running combo count
-                entry = {
-                    **entry,
-                    "merged": before.get("merged", 1) + 1,
-                    "count": before["count"] + entry["count"],
-                    "coins": before["coins"] + entry["coins"],
-                }
             last_index[combo["id"]] = len(merged)
         merged.append(entry)
     entries = [e for e in merged if e] + (counters or [])
     if len(entries) <= frame_events_max:
-        return entries
+        return entries, {}
     return _cap(entries, big_gift_coins, frame_events_max)
+
+
+def own_copy(entries: list[Event], gift_ids: list[str]) -> list[Event]:
+    """A sender's copy of the viewers' entries: its tick_summary also lists the sender's own gifts it counts."""
+    return [{**e, "gift_ids": gift_ids} if e.get("kind") == "tick_summary" else e for e in entries]
+
+
+def _merge(before: Event, entry: Event) -> Event:
+    """`entry` standing for itself and the gifts `before` stands for: what each merged entry says exactly."""
+    gift_ids = before.get("gift_ids", [before["gift_id"]])
+    return {
+        **entry,
+        "merged": len(gift_ids) + 1,
+        "gift_ids": [*gift_ids, entry["gift_id"]],
+        "count": before["count"] + entry["count"],
+        "coins": before["coins"] + entry["coins"],
+    }
 
 
 def _priority(entry: Event, big_gift_coins: int) -> int:
@@ -73,7 +106,7 @@ def _priority(entry: Event, big_gift_coins: int) -> int:
     return PRIORITY_BIG_GIFT if entry.get("coins", 0) >= big_gift_coins else PRIORITY_COMBO
 
 
-def _cap(entries: list[Event], big_gift_coins: int, frame_events_max: int) -> list[Event]:
+def _cap(entries: list[Event], big_gift_coins: int, frame_events_max: int) -> tuple[list[Event], dict[str, list[str]]]:
     ranked = sorted(
         range(len(entries)),
         key=lambda i: (-_priority(entries[i], big_gift_coins), -entries[i].get("coins", 0), i),
@@ -86,4 +119,7 @@ def _cap(entries: list[Event], big_gift_coins: int, frame_events_max: int) -> li
         "gifts": sum(e.get("merged", 1) for e in dropped),
         "coins": sum(e.get("coins", 0) for e in dropped),
     }
-    return [*kept, summary]
+    own: dict[str, list[str]] = {}
+    for entry in dropped:
+        own.setdefault(entry.get("sender", ""), []).extend(entry.get("gift_ids", [entry["gift_id"]]))
+    return [*kept, summary], own

@@ -196,6 +196,11 @@ class Settings:
     frame_events_max: int = _setting(
         "GIFTING_FRAME_EVENTS_MAX", 50, "Entries in one viewers' frame; cheap gifts beyond it become a tick summary."
     )
+    merged_gifts_max: int = _setting(
+        "GIFTING_MERGED_GIFTS_MAX",
+        20,
+        "Gift messages one merged viewers' entry stands for (it lists their gift ids); more start a new entry.",
+    )
     viewers_interval_ms: int = _setting(
         "GIFTING_VIEWERS_INTERVAL_MS", 2000, "How often approximate viewer counts are shared and pushed, in ms."
     )

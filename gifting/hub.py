@@ -547,16 +547,26 @@ class Hub:
         events, room.pending = room.pending, []
         ephemeral, room.ephemeral = room.ephemeral, []
         floors, room.floors = room.floors, {}
+        viewers_body, own = self._viewers_body(events, ephemeral)
         encoded: dict[tuple[bool, Codec], Encoded] = {}
+        own_frames: dict[str, dict[str, Any]] = {}
 
         def once(creator: bool, codec: Codec) -> Encoded:
             out = encoded.get((creator, codec))
             if out is None:
-                out = encoded[(creator, codec)] = Encoded.of(self._frame(room, events, ephemeral, creator), codec)
+                body = events + ephemeral if creator else viewers_body
+                out = encoded[(creator, codec)] = Encoded.of(self._frame(room, events, body), codec)
             return out
 
+        def own_frame(user: str) -> dict[str, Any]:
+            """A sender whose gifts are in this tick's summary gets a copy that lists them (coalesce.py, 4)."""
+            frame = own_frames.get(user)
+            if frame is None:
+                frame = own_frames[user] = self._frame(room, events, coalesce.own_copy(viewers_body, own[user]))
+            return frame
+
         if room.direct:
-            self._write_direct(room, once(False, Codec.JSON).frame)
+            self._write_direct(room, once(False, Codec.JSON).frame, own, own_frame)
         for conn in room.general:
             if conn in room.joining or conn.closed:
                 continue
@@ -565,7 +575,11 @@ class Hub:
                 # A fresh joiner already has some of these: rare, so encoded for it alone.
                 self._send(conn, room, [e for e in events if e["offset"] > floor], ephemeral)
                 continue
-            conn.write(once(conn.identity.user == room.creator, conn.codec))
+            creator = conn.identity.user == room.creator
+            if not creator and conn.identity.user in own:
+                conn.send_message(own_frame(conn.identity.user))
+                continue
+            conn.write(once(creator, conn.codec))
         for conn in floors:  # past their first tick: JSON viewers on a direct socket join the one loop
             transport = conn.transport
             if transport is not None and conn in room.general and self._plain_viewer(room, conn):
@@ -582,24 +596,33 @@ class Hub:
             and not conn.closed
         )
 
-    def _write_direct(self, room: Room, frame: bytes) -> None:
-        """The same bytes to every JSON viewer of the room: Connection.write, inlined, for the big-room loop."""
+    def _write_direct(
+        self,
+        room: Room,
+        frame: bytes,
+        own: dict[str, list[str]],
+        own_frame: Callable[[str], dict[str, Any]],
+    ) -> None:
+        """The same bytes to every JSON viewer of the room: Connection.write, inlined, for the big-room loop;
+        a sender with gifts in the tick's summary gets its own copy (`own`: rare, so encoded for it alone)."""
         room_max = self.settings.ws_queue_bytes_max - len(frame)
         for conn, transport in room.direct.items():
-            if transport.get_write_buffer_size() > room_max:
+            if own and conn.identity.user in own:
+                conn.send_message(own_frame(conn.identity.user))
+            elif transport.get_write_buffer_size() > room_max:
                 conn.shut(CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON)  # leaves the room when its endpoint ends
             elif not transport.is_closing():
                 transport.write(frame)
 
-    def _frame(
-        self, room: Room, events: list[dict[str, Any]], ephemeral: list[dict[str, Any]], creator: bool
-    ) -> dict[str, Any]:
-        """The creator gets every event; viewers get them shaped by the big-room policy (coalesce.py)."""
+    def _viewers_body(
+        self, events: list[dict[str, Any]], ephemeral: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], dict[str, list[str]]]:
+        """Viewers get the events shaped by the big-room policy (coalesce.py); the creator gets every event."""
         s = self.settings
-        if creator:
-            body = events + ephemeral
-        else:
-            body = coalesce.for_viewers_frame(events, s.big_gift_coins, s.frame_events_max, ephemeral)
+        return coalesce.shape_for_viewers(events, s.big_gift_coins, s.frame_events_max, ephemeral, s.merged_gifts_max)
+
+    def _frame(self, room: Room, events: list[dict[str, Any]], body: list[dict[str, Any]]) -> dict[str, Any]:
+        """An `events` frame of `body`, saying which offsets of `events` it covers (also those merged away)."""
         frame = protocol.events_frame(room.id, body)
         covered = coalesce.offsets_covered(events)
         if covered is not None:
@@ -609,9 +632,16 @@ class Hub:
     def _send(
         self, conn: Connection, room: Room, events: list[dict[str, Any]], ephemeral: list[dict[str, Any]]
     ) -> None:
-        if events or ephemeral:
-            frame = self._frame(room, events, ephemeral, conn.identity.user == room.creator)
-            conn.send_message(frame)
+        if not events and not ephemeral:
+            return
+        user = conn.identity.user
+        if user == room.creator:
+            body = events + ephemeral
+        else:
+            body, own = self._viewers_body(events, ephemeral)
+            if user in own:
+                body = coalesce.own_copy(body, own[user])
+        conn.send_message(self._frame(room, events, body))
 
     def _end_combos(self, room: Room, now: float) -> None:
         """A combo not extended within the window ends: one `combo_end` (no offset) for the room."""

@@ -45,7 +45,7 @@ if str(REPO) not in sys.path:
 
 from gifting import auth  # noqa: E402
 from loadtest.scenarios import DEFAULT, SCENARIOS, Scenario  # noqa: E402
-from loadtest.scenarios.feed import FeedChecker, OwnGifts  # noqa: E402
+from loadtest.scenarios.feed import FeedChecker, OwnGifts, merged_gift_ids  # noqa: E402
 from loadtest.ws_client import CODECS, ClientError, Message, WsSession, report  # noqa: E402
 
 log = logging.getLogger("loadtest")
@@ -621,25 +621,25 @@ class Gifter(GiftingUser):
         super().on_events(frame, now)
         entries = frame.get("events") or []
         own = [e for e in entries if e.get("kind") == "gift" and e.get("sender") == self.user_id]
-        summary = any(e.get("kind") == "tick_summary" for e in entries)
-        if not own and not summary:
+        summarized = [g for e in entries if e.get("kind") == "tick_summary" for g in e.get("gift_ids", [])]
+        if not own and not summarized:
             return
-        out = self.gifts.frame(own, summary, now)
+        out = self.gifts.frame(own, summarized, now)
         for seconds in out.animation_s:
             report("gift -> own animation", seconds)
+        for _ in range(out.summarized):
+            report("own gift in a tick summary")
         for problem in out.problems:
             report("gift -> own animation", 0.0, problem)
-        for entry in own:
-            if entry.get("gift_id") not in self.gifts.pending:
-                self.messages.pop(entry.get("gift_id", ""), None)
+        for gift_id in [g for entry in own for g in merged_gift_ids(entry)] + summarized:
+            if gift_id not in self.gifts.pending:
+                self.messages.pop(gift_id, None)
 
     def report_overdue(self) -> None:
         out = self.gifts.overdue(time.perf_counter(), self.timeout_s)
         for problem in out.problems:
             report("gift -> own animation" if "appear" in problem else "gift -> result", 0.0, problem)
-        for _ in range(out.summarized):
-            report("own gift in a tick summary")
-        if out.problems or out.summarized:
+        if out.problems:
             self.messages = {k: v for k, v in self.messages.items() if k in self.gifts.pending}
 
     def finish(self) -> None:

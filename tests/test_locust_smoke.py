@@ -39,21 +39,53 @@ EXPECTED = {  # (type, name) that must appear with requests > 0
 }
 
 
+# What each user class must have measured in a smoke run (its role's main paths).
+EXPECTED_BY_CLASS = {
+    "Viewer": {("WS", "connect"), ("WS", "join"), ("WS", "fan-out (sampled)")},
+    "Gifter": {
+        ("WS", "gift -> result"),
+        ("WS", "gift -> own animation"),
+        ("POST", "POST /v1/wallet/purchases"),
+        ("GET", "GET /v1/wallet (after gifts)"),
+    },
+    "Creator": {("WS", "creator fan-out (sampled)"), ("GET", "GET /v1/rooms/{room}/earnings")},
+    "Reconnector": {("WS", "resume")},
+    "Purchaser": {("POST", "POST /v1/wallet/purchases"), ("POST", "POST /v1/wallet/purchases (replay)")},
+}
+# Per scenario: users (-u, enough that locust spawns every class once) and extra options. Each run is a few
+# seconds; the scenario's own rates apply, except steady's, which drops every second to resume often.
+SMOKE = {
+    "steady": ("6", "--rooms", "1", "--gift-rate", "5", "--reconnect-every", "1", *USER_CLASSES),
+    "gift-storm": ("6",),
+    "big-room": ("33",),  # 30:1 viewers to gifters: 32 weighted users hold one gifter
+    "reconnect-storm": ("6", "--reconnect-every", "1"),
+    "purchase-rush": ("3",),
+}
+SMOKE_SECONDS = "4s"
+
+
+def test_every_documented_scenario_has_a_smoke_run() -> None:
+    """The suite runs a smoke of every scenario in loadtest/scenarios (and docs/LOADTEST.md documents them)."""
+    assert set(SMOKE) == set(SCENARIOS)
+    assert set(EXPECTED) == set().union(*(EXPECTED_BY_CLASS[c] for c in USER_CLASSES)) | {("POST", "POST /v1/rooms")}
+
+
 @pytest.mark.timeout(LOCUST_TIMEOUT_S + 30)
-async def test_locust_smoke_run_has_no_failures(start_system: SystemFactory, tmp_path: Path) -> None:
-    """Every user class runs against a live system for a few seconds with zero failures."""
+@pytest.mark.parametrize("scenario", sorted(SMOKE))
+async def test_locust_smoke_run_has_no_failures(start_system: SystemFactory, tmp_path: Path, scenario: str) -> None:
+    """Each scenario runs every one of its user classes against a live system for a few seconds, 0 failures."""
     if importlib.util.find_spec("locust") is None:
         pytest.skip("locust is not installed: pip install -e '.[dev]'")
     system = await start_system(server={"log_level": "info"})
     report = tmp_path / "smoke"
     # `steady` with -u 6 spawns each of its five classes at least once; naming them makes that explicit.
     assert set(SCENARIOS["steady"].classes) == set(USER_CLASSES)
+    users, *extra = SMOKE[scenario]
     command = [
         *(sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py")),
-        *("--headless", "-u", "6", "-r", "6", "-t", "5s", "--stop-timeout", "3"),
+        *("--headless", "-u", users, "-r", users, "-t", SMOKE_SECONDS, "--stop-timeout", "3"),
         *("--host", system.base_url, "--json-file", str(report), "--only-summary"),
-        *("--scenario", "steady", "--rooms", "1", "--gift-rate", "5", "--fanout-every", "1", "--reconnect-every", "1"),
-        *USER_CLASSES,
+        *("--scenario", scenario, "--fanout-every", "1", *extra),
     ]
     env = {**os.environ, "GIFTING_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
     with captured_logs() as server_lines:
@@ -75,7 +107,10 @@ async def test_locust_smoke_run_has_no_failures(start_system: SystemFactory, tmp
     failures = {(s["method"], s["name"]): s["num_failures"] for s in stats if s["num_failures"]}
     assert not failures, f"{failures}\n{log}"
     requests = {(s["method"], s["name"]): s["num_requests"] for s in stats}
-    missing = {name for name in EXPECTED if not requests.get(name)}
+    expected = (
+        EXPECTED if scenario == "steady" else set().union(*(EXPECTED_BY_CLASS[c] for c in SCENARIOS[scenario].classes))
+    )
+    missing = {name for name in expected if not requests.get(name)}
     assert not missing, f"no requests for {sorted(missing)}\n{log}"
     assert process.returncode == 0, log
 
@@ -108,17 +143,47 @@ def test_feed_checker_full_feed_needs_every_offset() -> None:
     assert any("gap" in p for p in checker.frame({"from": 3, "to": 5, "events": [{"offset": 3}, {"offset": 5}]}))
 
 
-def test_own_gifts_merged_entry_animates_its_whole_combo() -> None:
-    """A merged own entry stands for the earlier gifts of its combo; each is animated once."""
+def test_own_gifts_merged_entry_animates_exactly_the_gifts_it_lists() -> None:
+    """A merged own entry stands for the gifts in its `gift_ids`; each is animated once, a second time is flagged."""
     gifts = OwnGifts()
     for i, gift_id in enumerate(("a", "b", "c")):
         gifts.sent(gift_id, "rose", 1, float(i))
     for gift_id in ("a", "b", "c"):
         assert gifts.result({"type": "gift_result", "gift_id": gift_id, "status": "settled"}, 5.0).problems == []
-    out = gifts.frame([{"kind": "gift", "gift_id": "c", "merged": 3, "offset": 3}], False, 6.0)
+    entry = {"kind": "gift", "gift_id": "c", "merged": 3, "gift_ids": ["a", "b", "c"], "offset": 3}
+    out = gifts.frame([entry], [], 6.0)
     assert out.problems == [] and sorted(out.animation_s) == [4.0, 5.0, 6.0]
     assert gifts.unresolved() == 0 and gifts.settled_cost == 3
-    assert gifts.frame([{"kind": "gift", "gift_id": "c", "offset": 4}], False, 7.0).problems
+    assert gifts.frame([{"kind": "gift", "gift_id": "c", "offset": 4}], [], 7.0).problems
+
+
+def test_own_gifts_merged_out_of_send_order_is_exact() -> None:
+    """Settlement may announce a sender's later gift first: a merged entry whose last gift was sent first,
+    and a gift sent after it still waiting, are matched by id (the storm's failure, issue #16)."""
+    gifts = OwnGifts()
+    for i, gift_id in enumerate(("a", "b", "c")):
+        gifts.sent(gift_id, "rose", 1, float(i))
+    for gift_id in ("a", "b", "c"):
+        gifts.result({"type": "gift_result", "gift_id": gift_id, "status": "settled"}, 5.0)
+    entry = {"kind": "gift", "gift_id": "a", "merged": 2, "gift_ids": ["b", "a"], "offset": 9}
+    assert gifts.frame([entry], [], 6.0).problems == []
+    assert [p.gift_id for p in gifts.pending.values()] == ["c"]
+    assert gifts.overdue(30.0, 10.0).problems == ["gift c settled but did not appear within 10 s"]
+    lying = {"kind": "gift", "gift_id": "x", "merged": 3, "gift_ids": ["x"], "offset": 10}
+    assert any("merged=3" in p for p in gifts.frame([lying], [], 31.0).problems)
+
+
+def test_own_gifts_summarized_are_accounted_by_id_not_by_time() -> None:
+    """Own gifts the sender's copy of a tick_summary lists are accounted for once; one it does not list and that
+    never showed is a failure, even though a summary arrived after it was sent."""
+    gifts = OwnGifts()
+    for gift_id in ("a", "b"):
+        gifts.sent(gift_id, "rose", 1, 0.0)
+        gifts.result({"type": "gift_result", "gift_id": gift_id, "status": "settled"}, 1.0)
+    out = gifts.frame([], ["a"], 2.0)
+    assert out.problems == [] and out.summarized == 1 and out.animation_s == []
+    assert gifts.frame([], ["a"], 3.0).problems == ["own gift a appeared twice (offset None)"]
+    assert gifts.overdue(20.0, 10.0).problems == ["gift b settled but did not appear within 10 s"]
 
 
 def test_own_gifts_flags_missing_results_and_animations_but_retries_rate_limited() -> None:
@@ -135,4 +200,4 @@ def test_own_gifts_flags_missing_results_and_animations_but_retries_rate_limited
     assert gifts.overdue(40.0, 10.0).problems == ["gift a: no gift_result within 10 s"]
     late = gifts.result({"type": "gift_result", "gift_id": "a", "status": "settled"}, 41.0)
     assert late.problems == [] and late.result_s == [] and gifts.settled_cost == 2
-    assert gifts.frame([{"kind": "gift", "gift_id": "b", "offset": 1}], False, 42.0).problems == []
+    assert gifts.frame([{"kind": "gift", "gift_id": "b", "offset": 1}], [], 42.0).problems == []

@@ -51,7 +51,8 @@ class RawServer:
 
     def viewers_frame(self, events: list[dict[str, Any]]) -> dict[str, Any]:
         """The same frame the hub builds for viewers (gifting/hub.py Hub._frame): the big-room policy applied."""
-        body = coalesce.for_viewers_frame(events, self.settings.big_gift_coins, self.settings.frame_events_max)
+        s = self.settings
+        body = coalesce.for_viewers_frame(events, s.big_gift_coins, s.frame_events_max, None, s.merged_gifts_max)
         frame = protocol.events_frame(self.room, body)
         covered = coalesce.offsets_covered(events)
         if covered is not None:

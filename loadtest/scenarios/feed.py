@@ -11,10 +11,11 @@ FeedChecker: the room events one socket receives arrive exactly once and in orde
 
 OwnGifts: a sender's gifts, from `gift` to `gift_result` to its own animation in its room feed.
   Each gift gets exactly one result; each settled gift appears in the sender's feed exactly once (possibly
-  merged with earlier gifts of its combo: `merged` says how many). A gift without a result, or settled but
-  not shown, within the timeout is a problem, and so is a gift shown twice or shown although rejected. A
-  settled gift that may have gone into a `tick_summary` (its frame was over the entry limit) is counted as
-  summarized, not as missing.
+  merged with other gifts of its combo: a merged entry lists every gift it stands for in `gift_ids`, so it is
+  matched by id, never guessed from send order, which settlement does not keep). A gift without a result, or
+  settled but not shown, within the timeout is a problem, and so is a gift shown twice or shown although
+  rejected. A settled gift counted in a `tick_summary` (its frame was over the entry limit) is accounted for
+  by id too: the sender's own copy of that summary lists its gifts in `gift_ids`.
 """
 
 from __future__ import annotations
@@ -91,7 +92,6 @@ class Pending:
     gift_id: str
     gift: str
     cost: int
-    seq: int  # send order (a resend after rate_limited takes a new one: that is when it enters the stream)
     sent_at: float
     queued: bool = True  # False while waiting to be resent after a retriable rejection
     status: str | None = None  # settled | rejected, from gift_result
@@ -106,7 +106,7 @@ class Outcome:
 
     result_s: list[tuple[str, float]]  # (status or 'rejected: reason', latency)
     animation_s: list[float]
-    summarized: int
+    summarized: int  # own gifts counted in a tick_summary (listed in the sender's copy)
     problems: list[str]
     retry: list[str]  # gift ids to resend (retriable rejection)
 
@@ -123,10 +123,8 @@ class OwnGifts:
         self.done: deque[str] = deque(maxlen=DONE_IDS_KEPT)
         self._done_set: set[str] = set()
         self.expired: set[str] = set()  # settled, reported as not shown in time: a late appearance is no news
-        self.seq = 0
         self.settled_cost = 0
         self.settled = 0
-        self.last_summary_at = float("-inf")
 
     # bookkeeping -------------------------------------------------------------------------------------------
 
@@ -151,12 +149,11 @@ class OwnGifts:
     # events ------------------------------------------------------------------------------------------------
 
     def sent(self, gift_id: str, gift: str, cost: int, now: float) -> None:
-        self.seq += 1
         record = self.pending.get(gift_id)
         if record is None:
-            self.pending[gift_id] = Pending(gift_id, gift, cost, self.seq, now)
+            self.pending[gift_id] = Pending(gift_id, gift, cost, now)
         else:  # a resend of the same gift_id after a retriable rejection
-            record.seq, record.sent_at, record.queued = self.seq, now, True
+            record.sent_at, record.queued = now, True
 
     def result(self, message: Event, now: float) -> Outcome:
         """A `gift_result` (or an `error` naming a gift_id)."""
@@ -196,47 +193,38 @@ class OwnGifts:
         self._maybe_finish(record)
         return out
 
-    def frame(self, own_entries: list[Event], has_summary: bool, now: float) -> Outcome:
-        """This sender's own gift entries (in frame order) from one `events` frame of its room."""
+    def frame(self, own_entries: list[Event], summarized: list[str], now: float) -> Outcome:
+        """This sender's own gift entries (in frame order) and the ids its own copy of the frame's tick_summary
+        lists, from one `events` frame of its room. Each gift is shown or summarized exactly once."""
         out = _outcome()
-        if has_summary:
-            self.last_summary_at = now
+        for gift_id in summarized:
+            out.summarized += 1
+            self._shown(gift_id, {"kind": "tick_summary"}, now, out, animated=False)
         for entry in own_entries:
-            gift_id = entry.get("gift_id", "")
-            record = self.pending.get(gift_id)
-            if record is None and gift_id in self.expired:
-                self.expired.discard(gift_id)
-                continue
-            if record is None or record.animated:
-                seen = "twice" if gift_id in self._done_set or record is not None else "but was never sent"
-                out.problems.append(f"own gift {gift_id} appeared {seen} (offset {entry.get('offset')})")
-                continue
-            if record.status == "rejected":
-                out.problems.append(f"own gift {gift_id} appeared in the room but its result was 'rejected'")
-            merged = entry.get("merged", 1)
-            group = [record]
-            if isinstance(merged, int) and merged > 1:
-                earlier = [
-                    p
-                    for p in self.pending.values()
-                    if p.gift == record.gift
-                    and p.seq < record.seq
-                    and p.queued
-                    and not p.animated
-                    and p.status != "rejected"
-                ]
-                earlier.sort(key=lambda p: p.seq)
-                group += earlier[len(earlier) - (merged - 1) :] if merged - 1 <= len(earlier) else earlier
-                if len(group) < merged:
-                    out.problems.append(
-                        f"own gift {gift_id} stands for {merged} merged gifts but only {len(group)} were awaited"
-                    )
-            for member in group:
-                member.animated = True
-                out.animation_s.append(now - member.sent_at)
-            for member in group:
-                self._maybe_finish(member)
+            gift_ids = merged_gift_ids(entry)
+            if len(gift_ids) != entry.get("merged", 1):
+                out.problems.append(f"own entry {entry.get('gift_id')}: merged={entry.get('merged')} but {gift_ids=}")
+            for gift_id in gift_ids:
+                self._shown(gift_id, entry, now, out)
         return out
+
+    def _shown(self, gift_id: str, entry: Event, now: float, out: Outcome, animated: bool = True) -> None:
+        """One of this sender's gifts appeared (alone or in a merged entry): expected exactly once, if settled."""
+        record = self.pending.get(gift_id)
+        if record is None and gift_id in self.expired:
+            self.expired.discard(gift_id)
+            return
+        if record is None or record.animated:
+            seen = "twice" if gift_id in self._done_set or record is not None else "but was never sent"
+            out.problems.append(f"own gift {gift_id} appeared {seen} (offset {entry.get('offset')})")
+            return
+        if record.status == "rejected" or not record.queued:
+            state = "rejected" if record.status == "rejected" else "awaiting a resend (retriable rejection)"
+            out.problems.append(f"own gift {gift_id} appeared in the room but it was {state}")
+        record.animated = True  # shown, or counted in a summary: either way accounted for, once
+        if animated:
+            out.animation_s.append(now - record.sent_at)
+        self._maybe_finish(record)
 
     def overdue(self, now: float, timeout_s: float) -> Outcome:
         """Gifts without a result, or settled without an animation, for longer than `timeout_s`."""
@@ -248,10 +236,15 @@ class OwnGifts:
                 out.problems.append(f"gift {record.gift_id}: no gift_result within {timeout_s:g} s")
                 record.late = True  # still awaited: its result decides what the balance should be
             elif record.status == "settled" and not record.animated and now - record.result_at > timeout_s:
-                if self.last_summary_at >= record.sent_at:
-                    out.summarized += 1
-                else:
-                    out.problems.append(f"gift {record.gift_id} settled but did not appear within {timeout_s:g} s")
+                out.problems.append(f"gift {record.gift_id} settled but did not appear within {timeout_s:g} s")
                 self.expired.add(record.gift_id)
                 self._finish(record.gift_id)
         return out
+
+
+def merged_gift_ids(entry: Event) -> list[str]:
+    """The gifts a room entry stands for: a merged entry lists them in `gift_ids`; any other is its `gift_id`."""
+    gift_ids = entry.get("gift_ids")
+    if isinstance(gift_ids, list):
+        return [str(g) for g in gift_ids]
+    return [str(entry.get("gift_id", ""))]

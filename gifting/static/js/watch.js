@@ -196,8 +196,9 @@ function flushRecent() {
   const fragment = document.createDocumentFragment();
   for (let i = recentQueue.length - 1; i >= 0; i--) {
     const item = recentQueue[i];
-    const id = item.dataset.giftId;
-    if (id && list.querySelector(`[data-gift-id="${CSS.escape(id)}"]`)) continue; // shown already
+    // A merged entry names every gift it stands for (`gift_ids`): one already in the list is not shown again.
+    const ids = (item.dataset.giftIds || "").split(" ").filter(Boolean);
+    if (ids.some((id) => list.querySelector(`[data-gift-ids~="${CSS.escape(id)}"]`))) continue; // shown already
     fragment.append(item);
   }
   recentQueue.length = 0;
@@ -211,7 +212,8 @@ function recentItem(event, combo) {
     return el("li.more.muted", {}, `+${fmt(event.gifts)} more gifts (${fmt(event.coins || 0)} coins)`);
   }
   const gift = state.catalog.get(event.gift) || { asset: "gift.svg" };
-  const item = el("li", { dataset: { giftId: event.gift_id || "", offset: event.offset ?? "" } },
+  const giftIds = (event.gift_ids || [event.gift_id || ""]).join(" ");
+  const item = el("li", { dataset: { giftId: event.gift_id || "", giftIds, offset: event.offset ?? "" } },
     giftIcon(gift, "mini-icon"),
     el("span", {}, el("strong", {}, event.sender_name || event.sender), ` sent ${giftName(event.gift)}`, event.count > 1 ? ` ×${fmt(event.count)}` : ""),
     combo && combo.count > 1 ? el("span.combo-chip", {}, `x${fmt(combo.count)}`) : null,
