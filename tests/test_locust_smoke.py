@@ -100,7 +100,7 @@ async def test_locust_smoke_run_has_no_failures(start_system: SystemFactory, tmp
             pytest.fail(f"locust did not finish within {LOCUST_TIMEOUT_S:g} s")
     log = output.decode(errors="replace")
     server_log = "\n".join(server_lines)
-    assert "WebSocket /v1/ws" in server_log, "no server log captured"
+    assert "/v1/" in server_log, "no server log captured"  # purchase-rush opens no websocket: any route
     assert not leaked(log + server_log, [SECRET, *PAYMENT_TOKENS]), "a credential reached a log line"
     stats = read_stats(Path(f"{report}.json"))
     assert stats is not None, f"locust wrote no --json-file (exit {process.returncode})\n{log}"
