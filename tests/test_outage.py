@@ -30,6 +30,7 @@ from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import Ledger
 from tests.conftest import REPO, SECRET, System, WsClient, make_settings, run_web, run_worker, token
+from workers.settlement import SettlementWorker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -229,6 +230,43 @@ async def test_websocket_answers_store_unavailable_and_stays_open(own_valkey: Em
         assert joined["type"] == "joined", joined
 
 
+async def test_result_published_while_the_hub_was_cut_off_still_reaches_the_sender(
+    own_valkey: EmbeddedValkey, tmp_path: Path
+) -> None:
+    """A gift settled while its web process's pub/sub connection was down (its result published to no one) still
+    gets its gift_result: when the feed comes back, the hub reads the outcome back from the ledger."""
+    settings = make_settings(tmp_path)
+    redis = redis_client(own_valkey.url)
+    async with (
+        run_web(settings, own_valkey.url) as (base_url, app),
+        httpx.AsyncClient(base_url=base_url, timeout=15) as http,
+    ):
+        system = System(settings, redis, base_url, http, app)
+        room = await system.open_room()
+        await grant(system, "v1", 10)
+        client = await system.connect("v1")
+        gid = await client.gift(room)  # queued; no worker yet
+        await wait_until(lambda: gid in system.hub.waiters)
+        hub_channel = keys.hub_channel(system.hub.id)
+        await system.hub.pubsub.unsubscribe(hub_channel)  # the result will be published to no one
+        worker = SettlementWorker(redis, settings)
+        assert await worker.start_up(asyncio.Event())
+        assert await worker.step(pending=False) == 1
+        await system.hub.pubsub.subscribe(hub_channel)
+        await redis.client_kill_filter(_type="pubsub")  # the feed breaks and comes back
+        result = await client.result(gid)
+        assert (result["status"], result["coins"]) == ("settled", 9), result
+        await client.close()
+    await redis.aclose()
+
+
+async def wait_until(condition: Any, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
 # A storm across kill -9 and restart ------------------------------------------------------------------------
 
 
@@ -269,7 +307,10 @@ async def outcomes(client: WsClient, sent: list[str], timeout_s: float = 30.0) -
     while any(not answers for answers in found.values()):
         left = [gid for gid, answers in found.items() if not answers]
         assert time.monotonic() < deadline, f"{len(left)} gifts got no answer, e.g. {left[:3]}"
-        message = await client.recv(max(0.01, deadline - time.monotonic()))
+        try:
+            message = await client.recv(max(0.01, deadline - time.monotonic()))
+        except TimeoutError:
+            raise AssertionError(f"{len(left)} gifts got no answer within {timeout_s} s, e.g. {left[:3]}") from None
         if message.get("gift_id") in found and message.get("type") != "events":
             found[message["gift_id"]].append(message)
     return found
