@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
@@ -14,11 +15,13 @@ from starlette.routing import Route
 from gifting import auth, keys, pages, protocol
 from gifting.auth import Identity
 from gifting.ledger.store import LedgerError
+from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
 from gifting.pools import cancel_pool, get_pool, open_pool
 from gifting.protocol import ProtocolError
 from gifting.rooms import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, LIVE_PAGE_MAX, TOP_LIMIT_MAX, TOP_PERIODS, RoomError
 
 LIVE_PAGE_DEFAULT = 50
+log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -33,6 +36,21 @@ def json_response(data: Any, status: int = 200) -> Response:
 
 def error_response(status: int, code: str, message: str) -> Response:
     return json_response({"error": {"code": code, "message": message}}, status)
+
+
+def store_unavailable_response(retry_after_s: int, **extra: Any) -> Response:
+    """503 `store_unavailable` with Retry-After: Valkey is unreachable, and this request may not have happened
+    (or, rarely, happened without its answer): repeat it with the same ids or Idempotency-Key."""
+    body = {**extra, "error": {"code": STORE_UNAVAILABLE, "message": STORE_UNAVAILABLE_MESSAGE}}
+    response = json_response(body, 503)
+    response.headers["Retry-After"] = str(retry_after_s)
+    return response
+
+
+async def store_error_handler(request: Request, exc: Exception) -> Response:
+    """Every route, for any of outage.STORE_ERRORS it lets through (registered in gifting/app.py)."""
+    log.warning("%s %s: store unavailable: %r", request.method, request.url.path, exc)
+    return store_unavailable_response(request.app.state.settings.store_retry_after_s)
 
 
 def require_admin(request: Request) -> Identity:
@@ -79,6 +97,9 @@ async def readyz(request: Request) -> Response:
         await state.redis.ping()
         since_ms = int(time.time() * 1000) - state.settings.heartbeat_ttl_s * 1000
         workers = await state.redis.zcount(keys.WORKER_HEARTBEATS, since_ms, "+inf")
+    except STORE_ERRORS as exc:
+        retry_after_s = state.settings.store_retry_after_s
+        return store_unavailable_response(retry_after_s, status="unavailable", redis=f"unreachable: {exc}")
     except Exception as exc:
         return json_response({"status": "unavailable", "redis": f"unreachable: {exc}"}, 503)
     if workers == 0:
@@ -172,6 +193,8 @@ async def send_gift(request: Request) -> Response:
     assert isinstance(message, protocol.SendGift)
     future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     rejected = await state.hub.send_gift(identity, message, future)
+    if rejected is not None and rejected["reason"] == STORE_UNAVAILABLE:
+        return store_unavailable_response(state.settings.store_retry_after_s)
     if rejected is not None:
         return json_response(rejected, 429 if rejected["reason"] in ("rate_limited", "overloaded") else 422)
     pending = {"type": "gift_result", "gift_id": message.gift_id, "status": "pending", "reason": None}
@@ -285,6 +308,8 @@ async def pledge(request: Request) -> Response:
         raise ApiError(400, exc.code, exc.message) from None
     future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     rejected = await state.hub.send_pledge(identity, message, future)
+    if rejected is not None and rejected["reason"] == STORE_UNAVAILABLE:
+        return store_unavailable_response(state.settings.store_retry_after_s)
     if rejected is not None:
         return json_response(rejected, 429)
     pending = {"type": "pledge_result", "pledge_id": message.pledge_id, "status": "pending", "reason": None}

@@ -22,6 +22,7 @@ from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
 from gifting.hub import Hub
 from gifting.ledger.store import Ledger, LedgerError
+from gifting.outage import STORE_ERRORS
 from gifting.payments import PaymentProvider, SandboxProvider
 from gifting.rooms import RoomError, RoomStore
 from gifting.ws import websocket_endpoint
@@ -134,5 +135,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
             RoomError: api.api_error_handler,
             LedgerError: api.api_error_handler,
             HTTPException: http_error,
+            # Valkey unreachable: 503 store_unavailable with Retry-After on every route (gifting/outage.py).
+            **dict.fromkeys(STORE_ERRORS, api.store_error_handler),
         },
     )

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 from gifting import auth, embedded, logs
@@ -101,14 +102,16 @@ def cmd_dev(settings: Settings) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = resolve_secret(settings, create=True)
     valkey = None
+    supervisor = None
     url = settings.redis_url
     if not url:
         valkey = embedded.EmbeddedValkey(data_dir)
         url = valkey.start()
+        supervisor = ValkeySupervisor(valkey, settings.dev_valkey_restarts_max, settings.dev_valkey_restart_window_s)
         log.info("embedded Valkey at %s (data in %s, AOF on)", url, data_dir / "valkey")
     env = {**os.environ, "REDIS_URL": url, "GIFTING_SECRET": secret, "GIFTING_DEV": "1"}
     children: list[subprocess.Popen[bytes]] = []
-    stopping = False
+    stopping = gave_up = False
 
     def stop(signum: int, frame: object) -> None:
         nonlocal stopping
@@ -131,13 +134,55 @@ def cmd_dev(settings: Settings) -> int:
                 if child.poll() is not None:
                     log.error("child process %s exited with %s; stopping", child.args, child.returncode)
                     stopping = True
+            if supervisor is not None and not stopping and not supervisor.keep_up():
+                stopping = gave_up = True
             time.sleep(0.2)
     finally:
         embedded.stop_processes(children, CHILD_STOP_TIMEOUT_S)
         if valkey is not None:
             valkey.stop()
         log.info("stopped")
-    return 0
+    return 1 if gave_up else 0
+
+
+class ValkeySupervisor:
+    """`gifting dev` owns the embedded Valkey it started: when valkey-server dies, it is reaped and started again
+    on the same port with the same data directory (the AOF brings the money back), at most `restarts_max` times
+    per `window_s`. One crash more means something is wrong that a restart will not fix: give up."""
+
+    def __init__(self, valkey: embedded.EmbeddedValkey, restarts_max: int, window_s: float) -> None:
+        self.valkey, self.restarts_max, self.window_s = valkey, restarts_max, window_s
+        self.restarts: deque[float] = deque()  # when each recent restart happened (monotonic s)
+
+    def keep_up(self) -> bool:
+        """Restart valkey-server if it exited (poll() reaps it). False: it may not be restarted, or did not start."""
+        process = self.valkey.process
+        status = None if process is None else process.poll()
+        if status is None:
+            return True
+        now = time.monotonic()
+        while self.restarts and now - self.restarts[0] > self.window_s:
+            self.restarts.popleft()
+        if len(self.restarts) >= self.restarts_max:
+            log.critical(
+                "embedded Valkey exited with %s after %d restarts within %.0f s (GIFTING_DEV_VALKEY_RESTARTS_MAX): "
+                "giving up, stopping everything; see %s",
+                status, len(self.restarts), self.window_s, self.valkey.data_dir / "valkey" / "valkey.log",
+            )  # fmt: skip
+            return False
+        self.restarts.append(now)
+        log.error(
+            "embedded Valkey exited with %s; restarting it on %s from %s (restart %d of %d within %.0f s)",
+            status, self.valkey.url, self.valkey.data_dir / "valkey", len(self.restarts), self.restarts_max,
+            self.window_s,
+        )  # fmt: skip
+        try:
+            self.valkey.start()
+        except embedded.EmbeddedError as exc:
+            log.critical("embedded Valkey did not come back: %s; stopping everything", exc)
+            return False
+        log.info("embedded Valkey is back at %s", self.valkey.url)
+        return True
 
 
 DEMO_LINKS_FILE = "demo-links.txt"

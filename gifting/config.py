@@ -46,6 +46,20 @@ class Settings:
     redis_wait_s: float = _setting(
         "GIFTING_REDIS_WAIT_S", 10.0, "Longest wait for a free Valkey connection before the request fails, seconds."
     )
+    store_retry_after_s: int = _setting(
+        "GIFTING_STORE_RETRY_AFTER_S",
+        2,
+        "While Valkey is unreachable, HTTP answers 503 `store_unavailable` with this Retry-After, in seconds.",
+    )
+    dev_valkey_restarts_max: int = _setting(
+        "GIFTING_DEV_VALKEY_RESTARTS_MAX",
+        5,
+        "`gifting dev`: restarts of a crashed embedded Valkey allowed per GIFTING_DEV_VALKEY_RESTART_WINDOW_S; "
+        "one crash more stops everything (exit 1).",
+    )
+    dev_valkey_restart_window_s: float = _setting(
+        "GIFTING_DEV_VALKEY_RESTART_WINDOW_S", 60.0, "The window of GIFTING_DEV_VALKEY_RESTARTS_MAX, seconds."
+    )
     host: str = _setting("GIFTING_HOST", "127.0.0.1", "Address the web process binds to.")
     port: int = _setting("GIFTING_PORT", 8000, "Port the web process binds to.")
     data_dir: str = _setting(

@@ -38,6 +38,8 @@ from gifting import coalesce, gifts, keys, protocol
 from gifting.auth import Identity, revoked
 from gifting.catalog_store import CatalogStore
 from gifting.config import Settings
+from gifting.ledger.store import Ledger
+from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE
 from gifting.pools import PoolOp, room_pools
 from gifting.protocol import Codec, ProtocolError
 from gifting.revocations import Revocations
@@ -53,6 +55,7 @@ CLOSE_TOO_MANY_CONNECTIONS = 4029
 CLOSE_GOING_AWAY = 1001
 SLOW_CONSUMER_REASON = "slow consumer: outgoing queue full; reconnect and resume with since"
 
+RECOVER_IDS_PER_CALL = 500  # outstanding gift ids looked up per round trip after the pub/sub feed came back
 WAITER_TTL_S = 60.0  # a gift result not seen by then is dropped; the client resends the gift_id to learn it
 BUCKET_IDLE_S = 120.0  # rate-limit state of a user idle this long is forgotten
 MAINTENANCE_INTERVAL_S = 1.0
@@ -303,7 +306,13 @@ class Hub:
         room = self.rooms.get(message.room)
         if room is None:
             room = self.rooms[message.room] = Room(message.room)
-            await self.pubsub.subscribe(keys.room_channel(message.room))
+            try:
+                await self.pubsub.subscribe(keys.room_channel(message.room))
+            except BaseException:
+                # Valkey unreachable: forget the room, or later joiners would find it and never subscribe.
+                if not room.conns and self.rooms.get(message.room) is room:
+                    del self.rooms[message.room]
+                raise
         room.conns.add(conn)
         room.direct.pop(conn, None)  # a joiner takes the general path until its first tick (floors)
         room.general.add(conn)
@@ -448,7 +457,17 @@ class Hub:
             # exactly this or rejects the gift (price_changed); never more.
             price=message.price if message.price is not None else self.catalogs.current.gifts[message.gift].coins,
         )
-        await gifts.enqueue(self.redis, request)
+        try:
+            await gifts.enqueue(self.redis, request)
+        except STORE_ERRORS as exc:
+            self._unwait(message.gift_id, request.req)
+            log.warning("gift %s: not queued, store unavailable: %r", message.gift_id, exc)
+            return {
+                "type": "gift_result",
+                "gift_id": message.gift_id,
+                "status": "rejected",
+                "reason": STORE_UNAVAILABLE,
+            }
         return None
 
     async def send_pledge(
@@ -462,7 +481,13 @@ class Hub:
         op = PoolOp(
             "pledge", message.pool, message.pledge_id, message.coins, identity.user, identity.name, self.id, req
         )
-        await self.redis.xadd(keys.GIFTS_STREAM, op.to_entry())
+        try:
+            await self.redis.xadd(keys.GIFTS_STREAM, op.to_entry())
+        except STORE_ERRORS as exc:
+            self._unwait(message.pledge_id, req)
+            log.warning("pledge %s: not queued, store unavailable: %r", message.pledge_id, exc)
+            reason = STORE_UNAVAILABLE
+            return {"type": "pledge_result", "pledge_id": message.pledge_id, "status": "rejected", "reason": reason}
         return None
 
     def _wait(self, request_id: str, waiter: Waiter) -> int:
@@ -471,6 +496,13 @@ class Hub:
         _, waiting = self.waiters.setdefault(request_id, (time.monotonic(), []))
         waiting.append((req, waiter))
         return req
+
+    def _unwait(self, request_id: str, req: int) -> None:
+        """Forget one waiter: its request was answered without reaching the worker."""
+        _, waiting = self.waiters.get(request_id, (0.0, []))
+        waiting[:] = [(number, waiter) for number, waiter in waiting if number != req]
+        if not waiting:
+            self.waiters.pop(request_id, None)
 
     def _deliver_results(self, results: list[dict[str, Any]]) -> None:
         """Each request gets its own result: two sends of one gift_id (a resend, or a conflicting reuse) get
@@ -662,18 +694,23 @@ class Hub:
 
     async def _read_pubsub(self) -> None:
         hub_channel = keys.hub_channel(self.id)
-        resubscribed = False
+        resubscribed = False  # the feed broke: catalog and revocation messages may have been missed
+        results_lost = False  # the feed broke: results published meanwhile never reach us
         while True:
             try:
                 message = await self.pubsub.get_message(timeout=1.0)
             except (RedisConnectionError, OSError) as exc:
                 log.warning("hub pub/sub: %s; reconnecting", exc)
-                resubscribed = True
+                resubscribed = results_lost = True
                 await asyncio.sleep(0.5)
                 continue
             if resubscribed:  # messages published while we were away are lost: compare versions now
                 resubscribed = False
                 spawn(self._catch_up())
+            if results_lost:
+                # Resubscribed (the first read on the new connection answers its SUBSCRIBE): from here on results
+                # arrive; those published before are read back from the ledger.
+                results_lost = not await self._recover_results()
             if message is None or message.get("type") != "message":
                 continue
             channel, data = message["channel"], message["data"]
@@ -709,6 +746,28 @@ class Hub:
         while True:
             await asyncio.sleep(self.settings.sync_check_interval_s)
             await self._catch_up()
+
+    async def _recover_results(self) -> bool:
+        """Deliver the stored outcome of every gift still waiting for one (a gift not decided yet gets its result
+        through pub/sub as usual). False if Valkey could not be read: try again later."""
+        waiting = list(self.waiters)
+        ledger = Ledger(self.redis, self.settings)
+        try:
+            for i in range(0, len(waiting), RECOVER_IDS_PER_CALL):
+                outcomes = await ledger.gift_outcomes(waiting[i : i + RECOVER_IDS_PER_CALL])
+                results = [
+                    {"type": "gift_result", "gift_id": o.gift_id, "status": o.status, "reason": o.reason or None}
+                    | {"coins": o.coins, "req": req}
+                    for o in outcomes.values()
+                    for req, _ in self.waiters.get(o.gift_id, (0.0, []))[1]
+                ]
+                self._deliver_results(results)
+        except STORE_ERRORS as exc:
+            log.warning("hub: could not read back results lost with the pub/sub feed: %r", exc)
+            return False
+        if waiting:
+            log.info("hub: pub/sub feed back; read back the results of %d waiting requests", len(waiting))
+        return True
 
     async def _tick(self) -> None:
         loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from gifting import auth, protocol, wsproto
 from gifting.hub import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TOO_MANY_INVALID, CLOSE_UNAUTHORIZED, Connection, Hub
 from gifting.limits import MessageBudget, over_budget
+from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
 from gifting.pools import open_pool
 from gifting.protocol import Codec, ProtocolError
 from gifting.rooms import RoomError
@@ -146,7 +147,14 @@ async def _handle_frame(hub: Hub, conn: Connection, message: Any, invalid: int, 
             )
         parsed = protocol.parse_message(protocol.decode_frame(data, conn.codec), settings.gift_count_max)
         if budget.take(parsed):
-            await _handle(hub, conn, parsed)
+            try:
+                await _handle(hub, conn, parsed)
+            except STORE_ERRORS as exc:
+                # Valkey is unreachable: say so (a gift or pledge got its rejection from the hub) and keep the socket.
+                log.warning("websocket %s: store unavailable: %r", type(parsed).__name__, exc)
+                conn.send_message(
+                    protocol.error(STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE, getattr(parsed, "ref", None))
+                )
             return invalid
         answer = over_budget(parsed)  # a client that keeps going over its budget is closed like an invalid one
     except ProtocolError as exc:

@@ -129,9 +129,8 @@ class SettlementWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Until `stop` is set: settle batches. Finishes the batch in hand before returning (graceful drain)."""
-        await self.ensure_group()
-        await self.load_scripts()
-        await self.catalogs.load()
+        if not await self.start_up(stop):
+            return
         log.info("settlement worker %s started", self.consumer)
         backoff_s, own_pending = 0.1, True
         while not stop.is_set():
@@ -167,6 +166,23 @@ class SettlementWorker:
         with contextlib.suppress(ConnectionError, TimeoutError, OSError):
             await self.flush_acks()  # what is not acked here is settled again (idempotently) by whoever reads it
         log.info("settlement worker %s stopped (%d gifts settled)", self.consumer, self.settled_total)
+
+    async def start_up(self, stop: asyncio.Event) -> bool:
+        """Consumer group, scripts and catalog; retried while Valkey is unreachable (a worker may start before it,
+        or while it restarts), rather than the worker dying. False if `stop` was set first."""
+        backoff_s = 0.1
+        while not stop.is_set():
+            try:
+                await self.ensure_group()
+                await self.load_scripts()
+                await self.catalogs.load()
+                return True
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                log.warning("settlement worker %s: cannot start: %s; retrying in %.1f s", self.consumer, exc, backoff_s)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff_s)
+                backoff_s = min(backoff_s * 2, BACKOFF_S_MAX)
+        return False
 
     async def run_payouts(self) -> int:
         """Send a page of pending withdrawals to the payout provider: post the paid, void the failed and the
@@ -335,7 +351,7 @@ class SettlementWorker:
             try:
                 await self.settle_pool_op(op)
             except ResponseError as exc:
-                if "script" not in str(exc).lower():
+                if not script_failed(exc):
                     raise
                 await self.dead_letter(entry_id, dict(entries)[entry_id], str(exc))
                 continue
@@ -345,7 +361,7 @@ class SettlementWorker:
         try:
             await self.settle([r for _, r in requests])
         except ResponseError as exc:
-            if len(requests) == 1 or "script" not in str(exc).lower():
+            if len(requests) == 1 or not script_failed(exc):
                 raise
             # A script error names no entry: settle one by one so only the poison entry stays behind.
             log.warning("settlement: batch failed (%s); settling %d entries one by one", exc, len(requests))
@@ -353,6 +369,8 @@ class SettlementWorker:
                 try:
                     await self.settle([request])
                 except ResponseError as one_exc:
+                    if not script_failed(one_exc):
+                        raise
                     await self.dead_letter(entry_id, fields[entry_id], str(one_exc))
                     continue
                 await self.ack([entry_id])
@@ -532,6 +550,12 @@ class SettlementWorker:
             else:
                 keep.append((entry_id, fields))
         return keep
+
+
+def script_failed(exc: ResponseError) -> bool:
+    """A script ran and failed on its input (a poison entry). Not NOSCRIPT: after a Valkey restart the scripts
+    are simply gone; the run loop loads them again and the entries settle then, never the dead-letter stream."""
+    return "script" in str(exc).lower() and not isinstance(exc, NoScriptError)
 
 
 def room_event(request: GiftRequest, settled: GiftToSettle, outcome: rules.GiftOutcome) -> dict[str, Any]:
