@@ -79,6 +79,7 @@ STORE_FREE = {
     ("GET", "/v1/catalog/gifts"),
     ("GET", "/v1/catalog/bundles"),
     ("GET", "/dev/token"),
+    ("POST", "/v1/overlay-tokens"),  # signed with the secret alone
     ("GET", "/"),
     ("GET", "/watch/{room}"),
     ("GET", "/studio"),
@@ -116,6 +117,10 @@ def route_requests(room: str) -> dict[tuple[str, str], dict[str, Any]]:
             "headers": viewer,
             "json": {"coins": 1, "pledge_id": str(uuid.uuid4())},
         },
+        ("POST", "/v1/pools/{pool}/cancel"): {"headers": viewer},
+        ("GET", "/v1/creators/{creator}/live"): {},
+        ("POST", "/v1/overlay-tokens"): {"headers": creator},
+        ("POST", "/v1/admin/users/{user}/revoke-tokens"): {"headers": admin},
         ("GET", "/dev/token"): {},
         ("GET", "/v1/wallet"): {"headers": viewer},
         ("POST", "/v1/wallet/purchases"): {
@@ -159,6 +164,8 @@ PATH_PARAMS = {
     "action": "post",
     "gift": "rose",
     "bundle": "coins_65",
+    "creator": "creator1",
+    "user": "v1",
 }
 
 
