@@ -17,16 +17,17 @@ from starlette.routing import WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gifting import admin_api, api, edge, logs, pages, wallet_api
-from gifting.catalog_store import CatalogStore
+from gifting import logs
+from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
-from gifting.hub import Hub
 from gifting.ledger.store import Ledger, LedgerError
+from gifting.live.direct import HubWebSocketProtocol
+from gifting.live.endpoint import websocket_endpoint
+from gifting.live.hub import Hub
 from gifting.outage import STORE_ERRORS
 from gifting.payments import PaymentProvider, SandboxProvider
-from gifting.rooms import RoomError, RoomStore
-from gifting.ws import websocket_endpoint
-from gifting.wsproto import HubWebSocketProtocol
+from gifting.rooms.store import RoomError, RoomStore
+from gifting.web import admin, api, edge, pages, wallet
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def server_config(app: Any, settings: Settings, host: str, port: int, **override
     options: dict[str, Any] = {
         "host": host,
         "port": port,
-        "ws": HubWebSocketProtocol,  # websockets-sansio plus the hub's direct socket (gifting/wsproto.py)
+        "ws": HubWebSocketProtocol,  # websockets-sansio plus the hub's direct socket (gifting/live/direct.py)
         "ws_max_size": settings.ws_frame_bytes_hard_max,
         "ws_per_message_deflate": False,  # ~50 KiB per connection for frames this small: off
         "ws_ping_interval": settings.ws_ping_interval_s,
@@ -85,7 +86,7 @@ class GiftingApp(Starlette):
             await websocket_endpoint(WebSocket(scope, receive, send))
             return
         if scope["type"] == "http":
-            s = self.state.settings  # every route's body is bounded (gifting/edge.py)
+            s = self.state.settings  # every route's body is bounded (gifting/web/edge.py)
             await edge.bounded_body(
                 super().__call__, scope, receive, send, s.http_body_bytes_max, s.http_header_timeout_s
             )
@@ -122,8 +123,8 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
 
     routes = [
         *api.routes,
-        *wallet_api.routes,
-        *admin_api.routes,
+        *wallet.routes,
+        *admin.routes,
         WebSocketRoute(WS_PATH, websocket_endpoint),  # GiftingApp dispatches it first; listed for the router too
         *pages.routes,
     ]

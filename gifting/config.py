@@ -127,7 +127,7 @@ class Settings:
         "GIFTING_WITHDRAWALS_PENDING_PER_USER_MAX", 3, "Pending withdrawals one creator may have at once."
     )
 
-    # HTTP limits (gifting/edge.py).
+    # HTTP limits (gifting/web/edge.py).
     http_body_bytes_max: int = _setting(
         "GIFTING_HTTP_BODY_BYTES_MAX",
         16384,

@@ -228,7 +228,7 @@ USER_NAMES = "users:names"  # hash: user -> display name (for leaderboards)
 WORKER_HEARTBEATS = "workers:heartbeats"  # sorted set: consumer name -> last beat (ms)
 
 
-# Catalog: seeded from gifting/data/catalog.json, then changed by admins; every process reloads on change.
+# Catalog: seeded from gifting/catalog/catalog.json, then changed by admins; every process reloads on change.
 CATALOG_GIFTS = "catalog:gifts"  # hash: gift id -> JSON
 CATALOG_BUNDLES = "catalog:bundles"  # hash: bundle id -> JSON
 CATALOG_VERSION = "catalog:version"  # integer, incremented by every change

@@ -10,7 +10,7 @@ Everything runs on 127.0.0.1 and is started here, each in its own process, and s
   Valkey   a private embedded valkey-server (gifting.embedded.EmbeddedValkey) in a temporary directory.
   server   the contender under test, alone in its process (its CPU time and RSS are read with psutil):
              hub       `python -m gifting.cli serve` (the real web process: uvicorn with the hub's direct
-                       socket, gifting/wsproto.py; GIFTING_TICK_MS = --tick-ms, GIFTING_WS_QUEUE_BYTES_MAX
+                       socket, gifting/live/direct.py; GIFTING_TICK_MS = --tick-ms, GIFTING_WS_QUEUE_BYTES_MAX
                        large so nobody is cut off).
              raw       (a) the raw limit of the same work: loadtest/contenders/raw.py, one prebuilt frame per
                        tick written to every connection with transport.write (same tick as the hub).
@@ -451,7 +451,7 @@ def source_process(pipe: multiprocessing.connection.Connection, spec: SourceSpec
     async def run() -> array.array[float]:
         from gifting.app import redis_client
         from gifting.config import Settings
-        from gifting.rooms import RoomStore
+        from gifting.rooms.store import RoomStore
 
         redis = redis_client(spec.redis_url)
         rooms = RoomStore(redis, Settings.from_env({}))
@@ -598,7 +598,7 @@ def open_room_direct(redis_url: str) -> str:
     """A room for a contender (no HTTP API there): opened in Valkey exactly as the API opens one."""
     from gifting.app import redis_client
     from gifting.config import Settings
-    from gifting.rooms import RoomStore
+    from gifting.rooms.store import RoomStore
 
     async def run() -> str:
         redis = redis_client(redis_url)

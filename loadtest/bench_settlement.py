@@ -56,14 +56,14 @@ import redis.asyncio as aioredis
 
 from gifting import keys
 from gifting.app import redis_client
-from gifting.catalog import Catalog, Gift
+from gifting.catalog.model import Catalog, Gift
 from gifting.config import Settings
 from gifting.embedded import EmbeddedValkey, die_with_parent, stop_processes
 from gifting.gifts import STREAM_FIELD, GiftRequest
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import GiftToSettle
-from gifting.rooms import RoomStore
+from gifting.rooms.store import RoomStore
 from workers.settlement import SettlementWorker
 
 REPO = Path(__file__).resolve().parent.parent

@@ -29,7 +29,7 @@ from gifting import auth
 from gifting.app import create_app, redis_client, server_config
 from gifting.config import Settings
 from gifting.embedded import EmbeddedValkey, free_port
-from gifting.hub import Hub
+from gifting.live.hub import Hub
 from workers.settlement import SettlementWorker
 
 SECRET = "test-secret-not-for-production-0123456789"

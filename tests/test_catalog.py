@@ -11,11 +11,11 @@ from typing import Any
 import orjson
 import pytest
 
-from gifting.catalog import ID_PATTERN, Catalog, CatalogError, load_default
+from gifting.catalog.model import ID_PATTERN, Catalog, CatalogError, load_default
 
 
 def raw_catalog() -> dict[str, Any]:
-    data: dict[str, Any] = orjson.loads(resources.files("gifting").joinpath("data/catalog.json").read_bytes())
+    data: dict[str, Any] = orjson.loads(resources.files("gifting.catalog").joinpath("catalog.json").read_bytes())
     return data
 
 

@@ -21,8 +21,8 @@ from websockets.uri import parse_uri
 
 from gifting import keys
 from gifting.config import Settings
-from gifting.hub import CLOSE_SLOW_CONSUMER, Connection, Hub
-from gifting.rooms import RoomStore
+from gifting.live.hub import CLOSE_SLOW_CONSUMER, Connection, Hub
+from gifting.rooms.store import RoomStore
 from tests.conftest import RECV_TIMEOUT_S, System, SystemFactory, WsClient, run_worker, token
 
 WRONG_EPOCH = "zzzzzzzz"  # epochs are hex: this one is never a room's

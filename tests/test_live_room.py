@@ -6,9 +6,10 @@ import asyncio
 import itertools
 from typing import Any
 
-from gifting import coalesce, keys
+from gifting import keys
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
+from gifting.live import coalesce
 from tests.conftest import System, SystemFactory, WsClient, gift_id
 
 

@@ -22,8 +22,8 @@ from urllib.parse import unquote
 import jwt
 import pytest
 
-from gifting import pages
-from gifting.catalog import Catalog
+from gifting.catalog.model import Catalog
+from gifting.web import pages
 from tests.conftest import REPO, System, SystemFactory, gift_id, token
 
 try:
@@ -229,17 +229,17 @@ async def test_pages_are_served_with_a_policy_that_forbids_other_origins(site: S
         assert "default-src 'self'" in csp and "script-src 'self'" in csp and "http" not in csp.split("connect-src")[0]
         for ref in re.findall(r'(?:src|href)="(/static/[^"]+)"', response.text):
             assert (await site.http.get(ref)).status_code == 200, ref
-    catalog = Catalog.from_dict(json.loads((REPO / "gifting/data/catalog.json").read_text()))
+    catalog = Catalog.from_dict(json.loads((REPO / "gifting/catalog/catalog.json").read_text()))
     for gift in catalog.gifts.values():
         response = await site.http.get(f"/static/gifts/{gift.asset}")
         assert response.status_code == 200 and response.headers["content-type"].startswith("image/svg"), gift.asset
 
 
 async def test_create_app_serves_the_pages(start_system: SystemFactory) -> None:
-    """The app itself serves the pages (create_app mounts gifting.pages.routes)."""
+    """The app itself serves the pages (create_app mounts gifting.web.pages.routes)."""
     system = await start_system(worker=False)
     response = await system.http.get("/")
-    assert response.status_code == 200, "create_app does not mount gifting.pages.routes: add *pages.routes"
+    assert response.status_code == 200, "create_app does not mount gifting.web.pages.routes: add *pages.routes"
     assert (await system.http.get("/static/js/client.js")).status_code == 200
 
 

@@ -11,8 +11,8 @@ import redis.asyncio as aioredis
 
 from gifting import keys
 from gifting.ledger.audit import run_audit
-from gifting.pools import PoolOp
-from gifting.rooms import history_events, room_keys
+from gifting.rooms.pools import PoolOp
+from gifting.rooms.store import history_events, room_keys
 from tests.conftest import System, SystemFactory, gift_id, spawn, stop
 from workers.settlement import SettlementWorker
 

@@ -12,8 +12,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from websockets.frames import Frame, Opcode
 
-from gifting import protocol
-from gifting.protocol import Codec, Join, Leave, Ping, ProtocolError, SendGift, Since
+from gifting.wire import protocol
+from gifting.wire.protocol import Codec, Join, Leave, Ping, ProtocolError, SendGift, Since
 
 COUNT_MAX = 999
 GID = "0b8e3c5e-7d1a-4a53-9f0e-2f8f1c7f2a11"

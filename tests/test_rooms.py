@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from gifting import keys
 from gifting.config import Settings
-from gifting.rooms import RoomStore, announced_events, history_events, top_entries
+from gifting.rooms.store import RoomStore, announced_events, history_events, top_entries
 
 
 def test_announcement_gives_each_event_its_offset_and_combo() -> None:

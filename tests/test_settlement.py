@@ -24,12 +24,12 @@ from redis.exceptions import ResponseError
 
 from gifting import gifts, keys
 from gifting.app import redis_client
-from gifting.catalog import load_default
+from gifting.catalog.model import load_default
 from gifting.config import Settings
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import Ledger
-from gifting.rooms import RoomStore, announced_events
+from gifting.rooms.store import RoomStore, announced_events
 from tests.conftest import REPO, SECRET, System, WsClient, gift_id, make_settings, run_worker, stop
 from workers.settlement import SettlementWorker
 

@@ -13,8 +13,9 @@ import itertools
 from collections import Counter
 from typing import Any
 
-from gifting import coalesce, keys
-from gifting.hub import Hub, Room
+from gifting import keys
+from gifting.live import coalesce
+from gifting.live.hub import Hub, Room
 from tests.conftest import System, SystemFactory, WsClient
 
 SENDERS = 10

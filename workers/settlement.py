@@ -27,14 +27,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
 from gifting import keys
-from gifting.catalog_store import CatalogStore
+from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.gifts import GiftRequest
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
 from gifting.payments import Payout, PayoutProvider, SandboxPayouts
-from gifting.pools import POOL_FIELD, PoolOp, closing_event, pool_view
-from gifting.rooms import RoomError, RoomStore
+from gifting.rooms.pools import POOL_FIELD, PoolOp, closing_event, pool_view
+from gifting.rooms.store import RoomError, RoomStore
 
 log = logging.getLogger(__name__)
 

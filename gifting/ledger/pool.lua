@@ -1,4 +1,4 @@
--- Pooled gifts: viewers pledge coins toward one expensive gift (called by gifting/pools.py and
+-- Pooled gifts: viewers pledge coins toward one expensive gift (called by gifting/rooms/pools.py and
 -- workers/settlement.py).
 --
 -- Each pledge is a pending transfer viewer -> sys:pool_escrow. When the pledges reach the price the pool

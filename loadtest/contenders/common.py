@@ -22,8 +22,9 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gifting import keys, protocol
-from gifting.rooms import announced_events
+from gifting import keys
+from gifting.rooms.store import announced_events
+from gifting.wire import protocol
 
 log = logging.getLogger("contender")
 

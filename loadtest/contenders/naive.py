@@ -24,8 +24,8 @@ from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 
-from gifting import protocol
 from gifting.app import redis_client
+from gifting.wire import protocol
 from loadtest.contenders.common import SUBPROTOCOL, read_room_events, run_uvicorn
 
 

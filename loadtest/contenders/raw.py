@@ -5,7 +5,7 @@ tick's events and writes the same bytes to every connection with `transport.writ
 
 The same work as the hub, and nothing else: the same input (the room's pub/sub channel), the same frame
 content (`{"type": "events", "room": R, "events": [...], "from", "to"}`: the viewers' frame shaped by the same
-big-room policy, gifting/coalesce.py; orjson, one text frame), the same tick. No per-connection queue, task,
+big-room policy, gifting/live/coalesce.py; orjson, one text frame), the same tick. No per-connection queue, task,
 framework or protocol object: one `transport.write` per connection per tick. A client sends
 `{"type": "join", ...}` once and gets `{"type": "joined", ...}`; pings and closes are answered, anything else
 is ignored. Not a server to use: no limits, no auth, no backpressure.
@@ -19,9 +19,10 @@ from typing import Any
 
 import orjson
 
-from gifting import coalesce, protocol
 from gifting.app import redis_client
 from gifting.config import Settings
+from gifting.live import coalesce
+from gifting.wire import protocol
 from loadtest.contenders.common import (
     OP_BINARY,
     OP_CLOSE,
@@ -50,7 +51,7 @@ class RawServer:
         self.frames_written = 0
 
     def viewers_frame(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        """The same frame the hub builds for viewers (gifting/hub.py Hub._frame): the big-room policy applied."""
+        """The same frame the hub builds for viewers (gifting/live/hub.py Hub._frame): the big-room policy applied."""
         s = self.settings
         body = coalesce.for_viewers_frame(events, s.big_gift_coins, s.frame_events_max, None, s.merged_gifts_max)
         frame = protocol.events_frame(self.room, body)

@@ -18,8 +18,8 @@ from typing import Any
 
 import socketio
 
-from gifting import protocol
 from gifting.app import redis_client
+from gifting.wire import protocol
 from loadtest.contenders.common import read_room_events, run_uvicorn
 
 

@@ -4,7 +4,7 @@ FeedChecker: the room events one socket receives arrive exactly once and in orde
   Every `events` frame that carries room events says which offsets it covers (`from`, `to`). The creator's
   feed has every event, so its offsets must go up by exactly 1 from `joined.offset` (or from `since.offset`
   after a recovered resume). A viewer's frame may merge a combo's cheap gifts into one entry or count the
-  overflow in a `tick_summary` (gifting/coalesce.py), so for viewers it is the frames that must tile the
+  overflow in a `tick_summary` (gifting/live/coalesce.py), so for viewers it is the frames that must tile the
   offsets without gap or overlap (each `from` is the previous `to` + 1), and the entries inside a frame must
   be strictly increasing and within [from, to]. Events without an `offset` (viewers, leaderboard, combo_end,
   tick_summary, ...) are ephemeral and not part of the check.

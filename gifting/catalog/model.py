@@ -122,6 +122,6 @@ def _check_amount(what: str, value: object, maximum: int) -> None:
 
 
 def load_default() -> Catalog:
-    """The catalog shipped with the package (gifting/data/catalog.json)."""
-    raw = resources.files("gifting").joinpath("data/catalog.json").read_bytes()
+    """The catalog shipped with the package (gifting/catalog/catalog.json)."""
+    raw = resources.files("gifting.catalog").joinpath("catalog.json").read_bytes()
     return Catalog.from_dict(orjson.loads(raw))

@@ -12,13 +12,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gifting import auth, keys, pages, protocol
+from gifting import auth, keys
 from gifting.auth import Identity
 from gifting.ledger.store import LedgerError
 from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
-from gifting.pools import cancel_pool, get_pool, open_pool
-from gifting.protocol import ProtocolError
-from gifting.rooms import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, LIVE_PAGE_MAX, TOP_LIMIT_MAX, TOP_PERIODS, RoomError
+from gifting.rooms.pools import cancel_pool, get_pool, open_pool
+from gifting.rooms.store import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, LIVE_PAGE_MAX, TOP_LIMIT_MAX, TOP_PERIODS, RoomError
+from gifting.web import pages
+from gifting.wire import protocol
+from gifting.wire.protocol import ProtocolError
 
 LIVE_PAGE_DEFAULT = 50
 log = logging.getLogger(__name__)
@@ -73,7 +75,7 @@ def identify(request: Request) -> Identity:
 
 
 async def json_body(request: Request) -> dict[str, Any]:
-    body = await request.body()  # at most GIFTING_HTTP_BODY_BYTES_MAX: gifting/edge.py refused a larger one unread
+    body = await request.body()  # at most GIFTING_HTTP_BODY_BYTES_MAX: gifting/web/edge.py refused a larger one unread
     try:
         data = orjson.loads(body or b"{}")
     except orjson.JSONDecodeError as exc:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gifting.protocol import for_viewers
+from gifting.wire.protocol import for_viewers
 
 Event = dict[str, Any]
 

@@ -1,6 +1,6 @@
 """The websocket endpoint `/v1/ws`: authenticate, pick the codec, then relay client messages to the hub.
 
-On the server `gifting serve` runs (gifting/wsproto.py) the hub writes to the socket directly; on any other
+On the server `gifting serve` runs (gifting/live/direct.py) the hub writes to the socket directly; on any other
 ASGI server, through ASGI sends (the hub's Fallback). One `receive()` loop per connection either way.
 """
 
@@ -14,13 +14,15 @@ from typing import Any
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gifting import auth, protocol, wsproto
-from gifting.hub import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TOO_MANY_INVALID, CLOSE_UNAUTHORIZED, Connection, Hub
-from gifting.limits import MessageBudget, over_budget
+from gifting import auth
+from gifting.live import direct
+from gifting.live.budget import MessageBudget, over_budget
+from gifting.live.hub import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TOO_MANY_INVALID, CLOSE_UNAUTHORIZED, Connection, Hub
 from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
-from gifting.pools import open_pool
-from gifting.protocol import Codec, ProtocolError
-from gifting.rooms import RoomError
+from gifting.rooms.pools import open_pool
+from gifting.rooms.store import RoomError
+from gifting.wire import protocol
+from gifting.wire.protocol import Codec, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +85,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
 
 
 def _connect(ws: WebSocket, hub: Hub, identity: auth.Identity, codec: Codec) -> Connection:
-    socket = wsproto.direct_socket(ws.scope)
+    socket = direct.direct_socket(ws.scope)
     if socket is not None:
         return hub.connect(identity, codec, socket.transport, socket.close_now)
 

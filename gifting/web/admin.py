@@ -11,9 +11,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gifting.api import ApiError, json_body, json_response, require_admin
 from gifting.auth import USER_ID_PATTERN
-from gifting.catalog import CatalogError, make_bundle, make_gift
+from gifting.catalog.model import CatalogError, make_bundle, make_gift
+from gifting.web.api import ApiError, json_body, json_response, require_admin
 
 
 async def put_gift(request: Request) -> Response:

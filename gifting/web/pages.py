@@ -1,6 +1,6 @@
 """The web pages: lobby, watch, creator studio, stream overlay and the dev-only demo-token page.
 
-Static HTML, CSS and JavaScript modules shipped in gifting/static (no build step). The pages speak the same
+Static HTML, CSS and JavaScript modules shipped in gifting/web/static (no build step). The pages speak the same
 public HTTP API and websocket protocol as every other client (docs/PROTOCOL.md); they read the signed token
 from the URL fragment (`#token=...`), which never reaches the server or a Referer header.
 """

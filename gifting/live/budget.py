@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from gifting import protocol
 from gifting.config import Settings
+from gifting.wire import protocol
 
 
 class MessageBudget:

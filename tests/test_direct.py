@@ -11,9 +11,9 @@ import msgpack
 import orjson
 import pytest
 
-from gifting import wsproto
-from gifting.hub import CLOSE_SLOW_CONSUMER, Connection, Hub
-from gifting.rooms import RoomStore
+from gifting.live import direct
+from gifting.live.hub import CLOSE_SLOW_CONSUMER, Connection, Hub
+from gifting.rooms.store import RoomStore
 from tests.conftest import RECV_TIMEOUT_S, System, SystemFactory, WsClient
 from tests.test_hub import (
     events_until,
@@ -150,7 +150,7 @@ async def test_peer_that_never_reads_is_aborted_after_the_close_flush(
 ) -> None:
     """After a 4008 the hub waits CLOSE_FLUSH_S for its buffer and close frame to drain, then aborts the socket:
     a peer that never reads holds neither its buffer nor its socket."""
-    monkeypatch.setattr(wsproto, "CLOSE_FLUSH_S", 0.5)
+    monkeypatch.setattr(direct, "CLOSE_FLUSH_S", 0.5)
     system, room, normal, slow = await slow_reader_setup(start_system)
     try:
         slow_conn = hub_connection(system.hub, room, "slow")

@@ -17,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from gifting import keys
-from gifting.catalog import Bundle, Catalog, CatalogError, Gift, load_default, make_bundle
+from gifting.catalog.model import Bundle, Catalog, CatalogError, Gift, load_default, make_bundle
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ No HTTP framework here: a connection is an identity plus a way to write bytes an
   plus this process's own channel for gift results.
 - Coalescing: events of a room are collected for one tick (GIFTING_TICK_MS) and sent as one `events`
   frame, encoded once per audience (creator, viewers) and codec, as a complete websocket frame.
-- Output: on the direct path (gifting/wsproto.py) the hub writes that frame's bytes to each connection's
+- Output: on the direct path (gifting/live/direct.py) the hub writes that frame's bytes to each connection's
   transport itself, and the transport's write buffer is the connection's queue, bounded in bytes
   (GIFTING_WS_QUEUE_BYTES_MAX). A client that lets it overflow is closed with CLOSE_SLOW_CONSUMER and resumes
   by offset. Per room, the JSON viewers' transports are kept in one dict, so a tick of a big room is one loop
@@ -34,16 +34,18 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gifting import coalesce, gifts, keys, protocol
+from gifting import gifts, keys
 from gifting.auth import Identity, revoked
-from gifting.catalog_store import CatalogStore
+from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.ledger.store import Ledger
+from gifting.live import coalesce
 from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE
-from gifting.pools import PoolOp, room_pools
-from gifting.protocol import Codec, ProtocolError
 from gifting.revocations import Revocations
-from gifting.rooms import RoomStore, announced_events, history_events, top_entries
+from gifting.rooms.pools import PoolOp, room_pools
+from gifting.rooms.store import RoomStore, announced_events, history_events, top_entries
+from gifting.wire import protocol
+from gifting.wire.protocol import Codec, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +136,7 @@ class Fallback:
 
 @dataclass(eq=False, slots=True)
 class Connection:
-    """One client socket: either a direct one (`transport` + `close_now`, gifting/wsproto.py) or a fallback."""
+    """One client socket: either a direct one (`transport` + `close_now`, gifting/live/direct.py) or a fallback."""
 
     identity: Identity
     codec: Codec

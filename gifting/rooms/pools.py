@@ -15,10 +15,10 @@ import orjson
 import redis.asyncio as aioredis
 
 from gifting import keys
-from gifting.catalog import Catalog
+from gifting.catalog.model import Catalog
 from gifting.config import Settings
 from gifting.ledger.store import Ledger
-from gifting.rooms import RoomError, RoomStore, durable_or_retry
+from gifting.rooms.store import RoomError, RoomStore, durable_or_retry
 
 POOL_FIELD = "p"  # the stream entry field of a pool operation (gifts use "g")
 

@@ -236,7 +236,7 @@ def ws_frame(data: str | bytes) -> bytes:
 
     FIN set, no extension bits, unmasked (a server's frames never are), length in 7, 16 or 64 bits. The hub
     builds it once per tick, audience and codec, and writes the same bytes to every connection. Valid only on a
-    connection without extensions (permessage-deflate is off; gifting/wsproto.py checks it per connection).
+    connection without extensions (permessage-deflate is off; gifting/live/direct.py checks it per connection).
     """
     if isinstance(data, str):
         return frame_bytes(_OP_TEXT, data.encode())

@@ -1,5 +1,5 @@
 -- Append events to one room's history exactly once, derive the room's live state from them, and publish
--- (called through gifting/rooms.py RoomStore.announce by the settlement worker and the web process).
+-- (called through gifting/rooms/store.py RoomStore.announce by the settlement worker and the web process).
 --
 -- KEYS: 1 room meta (hash), 2 history (stream), 3 stats (hash), 4 stream top gifters (sorted set),
 --   5 goal (hash), 6.. the announced-marker buckets (hashes: dedupe id -> 1), newest (this call's) first.

@@ -11,11 +11,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gifting import keys
-from gifting.api import ApiError, identify, json_body, json_response
 from gifting.auth import Identity
 from gifting.ledger import rules
 from gifting.ledger.store import LedgerError
 from gifting.payments import PAYOUT_OK, PaymentError, charge_key
+from gifting.web.api import ApiError, identify, json_body, json_response
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 PAYOUT_ACCOUNT_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")

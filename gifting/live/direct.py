@@ -9,7 +9,7 @@ every transport. Everything else stays with uvicorn and websockets' sans-I/O pro
 and parsing client frames, pings and pongs, and the close handshake the client starts.
 
 Without this class (another ASGI server, or stock uvicorn) the endpoint falls back to ASGI sends
-(gifting/hub.py `Fallback`).
+(gifting/live/hub.py `Fallback`).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ CLOSE_FLUSH_S = 5.0
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol that offers itself to the app as a direct socket.
 
-    `transport` takes complete, unmasked websocket frames (gifting.protocol.ws_frame); its write buffer is the
+    `transport` takes complete, unmasked websocket frames (gifting.wire.protocol.ws_frame); its write buffer is the
     connection's bounded queue. `close_now` is the hub's close.
     """
 

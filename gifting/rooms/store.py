@@ -6,6 +6,7 @@ import re
 import secrets
 import time
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 from gifting import keys
 from gifting.config import Settings
 from gifting.ledger import rules
-from gifting.ledger.store import DurabilityError, Ledger, iso_week, load_script, utc_day
+from gifting.ledger.store import DurabilityError, Ledger, iso_week, utc_day
 
 SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
 SUMMARY_TTL_S = 90 * 86400  # a room's own summary; the creator's session list keeps it longer
@@ -74,6 +75,8 @@ def new_epoch() -> str:
     return secrets.token_hex(4)
 
 
+ANNOUNCE_LUA = resources.files("gifting.rooms").joinpath("announce.lua").read_text()
+
 GOAL_TARGET_MAX = 1_000_000  # gifts (of one kind) or 10**12 diamonds is absurd for one stream
 GOAL_DIAMONDS_MAX = 10**12
 TOP_LIMIT_MAX = 100
@@ -130,7 +133,7 @@ class RoomStore:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self.announce_script = redis.register_script(load_script("announce.lua"))
+        self.announce_script = redis.register_script(ANNOUNCE_LUA)
         self._set_goal = redis.register_script(SET_GOAL)
         self._store_summary = redis.register_script(STORE_SUMMARY)
         self.ledger = Ledger(redis, settings)  # an ending room voids its pools
@@ -211,7 +214,7 @@ class RoomStore:
     async def _end_events(self, room: str, summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         """The pools the end voided, `room_ended` and the summary (the stream summary goes to the room and
         outlives it), from durable state: each announced once by its dedupe id, however often the end repeats."""
-        from gifting.pools import closing_event, pool_view  # pools builds on rooms
+        from gifting.rooms.pools import closing_event, pool_view  # pools builds on rooms
 
         events: list[tuple[str, dict[str, Any]]] = []
         for pool_id in sorted(await self.redis.hkeys(keys.room_ended(room))):

@@ -1,0 +1,1 @@
+"""The gift and bundle catalog: the model (pure) and its store in Valkey."""

@@ -1,0 +1,1 @@
+"""Rooms and pools in Valkey, and the room script (announce.lua)."""

@@ -1,0 +1,1 @@
+"""HTTP: plumbing, handlers for rooms, wallet and admins, the pages and their static files."""
