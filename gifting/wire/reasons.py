@@ -1,0 +1,35 @@
+"""Why a gift or a pledge was rejected: one enum for the hub, the worker, the HTTP API and the Lua scripts.
+
+docs/PROTOCOL.md documents each reason; tests check that every reason a `.lua` file returns is a member, and
+that the doc and this enum agree.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class RejectReason(StrEnum):
+    # Decided by settlement (final: the id stays rejected for GIFTING_REJECTED_GIFT_TTL_S).
+    INSUFFICIENT_COINS = "insufficient_coins"
+    ROOM_NOT_LIVE = "room_not_live"
+    SELF_GIFT = "self_gift"
+    PRICE_CHANGED = "price_changed"
+    UNKNOWN_GIFT = "unknown_gift"
+    GIFT_RETIRED = "gift_retired"
+    DAILY_LIMIT = "daily_limit"
+    # Decided by the hub at once (nothing recorded: the same id may be retried).
+    RATE_LIMITED = "rate_limited"
+    OVERLOADED = "overloaded"
+    STORE_UNAVAILABLE = "store_unavailable"
+    # Pledges only.
+    UNKNOWN_POOL = "unknown_pool"
+    POOL_COMPLETED = "pool_completed"
+    POOL_EXPIRED = "pool_expired"
+    POOL_CANCELLED = "pool_cancelled"
+    POOL_VOIDED = "pool_voided"
+    PLEDGE_EXCEEDS_REMAINING = "pledge_exceeds_remaining"
+
+
+# Immediate reasons: the hub answered without settlement, so nothing was recorded for the id.
+RETRIABLE = frozenset({RejectReason.RATE_LIMITED, RejectReason.OVERLOADED, RejectReason.STORE_UNAVAILABLE})
