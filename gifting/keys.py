@@ -11,6 +11,8 @@ On a single Valkey all of this is one server; on a cluster each tag lands on one
 
 from __future__ import annotations
 
+from gifting import clock
+
 # Ledger (one slot).
 LEDGER_COINS = "{ledger}:coins"  # hash: account -> balance (coins)
 LEDGER_DIAMONDS = "{ledger}:diamonds"  # hash: account -> balance (diamonds)
@@ -58,7 +60,12 @@ def purchases_of(user: str) -> str:
 
 def statement(user: str) -> str:
     """List of one user's transfers, oldest first, one tab-separated row each (ledger/rules.STATEMENT_FIELDS)."""
-    return "{ledger}:stmt:" + account(user)
+    return account_statement(account(user))
+
+
+def account_statement(account_name: str) -> str:
+    """statement() by account name (u:<user>), for the scripts' callers that hold account names."""
+    return "{ledger}:stmt:" + account_name
 
 
 def spent_on(day: str) -> str:
@@ -74,12 +81,24 @@ def creator_top(creator: str, period: str, bucket: str = "") -> str:
     return "{ledger}:top:" + account(creator) + ":" + period + (":" + bucket if bucket else "")
 
 
+def account_top_boards(creator_account: str, now_ms: int) -> tuple[str, str, str]:
+    """The creator's top-gifter boards a gift at `now_ms` adds to: all time, its UTC day, its ISO week."""
+    creator = creator_account.removeprefix(ACCOUNT_PREFIX)
+    day, week = clock.utc_day(now_ms), clock.iso_week(now_ms)
+    return creator_top(creator, "all"), creator_top(creator, "day", day), creator_top(creator, "week", week)
+
+
 LEDGER_SPEND_LIMITS = "{ledger}:limits"  # hash: account -> the viewer's own daily spend cap in coins
 
 
 def earned(user: str) -> str:
     """Hash: hour number -> diamonds earned that hour (for the withdrawal hold)."""
-    return "{ledger}:earned:" + account(user)
+    return account_earned(account(user))
+
+
+def account_earned(account_name: str) -> str:
+    """earned() by account name (u:<user>)."""
+    return "{ledger}:earned:" + account_name
 
 
 def withdrawal(withdrawal_id: str) -> str:

@@ -441,21 +441,12 @@ class SettlementWorker:
     def prepare(self, request: GiftRequest, room: dict[str, str] | None) -> GiftToSettle:
         """Decide everything the ledger does not: price from the catalog, room live, not a self-gift."""
         gift = self.catalogs.current.gifts.get(request.gift)
-        reject, coins, diamonds = "", 0, 0
-        if gift is None:
-            reject = rules.REJECT_UNKNOWN_GIFT
-        elif gift.retired:
-            reject = rules.REJECT_GIFT_RETIRED
-        elif request.price is not None and request.price != gift.coins:
-            reject = rules.REJECT_PRICE_CHANGED
-        elif room is None or room.get("status") != "live":
-            reject = rules.REJECT_ROOM_NOT_LIVE
-        elif room.get("creator") == request.sender:
-            reject = rules.REJECT_SELF_GIFT
+        status, creator = (room.get("status"), room.get("creator", "")) if room else (None, "")
+        reject = rules.gift_reject(gift, request.price, status, creator, request.sender) or ""
+        coins, diamonds = 0, 0
         if gift is not None and not reject:
             split = rules.split_gift(gift.coins * request.count, self.settings.creator_share_bps)
             coins, diamonds = split.coins, split.diamonds
-        creator = room.get("creator", "") if room else ""
         return GiftToSettle(
             gift_id=request.gift_id,
             viewer=request.sender,

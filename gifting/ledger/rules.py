@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from gifting import keys
+from gifting.catalog.model import Gift
+from gifting.wire.reasons import RejectReason
 
 BPS_DENOMINATOR = 10_000
 LEDGERS = ("coins", "diamonds")
@@ -42,6 +44,31 @@ def split_gift(coins: int, creator_share_bps: int) -> GiftSplit:
     return GiftSplit(coins=coins, diamonds=diamonds, platform_coins=coins - diamonds)
 
 
+def gift_reject(
+    gift: Gift | None, price_shown: int | None, room_status: str | None, creator: str, sender: str
+) -> RejectReason | None:
+    """Whether a gift may go to the ledger, decided before it (the ledger then checks coins and the daily
+    cap). The hub's precheck gives the first two at once; settlement decides all of them for the record."""
+    if gift is None:
+        return RejectReason.UNKNOWN_GIFT
+    if gift.retired:
+        return RejectReason.GIFT_RETIRED
+    if price_shown is not None and price_shown != gift.coins:
+        return RejectReason.PRICE_CHANGED
+    if room_status != "live":
+        return RejectReason.ROOM_NOT_LIVE
+    if creator == sender:
+        return RejectReason.SELF_GIFT
+    return None
+
+
+def catalog_reject(gift: Gift | None) -> RejectReason | None:
+    """The part of gift_reject the hub can check at once, from its own catalog."""
+    if gift is None:
+        return RejectReason.UNKNOWN_GIFT
+    return RejectReason.GIFT_RETIRED if gift.retired else None
+
+
 def gift_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
     """The atomic chain of one gift. Zero-amount legs are omitted (a 1-coin gift at 50 % earns 0 diamonds)."""
     legs = [
@@ -52,13 +79,55 @@ def gift_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
     return [leg for leg in legs if leg.amount > 0]
 
 
+def encode_legs(legs: list[Leg]) -> str:
+    """Journal form: 'ledger debit credit amount' joined by '|'. Account names contain no spaces or bars.
+    The scripts apply exactly the legs they are given (legs.lua) and write them to the journal as given."""
+    return "|".join(f"{leg.ledger} {leg.debit} {leg.credit} {leg.amount}" for leg in legs)
+
+
+# The legs of every other transfer kind. The scripts receive them encoded and apply them as given (legs.lua).
+
+
 def purchase_legs(user: str, coins: int) -> list[Leg]:
+    """Coins sold to a user come from the issuance account (which goes negative)."""
     return [Leg("coins", keys.SYS_COIN_ISSUANCE, keys.account(user), coins)]
 
 
-def encode_legs(legs: list[Leg]) -> str:
-    """Journal form: 'ledger debit credit amount' joined by '|'. Account names contain no spaces or bars."""
-    return "|".join(f"{leg.ledger} {leg.debit} {leg.credit} {leg.amount}" for leg in legs)
+def reversal_legs(user: str, coins: int) -> list[Leg]:
+    """A refund or a chargeback takes a purchase's coins back to the issuance account."""
+    return [Leg("coins", keys.account(user), keys.SYS_COIN_ISSUANCE, coins)]
+
+
+def withdrawal_legs(phase: str, user: str, diamonds: int) -> list[Leg]:
+    """A cash-out in two phases: pending (the diamonds wait in clearing), then posted (paid out) or voided
+    (they come back)."""
+    clearing = keys.SYS_PAYOUT_CLEARING
+    if phase == "pending":
+        return [Leg("diamonds", keys.account(user), clearing, diamonds)]
+    if phase == "posted":
+        return [Leg("diamonds", clearing, keys.SYS_DIAMONDS_PAID_OUT, diamonds)]
+    assert phase == "voided", phase
+    return [Leg("diamonds", clearing, keys.account(user), diamonds)]
+
+
+def pledge_legs(user: str, coins: int) -> list[Leg]:
+    """A pledge to a pool: a pending transfer of the viewer's coins into escrow."""
+    return [Leg("coins", keys.account(user), keys.SYS_POOL_ESCROW, coins)]
+
+
+def pledge_return_legs(user: str, coins: int) -> list[Leg]:
+    """A voided pool gives every contributor's coins back from escrow."""
+    return [Leg("coins", keys.SYS_POOL_ESCROW, keys.account(user), coins)]
+
+
+def pool_completion_legs(creator: str, split: GiftSplit) -> list[Leg]:
+    """A completed pool: the escrow pays the gift, split like any gift (zero-amount legs omitted)."""
+    legs = [
+        Leg("coins", keys.SYS_POOL_ESCROW, keys.SYS_PLATFORM_REVENUE, split.platform_coins),
+        Leg("coins", keys.SYS_POOL_ESCROW, keys.SYS_CREATOR_EARNINGS, split.diamonds),
+        Leg("diamonds", keys.SYS_DIAMOND_ISSUANCE, keys.account(creator), split.diamonds),
+    ]
+    return [leg for leg in legs if leg.amount > 0]
 
 
 class JournalError(ValueError):
@@ -162,6 +231,11 @@ def fingerprint(*fields: object) -> str:
 # or not a cap exists. The viewer's own cap is stored as 'cap', or 'cap|requested|effective_ms' while a
 # raised or removed cap waits out the cooling-off (GIFTING_SPEND_LIMIT_COOLOFF_S).
 SPENT_DAY_TTL_S = 2 * 86400  # a day's spend totals outlive the day by one, for late batches and support
+WITHDRAWN_DAY_TTL_S = 2 * 86400  # a day's withdrawal totals, likewise
+# A creator's top-gifter boards: (period, seconds a board is kept after its last gift; 0: for ever). Gifts
+# (settle.lua) and completed pools (pool.lua) add to them through the same rule (top_gifters.lua).
+TOP_DAY_TTL_S = 2 * 86400
+TOP_WEEK_TTL_S = 14 * 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,25 +279,6 @@ def change_own_spend_limit(stored: str | None, requested: int, now_ms: int, cool
     if current.pending_coins == requested:
         return current
     return OwnSpendLimit(current.coins, requested, now_ms + cooloff_s * 1000)
-
-
-# Reasons a gift is rejected; they reach only the sender.
-REJECT_INSUFFICIENT_COINS = "insufficient_coins"
-REJECT_UNKNOWN_GIFT = "unknown_gift"
-REJECT_GIFT_RETIRED = "gift_retired"
-REJECT_PRICE_CHANGED = "price_changed"
-REJECT_ROOM_NOT_LIVE = "room_not_live"
-REJECT_SELF_GIFT = "self_gift"
-REJECT_DAILY_LIMIT = "daily_limit"  # the viewer's daily spend cap (spend_cap.lua), for gifts and pledges
-REJECT_REASONS = (
-    REJECT_INSUFFICIENT_COINS,
-    REJECT_UNKNOWN_GIFT,
-    REJECT_GIFT_RETIRED,
-    REJECT_PRICE_CHANGED,
-    REJECT_ROOM_NOT_LIVE,
-    REJECT_SELF_GIFT,
-    REJECT_DAILY_LIMIT,
-)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,15 +3,20 @@
 -- KEYS: 1 coin balances (hash), 2 diamond balances (hash), 3 journal (stream), 4 viewer spend limits (hash),
 --   5 today's spend per viewer (hash; every gift counts, capped or not), 6 lifetime spend per viewer (hash),
 --   7.. the idempotency record buckets of settled gifts (hashes: gift id -> record), newest (this batch's)
---   first (ARGV 9 of them), then those of rejected gifts, newest first: kept only GIFTING_REJECTED_GIFT_TTL_S.
+--   first (ARGV 7 of them), then those of rejected gifts, newest first (ARGV 8 of them): kept only
+--   GIFTING_REJECTED_GIFT_TTL_S; then the statement (list) of each account of the batch, in the order of the
+--   accounts in ARGV; then four keys per creator of the batch, in the order of the creators in ARGV: earnings
+--   by hour (hash), top gifters of all time, of the UTC day, of the ISO week (sorted sets).
 -- ARGV: 1 now_ms, 2 creator share bps, 3 global daily spend cap in coins (0: none), 4 earnings bucket (hour
---   number, for the withdrawal hold), 5 UTC day (YYYYMMDD), 6 ISO week (YYYYWww), 7 unix time (s) at which this
---   batch's record bucket expires, 8 how long a day's spend totals are kept (s), 9 number of settled-record
---   bucket keys, 10 unix time (s) at which this batch's rejected-record bucket expires, then one value per
---   gift, fields separated by 0x1f (US):
+--   number, for the withdrawal hold), 5 unix time (s) at which this batch's record bucket expires, 6 how long a
+--   day's spend totals are kept (s), 7 number of settled-record bucket keys, 8 number of rejected-record bucket
+--   keys, 9 unix time (s) at which this batch's rejected-record bucket expires, 10 and 11 how long a day's and
+--   a week's top-gifter board is kept (s), 12 n = number of gifts, 13 m = number of accounts, 14 c = number of
+--   creators, 15 the platform revenue account, 16 the creator earnings account, 17 the diamond issuance
+--   account; then one value per gift, fields separated by 0x1f (US):
 --   gift_id, viewer account, creator account, coins, diamonds, fingerprint, reject reason ('' = none), and,
 --   built by the caller (ledger/rules.py) for when the gift settles: its journal row, the viewer's statement
---   row, the creator's statement row ('' when no diamonds).
+--   row, the creator's statement row ('' when no diamonds); then the m accounts, then the c creator accounts.
 -- Returns one string: a line per gift, 'status|reason|coin balance after|replay (1 = decided earlier)|the
 --   sender's lifetime coins spent on gifts (for gifter levels)'.
 --
@@ -26,9 +31,13 @@ local coins_key, diamonds_key, journal_key = KEYS[1], KEYS[2], KEYS[3]
 local limits_key, spent_key, lifetime_key = KEYS[4], KEYS[5], KEYS[6]
 local FIRST_BUCKET = 7
 local now_ms, bps, global_cap, hour = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-local day, week, bucket_expire_at, spent_ttl_s = ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local FIRST_REJECTED_BUCKET, rejected_expire_at = FIRST_BUCKET + tonumber(ARGV[9]), ARGV[10]
-local HEAD = 10
+local bucket_expire_at, spent_ttl_s = ARGV[5], ARGV[6]
+local FIRST_REJECTED_BUCKET, rejected_expire_at = FIRST_BUCKET + tonumber(ARGV[7]), ARGV[9]
+local FIRST_ACCOUNT_KEY = FIRST_REJECTED_BUCKET + tonumber(ARGV[8])
+local top_day_ttl_s, top_week_ttl_s = ARGV[10], ARGV[11]
+local n, m, c = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
+local platform_revenue, creator_earnings, diamond_issuance = ARGV[15], ARGV[16], ARGV[17]
+local HEAD = 17
 local CHUNK = 1000 -- values per unpack(): Lua's C stack holds a few thousand
 
 local function fmt(x) return string.format('%d', x) end
@@ -62,7 +71,7 @@ end
 
 -- Parse the batch; collect the accounts it touches.
 local gifts, ids, viewer_set = {}, {}, {}
-for i = HEAD + 1, #ARGV do
+for i = HEAD + 1, HEAD + n do
   local id, viewer, creator, coins, diamonds, fp, reject, row, viewer_row, creator_row = string.match(ARGV[i],
     '^([^\31]*)\31([^\31]*)\31([^\31]*)\31(%d+)\31(%d+)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
   if not id then return redis.error_reply('settle: malformed gift argument ' .. (i - HEAD)) end
@@ -74,9 +83,18 @@ for i = HEAD + 1, #ARGV do
 end
 local viewers = keys_of(viewer_set)
 
+-- Each account's statement key; each creator's earnings and top-gifter board keys (all, day, week).
+local statement_keys, creator_keys = {}, {}
+for i = 1, m do statement_keys[ARGV[HEAD + n + i]] = KEYS[FIRST_ACCOUNT_KEY + i - 1] end
+local FIRST_CREATOR_KEY = FIRST_ACCOUNT_KEY + m
+for i = 1, c do
+  local k = FIRST_CREATOR_KEY + 4 * (i - 1)
+  creator_keys[ARGV[HEAD + n + m + i]] = {earned = KEYS[k], boards = {KEYS[k + 1], KEYS[k + 2], KEYS[k + 3]}}
+end
+
 -- Decided earlier: the newest record bucket that knows the id wins (an id is recorded once).
 local records = {}
-for k = #KEYS, FIRST_BUCKET, -1 do
+for k = FIRST_ACCOUNT_KEY - 1, FIRST_BUCKET, -1 do
   for id, record in pairs(hmget(KEYS[k], ids)) do records[id] = record end
 end
 
@@ -175,37 +193,21 @@ if #spent_fields > 0 then
   call_list('HSET', spent_key, spent_fields)
   redis.call('EXPIRE', spent_key, spent_ttl_s)
 end
-if platform_total > 0 then redis.call('HINCRBY', coins_key, 'sys:platform_revenue', platform_total) end
+if platform_total > 0 then redis.call('HINCRBY', coins_key, platform_revenue, platform_total) end
 if earnings_total > 0 then
-  redis.call('HINCRBY', coins_key, 'sys:creator_earnings', earnings_total)
-  redis.call('HINCRBY', diamonds_key, 'sys:diamond_issuance', -earnings_total)
+  redis.call('HINCRBY', coins_key, creator_earnings, earnings_total)
+  redis.call('HINCRBY', diamonds_key, diamond_issuance, -earnings_total)
   for creator, d in pairs(diamonds_by_creator) do
     redis.call('HINCRBY', diamonds_key, creator, d)
     -- Freshly earned diamonds are held back from withdrawal for a while (chargeback protection).
-    redis.call('HINCRBY', '{ledger}:earned:' .. creator, hour, d)
+    redis.call('HINCRBY', creator_keys[creator].earned, hour, d)
   end
 end
-for account, list in pairs(statements) do call_list('RPUSH', '{ledger}:stmt:' .. account, list) end
+for account, list in pairs(statements) do call_list('RPUSH', statement_keys[account], list) end
 
--- Each creator's top gifters per UTC day, ISO week and all time: add this batch's coins to the stored scores.
--- (period key, seconds it is kept: a day's board for 2 days, a week's for 2 weeks, all time for ever)
-local TOP_PERIODS = {{'all', nil}, {'day:' .. day, 172800}, {'week:' .. week, 1209600}}
+-- Each creator's top gifters per UTC day, ISO week and all time: add this batch's coins (top_gifters.lua).
+local ttls = {0, top_day_ttl_s, top_week_ttl_s}
 for creator, by_viewer in pairs(top) do
-  local members = keys_of(by_viewer)
-  for _, period in ipairs(TOP_PERIODS) do
-    local key = '{ledger}:top:' .. creator .. ':' .. period[1]
-    local scores, args = {}, {}
-    for i = 1, #members, CHUNK do
-      local last = math.min(i + CHUNK - 1, #members)
-      local chunk = redis.call('ZMSCORE', key, unpack(members, i, last))
-      for j = i, last do scores[j] = chunk[j - i + 1] end
-    end
-    for i, viewer in ipairs(members) do
-      args[#args + 1] = fmt(tonumber(scores[i] or '0') + by_viewer[viewer])
-      args[#args + 1] = viewer
-    end
-    call_list('ZADD', key, args)
-    if period[2] then redis.call('EXPIRE', key, period[2]) end
-  end
+  for i, board in ipairs(creator_keys[creator].boards) do top_gifters_add(board, ttls[i], by_viewer) end
 end
 return table.concat(out, '\n')

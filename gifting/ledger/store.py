@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -14,6 +12,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from gifting import keys
+from gifting.clock import hour_number, iso_week, now_ms, utc_day
 from gifting.config import Settings
 from gifting.ledger import rules
 
@@ -26,22 +25,9 @@ def load_script(name: str) -> str:
     return resources.files("gifting").joinpath(f"ledger/{name}").read_text()
 
 
-def load_spending_script(name: str) -> str:
-    """A script that spends coins, with the one daily spend cap rule (spend_cap.lua) in front of it."""
-    return load_script("spend_cap.lua") + "\n" + load_script(name)
-
-
-def utc_day(now_ms: int) -> str:
-    return datetime.fromtimestamp(now_ms / 1000, UTC).strftime("%Y%m%d")
-
-
-def iso_week(now_ms: int) -> str:
-    year, week, _ = datetime.fromtimestamp(now_ms / 1000, UTC).isocalendar()
-    return f"{year}W{week:02d}"
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
+def load_script_with(name: str, *rules: str) -> str:
+    """A script with the shared rules it uses (spend_cap.lua, top_gifters.lua, legs.lua) in front of it."""
+    return "\n".join([*map(load_script, rules), load_script(name)])
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +91,12 @@ class Ledger:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
-        self.settle_script = redis.register_script(load_spending_script("settle.lua"))
-        self._purchase = redis.register_script(load_script("purchase.lua"))
-        self._reverse = redis.register_script(load_script("reverse.lua"))
-        self._withdraw = redis.register_script(load_script("withdraw.lua"))
-        self._pool = redis.register_script(load_spending_script("pool.lua"))
+        self.settle_script = redis.register_script(load_script_with("settle.lua", "spend_cap.lua", "top_gifters.lua"))
+        self._purchase = redis.register_script(load_script_with("purchase.lua", "legs.lua"))
+        self._reverse = redis.register_script(load_script_with("reverse.lua", "legs.lua"))
+        self._withdraw = redis.register_script(load_script_with("withdraw.lua", "legs.lua"))
+        pool_rules = ("spend_cap.lua", "top_gifters.lua", "legs.lua")
+        self._pool = redis.register_script(load_script_with("pool.lua", *pool_rules))
         self.waitaof_supported: bool | None = None  # learned on first use
 
     # Gifts -------------------------------------------------------------------------------------------------
@@ -125,12 +112,20 @@ class Ledger:
         s = self.settings
         buckets, expire_at = rules.record_buckets(now // 1000, s.idempotency_ttl_s)
         rejected_buckets, rejected_expire_at = rules.record_buckets(now // 1000, s.rejected_gift_ttl_s)
+        accounts = list(dict.fromkeys(a for g in gifts for a in (keys.account(g.viewer), keys.account(g.creator))))
+        creators = list(dict.fromkeys(keys.account(g.creator) for g in gifts))
         keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.LEDGER_SPEND_LIMITS]
         keys_ += [keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT, *map(keys.gift_records, buckets)]
         keys_ += map(keys.rejected_gift_records, rejected_buckets)
-        args: list[Any] = [now, s.creator_share_bps, s.daily_spend_coins_max, now // 3600_000, utc_day(now)]
-        args += [iso_week(now), expire_at, rules.SPENT_DAY_TTL_S, len(buckets), rejected_expire_at]
+        keys_ += map(keys.account_statement, accounts)
+        for creator in creators:
+            keys_ += [keys.account_earned(creator), *keys.account_top_boards(creator, now)]
+        args: list[Any] = [now, s.creator_share_bps, s.daily_spend_coins_max, hour_number(now), expire_at]
+        args += [rules.SPENT_DAY_TTL_S, len(buckets), len(rejected_buckets), rejected_expire_at]
+        args += [rules.TOP_DAY_TTL_S, rules.TOP_WEEK_TTL_S, len(gifts), len(accounts), len(creators)]
+        args += [keys.SYS_PLATFORM_REVENUE, keys.SYS_CREATOR_EARNINGS, keys.SYS_DIAMOND_ISSUANCE]
         args += [settle_arg(g, now) for g in gifts]
+        args += accounts + creators
         wait = durable_timeout_ms is not None and self.waitaof_supported is not False
         for attempt in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -238,6 +233,9 @@ class Ledger:
         """Record a purchase outcome once. Returns (stored record, fingerprint matches, replay); a record of
         another user under this id never matches (and its content is not returned)."""
         assert status in ("paid", "declined") and coins > 0
+        now = now_ms()
+        legs = rules.encode_legs(rules.purchase_legs(user, coins))
+        row = rules.statement_row(now, "purchase", "coins", coins, keys.SYS_COIN_ISSUANCE, purchase_id)
         stored, stored_fp, replay = await self._purchase(
             keys=[
                 keys.LEDGER_COINS,
@@ -246,7 +244,17 @@ class Ledger:
                 keys.purchases_of(user),
                 keys.statement(user),
             ],
-            args=[orjson.dumps(record).decode(), fingerprint, status, keys.account(user), coins, now_ms(), purchase_id],
+            args=[
+                orjson.dumps(record).decode(),
+                fingerprint,
+                status,
+                keys.account(user),
+                coins,
+                now,
+                purchase_id,
+                legs,
+                row,
+            ],
         )
         return orjson.loads(stored), stored_fp == fingerprint, bool(int(replay))
 
@@ -272,17 +280,15 @@ class Ledger:
     async def reverse(self, purchase_id: str, mode: str) -> int:
         """Refund or charge back a paid purchase, once. Returns the user's coin balance after."""
         assert mode in ("refund", "chargeback")
-        user_account = await self.redis.hget(keys.purchase_record(purchase_id), "user")
+        user_account, coins = await self.redis.hmget(keys.purchase_record(purchase_id), "user", "coins")
         if user_account is None:
             raise LedgerError("unknown_purchase", f"no purchase {purchase_id!r}", 404)
+        user, now = user_account.removeprefix(keys.ACCOUNT_PREFIX), now_ms()
+        legs = rules.encode_legs(rules.reversal_legs(user, int(coins)))
+        row = rules.statement_row(now, mode, "coins", -int(coins), keys.SYS_COIN_ISSUANCE, purchase_id)
         code, balance = await self._reverse(
-            keys=[
-                keys.LEDGER_COINS,
-                keys.LEDGER_JOURNAL,
-                keys.purchase_record(purchase_id),
-                keys.statement(user_account.removeprefix("u:")),
-            ],
-            args=[mode, now_ms(), purchase_id],
+            keys=[keys.LEDGER_COINS, keys.LEDGER_JOURNAL, keys.purchase_record(purchase_id), keys.statement(user)],
+            args=[mode, now, purchase_id, f"{mode}:{purchase_id}", user_account, coins, legs, row],
         )
         if code != "ok":
             raise LedgerError(code, REVERSE_ERRORS.get(code, code))
@@ -294,14 +300,17 @@ class Ledger:
         self, user: str, withdrawal_id: str, diamonds: int, payout_account: str, fingerprint: str
     ) -> tuple[dict[str, Any], bool]:
         """Put diamonds on hold for a payout (pending transfer). Returns (withdrawal, replay)."""
-        s, now = self.settings, now_ms()
-        cutoff_hour = (now - s.diamond_hold_s * 1000) // 3600_000 if s.diamond_hold_s > 0 else now // 3600_000 + 1
+        s, now, account = self.settings, now_ms(), keys.account(user)
+        cutoff_hour = hour_number(now - s.diamond_hold_s * 1000) if s.diamond_hold_s > 0 else hour_number(now) + 1
+        legs = rules.encode_legs(rules.withdrawal_legs("pending", user, diamonds))
+        row = rules.statement_row(now, "withdrawal", "diamonds", -diamonds, keys.SYS_PAYOUT_CLEARING, withdrawal_id)
         code, _status, detail = await self._withdraw(
             keys=self._withdraw_keys(user, withdrawal_id, utc_day(now)),
             args=[
-                "request", now, withdrawal_id, keys.account(user), diamonds, s.withdrawal_diamonds_min,
+                "request", now, withdrawal_id, account, diamonds, legs, row, s.withdrawal_diamonds_min,
                 s.withdrawal_diamonds_per_day_max, cutoff_hour, now + s.withdrawal_timeout_s * 1000,
                 payout_account, fingerprint, utc_day(now), s.withdrawals_pending_per_user_max,
+                rules.WITHDRAWN_DAY_TTL_S,
             ],
         )  # fmt: skip
         if code != "ok":
@@ -313,13 +322,18 @@ class Ledger:
     async def resolve_withdrawal(self, withdrawal_id: str, mode: str, reason: str = "") -> dict[str, Any]:
         """Post (paid) or void (failed, diamonds returned) a pending withdrawal, exactly once."""
         assert mode in ("post", "void")
-        user_account = await self.redis.hget(keys.withdrawal(withdrawal_id), "user")
-        if user_account is None:
+        account, diamonds, day = await self.redis.hmget(keys.withdrawal(withdrawal_id), "user", "diamonds", "day")
+        if account is None:
             raise LedgerError("unknown_withdrawal", f"no withdrawal {withdrawal_id!r}", 404)
-        user = user_account.removeprefix("u:")
+        user, now = account.removeprefix(keys.ACCOUNT_PREFIX), now_ms()
+        legs = rules.encode_legs(rules.withdrawal_legs("posted" if mode == "post" else "voided", user, int(diamonds)))
+        row = ""
+        if mode == "void":  # the statement shows the diamonds coming back; a payout was shown at the request
+            clearing = keys.SYS_PAYOUT_CLEARING
+            row = rules.statement_row(now, "withdrawal_returned", "diamonds", int(diamonds), clearing, withdrawal_id)
         code, status, _ = await self._withdraw(
-            keys=self._withdraw_keys(user, withdrawal_id, utc_day(now_ms())),
-            args=[mode, now_ms(), withdrawal_id, reason],
+            keys=self._withdraw_keys(user, withdrawal_id, day or utc_day(now)),
+            args=[mode, now, withdrawal_id, account, diamonds, legs, row, reason],
         )
         if code != "ok":
             raise LedgerError(code, f"withdrawal {withdrawal_id} is {status}, not pending")

@@ -38,6 +38,7 @@ from gifting import gifts, keys
 from gifting.auth import Identity, revoked
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
+from gifting.ledger import rules
 from gifting.ledger.store import Ledger
 from gifting.live import coalesce
 from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE
@@ -425,11 +426,9 @@ class Hub:
 
     def precheck(self, identity: Identity, gift: str) -> str | None:
         """Reasons the hub can give at once, without settlement (nothing is recorded; the id may be retried)."""
-        known = self.catalogs.current.gifts.get(gift)
-        if known is None:
-            return "unknown_gift"
-        if known.retired:
-            return "gift_retired"
+        reason = rules.catalog_reject(self.catalogs.current.gifts.get(gift))
+        if reason is not None:
+            return reason.value
         if self.backlog > self.settings.gift_backlog_max:
             return "overloaded"
         if self.rate_limited(identity.user):

@@ -13,9 +13,10 @@ import orjson
 import redis.asyncio as aioredis
 
 from gifting import keys
+from gifting.clock import iso_week, utc_day
 from gifting.config import Settings
 from gifting.ledger import rules
-from gifting.ledger.store import DurabilityError, Ledger, iso_week, utc_day
+from gifting.ledger.store import DurabilityError, Ledger
 
 SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
 SUMMARY_TTL_S = 90 * 86400  # a room's own summary; the creator's session list keeps it longer
