@@ -9,8 +9,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gifting import keys
+from gifting import clock, keys
+from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
+from gifting.ledger.store import PoolRead
 from gifting.rooms.pools import PoolOp
 from gifting.rooms.store import history_events, room_keys
 from tests.conftest import System, SystemFactory, gift_id, spawn, stop
@@ -377,4 +379,42 @@ async def test_pledges_racing_a_room_end_land_before_it_or_not_at_all(system: Sy
     else:
         assert final["status"] == "voided" and (await system.wallet("c1"))["diamonds"] == 0
         assert {(await system.wallet(u))["coins"] for u in viewers} == {100}
+    await audit_clean(system.redis)
+
+
+async def test_a_completed_pools_day_and_week_boards_expire_like_a_gifts(system: System) -> None:
+    """A completed pool adds to the creator's top-gifter boards with the same expiry as a gift (day, week; not
+    all time): one rule for both."""
+    await system.grant("v1", 2000)
+    room = await system.open_room("c1")
+    pool = await open_pool(system, room, user="v1")
+    assert (await pledge(system, "v1", pool, 1000)).json()["pool"]["status"] == "completed"
+    now = clock.now_ms()
+    day, week = keys.creator_top("c1", "day", clock.utc_day(now)), keys.creator_top("c1", "week", clock.iso_week(now))
+    assert await system.redis.zscore(day, keys.account("v1")) == 1000
+    assert 0 < await system.redis.ttl(day) <= rules.TOP_DAY_TTL_S
+    assert rules.TOP_DAY_TTL_S < await system.redis.ttl(week) <= rules.TOP_WEEK_TTL_S
+    assert await system.redis.ttl(keys.creator_top("c1", "all")) == -1
+    await audit_clean(system.redis)
+
+
+async def test_a_pledge_built_from_a_stale_read_writes_nothing(start_system: SystemFactory) -> None:
+    """pool.lua refuses legs built from a pool that changed after the caller read it ('stale', nothing written);
+    pool_op reads again and the pledge lands once, with a completion that pays every contributor's coins."""
+    system = await start_system(worker=False)
+    for user in ("v1", "v2"):
+        await system.grant(user, 1000)
+    room = await system.open_room("c1")
+    pool = await open_pool(system, room, user="v1")
+    ledger = SettlementWorker(system.redis, system.settings).ledger
+    read = PoolRead(*await system.redis.hmget(keys.pool(pool), *PoolRead.__slots__))
+    assert (await ledger.pool_op("pledge", pool, gift_id(), "v1", 400, "v1"))[0] == "accepted"
+    keys_, args = ledger._pool_call("pledge", pool, read, gift_id(), "v2", 600, "v2")
+    status, *_ = await ledger._pool(keys=keys_, args=args)
+    assert status == "stale"
+    assert (await system.wallet("v2"))["coins"] == 1000
+    status, _reason, balance, _replay, state = await ledger.pool_op("pledge", pool, gift_id(), "v2", 600, "v2")
+    assert (status, balance) == ("accepted", 400) and state is not None and state["status"] == "completed"
+    top = await system.redis.zrange(keys.creator_top("c1", "all"), 0, -1, withscores=True)
+    assert dict(top) == {keys.account("v1"): 400, keys.account("v2"): 600}
     await audit_clean(system.redis)

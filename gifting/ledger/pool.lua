@@ -8,23 +8,37 @@
 -- open -> completed | expired | cancelled | voided exactly once, so a pledge is never both posted and voided.
 -- A closed pool's record expires after the pool record TTL; an open one never does (its escrow is in it).
 --
+-- The legs, statement rows and account names come from the caller (ledger/rules.py); so do the contributors'
+-- accounts. The caller builds them from the pool as it read it and passes the contributors it read: if they
+-- changed since (another pledge landed), the script writes nothing and answers 'stale', and the caller reads
+-- again and retries.
+--
 -- KEYS: 1 coin balances, 2 diamond balances, 3 journal, 4 pool (hash), 5 open pools (sorted set by deadline),
 --   6 pledge record (pledge only; else any key of the slot), 7 the room's open pools (set), 8 the opener's open
 --   pools (set), 9 the room's end marker (hash: '*' -> ended ms, pool id -> 1 for each pool voided by the end;
---   its existence closes the room to new pools and pledges), 10 viewer spend limits, 11 today's spend per viewer
---   (10 and 11: pledge only; the daily spend cap of spend_cap.lua, shared with gifts).
+--   its existence closes the room to new pools and pledges);
+--   pledge adds: 10 viewer spend limits, 11 today's spend per viewer (the daily spend cap of spend_cap.lua,
+--   shared with gifts), 12 lifetime spend per viewer, 13 the pledger's statement, 14 the creator's statement,
+--   15 the creator's earnings by hour, 16..18 the creator's top-gifter boards (all, day, week);
+--   expire | cancel | void add: 10.. the statement of each contributor, in the order of ARGV 5.. .
 -- ARGV 'pledge': 1 op, 2 now_ms, 3 pledge id, 4 account, 5 coins, 6 fingerprint, 7 display name, 8 record ttl_s,
---   9 earnings hour, 10 UTC day, 11 ISO week, 12 pool record ttl_s, 13 global daily spend cap in coins (0: none),
---   14 spend total ttl_s, 15 rejected record ttl_s (a rejection is remembered briefly; an accepted pledge for the
---   full ttl_s).
--- ARGV 'expire' | 'cancel' | 'void': 1 op, 2 now_ms, 3 pool record ttl_s.
+--   9 earnings hour, 10 user id, 11 the contributors as the caller read them, 12 pool record ttl_s, 13 global
+--   daily spend cap in coins (0: none), 14 spend total ttl_s, 15 rejected record ttl_s (a rejection is
+--   remembered briefly; an accepted pledge for the full ttl_s), 16 the creator's account, 17 the pledge's legs,
+--   18 the pledger's statement row; when this pledge completes the pool: 19 the completion's legs, 20 the
+--   creator's statement row, 21 the creator's diamonds, 22 every contributor's coins ('account coins|...'),
+--   23 and 24 how long a day's and a week's top-gifter board is kept (s).
+-- ARGV 'expire' | 'cancel' | 'void': 1 op, 2 now_ms, 3 pool record ttl_s, 4 the contributors as the caller read
+--   them, 5 the legs returning every pledge, 6.. each contributor's statement row.
 -- ARGV 'open': 1 op, 2 now_ms, 3 pool id, 4 room cap, 5 opener cap, 6 opener account, 7 coins an opener needs,
 --   8.. the record's field/value pairs.
 -- Returns {status, reason, balance, replay, pool JSON}; status: accepted | rejected | conflict | expired |
---   cancelled | voided | opened | noop.
+--   cancelled | voided | opened | noop | stale. Opening a pool moves no money; its refusals are the HTTP error
+--   codes of rooms/pools.py, not reject reasons.
 local coins_key, diamonds_key, journal, pool_key, open_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local op, now_ms = ARGV[1], ARGV[2]
 local function fmt(x) return string.format('%d', x) end
+local balance_keys = {coins = coins_key, diamonds = diamonds_key}
 
 local function snapshot()
   local p = redis.call('HGETALL', pool_key)
@@ -35,11 +49,6 @@ local function snapshot()
     bps = tonumber(t.bps),
     pledged = tonumber(t.pledged), status = t.status, deadline_ms = tonumber(t.deadline_ms),
     contributors = cjson.decode(t.contributors)})
-end
-
-local function statement(account, kind, amount, ref)
-  redis.call('RPUSH', '{ledger}:stmt:' .. account,
-    table.concat({now_ms, kind, 'coins', string.format('%d', amount), 'sys:pool_escrow', ref, '', ''}, '\t'))
 end
 
 local room_pools_key, opener_pools_key, ended_key = KEYS[7], KEYS[8], KEYS[9]
@@ -53,14 +62,14 @@ local function closed(id, ttl_s)
 end
 
 if op == 'open' then
-  local reject = nil
-  if redis.call('EXISTS', ended_key) == 1 then reject = 'room_not_live'
-  elseif redis.call('SCARD', room_pools_key) >= tonumber(ARGV[4]) then reject = 'too_many_pools'
-  elseif redis.call('SCARD', opener_pools_key) >= tonumber(ARGV[5]) then reject = 'too_many_open_pools'
+  local refused = nil
+  if redis.call('EXISTS', ended_key) == 1 then refused = 'room_not_live'
+  elseif redis.call('SCARD', room_pools_key) >= tonumber(ARGV[4]) then refused = 'too_many_pools'
+  elseif redis.call('SCARD', opener_pools_key) >= tonumber(ARGV[5]) then refused = 'too_many_open_pools'
   elseif tonumber(redis.call('HGET', coins_key, ARGV[6]) or '0') < tonumber(ARGV[7]) then
-    reject = 'pool_opener_coins'
+    refused = 'pool_opener_coins'
   end
-  if reject then return {'rejected', reject, '0', 0, ''} end
+  if refused then return {'rejected', refused, '0', 0, ''} end
   redis.call('HSET', pool_key, unpack(ARGV, 8))
   redis.call('ZADD', open_key, redis.call('HGET', pool_key, 'deadline_ms'), ARGV[3])
   redis.call('SADD', room_pools_key, ARGV[3])
@@ -79,19 +88,13 @@ if op == 'expire' or op == 'cancel' or op == 'void' then
   if not id or status ~= 'open' or (op == 'expire' and tonumber(now_ms) < deadline) then
     return {'noop', status or '', '0', 0, snapshot()}
   end
-  local contributors = cjson.decode(pool[8])
-  local legs = {}
-  for _, c in ipairs(contributors) do
-    local account = 'u:' .. c.user
-    redis.call('HINCRBY', coins_key, account, c.coins)
-    redis.call('HINCRBY', coins_key, 'sys:pool_escrow', -c.coins)
-    legs[#legs + 1] = 'coins sys:pool_escrow ' .. account .. ' ' .. fmt(c.coins)
-    statement(account, 'pledge_returned', c.coins, id)
+  if pool[8] ~= ARGV[4] then return {'stale', '', '0', 0, ''} end
+  local legs = ARGV[5]
+  if legs ~= '' then
+    apply_legs(balance_keys, legs)
+    redis.call('XADD', journal, '*', 'kind', 'pool_voided', 'id', id, 'status', final, 'legs', legs, 'ts', now_ms)
   end
-  if #legs > 0 then
-    redis.call('XADD', journal, '*', 'kind', 'pool_voided', 'id', id, 'status', final, 'legs', table.concat(legs, '|'),
-      'ts', now_ms)
-  end
+  for i = 10, #KEYS do redis.call('RPUSH', KEYS[i], ARGV[i - 4]) end
   redis.call('HSET', pool_key, 'status', final, 'closed_ms', now_ms)
   if op == 'void' then redis.call('HSET', ended_key, id, 1) end
   closed(id, ARGV[3])
@@ -114,26 +117,27 @@ local function decide(s, reason)
   return {s, reason, fmt(balance), 0, snapshot()}
 end
 if not id then return decide('rejected', 'unknown_pool') end
-if status ~= 'open' then return decide('rejected', 'pool_' .. status) end
+local CLOSED = {completed = 'pool_completed', expired = 'pool_expired', cancelled = 'pool_cancelled',
+  voided = 'pool_voided'}
+if status ~= 'open' then return decide('rejected', CLOSED[status]) end
 if redis.call('EXISTS', ended_key) == 1 then return decide('rejected', 'room_not_live') end
 if tonumber(now_ms) >= deadline then return decide('rejected', 'pool_expired') end
-if account == 'u:' .. pool[6] then return decide('rejected', 'self_gift') end
+if account == ARGV[16] then return decide('rejected', 'self_gift') end
 if coins > price - pledged then return decide('rejected', 'pledge_exceeds_remaining') end
 if balance < coins then return decide('rejected', 'insufficient_coins') end
 local spent_today = tonumber(redis.call('HGET', KEYS[11], account) or '0')
 local cap = spend_cap(tonumber(ARGV[13]), redis.call('HGET', KEYS[10], account), tonumber(now_ms))
 if not spend_cap_allows(cap, spent_today, coins) then return decide('rejected', 'daily_limit') end
+if pool[8] ~= ARGV[11] then return {'stale', '', '0', 0, ''} end
 redis.call('HSET', KEYS[11], account, fmt(spent_today + coins))
 redis.call('EXPIRE', KEYS[11], ARGV[14])
 
 balance = balance - coins
-redis.call('HSET', coins_key, account, fmt(balance))
-redis.call('HINCRBY', coins_key, 'sys:pool_escrow', coins)
-redis.call('XADD', journal, '*', 'kind', 'pledge_pending', 'id', pledge_id, 'ref', id,
-  'legs', 'coins ' .. account .. ' sys:pool_escrow ' .. fmt(coins), 'ts', now_ms)
-statement(account, 'pledge', -coins, id)
+apply_legs(balance_keys, ARGV[17])
+redis.call('XADD', journal, '*', 'kind', 'pledge_pending', 'id', pledge_id, 'ref', id, 'legs', ARGV[17], 'ts', now_ms)
+redis.call('RPUSH', KEYS[13], ARGV[18])
 local contributors = cjson.decode(pool[8])
-local user = string.sub(account, 3)
+local user = ARGV[10]
 local merged = false
 for _, c in ipairs(contributors) do
   if c.user == user then c.coins = c.coins + coins; merged = true end
@@ -143,33 +147,21 @@ pledged = pledged + coins
 redis.call('HSET', pool_key, 'pledged', pledged, 'contributors', cjson.encode(contributors))
 
 if pledged == price then
-  -- Post every pledge: the escrow pays the gift, split like any gift.
-  local creator = 'u:' .. pool[6]
-  local diamonds = math.floor(price * tonumber(pool[7]) / 10000)
-  local platform = price - diamonds
-  local legs = {}
-  if platform > 0 then legs[#legs + 1] = 'coins sys:pool_escrow sys:platform_revenue ' .. fmt(platform) end
-  if diamonds > 0 then
-    legs[#legs + 1] = 'coins sys:pool_escrow sys:creator_earnings ' .. fmt(diamonds)
-    legs[#legs + 1] = 'diamonds sys:diamond_issuance ' .. creator .. ' ' .. fmt(diamonds)
-  end
-  redis.call('HINCRBY', coins_key, 'sys:pool_escrow', -price)
-  redis.call('HINCRBY', coins_key, 'sys:platform_revenue', platform)
-  redis.call('HINCRBY', coins_key, 'sys:creator_earnings', diamonds)
-  redis.call('HINCRBY', diamonds_key, 'sys:diamond_issuance', -diamonds)
-  redis.call('HINCRBY', diamonds_key, creator, diamonds)
-  redis.call('HINCRBY', '{ledger}:earned:' .. creator, ARGV[9], diamonds)
-  redis.call('XADD', journal, '*', 'kind', 'pool_completed', 'id', id, 'legs', table.concat(legs, '|'),
+  -- Post every pledge: the escrow pays the gift, split like any gift (the caller's legs).
+  local legs = ARGV[19]
+  assert(legs ~= '', 'pool: the pledge completes the pool but the caller sent no completion legs')
+  apply_legs(balance_keys, legs)
+  redis.call('HINCRBY', KEYS[15], ARGV[9], ARGV[21])
+  redis.call('XADD', journal, '*', 'kind', 'pool_completed', 'id', id, 'legs', legs,
     'room', pool[10], 'gift', pool[9], 'bps', pool[7], 'ts', now_ms)
-  redis.call('RPUSH', '{ledger}:stmt:' .. creator, table.concat({now_ms, 'gift_received', 'diamonds',
-    string.format('%d', diamonds), 'pool', id, pool[9], '1'}, '\t'))
-  for _, c in ipairs(contributors) do
-    redis.call('HINCRBY', '{ledger}:lifetime_spent', 'u:' .. c.user, c.coins)
-    local prefix = '{ledger}:top:' .. creator
-    redis.call('ZINCRBY', prefix .. ':all', c.coins, 'u:' .. c.user)
-    redis.call('ZINCRBY', prefix .. ':day:' .. ARGV[10], c.coins, 'u:' .. c.user)
-    redis.call('ZINCRBY', prefix .. ':week:' .. ARGV[11], c.coins, 'u:' .. c.user)
+  redis.call('RPUSH', KEYS[14], ARGV[20])
+  local by_gifter = {}
+  for gifter, amount in string.gmatch(ARGV[22], '([^ |]+) (%d+)') do
+    by_gifter[gifter] = tonumber(amount)
+    redis.call('HINCRBY', KEYS[12], gifter, amount)
   end
+  local ttls = {0, ARGV[23], ARGV[24]}
+  for i = 1, 3 do top_gifters_add(KEYS[15 + i], ttls[i], by_gifter) end
   redis.call('HSET', pool_key, 'status', 'completed', 'closed_ms', now_ms)
   closed(id, ARGV[12])
 end

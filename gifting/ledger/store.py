@@ -18,7 +18,8 @@ from gifting.ledger import rules
 
 log = logging.getLogger(__name__)
 STATEMENT_PAGE_MAX = 200  # entries per statement page
-SPEND_LIMIT_ATTEMPTS_MAX = 20  # optimistic retries of a spend limit change (WATCH on the shared limits hash)
+SPEND_LIMIT_ATTEMPTS_MAX = 20
+POOL_ATTEMPTS_MAX = 20  # retries of a pool operation whose pool changed between its read and its script  # optimistic retries of a spend limit change (WATCH on the shared limits hash)
 
 
 def load_script(name: str) -> str:
@@ -195,24 +196,61 @@ class Ledger:
         self, op: str, pool_id: str, pledge_id: str = "", user: str = "", coins: int = 0, name: str = ""
     ) -> tuple[str, str, int, bool, dict[str, Any] | None]:
         """A pledge to a pool, or its expiry, cancellation or voiding at its room's end (pool.lua).
-        Returns (status, reason, balance, replay, pool)."""
+        Returns (status, reason, balance, replay, pool). The legs and rows are built from the pool as read
+        here; pool.lua refuses them ('stale') if another pledge landed since, and the call is made again."""
         assert op in ("pledge", "expire", "cancel", "void")
-        now = now_ms()
-        room, starter = await self.redis.hmget(keys.pool(pool_id), "room", "starter")  # fixed at open
+        for _attempt in range(POOL_ATTEMPTS_MAX):
+            read = PoolRead(*await self.redis.hmget(keys.pool(pool_id), *PoolRead.__slots__))
+            keys_, args = self._pool_call(op, pool_id, read, pledge_id, user, coins, name)
+            status, reason, balance, replay, pool = await self._pool(keys=keys_, args=args)
+            if status != "stale":
+                return status, reason, int(balance), bool(int(replay)), (orjson.loads(pool) if pool else None)
+        raise LedgerError("busy", f"pool {pool_id} changed concurrently too often; retry", 503)
+
+    def _pool_call(
+        self, op: str, pool_id: str, read: PoolRead, pledge_id: str, user: str, coins: int, name: str
+    ) -> tuple[list[str], list[Any]]:
+        """pool.lua's KEYS and ARGV for one operation on the pool as `read`."""
+        s, now = self.settings, now_ms()
         keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
         keys_.append(keys.pledge_record(pledge_id) if op == "pledge" else keys.pool(pool_id))
-        keys_ += pool_index_keys(room or "", starter or "")
-        if op == "pledge":
-            keys_ += [keys.LEDGER_SPEND_LIMITS, keys.spent_on(utc_day(now))]
-            fingerprint = rules.fingerprint(pool_id, user, coins)
-            args: list[Any] = [op, now, pledge_id, keys.account(user), coins, fingerprint, name]
-            args += [self.settings.idempotency_ttl_s, now // 3600_000, utc_day(now), iso_week(now)]
-            args += [self.settings.pool_record_ttl_s]
-            args += [self.settings.daily_spend_coins_max, rules.SPENT_DAY_TTL_S, self.settings.rejected_gift_ttl_s]
-        else:
-            args = [op, now, self.settings.pool_record_ttl_s]
-        status, reason, balance, replay, pool = await self._pool(keys=keys_, args=args)
-        return status, reason, int(balance), bool(int(replay)), (orjson.loads(pool) if pool else None)
+        keys_ += pool_index_keys(read.room or "", read.starter or "")
+        if op != "pledge":
+            returns = [(c["user"], int(c["coins"])) for c in orjson.loads(read.contributors or "[]")]
+            legs = [leg for u, c in returns for leg in rules.pledge_return_legs(u, c)]
+            keys_ += [keys.statement(u) for u, _c in returns]
+            rows = [
+                rules.statement_row(now, "pledge_returned", "coins", c, keys.SYS_POOL_ESCROW, pool_id)
+                for _u, c in returns
+            ]
+            return keys_, [op, now, s.pool_record_ttl_s, read.contributors or "", rules.encode_legs(legs), *rows]
+        creator = read.creator or ""
+        keys_ += [keys.LEDGER_SPEND_LIMITS, keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT]
+        keys_ += [keys.statement(user), keys.statement(creator), keys.earned(creator)]
+        keys_ += keys.account_top_boards(keys.account(creator), now)
+        pledge_row = rules.statement_row(now, "pledge", "coins", -coins, keys.SYS_POOL_ESCROW, pool_id)
+        args: list[Any] = [op, now, pledge_id, keys.account(user), coins, rules.fingerprint(pool_id, user, coins)]
+        args += [name, s.idempotency_ttl_s, hour_number(now), user, read.contributors or "", s.pool_record_ttl_s]
+        args += [s.daily_spend_coins_max, rules.SPENT_DAY_TTL_S, s.rejected_gift_ttl_s]
+        args += [keys.account(creator) if creator else "", rules.encode_legs(rules.pledge_legs(user, coins))]
+        args += [pledge_row, *self._pool_completion(read, pool_id, user, coins, now)]
+        return keys_, args
+
+    def _pool_completion(self, read: PoolRead, pool_id: str, user: str, coins: int, now: int) -> list[Any]:
+        """pool.lua's ARGV 19..24: what completing the pool writes, if this pledge completes it as read."""
+        if read.price is None or int(read.price) - int(read.pledged or 0) != coins:
+            return ["", "", 0, "", rules.TOP_DAY_TTL_S, rules.TOP_WEEK_TTL_S]
+        creator, price = read.creator or "", int(read.price)
+        split = rules.split_gift(price, int(read.bps or 0))
+        legs = rules.encode_legs(rules.pool_completion_legs(creator, split))
+        row = rules.statement_row(
+            now, "gift_received", "diamonds", split.diamonds, "pool", pool_id, read.gift or "", "1"
+        )
+        gifters: dict[str, int] = {keys.account(user): coins}
+        for c in orjson.loads(read.contributors or "[]"):
+            gifters[keys.account(c["user"])] = gifters.get(keys.account(c["user"]), 0) + int(c["coins"])
+        by_gifter = "|".join(f"{account} {amount}" for account, amount in gifters.items())
+        return [legs, row, split.diamonds, by_gifter, rules.TOP_DAY_TTL_S, rules.TOP_WEEK_TTL_S]
 
     async def pool_open(self, room: str, starter: str, record: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         """Open a pool unless its room ended or a cap is reached, atomically (pool.lua). Returns (reason, pool):
@@ -441,6 +479,20 @@ class Ledger:
                 "pending_effective_ms": own.pending_effective_ms,
                 "global_daily_spend_coins_max": self.settings.daily_spend_coins_max,
                 "spend_limit_cooloff_s": self.settings.spend_limit_cooloff_s, "spent_today": spent}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class PoolRead:
+    """The fields of a pool record that pool.lua's caller builds legs and rows from (None: absent)."""
+
+    room: str | None
+    starter: str | None
+    creator: str | None
+    price: str | None
+    pledged: str | None
+    bps: str | None
+    gift: str | None
+    contributors: str | None
 
 
 def pool_index_keys(room: str, starter: str) -> list[str]:
