@@ -12,14 +12,14 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from gifting import keys
-from gifting.clock import hour_number, iso_week, now_ms, utc_day
+from gifting.clock import hour_number, now_ms, utc_day
 from gifting.config import Settings
 from gifting.ledger import rules
 
 log = logging.getLogger(__name__)
 STATEMENT_PAGE_MAX = 200  # entries per statement page
-SPEND_LIMIT_ATTEMPTS_MAX = 20
-POOL_ATTEMPTS_MAX = 20  # retries of a pool operation whose pool changed between its read and its script  # optimistic retries of a spend limit change (WATCH on the shared limits hash)
+SPEND_LIMIT_ATTEMPTS_MAX = 20  # optimistic retries of a spend limit change (WATCH on the shared limits hash)
+POOL_ATTEMPTS_MAX = 20  # retries of a pool operation whose pool changed between its read and its script
 
 
 def load_script(name: str) -> str:
