@@ -226,6 +226,11 @@ def room_announced(room: str, bucket: int) -> str:
     return "{room:" + room + "}:announced:" + str(bucket)
 
 
+def room_combo(room: str, combo: str) -> str:
+    """String: 'first gift id|running count' of one combo (combo: 'sender:gift') while its window is open."""
+    return "{room:" + room + "}:combo:" + combo
+
+
 def creator_sessions(creator: str) -> str:
     """List: summaries (JSON) of a creator's ended live sessions, newest first."""
     return "sessions:" + account(creator)

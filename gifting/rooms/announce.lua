@@ -2,12 +2,15 @@
 -- (called through gifting/rooms/store.py RoomStore.announce by the settlement worker and the web process).
 --
 -- KEYS: 1 room meta (hash), 2 history (stream), 3 stats (hash), 4 stream top gifters (sorted set),
---   5 goal (hash), 6.. the announced-marker buckets (hashes: dedupe id -> 1), newest (this call's) first.
+--   5 goal (hash), 6.. the announced-marker buckets (hashes: dedupe id -> 1), newest (this call's) first, then
+--   the key of each combo the events continue (strings: 'first gift id|running count'), in the order of their
+--   combo ids in ARGV.
 -- ARGV: 1 room channel, 2 history length kept (events, approximate), 3 epoch candidate (used only when the
 --   room has no epoch: its history was lost), 4 combo window ms, 5 unix time (s) at which this call's marker
 --   bucket expires, 6 n = number of events, then n values, tab-separated: dedupe id, coins, diamonds, gift id,
 --   count, contributors ('user coins|user coins' or ''), combo key ('sender:gift', or '' for events that do
---   not combo); then the n events as JSON objects (no offset, no combo); then the ended room TTL (s).
+--   not combo); then the n events as JSON objects (no offset, no combo); then the ended room TTL (s), the
+--   number of marker buckets, and the distinct combo ids of the events, one per combo key.
 --
 -- The events one call appends are stored and published once, as one announcement (rooms.announced_events
 -- reads it): {"from": offset of the first, "combos": [[index, combo id, count], ...], "events": [...]}; the
@@ -24,7 +27,9 @@ local FIRST_BUCKET = 6
 local channel, keep, window_ms, bucket_expire_at = ARGV[1], tonumber(ARGV[2]), ARGV[4], ARGV[5]
 local n = tonumber(ARGV[6])
 local HEAD = 6
-local prefix = string.sub(meta, 1, -5) -- '{room:ID}:'
+local LAST_BUCKET = FIRST_BUCKET + tonumber(ARGV[HEAD + 2 * n + 2]) - 1
+local combo_keys = {} -- combo id -> its key
+for k = LAST_BUCKET + 1, #KEYS do combo_keys[ARGV[HEAD + 2 * n + 2 + k - LAST_BUCKET]] = KEYS[k] end
 
 if redis.call('HSETNX', meta, 'epoch', ARGV[3]) == 1 then
   redis.call('HSET', meta, 'offset', 0)
@@ -42,7 +47,7 @@ for i = 1, n do
 end
 
 local seen = {}
-for k = FIRST_BUCKET, #KEYS do
+for k = FIRST_BUCKET, LAST_BUCKET do
   local found = redis.call('HMGET', KEYS[k], unpack(ids))
   for i, v in ipairs(ids) do
     if found[i] then seen[v] = true end
@@ -68,7 +73,7 @@ for _, e in ipairs(events) do
       -- Same sender, same gift, within the window: one combo with a running count (its id: the first gift's).
       local c = combos[e.combo]
       if c == nil then
-        local current = redis.call('GET', prefix .. 'combo:' .. e.combo)
+        local current = redis.call('GET', combo_keys[e.combo])
         if current then
           local id, total = string.match(current, '^(.*)|(%d+)$')
           c = {id = id, total = tonumber(total)}
@@ -103,7 +108,7 @@ if #markers > 0 then
   redis.call('EXPIREAT', KEYS[FIRST_BUCKET], bucket_expire_at)
 end
 for key, c in pairs(combos) do
-  redis.call('SET', prefix .. 'combo:' .. key, c.id .. '|' .. c.total, 'PX', window_ms)
+  redis.call('SET', combo_keys[key], c.id .. '|' .. c.total, 'PX', window_ms)
 end
 local users = {}
 for user, _ in pairs(gifters) do users[#users + 1] = user end

@@ -330,9 +330,11 @@ class RoomStore:
         buckets, expire_at = rules.record_buckets(int(time.time()), s.idempotency_ttl_s)
         args: list[Any] = [keys.room_channel(room), s.room_history_events_max, new_epoch(), s.combo_window_ms]
         args += [expire_at, len(events)]
-        args += [announce_fields(dedupe_id, event) for dedupe_id, event in events]
+        fields = [announce_fields(dedupe_id, event) for dedupe_id, event in events]
+        combos = list(dict.fromkeys(c for f in fields if (c := f.rsplit("\t", 1)[1])))
+        args += fields
         args += [orjson.dumps(event) for _, event in events]
-        args.append(s.ended_room_ttl_s)
+        args += [s.ended_room_ttl_s, len(buckets), *combos]
         keys_ = [
             keys.room_meta(room),
             keys.room_history(room),
@@ -340,6 +342,7 @@ class RoomStore:
             keys.room_top(room),
             keys.room_goal(room),
             *(keys.room_announced(room, bucket) for bucket in buckets),
+            *(keys.room_combo(room, combo) for combo in combos),
         ]
         if client is not None:
             return client.evalsha(self.announce_script.sha, len(keys_), *keys_, *args)
