@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 
-from gifting import keys
+from gifting import clock, keys
 
 STREAM_FIELD = "g"  # the one field of a stream entry: the request as JSON
 
@@ -52,7 +51,7 @@ def _positive_int(value: object) -> bool:
 
 
 def new_request(**fields: Any) -> GiftRequest:
-    return GiftRequest(ts_ms=int(time.time() * 1000), **fields)
+    return GiftRequest(ts_ms=clock.now_ms(), **fields)
 
 
 async def enqueue(redis: Any, request: GiftRequest) -> None:

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from pathlib import Path
 from typing import Any
+
+import redis.asyncio as aioredis
 
 from gifting import keys
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
-from gifting.ledger.store import LedgerError
+from gifting.ledger.store import Ledger, LedgerError
 from gifting.payments import SANDBOX_DECLINED, SANDBOX_OK, Charge
-from tests.conftest import System, SystemFactory, gift_id
+from tests.conftest import System, SystemFactory, gift_id, make_settings
 
 
 class IdempotentProvider:
@@ -403,3 +406,26 @@ async def test_rejected_pledges_are_remembered_briefly(start_system: SystemFacto
         await system.grant("v1", 100)
     assert 0 < await system.redis.ttl(keys.pledge_record(ids["rejected"])) <= 600
     assert await system.redis.ttl(keys.pledge_record(ids["accepted"])) > 600
+
+
+async def waitaof_calls(redis: aioredis.Redis) -> int:
+    stats = await redis.info("commandstats")
+    return int(stats.get("cmdstat_waitaof", {}).get("calls", 0))
+
+
+async def test_every_ledger_write_is_durable_before_it_returns(redis: aioredis.Redis, tmp_path: Path) -> None:
+    """No caller has to remember durability: each ledger write waits for the AOF fsync itself (one WAITAOF), and
+    the writes of a group_commit block wait once, when it ends."""
+    ledger = Ledger(redis, make_settings(tmp_path))
+    record = {"bundle": "coins_65"}
+    before = await waitaof_calls(redis)
+    await ledger.purchase("v1", "v1:k1", "fp", "paid", record, 65)
+    await ledger.reverse("v1:k1", "refund")
+    await ledger.pool_op("pledge", "no-such-pool", gift_id(), "v1", 10, "v1")
+    assert await waitaof_calls(redis) == before + 3
+    async with ledger.group_commit():
+        await ledger.purchase("v1", "v1:k2", "fp", "paid", record, 65)
+        await ledger.purchase("v1", "v1:k3", "fp", "paid", record, 65)
+        assert await waitaof_calls(redis) == before + 3
+    assert await waitaof_calls(redis) == before + 4
+    assert (await run_audit(redis)).clean

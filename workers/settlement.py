@@ -26,7 +26,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
-from gifting import keys
+from gifting import clock, keys
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.gifts import GiftRequest
@@ -201,20 +201,19 @@ class SettlementWorker:
             return 0
         await self.ledger.durable(self.settings.waitaof_timeout_ms)
         resolved = 0
-        for withdrawal_id in page:
-            decision = await self._payout_decision(withdrawal_id)
-            if decision is None:
-                continue
-            mode, reason = decision
-            try:
-                await self.ledger.resolve_withdrawal(withdrawal_id, mode, reason)
-                resolved += 1
-                log.info("withdrawal %s: %s %s", withdrawal_id, mode, reason)
-            except LedgerError as exc:
-                log.info("withdrawal %s: %s", withdrawal_id, exc.message)
-            self._payout_retry.pop(withdrawal_id, None)
-        if resolved:
-            await self.ledger.durable(self.settings.waitaof_timeout_ms)
+        async with self.ledger.group_commit():  # one fsync for the page's posts and voids
+            for withdrawal_id in page:
+                decision = await self._payout_decision(withdrawal_id)
+                if decision is None:
+                    continue
+                mode, reason = decision
+                try:
+                    await self.ledger.resolve_withdrawal(withdrawal_id, mode, reason)
+                    resolved += 1
+                    log.info("withdrawal %s: %s %s", withdrawal_id, mode, reason)
+                except LedgerError as exc:
+                    log.info("withdrawal %s: %s", withdrawal_id, exc.message)
+                self._payout_retry.pop(withdrawal_id, None)
         return resolved
 
     async def _payout_page(self) -> list[str]:
@@ -232,7 +231,7 @@ class SettlementWorker:
         withdrawal = await self.ledger.withdrawal(withdrawal_id)
         if withdrawal is None or withdrawal["status"] != "pending":
             return None
-        if time.time() * 1000 >= withdrawal["deadline_ms"]:
+        if clock.now_ms() >= withdrawal["deadline_ms"]:
             return "void", "timeout"
         now = time.monotonic()
         ask_at, delay_s = self._payout_retry.get(withdrawal_id, (0.0, 0.0))
@@ -264,7 +263,7 @@ class SettlementWorker:
     async def sweep_room_ends(self) -> int:
         """Finish room ends interrupted (a crash) more than GIFTING_ROOM_END_RETRY_S ago: every step is safe to
         repeat (rooms.finish_end). Returns how many were finished."""
-        before_ms = int(time.time() * 1000) - self.settings.room_end_retry_s * 1000
+        before_ms = clock.now_ms() - self.settings.room_end_retry_s * 1000
         rooms = await self.redis.zrangebyscore(keys.ROOMS_ENDING, 0, before_ms, start=0, num=POOLS_PER_RUN_MAX)
         for room in rooms:
             try:
@@ -290,7 +289,7 @@ class SettlementWorker:
         now = time.monotonic()
         if now - self._last_heartbeat >= HEARTBEAT_INTERVAL_S:
             self._last_heartbeat = now
-            now_ms = int(time.time() * 1000)
+            now_ms = clock.now_ms()
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.zadd(keys.WORKER_HEARTBEATS, {self.consumer: now_ms})
                 pipe.zremrangebyscore(keys.WORKER_HEARTBEATS, 0, now_ms - 3600_000)
@@ -382,7 +381,6 @@ class SettlementWorker:
         status, reason, balance, _replay, pool = await self.ledger.pool_op(
             op.op, op.pool, op.pledge_id, op.sender, op.coins, op.sender_name
         )
-        await self.ledger.durable(self.settings.waitaof_timeout_ms)
         events: list[tuple[str, dict[str, Any]]] = []
         view = pool_view(pool) if pool else None
         closing = closing_event(view) if view is not None and op.op == "expire" else None
@@ -413,7 +411,7 @@ class SettlementWorker:
 
     async def sweep_pools(self) -> None:
         """Pools past their deadline get an `expire` operation through the stream (crash-safe, exactly once)."""
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.now_ms()
         due = await self.redis.zrangebyscore(keys.POOLS_OPEN, 0, now_ms, start=0, num=POOLS_PER_RUN_MAX)
         for pool_id in due:
             if self._expiring.get(pool_id, 0) > time.monotonic():
@@ -514,7 +512,7 @@ class SettlementWorker:
     async def dead_letter(self, entry_id: str, fields: dict[str, str], error: str) -> None:
         """Park an entry we cannot settle, with its error; never drop it silently."""
         log.error("settlement: entry %s to dead-letter stream: %s", entry_id, error)
-        record = {**fields, "entry_id": entry_id, "error": error[:1000], "ts": str(int(time.time() * 1000))}
+        record = {**fields, "entry_id": entry_id, "error": error[:1000], "ts": str(clock.now_ms())}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(keys.GIFTS_DEAD_LETTER, record)
             pipe.xack(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, entry_id)

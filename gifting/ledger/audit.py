@@ -15,14 +15,13 @@ Checks:
 from __future__ import annotations
 
 import copy
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from gifting import keys
+from gifting import clock, keys
 from gifting.ledger import rules
 
 CHUNK_ENTRIES = 200  # journal entries read per XRANGE (a settled batch is one entry of up to 2,000 gifts)
@@ -255,7 +254,7 @@ def _withdrawal_status(journal: _Journal, withdrawal: str) -> str | None:
 def _check_withdrawals(
     report: AuditReport, snapshot: _Journal, latest: _Journal, records: dict[str, tuple[str | None, str | None]]
 ) -> None:
-    now_ms = int(time.time() * 1000)
+    now_ms = clock.now_ms()
     for withdrawal, steps in latest.withdrawals.items():
         kinds = [k for k, _ in steps]
         if kinds[:1] != ["withdrawal_pending"] or len(steps) > 2 or kinds.count("withdrawal_pending") != 1:
@@ -283,7 +282,7 @@ def _check_pools(
     report: AuditReport, snapshot: _Journal, latest: _Journal, records: dict[str, tuple[str | None, str | None]]
 ) -> None:
     """Each pool closes at most once, for exactly what was pledged; what is still open is in escrow."""
-    now_ms = int(time.time() * 1000)
+    now_ms = clock.now_ms()
     for pool in set(latest.pledges) | set(latest.pool_closings):
         pledged, closings = latest.pledges.get(pool, 0), latest.pool_closings.get(pool, [])
         if len(closings) > 1:

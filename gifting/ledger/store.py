@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import AsyncIterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -19,6 +22,9 @@ from gifting.ledger import rules
 log = logging.getLogger(__name__)
 STATEMENT_PAGE_MAX = 200  # entries per statement page
 SPEND_LIMIT_ATTEMPTS_MAX = 20  # optimistic retries of a spend limit change (WATCH on the shared limits hash)
+# Set inside Ledger.group_commit(): the task's writes wait for durability once, when the block ends. Per task
+# (a context variable), because one Ledger serves every request of a web process at once.
+_GROUP_COMMIT: ContextVar[bool] = ContextVar("ledger_group_commit", default=False)
 POOL_ATTEMPTS_MAX = 20  # retries of a pool operation whose pool changed between its read and its script
 
 
@@ -170,6 +176,24 @@ class Ledger:
                     outcomes[gift_id] = rules.parse_gift_record(gift_id, record, replay=True)
         return outcomes
 
+    async def committed(self) -> None:
+        """Every write method ends here: its changes are fsynced (GIFTING_WAITAOF_TIMEOUT_MS) before it returns,
+        so no caller can announce or answer what Valkey could still lose. Inside group_commit() the wait is once,
+        at the end of the block."""
+        if not _GROUP_COMMIT.get():
+            await self.durable(self.settings.waitaof_timeout_ms)
+
+    @contextlib.asynccontextmanager
+    async def group_commit(self) -> AsyncIterator[None]:
+        """Several writes, one durability wait when the block ends without an error (WAITAOF covers every write
+        before it). Raises DurabilityError like each write would."""
+        token = _GROUP_COMMIT.set(True)
+        try:
+            yield
+        finally:
+            _GROUP_COMMIT.reset(token)
+        await self.committed()
+
     async def durable(self, timeout_ms: int) -> None:
         """Group commit: wait until everything written so far is fsynced to the AOF (WAITAOF 1 0)."""
         if self.waitaof_supported is False:
@@ -204,6 +228,7 @@ class Ledger:
             keys_, args = self._pool_call(op, pool_id, read, pledge_id, user, coins, name)
             status, reason, balance, replay, pool = await self._pool(keys=keys_, args=args)
             if status != "stale":
+                await self.committed()
                 return status, reason, int(balance), bool(int(replay)), (orjson.loads(pool) if pool else None)
         raise LedgerError("busy", f"pool {pool_id} changed concurrently too often; retry", 503)
 
@@ -294,6 +319,7 @@ class Ledger:
                 row,
             ],
         )
+        await self.committed()
         return orjson.loads(stored), stored_fp == fingerprint, bool(int(replay))
 
     async def purchase_record(self, purchase_id: str, owner: str | None = None) -> tuple[dict[str, Any], str] | None:
@@ -330,6 +356,7 @@ class Ledger:
         )
         if code != "ok":
             raise LedgerError(code, REVERSE_ERRORS.get(code, code))
+        await self.committed()
         return int(balance)
 
     # Withdrawals -------------------------------------------------------------------------------------------
@@ -353,6 +380,7 @@ class Ledger:
         )  # fmt: skip
         if code != "ok":
             raise LedgerError(code, WITHDRAW_ERRORS.get(code, code).format(detail=detail), 409)
+        await self.committed()
         withdrawal = await self.withdrawal(withdrawal_id)
         assert withdrawal is not None
         return withdrawal, detail == "replay"
@@ -375,6 +403,7 @@ class Ledger:
         )
         if code != "ok":
             raise LedgerError(code, f"withdrawal {withdrawal_id} is {status}, not pending")
+        await self.committed()
         withdrawal = await self.withdrawal(withdrawal_id)
         assert withdrawal is not None
         return withdrawal

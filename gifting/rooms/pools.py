@@ -7,18 +7,17 @@ crash guarantees: idempotent by pledge id, announced exactly once.
 from __future__ import annotations
 
 import secrets
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
 
-from gifting import keys
+from gifting import clock, keys
 from gifting.catalog.model import Catalog
 from gifting.config import Settings
 from gifting.ledger.store import Ledger
-from gifting.rooms.store import RoomError, RoomStore, durable_or_retry
+from gifting.rooms.store import RoomError, RoomStore, not_durable_is_retry
 
 POOL_FIELD = "p"  # the stream entry field of a pool operation (gifts use "g")
 
@@ -87,7 +86,7 @@ async def open_pool(
     if info.status != "live":
         raise RoomError("room_not_live", f"room {room!r} is not live", 409)
     pool_id = "p_" + secrets.token_hex(8)
-    deadline_ms = int(time.time() * 1000) + deadline_s * 1000
+    deadline_ms = clock.now_ms() + deadline_s * 1000
     record = {
         "id": pool_id, "room": room, "creator": info.creator, "gift": gift.id, "price": gift.coins,
         "bps": settings.creator_share_bps, "pledged": 0, "status": "open", "deadline_ms": deadline_ms,
@@ -131,11 +130,11 @@ async def cancel_pool(
         raise RoomError("unknown_pool", f"no pool {pool_id!r}", 404)
     if user not in (starter, creator) and not is_admin:
         raise RoomError("forbidden", "only the pool's opener, the room's creator or an admin cancels it", 403)
-    status, _reason, _balance, _replay, pool = await ledger.pool_op("cancel", pool_id)
+    async with not_durable_is_retry():  # announce only what is durable
+        status, _reason, _balance, _replay, pool = await ledger.pool_op("cancel", pool_id)
     if pool is None or pool["status"] != "cancelled":
         current = pool["status"] if pool else "gone"
         raise RoomError("pool_not_open", f"pool {pool_id!r} is {current}, not open", 409)
-    await durable_or_retry(ledger)  # announce only what is durable
     view = pool_view(pool)
     event = closing_event(view)
     assert event is not None

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import secrets
-import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -12,7 +13,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gifting import keys
+from gifting import clock, keys
 from gifting.clock import iso_week, utc_day
 from gifting.config import Settings
 from gifting.ledger import rules
@@ -115,13 +116,21 @@ return 1
 """
 
 
-async def durable_or_retry(ledger: Ledger) -> None:
-    """Wait for the AOF fsync of what was written; if it is not confirmed, a RoomError (503) asks the client to
+@contextlib.asynccontextmanager
+async def not_durable_is_retry() -> AsyncIterator[None]:
+    """A write whose AOF fsync is not confirmed (DurabilityError) becomes a RoomError (503) that asks the client to
     repeat the request, which redoes nothing and finishes what is left (every step before is idempotent)."""
     try:
-        await ledger.durable(ledger.settings.waitaof_timeout_ms)
+        yield
     except DurabilityError as exc:
         raise RoomError("not_durable", f"{exc}; the change is recorded: repeat the request to finish it", 503) from None
+
+
+async def durable_or_retry(ledger: Ledger) -> None:
+    """Wait for the AOF fsync of what was written (the room's own writes: the ledger's calls wait by themselves),
+    else not_durable_is_retry."""
+    async with not_durable_is_retry():
+        await ledger.durable(ledger.settings.waitaof_timeout_ms)
 
 
 def room_keys(room: str) -> list[str]:
@@ -142,7 +151,7 @@ class RoomStore:
 
     async def open(self, creator: str, creator_name: str, title: str) -> RoomInfo:
         room = new_room_id()
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.now_ms()
         meta = {
             "creator": creator,
             "creator_name": creator_name,
@@ -183,7 +192,7 @@ class RoomStore:
         the last, so an end interrupted by a crash is finished by the worker (GIFTING_ROOM_END_RETRY_S) or by
         ending the room again: every ended room gets its pools voided, its `room_ended` and its summary."""
         info = await self.get(room)  # room_not_found once its records expired: nothing to finish (or to make again)
-        now_ms = int(time.time() * 1000)
+        now_ms = clock.now_ms()
         ttl_s = self.settings.ended_room_ttl_s
         await self.redis.zadd(keys.ROOMS_ENDING, {room: now_ms}, nx=True)
         # First close the room to new pools and pledges (pool.lua checks the marker atomically), then void the
@@ -192,8 +201,9 @@ class RoomStore:
             pipe.hsetnx(keys.room_ended(room), "*", now_ms)
             pipe.expire(keys.room_ended(room), ttl_s)
             await pipe.execute()
-        for pool_id in sorted(await self.redis.smembers(keys.room_pools(room))):
-            await self.ledger.pool_op("void", pool_id)
+        async with not_durable_is_retry(), self.ledger.group_commit():
+            for pool_id in sorted(await self.redis.smembers(keys.room_pools(room))):
+                await self.ledger.pool_op("void", pool_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(keys.room_meta(room), "ended_at_ms", str(now_ms))
             pipe.hset(keys.room_meta(room), "status", "ended")
@@ -276,7 +286,7 @@ class RoomStore:
             key = keys.room_top(room)
         else:
             creator = (await self.get(room)).creator
-            now = int(time.time() * 1000)
+            now = clock.now_ms()
             bucket = {"day": utc_day(now), "week": iso_week(now), "all": ""}[period]
             key = keys.creator_top(creator, period, bucket)
         return await top_entries(self.redis, key, limit)
@@ -327,7 +337,7 @@ class RoomStore:
         one round trip, and has loaded the script: `announce_script`).
         """
         s = self.settings
-        buckets, expire_at = rules.record_buckets(int(time.time()), s.idempotency_ttl_s)
+        buckets, expire_at = rules.record_buckets(clock.now_ms() // 1000, s.idempotency_ttl_s)
         args: list[Any] = [keys.room_channel(room), s.room_history_events_max, new_epoch(), s.combo_window_ms]
         args += [expire_at, len(events)]
         fields = [announce_fields(dedupe_id, event) for dedupe_id, event in events]
@@ -352,7 +362,7 @@ class RoomStore:
         """The live session's totals: gifts, coins spent, diamonds earned, and duration."""
         info = await self.get(room)
         stats = await self.redis.hgetall(keys.room_stats(room))
-        end_ms = info.ended_at_ms or int(time.time() * 1000)
+        end_ms = info.ended_at_ms or clock.now_ms()
         return {
             "room": room,
             "creator": info.creator,

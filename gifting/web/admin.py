@@ -67,7 +67,6 @@ async def reverse_purchase(request: Request) -> Response:
         raise ApiError(404, "not_found", "expected /refund or /chargeback")
     ledger = request.app.state.ledger
     balance = await ledger.reverse(request.path_params["purchase"], mode)
-    await ledger.durable(request.app.state.settings.waitaof_timeout_ms)
     record, _ = await ledger.purchase_record(request.path_params["purchase"])
     return json_response({"purchase": record, "coins": balance})
 
@@ -80,7 +79,6 @@ async def resolve_withdrawal(request: Request) -> Response:
         raise ApiError(404, "not_found", "expected /post or /void")
     ledger = request.app.state.ledger
     withdrawal = await ledger.resolve_withdrawal(request.path_params["withdrawal"], action, "voided_by_admin")
-    await ledger.durable(request.app.state.settings.waitaof_timeout_ms)
     return json_response({"withdrawal": withdrawal})
 
 

@@ -109,7 +109,6 @@ async def purchase(request: Request) -> Response:
     stored, same, replay = await state.ledger.purchase(
         identity.user, purchase_id, fingerprint, charge.status, record, bundle.coins
     )
-    await state.ledger.durable(state.settings.waitaof_timeout_ms)
     return await _purchase_response(state, identity, stored, same, replay)
 
 
@@ -152,7 +151,6 @@ async def request_withdrawal(request: Request) -> Response:
         )
     except LedgerError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
-    await ledger.durable(request.app.state.settings.waitaof_timeout_ms)
     return json_response({"withdrawal": withdrawal, "replay": replay}, 200 if replay else 201)
 
 
