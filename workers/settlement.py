@@ -29,19 +29,19 @@ from redis.exceptions import ConnectionError, NoScriptError, ResponseError, Time
 from gifting import clock, keys
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
-from gifting.gifts import GiftRequest
+from gifting.gifts import GiftRequest, gift_result, room_event
 from gifting.ledger import rules
-from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
-from gifting.payments import Payout, PayoutProvider, SandboxPayouts
-from gifting.rooms.pools import POOL_FIELD, PoolOp, closing_event, pool_view
-from gifting.rooms.store import RoomError, RoomStore
+from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger
+from gifting.payments import PayoutProvider, SandboxPayouts
+from gifting.rooms.pools import POOL_FIELD, PoolOp, closing_event, pledge_result, pool_view
+from gifting.rooms.store import RoomStore
+from workers.payouts import Payouts
+from workers.pool_sweep import PoolSweeper
 
 log = logging.getLogger(__name__)
 
 BACKOFF_S_MAX = 5.0
 HEARTBEAT_INTERVAL_S = 1.0
-POOLS_PER_RUN_MAX = 100  # pools expired (and interrupted room ends finished) per housekeeping run
-EXPIRE_RETRY_S = 5.0  # an expiry enqueued but not yet done is enqueued again after this long
 Entry = tuple[str, dict[str, str]]
 
 # XACK and XDEL in one atomic step: an empty stream then means every entry went all the way through.
@@ -98,15 +98,13 @@ class SettlementWorker:
         self.redis = redis
         self.settings = settings
         self.housekeeping = housekeeping  # payouts and pool expiry: one loop per process is enough
-        self.payouts = payouts or SandboxPayouts()
         self._last_payout_run = 0.0
-        self._payout_offset = 0  # where the next page of pending withdrawals starts (wraps around)
-        self._payout_retry: dict[str, tuple[float, float]] = {}  # withdrawal id -> (ask again at, delay), monotonic s
-        self._expiring: dict[str, float] = {}  # pool id -> when to enqueue its expiry again (monotonic s)
         self.catalogs = CatalogStore(redis)
         self.consumer = consumer or default_consumer()
         self.ledger = Ledger(redis, settings)
         self.rooms = RoomStore(redis, settings)
+        self.payouts = Payouts(self.ledger, settings, payouts or SandboxPayouts())
+        self.pool_sweeper = PoolSweeper(redis, settings, self.rooms)
         self._last_heartbeat = 0.0
         self._last_claim = 0.0
         self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
@@ -185,95 +183,16 @@ class SettlementWorker:
         return False
 
     async def run_payouts(self) -> int:
-        """Send a page of pending withdrawals to the payout provider: post the paid, void the failed and the
-        timed out. Returns how many were resolved.
+        """A page of pending withdrawals to the payout provider (workers/payouts.py)."""
+        return await self.payouts.run()
 
-        Fair: each run takes the next page (GIFTING_PAYOUTS_PER_RUN_MAX, wrapping around), so every pending
-        withdrawal is reached, and one the provider keeps `processing` is asked again only after its own doubling
-        delay (up to GIFTING_PAYOUT_RETRY_S_MAX), so no creator's withdrawals hold back the others'. Durable first:
-        the page is fsynced (WAITAOF) before any of it reaches the provider, so a payout is never made for a debit
-        Valkey could still lose; if that wait fails, nothing is sent this run. The provider gets the withdrawal id
-        as its idempotency key. post/void are exactly-once in withdraw.lua, so two workers racing on one
-        withdrawal cannot both win.
-        """
-        page = await self._payout_page()
-        if not page:
-            return 0
-        await self.ledger.durable(self.settings.waitaof_timeout_ms)
-        resolved = 0
-        async with self.ledger.group_commit():  # one fsync for the page's posts and voids
-            for withdrawal_id in page:
-                decision = await self._payout_decision(withdrawal_id)
-                if decision is None:
-                    continue
-                mode, reason = decision
-                try:
-                    await self.ledger.resolve_withdrawal(withdrawal_id, mode, reason)
-                    resolved += 1
-                    log.info("withdrawal %s: %s %s", withdrawal_id, mode, reason)
-                except LedgerError as exc:
-                    log.info("withdrawal %s: %s", withdrawal_id, exc.message)
-                self._payout_retry.pop(withdrawal_id, None)
-        return resolved
-
-    async def _payout_page(self) -> list[str]:
-        """The next page of pending withdrawals by deadline; after the last page, the first again."""
-        size = self.settings.payouts_per_run_max
-        page = await self.ledger.pending_withdrawals(size, self._payout_offset)
-        self._payout_offset = self._payout_offset + size if len(page) == size else 0
-        now = time.monotonic()
-        retry_s_max = self.settings.payout_retry_s_max
-        self._payout_retry = {w: r for w, r in self._payout_retry.items() if r[0] > now - retry_s_max}  # bounded
-        return page
-
-    async def _payout_decision(self, withdrawal_id: str) -> tuple[str, str] | None:
-        """post or void (with a reason) a pending withdrawal, or None: not pending, processing, or waiting."""
-        withdrawal = await self.ledger.withdrawal(withdrawal_id)
-        if withdrawal is None or withdrawal["status"] != "pending":
-            return None
-        if clock.now_ms() >= withdrawal["deadline_ms"]:
-            return "void", "timeout"
-        now = time.monotonic()
-        ask_at, delay_s = self._payout_retry.get(withdrawal_id, (0.0, 0.0))
-        if ask_at > now:
-            return None
-        payout = await self._ask_provider(withdrawal)
-        if payout.status == "processing":
-            delay_s = min(max(2 * delay_s, self.settings.payout_interval_ms / 1000), self.settings.payout_retry_s_max)
-            self._payout_retry[withdrawal_id] = (now + delay_s, delay_s)
-            return None
-        return ("post", "") if payout.status == "paid" else ("void", payout.reason)
-
-    async def _ask_provider(self, withdrawal: dict[str, Any]) -> Payout:
-        """The provider's answer, bounded in time. A provider that hangs or fails is `processing`: asked again
-        after the backoff, with the same withdrawal id (its idempotency key), so an interrupted call that did pay
-        is answered `paid` then."""
-        withdrawal_id = withdrawal["withdrawal_id"]
-        call = self.payouts.payout(
-            withdrawal_id, withdrawal["user"], withdrawal["diamonds"], withdrawal["payout_account"]
-        )
-        try:
-            return await asyncio.wait_for(call, self.settings.payout_call_timeout_ms / 1000)
-        except TimeoutError:
-            log.warning("withdrawal %s: payout provider did not answer in time", withdrawal_id)
-        except Exception:  # the provider's own failure must not stop settlement; it is retried
-            log.exception("withdrawal %s: payout provider failed", withdrawal_id)
-        return Payout("processing")
+    async def sweep_pools(self) -> None:
+        """Enqueue the expiry of pools past their deadline (workers/pool_sweep.py)."""
+        await self.pool_sweeper.sweep_pools()
 
     async def sweep_room_ends(self) -> int:
-        """Finish room ends interrupted (a crash) more than GIFTING_ROOM_END_RETRY_S ago: every step is safe to
-        repeat (rooms.finish_end). Returns how many were finished."""
-        before_ms = clock.now_ms() - self.settings.room_end_retry_s * 1000
-        rooms = await self.redis.zrangebyscore(keys.ROOMS_ENDING, 0, before_ms, start=0, num=POOLS_PER_RUN_MAX)
-        for room in rooms:
-            try:
-                await self.rooms.finish_end(room)
-                log.info("room %s: finished its interrupted end", room)
-            except RoomError as exc:
-                log.warning("room %s: cannot finish its end yet: %s", room, exc.message)
-                if exc.code == "room_not_found":  # its records expired: nothing is left to finish
-                    await self.redis.zrem(keys.ROOMS_ENDING, room)
-        return len(rooms)
+        """Finish room ends interrupted by a crash (workers/pool_sweep.py)."""
+        return await self.pool_sweeper.sweep_room_ends()
 
     async def prune_consumers(self) -> int:
         """Remove consumers of the group left behind by stopped processes (idle, nothing pending)."""
@@ -399,27 +318,9 @@ class SettlementWorker:
             if events and view is not None:
                 await self.rooms.announce(view["room"], events, client=pipe)
             if op.op == "pledge" and op.hub:
-                result = {"type": "pledge_result", "pledge_id": op.pledge_id, "pool": view, "coins": balance}
-                if status == "conflict":
-                    message = "pledge_id was already used for a different pledge; use a new one"
-                    result = {"type": "error", "code": "pledge_id_conflict", "pledge_id": op.pledge_id}
-                    result["message"] = message
-                else:
-                    result |= {"status": status, "reason": reason or None}
+                result = pledge_result(op, status, reason, balance, view)
                 pipe.publish(keys.hub_channel(op.hub), orjson.dumps([{**result, "req": op.req}]))
             await pipe.execute()
-
-    async def sweep_pools(self) -> None:
-        """Pools past their deadline get an `expire` operation through the stream (crash-safe, exactly once)."""
-        now_ms = clock.now_ms()
-        due = await self.redis.zrangebyscore(keys.POOLS_OPEN, 0, now_ms, start=0, num=POOLS_PER_RUN_MAX)
-        for pool_id in due:
-            if self._expiring.get(pool_id, 0) > time.monotonic():
-                continue
-            self._expiring[pool_id] = time.monotonic() + EXPIRE_RETRY_S
-            await self.redis.xadd(keys.GIFTS_STREAM, PoolOp(op="expire", pool=pool_id).to_entry())
-        for pool_id in [p for p, t in self._expiring.items() if t < time.monotonic()]:
-            del self._expiring[pool_id]
 
     async def settle(self, requests: list[GiftRequest]) -> list[rules.GiftOutcome]:
         rooms = await self._room_states({r.room for r in requests})
@@ -481,7 +382,7 @@ class SettlementWorker:
         events_by_room: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         results_by_hub: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for request, settled, outcome in zip(requests, batch, outcomes, strict=True):
-            results_by_hub[request.hub].append({**result_message(outcome), "req": request.req})
+            results_by_hub[request.hub].append({**gift_result(outcome), "req": request.req})
             if outcome.settled:
                 events_by_room[request.room].append((request.gift_id, room_event(request, settled, outcome)))
         names = {r.sender: r.sender_name for r, o in zip(requests, outcomes, strict=True) if o.settled}
@@ -545,36 +446,3 @@ def script_failed(exc: ResponseError) -> bool:
     """A script ran and failed on its input (a poison entry). Not NOSCRIPT: after a Valkey restart the scripts
     are simply gone; the run loop loads them again and the entries settle then, never the dead-letter stream."""
     return "script" in str(exc).lower() and not isinstance(exc, NoScriptError)
-
-
-def room_event(request: GiftRequest, settled: GiftToSettle, outcome: rules.GiftOutcome) -> dict[str, Any]:
-    """A settled gift as the room sees it (announce.lua adds the offset). `diamonds` goes to the creator only."""
-    return {
-        "kind": "gift",
-        "gift_id": request.gift_id,
-        "gift": request.gift,
-        "count": request.count,
-        "coins": settled.coins,
-        "diamonds": settled.diamonds,
-        "sender": request.sender,
-        "sender_name": request.sender_name,
-        "level": rules.level_for(outcome.lifetime_spent),
-        "ts": request.ts_ms,
-    }
-
-
-def result_message(outcome: rules.GiftOutcome) -> dict[str, Any]:
-    if outcome.status == "conflict":
-        return {
-            "type": "error",
-            "code": "gift_id_conflict",
-            "message": "gift_id was already used for a different gift; use a new gift_id",
-            "gift_id": outcome.gift_id,
-        }
-    return {
-        "type": "gift_result",
-        "gift_id": outcome.gift_id,
-        "status": outcome.status,
-        "reason": outcome.reason or None,
-        "coins": outcome.coins,
-    }

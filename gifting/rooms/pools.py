@@ -151,3 +151,12 @@ async def room_pools(redis: aioredis.Redis, room: str) -> list[dict[str, Any]]:
     """The room's open pools (for the join snapshot)."""
     pools = [await get_pool(redis, pid) for pid in await redis.smembers(keys.room_pools(room))]
     return sorted((p for p in pools if p and p["status"] == "open"), key=lambda p: p["deadline_ms"])
+
+
+def pledge_result(op: PoolOp, status: str, reason: str, balance: int, view: dict[str, Any] | None) -> dict[str, Any]:
+    """What the pledger is told: the outcome and the pool, or an error for a pledge id reused with other fields."""
+    if status == "conflict":
+        message = "pledge_id was already used for a different pledge; use a new one"
+        return {"type": "error", "code": "pledge_id_conflict", "pledge_id": op.pledge_id, "message": message}
+    result = {"type": "pledge_result", "pledge_id": op.pledge_id, "pool": view, "coins": balance}
+    return result | {"status": status, "reason": reason or None}
