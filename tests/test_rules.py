@@ -9,8 +9,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gifting import keys
+from gifting.catalog.model import Gift
 from gifting.ledger import rules
 from gifting.ledger.rules import JournalError, Leg
+from gifting.wire.reasons import RejectReason
 
 
 def net_by_ledger(legs: list[Leg]) -> dict[str, dict[str, int]]:
@@ -215,4 +217,64 @@ def test_gift_journal_row_reads_back_as_the_gift_legs(coins: int, bps: int, coun
     assert (
         rules.parse_statement_row(0, rules.statement_row(5, "gift_sent", "coins", -coins, "u:c1", "g-1"))["amount"]
         == -coins
+    )
+
+
+def test_every_transfer_kind_has_its_legs_here_and_they_balance() -> None:
+    """Refund/chargeback, the three withdrawal phases, a pledge, its return and a pool's completion: each ledger
+    nets 0, and each kind moves exactly the amounts the scripts used to spell out themselves."""
+    split = rules.split_gift(1001, 5000)
+    chains = {
+        "reversal": rules.reversal_legs("v", 65),
+        "withdrawal pending": rules.withdrawal_legs("pending", "c", 500),
+        "withdrawal posted": rules.withdrawal_legs("posted", "c", 500),
+        "withdrawal voided": rules.withdrawal_legs("voided", "c", 500),
+        "pledge": rules.pledge_legs("v", 300),
+        "pledge returned": rules.pledge_return_legs("v", 300),
+        "pool completed": rules.pool_completion_legs("c", split),
+    }
+    for kind, legs in chains.items():
+        assert legs and all(leg.amount > 0 for leg in legs), kind
+        assert all(sum(accounts.values()) == 0 for accounts in net_by_ledger(legs).values()), kind
+    assert rules.encode_legs(chains["reversal"]) == "coins u:v sys:coin_issuance 65"
+    assert rules.encode_legs(chains["withdrawal voided"]) == "diamonds sys:payout_clearing u:c 500"
+    assert rules.encode_legs(chains["pool completed"]) == (
+        "coins sys:pool_escrow sys:platform_revenue 501|coins sys:pool_escrow sys:creator_earnings 500"
+        "|diamonds sys:diamond_issuance u:c 500"
+    )
+    pending_then_posted = net_by_ledger(chains["withdrawal pending"] + chains["withdrawal posted"])["diamonds"]
+    assert dict(pending_then_posted) == {"u:c": -500, keys.SYS_PAYOUT_CLEARING: 0, keys.SYS_DIAMONDS_PAID_OUT: 500}
+    pledged_then_returned = net_by_ledger(chains["pledge"] + chains["pledge returned"])["coins"]
+    assert set(pledged_then_returned.values()) == {0}
+
+
+def test_a_pool_completed_at_zero_share_pays_no_diamonds() -> None:
+    """At 0 % creator share a completed pool has one leg (all to the platform), as a gift does."""
+    legs = rules.pool_completion_legs("c", rules.split_gift(100, 0))
+    assert legs == [Leg("coins", keys.SYS_POOL_ESCROW, keys.SYS_PLATFORM_REVENUE, 100)]
+
+
+ROSE = Gift("rose", "Rose", 1, "rose.svg", "basic")
+
+
+@pytest.mark.parametrize(
+    ("gift", "price", "room_status", "creator", "reason"),
+    [
+        (None, None, "live", "c", RejectReason.UNKNOWN_GIFT),
+        (Gift("rose", "Rose", 1, "rose.svg", "basic", retired=True), None, "live", "c", RejectReason.GIFT_RETIRED),
+        (ROSE, 2, "live", "c", RejectReason.PRICE_CHANGED),
+        (ROSE, None, None, "", RejectReason.ROOM_NOT_LIVE),
+        (ROSE, None, "ended", "c", RejectReason.ROOM_NOT_LIVE),
+        (ROSE, 1, "live", "v", RejectReason.SELF_GIFT),
+        (ROSE, 1, "live", "c", None),
+        (ROSE, None, "live", "c", None),
+    ],
+)
+def test_gift_reject_decides_before_the_ledger_in_a_fixed_order(
+    gift: Gift | None, price: int | None, room_status: str | None, creator: str, reason: RejectReason | None
+) -> None:
+    """The pre-ledger rules, in order: known gift, not retired, price as shown, room live, not a self-gift."""
+    assert rules.gift_reject(gift, price, room_status, creator, "v") == reason
+    assert rules.catalog_reject(gift) == (
+        reason if reason in (RejectReason.UNKNOWN_GIFT, RejectReason.GIFT_RETIRED) else None
     )
