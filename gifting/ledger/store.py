@@ -17,6 +17,7 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 from gifting import keys
 from gifting.clock import hour_number, now_ms, utc_day
 from gifting.config import Settings
+from gifting.errors import GiftingError
 from gifting.ledger import rules
 
 log = logging.getLogger(__name__)
@@ -86,12 +87,13 @@ class DurabilityError(RuntimeError):
     """Valkey did not confirm the AOF fsync in time: nothing may be announced yet."""
 
 
-class LedgerError(Exception):
-    """A ledger operation was refused; `code` goes on the wire, nothing moved."""
+class LedgerError(GiftingError):
+    """A ledger operation was refused; `code` goes on the wire, nothing moved. `status` is kept until the web
+    layer maps codes to statuses in one table."""
 
     def __init__(self, code: str, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+        super().__init__(code, message)
+        self.status = status
 
 
 class Ledger:

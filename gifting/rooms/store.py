@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from gifting import clock, keys
 from gifting.clock import iso_week, utc_day
 from gifting.config import Settings
+from gifting.errors import GiftingError
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, Ledger
 
@@ -23,10 +24,12 @@ SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
 SUMMARY_TTL_S = 90 * 86400  # a room's own summary; the creator's session list keeps it longer
 
 
-class RoomError(Exception):
+class RoomError(GiftingError):
+    """A room request was refused. `status` is kept until the web layer maps codes to statuses in one table."""
+
     def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+        super().__init__(code, message)
+        self.status = status
 
 
 @dataclass(frozen=True, slots=True)
