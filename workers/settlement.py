@@ -31,7 +31,7 @@ from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.gifts import GiftRequest, gift_result, room_event
 from gifting.ledger import rules
-from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger
+from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
 from gifting.payments import PayoutProvider, SandboxPayouts
 from gifting.rooms.pools import POOL_FIELD, PoolOp, closing_event, pledge_result, pool_view
 from gifting.rooms.store import RoomStore
@@ -152,8 +152,9 @@ class SettlementWorker:
                     await self.prune_consumers()
                 await self.step(pending=False)
                 backoff_s = 0.1
-            except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError) as exc:
+            except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError, LedgerError) as exc:
                 # Nothing of the batch was announced or acked: it stays pending and is settled (idempotently) again.
+                # (LedgerError: a pool that kept changing under its pledge, `busy`.)
                 log.warning("settlement: %s; retrying in %.1f s", exc, backoff_s)
                 own_pending = True
                 await asyncio.sleep(backoff_s)
