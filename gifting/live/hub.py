@@ -44,7 +44,7 @@ from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE
 from gifting.revocations import Revocations
 from gifting.rooms.pools import PoolOp, room_pools
 from gifting.rooms.store import RoomStore, announced_events, history_events, top_entries
-from gifting.wire import protocol
+from gifting.wire import framing, protocol
 from gifting.wire.protocol import Codec, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ class Encoded:
     @classmethod
     def of(cls, message: dict[str, Any], codec: Codec) -> Encoded:
         data = protocol.encode(message, codec)
-        return cls(data, protocol.ws_frame(data))
+        return cls(data, framing.ws_frame(data))
 
 
 @dataclass(eq=False, slots=True)
