@@ -325,12 +325,6 @@ def test_encode_json_is_text_and_msgpack_is_bytes() -> None:
     assert isinstance(data, bytes) and protocol.decode_frame(data, Codec.MSGPACK) == message
 
 
-def test_error_message_shape() -> None:
-    """error() carries type, code and message, and ref only when given."""
-    assert protocol.error("bad_count", "no") == {"type": "error", "code": "bad_count", "message": "no"}
-    assert protocol.error("bad_count", "no", "r")["ref"] == "r"
-
-
 def test_for_viewers_drops_creator_only_fields_without_mutating() -> None:
     """Viewers' copy of an event has no diamonds; the creator's original is untouched."""
     event = {"kind": "gift", "coins": 10, "diamonds": 5, "offset": 1}

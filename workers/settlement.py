@@ -35,6 +35,7 @@ from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerEr
 from gifting.payments import Payout, PayoutProvider, SandboxPayouts
 from gifting.rooms.pools import POOL_FIELD, PoolOp, closing_event, pool_view
 from gifting.rooms.store import RoomError, RoomStore
+from gifting.wire.messages import Error, GiftEvent, GiftResult, PledgeResult, PoolCompleted, PoolProgress
 
 log = logging.getLogger(__name__)
 
@@ -391,23 +392,19 @@ class SettlementWorker:
             # pool, then died before announcing) announces it; announce.lua keeps it once.
             events.append(closing)
         if view is not None and op.op == "pledge" and status == "accepted":
-            events.append((f"pledge:{op.pledge_id}", {"kind": "pool_progress", "pool": view}))
+            events.append((f"pledge:{op.pledge_id}", PoolProgress(view).to_dict()))
             if view["status"] == "completed":
                 split = rules.split_gift(view["price"], int(pool["bps"]))  # type: ignore[index]
-                completed = {"kind": "pool_completed", "pool": view, "gift": view["gift"], "count": 1}
-                completed |= {"coins": split.coins, "diamonds": split.diamonds}
+                completed = PoolCompleted(view, view["gift"], 1, split.coins, split.diamonds).to_dict()
                 events.append((f"pool:{op.pool}:completed", completed))
         async with self.redis.pipeline(transaction=False) as pipe:
             if events and view is not None:
                 await self.rooms.announce(view["room"], events, client=pipe)
             if op.op == "pledge" and op.hub:
-                result = {"type": "pledge_result", "pledge_id": op.pledge_id, "pool": view, "coins": balance}
+                result = PledgeResult(op.pledge_id, status, reason or None, True, view, balance).to_dict()
                 if status == "conflict":
                     message = "pledge_id was already used for a different pledge; use a new one"
-                    result = {"type": "error", "code": "pledge_id_conflict", "pledge_id": op.pledge_id}
-                    result["message"] = message
-                else:
-                    result |= {"status": status, "reason": reason or None}
+                    result = Error("pledge_id_conflict", message, pledge_id=op.pledge_id).to_dict()
                 pipe.publish(keys.hub_channel(op.hub), orjson.dumps([{**result, "req": op.req}]))
             await pipe.execute()
 
@@ -560,32 +557,21 @@ def script_failed(exc: ResponseError) -> bool:
 
 def room_event(request: GiftRequest, settled: GiftToSettle, outcome: rules.GiftOutcome) -> dict[str, Any]:
     """A settled gift as the room sees it (announce.lua adds the offset). `diamonds` goes to the creator only."""
-    return {
-        "kind": "gift",
-        "gift_id": request.gift_id,
-        "gift": request.gift,
-        "count": request.count,
-        "coins": settled.coins,
-        "diamonds": settled.diamonds,
-        "sender": request.sender,
-        "sender_name": request.sender_name,
-        "level": rules.level_for(outcome.lifetime_spent),
-        "ts": request.ts_ms,
-    }
+    return GiftEvent(
+        gift_id=request.gift_id,
+        gift=request.gift,
+        count=request.count,
+        coins=settled.coins,
+        diamonds=settled.diamonds,
+        sender=request.sender,
+        sender_name=request.sender_name,
+        level=rules.level_for(outcome.lifetime_spent),
+        ts=request.ts_ms,
+    ).to_dict()
 
 
 def result_message(outcome: rules.GiftOutcome) -> dict[str, Any]:
     if outcome.status == "conflict":
-        return {
-            "type": "error",
-            "code": "gift_id_conflict",
-            "message": "gift_id was already used for a different gift; use a new gift_id",
-            "gift_id": outcome.gift_id,
-        }
-    return {
-        "type": "gift_result",
-        "gift_id": outcome.gift_id,
-        "status": outcome.status,
-        "reason": outcome.reason or None,
-        "coins": outcome.coins,
-    }
+        message = "gift_id was already used for a different gift; use a new gift_id"
+        return Error("gift_id_conflict", message, gift_id=outcome.gift_id).to_dict()
+    return GiftResult(outcome.gift_id, outcome.status, outcome.reason or None, outcome.coins).to_dict()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gifting.wire.messages import TickSummary
 from gifting.wire.protocol import for_viewers
 
 Event = dict[str, Any]
@@ -114,11 +115,9 @@ def _cap(entries: list[Event], big_gift_coins: int, frame_events_max: int) -> tu
     keep = set(ranked[: frame_events_max - 1])  # one place for the summary
     dropped = [entries[i] for i in range(len(entries)) if i not in keep and entries[i].get("kind") == "gift"]
     kept = [entries[i] for i in sorted(keep)]
-    summary = {
-        "kind": "tick_summary",
-        "gifts": sum(e.get("merged", 1) for e in dropped),
-        "coins": sum(e.get("coins", 0) for e in dropped),
-    }
+    summary = TickSummary(
+        gifts=sum(e.get("merged", 1) for e in dropped), coins=sum(e.get("coins", 0) for e in dropped)
+    ).to_dict()
     own: dict[str, list[str]] = {}
     for entry in dropped:
         own.setdefault(entry.get("sender", ""), []).extend(entry.get("gift_ids", [entry["gift_id"]]))

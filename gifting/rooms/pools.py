@@ -19,6 +19,7 @@ from gifting.catalog.model import Catalog
 from gifting.config import Settings
 from gifting.ledger.store import Ledger
 from gifting.rooms.store import RoomError, RoomStore, durable_or_retry
+from gifting.wire.messages import POOL_CLOSED_KINDS, PoolClosed, PoolProgress
 
 POOL_FIELD = "p"  # the stream entry field of a pool operation (gifts use "g")
 
@@ -99,7 +100,7 @@ async def open_pool(
     if reason or opened is None:
         raise RoomError(reason, OPEN_REFUSALS[reason].format(s=settings, room=room), 409)
     view = pool_view(opened)
-    await rooms.announce(room, [(f"pool:{pool_id}:opened", {"kind": "pool_progress", "pool": view})])
+    await rooms.announce(room, [(f"pool:{pool_id}:opened", PoolProgress(view).to_dict())])
     return view
 
 
@@ -109,14 +110,13 @@ OPEN_REFUSALS = {
     "too_many_open_pools": "one user may have {s.pools_per_user_max} open pools; cancel yours or wait for it",
     "pool_opener_coins": "opening a pool takes at least {s.pool_open_coins_min} coins in the wallet",
 }
-CLOSED_EVENTS = {"expired": "pool_expired", "cancelled": "pool_cancelled", "voided": "pool_voided"}
 
 
 def closing_event(view: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """The room event of a pool voided for good (expired, cancelled, or voided at its room's end), derived from
     its durable status, so whoever sees the status announces it (announce.lua keeps it once per pool)."""
-    kind = CLOSED_EVENTS.get(view["status"])
-    return (f"pool:{view['id']}:{view['status']}", {"kind": kind, "pool": view}) if kind else None
+    kind = POOL_CLOSED_KINDS.get(view["status"])
+    return (f"pool:{view['id']}:{view['status']}", PoolClosed(kind, view).to_dict()) if kind else None
 
 
 async def cancel_pool(

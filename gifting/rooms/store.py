@@ -16,6 +16,7 @@ from gifting import keys
 from gifting.config import Settings
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, Ledger, iso_week, utc_day
+from gifting.wire.messages import GoalProgress, RoomEnded, StreamSummary
 
 SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
 SUMMARY_TTL_S = 90 * 86400  # a room's own summary; the creator's session list keeps it longer
@@ -222,8 +223,8 @@ class RoomStore:
             event = closing_event(pool_view(raw)) if raw else None
             if event is not None:
                 events.append(event)
-        events.append(("room_ended:" + room, {"kind": "room_ended", "ts": summary["ended_at_ms"]}))
-        events.append(("summary:" + room, {"kind": "stream_summary", "summary": summary}))
+        events.append(("room_ended:" + room, RoomEnded(summary["ended_at_ms"]).to_dict()))
+        events.append(("summary:" + room, StreamSummary(summary).to_dict()))
         return events
 
     async def set_goal(self, room: str, user: str, gift: str | None, target: int) -> dict[str, Any]:
@@ -244,7 +245,7 @@ class RoomStore:
         flat = [str(x) for pair in goal.items() for x in pair]
         if not await self._set_goal(keys=[keys.room_goal(room)], args=flat):
             raise RoomError("goal_active", "a goal is already active; cancel it or wait until it completes", 409)
-        await self.announce(room, [(f"goal:{goal['id']}", {"kind": "goal_progress", "goal": goal})])
+        await self.announce(room, [(f"goal:{goal['id']}", GoalProgress(goal).to_dict())])
         return goal
 
     async def cancel_goal(self, room: str, user: str) -> dict[str, Any]:
@@ -256,7 +257,7 @@ class RoomStore:
             raise RoomError("no_active_goal", "the room has no active goal", 409)
         await self.redis.hset(keys.room_goal(room), "status", "cancelled")
         goal["status"] = "cancelled"
-        await self.announce(room, [(f"goal:{goal['id']}:cancelled", {"kind": "goal_progress", "goal": goal})])
+        await self.announce(room, [(f"goal:{goal['id']}:cancelled", GoalProgress(goal).to_dict())])
         return goal
 
     async def goal(self, room: str) -> dict[str, Any] | None:

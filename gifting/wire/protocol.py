@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import msgpack
 import orjson
+
+from gifting.errors import GiftingError
+from gifting.wire.messages import ClientMessage as ClientMessage
+from gifting.wire.messages import Join as Join
+from gifting.wire.messages import Leave as Leave
+from gifting.wire.messages import Ping as Ping
+from gifting.wire.messages import Pledge as Pledge
+from gifting.wire.messages import SendGift as SendGift
+from gifting.wire.messages import Since as Since
+from gifting.wire.messages import StartPool as StartPool
 
 ROOM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 EPOCH_PATTERN = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -37,67 +46,14 @@ class Codec(Enum):
         return None
 
 
-class ProtocolError(Exception):
-    """A client message we cannot accept. `code` goes on the wire in an `error` message."""
+class ProtocolError(GiftingError):
+    """A client message we cannot accept. `code` goes on the wire in an `error` message, with the message's `ref`."""
 
     def __init__(self, code: str, message: str, ref: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.ref = ref
 
 
-@dataclass(frozen=True, slots=True)
-class Since:
-    epoch: str
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class Join:
-    room: str
-    since: Since | None = None
-    ref: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Leave:
-    room: str
-    ref: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SendGift:
-    room: str
-    gift: str
-    count: int
-    gift_id: str
-    price: int | None = None  # coins per gift as the viewer saw it; settlement rejects if it changed
-    ref: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StartPool:
-    room: str
-    gift: str
-    deadline_s: int
-    ref: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Pledge:
-    pool: str
-    coins: int
-    pledge_id: str
-    ref: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    ref: str | None = None
-
-
-ClientMessage = Join | Leave | SendGift | StartPool | Pledge | Ping
 POOL_ID_PATTERN = re.compile(r"p_[0-9a-f]{16}")
 PLEDGE_COINS_MAX = 10_000_000
 
@@ -218,21 +174,11 @@ def _since(value: object, ref: str | None) -> Since | None:
 
 
 def encode(message: dict[str, Any], codec: Codec) -> str | bytes:
-    """A server message -> what goes on the wire: str (a text frame) for JSON, bytes for msgpack."""
+    """A server message (`ServerMessage.to_dict()`) -> what goes on the wire: str (a text frame) for JSON, bytes
+    for msgpack."""
     if codec is Codec.MSGPACK:
         return msgpack.packb(message, use_bin_type=True)
     return orjson.dumps(message).decode()
-
-
-def error(code: str, message: str, ref: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if ref is not None:
-        out["ref"] = ref
-    return out
-
-
-def events_frame(room: str, events: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "events", "room": room, "events": events}
 
 
 # Fields of a room event that only the room's creator receives.
