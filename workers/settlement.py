@@ -29,6 +29,7 @@ from redis.exceptions import ConnectionError, NoScriptError, ResponseError, Time
 from gifting import keys
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
+from gifting.errors import ScriptFailed
 from gifting.gifts import GiftRequest
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
@@ -552,7 +553,7 @@ class SettlementWorker:
 def script_failed(exc: ResponseError) -> bool:
     """A script ran and failed on its input (a poison entry). Not NOSCRIPT: after a Valkey restart the scripts
     are simply gone; the run loop loads them again and the entries settle then, never the dead-letter stream."""
-    return "script" in str(exc).lower() and not isinstance(exc, NoScriptError)
+    return ScriptFailed.parse(str(exc)) is not None and not isinstance(exc, NoScriptError)
 
 
 def room_event(request: GiftRequest, settled: GiftToSettle, outcome: rules.GiftOutcome) -> dict[str, Any]:

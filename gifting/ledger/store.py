@@ -15,6 +15,7 @@ from redis.exceptions import NoScriptError, ResponseError, WatchError
 
 from gifting import keys
 from gifting.config import Settings
+from gifting.errors import GiftingError
 from gifting.ledger import rules
 
 log = logging.getLogger(__name__)
@@ -93,12 +94,8 @@ class DurabilityError(RuntimeError):
     """Valkey did not confirm the AOF fsync in time: nothing may be announced yet."""
 
 
-class LedgerError(Exception):
-    """A ledger operation was refused; `code` goes on the wire, nothing moved."""
-
-    def __init__(self, code: str, message: str, status: int = 409) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+class LedgerError(GiftingError):
+    """A ledger operation was refused; `code` goes on the wire (HTTP status: gifting/web/http.py), nothing moved."""
 
 
 class Ledger:
@@ -274,7 +271,7 @@ class Ledger:
         assert mode in ("refund", "chargeback")
         user_account = await self.redis.hget(keys.purchase_record(purchase_id), "user")
         if user_account is None:
-            raise LedgerError("unknown_purchase", f"no purchase {purchase_id!r}", 404)
+            raise LedgerError("unknown_purchase", f"no purchase {purchase_id!r}")
         code, balance = await self._reverse(
             keys=[
                 keys.LEDGER_COINS,
@@ -305,7 +302,7 @@ class Ledger:
             ],
         )  # fmt: skip
         if code != "ok":
-            raise LedgerError(code, WITHDRAW_ERRORS.get(code, code).format(detail=detail), 409)
+            raise LedgerError(code, WITHDRAW_ERRORS.get(code, code).format(detail=detail))
         withdrawal = await self.withdrawal(withdrawal_id)
         assert withdrawal is not None
         return withdrawal, detail == "replay"
@@ -315,7 +312,7 @@ class Ledger:
         assert mode in ("post", "void")
         user_account = await self.redis.hget(keys.withdrawal(withdrawal_id), "user")
         if user_account is None:
-            raise LedgerError("unknown_withdrawal", f"no withdrawal {withdrawal_id!r}", 404)
+            raise LedgerError("unknown_withdrawal", f"no withdrawal {withdrawal_id!r}")
         user = user_account.removeprefix("u:")
         code, status, _ = await self._withdraw(
             keys=self._withdraw_keys(user, withdrawal_id, utc_day(now_ms())),
@@ -416,7 +413,7 @@ class Ledger:
                     return
                 except WatchError:
                     continue
-        raise LedgerError("busy", "the spend limit changed concurrently too often; retry", 503)
+        raise LedgerError("busy", "the spend limit changed concurrently too often; retry")
 
     async def spend_limit(self, user: str) -> dict[str, Any]:
         now = now_ms()

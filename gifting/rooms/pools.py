@@ -86,7 +86,7 @@ async def open_pool(
         raise RoomError("bad_deadline", f"deadline_s: expected an integer in {low}..{high}")
     info = await rooms.get(room)
     if info.status != "live":
-        raise RoomError("room_not_live", f"room {room!r} is not live", 409)
+        raise RoomError("room_not_live", f"room {room!r} is not live")
     pool_id = "p_" + secrets.token_hex(8)
     deadline_ms = int(time.time() * 1000) + deadline_s * 1000
     record = {
@@ -98,7 +98,7 @@ async def open_pool(
     # cannot pass a cap together and no pool opens in a room whose end has begun.
     reason, opened = await Ledger(redis, settings).pool_open(room, starter, record)
     if reason or opened is None:
-        raise RoomError(reason, OPEN_REFUSALS[reason].format(s=settings, room=room), 409)
+        raise RoomError(reason, OPEN_REFUSALS[reason].format(s=settings, room=room))
     view = pool_view(opened)
     await rooms.announce(room, [(f"pool:{pool_id}:opened", PoolProgress(view).to_dict())])
     return view
@@ -128,13 +128,13 @@ async def cancel_pool(
     between the ledger step and the announcement); announce.lua keeps it once."""
     starter, creator, status = await redis.hmget(keys.pool(pool_id), "starter", "creator", "status")
     if status is None:
-        raise RoomError("unknown_pool", f"no pool {pool_id!r}", 404)
+        raise RoomError("unknown_pool", f"no pool {pool_id!r}")
     if user not in (starter, creator) and not is_admin:
-        raise RoomError("forbidden", "only the pool's opener, the room's creator or an admin cancels it", 403)
+        raise RoomError("forbidden", "only the pool's opener, the room's creator or an admin cancels it")
     status, _reason, _balance, _replay, pool = await ledger.pool_op("cancel", pool_id)
     if pool is None or pool["status"] != "cancelled":
         current = pool["status"] if pool else "gone"
-        raise RoomError("pool_not_open", f"pool {pool_id!r} is {current}, not open", 409)
+        raise RoomError("pool_not_open", f"pool {pool_id!r} is {current}, not open")
     await durable_or_retry(ledger)  # announce only what is durable
     view = pool_view(pool)
     event = closing_event(view)

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 
 from gifting import keys
 from gifting.config import Settings
+from gifting.errors import GiftingError
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, Ledger, iso_week, utc_day
 from gifting.wire.messages import GoalProgress, RoomEnded, StreamSummary
@@ -22,10 +23,8 @@ SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
 SUMMARY_TTL_S = 90 * 86400  # a room's own summary; the creator's session list keeps it longer
 
 
-class RoomError(Exception):
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.code, self.message, self.status = code, message, status
+class RoomError(GiftingError):
+    """A room, goal or pool operation was refused; `code` goes on the wire (HTTP status: gifting/web/http.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +120,7 @@ async def durable_or_retry(ledger: Ledger) -> None:
     try:
         await ledger.durable(ledger.settings.waitaof_timeout_ms)
     except DurabilityError as exc:
-        raise RoomError("not_durable", f"{exc}; the change is recorded: repeat the request to finish it", 503) from None
+        raise RoomError("not_durable", f"{exc}; the change is recorded: repeat the request to finish it") from None
 
 
 def room_keys(room: str) -> list[str]:
@@ -159,22 +158,22 @@ class RoomStore:
             args=[cap, room, now_ms, *flat],
         )
         if opened != 1:
-            raise RoomError("already_live", f"{cap} live room(s) per creator is the limit; end {opened} first", 409)
+            raise RoomError("already_live", f"{cap} live room(s) per creator is the limit; end {opened} first")
         return RoomInfo.from_meta(room, meta)
 
     async def get(self, room: str) -> RoomInfo:
         meta = await self.redis.hgetall(keys.room_meta(room))
         if not meta:
-            raise RoomError("room_not_found", f"no room {room!r}", 404)
+            raise RoomError("room_not_found", f"no room {room!r}")
         return RoomInfo.from_meta(room, meta)
 
     async def end(self, room: str, user: str, is_admin: bool) -> RoomInfo:
         """End a live room (its creator or an admin). Ending a room whose end was interrupted finishes it."""
         info = await self.get(room)
         if info.creator != user and not is_admin:
-            raise RoomError("forbidden", "only the room's creator can end it", 403)
+            raise RoomError("forbidden", "only the room's creator can end it")
         if info.status != "live" and await self.redis.zscore(keys.ROOMS_ENDING, room) is None:
-            raise RoomError("room_not_live", f"room {room!r} has already ended", 409)
+            raise RoomError("room_not_live", f"room {room!r} has already ended")
         await self.finish_end(room)
         return await self.get(room)
 
@@ -231,9 +230,9 @@ class RoomStore:
         """One LIVE goal at a time: N of a gift, or a diamond total. Its progress moves with settled gifts."""
         info = await self.get(room)
         if info.creator != user:
-            raise RoomError("forbidden", "only the room's creator sets its goal", 403)
+            raise RoomError("forbidden", "only the room's creator sets its goal")
         if info.status != "live":
-            raise RoomError("room_not_live", f"room {room!r} is not live", 409)
+            raise RoomError("room_not_live", f"room {room!r} is not live")
         goal = {
             "id": "g_" + secrets.token_hex(6),
             "kind": "gift" if gift else "diamonds",
@@ -244,17 +243,17 @@ class RoomStore:
         }
         flat = [str(x) for pair in goal.items() for x in pair]
         if not await self._set_goal(keys=[keys.room_goal(room)], args=flat):
-            raise RoomError("goal_active", "a goal is already active; cancel it or wait until it completes", 409)
+            raise RoomError("goal_active", "a goal is already active; cancel it or wait until it completes")
         await self.announce(room, [(f"goal:{goal['id']}", GoalProgress(goal).to_dict())])
         return goal
 
     async def cancel_goal(self, room: str, user: str) -> dict[str, Any]:
         info = await self.get(room)
         if info.creator != user:
-            raise RoomError("forbidden", "only the room's creator cancels its goal", 403)
+            raise RoomError("forbidden", "only the room's creator cancels its goal")
         goal = await self.goal(room)
         if goal is None or goal["status"] != "active":
-            raise RoomError("no_active_goal", "the room has no active goal", 409)
+            raise RoomError("no_active_goal", "the room has no active goal")
         await self.redis.hset(keys.room_goal(room), "status", "cancelled")
         goal["status"] = "cancelled"
         await self.announce(room, [(f"goal:{goal['id']}:cancelled", GoalProgress(goal).to_dict())])
