@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 
+from gifting.web.http import STATUS
 from gifting.wire.messages import CLIENT_TYPES, SERVER_MESSAGES, CloseCode, EventKind
 from gifting.wire.reasons import RejectReason
 from tests.conftest import REPO
@@ -53,3 +54,8 @@ def test_lua_event_kinds_are_event_kinds() -> None:
     """Every room-event kind a Lua script writes is spelled as in EventKind."""
     kinds = {k for p in (REPO / "gifting").rglob("*.lua") for k in re.findall(r"kind = '([a-z_]+)'", p.read_text())}
     assert kinds and kinds <= {str(kind) for kind in EventKind}, kinds - set(EventKind)
+
+
+def test_every_http_error_code_with_a_status_is_documented() -> None:
+    """Each code of the HTTP status table (gifting/web/http.py) is named in docs/PROTOCOL.md."""
+    assert [code for code in STATUS if f"`{code}`" not in PROTOCOL] == []
