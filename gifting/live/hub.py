@@ -49,6 +49,7 @@ from gifting.wire.messages import (
     CloseCode,
     ComboEnd,
     Error,
+    EventKind,
     Events,
     GiftResult,
     Joined,
@@ -544,7 +545,7 @@ class Hub:
                 return
             room.last_offset = offset
             room.pending.append(event)
-            if event.get("kind") == "gift":
+            if event.get("kind") == EventKind.GIFT:
                 room.gifted = True
                 if "combo" in event:
                     room.combos[event["combo"]["id"]] = (time.monotonic() + self.settings.combo_window_ms / 1000, event)

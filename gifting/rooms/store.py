@@ -17,7 +17,7 @@ from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, Ledger, iso_week, utc_day
-from gifting.wire.messages import GoalProgress, RoomEnded, StreamSummary
+from gifting.wire.messages import EventKind, GoalProgress, RoomEnded, StreamSummary
 
 SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
 SUMMARY_TTL_S = 90 * 86400  # a room's own summary; the creator's session list keeps it longer
@@ -412,14 +412,14 @@ def announce_fields(dedupe_id: str, event: dict[str, Any]) -> str:
     gift, count, contributors, combo key (ids and account names have no tabs)."""
     kind = event.get("kind")
     contributors, combo = "", ""
-    if kind == "gift":
+    if kind == EventKind.GIFT:
         contributors = f"{event['sender']} {event['coins']}"
         combo = f"{event['sender']}:{event['gift']}"
-    elif kind == "pool_completed":
+    elif kind == EventKind.POOL_COMPLETED:
         contributors = "|".join(f"{c['user']} {c['coins']}" for c in event["pool"]["contributors"])
-    coins = event.get("coins", 0) if kind in ("gift", "pool_completed") else 0
-    diamonds = event.get("diamonds", 0) if kind in ("gift", "pool_completed") else 0
-    count = event.get("count", 1 if kind == "pool_completed" else 0)
+    coins = event.get("coins", 0) if kind in (EventKind.GIFT, EventKind.POOL_COMPLETED) else 0
+    diamonds = event.get("diamonds", 0) if kind in (EventKind.GIFT, EventKind.POOL_COMPLETED) else 0
+    count = event.get("count", 1 if kind == EventKind.POOL_COMPLETED else 0)
     return f"{dedupe_id}\t{coins}\t{diamonds}\t{event.get('gift', '')}\t{count}\t{contributors}\t{combo}"
 
 

@@ -9,9 +9,11 @@ tests/test_wire_doc.py checks that it does, both ways.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from enum import IntEnum, StrEnum
 from typing import Any, ClassVar
+
+import msgspec
 
 # Client -> server ---------------------------------------------------------------------------------------
 
@@ -96,33 +98,32 @@ class CloseCode(IntEnum):
 # Server -> client ---------------------------------------------------------------------------------------
 
 
-class _Out:
+class _Out(msgspec.Struct, frozen=True):
     """A server message or a room event: `to_dict()` is its wire shape, fields in declaration order, the ones
-    named in OMIT_NONE left out when None (the others are sent as null)."""
+    named in OMIT_NONE left out when None (the others are sent as null).
 
-    __slots__ = ()
+    msgspec Structs rather than frozen dataclasses: one is built for every settled gift and every frame, and a
+    frozen dataclass's constructor costs ~2 us for nine fields on CPython 3.11 where a Struct's costs ~0.1 us.
+    """
+
     OMIT_NONE: ClassVar[frozenset[str]] = frozenset()
 
-    def _fields(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for f in fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if value is None and f.name in self.OMIT_NONE:
-                continue
-            out[f.metadata.get("wire", f.name)] = value
-        return out
+    def _fields(self, head: dict[str, Any]) -> dict[str, Any]:
+        head.update(msgspec.structs.asdict(self))
+        for name in self.OMIT_NONE:
+            if head[name] is None:
+                del head[name]
+        return head
 
 
-class ServerMessage(_Out):
-    __slots__ = ()
+class ServerMessage(_Out, frozen=True):
     TYPE: ClassVar[str]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": self.TYPE, **self._fields()}
+        return self._fields({"type": self.TYPE})
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
+class Limits(msgspec.Struct, frozen=True):
     """The connection's limits, told in `welcome` so a client can stay within them."""
 
     message_bytes_max: int
@@ -135,8 +136,7 @@ class Limits:
     join_cost: int
 
 
-@dataclass(frozen=True, slots=True)
-class Welcome(ServerMessage):
+class Welcome(ServerMessage, frozen=True):
     TYPE: ClassVar[str] = "welcome"
     user: str
     role: str
@@ -144,12 +144,11 @@ class Welcome(ServerMessage):
     limits: Limits
 
     def to_dict(self) -> dict[str, Any]:
-        limits = {f.name: getattr(self.limits, f.name) for f in fields(self.limits)}
+        limits = msgspec.structs.asdict(self.limits)
         return {"type": self.TYPE, "user": self.user, "role": self.role, "name": self.name, "limits": limits}
 
 
-@dataclass(frozen=True, slots=True)
-class Joined(ServerMessage):
+class Joined(ServerMessage, frozen=True):
     """The answer to `join`: the room's live state; `recovered` only on a resume, `recent` when not recovered."""
 
     TYPE: ClassVar[str] = "joined"
@@ -170,20 +169,25 @@ class Joined(ServerMessage):
     recent: list[dict[str, Any]] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Events(ServerMessage):
+class Events(ServerMessage, frozen=True):
     """Room events, coalesced: `from`..`to` are the offsets covered (absent when none has an offset)."""
 
     TYPE: ClassVar[str] = "events"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"from_", "to"})
     room: str
     events: list[dict[str, Any]]
-    from_: int | None = field(default=None, metadata={"wire": "from"})
+    from_: int | None = None  # `from` on the wire
     to: int | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": self.TYPE, "room": self.room, "events": self.events}
+        if self.from_ is not None:
+            out["from"] = self.from_
+        if self.to is not None:
+            out["to"] = self.to
+        return out
 
-@dataclass(frozen=True, slots=True)
-class GiftResult(ServerMessage):
+
+class GiftResult(ServerMessage, frozen=True):
     """Only to the sender. `coins` (the balance after) once settlement decided; absent on an immediate answer."""
 
     TYPE: ClassVar[str] = "gift_result"
@@ -194,8 +198,7 @@ class GiftResult(ServerMessage):
     coins: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PledgeResult(ServerMessage):
+class PledgeResult(ServerMessage, frozen=True):
     """Only to the pledger. A worker's answer (`settled`) carries the pool and the balance after; an immediate
     one does not."""
 
@@ -214,24 +217,21 @@ class PledgeResult(ServerMessage):
         return out | {"status": self.status, "reason": self.reason}
 
 
-@dataclass(frozen=True, slots=True)
-class PoolStarted(ServerMessage):
+class PoolStarted(ServerMessage, frozen=True):
     TYPE: ClassVar[str] = "pool_started"
     OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"ref"})
     pool: dict[str, Any]
     ref: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Left(ServerMessage):
+class Left(ServerMessage, frozen=True):
     TYPE: ClassVar[str] = "left"
     OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"ref"})
     room: str
     ref: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Pong(ServerMessage):
+class Pong(ServerMessage, frozen=True):
     TYPE: ClassVar[str] = "pong"
     ref: str | None = None
 
@@ -239,8 +239,7 @@ class Pong(ServerMessage):
         return {"type": self.TYPE, "ref": self.ref} if self.ref else {"type": self.TYPE}
 
 
-@dataclass(frozen=True, slots=True)
-class Error(ServerMessage):
+class Error(ServerMessage, frozen=True):
     """A message could not be accepted. `gift_id` / `pledge_id` name the gift or pledge of an id conflict."""
 
     TYPE: ClassVar[str] = "error"
@@ -289,16 +288,14 @@ class EventKind(StrEnum):
     TICK_SUMMARY = "tick_summary"
 
 
-class RoomEvent(_Out):
-    __slots__ = ()
+class RoomEvent(_Out, frozen=True):
     KIND: ClassVar[EventKind]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": str(self.KIND), **self._fields()}
+        return self._fields({"kind": self.KIND.value})
 
 
-@dataclass(frozen=True, slots=True)
-class GiftEvent(RoomEvent):
+class GiftEvent(RoomEvent, frozen=True):
     """A settled gift (announce.lua adds the offset and the combo). `diamonds` reaches the creator only."""
 
     KIND: ClassVar[EventKind] = EventKind.GIFT
@@ -313,20 +310,17 @@ class GiftEvent(RoomEvent):
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
-class GoalProgress(RoomEvent):
+class GoalProgress(RoomEvent, frozen=True):
     KIND: ClassVar[EventKind] = EventKind.GOAL_PROGRESS
     goal: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class PoolProgress(RoomEvent):
+class PoolProgress(RoomEvent, frozen=True):
     KIND: ClassVar[EventKind] = EventKind.POOL_PROGRESS
     pool: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class PoolCompleted(RoomEvent):
+class PoolCompleted(RoomEvent, frozen=True):
     """The pooled gift's one animation (always one gift); `diamonds` reaches the creator only."""
 
     KIND: ClassVar[EventKind] = EventKind.POOL_COMPLETED
@@ -337,8 +331,7 @@ class PoolCompleted(RoomEvent):
     diamonds: int
 
 
-@dataclass(frozen=True, slots=True)
-class PoolClosed(RoomEvent):
+class PoolClosed(RoomEvent, frozen=True):
     """A pool voided for good: `kind` is pool_expired, pool_cancelled or pool_voided."""
 
     kind: EventKind
@@ -357,20 +350,17 @@ POOL_CLOSED_KINDS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class RoomEnded(RoomEvent):
+class RoomEnded(RoomEvent, frozen=True):
     KIND: ClassVar[EventKind] = EventKind.ROOM_ENDED
     ts: int
 
 
-@dataclass(frozen=True, slots=True)
-class StreamSummary(RoomEvent):
+class StreamSummary(RoomEvent, frozen=True):
     KIND: ClassVar[EventKind] = EventKind.STREAM_SUMMARY
     summary: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
-class ComboEnd(RoomEvent):
+class ComboEnd(RoomEvent, frozen=True):
     KIND: ClassVar[EventKind] = EventKind.COMBO_END
     combo: dict[str, Any]  # {"id", "count"}
     gift: str
@@ -378,20 +368,17 @@ class ComboEnd(RoomEvent):
     sender_name: str
 
 
-@dataclass(frozen=True, slots=True)
-class Viewers(RoomEvent):
+class Viewers(RoomEvent, frozen=True):
     KIND: ClassVar[EventKind] = EventKind.VIEWERS
     count: int
 
 
-@dataclass(frozen=True, slots=True)
-class Leaderboard(RoomEvent):
+class Leaderboard(RoomEvent, frozen=True):
     KIND: ClassVar[EventKind] = EventKind.LEADERBOARD
     top: list[dict[str, Any]]
 
 
-@dataclass(frozen=True, slots=True)
-class TickSummary(RoomEvent):
+class TickSummary(RoomEvent, frozen=True):
     """Cheap gifts of a tick that did not fit in a viewer's frame; a sender's copy adds their own `gift_ids`."""
 
     KIND: ClassVar[EventKind] = EventKind.TICK_SUMMARY
@@ -401,7 +388,6 @@ class TickSummary(RoomEvent):
     gift_ids: list[str] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class GoalCompleted(RoomEvent):
+class GoalCompleted(RoomEvent, frozen=True):
     KIND: ClassVar[EventKind] = EventKind.GOAL_COMPLETED
     goal: dict[str, Any]
