@@ -37,7 +37,7 @@ class Identity:
     issued_at: int = field(default=0, compare=False)
     expires_at: int = field(default=0, compare=False)
     # Set for an overlay token: the creator whose room feed it reads. It may join that creator's rooms over the
-    # websocket and do nothing else; HTTP refuses it (api.identify).
+    # websocket and do nothing else; HTTP refuses it (web.http.identify).
     overlay_of: str | None = None
 
     @property

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 from starlette.requests import Request
@@ -12,6 +11,7 @@ from starlette.routing import Route
 
 from gifting import keys
 from gifting.auth import Identity
+from gifting.clock import now_ms
 from gifting.ledger import rules
 from gifting.payments import PAYOUT_OK, charge_key
 from gifting.web.http import STATUS, ApiError, identify, json_body, json_response
@@ -97,7 +97,7 @@ async def purchase(request: Request) -> Response:
         "reason": charge.decline_reason or None,
         "charge_id": charge.charge_id,
         "provider": state.payments.name,
-        "ts": int(time.time() * 1000),
+        "ts": now_ms(),
     }
     stored, same, replay = await state.ledger.purchase(
         identity.user, purchase_id, fingerprint, charge.status, record, bundle.coins
