@@ -20,14 +20,15 @@ from starlette.websockets import WebSocket
 from gifting import logs
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
-from gifting.ledger.store import Ledger, LedgerError
+from gifting.errors import GiftingError
+from gifting.ledger.store import Ledger
 from gifting.live.direct import HubWebSocketProtocol
 from gifting.live.endpoint import websocket_endpoint
 from gifting.live.hub import Hub
 from gifting.outage import STORE_ERRORS
 from gifting.payments import PaymentProvider, SandboxProvider
-from gifting.rooms.store import RoomError, RoomStore
-from gifting.web import admin, api, edge, pages, wallet
+from gifting.rooms.store import RoomStore
+from gifting.web import admin, edge, http, pages, rooms, service, wallet
 
 log = logging.getLogger(__name__)
 
@@ -119,10 +120,11 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return api.error_response(exc.status_code, code, str(exc.detail))
+        return http.error_response(exc.status_code, code, str(exc.detail))
 
     routes = [
-        *api.routes,
+        *service.routes,
+        *rooms.routes,
         *wallet.routes,
         *admin.routes,
         WebSocketRoute(WS_PATH, websocket_endpoint),  # GiftingApp dispatches it first; listed for the router too
@@ -132,11 +134,10 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         routes=routes,
         lifespan=lifespan,
         exception_handlers={
-            api.ApiError: api.api_error_handler,
-            RoomError: api.api_error_handler,
-            LedgerError: api.api_error_handler,
+            # Every domain error and the web layer's own: the status from its code (gifting/web/http.py STATUS).
+            GiftingError: http.gifting_error_handler,
             HTTPException: http_error,
             # Valkey unreachable: 503 store_unavailable with Retry-After on every route (gifting/outage.py).
-            **dict.fromkeys(STORE_ERRORS, api.store_error_handler),
+            **dict.fromkeys(STORE_ERRORS, http.store_error_handler),
         },
     )

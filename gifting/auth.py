@@ -10,6 +10,8 @@ from typing import Literal, cast
 
 import jwt
 
+from gifting.errors import GiftingError
+
 Role = Literal["viewer", "creator", "admin"]
 ROLES: tuple[Role, ...] = ("viewer", "creator", "admin")
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
@@ -17,13 +19,8 @@ NAME_CHARS_MAX = 64
 ALGORITHM = "HS256"
 
 
-class AuthError(Exception):
+class AuthError(GiftingError):
     """The token is missing, malformed, badly signed, expired or revoked. `code` is the wire error code."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 OVERLAY_SCOPE = "overlay"
@@ -40,7 +37,7 @@ class Identity:
     issued_at: int = field(default=0, compare=False)
     expires_at: int = field(default=0, compare=False)
     # Set for an overlay token: the creator whose room feed it reads. It may join that creator's rooms over the
-    # websocket and do nothing else; HTTP refuses it (api.identify).
+    # websocket and do nothing else; HTTP refuses it (web.http.identify).
     overlay_of: str | None = None
 
     @property

@@ -10,6 +10,7 @@ import orjson
 from gifting import clock, keys
 from gifting.ledger import rules
 from gifting.ledger.store import GiftToSettle
+from gifting.wire.messages import Error, GiftEvent, GiftResult
 
 STREAM_FIELD = "g"  # the one field of a stream entry: the request as JSON
 
@@ -63,33 +64,22 @@ async def enqueue(redis: Any, request: GiftRequest) -> None:
 
 def room_event(request: GiftRequest, settled: GiftToSettle, outcome: rules.GiftOutcome) -> dict[str, Any]:
     """A settled gift as the room sees it (announce.lua adds the offset). `diamonds` goes to the creator only."""
-    return {
-        "kind": "gift",
-        "gift_id": request.gift_id,
-        "gift": request.gift,
-        "count": request.count,
-        "coins": settled.coins,
-        "diamonds": settled.diamonds,
-        "sender": request.sender,
-        "sender_name": request.sender_name,
-        "level": rules.level_for(outcome.lifetime_spent),
-        "ts": request.ts_ms,
-    }
+    return GiftEvent(
+        gift_id=request.gift_id,
+        gift=request.gift,
+        count=request.count,
+        coins=settled.coins,
+        diamonds=settled.diamonds,
+        sender=request.sender,
+        sender_name=request.sender_name,
+        level=rules.level_for(outcome.lifetime_spent),
+        ts=request.ts_ms,
+    ).to_dict()
 
 
 def gift_result(outcome: rules.GiftOutcome) -> dict[str, Any]:
     """What the sender is told of its gift: the outcome, or an error for a gift id reused with other fields."""
     if outcome.status == "conflict":
-        return {
-            "type": "error",
-            "code": "gift_id_conflict",
-            "message": "gift_id was already used for a different gift; use a new gift_id",
-            "gift_id": outcome.gift_id,
-        }
-    return {
-        "type": "gift_result",
-        "gift_id": outcome.gift_id,
-        "status": outcome.status,
-        "reason": outcome.reason or None,
-        "coins": outcome.coins,
-    }
+        message = "gift_id was already used for a different gift; use a new gift_id"
+        return Error("gift_id_conflict", message, gift_id=outcome.gift_id).to_dict()
+    return GiftResult(outcome.gift_id, outcome.status, outcome.reason or None, outcome.coins).to_dict()

@@ -20,16 +20,14 @@ import hashlib
 from dataclasses import dataclass
 from typing import Protocol
 
+from gifting.errors import GiftingError
+
 SANDBOX_OK = "tok_sandbox_ok"
 SANDBOX_DECLINED = "tok_sandbox_declined"
 
 
-class PaymentError(Exception):
+class PaymentError(GiftingError):
     """The payment request itself is unusable (not a decline): nothing is charged or recorded."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code, self.message = code, message
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,6 @@ import orjson
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
-from websockets.frames import Frame, Opcode
 
 from gifting.wire import protocol
 from gifting.wire.protocol import Codec, Join, Leave, Ping, ProtocolError, SendGift, Since
@@ -326,12 +325,6 @@ def test_encode_json_is_text_and_msgpack_is_bytes() -> None:
     assert isinstance(data, bytes) and protocol.decode_frame(data, Codec.MSGPACK) == message
 
 
-def test_error_message_shape() -> None:
-    """error() carries type, code and message, and ref only when given."""
-    assert protocol.error("bad_count", "no") == {"type": "error", "code": "bad_count", "message": "no"}
-    assert protocol.error("bad_count", "no", "r")["ref"] == "r"
-
-
 def test_for_viewers_drops_creator_only_fields_without_mutating() -> None:
     """Viewers' copy of an event has no diamonds; the creator's original is untouched."""
     event = {"kind": "gift", "coins": 10, "diamonds": 5, "offset": 1}
@@ -339,19 +332,3 @@ def test_for_viewers_drops_creator_only_fields_without_mutating() -> None:
     assert event["diamonds"] == 5
     plain = {"kind": "room_ended", "offset": 2}
     assert protocol.for_viewers(plain) is plain
-
-
-# Websocket frames -------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
-@pytest.mark.parametrize("codec", [Codec.JSON, Codec.MSGPACK])
-def test_ws_frame_is_what_websockets_serializes_at_every_length_boundary(size: int, codec: Codec) -> None:
-    """ws_frame equals websockets' own unmasked serialization (7-, 16- and 64-bit lengths; text or binary)."""
-    data: str | bytes = "é" * (size // 2) + "x" * (size % 2) if codec is Codec.JSON else b"\x00" * size
-    payload = data.encode() if isinstance(data, str) else data
-    opcode = Opcode.TEXT if codec is Codec.JSON else Opcode.BINARY
-    expected = Frame(opcode, payload).serialize(mask=False, extensions=[])
-    framed = protocol.ws_frame(data)
-    assert framed == expected
-    assert framed[1] == (len(payload) if len(payload) < 126 else 126 if len(payload) < 65536 else 127)

@@ -29,12 +29,14 @@ from redis.exceptions import ConnectionError, NoScriptError, ResponseError, Time
 from gifting import clock, keys
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
+from gifting.errors import ScriptFailed
 from gifting.gifts import GiftRequest, gift_result, room_event
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
 from gifting.payments import PayoutProvider, SandboxPayouts
 from gifting.rooms.pools import POOL_FIELD, PoolOp, closing_event, pledge_result, pool_view
 from gifting.rooms.store import RoomStore
+from gifting.wire.messages import PoolCompleted, PoolProgress
 from workers.payouts import Payouts
 from workers.pool_sweep import PoolSweeper
 
@@ -309,11 +311,10 @@ class SettlementWorker:
             # pool, then died before announcing) announces it; announce.lua keeps it once.
             events.append(closing)
         if view is not None and op.op == "pledge" and status == "accepted":
-            events.append((f"pledge:{op.pledge_id}", {"kind": "pool_progress", "pool": view}))
+            events.append((f"pledge:{op.pledge_id}", PoolProgress(view).to_dict()))
             if view["status"] == "completed":
                 split = rules.split_gift(view["price"], int(pool["bps"]))  # type: ignore[index]
-                completed = {"kind": "pool_completed", "pool": view, "gift": view["gift"], "count": 1}
-                completed |= {"coins": split.coins, "diamonds": split.diamonds}
+                completed = PoolCompleted(view, view["gift"], 1, split.coins, split.diamonds).to_dict()
                 events.append((f"pool:{op.pool}:completed", completed))
         async with self.redis.pipeline(transaction=False) as pipe:
             if events and view is not None:
@@ -446,4 +447,4 @@ class SettlementWorker:
 def script_failed(exc: ResponseError) -> bool:
     """A script ran and failed on its input (a poison entry). Not NOSCRIPT: after a Valkey restart the scripts
     are simply gone; the run loop loads them again and the entries settle then, never the dead-letter stream."""
-    return "script" in str(exc).lower() and not isinstance(exc, NoScriptError)
+    return ScriptFailed.parse(str(exc)) is not None and not isinstance(exc, NoScriptError)

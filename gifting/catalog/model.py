@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from gifting.errors import GiftingError
+
 ID_PATTERN = re.compile(r"[a-z0-9_]{1,40}")
 CURRENCY_PATTERN = re.compile(r"[A-Z]{3}")
 GIFT_COINS_MAX = 1_000_000  # a single gift costs at most this many coins
@@ -17,8 +19,11 @@ PRICE_MINOR_MAX = 10**9  # minor currency units
 TEXT_CHARS_MAX = 80
 
 
-class CatalogError(ValueError):
-    """The catalog file is inconsistent; the message names the entry."""
+class CatalogError(GiftingError, ValueError):
+    """The catalog file (or an admin's entry) is inconsistent; the message names the entry."""
+
+    def __init__(self, message: str, code: str = "bad_catalog") -> None:
+        super().__init__(code, message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,12 +88,7 @@ class DurabilityError(RuntimeError):
 
 
 class LedgerError(GiftingError):
-    """A ledger operation was refused; `code` goes on the wire, nothing moved. `status` is kept until the web
-    layer maps codes to statuses in one table."""
-
-    def __init__(self, code: str, message: str, status: int = 409) -> None:
-        super().__init__(code, message)
-        self.status = status
+    """A ledger operation was refused; `code` goes on the wire (HTTP status: gifting/web/http.py), nothing moved."""
 
 
 class Ledger:
@@ -232,7 +227,7 @@ class Ledger:
             if status != "stale":
                 await self.committed()
                 return status, reason, int(balance), bool(int(replay)), (orjson.loads(pool) if pool else None)
-        raise LedgerError("busy", f"pool {pool_id} changed concurrently too often; retry", 503)
+        raise LedgerError("busy", f"pool {pool_id} changed concurrently too often; retry")
 
     def _pool_call(
         self, op: str, pool_id: str, read: PoolRead, pledge_id: str, user: str, coins: int, name: str
@@ -348,7 +343,7 @@ class Ledger:
         assert mode in ("refund", "chargeback")
         user_account, coins = await self.redis.hmget(keys.purchase_record(purchase_id), "user", "coins")
         if user_account is None:
-            raise LedgerError("unknown_purchase", f"no purchase {purchase_id!r}", 404)
+            raise LedgerError("unknown_purchase", f"no purchase {purchase_id!r}")
         user, now = user_account.removeprefix(keys.ACCOUNT_PREFIX), now_ms()
         legs = rules.encode_legs(rules.reversal_legs(user, int(coins)))
         row = rules.statement_row(now, mode, "coins", -int(coins), keys.SYS_COIN_ISSUANCE, purchase_id)
@@ -381,7 +376,7 @@ class Ledger:
             ],
         )  # fmt: skip
         if code != "ok":
-            raise LedgerError(code, WITHDRAW_ERRORS.get(code, code).format(detail=detail), 409)
+            raise LedgerError(code, WITHDRAW_ERRORS.get(code, code).format(detail=detail))
         await self.committed()
         withdrawal = await self.withdrawal(withdrawal_id)
         assert withdrawal is not None
@@ -392,7 +387,7 @@ class Ledger:
         assert mode in ("post", "void")
         account, diamonds, day = await self.redis.hmget(keys.withdrawal(withdrawal_id), "user", "diamonds", "day")
         if account is None:
-            raise LedgerError("unknown_withdrawal", f"no withdrawal {withdrawal_id!r}", 404)
+            raise LedgerError("unknown_withdrawal", f"no withdrawal {withdrawal_id!r}")
         user, now = account.removeprefix(keys.ACCOUNT_PREFIX), now_ms()
         legs = rules.encode_legs(rules.withdrawal_legs("posted" if mode == "post" else "voided", user, int(diamonds)))
         row = ""
@@ -499,7 +494,7 @@ class Ledger:
                     return
                 except WatchError:
                     continue
-        raise LedgerError("busy", "the spend limit changed concurrently too often; retry", 503)
+        raise LedgerError("busy", "the spend limit changed concurrently too often; retry")
 
     async def spend_limit(self, user: str) -> dict[str, Any]:
         now = now_ms()

@@ -7,6 +7,8 @@ from typing import Any
 
 from gifting.config import Settings
 from gifting.wire import protocol
+from gifting.wire.messages import Error, GiftResult, PledgeResult
+from gifting.wire.reasons import RejectReason
 
 
 class MessageBudget:
@@ -39,7 +41,7 @@ def over_budget(message: protocol.ClientMessage) -> dict[str, Any]:
     """The answer to a message over the budget: a gift or pledge is rejected `rate_limited` (nothing recorded, the
     same id may be retried), anything else gets error `rate_limited`."""
     if isinstance(message, protocol.SendGift):
-        return {"type": "gift_result", "gift_id": message.gift_id, "status": "rejected", "reason": "rate_limited"}
+        return GiftResult(message.gift_id, "rejected", RejectReason.RATE_LIMITED.value).to_dict()
     if isinstance(message, protocol.Pledge):
-        return {"type": "pledge_result", "pledge_id": message.pledge_id, "status": "rejected", "reason": "rate_limited"}
-    return protocol.error("rate_limited", "over the connection's message budget; slow down", message.ref)
+        return PledgeResult(message.pledge_id, "rejected", RejectReason.RATE_LIMITED.value).to_dict()
+    return Error("rate_limited", "over the connection's message budget; slow down", message.ref).to_dict()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gifting.wire.messages import EventKind, TickSummary
 from gifting.wire.protocol import for_viewers
 
 Event = dict[str, Any]
@@ -68,7 +69,7 @@ def shape_for_viewers(
     for event in events:
         entry = for_viewers(event)
         combo = entry.get("combo")
-        if entry.get("kind") == "gift" and combo and entry.get("coins", 0) < big_gift_coins:
+        if entry.get("kind") == EventKind.GIFT and combo and entry.get("coins", 0) < big_gift_coins:
             previous = last_index.get(combo["id"])
             if previous is not None and merged[previous].get("merged", 1) < merged_gifts_max:
                 entry = _merge(merged[previous], entry)
@@ -83,7 +84,7 @@ def shape_for_viewers(
 
 def own_copy(entries: list[Event], gift_ids: list[str]) -> list[Event]:
     """A sender's copy of the viewers' entries: its tick_summary also lists the sender's own gifts it counts."""
-    return [{**e, "gift_ids": gift_ids} if e.get("kind") == "tick_summary" else e for e in entries]
+    return [{**e, "gift_ids": gift_ids} if e.get("kind") == EventKind.TICK_SUMMARY else e for e in entries]
 
 
 def _merge(before: Event, entry: Event) -> Event:
@@ -101,7 +102,7 @@ def _merge(before: Event, entry: Event) -> Event:
 def _priority(entry: Event, big_gift_coins: int) -> int:
     if "offset" not in entry:
         return PRIORITY_COUNTER
-    if entry.get("kind") != "gift":
+    if entry.get("kind") != EventKind.GIFT:
         return PRIORITY_ROOM
     return PRIORITY_BIG_GIFT if entry.get("coins", 0) >= big_gift_coins else PRIORITY_COMBO
 
@@ -112,13 +113,11 @@ def _cap(entries: list[Event], big_gift_coins: int, frame_events_max: int) -> tu
         key=lambda i: (-_priority(entries[i], big_gift_coins), -entries[i].get("coins", 0), i),
     )
     keep = set(ranked[: frame_events_max - 1])  # one place for the summary
-    dropped = [entries[i] for i in range(len(entries)) if i not in keep and entries[i].get("kind") == "gift"]
+    dropped = [entries[i] for i in range(len(entries)) if i not in keep and entries[i].get("kind") == EventKind.GIFT]
     kept = [entries[i] for i in sorted(keep)]
-    summary = {
-        "kind": "tick_summary",
-        "gifts": sum(e.get("merged", 1) for e in dropped),
-        "coins": sum(e.get("coins", 0) for e in dropped),
-    }
+    summary = TickSummary(
+        gifts=sum(e.get("merged", 1) for e in dropped), coins=sum(e.get("coins", 0) for e in dropped)
+    ).to_dict()
     own: dict[str, list[str]] = {}
     for entry in dropped:
         own.setdefault(entry.get("sender", ""), []).extend(entry.get("gift_ids", [entry["gift_id"]]))

@@ -32,7 +32,7 @@ CLOSE_FLUSH_S = 5.0
 class HubWebSocketProtocol(WebSocketsSansIOProtocol):
     """uvicorn's websockets-sansio protocol that offers itself to the app as a direct socket.
 
-    `transport` takes complete, unmasked websocket frames (gifting.wire.protocol.ws_frame); its write buffer is the
+    `transport` takes complete, unmasked websocket frames (gifting.wire.framing.ws_frame); its write buffer is the
     connection's bounded queue. `close_now` is the hub's close.
     """
 

@@ -22,6 +22,7 @@ from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE, STORE_UNAVAILABLE_ME
 from gifting.rooms.pools import open_pool
 from gifting.rooms.store import RoomError
 from gifting.wire import protocol
+from gifting.wire.messages import CloseCode, Error, Left, Limits, Pong, PoolStarted, Welcome
 from gifting.wire.protocol import Codec, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,10 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     offered = list(ws.scope.get("subprotocols") or [])
     codec = Codec.negotiate(offered)
     if codec is None:
-        await ws.close(code=1002, reason=f"unsupported subprotocol; use {Codec.JSON.value} or {Codec.MSGPACK.value}")
+        await ws.close(
+            code=CloseCode.UNSUPPORTED_SUBPROTOCOL,
+            reason=f"unsupported subprotocol; use {Codec.JSON.value} or {Codec.MSGPACK.value}",
+        )
         return
     subprotocol = codec.value if offered else None
     token = ws.query_params.get("token") or auth.bearer(ws.headers.get("authorization"))
@@ -42,13 +46,13 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     except auth.AuthError as exc:
         # Accept, say why, then close: a browser cannot read the reason of a refused handshake.
         await ws.accept(subprotocol=subprotocol)
-        await ws.send(_frame(protocol.error(exc.code, exc.message), codec))
+        await ws.send(_frame(Error(exc.code, exc.message).to_dict(), codec))
         await ws.close(code=CLOSE_UNAUTHORIZED, reason=exc.code)
         return
     await ws.accept(subprotocol=subprotocol)
     if hub.connections_full(identity.user):  # checked and registered (_connect) with no await between
         cap = settings.ws_connections_per_user_max
-        await ws.send(_frame(protocol.error("too_many_connections", f"at most {cap} sockets per user"), codec))
+        await ws.send(_frame(Error("too_many_connections", f"at most {cap} sockets per user").to_dict(), codec))
         await ws.close(code=CLOSE_TOO_MANY_CONNECTIONS, reason="too many connections")
         return
     conn = _connect(ws, hub, identity, codec)
@@ -57,24 +61,17 @@ async def websocket_endpoint(ws: WebSocket) -> None:
         max(0.0, identity.expires_at - time.time()),
         hub.close_unauthorized, conn, "token_expired", "token expired: reconnect with a new one",
     )  # fmt: skip
-    conn.send_message(
-        {
-            "type": "welcome",
-            "user": identity.user,
-            "role": identity.role,
-            "name": identity.name,
-            "limits": {
-                "message_bytes_max": settings.ws_message_bytes_max,
-                "gift_count_max": settings.gift_count_max,
-                "gift_rate_per_s": settings.gift_rate_per_s,
-                "gift_burst": settings.gift_burst,
-                "rooms_per_connection_max": settings.ws_rooms_per_connection_max,
-                "message_rate_per_s": settings.ws_message_rate_per_s,
-                "message_burst": settings.ws_message_burst,
-                "join_cost": settings.ws_join_cost,
-            },
-        }
+    limits = Limits(
+        message_bytes_max=settings.ws_message_bytes_max,
+        gift_count_max=settings.gift_count_max,
+        gift_rate_per_s=settings.gift_rate_per_s,
+        gift_burst=settings.gift_burst,
+        rooms_per_connection_max=settings.ws_rooms_per_connection_max,
+        message_rate_per_s=settings.ws_message_rate_per_s,
+        message_burst=settings.ws_message_burst,
+        join_cost=settings.ws_join_cost,
     )
+    conn.send_message(Welcome(identity.user, identity.role, identity.name, limits).to_dict())
     try:
         await _relay(ws, hub, conn)
     except WebSocketDisconnect:
@@ -155,12 +152,12 @@ async def _handle_frame(hub: Hub, conn: Connection, message: Any, invalid: int, 
                 # Valkey is unreachable: say so (a gift or pledge got its rejection from the hub) and keep the socket.
                 log.warning("websocket %s: store unavailable: %r", type(parsed).__name__, exc)
                 conn.send_message(
-                    protocol.error(STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE, getattr(parsed, "ref", None))
+                    Error(STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE, getattr(parsed, "ref", None)).to_dict()
                 )
             return invalid
         answer = over_budget(parsed)  # a client that keeps going over its budget is closed like an invalid one
     except ProtocolError as exc:
-        answer = protocol.error(exc.code, exc.message, exc.ref)
+        answer = Error(exc.code, exc.message, exc.ref).to_dict()
     invalid += 1
     conn.send_message(answer)
     if invalid > settings.ws_invalid_messages_max:
@@ -187,20 +184,14 @@ async def _handle(hub: Hub, conn: Connection, message: protocol.ClientMessage) -
             )  # fmt: skip
         except RoomError as exc:
             raise ProtocolError(exc.code, exc.message, message.ref) from None
-        started: dict[str, Any] = {"type": "pool_started", "pool": pool}
-        if message.ref is not None:
-            started["ref"] = message.ref
-        conn.send_message(started)
+        conn.send_message(PoolStarted(pool, message.ref).to_dict())
     elif isinstance(message, protocol.Join):
         await hub.join(conn, message)
     elif isinstance(message, protocol.Leave):
         await hub.leave(conn, message.room)
-        left: dict[str, Any] = {"type": "left", "room": message.room}
-        if message.ref is not None:
-            left["ref"] = message.ref
-        conn.send_message(left)
+        conn.send_message(Left(message.room, message.ref).to_dict())
     elif isinstance(message, protocol.Ping):
-        conn.send_message({"type": "pong", "ref": message.ref} if message.ref else {"type": "pong"})
+        conn.send_message(Pong(message.ref).to_dict())
 
 
 async def _check_overlay_scope(hub: Hub, creator: str, message: protocol.ClientMessage) -> None:

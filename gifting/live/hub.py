@@ -45,17 +45,29 @@ from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE
 from gifting.revocations import Revocations
 from gifting.rooms.pools import PoolOp, room_pools
 from gifting.rooms.store import RoomStore, announced_events, history_events, top_entries
-from gifting.wire import protocol
+from gifting.wire import framing, protocol
+from gifting.wire.messages import (
+    CloseCode,
+    ComboEnd,
+    Error,
+    EventKind,
+    Events,
+    GiftResult,
+    Joined,
+    Leaderboard,
+    PledgeResult,
+    Viewers,
+)
 from gifting.wire.protocol import Codec, ProtocolError
 
 log = logging.getLogger(__name__)
 
 # Close codes (documented in docs/PROTOCOL.md).
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_TOO_MANY_INVALID = 4002
-CLOSE_SLOW_CONSUMER = 4008
-CLOSE_TOO_MANY_CONNECTIONS = 4029
-CLOSE_GOING_AWAY = 1001
+CLOSE_UNAUTHORIZED = CloseCode.UNAUTHORIZED
+CLOSE_TOO_MANY_INVALID = CloseCode.TOO_MANY_INVALID
+CLOSE_SLOW_CONSUMER = CloseCode.SLOW_CONSUMER
+CLOSE_TOO_MANY_CONNECTIONS = CloseCode.TOO_MANY_CONNECTIONS
+CLOSE_GOING_AWAY = CloseCode.GOING_AWAY
 SLOW_CONSUMER_REASON = "slow consumer: outgoing queue full; reconnect and resume with since"
 
 RECOVER_IDS_PER_CALL = 500  # outstanding gift ids looked up per round trip after the pub/sub feed came back
@@ -80,7 +92,7 @@ class Encoded:
     @classmethod
     def of(cls, message: dict[str, Any], codec: Codec) -> Encoded:
         data = protocol.encode(message, codec)
-        return cls(data, protocol.ws_frame(data))
+        return cls(data, framing.ws_frame(data))
 
 
 @dataclass(eq=False, slots=True)
@@ -276,7 +288,7 @@ class Hub:
     def close_unauthorized(self, conn: Connection, code: str, message: str) -> None:
         """Say why, then close with 4001: the token expired or was revoked while the socket was open."""
         if not conn.closed:
-            conn.send_message(protocol.error(code, message))
+            conn.send_message(Error(code, message).to_dict())
             conn.shut(CLOSE_UNAUTHORIZED, code)
 
     def close_revoked(self, user: str) -> None:
@@ -335,9 +347,8 @@ class Hub:
         room.floors[conn] = events[-1]["offset"] if events else last
         conn.send_message(joined)
         if events:
-            frame = protocol.events_frame(room.id, self._audience(conn, room, events))
-            frame["from"], frame["to"] = events[0]["offset"], events[-1]["offset"]
-            conn.send_message(frame)
+            first, last = events[0]["offset"], events[-1]["offset"]
+            conn.send_message(Events(room.id, self._audience(conn, room, events), first, last).to_dict())
 
     async def _snapshot(
         self, conn: Connection, room: Room, message: protocol.Join
@@ -366,23 +377,21 @@ class Hub:
             latest, *replay = await pipe.execute()
         latest_events = [e for e in history_events(latest[::-1]) if first <= e["offset"] <= offset]
         recent = self._audience(conn, room, latest_events)
-        joined: dict[str, Any] = {
-            "type": "joined",
-            "room": room.id,
-            "epoch": epoch,
-            "offset": offset,
-            "status": meta.get("status", "ended"),
-            "title": meta.get("title", ""),
-            "creator": room.creator,
-            "creator_name": meta.get("creator_name", ""),
+        joined = Joined(
+            room=room.id,
+            epoch=epoch,
+            offset=offset,
+            status=meta.get("status", "ended"),
+            title=meta.get("title", ""),
+            creator=room.creator,
+            creator_name=meta.get("creator_name", ""),
             # Live state, so a (re)joining client needs nothing else: approximate viewers, goal, top gifters.
-            "viewers": max(room.viewers, len(room.conns)),
-            "goal": {**goal, "target": int(goal["target"]), "progress": int(goal["progress"])} if goal else None,
-            "top": room.top or await top_entries(self.redis, keys.room_top(room.id), self.settings.leaderboard_size),
-            "pools": await room_pools(self.redis, room.id),
-        }
-        if message.ref is not None:
-            joined["ref"] = message.ref
+            viewers=max(room.viewers, len(room.conns)),
+            goal={**goal, "target": int(goal["target"]), "progress": int(goal["progress"])} if goal else None,
+            top=room.top or await top_entries(self.redis, keys.room_top(room.id), self.settings.leaderboard_size),
+            pools=await room_pools(self.redis, room.id),
+            ref=message.ref,
+        ).to_dict()
         if since is None:
             joined["recent"] = recent
             return joined, []
@@ -444,7 +453,7 @@ class Hub:
         """Queue a gift for settlement; its result reaches `waiter`. Returns an immediate rejection, if any."""
         reason = self.precheck(identity, message.gift)
         if reason is not None:
-            return {"type": "gift_result", "gift_id": message.gift_id, "status": "rejected", "reason": reason}
+            return GiftResult(message.gift_id, "rejected", reason).to_dict()
         request = gifts.new_request(
             req=self._wait(message.gift_id, waiter),
             gift_id=message.gift_id,
@@ -463,12 +472,7 @@ class Hub:
         except STORE_ERRORS as exc:
             self._unwait(message.gift_id, request.req)
             log.warning("gift %s: not queued, store unavailable: %r", message.gift_id, exc)
-            return {
-                "type": "gift_result",
-                "gift_id": message.gift_id,
-                "status": "rejected",
-                "reason": STORE_UNAVAILABLE,
-            }
+            return GiftResult(message.gift_id, "rejected", STORE_UNAVAILABLE).to_dict()
         return None
 
     async def send_pledge(
@@ -477,7 +481,7 @@ class Hub:
         """Queue a pledge for the worker (pool.lua); its result reaches `waiter` like a gift's."""
         if self.backlog > self.settings.gift_backlog_max or self.rate_limited(identity.user):
             reason = "overloaded" if self.backlog > self.settings.gift_backlog_max else "rate_limited"
-            return {"type": "pledge_result", "pledge_id": message.pledge_id, "status": "rejected", "reason": reason}
+            return PledgeResult(message.pledge_id, "rejected", reason).to_dict()
         req = self._wait(message.pledge_id, waiter)
         op = PoolOp(
             "pledge", message.pool, message.pledge_id, message.coins, identity.user, identity.name, self.id, req
@@ -487,8 +491,7 @@ class Hub:
         except STORE_ERRORS as exc:
             self._unwait(message.pledge_id, req)
             log.warning("pledge %s: not queued, store unavailable: %r", message.pledge_id, exc)
-            reason = STORE_UNAVAILABLE
-            return {"type": "pledge_result", "pledge_id": message.pledge_id, "status": "rejected", "reason": reason}
+            return PledgeResult(message.pledge_id, "rejected", STORE_UNAVAILABLE).to_dict()
         return None
 
     def _wait(self, request_id: str, waiter: Waiter) -> int:
@@ -541,7 +544,7 @@ class Hub:
                 return
             room.last_offset = offset
             room.pending.append(event)
-            if event.get("kind") == "gift":
+            if event.get("kind") == EventKind.GIFT:
                 room.gifted = True
                 if "combo" in event:
                     room.combos[event["combo"]["id"]] = (time.monotonic() + self.settings.combo_window_ms / 1000, event)
@@ -656,11 +659,8 @@ class Hub:
 
     def _frame(self, room: Room, events: list[dict[str, Any]], body: list[dict[str, Any]]) -> dict[str, Any]:
         """An `events` frame of `body`, saying which offsets of `events` it covers (also those merged away)."""
-        frame = protocol.events_frame(room.id, body)
         covered = coalesce.offsets_covered(events)
-        if covered is not None:
-            frame["from"], frame["to"] = covered
-        return frame
+        return Events(room.id, body, *(covered or (None, None))).to_dict()
 
     def _send(
         self, conn: Connection, room: Room, events: list[dict[str, Any]], ephemeral: list[dict[str, Any]]
@@ -681,15 +681,8 @@ class Hub:
         ended = [combo_id for combo_id, (ends_at, _) in room.combos.items() if ends_at <= now]
         for combo_id in ended:
             _, last = room.combos.pop(combo_id)
-            room.ephemeral.append(
-                {
-                    "kind": "combo_end",
-                    "combo": {"id": combo_id, "count": last["combo"]["count"]},
-                    "gift": last["gift"],
-                    "sender": last["sender"],
-                    "sender_name": last.get("sender_name", ""),
-                }
-            )
+            combo = {"id": combo_id, "count": last["combo"]["count"]}
+            room.ephemeral.append(ComboEnd(combo, last["gift"], last["sender"], last.get("sender_name", "")).to_dict())
 
     # Background tasks ----------------------------------------------------------------------------------
 
@@ -757,8 +750,7 @@ class Hub:
             for i in range(0, len(waiting), RECOVER_IDS_PER_CALL):
                 outcomes = await ledger.gift_outcomes(waiting[i : i + RECOVER_IDS_PER_CALL])
                 results = [
-                    {"type": "gift_result", "gift_id": o.gift_id, "status": o.status, "reason": o.reason or None}
-                    | {"coins": o.coins, "req": req}
+                    GiftResult(o.gift_id, o.status, o.reason or None, o.coins).to_dict() | {"req": req}
                     for o in outcomes.values()
                     for req, _ in self.waiters.get(o.gift_id, (0.0, []))[1]
                 ]
@@ -820,7 +812,7 @@ class Hub:
                 viewers = fresh_viewer_total(counts, now_ms, int(interval_s * 3000))
                 if viewers != room.viewers:
                     room.viewers = viewers
-                    room.ephemeral.append({"kind": "viewers", "count": viewers})
+                    room.ephemeral.append(Viewers(viewers).to_dict())
 
     async def _push_top(self) -> None:
         """Top gifters of the stream, pushed when they changed, at most once per interval per room."""
@@ -835,7 +827,7 @@ class Hub:
                     continue
                 if top != room.top and room.id in self.rooms:
                     room.top = top
-                    room.ephemeral.append({"kind": "leaderboard", "top": top})
+                    room.ephemeral.append(Leaderboard(top).to_dict())
 
 
 def fresh_viewer_total(counts: dict[str, str], now_ms: int, max_age_ms: int) -> int:

@@ -18,6 +18,7 @@ from gifting.catalog.model import Catalog
 from gifting.config import Settings
 from gifting.ledger.store import Ledger
 from gifting.rooms.store import RoomError, RoomStore, not_durable_is_retry
+from gifting.wire.messages import POOL_CLOSED_KINDS, Error, PledgeResult, PoolClosed, PoolProgress
 
 POOL_FIELD = "p"  # the stream entry field of a pool operation (gifts use "g")
 
@@ -84,7 +85,7 @@ async def open_pool(
         raise RoomError("bad_deadline", f"deadline_s: expected an integer in {low}..{high}")
     info = await rooms.get(room)
     if info.status != "live":
-        raise RoomError("room_not_live", f"room {room!r} is not live", 409)
+        raise RoomError("room_not_live", f"room {room!r} is not live")
     pool_id = "p_" + secrets.token_hex(8)
     deadline_ms = clock.now_ms() + deadline_s * 1000
     record = {
@@ -96,9 +97,9 @@ async def open_pool(
     # cannot pass a cap together and no pool opens in a room whose end has begun.
     reason, opened = await Ledger(redis, settings).pool_open(room, starter, record)
     if reason or opened is None:
-        raise RoomError(reason, OPEN_REFUSALS[reason].format(s=settings, room=room), 409)
+        raise RoomError(reason, OPEN_REFUSALS[reason].format(s=settings, room=room))
     view = pool_view(opened)
-    await rooms.announce(room, [(f"pool:{pool_id}:opened", {"kind": "pool_progress", "pool": view})])
+    await rooms.announce(room, [(f"pool:{pool_id}:opened", PoolProgress(view).to_dict())])
     return view
 
 
@@ -108,14 +109,13 @@ OPEN_REFUSALS = {
     "too_many_open_pools": "one user may have {s.pools_per_user_max} open pools; cancel yours or wait for it",
     "pool_opener_coins": "opening a pool takes at least {s.pool_open_coins_min} coins in the wallet",
 }
-CLOSED_EVENTS = {"expired": "pool_expired", "cancelled": "pool_cancelled", "voided": "pool_voided"}
 
 
 def closing_event(view: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
     """The room event of a pool voided for good (expired, cancelled, or voided at its room's end), derived from
     its durable status, so whoever sees the status announces it (announce.lua keeps it once per pool)."""
-    kind = CLOSED_EVENTS.get(view["status"])
-    return (f"pool:{view['id']}:{view['status']}", {"kind": kind, "pool": view}) if kind else None
+    kind = POOL_CLOSED_KINDS.get(view["status"])
+    return (f"pool:{view['id']}:{view['status']}", PoolClosed(kind, view).to_dict()) if kind else None
 
 
 async def cancel_pool(
@@ -127,14 +127,14 @@ async def cancel_pool(
     between the ledger step and the announcement); announce.lua keeps it once."""
     starter, creator, status = await redis.hmget(keys.pool(pool_id), "starter", "creator", "status")
     if status is None:
-        raise RoomError("unknown_pool", f"no pool {pool_id!r}", 404)
+        raise RoomError("unknown_pool", f"no pool {pool_id!r}")
     if user not in (starter, creator) and not is_admin:
-        raise RoomError("forbidden", "only the pool's opener, the room's creator or an admin cancels it", 403)
+        raise RoomError("forbidden", "only the pool's opener, the room's creator or an admin cancels it")
     async with not_durable_is_retry():  # announce only what is durable
         status, _reason, _balance, _replay, pool = await ledger.pool_op("cancel", pool_id)
     if pool is None or pool["status"] != "cancelled":
         current = pool["status"] if pool else "gone"
-        raise RoomError("pool_not_open", f"pool {pool_id!r} is {current}, not open", 409)
+        raise RoomError("pool_not_open", f"pool {pool_id!r} is {current}, not open")
     view = pool_view(pool)
     event = closing_event(view)
     assert event is not None
@@ -157,6 +157,5 @@ def pledge_result(op: PoolOp, status: str, reason: str, balance: int, view: dict
     """What the pledger is told: the outcome and the pool, or an error for a pledge id reused with other fields."""
     if status == "conflict":
         message = "pledge_id was already used for a different pledge; use a new one"
-        return {"type": "error", "code": "pledge_id_conflict", "pledge_id": op.pledge_id, "message": message}
-    result = {"type": "pledge_result", "pledge_id": op.pledge_id, "pool": view, "coins": balance}
-    return result | {"status": status, "reason": reason or None}
+        return Error("pledge_id_conflict", message, pledge_id=op.pledge_id).to_dict()
+    return PledgeResult(op.pledge_id, status, reason or None, True, view, balance).to_dict()

@@ -19,17 +19,14 @@ from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, Ledger
+from gifting.wire.messages import EventKind, GoalProgress, RoomEnded, StreamSummary
 
 SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
 SUMMARY_TTL_S = 90 * 86400  # a room's own summary; the creator's session list keeps it longer
 
 
 class RoomError(GiftingError):
-    """A room request was refused. `status` is kept until the web layer maps codes to statuses in one table."""
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
-        super().__init__(code, message)
-        self.status = status
+    """A room, goal or pool operation was refused; `code` goes on the wire (HTTP status: gifting/web/http.py)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +123,7 @@ async def not_durable_is_retry() -> AsyncIterator[None]:
     try:
         yield
     except DurabilityError as exc:
-        raise RoomError("not_durable", f"{exc}; the change is recorded: repeat the request to finish it", 503) from None
+        raise RoomError("not_durable", f"{exc}; the change is recorded: repeat the request to finish it") from None
 
 
 async def durable_or_retry(ledger: Ledger) -> None:
@@ -171,22 +168,22 @@ class RoomStore:
             args=[cap, room, now_ms, *flat],
         )
         if opened != 1:
-            raise RoomError("already_live", f"{cap} live room(s) per creator is the limit; end {opened} first", 409)
+            raise RoomError("already_live", f"{cap} live room(s) per creator is the limit; end {opened} first")
         return RoomInfo.from_meta(room, meta)
 
     async def get(self, room: str) -> RoomInfo:
         meta = await self.redis.hgetall(keys.room_meta(room))
         if not meta:
-            raise RoomError("room_not_found", f"no room {room!r}", 404)
+            raise RoomError("room_not_found", f"no room {room!r}")
         return RoomInfo.from_meta(room, meta)
 
     async def end(self, room: str, user: str, is_admin: bool) -> RoomInfo:
         """End a live room (its creator or an admin). Ending a room whose end was interrupted finishes it."""
         info = await self.get(room)
         if info.creator != user and not is_admin:
-            raise RoomError("forbidden", "only the room's creator can end it", 403)
+            raise RoomError("forbidden", "only the room's creator can end it")
         if info.status != "live" and await self.redis.zscore(keys.ROOMS_ENDING, room) is None:
-            raise RoomError("room_not_live", f"room {room!r} has already ended", 409)
+            raise RoomError("room_not_live", f"room {room!r} has already ended")
         await self.finish_end(room)
         return await self.get(room)
 
@@ -236,17 +233,17 @@ class RoomStore:
             event = closing_event(pool_view(raw)) if raw else None
             if event is not None:
                 events.append(event)
-        events.append(("room_ended:" + room, {"kind": "room_ended", "ts": summary["ended_at_ms"]}))
-        events.append(("summary:" + room, {"kind": "stream_summary", "summary": summary}))
+        events.append(("room_ended:" + room, RoomEnded(summary["ended_at_ms"]).to_dict()))
+        events.append(("summary:" + room, StreamSummary(summary).to_dict()))
         return events
 
     async def set_goal(self, room: str, user: str, gift: str | None, target: int) -> dict[str, Any]:
         """One LIVE goal at a time: N of a gift, or a diamond total. Its progress moves with settled gifts."""
         info = await self.get(room)
         if info.creator != user:
-            raise RoomError("forbidden", "only the room's creator sets its goal", 403)
+            raise RoomError("forbidden", "only the room's creator sets its goal")
         if info.status != "live":
-            raise RoomError("room_not_live", f"room {room!r} is not live", 409)
+            raise RoomError("room_not_live", f"room {room!r} is not live")
         goal = {
             "id": "g_" + secrets.token_hex(6),
             "kind": "gift" if gift else "diamonds",
@@ -257,20 +254,20 @@ class RoomStore:
         }
         flat = [str(x) for pair in goal.items() for x in pair]
         if not await self._set_goal(keys=[keys.room_goal(room)], args=flat):
-            raise RoomError("goal_active", "a goal is already active; cancel it or wait until it completes", 409)
-        await self.announce(room, [(f"goal:{goal['id']}", {"kind": "goal_progress", "goal": goal})])
+            raise RoomError("goal_active", "a goal is already active; cancel it or wait until it completes")
+        await self.announce(room, [(f"goal:{goal['id']}", GoalProgress(goal).to_dict())])
         return goal
 
     async def cancel_goal(self, room: str, user: str) -> dict[str, Any]:
         info = await self.get(room)
         if info.creator != user:
-            raise RoomError("forbidden", "only the room's creator cancels its goal", 403)
+            raise RoomError("forbidden", "only the room's creator cancels its goal")
         goal = await self.goal(room)
         if goal is None or goal["status"] != "active":
-            raise RoomError("no_active_goal", "the room has no active goal", 409)
+            raise RoomError("no_active_goal", "the room has no active goal")
         await self.redis.hset(keys.room_goal(room), "status", "cancelled")
         goal["status"] = "cancelled"
-        await self.announce(room, [(f"goal:{goal['id']}:cancelled", {"kind": "goal_progress", "goal": goal})])
+        await self.announce(room, [(f"goal:{goal['id']}:cancelled", GoalProgress(goal).to_dict())])
         return goal
 
     async def goal(self, room: str) -> dict[str, Any] | None:
@@ -429,14 +426,14 @@ def announce_fields(dedupe_id: str, event: dict[str, Any]) -> str:
     gift, count, contributors, combo key (ids and account names have no tabs)."""
     kind = event.get("kind")
     contributors, combo = "", ""
-    if kind == "gift":
+    if kind == EventKind.GIFT:
         contributors = f"{event['sender']} {event['coins']}"
         combo = f"{event['sender']}:{event['gift']}"
-    elif kind == "pool_completed":
+    elif kind == EventKind.POOL_COMPLETED:
         contributors = "|".join(f"{c['user']} {c['coins']}" for c in event["pool"]["contributors"])
-    coins = event.get("coins", 0) if kind in ("gift", "pool_completed") else 0
-    diamonds = event.get("diamonds", 0) if kind in ("gift", "pool_completed") else 0
-    count = event.get("count", 1 if kind == "pool_completed" else 0)
+    coins = event.get("coins", 0) if kind in (EventKind.GIFT, EventKind.POOL_COMPLETED) else 0
+    diamonds = event.get("diamonds", 0) if kind in (EventKind.GIFT, EventKind.POOL_COMPLETED) else 0
+    count = event.get("count", 1 if kind == EventKind.POOL_COMPLETED else 0)
     return f"{dedupe_id}\t{coins}\t{diamonds}\t{event.get('gift', '')}\t{count}\t{contributors}\t{combo}"
 
 

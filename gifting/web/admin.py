@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from gifting.auth import USER_ID_PATTERN
 from gifting.catalog.model import CatalogError, make_bundle, make_gift
-from gifting.web.api import ApiError, json_body, json_response, require_admin
+from gifting.web.http import ApiError, NotFound, json_body, json_response, require_admin
 
 
 async def put_gift(request: Request) -> Response:
@@ -42,7 +42,7 @@ async def _put(request: Request, kind: str, make: Callable[[dict[str, Any]], Any
     try:
         item = make({**body, "id": request.path_params[kind], "retired": False})
     except CatalogError as exc:
-        raise ApiError(400, f"bad_{kind}", str(exc)) from None
+        raise ApiError(f"bad_{kind}", str(exc)) from None
     await getattr(request.app.state.catalogs, store_method)(item)
     return json_response(item.to_dict())
 
@@ -53,7 +53,7 @@ async def _retire(request: Request, kind: str, table: str, store_method: str) ->
     await store.refresh()
     item = getattr(store.current, table).get(request.path_params[kind])
     if item is None:
-        raise ApiError(404, f"unknown_{kind}", f"no {kind} {request.path_params[kind]!r}")
+        raise NotFound(f"unknown_{kind}", f"no {kind} {request.path_params[kind]!r}")
     retired = dataclasses.replace(item, retired=True)
     await getattr(store, store_method)(retired)
     return json_response(retired.to_dict())
@@ -64,7 +64,7 @@ async def reverse_purchase(request: Request) -> Response:
     require_admin(request)
     mode = request.path_params["mode"]
     if mode not in ("refund", "chargeback"):
-        raise ApiError(404, "not_found", "expected /refund or /chargeback")
+        raise ApiError("not_found", "expected /refund or /chargeback")
     ledger = request.app.state.ledger
     balance = await ledger.reverse(request.path_params["purchase"], mode)
     record, _ = await ledger.purchase_record(request.path_params["purchase"])
@@ -76,7 +76,7 @@ async def resolve_withdrawal(request: Request) -> Response:
     require_admin(request)
     action = request.path_params["action"]
     if action not in ("post", "void"):
-        raise ApiError(404, "not_found", "expected /post or /void")
+        raise ApiError("not_found", "expected /post or /void")
     ledger = request.app.state.ledger
     withdrawal = await ledger.resolve_withdrawal(request.path_params["withdrawal"], action, "voided_by_admin")
     return json_response({"withdrawal": withdrawal})
@@ -88,7 +88,7 @@ async def revoke_tokens(request: Request) -> Response:
     require_admin(request)
     user = request.path_params["user"]
     if not USER_ID_PATTERN.fullmatch(user):
-        raise ApiError(400, "bad_user", f"user id: expected [A-Za-z0-9_.@-]{{1,64}}, got {user[:80]!r}")
+        raise ApiError("bad_user", f"user id: expected [A-Za-z0-9_.@-]{{1,64}}, got {user[:80]!r}")
     hub = request.app.state.hub
     not_before = await hub.revocations.revoke(user)
     hub.close_revoked(user)

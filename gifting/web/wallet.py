@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-import time
 from typing import Any
 
 from starlette.requests import Request
@@ -12,10 +11,10 @@ from starlette.routing import Route
 
 from gifting import keys
 from gifting.auth import Identity
+from gifting.clock import now_ms
 from gifting.ledger import rules
-from gifting.ledger.store import LedgerError
-from gifting.payments import PAYOUT_OK, PaymentError, charge_key
-from gifting.web.api import ApiError, identify, json_body, json_response
+from gifting.payments import PAYOUT_OK, charge_key
+from gifting.web.http import STATUS, ApiError, identify, json_body, json_response
 
 IDEMPOTENCY_KEY_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 PAYOUT_ACCOUNT_PATTERN = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
@@ -27,28 +26,28 @@ SPEND_LIMIT_COINS_MAX = 10**9
 def idempotency_key(request: Request) -> str:
     key = request.headers.get("idempotency-key", "")
     if not IDEMPOTENCY_KEY_PATTERN.fullmatch(key):
-        raise ApiError(400, "idempotency_key_required", "header Idempotency-Key: expected [A-Za-z0-9_.:-]{1,64}")
+        raise ApiError("idempotency_key_required", "header Idempotency-Key: expected [A-Za-z0-9_.:-]{1,64}")
     return key
 
 
 def positive_int(value: object, name: str, maximum: int) -> int:
     """Amounts are integers: a float, string, bool, zero, negative or absurd value is `bad_amount`."""
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
-        raise ApiError(400, "bad_amount", f"{name}: expected an integer in 1..{maximum}, got {value!r}")
+        raise ApiError("bad_amount", f"{name}: expected an integer in 1..{maximum}, got {value!r}")
     return value
 
 
 def list_limit(request: Request, default: int = 50) -> int:
     raw = request.query_params.get("limit", str(default))
     if not raw.isdigit() or not 1 <= int(raw) <= LIST_LIMIT_MAX:
-        raise ApiError(400, "bad_limit", f"limit: expected an integer in 1..{LIST_LIMIT_MAX}")
+        raise ApiError("bad_limit", f"limit: expected an integer in 1..{LIST_LIMIT_MAX}")
     return int(raw)
 
 
 def require_creator(request: Request) -> Identity:
     identity = identify(request)
     if not identity.can_create:
-        raise ApiError(403, "forbidden", "creators only")
+        raise ApiError("forbidden", "creators only")
     return identity
 
 
@@ -72,28 +71,22 @@ async def purchase(request: Request) -> Response:
     body = await json_body(request)
     bundle_id, payment_token = body.get("bundle_id"), body.get("payment_token")
     if not isinstance(bundle_id, str) or not isinstance(payment_token, str) or len(payment_token) > 256:
-        raise ApiError(400, "bad_request", 'expected {"bundle_id": str, "payment_token": str}')
+        raise ApiError("bad_request", 'expected {"bundle_id": str, "payment_token": str}')
     purchase_id = keys.purchase_id(identity.user, key)
     fingerprint = rules.fingerprint(bundle_id, payment_token)
-    try:
-        existing = await state.ledger.purchase_record(purchase_id, owner=identity.user)
-    except LedgerError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+    existing = await state.ledger.purchase_record(purchase_id, owner=identity.user)
     if existing is not None:
         return await _purchase_response(state, identity, existing[0], existing[1] == fingerprint, replay=True)
     bundle = await state.catalogs.bundle(bundle_id)
     if bundle is None or bundle.retired:
-        raise ApiError(404, "unknown_bundle", f"no bundle {bundle_id!r}; see GET /v1/catalog/bundles")
-    try:
-        charge = await state.payments.charge(
-            charge_key(purchase_id, bundle.price_minor, bundle.currency, fingerprint),
-            identity.user,
-            bundle.price_minor,
-            bundle.currency,
-            payment_token,
-        )
-    except PaymentError as exc:
-        raise ApiError(400, exc.code, exc.message) from None
+        raise ApiError("unknown_bundle", f"no bundle {bundle_id!r}; see GET /v1/catalog/bundles")
+    charge = await state.payments.charge(  # PaymentError (invalid_payment_token): 400, nothing charged
+        charge_key(purchase_id, bundle.price_minor, bundle.currency, fingerprint),
+        identity.user,
+        bundle.price_minor,
+        bundle.currency,
+        payment_token,
+    )
     record = {
         "purchase_id": purchase_id,
         "bundle_id": bundle.id,
@@ -104,7 +97,7 @@ async def purchase(request: Request) -> Response:
         "reason": charge.decline_reason or None,
         "charge_id": charge.charge_id,
         "provider": state.payments.name,
-        "ts": int(time.time() * 1000),
+        "ts": now_ms(),
     }
     stored, same, replay = await state.ledger.purchase(
         identity.user, purchase_id, fingerprint, charge.status, record, bundle.coins
@@ -116,12 +109,12 @@ async def _purchase_response(
     state: Any, identity: Identity, record: dict[str, Any], same_request: bool, replay: bool
 ) -> Response:
     if not same_request:
-        raise ApiError(409, "idempotency_key_conflict", "Idempotency-Key was used for a different purchase")
+        raise ApiError("idempotency_key_conflict", "Idempotency-Key was used for a different purchase")
     balances = await state.ledger.wallet(identity.user)
     body = {"purchase": record, "wallet": balances, "replay": replay}
     if record["status"] == "declined":
         body["error"] = {"code": "payment_declined", "message": f"payment declined: {record.get('reason')}"}
-        return json_response(body, 402)
+        return json_response(body, STATUS["payment_declined"])
     return json_response(body, 200 if replay else 201)
 
 
@@ -142,15 +135,12 @@ async def request_withdrawal(request: Request) -> Response:
     diamonds = positive_int(body.get("diamonds"), "diamonds", DIAMONDS_MAX)
     payout_account = body.get("payout_account", PAYOUT_OK)
     if not isinstance(payout_account, str) or not PAYOUT_ACCOUNT_PATTERN.fullmatch(payout_account):
-        raise ApiError(400, "bad_payout_account", "payout_account: expected [A-Za-z0-9_.:-]{1,64}")
+        raise ApiError("bad_payout_account", "payout_account: expected [A-Za-z0-9_.:-]{1,64}")
     ledger = request.app.state.ledger
     fingerprint = rules.fingerprint(diamonds, payout_account)
-    try:
-        withdrawal, replay = await ledger.request_withdrawal(
-            identity.user, keys.withdrawal_id(identity.user, key), diamonds, payout_account, fingerprint
-        )
-    except LedgerError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+    withdrawal, replay = await ledger.request_withdrawal(
+        identity.user, keys.withdrawal_id(identity.user, key), diamonds, payout_account, fingerprint
+    )
     return json_response({"withdrawal": withdrawal, "replay": replay}, 200 if replay else 201)
 
 
@@ -168,7 +158,7 @@ async def transactions(request: Request) -> Response:
     identity = identify(request)
     cursor = request.query_params.get("cursor")
     if cursor is not None and not re.fullmatch(r"\d{1,20}", cursor):
-        raise ApiError(400, "bad_cursor", "cursor: pass next_cursor from the previous page")
+        raise ApiError("bad_cursor", "cursor: pass next_cursor from the previous page")
     items, next_cursor = await request.app.state.ledger.statement(identity.user, cursor, list_limit(request))
     return json_response({"transactions": items, "next_cursor": next_cursor})
 
@@ -186,10 +176,7 @@ async def put_limits(request: Request) -> Response:
     value = body.get("daily_spend_coins_max")
     if type(value) is not int or value != 0:  # false and 0.0 equal 0 but are not a cap
         value = positive_int(value, "daily_spend_coins_max", SPEND_LIMIT_COINS_MAX)
-    try:
-        await request.app.state.ledger.set_spend_limit(identity.user, value)
-    except LedgerError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
+    await request.app.state.ledger.set_spend_limit(identity.user, value)
     return json_response(await request.app.state.ledger.spend_limit(identity.user))
 
 
@@ -204,7 +191,7 @@ async def room_earnings(request: Request) -> Response:
     identity = identify(request)
     summary = await request.app.state.rooms.earnings(request.path_params["room"])
     if summary["creator"] != identity.user and identity.role != "admin":
-        raise ApiError(403, "forbidden", "only the room's creator sees its earnings")
+        raise ApiError("forbidden", "only the room's creator sees its earnings")
     return json_response(summary)
 
 

@@ -7,14 +7,22 @@ Two codecs, chosen by subprotocol: `gifting.v1.json` (text frames, the default) 
 from __future__ import annotations
 
 import re
-import struct
 import uuid
-from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
 import msgpack
 import orjson
+
+from gifting.errors import GiftingError
+from gifting.wire.messages import ClientMessage as ClientMessage
+from gifting.wire.messages import Join as Join
+from gifting.wire.messages import Leave as Leave
+from gifting.wire.messages import Ping as Ping
+from gifting.wire.messages import Pledge as Pledge
+from gifting.wire.messages import SendGift as SendGift
+from gifting.wire.messages import Since as Since
+from gifting.wire.messages import StartPool as StartPool
 
 ROOM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 EPOCH_PATTERN = re.compile(r"[A-Za-z0-9]{1,32}")
@@ -38,67 +46,14 @@ class Codec(Enum):
         return None
 
 
-class ProtocolError(Exception):
-    """A client message we cannot accept. `code` goes on the wire in an `error` message."""
+class ProtocolError(GiftingError):
+    """A client message we cannot accept. `code` goes on the wire in an `error` message, with the message's `ref`."""
 
     def __init__(self, code: str, message: str, ref: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+        super().__init__(code, message)
         self.ref = ref
 
 
-@dataclass(frozen=True, slots=True)
-class Since:
-    epoch: str
-    offset: int
-
-
-@dataclass(frozen=True, slots=True)
-class Join:
-    room: str
-    since: Since | None = None
-    ref: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Leave:
-    room: str
-    ref: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class SendGift:
-    room: str
-    gift: str
-    count: int
-    gift_id: str
-    price: int | None = None  # coins per gift as the viewer saw it; settlement rejects if it changed
-    ref: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class StartPool:
-    room: str
-    gift: str
-    deadline_s: int
-    ref: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Pledge:
-    pool: str
-    coins: int
-    pledge_id: str
-    ref: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Ping:
-    ref: str | None = None
-
-
-ClientMessage = Join | Leave | SendGift | StartPool | Pledge | Ping
 POOL_ID_PATTERN = re.compile(r"p_[0-9a-f]{16}")
 PLEDGE_COINS_MAX = 10_000_000
 
@@ -219,52 +174,11 @@ def _since(value: object, ref: str | None) -> Since | None:
 
 
 def encode(message: dict[str, Any], codec: Codec) -> str | bytes:
-    """A server message -> what goes on the wire: str (a text frame) for JSON, bytes for msgpack."""
+    """A server message (`ServerMessage.to_dict()`) -> what goes on the wire: str (a text frame) for JSON, bytes
+    for msgpack."""
     if codec is Codec.MSGPACK:
         return msgpack.packb(message, use_bin_type=True)
     return orjson.dumps(message).decode()
-
-
-# RFC 6455 5.2: FIN bit, opcodes, and where the 7-bit length gives way to a 16-bit and a 64-bit one.
-_FIN = 0x80
-_OP_TEXT, _OP_BINARY = 0x1, 0x2
-_LEN_16, _LEN_64 = 126, 127
-
-
-def ws_frame(data: str | bytes) -> bytes:
-    """What `encode` returned, as one complete websocket frame: text for str (JSON), binary for bytes (msgpack).
-
-    FIN set, no extension bits, unmasked (a server's frames never are), length in 7, 16 or 64 bits. The hub
-    builds it once per tick, audience and codec, and writes the same bytes to every connection. Valid only on a
-    connection without extensions (permessage-deflate is off; gifting/live/direct.py checks it per connection).
-    """
-    if isinstance(data, str):
-        return frame_bytes(_OP_TEXT, data.encode())
-    return frame_bytes(_OP_BINARY, data)
-
-
-def frame_bytes(opcode: int, payload: bytes) -> bytes:
-    """One unmasked websocket frame with FIN set (RFC 6455 5.2): `opcode`, then `payload` as it is."""
-    first = _FIN | opcode
-    n = len(payload)
-    if n < _LEN_16:
-        header = struct.pack("!BB", first, n)
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", first, _LEN_16, n)
-    else:
-        header = struct.pack("!BBQ", first, _LEN_64, n)
-    return header + payload
-
-
-def error(code: str, message: str, ref: str | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if ref is not None:
-        out["ref"] = ref
-    return out
-
-
-def events_frame(room: str, events: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"type": "events", "room": room, "events": events}
 
 
 # Fields of a room event that only the room's creator receives.

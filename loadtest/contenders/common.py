@@ -24,7 +24,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gifting import keys
 from gifting.rooms.store import announced_events
-from gifting.wire import protocol
+from gifting.wire import framing
 
 log = logging.getLogger("contender")
 
@@ -79,7 +79,7 @@ def ws_accept_key(key: bytes) -> bytes:
 
 def ws_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
     """One unmasked (server -> client) frame, FIN set; JSON goes out as text, as the hub sends it."""
-    return protocol.frame_bytes(opcode, payload)
+    return framing.frame_bytes(opcode, payload)
 
 
 def run_uvicorn(make_app: Callable[[str, str], Any], description: str) -> None:

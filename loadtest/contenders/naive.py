@@ -26,6 +26,7 @@ from starlette.websockets import WebSocket
 
 from gifting.app import redis_client
 from gifting.wire import protocol
+from gifting.wire.messages import Events
 from loadtest.contenders.common import SUBPROTOCOL, read_room_events, run_uvicorn
 
 
@@ -48,7 +49,7 @@ def make_app(redis_url: str, room: str) -> Starlette:
 
     async def fan_out(events: list[dict[str, Any]]) -> None:
         for event in events:
-            data = orjson.dumps(protocol.events_frame(room, [protocol.for_viewers(event)]))
+            data = orjson.dumps(Events(room, [protocol.for_viewers(event)]).to_dict())
             for ws in list(sockets):
                 try:
                     await ws.send_bytes(data)

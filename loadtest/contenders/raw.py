@@ -22,7 +22,7 @@ import orjson
 from gifting.app import redis_client
 from gifting.config import Settings
 from gifting.live import coalesce
-from gifting.wire import protocol
+from gifting.wire.messages import Events
 from loadtest.contenders.common import (
     OP_BINARY,
     OP_CLOSE,
@@ -54,11 +54,8 @@ class RawServer:
         """The same frame the hub builds for viewers (gifting/live/hub.py Hub._frame): the big-room policy applied."""
         s = self.settings
         body = coalesce.for_viewers_frame(events, s.big_gift_coins, s.frame_events_max, None, s.merged_gifts_max)
-        frame = protocol.events_frame(self.room, body)
         covered = coalesce.offsets_covered(events)
-        if covered is not None:
-            frame["from"], frame["to"] = covered
-        return frame
+        return Events(self.room, body, *(covered or (None, None))).to_dict()
 
     def on_events(self, events: list[dict[str, Any]]) -> None:
         self.pending.extend(events)

@@ -1,123 +1,32 @@
-"""HTTP handlers: parse -> core -> Redis. Errors are `{"error": {"code", "message"}}` with a fitting status."""
+"""HTTP handlers of rooms: open, list, end, gifts, leaderboards, goals, summaries, pools and pledges."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Any
 
-import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gifting import auth, keys
-from gifting.auth import Identity
-from gifting.ledger.store import LedgerError
-from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
+from gifting import auth
+from gifting.outage import STORE_UNAVAILABLE
 from gifting.rooms.pools import cancel_pool, get_pool, open_pool
-from gifting.rooms.store import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, LIVE_PAGE_MAX, TOP_LIMIT_MAX, TOP_PERIODS, RoomError
-from gifting.web import pages
+from gifting.rooms.store import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, LIVE_PAGE_MAX, TOP_LIMIT_MAX, TOP_PERIODS
+from gifting.web.http import (
+    STATUS,
+    ApiError,
+    identify,
+    json_body,
+    json_response,
+    rejected_status,
+    store_unavailable_response,
+)
 from gifting.wire import protocol
-from gifting.wire.protocol import ProtocolError
+from gifting.wire.messages import GiftResult, PledgeResult
 
 LIVE_PAGE_DEFAULT = 50
-log = logging.getLogger(__name__)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
-def json_response(data: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(data), status_code=status, media_type="application/json")
-
-
-def error_response(status: int, code: str, message: str) -> Response:
-    return json_response({"error": {"code": code, "message": message}}, status)
-
-
-def store_unavailable_response(retry_after_s: int, **extra: Any) -> Response:
-    """503 `store_unavailable` with Retry-After: Valkey is unreachable, and this request may not have happened
-    (or, rarely, happened without its answer): repeat it with the same ids or Idempotency-Key."""
-    body = {**extra, "error": {"code": STORE_UNAVAILABLE, "message": STORE_UNAVAILABLE_MESSAGE}}
-    response = json_response(body, 503)
-    response.headers["Retry-After"] = str(retry_after_s)
-    return response
-
-
-async def store_error_handler(request: Request, exc: Exception) -> Response:
-    """Every route, for any of outage.STORE_ERRORS it lets through (registered in gifting/app.py)."""
-    log.warning("%s %s: store unavailable: %r", request.method, request.url.path, exc)
-    return store_unavailable_response(request.app.state.settings.store_retry_after_s)
-
-
-def require_admin(request: Request) -> Identity:
-    identity = identify(request)
-    if identity.role != "admin":
-        raise ApiError(403, "forbidden", "admin only")
-    return identity
-
-
-def identify(request: Request) -> Identity:
-    """The caller, from a full-power token: an overlay token (read-only, websocket feed only) is refused."""
-    token = auth.bearer(request.headers.get("authorization")) or request.query_params.get("token")
-    try:
-        identity = auth.verify(request.app.state.secret, token, request.app.state.hub.revocations.not_before)
-    except auth.AuthError as exc:
-        raise ApiError(401, exc.code, exc.message) from None
-    if identity.overlay_of is not None:
-        raise ApiError(403, "token_scope", "an overlay token only reads its creator's room feed over the websocket")
-    return identity
-
-
-async def json_body(request: Request) -> dict[str, Any]:
-    body = await request.body()  # at most GIFTING_HTTP_BODY_BYTES_MAX: gifting/web/edge.py refused a larger one unread
-    try:
-        data = orjson.loads(body or b"{}")
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "bad_json", f"request body is not JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "bad_json", f"expected a JSON object, got {type(data).__name__}")
-    return data
-
-
-# Health ------------------------------------------------------------------------------------------------
-
-
-async def healthz(request: Request) -> Response:
-    return json_response({"status": "ok"})
-
-
-async def readyz(request: Request) -> Response:
-    """Ready when Valkey answers and a settlement worker beat within GIFTING_HEARTBEAT_TTL_S."""
-    state = request.app.state
-    try:
-        await state.redis.ping()
-        since_ms = int(time.time() * 1000) - state.settings.heartbeat_ttl_s * 1000
-        workers = await state.redis.zcount(keys.WORKER_HEARTBEATS, since_ms, "+inf")
-    except STORE_ERRORS as exc:
-        retry_after_s = state.settings.store_retry_after_s
-        return store_unavailable_response(retry_after_s, status="unavailable", redis=f"unreachable: {exc}")
-    except Exception as exc:
-        return json_response({"status": "unavailable", "redis": f"unreachable: {exc}"}, 503)
-    if workers == 0:
-        return json_response({"status": "unavailable", "redis": "ok", "workers": 0}, 503)
-    return json_response({"status": "ready", "redis": "ok", "workers": workers})
-
-
-# Catalog and wallet --------------------------------------------------------------------------------------
-
-
-async def catalog_gifts(request: Request) -> Response:
-    return json_response({"gifts": request.app.state.catalogs.current.gift_list()})
-
-
-async def catalog_bundles(request: Request) -> Response:
-    return json_response({"bundles": request.app.state.catalogs.current.bundle_list()})
 
 
 # Rooms -------------------------------------------------------------------------------------------------
@@ -126,12 +35,12 @@ async def catalog_bundles(request: Request) -> Response:
 async def open_room(request: Request) -> Response:
     identity = identify(request)
     if not identity.can_create:
-        raise ApiError(403, "forbidden", "only creators can go live")
+        raise ApiError("forbidden", "only creators can go live")
     body = await json_body(request)
     title = body.get("title")
     chars_max = request.app.state.settings.room_title_chars_max
     if not isinstance(title, str) or not 1 <= len(title.strip()) <= chars_max:
-        raise ApiError(400, "bad_title", f"title: expected 1..{chars_max} characters")
+        raise ApiError("bad_title", f"title: expected 1..{chars_max} characters")
     info = await request.app.state.rooms.open(identity.user, identity.name, title.strip())
     return json_response(info.to_dict(), 201)
 
@@ -141,7 +50,7 @@ async def overlay_token(request: Request) -> Response:
     never the creator's own token."""
     identity = identify(request)
     if not identity.can_create:
-        raise ApiError(403, "forbidden", "only creators have an overlay")
+        raise ApiError("forbidden", "only creators have an overlay")
     ttl_s = request.app.state.settings.overlay_token_ttl_s
     token = auth.mint_overlay(request.app.state.secret, identity.user, ttl_s)
     return json_response(
@@ -153,11 +62,11 @@ async def list_rooms(request: Request) -> Response:
     """Live rooms, newest first, a page at a time: `?limit=` 1..100 (default 50), `?cursor=` a next_cursor."""
     raw_limit = request.query_params.get("limit", str(LIVE_PAGE_DEFAULT))
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= LIVE_PAGE_MAX:
-        raise ApiError(400, "bad_limit", f"limit: expected an integer in 1..{LIVE_PAGE_MAX}")
+        raise ApiError("bad_limit", f"limit: expected an integer in 1..{LIVE_PAGE_MAX}")
     try:
         rooms, next_cursor = await request.app.state.rooms.live(int(raw_limit), request.query_params.get("cursor"))
     except ValueError as exc:
-        raise ApiError(400, "bad_cursor", str(exc)) from None
+        raise ApiError("bad_cursor", str(exc)) from None
     return json_response({"rooms": [r.to_dict() for r in rooms], "next_cursor": next_cursor})
 
 
@@ -165,7 +74,7 @@ async def creator_live_room(request: Request) -> Response:
     """The creator's live room, or null: pages find a creator's stream here, not by scanning the lobby."""
     creator = request.path_params["creator"]
     if not auth.USER_ID_PATTERN.fullmatch(creator):
-        raise ApiError(400, "bad_creator", "creator: expected a user id ([A-Za-z0-9_.@-]{1,64})")
+        raise ApiError("bad_creator", "creator: expected a user id ([A-Za-z0-9_.@-]{1,64})")
     info = await request.app.state.rooms.creator_live(creator)
     return json_response({"room": info.to_dict() if info else None})
 
@@ -188,18 +97,15 @@ async def send_gift(request: Request) -> Response:
     state = request.app.state
     body = await json_body(request)
     body["type"], body["room"] = "gift", _room_param(request)
-    try:
-        message = protocol.parse_message(body, state.settings.gift_count_max)
-    except ProtocolError as exc:
-        raise ApiError(400, exc.code, exc.message) from None
+    message = protocol.parse_message(body, state.settings.gift_count_max)  # ProtocolError: 400
     assert isinstance(message, protocol.SendGift)
     future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     rejected = await state.hub.send_gift(identity, message, future)
     if rejected is not None and rejected["reason"] == STORE_UNAVAILABLE:
         return store_unavailable_response(state.settings.store_retry_after_s)
     if rejected is not None:
-        return json_response(rejected, 429 if rejected["reason"] in ("rate_limited", "overloaded") else 422)
-    pending = {"type": "gift_result", "gift_id": message.gift_id, "status": "pending", "reason": None}
+        return json_response(rejected, rejected_status(rejected["reason"]))
+    pending = GiftResult(message.gift_id, "pending", None).to_dict()
     result, status = await _settled(future, state.settings.gift_result_timeout_ms, pending)
     return json_response(result, status)
 
@@ -209,10 +115,10 @@ async def leaderboard(request: Request) -> Response:
     room = _room_param(request)
     period = request.query_params.get("period", "stream")
     if period not in TOP_PERIODS:
-        raise ApiError(400, "bad_period", f"period: expected one of {', '.join(TOP_PERIODS)}")
+        raise ApiError("bad_period", f"period: expected one of {', '.join(TOP_PERIODS)}")
     raw_limit = request.query_params.get("limit", "10")
     if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= TOP_LIMIT_MAX:
-        raise ApiError(400, "bad_limit", f"limit: expected an integer in 1..{TOP_LIMIT_MAX}")
+        raise ApiError("bad_limit", f"limit: expected an integer in 1..{TOP_LIMIT_MAX}")
     top = await request.app.state.rooms.top(room, period, int(raw_limit))
     return json_response({"room": room, "period": period, "top": top})
 
@@ -228,10 +134,10 @@ async def set_goal(request: Request) -> Response:
     elif "gift" in body and "diamonds" not in body:
         gift = body.get("gift")
         if not isinstance(gift, str) or state.catalogs.current.sendable(gift) is None:
-            raise ApiError(400, "unknown_gift", f"gift: no gift {gift!r} on sale")
+            raise ApiError("unknown_gift", f"gift: no gift {gift!r} on sale")
         target = _goal_target(body.get("target"), "target", GOAL_TARGET_MAX)
     else:
-        raise ApiError(400, "bad_goal", 'expected {"gift": id, "target": n} or {"diamonds": n}')
+        raise ApiError("bad_goal", 'expected {"gift": id, "target": n} or {"diamonds": n}')
     goal = await state.rooms.set_goal(room, identity.user, gift, target)
     return json_response({"goal": goal}, 201)
 
@@ -243,7 +149,7 @@ async def cancel_goal(request: Request) -> Response:
 
 def _goal_target(value: object, name: str, maximum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= maximum:
-        raise ApiError(400, "bad_target", f"{name}: expected an integer in 1..{maximum}, got {value!r}")
+        raise ApiError("bad_target", f"{name}: expected an integer in 1..{maximum}, got {value!r}")
     return value
 
 
@@ -273,7 +179,7 @@ async def start_pool(request: Request) -> Response:
     state = request.app.state
     gift = body.get("gift")
     if not isinstance(gift, str):
-        raise ApiError(400, "unknown_gift", "gift: expected a gift id")
+        raise ApiError("unknown_gift", "gift: expected a gift id")
     pool = await open_pool(
         state.redis, state.rooms, state.settings, state.catalogs.current, _room_param(request), identity.user,
         gift, body.get("deadline_s"),
@@ -284,7 +190,7 @@ async def start_pool(request: Request) -> Response:
 async def get_pool_handler(request: Request) -> Response:
     pool = await get_pool(request.app.state.redis, request.path_params["pool"])
     if pool is None:
-        raise ApiError(404, "unknown_pool", f"no pool {request.path_params['pool']!r}")
+        raise ApiError("unknown_pool", f"no pool {request.path_params['pool']!r}")
     return json_response({"pool": pool})
 
 
@@ -293,7 +199,7 @@ async def cancel_pool_handler(request: Request) -> Response:
     identity = identify(request)
     pool_id = request.path_params["pool"]
     if not protocol.POOL_ID_PATTERN.fullmatch(pool_id):
-        raise ApiError(400, "bad_pool", f"pool: expected a pool id, got {pool_id!r}")
+        raise ApiError("bad_pool", f"pool: expected a pool id, got {pool_id!r}")
     state = request.app.state
     pool = await cancel_pool(state.redis, state.rooms, state.ledger, pool_id, identity.user, identity.role == "admin")
     return json_response({"pool": pool})
@@ -304,17 +210,14 @@ async def pledge(request: Request) -> Response:
     identity = identify(request)
     state = request.app.state
     body = await json_body(request)
-    try:
-        message = protocol.parse_pledge({**body, "pool": request.path_params["pool"]})
-    except ProtocolError as exc:
-        raise ApiError(400, exc.code, exc.message) from None
+    message = protocol.parse_pledge({**body, "pool": request.path_params["pool"]})  # ProtocolError: 400
     future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
     rejected = await state.hub.send_pledge(identity, message, future)
     if rejected is not None and rejected["reason"] == STORE_UNAVAILABLE:
         return store_unavailable_response(state.settings.store_retry_after_s)
     if rejected is not None:
-        return json_response(rejected, 429)
-    pending = {"type": "pledge_result", "pledge_id": message.pledge_id, "status": "pending", "reason": None}
+        return json_response(rejected, rejected_status(rejected["reason"]))
+    pending = PledgeResult(message.pledge_id, "pending", None).to_dict()
     result, status = await _settled(future, state.settings.gift_result_timeout_ms, pending)
     return json_response(result, 422 if status == 200 and result["status"] == "rejected" else status)
 
@@ -322,47 +225,22 @@ async def pledge(request: Request) -> Response:
 async def _settled(
     future: asyncio.Future[dict[str, Any]], timeout_ms: int, pending: dict[str, Any]
 ) -> tuple[dict[str, Any], int]:
-    """The worker's result for an HTTP request (200), an error from it (409), or `pending` (202) past the
-    timeout: the client resends the same id later to learn the outcome."""
+    """The worker's result for an HTTP request (200), an error from it (an id conflict: 409), or `pending`
+    (202) past the timeout: the client resends the same id later to learn the outcome."""
     try:
         result = await asyncio.wait_for(future, timeout_ms / 1000)
     except TimeoutError:
         return pending, 202
     if result.get("type") == "error":
-        return {"error": {"code": result["code"], "message": result["message"]}}, 409
+        return {"error": {"code": result["code"], "message": result["message"]}}, STATUS[result["code"]]
     return result, 200
 
 
 def _room_param(request: Request) -> str:
-    try:
-        return protocol.parse_room(request.path_params["room"])
-    except ProtocolError as exc:
-        raise ApiError(400, exc.code, exc.message) from None
-
-
-# Dev ---------------------------------------------------------------------------------------------------
-
-
-async def dev_token(request: Request) -> Response:
-    """Dev mode only: mint a demo token (the platform does this in production)."""
-    state = request.app.state
-    if not state.settings.dev_mode:
-        raise ApiError(404, "not_found", "dev endpoints are off (GIFTING_DEV is not set)")
-    if not pages.loopback_host(request):  # DNS rebinding: another origin's page, its name resolving here
-        raise ApiError(403, "dev_host_refused", "dev endpoints answer only at localhost, 127.0.0.1 or [::1]")
-    user, role = request.query_params.get("user", "demo_viewer"), request.query_params.get("role", "viewer")
-    try:
-        token = auth.mint(state.secret, user, role, request.query_params.get("name"), state.settings.token_ttl_s)  # type: ignore[arg-type]
-    except ValueError as exc:
-        raise ApiError(400, "bad_request", str(exc)) from None
-    return json_response({"token": token, "user": user, "role": role})
+    return protocol.parse_room(request.path_params["room"])  # ProtocolError: 400
 
 
 routes = [
-    Route("/healthz", healthz),
-    Route("/readyz", readyz),
-    Route("/v1/catalog/gifts", catalog_gifts),
-    Route("/v1/catalog/bundles", catalog_bundles),
     Route("/v1/rooms", list_rooms, methods=["GET"]),
     Route("/v1/rooms", open_room, methods=["POST"]),
     Route("/v1/rooms/{room}", get_room),
@@ -378,13 +256,4 @@ routes = [
     Route("/v1/pools/{pool}", get_pool_handler),
     Route("/v1/pools/{pool}/pledges", pledge, methods=["POST"]),
     Route("/v1/pools/{pool}/cancel", cancel_pool_handler, methods=["POST"]),
-    Route("/dev/token", dev_token),
 ]
-
-
-async def api_error_handler(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, ApiError):
-        return error_response(exc.status, exc.code, exc.message)
-    if isinstance(exc, RoomError | LedgerError):
-        return error_response(exc.status, exc.code, exc.message)
-    raise exc
