@@ -61,7 +61,11 @@ def tick(room: LiveRoom, now_s: float) -> dict[Connection, dict[str, Any]]:
 
 
 def decode(member: Connection, data: str | bytes) -> dict[str, Any]:
-    decoded: dict[str, Any] = msgpack.unpackb(data) if member.codec is Codec.MSGPACK else orjson.loads(data)
+    if member.codec is Codec.MSGPACK:
+        assert isinstance(data, bytes)
+        unpacked: dict[str, Any] = msgpack.unpackb(data)
+        return unpacked
+    decoded: dict[str, Any] = orjson.loads(data)
     return decoded
 
 
