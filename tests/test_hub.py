@@ -444,7 +444,7 @@ async def pump_until(
 
 
 SLOW_PATHS = {
-    # the room's one loop over JSON viewers' transports (Hub._write_direct)
+    # the room's one loop over JSON viewers' transports (Hub._write_shared)
     "direct, viewer": (False, None, "direct"),
     # a direct socket written one by one (Connection.write): the creator gets its own frame
     "direct, creator": (True, None, "general"),

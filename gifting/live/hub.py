@@ -1,22 +1,23 @@
-"""The hub: rooms -> connections, per-room tick coalescing, bounded per-connection output, resume by offset.
+"""The hub: this process's sockets, pub/sub, timers and Valkey reads around the rooms' state machines.
 
-No HTTP framework here: a connection is an identity plus a way to write bytes and to close.
+The room itself (membership, floors for joiners, resume and gap arithmetic, combos, the tick's frames) is pure
+code in gifting/live/room.py; the hub feeds it events (joins, live announcements, filled gaps, ticks, leaves) and
+executes what it answers (fill a gap from history, write frames), as Centrifuge's Hub only tracks connections.
 
 - Cross-process routing: one pub/sub channel per room, subscribed while this process has sockets in it,
   plus this process's own channel for gift results.
 - Coalescing: events of a room are collected for one tick (GIFTING_TICK_MS) and sent as one `events`
   frame, encoded once per audience (creator, viewers) and codec, as a complete websocket frame.
-- Output: on the direct path (gifting/live/direct.py) the hub writes that frame's bytes to each connection's
-  transport itself, and the transport's write buffer is the connection's queue, bounded in bytes
-  (GIFTING_WS_QUEUE_BYTES_MAX). A client that lets it overflow is closed with CLOSE_SLOW_CONSUMER and resumes
-  by offset. Per room, the JSON viewers' transports are kept in one dict, so a tick of a big room is one loop
-  of `write(frame)`. Without a direct socket (another ASGI server) a connection falls back to ASGI sends from
-  a writer task, with the same bound.
+- Output (gifting/live/output.py): on the direct path (gifting/live/direct.py) the hub writes that frame's bytes
+  to each connection's transport itself, and the transport's write buffer is the connection's queue, bounded in
+  bytes (GIFTING_WS_QUEUE_BYTES_MAX). A client that lets it overflow is closed with CLOSE_SLOW_CONSUMER and
+  resumes by offset. Per room, the JSON viewers' transports are kept in one dict (`LiveRoom.shared`), so a tick
+  of a big room is one loop of `write(frame)`. Without a direct socket (another ASGI server) a connection falls
+  back to ASGI sends from a writer task, with the same bound.
 - Resume: history offsets are dense, so a join with `since` replays exactly what was missed, or answers
   `recovered: false` with a snapshot. A gap in the live feed (a lost pub/sub connection) is filled from
   history before later events are delivered.
 """
-
 from __future__ import annotations
 
 import asyncio
