@@ -18,6 +18,7 @@ executes what it answers (fill a gap from history, write frames), as Centrifuge'
   `recovered: false` with a snapshot. A gap in the live feed (a lost pub/sub connection) is filled from
   history before later events are delivered.
 """
+
 from __future__ import annotations
 
 import asyncio
