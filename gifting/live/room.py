@@ -11,9 +11,10 @@ Membership is one dict, `members`: each connection's `Member` says which phase o
 - FRESH: it got its snapshot and catch-up frame up to `Member.floor`; its first tick sends it only events above.
 - STEADY: it gets the tick's frame for its audience (creator or viewers) and codec.
 
-Two indexes over `members` exist for the tick's speed and are kept in step by `_place` alone: `shared` (steady
-JSON viewers on a direct socket: a tick writes them one prebuilt frame in one loop) and `others` (everyone else,
-written one by one). `check()` asserts they agree with `members`.
+Three indexes over `members` exist for speed and are kept in step by `_place` (and `leave`) alone: `shared`
+(steady JSON viewers on a direct socket: a tick writes them one prebuilt frame in one loop), `others` (everyone
+else, written one by one) and `joining` (who keeps the live events of its join). `check()` asserts they agree
+with `members`.
 
 Offsets: history offsets are dense, so a jump in the live feed is a gap: the room asks for it to be filled
 (`FillGap`) and queues later events behind it until `gap_filled`.
@@ -41,11 +42,16 @@ class Phase(Enum):
     STEADY = "steady"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class Member:
+    """A connection's place in a room. Steady members all share STEADY: a big room holds no object per member."""
+
     phase: Phase = Phase.JOINING
     during_join: list[Event] = field(default_factory=list)  # JOINING: live events that arrived during the snapshot
     floor: int = -1  # FRESH: the last offset its join already delivered
+
+
+STEADY = Member(Phase.STEADY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +132,7 @@ class LiveRoom:
     members: dict[Connection, Member] = field(default_factory=dict)
     shared: dict[Connection, asyncio.WriteTransport] = field(default_factory=dict)  # index, see _place
     others: set[Connection] = field(default_factory=set)  # index, see _place
-    joining: int = 0  # members in phase JOINING: live events are kept for them only while there are some
+    joining: dict[Connection, Member] = field(default_factory=dict)  # index, see _place: phase JOINING
     graduates: list[Connection] = field(default_factory=list)  # turned STEADY this tick: see written()
     pending: list[Event] = field(default_factory=list)  # live events for the next tick, in offset order
     counters: list[Event] = field(default_factory=list)  # events without offset for the next tick
@@ -159,18 +165,19 @@ class LiveRoom:
 
     def leave(self, conn: Connection) -> bool:
         """`conn` left (or its join failed). True if the room is now empty: the hub forgets it."""
-        member = self.members.pop(conn, None)
-        if member is not None and member.phase is Phase.JOINING:
-            self.joining -= 1
+        self.members.pop(conn, None)
+        self.joining.pop(conn, None)
         self.shared.pop(conn, None)
         self.others.discard(conn)
         return not self.members
 
     def _place(self, conn: Connection, member: Member) -> None:
-        """The one place membership and its indexes change (besides leave)."""
-        previous = self.members.get(conn)
-        self.joining += (member.phase is Phase.JOINING) - (previous is not None and previous.phase is Phase.JOINING)
+        """The one place a member and the indexes change (besides leave)."""
         self.members[conn] = member
+        if member.phase is Phase.JOINING:
+            self.joining[conn] = member
+        else:
+            self.joining.pop(conn, None)
         transport = conn.transport
         if member.phase is Phase.STEADY and transport is not None and self._plain_viewer(conn):
             self.others.discard(conn)
@@ -188,7 +195,7 @@ class LiveRoom:
         assert set(self.shared).isdisjoint(self.others)
         assert set(self.shared) | self.others == set(self.members)
         assert all(self.members[c].phase is Phase.STEADY for c in self.shared)
-        assert self.joining == sum(m.phase is Phase.JOINING for m in self.members.values())
+        assert self.joining == {c: m for c, m in self.members.items() if m.phase is Phase.JOINING}
 
     # The live feed -------------------------------------------------------------------------------------
 
@@ -211,10 +218,8 @@ class LiveRoom:
                 self.gifted = True
                 if "combo" in event:
                     self.combos[event["combo"]["id"]] = (now_s + self.settings.combo_window_ms / 1000, event)
-            if self.joining:
-                for member in self.members.values():
-                    if member.phase is Phase.JOINING:
-                        member.during_join.append(event)
+            for member in self.joining.values():
+                member.during_join.append(event)
         return None
 
     def gap_filled(self, history: list[Event], now_s: float) -> FillGap | None:
@@ -264,10 +269,10 @@ class LiveRoom:
         return frames
 
     def _graduate(self, conn: Connection, member: Member) -> int:
-        """A fresh member's first tick makes it STEADY; returns the floor it had."""
-        floor, member.phase, member.floor = member.floor, Phase.STEADY, -1
+        """A fresh member's first tick makes it STEADY (it stays in `others` until written()); returns its floor."""
+        self.members[conn] = STEADY
         self.graduates.append(conn)
-        return floor
+        return member.floor
 
     def written(self) -> None:
         """The hub wrote the tick's frames: members that turned STEADY in it may now join `shared` (not before:
