@@ -22,16 +22,18 @@ Offsets: history offsets are dense, so a jump in the live feed is a gap: the roo
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gifting.config import Settings
 from gifting.live import coalesce
 from gifting.live.output import Connection, Encoded
 from gifting.wire import protocol
 from gifting.wire.protocol import Codec
+
+if TYPE_CHECKING:
+    import asyncio
 
 Event = dict[str, Any]
 
