@@ -155,7 +155,9 @@ class LiveRoom:
     def finish_join(self, conn: Connection, offset: int, replayed: list[Event]) -> Event | None:
         """The snapshot ends at `offset`, then `replayed` (a resume): the catch-up frame to send after `joined`, with
         the live events that arrived meanwhile, if any. Events the next tick brings up to here are not sent again."""
-        member = self.members[conn]
+        member = self.members.get(conn)
+        if member is None or member.phase is not Phase.JOINING:
+            return None  # it left while its snapshot was read
         last = replayed[-1]["offset"] if replayed else offset
         events = replayed + [e for e in member.during_join if e["offset"] > last]
         self._place(conn, Member(Phase.FRESH, floor=events[-1]["offset"] if events else last))
