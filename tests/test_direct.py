@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from gifting.live import direct
-from gifting.live.hub import CLOSE_SLOW_CONSUMER, Connection, Hub
+from gifting.live.hub import Hub
+from gifting.live.output import CLOSE_SLOW_CONSUMER, Connection
 from gifting.rooms.store import RoomStore
 from tests.conftest import RECV_TIMEOUT_S, System, SystemFactory, WsClient
 from tests.test_hub import (
@@ -39,7 +40,7 @@ async def receive_until(client: WsClient, done: Any, timeout_s: float = RECV_TIM
 
 
 def paths(hub: Hub, room: str) -> dict[str, str]:
-    return {c.identity.user: output_path(hub, room, c) for c in hub.rooms[room].conns}
+    return {c.identity.user: output_path(hub, room, c) for c in hub.rooms[room].members}
 
 
 async def announce_padded(system: System, room: str, events: int, pad_chars: int) -> int:
@@ -117,7 +118,7 @@ async def test_json_text_and_msgpack_binary_frames_on_direct_sockets(start_syste
     assert [e["gift_id"] for e in received["viewer"]] == gids
     assert all("diamonds" not in e for e in received["viewer"])
     assert all(e["diamonds"] == 2 for e in received["creator"])
-    conns = system.hub.rooms[room].conns
+    conns = system.hub.rooms[room].members
     assert all(c.transport is not None and c.fallback is None for c in conns)
     placed = {(c.identity.user, c.codec.name): output_path(system.hub, room, c) for c in conns}
     assert placed == {
@@ -161,7 +162,7 @@ async def test_peer_that_never_reads_is_aborted_after_the_close_flush(
         assert transport.is_closing() and transport.get_write_buffer_size() > 0  # the peer has not read
         # Aborted: the buffer is dropped (the peer still has not read) and the hub has let the connection go.
         assert await eventually(lambda: transport.get_write_buffer_size() == 0, 3.0)
-        assert await eventually(lambda: slow_conn not in system.hub.rooms[room].conns, 3.0)
+        assert await eventually(lambda: slow_conn not in system.hub.rooms[room].members, 3.0)
     finally:
         slow.close()
 
@@ -184,9 +185,9 @@ async def test_fallback_without_a_direct_socket(start_system: SystemFactory) -> 
     await receive_until(sender, answered)
     for client in (sender, packed):
         assert offsets(await events_until(client, room, 5)) == [1, 2, 3, 4, 5]
-    conns = system.hub.rooms[room].conns
+    conns = system.hub.rooms[room].members
     assert all(c.transport is None and c.fallback is not None for c in conns)
-    assert not system.hub.rooms[room].direct
+    assert not system.hub.rooms[room].shared
 
 
 async def test_a_connection_with_permessage_deflate_takes_the_fallback(start_system: SystemFactory) -> None:
@@ -202,6 +203,6 @@ async def test_a_connection_with_permessage_deflate_takes_the_fallback(start_sys
     await settle(sender, [await sender.gift(room) for _ in range(3)])
     for client in (deflated, plain):
         assert offsets(await events_until(client, room, 3)) == [1, 2, 3]
-    by_user: dict[str, Connection] = {c.identity.user: c for c in system.hub.rooms[room].conns}
+    by_user: dict[str, Connection] = {c.identity.user: c for c in system.hub.rooms[room].members}
     assert by_user["viewer1"].fallback is not None and by_user["viewer1"].transport is None
     assert by_user["viewer2"].transport is not None

@@ -21,7 +21,8 @@ from websockets.uri import parse_uri
 
 from gifting import keys
 from gifting.config import Settings
-from gifting.live.hub import CLOSE_SLOW_CONSUMER, Connection, Hub
+from gifting.live.hub import Hub
+from gifting.live.output import CLOSE_SLOW_CONSUMER, Connection
 from gifting.rooms.store import RoomStore
 from tests.conftest import RECV_TIMEOUT_S, System, SystemFactory, WsClient, run_worker, token
 
@@ -79,7 +80,7 @@ async def sender_with_coins(system: System, user: str = "sender", coins: int = 1
 
 
 def hub_connection(hub: Hub, room: str, user: str) -> Connection:
-    return next(c for c in hub.rooms[room].conns if c.identity.user == user)
+    return next(c for c in hub.rooms[room].members if c.identity.user == user)
 
 
 async def eventually(condition: Callable[[], bool], timeout_s: float) -> bool:
@@ -443,7 +444,7 @@ async def pump_until(
 
 
 SLOW_PATHS = {
-    # the room's one loop over JSON viewers' transports (Hub._write_direct)
+    # the room's one loop over JSON viewers' transports (Hub._write_shared)
     "direct, viewer": (False, None, "direct"),
     # a direct socket written one by one (Connection.write): the creator gets its own frame
     "direct, creator": (True, None, "general"),
@@ -455,7 +456,7 @@ SLOW_PATHS = {
 def output_path(hub: Hub, room: str, conn: Connection) -> str:
     if conn.fallback is not None:
         return "fallback"
-    return "direct" if conn in hub.rooms[room].direct else "general"
+    return "direct" if conn in hub.rooms[room].shared else "general"
 
 
 @pytest.mark.parametrize("path", list(SLOW_PATHS))
@@ -475,7 +476,7 @@ async def test_slow_reader_is_closed_with_4008_while_others_keep_receiving(
         offset = await pump_until(system.redis, room, normal, lambda: slow_conn.closed, on_path)
         assert slow_conn.closed and slow_conn.close_code == CLOSE_SLOW_CONSUMER
         assert await slow.read_to_end(RECV_TIMEOUT_S) == CLOSE_SLOW_CONSUMER
-        assert await eventually(lambda: slow_conn not in hub.rooms[room].conns, RECV_TIMEOUT_S)
+        assert await eventually(lambda: slow_conn not in hub.rooms[room].members, RECV_TIMEOUT_S)
     finally:
         slow.close()
     more = await pump_until(system.redis, room, normal, lambda: False, offset, batches_max=3)  # and it goes on
@@ -494,7 +495,7 @@ async def test_slow_reader_that_never_reads_is_dropped_by_the_hub(start_system: 
         await pump_until(system.redis, room, normal, lambda: slow_conn.closed)
         assert slow_conn.closed and slow_conn.close_code == CLOSE_SLOW_CONSUMER
         # The hub gives a close frame 5 s to get out; allow a little more before the client reads anything.
-        removed = await eventually(lambda: slow_conn not in hub.rooms[room].conns, 8.0)
+        removed = await eventually(lambda: slow_conn not in hub.rooms[room].members, 8.0)
         try:
             await slow.read_to_end(3.0)
             ended = True

@@ -15,7 +15,8 @@ from typing import Any
 
 from gifting import keys
 from gifting.live import coalesce
-from gifting.live.hub import Hub, Room
+from gifting.live.hub import Hub
+from gifting.live.room import LiveRoom
 from tests.conftest import System, SystemFactory, WsClient
 
 SENDERS = 10
@@ -59,7 +60,7 @@ def lose_one_announcement(hub: Hub, lost: list[dict[str, Any]]) -> None:
     accept = hub._accept_events
     calls = itertools.count(1)
 
-    def accept_events(room: Room, events: list[dict[str, Any]]) -> None:
+    def accept_events(room: LiveRoom, events: list[dict[str, Any]]) -> None:
         if not lost and any(e.get("kind") == "gift" for e in events) and next(calls) == 4:
             lost.extend(events)
             return

@@ -15,11 +15,12 @@ from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from gifting import auth
+from gifting.config import Settings
 from gifting.live import direct
 from gifting.live.budget import MessageBudget, over_budget
-from gifting.live.hub import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TOO_MANY_INVALID, CLOSE_UNAUTHORIZED, Connection, Hub
+from gifting.live.hub import Hub
+from gifting.live.output import CLOSE_TOO_MANY_CONNECTIONS, CLOSE_TOO_MANY_INVALID, CLOSE_UNAUTHORIZED, Connection
 from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
-from gifting.rooms.pools import open_pool
 from gifting.rooms.store import RoomError
 from gifting.wire import protocol
 from gifting.wire.messages import CloseCode, Error, Left, Limits, Pong, PoolStarted, Welcome
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 async def websocket_endpoint(ws: WebSocket) -> None:
     hub: Hub = ws.app.state.hub
-    settings = hub.settings
+    settings: Settings = ws.app.state.settings
     offered = list(ws.scope.get("subprotocols") or [])
     codec = Codec.negotiate(offered)
     if codec is None:
@@ -73,7 +74,7 @@ async def websocket_endpoint(ws: WebSocket) -> None:
     )
     conn.send_message(Welcome(identity.user, identity.role, identity.name, limits).to_dict())
     try:
-        await _relay(ws, hub, conn)
+        await _relay(ws, hub, conn, settings)
     except WebSocketDisconnect:
         pass
     finally:
@@ -99,15 +100,15 @@ def _connect(ws: WebSocket, hub: Hub, identity: auth.Identity, codec: Codec) -> 
     return hub.connect_fallback(identity, codec, send, close)
 
 
-async def _relay(ws: WebSocket, hub: Hub, conn: Connection) -> None:
+async def _relay(ws: WebSocket, hub: Hub, conn: Connection, settings: Settings) -> None:
     """Read client messages until the client leaves or the hub shuts the connection (slow, invalid)."""
     invalid = 0
-    budget = MessageBudget(hub.settings)
+    budget = MessageBudget(settings)
     while not conn.closed:
         message = await _receive(ws, conn)
         if message is None or message["type"] == "websocket.disconnect":
             return
-        invalid = await _handle_frame(hub, conn, message, invalid, budget)
+        invalid = await _handle_frame(hub, conn, message, invalid, budget, settings)
 
 
 async def _receive(ws: WebSocket, conn: Connection) -> Message | None:
@@ -131,9 +132,10 @@ async def _receive(ws: WebSocket, conn: Connection) -> Message | None:
     return None
 
 
-async def _handle_frame(hub: Hub, conn: Connection, message: Any, invalid: int, budget: MessageBudget) -> int:
+async def _handle_frame(
+    hub: Hub, conn: Connection, message: Any, invalid: int, budget: MessageBudget, settings: Settings
+) -> int:
     """One client frame. Returns the connection's running count of invalid (or over-budget) messages."""
-    settings = hub.settings
     data = message.get("text")
     if data is None:
         data = message.get("bytes") or b""
@@ -178,10 +180,7 @@ async def _handle(hub: Hub, conn: Connection, message: protocol.ClientMessage) -
             conn.send_message(rejected)
     elif isinstance(message, protocol.StartPool):
         try:
-            pool = await open_pool(
-                hub.redis, hub.room_store, hub.settings, hub.catalogs.current, message.room, conn.identity.user,
-                message.gift, message.deadline_s,
-            )  # fmt: skip
+            pool = await hub.open_pool(conn.identity.user, message)
         except RoomError as exc:
             raise ProtocolError(exc.code, exc.message, message.ref) from None
         conn.send_message(PoolStarted(pool, message.ref).to_dict())
@@ -201,7 +200,7 @@ async def _check_overlay_scope(hub: Hub, creator: str, message: protocol.ClientM
     ref = getattr(message, "ref", None)
     if isinstance(message, protocol.Join):
         try:
-            room_creator = (await hub.room_store.get(message.room)).creator
+            room_creator = await hub.room_creator(message.room)
         except RoomError as exc:
             raise ProtocolError(exc.code, exc.message, ref) from None
         if room_creator == creator:

@@ -51,7 +51,7 @@ class RawServer:
         self.frames_written = 0
 
     def viewers_frame(self, events: list[dict[str, Any]]) -> dict[str, Any]:
-        """The same frame the hub builds for viewers (gifting/live/hub.py Hub._frame): the big-room policy applied."""
+        """The same frame the hub builds for viewers (live/room.py LiveRoom.frame): the big-room policy applied."""
         s = self.settings
         body = coalesce.for_viewers_frame(events, s.big_gift_coins, s.frame_events_max, None, s.merged_gifts_max)
         covered = coalesce.offsets_covered(events)
