@@ -13,7 +13,9 @@ import builtins
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-STORE_UNAVAILABLE = "store_unavailable"
+from gifting.wire.reasons import RejectReason
+
+STORE_UNAVAILABLE = RejectReason.STORE_UNAVAILABLE  # also the HTTP and websocket error code
 STORE_UNAVAILABLE_MESSAGE = "the data store (Valkey) is unreachable; retry shortly with the same ids"
 # builtins.ConnectionError: a socket error redis-py let through unwrapped (a reset mid-reply).
 STORE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, builtins.ConnectionError)

@@ -66,6 +66,7 @@ from gifting.wire.messages import (
     Viewers,
 )
 from gifting.wire.protocol import Codec, ProtocolError
+from gifting.wire.reasons import RejectReason
 
 log = logging.getLogger(__name__)
 
@@ -284,15 +285,19 @@ class Hub:
         self.buckets[user] = (tokens - 1.0, now)
         return False
 
-    def precheck(self, identity: Identity, gift: str) -> str | None:
+    def precheck(self, identity: Identity, gift: str) -> RejectReason | None:
         """Reasons the hub can give at once, without settlement (nothing is recorded; the id may be retried)."""
         reason = rules.catalog_reject(self.catalogs.current.gifts.get(gift))
         if reason is not None:
-            return reason.value
+            return reason
+        return self._admission_reject(identity.user)
+
+    def _admission_reject(self, user: str) -> RejectReason | None:
+        """Gifts and pledges alike: refused at once while settlement is backed up or the sender is over its rate."""
         if self.backlog > self.settings.gift_backlog_max:
-            return "overloaded"
-        if self.rate_limited(identity.user):
-            return "rate_limited"
+            return RejectReason.OVERLOADED
+        if self.rate_limited(user):
+            return RejectReason.RATE_LIMITED
         return None
 
     async def send_gift(
@@ -330,8 +335,8 @@ class Hub:
         self, identity: Identity, message: protocol.Pledge, waiter: Connection | asyncio.Future[dict[str, Any]]
     ) -> dict[str, Any] | None:
         """Queue a pledge for the worker (pool.lua); its result reaches `waiter` like a gift's."""
-        if self.backlog > self.settings.gift_backlog_max or self.rate_limited(identity.user):
-            reason = "overloaded" if self.backlog > self.settings.gift_backlog_max else "rate_limited"
+        reason = self._admission_reject(identity.user)
+        if reason is not None:
             return PledgeResult(message.pledge_id, "rejected", reason).to_dict()
         req = self._wait(message.pledge_id, waiter)
         op = PoolOp(
