@@ -1,4 +1,4 @@
-"""The `gifting` command: dev, serve, worker, token, audit, config."""
+"""The `gifting` command: dev, serve, worker, token, audit, config, and the on-call commands (gifting/ops.py)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from gifting import auth, embedded, logs
+from gifting import auth, embedded, logs, ops
 from gifting.config import ConfigError, Settings, markdown_table, write_readme_table
 
 log = logging.getLogger("gifting")
@@ -296,6 +296,30 @@ def cmd_audit(settings: Settings) -> int:
     return 0 if asyncio.run(run()) else 1
 
 
+def cmd_ops(settings: Settings, args: argparse.Namespace) -> int:
+    """An on-call command (gifting/ops.py): its answer as JSON on stdout; 1 if what it names does not exist."""
+    import orjson
+
+    from gifting.app import redis_client
+
+    url = resolve_redis_url(settings)
+
+    async def run() -> dict[str, object]:
+        redis = redis_client(url)
+        try:
+            return await ops.run(redis, settings, args)
+        finally:
+            await redis.aclose()
+
+    try:
+        answer = asyncio.run(run())
+    except (LookupError, ValueError) as exc:
+        print(f"gifting {args.command}: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gifting", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -311,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
     config = sub.add_parser("config", help="print the settings in force")
     config.add_argument("--markdown", action="store_true", help="print the README's configuration table")
     config.add_argument("--write-readme", metavar="PATH", help="rewrite the configuration table in this README")
+    ops.add_commands(sub)
     args = parser.parse_args(argv)
 
     logs.configure("text")
@@ -328,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_token(settings, args)
         if args.command == "audit":
             return cmd_audit(settings)
+        if args.command in ops.COMMANDS:
+            return cmd_ops(settings, args)
         if args.write_readme:
             write_readme_table(Path(args.write_readme))
         elif args.markdown:
