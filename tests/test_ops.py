@@ -83,7 +83,7 @@ async def test_wallet_and_backlog_show_balances_statement_streams_and_heartbeats
 
 
 async def test_post_or_void_a_stuck_withdrawal_twice_answers_what_it_is(redis: aioredis.Redis, tmp_path: Path) -> None:
-    """void (status failed) returns the diamonds once; a second void, or a post after it, changes nothing and says so."""
+    """void (status failed) returns the diamonds once; a second void, or a post after, changes nothing, says so."""
     settings = make_settings(tmp_path, withdrawal_diamonds_min=1, diamond_hold_s=0)
     worker = SettlementWorker(redis, settings)
     stuck = await withdraw(worker.ledger, "c1", "k0", PAYOUT_SLOW, diamonds=7)
