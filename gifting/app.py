@@ -66,6 +66,8 @@ def server_config(app: Any, settings: Settings, host: str, port: int, **override
         "timeout_keep_alive": settings.http_idle_timeout_s,
     }
     logs.install(settings.secret)  # uvicorn logs request lines with their query strings (?token=...)
+    if settings.log_format == "json":
+        options["log_config"] = logs.UVICORN_JSON_CONFIG
     return uvicorn.Config(app, **(options | overrides))
 
 

@@ -1,4 +1,4 @@
-"""The `gifting` command: dev, serve, worker, token, audit, config."""
+"""The `gifting` command: dev, serve, worker, token, audit, config, and the on-call commands (gifting/ops.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import contextlib
 import logging
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from gifting import auth, embedded, logs
+from gifting import auth, embedded, logs, ops
 from gifting.config import ConfigError, Settings, markdown_table, write_readme_table
 
 log = logging.getLogger("gifting")
@@ -59,6 +60,7 @@ def resolve_secret(settings: Settings, create: bool = False) -> str:
 
 
 def cmd_serve(settings: Settings) -> int:
+    prepare_metrics_dir(settings, "serve")
     import uvicorn
 
     from gifting.app import create_app, server_config
@@ -73,10 +75,15 @@ def cmd_serve(settings: Settings) -> int:
 
 
 def cmd_worker(settings: Settings) -> int:
+    prepare_metrics_dir(settings, "worker")
+    from gifting import metrics
     from gifting.app import redis_client
     from workers.settlement import run_workers
 
     url = resolve_redis_url(settings)
+    stop_metrics = None
+    if settings.worker_metrics_port:
+        stop_metrics = metrics.serve(settings.worker_metrics_host, settings.worker_metrics_port)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -89,8 +96,39 @@ def cmd_worker(settings: Settings) -> int:
         finally:
             await redis.aclose()
 
-    asyncio.run(run())
+    try:
+        asyncio.run(run())
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
     return 0
+
+
+def prepare_metrics_dir(settings: Settings, role: str) -> Path:
+    """This process's own Prometheus multiprocess directory (`ROLE-PID` under GIFTING_METRICS_DIR), emptied,
+    and set in the environment before prometheus_client is imported (it reads it then). Directories of processes
+    that are gone are removed: their counters would otherwise be summed into nobody's /metrics anyway."""
+    base = Path(settings.metrics_dir) if settings.metrics_dir else settings.path("metrics")
+    base.mkdir(parents=True, exist_ok=True)
+    for old in base.iterdir():
+        pid = old.name.rpartition("-")[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    own = base / f"{role}-{os.getpid()}"
+    shutil.rmtree(own, ignore_errors=True)
+    own.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(own)
+    return own
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 # dev -----------------------------------------------------------------------------------------------------
@@ -258,6 +296,30 @@ def cmd_audit(settings: Settings) -> int:
     return 0 if asyncio.run(run()) else 1
 
 
+def cmd_ops(settings: Settings, args: argparse.Namespace) -> int:
+    """An on-call command (gifting/ops.py): its answer as JSON on stdout; 1 if what it names does not exist."""
+    import orjson
+
+    from gifting.app import redis_client
+
+    url = resolve_redis_url(settings)
+
+    async def run() -> dict[str, object]:
+        redis = redis_client(url)
+        try:
+            return await ops.run(redis, settings, args)
+        finally:
+            await redis.aclose()
+
+    try:
+        answer = asyncio.run(run())
+    except (LookupError, ValueError) as exc:
+        print(f"gifting {args.command}: {exc}", file=sys.stderr)
+        return 1
+    print(orjson.dumps(answer, option=orjson.OPT_INDENT_2).decode())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gifting", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -273,12 +335,14 @@ def main(argv: list[str] | None = None) -> int:
     config = sub.add_parser("config", help="print the settings in force")
     config.add_argument("--markdown", action="store_true", help="print the README's configuration table")
     config.add_argument("--write-readme", metavar="PATH", help="rewrite the configuration table in this README")
+    ops.add_commands(sub)
     args = parser.parse_args(argv)
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.configure("text")
     logs.install()
     try:
         settings = Settings.from_env()
+        logs.configure(settings.log_format)
         if args.command == "dev":
             return cmd_dev(settings)
         if args.command == "serve":
@@ -289,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_token(settings, args)
         if args.command == "audit":
             return cmd_audit(settings)
+        if args.command in ops.COMMANDS:
+            return cmd_ops(settings, args)
         if args.write_readme:
             write_readme_table(Path(args.write_readme))
         elif args.markdown:

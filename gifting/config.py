@@ -66,6 +66,21 @@ class Settings:
         "GIFTING_DATA_DIR", ".gifting", "Data directory: embedded Valkey (AOF), dev secret, state files."
     )
     dev_mode: bool = _setting("GIFTING_DEV", False, "Dev mode: enables the demo-token endpoint. Never in production.")
+    metrics_dir: str = _setting(
+        "GIFTING_METRICS_DIR",
+        "",
+        "Prometheus multiprocess files: each `serve`/`worker` process writes its own subdirectory `ROLE-PID` here. "
+        "Empty: `metrics` in the data directory.",
+    )
+    worker_metrics_host: str = _setting(
+        "GIFTING_WORKER_METRICS_HOST", "127.0.0.1", "Address of the worker's Prometheus `/metrics` listener."
+    )
+    worker_metrics_port: int = _setting(
+        "GIFTING_WORKER_METRICS_PORT", 9108, "Port of the worker's Prometheus `/metrics` listener; 0: none."
+    )
+    log_format: str = _setting(
+        "GIFTING_LOG_FORMAT", "text", "Log lines: `text` (human) or `json` (one JSON object per line)."
+    )
 
     # Money.
     creator_share_bps: int = _setting(
@@ -369,6 +384,10 @@ class Settings:
             )
         if self.ws_message_bytes_max > self.ws_frame_bytes_hard_max:
             raise ConfigError("GIFTING_WS_MESSAGE_BYTES_MAX must not exceed GIFTING_WS_FRAME_BYTES_HARD_MAX")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"GIFTING_LOG_FORMAT: expected text or json, got {self.log_format!r}")
+        if self.worker_metrics_port > 65535:
+            raise ConfigError(f"GIFTING_WORKER_METRICS_PORT: expected 0..65535, got {self.worker_metrics_port}")
 
 
 def _parse(name: str, raw: str, kind: type) -> Any:

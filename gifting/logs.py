@@ -1,4 +1,4 @@
-"""No token, secret or payment token reaches a log line, whoever logs it.
+"""No token, secret or payment token reaches a log line, whoever logs it; and the lines' format (text or JSON).
 
 Why a record factory and not a filter: filters sit on one logger or one handler, and uvicorn configures its own
 loggers (which do not propagate) and handlers each time a server is configured; a record factory sees every
@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from typing import Any
+
+import orjson
 
 REDACTED = "[redacted]"
 # A path with a query string, as uvicorn logs it: everything after the "?" goes.
@@ -63,3 +66,51 @@ def _scrubbed_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
         # The formatter prints exc_text when it is set; the exception's message may quote what it refused.
         record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
     return record
+
+
+# JSON lines ------------------------------------------------------------------------------------------------
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+# The ids a line is about, as the project's messages name them ("gift 3f2a...: settled", "withdrawal w_1: post").
+ID_IN_MESSAGE = re.compile(r"\b(?P<kind>gift|transfer|withdrawal|pledge|purchase|request|entry) (?P<id>[\w:.-]{3,})")
+ID_FIELDS = ("gift_id", "transfer_id", "withdrawal_id", "pledge_id", "purchase_id", "request_id", "entry_id")
+# uvicorn configures its loggers with handlers of its own; in JSON mode they hand their records to the root's.
+UVICORN_JSON_CONFIG: dict[str, Any] = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "loggers": {
+        name: {"handlers": [], "level": "INFO", "propagate": True}
+        for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+    },
+}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, the ids the line is about
+    (passed as `extra={"gift_id": ...}`, or named in the message), and the exception if there is one. The
+    message is already scrubbed (the record factory above); the exception text is scrubbed here too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": message,
+        }
+        for match in ID_IN_MESSAGE.finditer(message):
+            line.setdefault(f"{match['kind']}_id", match["id"].rstrip(":.,"))
+        for name in ID_FIELDS:
+            value = getattr(record, name, None)
+            if value is not None:
+                line[name] = str(value)
+        if record.exc_info:
+            line["exception"] = scrub(record.exc_text or self.formatException(record.exc_info))
+        return orjson.dumps(line).decode()
+
+
+def configure(log_format: str) -> None:
+    """The root logger's one handler (stderr), in `log_format`: "text" or "json"."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)

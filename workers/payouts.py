@@ -8,7 +8,7 @@ import logging
 import time
 from typing import Any
 
-from gifting import clock
+from gifting import clock, metrics
 from gifting.config import Settings
 from gifting.ledger.store import Ledger, LedgerError
 from gifting.payments import Payout, PayoutProvider
@@ -52,6 +52,7 @@ class Payouts:
                 try:
                     await self.ledger.resolve_withdrawal(withdrawal_id, mode, reason)
                     resolved += 1
+                    metrics.payouts.labels(outcome=mode).inc()
                     log.info("withdrawal %s: %s %s", withdrawal_id, mode, reason)
                 except LedgerError as exc:
                     log.info("withdrawal %s: %s", withdrawal_id, exc.message)

@@ -26,7 +26,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
-from gifting import clock, keys
+from gifting import clock, keys, metrics
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import ScriptFailed
@@ -152,12 +152,14 @@ class SettlementWorker:
                     await self.sweep_pools()
                     await self.sweep_room_ends()
                     await self.prune_consumers()
+                    await self.observe_state()
                 await self.step(pending=False)
                 backoff_s = 0.1
             except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError, LedgerError) as exc:
                 # Nothing of the batch was announced or acked: it stays pending and is settled (idempotently) again.
                 # (LedgerError: a pool that kept changing under its pledge, `busy`.)
                 log.warning("settlement: %s; retrying in %.1f s", exc, backoff_s)
+                metrics.store_errors.labels(component="worker").inc()
                 own_pending = True
                 await asyncio.sleep(backoff_s)
                 backoff_s = min(backoff_s * 2, BACKOFF_S_MAX)
@@ -206,6 +208,24 @@ class SettlementWorker:
         if removed:
             log.info("settlement: removed %d idle consumers from the group", removed)
         return removed
+
+    async def observe_state(self) -> None:
+        """Backlogs, pending entries, withdrawals, pools and heartbeats for the gauges; one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.GIFTS_STREAM)
+            pipe.xlen(keys.GIFTS_DEAD_LETTER)
+            pipe.xpending(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP)
+            pipe.zcard(keys.WITHDRAWALS_PENDING)
+            pipe.zcard(keys.POOLS_OPEN)
+            pipe.zrange(keys.WORKER_HEARTBEATS, -1, -1, withscores=True)
+            backlog, dead, pending, withdrawals, pools, newest = await pipe.execute()
+        metrics.stream_length.labels(stream=keys.GIFTS_STREAM).set(backlog)
+        metrics.stream_length.labels(stream=keys.GIFTS_DEAD_LETTER).set(dead)
+        metrics.stream_pending.labels(stream=keys.GIFTS_STREAM).set(pending["pending"])
+        metrics.withdrawals_pending.set(withdrawals)
+        metrics.pools_open.set(pools)
+        if newest:
+            metrics.worker_heartbeat_age.set(max(clock.now_ms() - newest[0][1], 0) / 1000)
 
     async def heartbeat(self) -> None:
         now = time.monotonic()
@@ -325,11 +345,13 @@ class SettlementWorker:
             await pipe.execute()
 
     async def settle(self, requests: list[GiftRequest]) -> list[rules.GiftOutcome]:
+        started_s = time.perf_counter()
         rooms = await self._room_states({r.room for r in requests})
         batch = [self.prepare(r, rooms.get(r.room)) for r in requests]
         outcomes = await self.ledger.settle(batch, durable_timeout_ms=self.settings.waitaof_timeout_ms)
+        settled_ms = clock.now_ms()
         await self.publish(requests, batch, outcomes)
-        fresh = sum(1 for o in outcomes if o.settled and not o.replay)
+        fresh = observe_batch(requests, outcomes, settled_ms, time.perf_counter() - started_s)
         self.settled_total += fresh
         if log.isEnabledFor(logging.DEBUG):  # one pass over the batch only when someone reads it
             for outcome in outcomes:
@@ -415,6 +437,7 @@ class SettlementWorker:
     async def dead_letter(self, entry_id: str, fields: dict[str, str], error: str) -> None:
         """Park an entry we cannot settle, with its error; never drop it silently."""
         log.error("settlement: entry %s to dead-letter stream: %s", entry_id, error)
+        metrics.dead_lettered.inc()
         record = {**fields, "entry_id": entry_id, "error": error[:1000], "ts": str(clock.now_ms())}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(keys.GIFTS_DEAD_LETTER, record)
@@ -442,6 +465,28 @@ class SettlementWorker:
             else:
                 keep.append((entry_id, fields))
         return keep
+
+
+def observe_batch(
+    requests: list[GiftRequest], outcomes: list[rules.GiftOutcome], settled_ms: int, duration_s: float
+) -> int:
+    """The batch's metrics; returns the gifts settled for the first time (resends are not counted twice)."""
+    announced_ms = clock.now_ms()
+    fresh = 0
+    for request, outcome in zip(requests, outcomes, strict=True):
+        if outcome.replay:
+            continue
+        if outcome.settled:
+            fresh += 1
+            if request.ts_ms:
+                metrics.gift_settled_latency.observe(max(settled_ms - request.ts_ms, 0) / 1000)
+                metrics.gift_announced_latency.observe(max(announced_ms - request.ts_ms, 0) / 1000)
+        else:
+            metrics.gifts_rejected.labels(reason=outcome.reason or outcome.status).inc()
+    metrics.gifts_settled.inc(fresh)
+    metrics.settle_batch_size.observe(len(requests))
+    metrics.settle_batch_seconds.observe(duration_s)
+    return fresh
 
 
 def script_failed(exc: ResponseError) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 from starlette.types import Message
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from gifting import auth
+from gifting import auth, metrics
 from gifting.config import Settings
 from gifting.live import direct
 from gifting.live.budget import MessageBudget, over_budget
@@ -148,11 +148,13 @@ async def _handle_frame(
             )
         parsed = protocol.parse_message(protocol.decode_frame(data, conn.codec), settings.gift_count_max)
         if budget.take(parsed):
+            metrics.ws_inbound.labels(kind=type(parsed).__name__).inc()
             try:
                 await _handle(hub, conn, parsed)
             except STORE_ERRORS as exc:
                 # Valkey is unreachable: say so (a gift or pledge got its rejection from the hub) and keep the socket.
                 log.warning("websocket %s: store unavailable: %r", type(parsed).__name__, exc)
+                metrics.store_errors.labels(component="websocket").inc()
                 conn.send_message(
                     Error(STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE, getattr(parsed, "ref", None)).to_dict()
                 )
@@ -160,6 +162,7 @@ async def _handle_frame(
         answer = over_budget(parsed)  # a client that keeps going over its budget is closed like an invalid one
     except ProtocolError as exc:
         answer = Error(exc.code, exc.message, exc.ref).to_dict()
+    metrics.ws_rejected.labels(code=str(answer.get("code") or answer.get("reason"))).inc()
     invalid += 1
     conn.send_message(answer)
     if invalid > settings.ws_invalid_messages_max:

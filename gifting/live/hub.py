@@ -34,7 +34,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gifting import gifts, keys
+from gifting import gifts, keys, metrics
 from gifting.auth import Identity, revoked
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
@@ -143,6 +143,7 @@ class Hub:
 
     def _register(self, conn: Connection) -> Connection:
         self.users.setdefault(conn.identity.user, set()).add(conn)
+        metrics.ws_connections.inc()
         return conn
 
     def close_unauthorized(self, conn: Connection, code: str, message: str) -> None:
@@ -160,7 +161,8 @@ class Hub:
 
     async def disconnect(self, conn: Connection) -> None:
         conns = self.users.get(conn.identity.user)
-        if conns is not None:
+        if conns is not None and conn in conns:
+            metrics.ws_connections.dec()
             conns.discard(conn)
             if not conns:
                 del self.users[conn.identity.user]
@@ -190,6 +192,7 @@ class Hub:
                 raise
         room.begin_join(conn)
         conn.rooms.add(message.room)
+        metrics.live_rooms.set(len(self.rooms))
         try:
             joined, replayed = await self._snapshot(conn, room, message)
         except BaseException:
@@ -256,6 +259,7 @@ class Hub:
         room = self.rooms.get(room_id)
         if room is not None and room.leave(conn):
             del self.rooms[room_id]
+            metrics.live_rooms.set(len(self.rooms))
             with contextlib.suppress(RedisConnectionError):
                 await self.pubsub.unsubscribe(keys.room_channel(room_id))
 
@@ -309,6 +313,7 @@ class Hub:
         """Queue a gift for settlement; its result reaches `waiter`. Returns an immediate rejection, if any."""
         reason = self.precheck(identity, message.gift)
         if reason is not None:
+            metrics.gifts_rejected.labels(reason=reason).inc()
             return GiftResult(message.gift_id, "rejected", reason).to_dict()
         request = gifts.new_request(
             req=self._wait(message.gift_id, waiter),
@@ -328,7 +333,10 @@ class Hub:
         except STORE_ERRORS as exc:
             self._unwait(message.gift_id, request.req)
             log.warning("gift %s: not queued, store unavailable: %r", message.gift_id, exc)
+            metrics.store_errors.labels(component="hub").inc()
+            metrics.gifts_rejected.labels(reason=STORE_UNAVAILABLE).inc()
             return GiftResult(message.gift_id, "rejected", STORE_UNAVAILABLE).to_dict()
+        metrics.gifts_accepted.inc()
         return None
 
     async def send_pledge(
@@ -407,11 +415,19 @@ class Hub:
     def flush(self) -> None:
         """One tick: every room with events sends them, encoded once per audience and codec, to every socket."""
         now = time.monotonic()
+        frames_n = bytes_n = 0  # counted per tick, not per write: the big-room loop stays as it is
         for room in list(self.rooms.values()):
             frames = room.tick(now)
             if frames is not None:
                 self._write_tick(frames)
                 room.written()
+                frames_n += len(frames.shared) + len(frames.sends)
+                bytes_n += len(frames.shared_frame) * len(frames.shared) if frames.shared else 0
+                bytes_n += sum(len(out.frame) for _, out in frames.sends)
+        if frames_n:
+            metrics.ws_hub_ticks.inc()
+            metrics.ws_frames_written.inc(frames_n)
+            metrics.ws_bytes_written.inc(bytes_n)
 
     def _write_tick(self, frames: TickFrames) -> None:
         if frames.shared:
@@ -443,6 +459,7 @@ class Hub:
                 message = await self.pubsub.get_message(timeout=1.0)
             except (RedisConnectionError, OSError) as exc:
                 log.warning("hub pub/sub: %s; reconnecting", exc)
+                metrics.store_reconnects.inc()
                 resubscribed = results_lost = True
                 await asyncio.sleep(0.5)
                 continue

@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gifting import metrics
 from gifting.auth import Identity
 from gifting.wire import framing, protocol
 from gifting.wire.messages import CloseCode
@@ -144,6 +145,7 @@ class Connection:
         if self.closed:
             return
         self.closed, self.close_code = True, code
+        metrics.ws_server_closes.labels(code=str(code)).inc()
         if self.close_now is not None:
             self.close_now(code, reason)
         else:

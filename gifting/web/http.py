@@ -14,7 +14,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gifting import auth
+from gifting import auth, metrics
 from gifting.auth import Identity
 from gifting.errors import GiftingError
 from gifting.outage import STORE_UNAVAILABLE, STORE_UNAVAILABLE_MESSAGE
@@ -94,6 +94,7 @@ def store_unavailable_response(retry_after_s: int, **extra: Any) -> Response:
 async def store_error_handler(request: Request, exc: Exception) -> Response:
     """Every route, for any of outage.STORE_ERRORS it lets through (registered in gifting/app.py)."""
     log.warning("%s %s: store unavailable: %r", request.method, request.url.path, exc)
+    metrics.store_errors.labels(component="http").inc()
     return store_unavailable_response(request.app.state.settings.store_retry_after_s)
 
 

@@ -6,7 +6,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gifting import auth, keys
+from gifting import auth, keys, metrics
 from gifting.clock import now_ms
 from gifting.outage import STORE_ERRORS
 from gifting.web import pages
@@ -34,6 +34,11 @@ async def readyz(request: Request) -> Response:
     if workers == 0:
         return json_response({"status": "unavailable", "redis": "ok", "workers": 0}, 503)
     return json_response({"status": "ready", "redis": "ok", "workers": workers})
+
+
+async def metrics_endpoint(request: Request) -> Response:
+    """Prometheus exposition of this process's metrics (docs/OPERATIONS.md, "Metrics")."""
+    return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE)
 
 
 # Catalog --------------------------------------------------------------------------------------
@@ -68,6 +73,7 @@ async def dev_token(request: Request) -> Response:
 routes = [
     Route("/healthz", healthz),
     Route("/readyz", readyz),
+    Route("/metrics", metrics_endpoint),
     Route("/v1/catalog/gifts", catalog_gifts),
     Route("/v1/catalog/bundles", catalog_bundles),
     Route("/dev/token", dev_token),
