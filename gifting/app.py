@@ -22,7 +22,7 @@ from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.ledger.store import Ledger
-from gifting.live.direct import HubWebSocketProtocol
+from gifting.live.direct import HubWebSocketProtocol, check_protocol
 from gifting.live.endpoint import websocket_endpoint
 from gifting.live.hub import Hub
 from gifting.outage import STORE_ERRORS
@@ -66,7 +66,10 @@ def server_config(app: Any, settings: Settings, host: str, port: int, **override
         "timeout_keep_alive": settings.http_idle_timeout_s,
     }
     logs.install(settings.secret)  # uvicorn logs request lines with their query strings (?token=...)
-    return uvicorn.Config(app, **(options | overrides))
+    options |= overrides
+    if options["ws"] is HubWebSocketProtocol:
+        check_protocol()  # an upgraded uvicorn that lost what the direct socket uses stops here, loudly
+    return uvicorn.Config(app, **options)
 
 
 WS_PATH = "/v1/ws"
