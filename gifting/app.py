@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import WebSocketRoute
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -28,7 +28,7 @@ from gifting.live.hub import Hub
 from gifting.outage import STORE_ERRORS
 from gifting.payments import PaymentProvider, SandboxProvider
 from gifting.rooms.store import RoomStore
-from gifting.web import admin, edge, http, pages, rooms, service, wallet
+from gifting.web import admin, edge, http, openapi, pages, rooms, service, wallet
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,14 @@ class GiftingApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
+def _methods_at(request: Request) -> set[str]:
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.path_regex.fullmatch(request.url.path):
+            methods |= route.methods or set()
+    return methods
+
+
 def create_app(settings: Settings, redis_url: str, secret: str, payments: PaymentProvider | None = None) -> Starlette:
     logs.install(secret)
 
@@ -123,13 +131,18 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return http.error_response(exc.status_code, code, str(exc.detail))
+        response = http.error_response(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # Allow (RFC 9110): every method of the path, where routes split them by method
+            response.headers["Allow"] = ", ".join(sorted(_methods_at(request)))
+        return response
 
     routes = [
         *service.routes,
         *rooms.routes,
         *wallet.routes,
         *admin.routes,
+        *openapi.routes,
         WebSocketRoute(WS_PATH, websocket_endpoint),  # GiftingApp dispatches it first; listed for the router too
         *pages.routes,
     ]
