@@ -76,6 +76,8 @@ async def own_system(valkey: EmbeddedValkey, settings: Settings) -> AsyncIterato
 # Routes that never touch Valkey (static pages, the in-memory catalog, liveness): they keep answering.
 STORE_FREE = {
     ("GET", "/healthz"),
+    ("GET", "/openapi.json"),
+    ("GET", "/asyncapi.json"),
     ("GET", "/v1/catalog/gifts"),
     ("GET", "/v1/catalog/bundles"),
     ("GET", "/dev/token"),
@@ -99,6 +101,8 @@ def route_requests(room: str) -> dict[tuple[str, str], dict[str, Any]]:
     gift = {"gift": "rose", "count": 1, "gift_id": str(uuid.uuid4())}
     return {
         ("GET", "/healthz"): {},
+        ("GET", "/openapi.json"): {},
+        ("GET", "/asyncapi.json"): {},
         ("GET", "/readyz"): {},
         ("GET", "/v1/catalog/gifts"): {},
         ("GET", "/v1/catalog/bundles"): {},
