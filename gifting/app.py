@@ -56,7 +56,7 @@ def server_config(app: Any, settings: Settings, host: str, port: int, **override
         "ws_ping_timeout": settings.ws_ping_interval_s,
         "lifespan": "on",
         "access_log": False,
-        "timeout_graceful_shutdown": 5,  # a stuck socket must not hold a shutdown
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,  # a stuck socket must not hold a shutdown
         "http": edge.http_protocol(
             edge.ConnectionBounds(
                 settings.http_header_timeout_s, settings.connections_max, settings.connections_per_address_max
