@@ -99,6 +99,7 @@ class GiftingApp(Starlette):
 
 
 def _methods_at(request: Request) -> set[str]:
+    """Every method some route serves at the request's path (Starlette's own Allow names one route's)."""
     methods: set[str] = set()
     for route in request.app.routes:
         if isinstance(route, Route) and route.path_regex.fullmatch(request.url.path):
