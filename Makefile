@@ -6,12 +6,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check docs bench clean
+.PHONY: run test check docs bench lock clean
 
-$(STAMP): pyproject.toml
+# Installs come from the lock (requirements-dev.txt: every package pinned, with its hashes), never from the
+# ranges in pyproject.toml; the project itself goes on top without dependencies.
+$(STAMP): pyproject.toml requirements-dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -32,6 +34,13 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python loadtest/bench_settlement.py
+
+# After a change to pyproject.toml's dependencies: pins what is already locked, adds what is new (pip-compile
+# --upgrade-package NAME moves one pin). requirements.txt is the production subset, at the same versions.
+LOCK := $(BIN)/pip-compile --quiet --generate-hashes --strip-extras --allow-unsafe --no-emit-index-url --no-emit-find-links
+lock: $(STAMP)
+	$(LOCK) --extra dev --output-file requirements-dev.txt pyproject.toml
+	$(LOCK) --constraint requirements-dev.txt --output-file requirements.txt pyproject.toml
 
 clean:
 	rm -rf $(VENV) .gifting .pytest_cache .mypy_cache .ruff_cache

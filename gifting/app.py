@@ -13,7 +13,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import WebSocketRoute
+from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -22,13 +22,13 @@ from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.ledger.store import Ledger
-from gifting.live.direct import HubWebSocketProtocol
+from gifting.live.direct import HubWebSocketProtocol, check_protocol
 from gifting.live.endpoint import websocket_endpoint
 from gifting.live.hub import Hub
 from gifting.outage import STORE_ERRORS
 from gifting.payments import PaymentProvider, SandboxProvider
 from gifting.rooms.store import RoomStore
-from gifting.web import admin, edge, http, pages, rooms, service, wallet
+from gifting.web import admin, edge, http, openapi, pages, rooms, service, wallet
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def server_config(app: Any, settings: Settings, host: str, port: int, **override
         "ws_ping_timeout": settings.ws_ping_interval_s,
         "lifespan": "on",
         "access_log": False,
-        "timeout_graceful_shutdown": 5,  # a stuck socket must not hold a shutdown
+        "timeout_graceful_shutdown": settings.shutdown_grace_s,  # a stuck socket must not hold a shutdown
         "http": edge.http_protocol(
             edge.ConnectionBounds(
                 settings.http_header_timeout_s, settings.connections_max, settings.connections_per_address_max
@@ -68,7 +68,10 @@ def server_config(app: Any, settings: Settings, host: str, port: int, **override
     logs.install(settings.secret)  # uvicorn logs request lines with their query strings (?token=...)
     if settings.log_format == "json":
         options["log_config"] = logs.UVICORN_JSON_CONFIG
-    return uvicorn.Config(app, **(options | overrides))
+    options |= overrides
+    if options["ws"] is HubWebSocketProtocol:
+        check_protocol()  # an upgraded uvicorn that lost what the direct socket uses stops here, loudly
+    return uvicorn.Config(app, **options)
 
 
 WS_PATH = "/v1/ws"
@@ -97,6 +100,15 @@ class GiftingApp(Starlette):
         await super().__call__(scope, receive, send)
 
 
+def _methods_at(request: Request) -> set[str]:
+    """Every method some route serves at the request's path (Starlette's own Allow names one route's)."""
+    methods: set[str] = set()
+    for route in request.app.routes:
+        if isinstance(route, Route) and route.path_regex.fullmatch(request.url.path):
+            methods |= route.methods or set()
+    return methods
+
+
 def create_app(settings: Settings, redis_url: str, secret: str, payments: PaymentProvider | None = None) -> Starlette:
     logs.install(secret)
 
@@ -122,13 +134,18 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return http.error_response(exc.status_code, code, str(exc.detail))
+        response = http.error_response(exc.status_code, code, str(exc.detail))
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:  # Allow (RFC 9110): every method of the path, where routes split them by method
+            response.headers["Allow"] = ", ".join(sorted(_methods_at(request)))
+        return response
 
     routes = [
         *service.routes,
         *rooms.routes,
         *wallet.routes,
         *admin.routes,
+        *openapi.routes,
         WebSocketRoute(WS_PATH, websocket_endpoint),  # GiftingApp dispatches it first; listed for the router too
         *pages.routes,
     ]

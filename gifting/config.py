@@ -215,6 +215,12 @@ class Settings:
         "Messages a `join` or `pool_start` counts as against the budget (a join reads a snapshot and may replay).",
     )
     ws_ping_interval_s: float = _setting("GIFTING_WS_PING_INTERVAL_S", 20.0, "Keepalive ping interval, seconds.")
+    shutdown_grace_s: int = _setting(
+        "GIFTING_SHUTDOWN_GRACE_S",
+        5,
+        "On SIGTERM a web process stops accepting, closes its websockets with 1012 and waits this long for requests "
+        "in flight (an HTTP gift awaiting settlement) before it cancels them and exits, seconds.",
+    )
     tick_ms: int = _setting("GIFTING_TICK_MS", 50, "Hub coalescing tick: one frame per room per tick, in ms.")
     combo_window_ms: int = _setting(
         "GIFTING_COMBO_WINDOW_MS", 3000, "The same gift from the same viewer within this many ms extends a combo."

@@ -15,7 +15,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from gifting.wire.reasons import RejectReason
 
-STORE_UNAVAILABLE = RejectReason.STORE_UNAVAILABLE  # also the HTTP and websocket error code
+STORE_UNAVAILABLE: str = RejectReason.STORE_UNAVAILABLE.value  # also the HTTP and websocket error code
 STORE_UNAVAILABLE_MESSAGE = "the data store (Valkey) is unreachable; retry shortly with the same ids"
 # builtins.ConnectionError: a socket error redis-py let through unwrapped (a reset mid-reply).
 STORE_ERRORS: tuple[type[Exception], ...] = (RedisConnectionError, RedisTimeoutError, builtins.ConnectionError)

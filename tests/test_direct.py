@@ -10,7 +10,10 @@ from typing import Any
 import msgpack
 import orjson
 import pytest
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+from gifting.app import server_config
+from gifting.config import Settings
 from gifting.live import direct
 from gifting.live.hub import Hub
 from gifting.live.output import CLOSE_SLOW_CONSUMER, Connection
@@ -206,3 +209,33 @@ async def test_a_connection_with_permessage_deflate_takes_the_fallback(start_sys
     by_user: dict[str, Connection] = {c.identity.user: c for c in system.hub.rooms[room].members}
     assert by_user["viewer1"].fallback is not None and by_user["viewer1"].transport is None
     assert by_user["viewer2"].transport is not None
+
+
+async def never_called_app(scope: Any, receive: Any, send: Any) -> None:
+    """An ASGI app for a server config that is never served."""
+    raise AssertionError("not served")
+
+
+def test_installed_uvicorn_has_what_the_direct_socket_uses() -> None:
+    """The startup check of the direct socket passes on the uvicorn and websockets the lock installs."""
+    direct.check_protocol()
+
+
+def test_a_uvicorn_without_what_the_direct_socket_uses_stops_the_server_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A uvicorn whose protocol lost a member the direct socket calls makes server_config raise, naming it,
+    instead of every socket silently taking the ASGI fallback."""
+    monkeypatch.setattr(WebSocketsSansIOProtocol, "stop_keepalive", None)
+    with pytest.raises(direct.ProtocolChanged, match=r"stop_keepalive\(\)"):
+        server_config(never_called_app, Settings(), "127.0.0.1", 0)
+
+
+def test_a_connection_that_is_not_a_websockets_server_protocol_is_named() -> None:
+    """A protocol whose `conn` is no longer websockets' sans-I/O ServerProtocol is refused by the check."""
+
+    class Replaced(direct.HubWebSocketProtocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.conn = object()  # type: ignore[assignment]
+
+    with pytest.raises(direct.ProtocolChanged, match="conn \\(a websockets ServerProtocol, found object\\)"):
+        direct.check_protocol(Replaced)

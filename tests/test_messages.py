@@ -195,6 +195,7 @@ def test_close_codes_are_the_documented_numbers() -> None:
         "GOING_AWAY": 1001,
         "UNSUPPORTED_SUBPROTOCOL": 1002,
         "FRAME_TOO_LARGE": 1009,
+        "SERVICE_RESTART": 1012,
         "UNAUTHORIZED": 4001,
         "TOO_MANY_INVALID": 4002,
         "SLOW_CONSUMER": 4008,

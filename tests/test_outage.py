@@ -77,6 +77,8 @@ async def own_system(valkey: EmbeddedValkey, settings: Settings) -> AsyncIterato
 STORE_FREE = {
     ("GET", "/healthz"),
     ("GET", "/metrics"),  # the process's own counters: an outage is when they matter most
+    ("GET", "/openapi.json"),
+    ("GET", "/asyncapi.json"),
     ("GET", "/v1/catalog/gifts"),
     ("GET", "/v1/catalog/bundles"),
     ("GET", "/dev/token"),
@@ -101,6 +103,8 @@ def route_requests(room: str) -> dict[tuple[str, str], dict[str, Any]]:
     return {
         ("GET", "/healthz"): {},
         ("GET", "/metrics"): {},
+        ("GET", "/openapi.json"): {},
+        ("GET", "/asyncapi.json"): {},
         ("GET", "/readyz"): {},
         ("GET", "/v1/catalog/gifts"): {},
         ("GET", "/v1/catalog/bundles"): {},

@@ -14,12 +14,15 @@ Without this class (another ASGI server, or stock uvicorn) the endpoint falls ba
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import uvicorn
 from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 from websockets.protocol import State
+from websockets.server import ServerProtocol
 
 EXTENSION = "gifting.direct_socket"
 
@@ -67,6 +70,48 @@ class HubWebSocketProtocol(WebSocketsSansIOProtocol):
         self.transport.close()
         # uvicorn's close timer: cancelled by connection_lost; it also keeps run_asgi from closing again.
         self.close_timer = self.loop.call_later(CLOSE_FLUSH_S, self.transport.abort)
+
+
+# What HubWebSocketProtocol relies on in uvicorn's protocol and websockets' connection. uvicorn has no public
+# API for these, so a release that renames one would otherwise show up as every socket silently taking the ASGI
+# fallback, or as an AttributeError on the first close; `check_protocol` turns that into a refusal to start.
+PROTOCOL_METHODS = ("handle_connect", "send", "stop_keepalive", "connection_lost")
+PROTOCOL_ATTRIBUTES = ("conn", "transport", "queue", "loop", "close_sent", "close_timer")
+PROTOCOL_FLAGS = ("handshake_initiated", "handshake_complete")
+CONNECTION_MEMBERS = ("extensions", "state", "send_close", "data_to_send")
+
+
+class ProtocolChanged(RuntimeError):
+    """The installed uvicorn or websockets no longer has what the direct socket uses."""
+
+
+async def _no_app(scope: Any, receive: Any, send: Any) -> None:
+    """The throwaway config's app; never called."""
+
+
+def check_protocol(protocol_class: type[HubWebSocketProtocol] = HubWebSocketProtocol) -> None:
+    """Build one (unconnected) protocol as uvicorn would and check every member the direct socket uses;
+    raise ProtocolChanged naming the missing ones."""
+    missing = [f"{name}()" for name in PROTOCOL_METHODS if not callable(getattr(protocol_class, name, None))]
+    config = uvicorn.Config(_no_app, ws=protocol_class, log_config=None, lifespan="off")
+    config.load()
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = protocol_class(config=config, server_state=uvicorn.server.ServerState(), app_state={}, _loop=loop)
+    finally:
+        loop.close()
+    missing += [name for name in PROTOCOL_ATTRIBUTES if not hasattr(protocol, name)]
+    missing += [name for name in PROTOCOL_FLAGS if getattr(protocol, name, None) is not False]
+    conn = getattr(protocol, "conn", None)
+    if not isinstance(conn, ServerProtocol):
+        missing.append(f"conn (a websockets ServerProtocol, found {type(conn).__name__})")
+    else:
+        missing += [f"conn.{name}" for name in CONNECTION_MEMBERS if not hasattr(conn, name)]
+    if missing:
+        raise ProtocolChanged(
+            f"uvicorn {uvicorn.__version__}'s websockets-sansio protocol no longer has what gifting/live/direct.py "
+            f"uses: {', '.join(missing)}; pin the previous uvicorn/websockets (pyproject.toml bounds) or adapt it"
+        )
 
 
 def direct_socket(scope: Any) -> HubWebSocketProtocol | None:

@@ -89,6 +89,7 @@ class CloseCode(IntEnum):
     GOING_AWAY = 1001  # server shutting down: reconnect and resume
     UNSUPPORTED_SUBPROTOCOL = 1002  # RFC 6455 "protocol error": the client offered no subprotocol we speak
     FRAME_TOO_LARGE = 1009  # sent by uvicorn's websockets protocol, over GIFTING_WS_FRAME_BYTES_HARD_MAX
+    SERVICE_RESTART = 1012  # sent by uvicorn on SIGTERM (a deploy): reconnect, to another process, and resume
     UNAUTHORIZED = 4001
     TOO_MANY_INVALID = 4002
     SLOW_CONSUMER = 4008
