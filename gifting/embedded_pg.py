@@ -12,10 +12,9 @@ import contextlib
 import importlib.util
 import json
 import os
-import stat
+import shutil
 import subprocess
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -25,7 +24,7 @@ from gifting.embedded import EmbeddedError, die_with_parent, free_port
 STATE_FILE = "postgres.json"
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 15.0
-UNPRIVILEGED_UID = 65534  # `nobody`: postgres refuses to run as root
+UNPRIVILEGED_UID = 65534  # `nobody`, inside a user namespace: postgres refuses to run as root
 
 
 def bin_dir() -> Path:
@@ -36,26 +35,18 @@ def bin_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
-def _as_postgres_user() -> Callable[[], None]:
-    """preexec_fn: drop root (postgres will not run as root), then ask for SIGTERM when the parent dies (a change
-    of credentials clears PDEATHSIG, so it is set after)."""
-    root = os.geteuid() == 0
-
-    def preexec() -> None:
-        if root:
-            os.setgid(UNPRIVILEGED_UID)
-            os.setuid(UNPRIVILEGED_UID)
-        die_with_parent()
-
-    return preexec
-
-
-def _traversable(path: Path) -> None:
-    """Let the unprivileged server user reach `path` (as pgserver does when run as root): o+x on each parent."""
-    for parent in path.resolve().parents:
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            parent.chmod(mode | stat.S_IXOTH)
+def _unprivileged() -> list[str]:
+    """The command prefix that runs postgres as an unprivileged user when we are root (postgres refuses root):
+    a user namespace mapping root to `nobody`, so the files stay ours and no directory needs opening up."""
+    if os.geteuid() != 0:
+        return []
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        raise EmbeddedError(
+            "running as root: PostgreSQL refuses root, and `unshare` (util-linux) is missing to run it unprivileged; "
+            "run as another user or set GIFTING_DATABASE_URL"
+        )
+    return [unshare, "--user", f"--map-user={UNPRIVILEGED_UID}", f"--map-group={UNPRIVILEGED_UID}"]
 
 
 class EmbeddedPostgres:
@@ -80,12 +71,12 @@ class EmbeddedPostgres:
         if running and self.announce:
             raise EmbeddedError(f"an embedded PostgreSQL already runs for {self.data_dir} at {running}")
         self._init_db()
-        args = [str(bin_dir() / "postgres"), "-D", str(self.pgdata.resolve()), "-p", str(self.port)]
+        args = [*_unprivileged(), str(bin_dir() / "postgres"), "-D", str(self.pgdata.resolve()), "-p", str(self.port)]
         args += ["-h", "127.0.0.1", "-c", "unix_socket_directories=", "-c", "logging_collector=off"]
         log = open(self.data_dir / "postgres.log", "ab")  # noqa: SIM115 - the child keeps it
         with log:
             self.process = subprocess.Popen(
-                args, preexec_fn=_as_postgres_user(), stdin=subprocess.DEVNULL, stdout=log, stderr=log
+                args, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
         self._wait_ready()
         if self.announce:
@@ -97,13 +88,10 @@ class EmbeddedPostgres:
         if (self.pgdata / "PG_VERSION").exists():
             return
         self.pgdata.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            _traversable(self.pgdata)
-            os.chown(self.pgdata, UNPRIVILEGED_UID, UNPRIVILEGED_UID)
-        args = [str(bin_dir() / "initdb"), "-D", str(self.pgdata.resolve()), "-U", "postgres"]
+        args = [*_unprivileged(), str(bin_dir() / "initdb"), "-D", str(self.pgdata.resolve()), "-U", "postgres"]
         args += ["--auth=trust", "--encoding=UTF8", "--no-instructions"]
         result = subprocess.run(
-            args, preexec_fn=_as_postgres_user(), capture_output=True, timeout=START_TIMEOUT_S, check=False
+            args, preexec_fn=die_with_parent, capture_output=True, timeout=START_TIMEOUT_S, check=False
         )
         if result.returncode != 0:
             raise EmbeddedError(f"initdb failed ({result.returncode}): {result.stderr.decode(errors='replace')}")

@@ -9,10 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -51,19 +49,16 @@ def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """GIFTING_DATABASE_URL, else a private PostgreSQL for the session (it dies with the test process)."""
     if os.environ.get("GIFTING_DATABASE_URL"):
         yield os.environ["GIFTING_DATABASE_URL"]
         return
-    # Not under tmp_path: that is private to root, and postgres runs as an unprivileged user when root runs tests.
-    data_dir = Path(tempfile.mkdtemp(prefix="gifting-pg-"))
-    server = EmbeddedPostgres(data_dir, announce=False)
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"), announce=False)
     url = server.start()
     migrate(url)
     yield url
     server.stop()
-    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 @pytest.fixture

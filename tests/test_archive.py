@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ from gifting.history.schema import migrate
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import GiftToSettle, Ledger
-from tests.conftest import REPO, make_settings
+from tests.conftest import REPO, SystemFactory, make_settings
 
 STREAM = keys.LEDGER_JOURNAL
 WAIT_S = 30.0
@@ -186,8 +184,7 @@ async def test_postgres_restart_mid_batch(redis: aioredis.Redis, tmp_path: Path)
     """PostgreSQL stopped while the archiver runs: it retries, entries wait in Valkey; restarted: all archived once."""
     from workers.archiver import Archiver
 
-    data_dir = Path(tempfile.mkdtemp(prefix="gifting-pg-"))
-    server = EmbeddedPostgres(data_dir, announce=False)
+    server = EmbeddedPostgres(tmp_path / "pg", announce=False)
     url = server.start()
     migrate(url)
     settings = make_settings(tmp_path, archive_batch_entries=3, archive_idle_ms=10, archive_retry_max_s=0.2)
@@ -212,7 +209,6 @@ async def test_postgres_restart_mid_batch(redis: aioredis.Redis, tmp_path: Path)
         stop.set()
         await asyncio.wait_for(task, WAIT_S)
         server.stop()
-        shutil.rmtree(data_dir, ignore_errors=True)
 
 
 async def test_valkey_restart_from_aof(
@@ -241,3 +237,23 @@ async def test_valkey_restart_from_aof(
     finally:
         await redis.aclose()
         valkey.stop()
+
+
+async def test_gifts_refused_past_the_archive_backlog_bound(
+    start_system: SystemFactory, history: psycopg.AsyncConnection[Any]
+) -> None:
+    """Past GIFTING_ARCHIVE_BACKLOG_MAX unarchived entries a gift is rejected `archive_backlog` (no coin moves,
+    /readyz shows the backlog); once archived, a new gift settles."""
+    system = await start_system(archive_backlog_max=3)
+    for _ in range(4):
+        await system.grant("v1", 100)
+    room = await system.open_room("c1")
+    client = await system.connect("v1")
+    result = await client.result(await client.gift(room, "rose", 1))
+    assert (result["status"], result["reason"]) == ("rejected", "archive_backlog"), result
+    assert (await system.http.get("/readyz")).json()["archive_backlog"] == 4
+    assert await system.redis.hget(keys.LEDGER_COINS, keys.account("v1")) == "400"
+    await drain(system.redis, history)
+    result = await client.result(await client.gift(room, "rose", 1))
+    assert result["status"] == "settled", result
+    assert (await system.http.get("/readyz")).json()["archive_backlog"] == 1
