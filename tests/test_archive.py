@@ -161,23 +161,33 @@ async def wait_archived(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any
 async def test_archiver_killed_mid_batch_loses_and_duplicates_nothing(
     redis: aioredis.Redis, history: psycopg.AsyncConnection[Any], valkey_url: str, database_url: str, tmp_path: Path
 ) -> None:
-    """`gifting archive` killed -9 while archiving, then restarted: every entry archived exactly once, audit clean."""
+    """`gifting archive` killed -9 as soon as it commits a batch (more batches waiting), five times, then left to
+    finish: every entry archived exactly once, audit clean."""
     ledger = Ledger(redis, make_settings(tmp_path))
     env = archiver_env(valkey_url, database_url, tmp_path)
     process = await start_archiver(env)
     try:
         for _ in range(5):
-            await purchases(ledger, 20)
-            await asyncio.sleep(0.05)
+            await purchases(ledger, 60)  # 20 batches of 3 entries: the kill lands while more wait
+            await wait_archived_more(history, len(await history_of(history)))
             process.send_signal(signal.SIGKILL)
             await process.wait()
             process = await start_archiver(env)
-        await wait_archived(redis, history, 100)
+        await wait_archived(redis, history, 300)
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), WAIT_S)
-    assert len(set(await history_of(history))) == 100
-    assert await clean_audit(redis, history) == 100
+    assert len(set(await history_of(history))) == 300
+    assert await clean_audit(redis, history) == 300
+
+
+async def wait_archived_more(conn: psycopg.AsyncConnection[Any], rows: int) -> None:
+    """Poll until PostgreSQL holds more than `rows` journal rows (the archiver committed a batch)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while len(await history_of(conn)) <= rows:
+        assert loop.time() < deadline, f"nothing archived within {WAIT_S} s"
+        await asyncio.sleep(0.002)
 
 
 async def test_postgres_restart_mid_batch(redis: aioredis.Redis, tmp_path: Path) -> None:
