@@ -1,10 +1,11 @@
-"""The `gifting` command: dev, serve, worker, archive, migrate, token, audit, config."""
+"""The `gifting` command: dev, serve, worker, archive, migrate, report, token, audit, config."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import secrets
@@ -132,6 +133,23 @@ def cmd_archive(settings: Settings) -> int:
             await redis.aclose()
 
     asyncio.run(run())
+    return 0
+
+
+def cmd_report(settings: Settings, day: str) -> int:
+    """The daily totals (SQL view daily_totals) of one UTC day of the archived journal."""
+    try:
+        date = datetime.date.fromisoformat(day)
+    except ValueError:
+        raise UsageError(f"expected a day as YYYY-MM-DD, got {day!r}") from None
+    with psycopg.connect(resolve_database_url(settings)) as conn:
+        rows = conn.execute(
+            "SELECT kind, ledger, transfers, amount FROM daily_totals WHERE day = %s ORDER BY kind, ledger", (date,)
+        ).fetchall()
+    print(f"archived transfers on {date.isoformat()} (UTC; entries still only in Valkey are not counted)")
+    print(f"{'kind':<20} {'ledger':<9} {'transfers':>10} {'amount':>16}")
+    for kind, ledger, transfers, amount in rows:
+        print(f"{kind:<20} {ledger:<9} {transfers:>10} {amount:>16}")
     return 0
 
 
@@ -337,6 +355,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run the settlement worker")
     sub.add_parser("archive", help="run the archiver: the journal's history moves to PostgreSQL")
     sub.add_parser("migrate", help="apply the history database's schema migrations")
+    report = sub.add_parser("report", help="print one UTC day's totals per transfer kind from the archive")
+    report.add_argument("day", help="YYYY-MM-DD")
     token = sub.add_parser("token", help="print a signed token for a user")
     token.add_argument("user")
     token.add_argument("--role", choices=auth.ROLES, default="viewer")
@@ -362,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_archive(settings)
         if args.command == "migrate":
             return cmd_migrate(settings)
+        if args.command == "report":
+            return cmd_report(settings, args.day)
         if args.command == "token":
             return cmd_token(settings, args)
         if args.command == "audit":

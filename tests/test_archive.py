@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -267,3 +268,48 @@ async def test_gifts_refused_past_the_archive_backlog_bound(
     result = await client.result(await client.gift(room, "rose", 1))
     assert result["status"] == "settled", result
     assert (await system.http.get("/readyz")).json()["archive_backlog"] == 1
+
+
+async def test_legs_and_daily_report(
+    redis: aioredis.Redis, history: psycopg.AsyncConnection[Any], database_url: str, tmp_path: Path
+) -> None:
+    """Each archived transfer's legs land in `legs` (their sums equal Valkey's balances); `gifting report DAY`
+    prints that day's totals per kind and ledger from the daily_totals view."""
+    settings = make_settings(tmp_path)
+    ledger = Ledger(redis, settings)
+    await purchases(ledger, 3)
+    await gifts(ledger, settings, 3, coins=10)
+    await drain(redis, history)
+    sums = await (
+        await history.execute(
+            "SELECT ledger, account, sum(amount) FROM (SELECT ledger, credit AS account, amount FROM legs "
+            "UNION ALL SELECT ledger, debit, -amount FROM legs) AS moves GROUP BY ledger, account"
+        )
+    ).fetchall()
+    for ledger_name, hash_key in keys.LEDGER_LEDGERS:
+        stored = {a: int(v) for a, v in (await redis.hgetall(hash_key)).items() if int(v)}
+        assert {a: int(s) for lg, a, s in sums if lg == ledger_name and s} == stored
+    ms = (await (await history.execute("SELECT max(ms) FROM journal")).fetchone() or [0])[0]
+    day = datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
+    env = {**archiver_env("redis://127.0.0.1:1/0", database_url, tmp_path)}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gifting.cli", "report", day, env=env, cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), WAIT_S)
+    assert process.returncode == 0, err.decode()
+    rows = {tuple(line.split()[:2]): line.split()[2:] for line in out.decode().splitlines()[2:]}
+    assert rows[("purchase", "coins")] == ["3", "3000"]
+    assert rows[("gift", "coins")] == ["3", "30"]
+    assert rows[("gift", "diamonds")] == ["3", str(3 * rules.split_gift(10, settings.creator_share_bps).diamonds)]
+
+
+async def test_report_rejects_a_bad_day(database_url: str, tmp_path: Path) -> None:
+    """`gifting report` with something that is not a day exits 2 and says what it expected."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "gifting.cli", "report", "yesterday",
+        env=archiver_env("redis://127.0.0.1:1/0", database_url, tmp_path), cwd=REPO,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(process.communicate(), WAIT_S)
+    assert process.returncode == 2 and "expected a day as YYYY-MM-DD" in err.decode()

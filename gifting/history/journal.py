@@ -10,12 +10,19 @@ primary key, so no entry is written twice.
 
 from __future__ import annotations
 
+import logging
+from dataclasses import astuple
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import psycopg
 import redis.asyncio as aioredis
 from psycopg.types.json import Jsonb
+
+from gifting.ledger import rules
+
+log = logging.getLogger(__name__)
 
 READ_CHUNK_ENTRIES = 500  # archived entries read per query by the audit
 
@@ -64,9 +71,32 @@ async def archive_batch(
             for entry_id, fields in entries:
                 ms, seq = parse_id(entry_id)
                 await copy.write_row((stream, ms, seq, fields.get("kind", ""), Jsonb(fields)))
+        async with conn.cursor().copy(
+            "COPY legs (stream, ms, seq, transfer, kind, ledger, debit, credit, amount, day) FROM STDIN"
+        ) as copy:
+            for entry_id, fields in entries:
+                ms, seq = parse_id(entry_id)
+                day = datetime.fromtimestamp(ms / 1000, UTC).date()
+                for transfer, kind, leg in entry_legs(entry_id, fields):
+                    await copy.write_row((stream, ms, seq, transfer, kind, *astuple(leg), day))
         last = parse_id(entries[-1][0])
         await conn.execute("UPDATE archive_cursor SET ms = %s, seq = %s WHERE stream = %s", (*last, stream))
     return len(entries), last
+
+
+def entry_legs(entry_id: str, fields: dict[str, str]) -> list[tuple[str, str, rules.Leg]]:
+    """(transfer id, kind, leg) of every leg of one journal entry; an entry that does not parse has none here
+    (its journal row is archived as it is, and the audit names it)."""
+    try:
+        transfers = rules.journal_gifts(fields) if fields.get("kind") == "gifts" else [fields]
+        return [
+            (t.get("id", "?"), t.get("kind", "?"), leg)
+            for t in transfers
+            for leg in rules.parse_legs(t.get("legs", ""))
+        ]
+    except rules.JournalError as exc:
+        log.warning("journal %s: legs not archived: %s", entry_id, exc)
+        return []
 
 
 async def archived_entries(

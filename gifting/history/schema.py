@@ -33,6 +33,30 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        2,
+        # One row per leg, written with its journal row: what the daily totals (and an accountant's queries)
+        # read without parsing the journal's packed batches. `day` is the UTC day of the journal entry.
+        """
+        CREATE TABLE legs (
+            stream text NOT NULL,
+            ms bigint NOT NULL,
+            seq bigint NOT NULL,
+            transfer text NOT NULL,
+            kind text NOT NULL,
+            ledger text NOT NULL,
+            debit text NOT NULL,
+            credit text NOT NULL,
+            amount bigint NOT NULL CHECK (amount > 0),
+            day date NOT NULL,
+            FOREIGN KEY (stream, ms, seq) REFERENCES journal ON DELETE CASCADE
+        );
+        CREATE INDEX legs_day ON legs (day);
+        CREATE VIEW daily_totals AS
+            SELECT day, kind, ledger, count(DISTINCT transfer) AS transfers, sum(amount) AS amount
+            FROM legs GROUP BY day, kind, ledger;
+        """,
+    ),
 )
 
 
