@@ -196,7 +196,7 @@ async def _bench(
         sampling.cancel()
         stop_processes([*workers, archiver], 15.0)
 
-    size_row = await (await pg.execute("SELECT pg_total_relation_size('journal')")).fetchone()
+    size_row = await (await pg.execute("SELECT pg_total_relation_size('journal') + pg_total_relation_size('legs')")).fetchone()
     pg_bytes = int(size_row[0]) if size_row else 0
     report = await run_audit(redis, archive=pg)
     say("audit over the archive and Valkey:")
@@ -210,7 +210,7 @@ async def _bench(
         f"(target >= {TARGET_KEEPS_UP}: {'met' if keeps_up >= TARGET_KEEPS_UP else 'NOT met'})")  # fmt: skip
     say(f"  Valkey growth per gift once warm {steady_bytes:,.0f} bytes (target < {TARGET_STEADY_BYTES:.0f}: "
         f"{'met' if steady_bytes < TARGET_STEADY_BYTES else 'NOT met'})")  # fmt: skip
-    say(f"  PostgreSQL journal {pg_bytes:,} bytes = {pg_bytes / args.gifts:,.0f} bytes per gift")
+    say(f"  PostgreSQL journal + legs {pg_bytes:,} bytes = {pg_bytes / args.gifts:,.0f} bytes per gift")
     if not ok:
         say(f"FAILED: audit clean {report.clean}, gifts counted {report.kinds.get('gift', 0):,} of {args.gifts:,}")
     say(f"RESULT archive keeps_up={keeps_up:.2f} valkey_bytes_per_gift_steady={steady_bytes:.0f} "
