@@ -196,7 +196,8 @@ async def _bench(
         sampling.cancel()
         stop_processes([*workers, archiver], 15.0)
 
-    size_row = await (await pg.execute("SELECT pg_total_relation_size('journal') + pg_total_relation_size('legs')")).fetchone()
+    sizes = "SELECT pg_total_relation_size('journal') + pg_total_relation_size('legs')"
+    size_row = await (await pg.execute(sizes)).fetchone()
     pg_bytes = int(size_row[0]) if size_row else 0
     report = await run_audit(redis, archive=pg)
     say("audit over the archive and Valkey:")
