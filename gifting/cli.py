@@ -1,10 +1,12 @@
-"""The `gifting` command: dev, serve, worker, token, audit, config, and the on-call commands (gifting/ops.py)."""
+"""The `gifting` command: dev, serve, worker, archive, migrate, report, token, audit, config, and the on-call
+commands (gifting/ops.py)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import datetime
 import logging
 import os
 import secrets
@@ -16,7 +18,9 @@ import time
 from collections import deque
 from pathlib import Path
 
-from gifting import auth, embedded, logs, ops
+import psycopg
+
+from gifting import auth, embedded, embedded_pg, logs, ops
 from gifting.config import ConfigError, Settings, markdown_table, write_readme_table
 
 log = logging.getLogger("gifting")
@@ -36,6 +40,19 @@ def resolve_redis_url(settings: Settings) -> str:
     if url is None:
         raise UsageError(
             f"no Valkey to talk to: set REDIS_URL, or start `gifting dev` (data directory {settings.data_dir})"
+        )
+    return url
+
+
+def resolve_database_url(settings: Settings) -> str:
+    """GIFTING_DATABASE_URL, else the embedded PostgreSQL of a running `gifting dev` for the same data directory."""
+    if settings.database_url:
+        return settings.database_url
+    url = embedded_pg.find_running(Path(settings.data_dir))
+    if url is None:
+        raise UsageError(
+            f"no PostgreSQL to talk to: set GIFTING_DATABASE_URL, or start `gifting dev` "
+            f"(data directory {settings.data_dir})"
         )
     return url
 
@@ -131,11 +148,64 @@ def _alive(pid: int) -> bool:
     return True
 
 
+# archive, migrate ----------------------------------------------------------------------------------------
+
+
+def cmd_archive(settings: Settings) -> int:
+    from gifting.app import redis_client
+    from gifting.history.schema import migrate
+    from workers.archiver import run_archiver
+
+    url = resolve_redis_url(settings)
+    database_url = resolve_database_url(settings)
+    migrate(database_url)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        redis = redis_client(url)
+        try:
+            await run_archiver(redis, database_url, settings, stop)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(run())
+    return 0
+
+
+def cmd_report(settings: Settings, day: str) -> int:
+    """The daily totals (SQL view daily_totals) of one UTC day of the archived journal."""
+    try:
+        date = datetime.date.fromisoformat(day)
+    except ValueError:
+        raise UsageError(f"expected a day as YYYY-MM-DD, got {day!r}") from None
+    with psycopg.connect(resolve_database_url(settings)) as conn:
+        rows = conn.execute(
+            "SELECT kind, ledger, transfers, amount FROM daily_totals WHERE day = %s ORDER BY kind, ledger", (date,)
+        ).fetchall()
+    print(f"archived transfers on {date.isoformat()} (UTC; entries still only in Valkey are not counted)")
+    print(f"{'kind':<20} {'ledger':<9} {'transfers':>10} {'amount':>16}")
+    for kind, ledger, transfers, amount in rows:
+        print(f"{kind:<20} {ledger:<9} {transfers:>10} {amount:>16}")
+    return 0
+
+
+def cmd_migrate(settings: Settings) -> int:
+    from gifting.history.schema import migrate
+
+    applied = migrate(resolve_database_url(settings))
+    print(f"applied migrations {applied}" if applied else "schema is up to date")
+    return 0
+
+
 # dev -----------------------------------------------------------------------------------------------------
 
 
 def cmd_dev(settings: Settings) -> int:
-    """Valkey (embedded unless REDIS_URL), the web process and the worker; Ctrl-C stops all of them."""
+    """Valkey and PostgreSQL (embedded unless REDIS_URL / GIFTING_DATABASE_URL), the web process, the worker and
+    the archiver; Ctrl-C stops all of them."""
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = resolve_secret(settings, create=True)
@@ -147,7 +217,17 @@ def cmd_dev(settings: Settings) -> int:
         url = valkey.start()
         supervisor = ValkeySupervisor(valkey, settings.dev_valkey_restarts_max, settings.dev_valkey_restart_window_s)
         log.info("embedded Valkey at %s (data in %s, AOF on)", url, data_dir / "valkey")
+    postgres = None
+    database_url = settings.database_url
+    if not database_url:
+        postgres = embedded_pg.EmbeddedPostgres(data_dir)
+        database_url = postgres.start()
+        log.info("embedded PostgreSQL at %s (data in %s)", database_url, postgres.pgdata)
+    from gifting.history.schema import migrate
+
+    migrate(database_url)
     env = {**os.environ, "REDIS_URL": url, "GIFTING_SECRET": secret, "GIFTING_DEV": "1"}
+    env["GIFTING_DATABASE_URL"] = database_url
     children: list[subprocess.Popen[bytes]] = []
     stopping = gave_up = False
 
@@ -158,7 +238,7 @@ def cmd_dev(settings: Settings) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        for command in ("serve", "worker"):
+        for command in ("serve", "worker", "archive"):
             children.append(
                 subprocess.Popen(
                     [sys.executable, "-m", "gifting.cli", command],
@@ -179,6 +259,8 @@ def cmd_dev(settings: Settings) -> int:
         embedded.stop_processes(children, CHILD_STOP_TIMEOUT_S)
         if valkey is not None:
             valkey.stop()
+        if postgres is not None:
+            postgres.stop()
         log.info("stopped")
     return 1 if gave_up else 0
 
@@ -283,13 +365,19 @@ def cmd_audit(settings: Settings) -> int:
     from gifting.ledger.audit import run_audit
 
     url = resolve_redis_url(settings)
+    # Without a history database (none configured, no `gifting dev` running one) the journal is Valkey's alone.
+    database_url = settings.database_url or embedded_pg.find_running(Path(settings.data_dir))
 
     async def run() -> bool:
         redis = redis_client(url)
+        archive = await psycopg.AsyncConnection.connect(database_url) if database_url else None
         try:
-            report = await run_audit(redis, progress=lambda n: print(f"  ... {n} journal entries", file=sys.stderr))
+            progress = lambda n: print(f"  ... {n} journal entries", file=sys.stderr)  # noqa: E731
+            report = await run_audit(redis, progress=progress, archive=archive)
         finally:
             await redis.aclose()
+            if archive is not None:
+                await archive.close()
         print(report.summary())
         return report.clean
 
@@ -323,9 +411,15 @@ def cmd_ops(settings: Settings, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gifting", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("dev", help="run everything: embedded Valkey (unless REDIS_URL), web, worker")
+    sub.add_parser(
+        "dev", help="run everything: embedded Valkey and PostgreSQL (unless configured), web, worker, archiver"
+    )
     sub.add_parser("serve", help="run the web process (HTTP API + websocket hub)")
     sub.add_parser("worker", help="run the settlement worker")
+    sub.add_parser("archive", help="run the archiver: the journal's history moves to PostgreSQL")
+    sub.add_parser("migrate", help="apply the history database's schema migrations")
+    report = sub.add_parser("report", help="print one UTC day's totals per transfer kind from the archive")
+    report.add_argument("day", help="YYYY-MM-DD")
     token = sub.add_parser("token", help="print a signed token for a user")
     token.add_argument("user")
     token.add_argument("--role", choices=auth.ROLES, default="viewer")
@@ -349,6 +443,12 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_serve(settings)
         if args.command == "worker":
             return cmd_worker(settings)
+        if args.command == "archive":
+            return cmd_archive(settings)
+        if args.command == "migrate":
+            return cmd_migrate(settings)
+        if args.command == "report":
+            return cmd_report(settings, args.day)
         if args.command == "token":
             return cmd_token(settings, args)
         if args.command == "audit":
@@ -363,7 +463,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, value in sorted(vars(settings).items()):
                 print(f"{name} = {'***' if name == 'secret' and value else value!r}")
         return 0
-    except (UsageError, ConfigError, embedded.EmbeddedError) as exc:
+    except (UsageError, ConfigError, embedded.EmbeddedError, psycopg.Error) as exc:
         print(f"gifting {args.command}: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

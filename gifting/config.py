@@ -60,6 +60,12 @@ class Settings:
     dev_valkey_restart_window_s: float = _setting(
         "GIFTING_DEV_VALKEY_RESTART_WINDOW_S", 60.0, "The window of GIFTING_DEV_VALKEY_RESTARTS_MAX, seconds."
     )
+    database_url: str = _setting(
+        "GIFTING_DATABASE_URL",
+        "",
+        "PostgreSQL for the ledger's history (the archive). Empty: start (or find) the embedded PostgreSQL 16 "
+        "(pgserver wheel) in the data directory.",
+    )
     host: str = _setting("GIFTING_HOST", "127.0.0.1", "Address the web process binds to.")
     port: int = _setting("GIFTING_PORT", 8000, "Port the web process binds to.")
     data_dir: str = _setting(
@@ -310,6 +316,28 @@ class Settings:
         "GIFTING_ROOM_END_RETRY_S", 30, "A room end left unfinished (a crash) this long is finished by the worker, s."
     )
 
+    # Archiver (workers/archiver.py): the journal's history moves to PostgreSQL.
+    archive_batch_entries: int = _setting(
+        "GIFTING_ARCHIVE_BATCH_ENTRIES",
+        500,
+        "Journal entries the archiver COPYs to PostgreSQL per transaction (a settled batch of gifts is one entry).",
+    )
+    archive_backlog_max: int = _setting(
+        "GIFTING_ARCHIVE_BACKLOG_MAX",
+        100_000,
+        "Journal entries (a settled batch of gifts is one) allowed to wait in Valkey for the archiver; past it "
+        "settlement rejects every gift `archive_backlog` (memory stays bounded, no money is lost). 0: no bound.",
+    )
+    archive_idle_ms: int = _setting(
+        "GIFTING_ARCHIVE_IDLE_MS", 200, "The archiver's pause when the journal holds nothing to archive, ms."
+    )
+    archive_retry_max_s: float = _setting(
+        "GIFTING_ARCHIVE_RETRY_MAX_S",
+        5.0,
+        "Longest pause between the archiver's retries while PostgreSQL or Valkey is unreachable (doubling from "
+        "0.1 s), seconds; the entries wait in Valkey's journal meanwhile.",
+    )
+
     # Rooms.
     room_history_events_max: int = _setting(
         "GIFTING_ROOM_HISTORY_EVENTS_MAX", 10000, "Events kept per room for resume (XADD MAXLEN ~)."
@@ -366,6 +394,8 @@ class Settings:
             raise ConfigError(f"GIFTING_CREATOR_SHARE_BPS: expected 0..10000, got {self.creator_share_bps}")
         if self.tick_ms < 1 or self.settle_batch_max < 1 or self.gift_count_max < 1:
             raise ConfigError("GIFTING_TICK_MS, GIFTING_SETTLE_BATCH_MAX and GIFTING_GIFT_COUNT_MAX must be >= 1")
+        if self.archive_batch_entries < 1:
+            raise ConfigError(f"GIFTING_ARCHIVE_BATCH_ENTRIES: expected >= 1, got {self.archive_batch_entries}")
         if not 1 <= self.settle_concurrency <= SETTLE_CONCURRENCY_MAX:
             raise ConfigError(
                 f"GIFTING_SETTLE_CONCURRENCY: expected 1..{SETTLE_CONCURRENCY_MAX}, got {self.settle_concurrency}"

@@ -16,7 +16,7 @@ from gifting import clock
 # Ledger (one slot).
 LEDGER_COINS = "{ledger}:coins"  # hash: account -> balance (coins)
 LEDGER_DIAMONDS = "{ledger}:diamonds"  # hash: account -> balance (diamonds)
-LEDGER_JOURNAL = "{ledger}:journal"  # stream: an entry per transfer chain, or per settled batch of gifts; never trimmed
+LEDGER_JOURNAL = "{ledger}:journal"  # stream: an entry per transfer chain or settled batch; archived, then trimmed
 LEDGER_LEDGERS = (("coins", LEDGER_COINS), ("diamonds", LEDGER_DIAMONDS))
 
 

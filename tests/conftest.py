@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import orjson
+import psycopg
 import pytest
 import redis.asyncio as aioredis
 import uvicorn
@@ -29,6 +30,8 @@ from gifting import auth
 from gifting.app import create_app, redis_client, server_config
 from gifting.config import Settings
 from gifting.embedded import EmbeddedValkey, free_port
+from gifting.embedded_pg import EmbeddedPostgres
+from gifting.history.schema import migrate
 from gifting.live.hub import Hub
 from workers.settlement import SettlementWorker
 
@@ -43,6 +46,28 @@ def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = server.start()
     yield url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """GIFTING_DATABASE_URL, else a private PostgreSQL for the session (it dies with the test process)."""
+    if os.environ.get("GIFTING_DATABASE_URL"):
+        yield os.environ["GIFTING_DATABASE_URL"]
+        return
+    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"), announce=False)
+    url = server.start()
+    migrate(url)
+    yield url
+    server.stop()
+
+
+@pytest.fixture
+async def history(database_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A connection to the history database, emptied for this test."""
+    conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
+    await conn.execute("TRUNCATE journal, legs, archive_cursor")
+    yield conn
+    await conn.close()
 
 
 @pytest.fixture

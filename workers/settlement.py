@@ -37,6 +37,7 @@ from gifting.payments import PayoutProvider, SandboxPayouts
 from gifting.rooms.pools import POOL_FIELD, PoolOp, closing_event, pledge_result, pool_view
 from gifting.rooms.store import RoomStore
 from gifting.wire.messages import PoolCompleted, PoolProgress
+from gifting.wire.reasons import RejectReason
 from workers.payouts import Payouts
 from workers.pool_sweep import PoolSweeper
 
@@ -346,8 +347,14 @@ class SettlementWorker:
 
     async def settle(self, requests: list[GiftRequest]) -> list[rules.GiftOutcome]:
         started_s = time.perf_counter()
-        rooms = await self._room_states({r.room for r in requests})
-        batch = [self.prepare(r, rooms.get(r.room)) for r in requests]
+        rooms, journal_entries = await self._room_states({r.room for r in requests})
+        backlog_max = self.settings.archive_backlog_max
+        archive_full = bool(backlog_max) and journal_entries > backlog_max
+        if archive_full:
+            log.error(
+                "archive backlog: %d journal entries in Valkey > %d: refusing gifts", journal_entries, backlog_max
+            )
+        batch = [self.prepare(r, rooms.get(r.room), archive_full) for r in requests]
         outcomes = await self.ledger.settle(batch, durable_timeout_ms=self.settings.waitaof_timeout_ms)
         settled_ms = clock.now_ms()
         await self.publish(requests, batch, outcomes)
@@ -361,11 +368,14 @@ class SettlementWorker:
                     )
         return outcomes
 
-    def prepare(self, request: GiftRequest, room: dict[str, str] | None) -> GiftToSettle:
-        """Decide everything the ledger does not: price from the catalog, room live, not a self-gift."""
+    def prepare(self, request: GiftRequest, room: dict[str, str] | None, archive_full: bool = False) -> GiftToSettle:
+        """Decide everything the ledger does not: price from the catalog, room live, not a self-gift; and
+        whether the unarchived journal is past GIFTING_ARCHIVE_BACKLOG_MAX (memory is bounded before money)."""
         gift = self.catalogs.current.gifts.get(request.gift)
         status, creator = (room.get("status"), room.get("creator", "")) if room else (None, "")
         reject = rules.gift_reject(gift, request.price, status, creator, request.sender) or ""
+        if archive_full and not reject:
+            reject = RejectReason.ARCHIVE_BACKLOG
         coins, diamonds = 0, 0
         if gift is not None and not reject:
             split = rules.split_gift(gift.coins * request.count, self.settings.creator_share_bps)
@@ -383,21 +393,24 @@ class SettlementWorker:
             count=request.count,
         )
 
-    async def _room_states(self, rooms: set[str]) -> dict[str, dict[str, str]]:
-        """Each room's creator and status, and the catalog version, in one round trip per batch."""
+    async def _room_states(self, rooms: set[str]) -> tuple[dict[str, dict[str, str]], int]:
+        """Each room's creator and status, the catalog version and the journal entries not yet archived, in
+        one round trip per batch."""
         ordered = sorted(rooms)
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.CATALOG_VERSION)
+            pipe.xlen(keys.LEDGER_JOURNAL)
             for room in ordered:
                 pipe.hmget(keys.room_meta(room), "creator", "status")
-            version, *replies = await pipe.execute()
+            version, journal_entries, *replies = await pipe.execute()
         if int(version or 0) != self.catalogs.version:
             await self.catalogs.refresh()
-        return {
+        states = {
             room: {"creator": creator, "status": status}
             for room, (creator, status) in zip(ordered, replies, strict=True)
             if creator is not None
         }
+        return states, int(journal_entries)
 
     async def publish(
         self, requests: list[GiftRequest], batch: list[GiftToSettle], outcomes: list[rules.GiftOutcome]

@@ -1,5 +1,7 @@
 """`gifting audit`: recompute every balance from the journal and check the ledger's invariants.
 
+The journal is the archived entries in PostgreSQL followed by the entries still in Valkey (each read once).
+
 Checks:
 - each ledger sums to zero, and stored balances equal the journal's;
 - no user balance below zero, except a coin debt no larger than the user's chargebacks (the documented debt);
@@ -18,10 +20,13 @@ import copy
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import psycopg
 import redis.asyncio as aioredis
 
 from gifting import clock, keys
+from gifting.history import journal as history
 from gifting.ledger import rules
 
 CHUNK_ENTRIES = 200  # journal entries read per XRANGE (a settled batch is one entry of up to 2,000 gifts)
@@ -32,6 +37,7 @@ SCAN_COUNT = 1000
 @dataclass
 class AuditReport:
     entries: int = 0
+    archived: int = 0  # of `entries`, those read from the history database
     kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     totals: dict[str, dict[str, int]] = field(default_factory=dict)  # ledger -> account -> balance
     findings: list[str] = field(default_factory=list)
@@ -41,7 +47,8 @@ class AuditReport:
         return not self.findings
 
     def summary(self) -> str:
-        lines = [f"journal entries: {self.entries} ({', '.join(f'{k}={v}' for k, v in sorted(self.kinds.items()))})"]
+        kinds = ", ".join(f"{k}={v}" for k, v in sorted(self.kinds.items()))
+        lines = [f"journal entries: {self.entries} ({kinds}); {self.archived} of them from the archive"]
         for ledger, balances in sorted(self.totals.items()):
             users = sum(v for a, v in balances.items() if rules.is_user_account(a))
             system = {a: v for a, v in balances.items() if not rules.is_user_account(a)}
@@ -70,24 +77,30 @@ class _Journal:
     pool_closings: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
 
 
-async def run_audit(redis: aioredis.Redis, progress: Callable[[int], None] | None = None) -> AuditReport:
+async def run_audit(
+    redis: aioredis.Redis,
+    progress: Callable[[int], None] | None = None,
+    archive: psycopg.AsyncConnection[Any] | None = None,
+) -> AuditReport:
     """Audit a ledger that may be in use: balances are compared with the journal as of one atomic snapshot;
     records (purchases, withdrawals, pools) are read after it and must agree with the journal either at the
-    snapshot or after the entries that arrived since (a live payout may post a withdrawal meanwhile)."""
+    snapshot or after the entries that arrived since (a live payout may post a withdrawal meanwhile).
+    With `archive` (the history database), the journal is its archived entries followed by Valkey's."""
     report = AuditReport()
     async with redis.pipeline(transaction=True) as pipe:
         for _, hash_key in keys.LEDGER_LEDGERS:
             pipe.hgetall(hash_key)
-        pipe.xrevrange(keys.LEDGER_JOURNAL, count=1)
-        *stored, last = await pipe.execute()
-    end = last[0][0] if last else None
+        pipe.xinfo_stream(keys.LEDGER_JOURNAL)
+        *stored, info = await pipe.execute(raise_on_error=False)
+    # The last id the stream ever gave out: the archiver may have moved every entry to PostgreSQL.
+    end = None if isinstance(info, Exception) or info["last-generated-id"] == "0-0" else info["last-generated-id"]
     snapshot = _Journal()
     if end is not None:
-        await _scan(redis, report, snapshot, "-", end, progress)
+        await _scan(redis, archive, report, snapshot, None, end, progress)
     _check_balances(report, snapshot, {ledger: b for (ledger, _), b in zip(keys.LEDGER_LEDGERS, stored, strict=True)})
     records = await _read_records(redis, snapshot)
     latest = copy.deepcopy(snapshot)
-    await _scan(redis, report, latest, f"({end}" if end else "-", "+", None)
+    await _scan(redis, archive, report, latest, end, None, None)
     _check_purchases(report, snapshot, latest, records.purchases)
     _check_withdrawals(report, snapshot, latest, records.withdrawals)
     _check_pools(report, snapshot, latest, records.pools)
@@ -95,19 +108,42 @@ async def run_audit(redis: aioredis.Redis, progress: Callable[[int], None] | Non
 
 
 async def _scan(
-    redis: aioredis.Redis, report: AuditReport, journal: _Journal, start: str, end: str,
-    progress: Callable[[int], None] | None,
+    redis: aioredis.Redis, archive: psycopg.AsyncConnection[Any] | None, report: AuditReport, journal: _Journal,
+    after: str | None, end: str | None, progress: Callable[[int], None] | None,
 ) -> None:  # fmt: skip
+    """Apply the entries after `after` up to `end` (None: the newest), each once, oldest first. Valkey holds a
+    suffix of the journal (the archiver trims only the oldest entries, and only after PostgreSQL committed
+    them), so whatever is missing from Valkey before its first entry is read from the archive."""
     while True:
-        chunk = await redis.xrange(keys.LEDGER_JOURNAL, min=start, max=end, count=CHUNK_ENTRIES)
+        chunk = await redis.xrange(
+            keys.LEDGER_JOURNAL, min="(" + after if after else "-", max=end or "+", count=CHUNK_ENTRIES
+        )  # fmt: skip
+        if archive is not None:
+            upto, inclusive = (chunk[0][0], False) if chunk else (end, True)
+            after = await _scan_archive(archive, report, journal, after, upto, inclusive)
         for entry_id, fields in chunk:
             report.entries += 1
             _apply_entry(report, journal, entry_id, fields)
         if len(chunk) < CHUNK_ENTRIES:
             return
-        start = "(" + chunk[-1][0]
+        after = chunk[-1][0]
         if progress:
             progress(report.entries)
+
+
+async def _scan_archive(
+    archive: psycopg.AsyncConnection[Any], report: AuditReport, journal: _Journal,
+    after: str | None, upto: str | None, inclusive: bool,
+) -> str | None:  # fmt: skip
+    while True:
+        rows = await history.archived_entries(archive, keys.LEDGER_JOURNAL, after, upto, inclusive)
+        for entry_id, fields in rows:
+            report.entries += 1
+            report.archived += 1
+            _apply_entry(report, journal, entry_id, fields)
+            after = entry_id
+        if len(rows) < history.READ_CHUNK_ENTRIES:
+            return after
 
 
 @dataclass

@@ -20,20 +20,22 @@ async def healthz(request: Request) -> Response:
 
 
 async def readyz(request: Request) -> Response:
-    """Ready when Valkey answers and a settlement worker beat within GIFTING_HEARTBEAT_TTL_S."""
+    """Ready when Valkey answers and a settlement worker beat within GIFTING_HEARTBEAT_TTL_S. `archive_backlog`:
+    journal entries in Valkey not yet archived to PostgreSQL (past GIFTING_ARCHIVE_BACKLOG_MAX gifts are refused)."""
     state = request.app.state
     try:
         await state.redis.ping()
         since_ms = now_ms() - state.settings.heartbeat_ttl_s * 1000
         workers = await state.redis.zcount(keys.WORKER_HEARTBEATS, since_ms, "+inf")
+        backlog = int(await state.redis.xlen(keys.LEDGER_JOURNAL))
     except STORE_ERRORS as exc:
         retry_after_s = state.settings.store_retry_after_s
         return store_unavailable_response(retry_after_s, status="unavailable", redis=f"unreachable: {exc}")
     except Exception as exc:
         return json_response({"status": "unavailable", "redis": f"unreachable: {exc}"}, 503)
     if workers == 0:
-        return json_response({"status": "unavailable", "redis": "ok", "workers": 0}, 503)
-    return json_response({"status": "ready", "redis": "ok", "workers": workers})
+        return json_response({"status": "unavailable", "redis": "ok", "workers": 0, "archive_backlog": backlog}, 503)
+    return json_response({"status": "ready", "redis": "ok", "workers": workers, "archive_backlog": backlog})
 
 
 async def metrics_endpoint(request: Request) -> Response:

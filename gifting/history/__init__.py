@@ -1,0 +1,1 @@
+"""The ledger's history in PostgreSQL: schema migrations and the journal archive."""

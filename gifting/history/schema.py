@@ -1,0 +1,76 @@
+"""Versioned schema migrations for the history database, run by `gifting migrate` (and at start-up in dev).
+
+Each migration runs once, in its own transaction, with its version recorded in the same transaction; a
+migration is never edited after it ships (add a new one). An advisory lock keeps two starting processes from
+migrating at once.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+MIGRATE_LOCK = 7_817_001  # pg_advisory_xact_lock key held while migrating
+
+# The journal keeps each Valkey journal entry as it was: (stream, id) is its identity, so archiving it twice is
+# impossible (primary key), and `fields` is the entry as the audit reads it (ledger/rules parses it).
+# archive_cursor: per journal stream, the newest entry committed here; the archiver's only state.
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (
+        1,
+        """
+        CREATE TABLE journal (
+            stream text NOT NULL,
+            ms bigint NOT NULL,
+            seq bigint NOT NULL,
+            kind text NOT NULL,
+            fields jsonb NOT NULL,
+            PRIMARY KEY (stream, ms, seq)
+        );
+        CREATE TABLE archive_cursor (
+            stream text PRIMARY KEY,
+            ms bigint NOT NULL,
+            seq bigint NOT NULL
+        );
+        """,
+    ),
+    (
+        2,
+        # One row per leg, written with its journal row: what the daily totals (and an accountant's queries)
+        # read without parsing the journal's packed batches. `day` is the UTC day of the journal entry.
+        """
+        CREATE TABLE legs (
+            stream text NOT NULL,
+            ms bigint NOT NULL,
+            seq bigint NOT NULL,
+            transfer text NOT NULL,
+            kind text NOT NULL,
+            ledger text NOT NULL,
+            debit text NOT NULL,
+            credit text NOT NULL,
+            amount bigint NOT NULL CHECK (amount > 0),
+            day date NOT NULL,
+            FOREIGN KEY (stream, ms, seq) REFERENCES journal ON DELETE CASCADE
+        );
+        CREATE INDEX legs_day ON legs (day);
+        CREATE VIEW daily_totals AS
+            SELECT day, kind, ledger, count(DISTINCT transfer) AS transfers, sum(amount) AS amount
+            FROM legs GROUP BY day, kind, ledger;
+        """,
+    ),
+)
+
+
+def migrate(url: str) -> list[int]:
+    """Apply every migration not yet applied; returns the versions applied now."""
+    applied: list[int] = []
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version int PRIMARY KEY, applied_at timestamptz)")
+        for version, sql in MIGRATIONS:
+            with conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATE_LOCK,))
+                if conn.execute("SELECT 1 FROM schema_version WHERE version = %s", (version,)).fetchone():
+                    continue
+                conn.execute(sql.encode())
+                conn.execute("INSERT INTO schema_version VALUES (%s, now())", (version,))
+                applied.append(version)
+    return applied
