@@ -641,12 +641,15 @@ class Gifter(GiftingUser):
     def reconnected(self) -> None:
         """Resend every gift still awaiting its result, with the SAME gift_id: the server settles each at most once
         and answers a settled one with its original outcome, so nothing is counted twice."""
-        now = time.perf_counter()
+        now, resent = time.perf_counter(), 0
         for record in list(self.gifts.pending.values()):
             message = self.messages.get(record.gift_id)
             if record.status is None and record.queued and message is not None:
                 self.gifts.sent(record.gift_id, record.gift, record.cost, now)
                 self.transmit(message)
+                resent += 1
+        if resent:  # the "size" column counts the gifts resent
+            report("gifts resent after a restart", 0.0, None, length=resent)
 
     @staticmethod
     def cost(message: Message) -> int:

@@ -261,9 +261,9 @@ async def test_locust_users_ride_through_a_web_restart(valkey_url: str, tmp_path
         # into the restart, only websocket traffic does.
         command = [
             *(sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py")),
-            *("--headless", "-u", "4", "-r", "4", "-t", f"{LOCUST_SECONDS}s", "--stop-timeout", "5"),
+            *("--headless", "-u", "6", "-r", "6", "-t", f"{LOCUST_SECONDS}s", "--stop-timeout", "5"),
             *("--host", base, "--json-file", str(report), "--only-summary"),
-            *("--scenario", "steady", "--rooms", "1", "--gift-rate", "5", "Gifter", "Viewer"),
+            *("--scenario", "steady", "--rooms", "1", "--gift-rate", "10", "Gifter", "Viewer"),
         ]
         locust_env = {**os.environ, "GIFTING_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
         locust = await asyncio.create_subprocess_exec(
