@@ -38,6 +38,7 @@ from locust import FastHttpUser, between, constant, constant_pacing, events, tas
 from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import MasterRunner, WorkerRunner
+from websockets.exceptions import ConnectionClosed
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
@@ -53,6 +54,10 @@ log = logging.getLogger("loadtest")
 TOKEN_TTL_S = 86400
 HTTP_TIMEOUT_S = 15.0
 WS_TIMEOUT_S = 10.0
+# After a restart close (1012/1001) the next web process may take a few seconds to listen.
+RECONNECT_WITHIN_S = 30.0  # total time a reconnect may take before it is a failure
+RECONNECT_FIRST_DELAY_S = 0.1  # backoff between attempts: doubles up to RECONNECT_MAX_DELAY_S
+RECONNECT_MAX_DELAY_S = 2.0
 DRAIN_S = 2.0  # on stop, how long a gifter waits for its last results before its balance check
 INFLIGHT_MAX = 400  # a gifter pauses when this many of its gifts await a result
 TOP_UP_BUNDLE = "coins_16500"
@@ -339,9 +344,12 @@ class GiftingUser(FastHttpUser):
         """The role's own start: connect, join, buy."""
 
     def alive(self) -> None:
-        """At the top of every task: stop this user if it never started or its socket is gone (reported)."""
+        """At the top of every task: stop this user if it never started or its socket is gone (reported); after
+        a restart close (a deploy), reconnect and resume instead."""
         if not self.active:
             raise StopUser()
+        if self.session is not None and not self.session.open and self.session.restart_requested:
+            self.reconnect()
         if self.session is not None and not self.session.open:
             log.warning("%s: socket closed (code %s); the user stops", self.user_id, self.session.close_code)
             raise StopUser()
@@ -365,9 +373,44 @@ class GiftingUser(FastHttpUser):
     def ws_url(self) -> str:
         return self.host.rstrip("/").replace("http://", "ws://", 1).replace("https://", "wss://", 1) + "/v1/ws"
 
-    def connect(self) -> None:
+    def connect(self, quiet: bool = False) -> None:
         self.session = WsSession(self.ws_url, self.token, self.handle, options(self.environment).codec)
-        self.session.connect(WS_TIMEOUT_S)
+        self.session.connect(WS_TIMEOUT_S, quiet)
+
+    def reconnect(self) -> None:
+        """The server closed with 1012/1001: connect again with backoff within RECONNECT_WITHIN_S, resume the room
+        from the feed checker's (epoch, last offset), then the role's own catch-up. Reported as `reconnect`."""
+        started = time.perf_counter()
+        self.disconnect()
+        delay = RECONNECT_FIRST_DELAY_S
+        while True:
+            try:
+                self.connect(quiet=True)
+                break
+            except Exception as exc:  # the next process is not listening yet
+                if time.perf_counter() - started + delay > RECONNECT_WITHIN_S:
+                    problem = f"no web process answered within {RECONNECT_WITHIN_S:g} s: {exc}"
+                    report("reconnect", time.perf_counter() - started, problem)
+                    raise StopUser() from exc
+                gevent.sleep(delay)
+                delay = min(2 * delay, RECONNECT_MAX_DELAY_S)
+        if self.room is not None:
+            self.resume(self.room)
+        report("reconnect", time.perf_counter() - started)
+        self.reconnected()
+
+    def resume(self, room: Room) -> None:
+        """Join `room` again with `since` = what the checker has: the replay continues with no gap or duplicate."""
+        epoch, offset = self.checker.epoch, self.checker.last
+        if epoch is None or offset is None:
+            self.join(room)
+            return
+        joined = self.join(room, since={"epoch": epoch, "offset": offset})
+        if not joined.get("recovered"):
+            report("reconnect", 0.0, f"resume after a restart lost history: joined {joined.get('offset')} > {offset}")
+
+    def reconnected(self) -> None:
+        """The role's own catch-up after a reconnect."""
 
     def disconnect(self) -> None:
         if self.session is not None:
@@ -574,7 +617,7 @@ class Gifter(GiftingUser):
         for gift_id, message in list(self.retries.items()):  # retriable rejections first, same gift_id
             del self.retries[gift_id]
             self.gifts.sent(gift_id, message["gift"], self.cost(message), now)
-            self.session.send(message)
+            self.transmit(message)
         if self.gifts.unresolved() >= INFLIGHT_MAX:
             return
         gift = random.choices(RUN.gift_choices, RUN.gift_weights)[0]
@@ -586,7 +629,27 @@ class Gifter(GiftingUser):
                 return
         self.messages[message["gift_id"]] = message
         self.gifts.sent(message["gift_id"], gift, self.cost(message), time.perf_counter())
-        self.session.send(message)
+        self.transmit(message)
+
+    def transmit(self, message: Message) -> None:
+        assert self.session is not None
+        try:
+            self.session.send(message)
+        except ConnectionClosed:  # a close raced this send: resent after a reconnect, else alive() stops the user
+            log.debug("%s: gift %s not sent, the socket closed", self.user_id, message["gift_id"])
+
+    def reconnected(self) -> None:
+        """Resend every gift still awaiting its result, with the SAME gift_id: the server settles each at most once
+        and answers a settled one with its original outcome, so nothing is counted twice."""
+        now, resent = time.perf_counter(), 0
+        for record in list(self.gifts.pending.values()):
+            message = self.messages.get(record.gift_id)
+            if record.status is None and record.queued and message is not None:
+                self.gifts.sent(record.gift_id, record.gift, record.cost, now)
+                self.transmit(message)
+                resent += 1
+        if resent:  # the "size" column counts the gifts resent
+            report("gifts resent after a restart", 0.0, None, length=resent)
 
     @staticmethod
     def cost(message: Message) -> int:

@@ -33,6 +33,8 @@ REQUEST_TYPE = "WS"
 CODECS = {"json": "gifting.v1.json", "msgpack": "gifting.v1.msgpack"}
 CLOSE_TIMEOUT_S = 2.0
 READER_JOIN_S = 3.0
+# Close codes that ask the client to reconnect elsewhere (docs/PROTOCOL.md): not a failure.
+RESTART_CODES = frozenset({1001, 1012})  # going away; service restart (CloseCode.SERVICE_RESTART)
 
 Message = dict[str, Any]
 Handler = Callable[[Message, float], None]  # (message, perf_counter() when it was read)
@@ -70,12 +72,14 @@ class WsSession:
         self.closing = False
         self.welcome: Message = {}
         self.close_code: int | None = None
+        self.restart_requested = False  # the server closed with a RESTART_CODES code: reconnect, resume
         self._waiters: dict[str, AsyncResult] = {}
 
     # lifecycle ---------------------------------------------------------------------------------------------
 
-    def connect(self, timeout_s: float) -> Message:
-        """Open the socket and read `welcome`: reported as `connect`. Raises on failure (reported too)."""
+    def connect(self, timeout_s: float, quiet: bool = False) -> Message:
+        """Open the socket and read `welcome`: reported as `connect`. Raises on failure (reported too, unless
+        `quiet`: a reconnect during a deploy retries, and only its final outcome counts)."""
         started = time.perf_counter()
         try:
             # Entered by hand (closed in close()): the context-manager protocol is what every websockets
@@ -93,7 +97,8 @@ class WsSession:
             if welcome.get("type") != "welcome":
                 raise ClientError(f"expected welcome, got {welcome}")
         except BaseException as exc:
-            report("connect", time.perf_counter() - started, exc if isinstance(exc, Exception) else None)
+            if not quiet:
+                report("connect", time.perf_counter() - started, exc if isinstance(exc, Exception) else None)
             self._abandon()
             raise
         report("connect", time.perf_counter() - started)
@@ -162,6 +167,20 @@ class WsSession:
             raise ClientError(f"server sent a non-object: {message!r}")
         return message
 
+    def _closed_by_server(self, exc: ConnectionClosed) -> None:
+        """A restart close is counted as `server restart` (a success) for the user to reconnect; any other loss
+        of the socket is a failure."""
+        self.close_code = exc.rcvd.code if exc.rcvd else None
+        if self.closing:
+            return
+        if self.close_code in RESTART_CODES:
+            self.restart_requested = True
+            report("server restart")
+        elif isinstance(exc, ConnectionClosedOK):
+            report("connection lost", 0.0, f"server closed the socket: {exc}")
+        else:
+            report("connection lost", 0.0, f"{exc}")
+
     def _read(self) -> None:
         ws = self.ws
         assert ws is not None
@@ -181,14 +200,8 @@ class WsSession:
                     waiter = self._waiters.get(ref)
                     if waiter is not None and not waiter.ready():
                         waiter.set(message)
-        except ConnectionClosedOK as exc:
-            self.close_code = exc.rcvd.code if exc.rcvd else None
-            if not self.closing:
-                report("connection lost", 0.0, f"server closed the socket: {exc}")
         except ConnectionClosed as exc:
-            self.close_code = exc.rcvd.code if exc.rcvd else None
-            if not self.closing:
-                report("connection lost", 0.0, f"{exc}")
+            self._closed_by_server(exc)
         except Exception as exc:  # a socket error after close(), or a bug: say it, never die silently
             if not self.closing:
                 report("connection lost", 0.0, f"{type(exc).__name__}: {exc}")

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
+import os
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,12 +18,14 @@ from typing import Any
 
 import httpx
 import orjson
+import pytest
 import redis.asyncio as aioredis
 import websockets
 
 from gifting.embedded import free_port
 from gifting.ledger.audit import run_audit
-from tests.conftest import spawn, stop, token
+from tests.conftest import REPO, SECRET, spawn, stop, token
+from tests.test_locust_smoke import read_stats
 from tests.test_multiprocess import tail, wait_status
 
 SENDERS = 3
@@ -218,5 +223,73 @@ async def test_restarting_web_and_worker_during_a_gift_storm_loses_nothing(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        for process in processes:
+            stop(process)
+
+
+LOCUST_SECONDS = 14
+LOCUST_TIMEOUT_S = 50.0
+RESTART_AFTER_S = 5.0
+
+
+@pytest.mark.timeout(LOCUST_TIMEOUT_S + 10)
+async def test_locust_users_ride_through_a_web_restart(valkey_url: str, tmp_path: Path) -> None:
+    """Locust gifters and viewers get 1012 when the web process is SIGTERMed mid-run, reconnect to its successor on
+    the same port, resume by offset and resend unanswered gifts: the run ends with 0 failures (feed order, one
+    result per gift, own animations, balance) and counts its server restarts and reconnects."""
+    if importlib.util.find_spec("locust") is None:
+        pytest.skip("locust is not installed: pip install -e '.[dev]'")
+    port = free_port()
+    env = {
+        "REDIS_URL": valkey_url,
+        "GIFTING_DATA_DIR": str(tmp_path),
+        "GIFTING_TICK_MS": "20",
+        "GIFTING_SHUTDOWN_GRACE_S": "2",
+        "GIFTING_CONNECTIONS_PER_ADDRESS_MAX": "0",
+    }
+    web_env = {**env, "GIFTING_PORT": str(port)}
+    web_log, worker_log = tmp_path / "web.log", tmp_path / "worker.log"
+    processes = [spawn("serve", web_env, web_log), spawn("worker", env, worker_log)]
+    base = f"http://127.0.0.1:{port}"
+    report = tmp_path / "deploy"
+    locust: asyncio.subprocess.Process | None = None
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+            await wait_status(http, "/healthz", 200, processes[0], web_log)
+            await wait_status(http, "/readyz", 200, processes[1], worker_log)
+        # Gifters buy once (coins_16500) at start-up and check their balance at the end: no HTTP call falls
+        # into the restart, only websocket traffic does.
+        command = [
+            *(sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py")),
+            *("--headless", "-u", "6", "-r", "6", "-t", f"{LOCUST_SECONDS}s", "--stop-timeout", "5"),
+            *("--host", base, "--json-file", str(report), "--only-summary"),
+            *("--scenario", "steady", "--rooms", "1", "--gift-rate", "10", "Gifter", "Viewer"),
+        ]
+        locust_env = {**os.environ, "GIFTING_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
+        locust = await asyncio.create_subprocess_exec(
+            *command, cwd=REPO, env=locust_env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+        output = asyncio.create_task(locust.communicate())
+        await asyncio.sleep(RESTART_AFTER_S)
+        assert not output.done(), (await output)[0].decode(errors="replace")
+        processes[0] = await restart(processes[0], "serve", web_env, web_log)
+        try:
+            out, _ = await asyncio.wait_for(output, LOCUST_TIMEOUT_S - RESTART_AFTER_S)
+        except TimeoutError:
+            pytest.fail(f"locust did not finish within {LOCUST_TIMEOUT_S:g} s")
+        log = out.decode(errors="replace")
+        stats = read_stats(Path(f"{report}.json"))
+        assert stats is not None, f"locust wrote no --json-file (exit {locust.returncode})\n{log}"
+        failures = {(s["method"], s["name"]): s["num_failures"] for s in stats if s["num_failures"]}
+        assert not failures, f"{failures}\n{log}"
+        requests = {(s["method"], s["name"]): s["num_requests"] for s in stats}
+        for name in ("server restart", "reconnect", "resume", "gift -> result"):
+            assert requests.get(("WS", name)), f"no {name!r} in the run\n{log}"
+        assert requests.get(("GET", "GET /v1/wallet (after gifts)")), f"no balance check\n{log}"
+        assert locust.returncode == 0, log
+    finally:
+        if locust is not None and locust.returncode is None:
+            locust.kill()
+            await locust.wait()
         for process in processes:
             stop(process)
