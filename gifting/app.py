@@ -27,8 +27,9 @@ from gifting.live.endpoint import websocket_endpoint
 from gifting.live.hub import Hub
 from gifting.outage import STORE_ERRORS
 from gifting.payments import PaymentProvider, SandboxProvider
+from gifting.rooms.matches import MatchStore
 from gifting.rooms.store import RoomStore
-from gifting.web import admin, edge, http, pages, rooms, service, wallet
+from gifting.web import admin, edge, http, matches, pages, rooms, service, wallet
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         state.payments = payments or SandboxProvider()
         state.ledger = Ledger(redis, settings)
         state.rooms = RoomStore(redis, settings)
+        state.matches = MatchStore(redis, settings, state.rooms)
         state.hub = Hub(redis, settings, state.catalogs)
         await state.hub.start()
         log.info("web process ready (hub %s)", state.hub.id)
@@ -125,6 +127,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
     routes = [
         *service.routes,
         *rooms.routes,
+        *matches.routes,
         *wallet.routes,
         *admin.routes,
         WebSocketRoute(WS_PATH, websocket_endpoint),  # GiftingApp dispatches it first; listed for the router too

@@ -281,6 +281,9 @@ class EventKind(StrEnum):
     POOL_VOIDED = "pool_voided"
     ROOM_ENDED = "room_ended"
     STREAM_SUMMARY = "stream_summary"
+    MATCH_STARTED = "match_started"
+    MATCH_SCORE = "match_score"
+    MATCH_ENDED = "match_ended"
     # Ephemeral: pushed by the hub, no offset, never replayed.
     COMBO_END = "combo_end"
     VIEWERS = "viewers"
@@ -391,3 +394,26 @@ class TickSummary(RoomEvent, frozen=True):
 class GoalCompleted(RoomEvent, frozen=True):
     KIND: ClassVar[EventKind] = EventKind.GOAL_COMPLETED
     goal: dict[str, Any]
+
+
+class MatchStarted(RoomEvent, frozen=True):
+    """Both rooms of a match get it once: `match` is the match's public view (gifting/rooms/matches.py)."""
+
+    KIND: ClassVar[EventKind] = EventKind.MATCH_STARTED
+    match: dict[str, Any]
+
+
+class MatchScore(RoomEvent, frozen=True):
+    """The score after one gift scored: in both rooms, once per gift (its dedupe id is the gift's)."""
+
+    KIND: ClassVar[EventKind] = EventKind.MATCH_SCORE
+    match: str
+    gift_id: str
+    side: str
+    points_a: int
+    points_b: int
+
+
+class MatchEnded(RoomEvent, frozen=True):
+    KIND: ClassVar[EventKind] = EventKind.MATCH_ENDED
+    match: dict[str, Any]

@@ -1,0 +1,43 @@
+"""HTTP handlers of matches: invite, answer, look up (gifting/rooms/matches.py)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gifting import auth
+from gifting.web.http import ApiError, identify, json_body, json_response
+
+
+async def invite(request: Request) -> Response:
+    """`{"opponent": user id, "duration_s": optional}`: the caller's live room against the opponent's."""
+    identity = identify(request)
+    body = await json_body(request)
+    opponent, duration_s = body.get("opponent"), body.get("duration_s")
+    if not isinstance(opponent, str) or not auth.USER_ID_PATTERN.fullmatch(opponent):
+        raise ApiError("bad_opponent", "opponent: expected a user id ([A-Za-z0-9_.@-]{1,64})")
+    if duration_s is not None and (not isinstance(duration_s, int) or isinstance(duration_s, bool)):
+        raise ApiError("bad_duration", f"duration_s: expected an integer number of seconds, got {duration_s!r}")
+    match = await request.app.state.matches.invite(identity.user, opponent, duration_s)
+    return json_response(match, 201)
+
+
+async def answer(request: Request) -> Response:
+    identity = identify(request)
+    action = request.path_params["action"]
+    if action not in ("accept", "decline"):
+        raise ApiError("not_found", f"expected accept or decline, got {action!r}")
+    match = await request.app.state.matches.answer(request.path_params["match"], identity.user, action == "accept")
+    return json_response(match)
+
+
+async def get_match(request: Request) -> Response:
+    return json_response(await request.app.state.matches.get(request.path_params["match"]))
+
+
+routes = [
+    Route("/v1/matches", invite, methods=["POST"]),
+    Route("/v1/matches/{match}", get_match, methods=["GET"]),
+    Route("/v1/matches/{match}/{action}", answer, methods=["POST"]),
+]
