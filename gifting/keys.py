@@ -231,6 +231,12 @@ def room_combo(room: str, combo: str) -> str:
     return "{room:" + room + "}:combo:" + combo
 
 
+def room_matches(room: str) -> str:
+    """Hash: match id -> the match's final view (JSON), for each match of the live session that ended: the
+    stream summary lists them."""
+    return "{room:" + room + "}:matches"
+
+
 def creator_sessions(creator: str) -> str:
     """List: summaries (JSON) of a creator's ended live sessions, newest first."""
     return "sessions:" + account(creator)

@@ -231,3 +231,30 @@ async def test_store_refuses_a_match_longer_than_the_maximum(redis: aioredis.Red
         else:
             raise AssertionError(f"duration {duration_s} accepted")
     assert not await redis.exists(keys.creator_match("ca"))
+
+
+async def test_ending_the_stream_mid_match_forfeits_and_both_summaries_name_the_result(
+    start_system: SystemFactory,
+) -> None:
+    """A creator who ends their stream mid-match loses by forfeit whatever the points; the match ends at once
+    (not at its planned end) and the other creator's stream summary lists the result."""
+    system = await start_system(**FAST)
+    match, room_a, room_b = await start_match(system, duration_s=600)
+    await system.grant("v1", 100)
+    client = await system.connect("v1")
+    await client.join(room_a)
+    gid = await client.gift(room_a, "coffee")
+    assert (await client.result(gid))["status"] == "settled"
+    ended = await system.http.post(f"/v1/rooms/{room_a}/end", headers=system.auth("ca", "creator"))
+    assert ended.status_code == 200, ended.text
+    await wait_until(lambda: _ended(system, match), "the forfeited match to end")
+    view = (await system.http.get(f"/v1/matches/{match}")).json()
+    assert view["result"]["forfeit"] == "a" and view["result"]["winner"] == "b"
+    assert view["result"]["points"] == {"a": 10, "b": 0}
+    assert view["end_ms"] < view["started_at_ms"] + 600_000
+    await system.http.post(f"/v1/rooms/{room_b}/end", headers=system.auth("cb", "creator"))
+    summary = (await system.http.get(f"/v1/rooms/{room_b}/summary")).json()
+    assert [m["id"] for m in summary["matches"]] == [match]
+    assert summary["matches"][0]["result"] == view["result"]
+    invite = await system.http.post("/v1/matches", headers=system.auth("cb", "creator"), json={"opponent": "ca"})
+    assert invite.json()["error"]["code"] == "room_not_live"  # the markers were released: no longer in a match

@@ -84,6 +84,16 @@ redis.call('HSET', KEYS[1], 'status', 'live', 'started_at_ms', now, 'end_ms', no
 return 'ok'
 """
 
+# A side's creator ended their stream: the match ends now (gifts accepted before still score), the other side
+# wins. ARGV: 1 the forfeiting side, 2 now ms. Returns 1 if the match was live.
+FORFEIT = """
+local m = redis.call('HMGET', KEYS[1], 'status', 'end_ms')
+if m[1] ~= 'live' then return 0 end
+if tonumber(ARGV[2]) < tonumber(m[2]) then redis.call('HSET', KEYS[1], 'end_ms', ARGV[2]) end
+redis.call('HSETNX', KEYS[1], 'forfeit', ARGV[1])
+return 1
+"""
+
 # Delete KEYS[1] (a creator's match marker, a room meta's match field) only while it still names ARGV[1].
 RELEASE = """
 if ARGV[2] == '' then
@@ -107,6 +117,7 @@ class MatchStore:
         self._score = redis.register_script(SCORE)
         self._answer = redis.register_script(ANSWER)
         self._release_lua = redis.register_script(RELEASE)
+        self._forfeit = redis.register_script(FORFEIT)
 
     async def invite(self, inviter: str, opponent: str, duration_s: int | None) -> dict[str, Any]:
         """The inviter's live room against the opponent's; the opponent has the invite timeout to accept."""
@@ -228,7 +239,8 @@ class MatchStore:
                 await self._answer(keys=[keys.match_meta(match)], args=["expire", now_ms])
                 meta = await self.redis.hgetall(keys.match_meta(match))
                 status = meta.get("status")
-            if status == "live" and int(meta["end_ms"]) > now_ms:
+            running = status == "live" and int(meta["end_ms"]) > now_ms
+            if running and not await self._forfeited(match, meta, now_ms):
                 await self._started(match)  # the accept died before scheduling the end
                 continue
             if status in ("live", "ended") and not await self.finish(match):
@@ -238,6 +250,15 @@ class MatchStore:
             await self.redis.zrem(keys.MATCHES_DUE, match)
             done += 1
         return done
+
+    async def _forfeited(self, match: str, meta: dict[str, str], now_ms: int) -> bool:
+        """A side whose room is no longer live forfeits (its creator ended the stream mid-match)."""
+        for side in SIDES:
+            status = await self.redis.hget(keys.room_meta(meta[side + "_room"]), "status")
+            if status != "live":
+                await self._forfeit(keys=[keys.match_meta(match)], args=[side, now_ms])
+                return True
+        return False
 
     async def finish(self, match: str) -> bool:
         """End a live match exactly once, when every gift that entered the stream before its end has settled
@@ -256,7 +277,11 @@ class MatchStore:
         view = await self.get(match)
         event = MatchEnded(view).to_dict()
         for side in SIDES:
-            await self.rooms.announce(view[side]["room"], [(f"match:{match}:ended", event)])
+            room = view[side]["room"]
+            await self.redis.hset(keys.room_matches(room), match, orjson.dumps(view))  # the stream summary's
+            if await self.redis.hget(keys.room_meta(room), "status") != "live":  # it expires with the ended room
+                await self.redis.expire(keys.room_matches(room), self.settings.ended_room_ttl_s, nx=True)
+            await self.rooms.announce(room, [(f"match:{match}:ended", event)])
         return True
 
     async def _all_scored(self, end_ms: int) -> bool:
@@ -271,10 +296,13 @@ class MatchStore:
     async def _result(self, match: str, meta: dict[str, str]) -> dict[str, Any]:
         points = {side: int(meta["points_" + side]) for side in SIDES}
         winner = "a" if points["a"] > points["b"] else "b" if points["b"] > points["a"] else None
+        forfeit = meta.get("forfeit")
+        if forfeit:
+            winner = "b" if forfeit == "a" else "a"
         mvps = {}
         for side, key in zip(SIDES, self._gifter_keys(match), strict=True):
             mvps[side] = await top_entries(self.redis, key, self.settings.match_mvps_max)
-        return {"winner": winner, "draw": winner is None, "points": points, "mvps": mvps}
+        return {"winner": winner, "draw": winner is None, "forfeit": forfeit, "points": points, "mvps": mvps}
 
     def _gifter_keys(self, match: str) -> list[str]:
         return [keys.match_gifters(match, side) for side in SIDES]
