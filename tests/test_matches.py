@@ -7,6 +7,7 @@ setting) and every wait is bounded.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -19,6 +20,7 @@ from gifting.app import redis_client
 from gifting.rooms.matches import MatchError, MatchStore
 from gifting.rooms.store import RoomStore, history_events
 from tests.conftest import SystemFactory, WsClient, gift_id, make_settings
+from tests.test_settlement import processes
 from workers.settlement import SettlementWorker
 
 WAIT_S = 30.0
@@ -258,3 +260,112 @@ async def test_ending_the_stream_mid_match_forfeits_and_both_summaries_name_the_
     assert summary["matches"][0]["result"] == view["result"]
     invite = await system.http.post("/v1/matches", headers=system.auth("cb", "creator"), json={"opponent": "ca"})
     assert invite.json()["error"]["code"] == "room_not_live"  # the markers were released: no longer in a match
+
+
+async def test_worker_killed_in_the_last_seconds_changes_nothing(
+    redis: aioredis.Redis, valkey_url: str, tmp_path: Path
+) -> None:
+    """kill -9 of the worker process while it settles a backlog in the match's last seconds, gifts after the
+    end, then a restart: the points are exactly the coins of the gifts accepted before the end, and each room
+    gets one match_ended, the same."""
+    settings = make_settings(tmp_path)
+    rooms = RoomStore(redis, settings)
+    matches = MatchStore(redis, settings, rooms)
+    room_a, room_b = (await rooms.open("ca", "A", "t")).room, (await rooms.open("cb", "B", "t")).room
+    senders = [f"v{i}" for i in range(4)]
+    for sender in senders:
+        await _grant(redis, sender, 100_000)
+    accepted: dict[str, tuple[str, int]] = {}  # gift id -> (room, entry ms)
+
+    async def enqueue(n: int) -> None:
+        async with redis.pipeline(transaction=False) as pipe:
+            plan = [(gift_id(), (room_a, room_b)[i % 2], senders[i % 4]) for i in range(n)]
+            for gid, room, sender in plan:
+                pipe.xadd(keys.GIFTS_STREAM, settlement_request(gid, room, sender).to_entry())
+            for (gid, room, _), entry_id in zip(plan, await pipe.execute(), strict=True):
+                accepted[gid] = (room, int(entry_id.split("-")[0]))
+
+    env = {
+        "REDIS_URL": valkey_url,
+        "GIFTING_CLAIM_IDLE_MS": "500",
+        "GIFTING_SETTLE_BATCH_MAX": "20",
+        "GIFTING_DATA_DIR": str(tmp_path),
+        "GIFTING_PAYOUT_INTERVAL_MS": "50",
+    }
+    with processes(tmp_path) as start:
+        worker = start("worker", env, "worker-killed.log")
+        await wait_until(lambda: _heartbeats(redis), "the worker's first heartbeat")
+        match = (await matches.invite("ca", "cb", 4))["id"]  # the kill lands well within its 4 s
+        end_ms = (await matches.answer(match, "cb", True))["end_ms"]
+        for _ in range(6):
+            await enqueue(500)  # a backlog: the kill below leaves most of it, all accepted before the end
+        backlog = await redis.xlen(keys.GIFTS_STREAM)
+        await wait_until(lambda: _progressed(redis, backlog - 200), "some settling")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(15)
+        assert await redis.xrange(keys.GIFTS_STREAM, "-", f"({end_ms}-0", count=1), "the kill should leave a backlog"
+        assert (await matches.get(match))["status"] == "live"
+        await wait_until(lambda: _past(redis, end_ms), "the end")
+        await enqueue(200)  # after the end: settle, never score
+        start("worker", env, "worker-restarted.log")
+        await wait_until(lambda: _status(matches, match, "ended"), "the match to end after the restart")
+    view = await matches.get(match)
+    expected = {"a": 0, "b": 0}
+    for room, at in accepted.values():
+        if at < end_ms:
+            expected["a" if room == room_a else "b"] += 10  # coffee
+    assert expected["a"] > 0 and view["result"]["points"] == expected
+    scoring = sum(1 for _, at in accepted.values() if at < end_ms)
+    for room in (room_a, room_b):
+        events = await match_events(redis, room)
+        kinds = Counter(e["kind"] for e in events)
+        assert kinds == Counter(match_started=1, match_score=scoring, match_ended=1), kinds
+        assert next(e for e in events if e["kind"] == "match_ended")["match"]["result"] == view["result"]
+
+
+def settlement_request(gid: str, room: str, sender: str) -> gifts.GiftRequest:
+    return gifts.new_request(gift_id=gid, room=room, gift="coffee", count=1, sender=sender, sender_name=sender, hub="")
+
+
+async def _heartbeats(redis: aioredis.Redis) -> bool:
+    return await redis.zcard(keys.WORKER_HEARTBEATS) > 0
+
+
+async def _progressed(redis: aioredis.Redis, below: int) -> bool:
+    return await redis.xlen(keys.GIFTS_STREAM) <= below
+
+
+async def _status(matches: MatchStore, match: str, status: str) -> bool:
+    return bool((await matches.get(match))["status"] == status)
+
+
+async def test_a_reconnecting_viewer_resumes_the_score_without_a_gap(start_system: SystemFactory) -> None:
+    """A viewer of side b who drops resumes by (epoch, offset) and gets every match_score it missed, made by
+    gifts in the other room; a late joiner finds the score in its snapshot."""
+    system = await start_system(**FAST)
+    match, room_a, room_b = await start_match(system, duration_s=600)
+    await system.grant("va", 1000)
+    gifter = await system.connect("va")
+    await gifter.join(room_a)
+    watcher = await system.connect("vb")
+    joined = await watcher.join(room_b)
+    since = {"epoch": joined["epoch"], "offset": joined["offset"]}
+    await watcher.close()
+    sent = [await gifter.gift(room_a, "coffee") for _ in range(3)]
+    for gid in sent:
+        assert (await gifter.result(gid))["status"] == "settled"
+    await wait_until(lambda: _scores_in(system.redis, room_b, 3), "the scores in room b's history")
+    again = await system.connect("vb")
+    resumed = await again.join(room_b, since=since)
+    assert resumed["recovered"] is True
+    await again.wait_for(lambda m: any(e.get("points_a") == 30 for e in m.get("events", [])))
+    scores = [e for e in again.events() if e["kind"] == "match_score"]
+    assert [(e["gift_id"], e["points_a"]) for e in scores] == list(zip(sent, (10, 20, 30), strict=True))
+    late = await system.connect("vc")
+    snapshot = await late.join(room_b)
+    assert [e["points_a"] for e in snapshot["recent"] if e["kind"] == "match_score"][-1] == 30
+    assert (await system.http.get(f"/v1/matches/{match}")).json()["a"]["points"] == 30
+
+
+async def _scores_in(redis: aioredis.Redis, room: str, n: int) -> bool:
+    return sum(1 for e in await match_events(redis, room) if e["kind"] == "match_score") >= n
