@@ -369,3 +369,24 @@ async def test_a_reconnecting_viewer_resumes_the_score_without_a_gap(start_syste
 
 async def _scores_in(redis: aioredis.Redis, room: str, n: int) -> bool:
     return sum(1 for e in await match_events(redis, room) if e["kind"] == "match_score") >= n
+
+
+async def test_in_a_gift_match_only_the_named_gift_scores(start_system: SystemFactory) -> None:
+    """Mode `gift`: only the named gift scores (other gifts settle as usual); an unknown gift is refused."""
+    system = await start_system(**FAST)
+    room_a, _room_b = await system.open_room("ca"), await system.open_room("cb")
+    headers = system.auth("ca", "creator")
+    bad = await system.http.post("/v1/matches", headers=headers, json={"opponent": "cb", "gift": "nope"})
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "unknown_gift")
+    invite = await system.http.post("/v1/matches", headers=headers, json={"opponent": "cb", "gift": "coffee"})
+    match = invite.json()["id"]
+    assert (invite.json()["mode"], invite.json()["gift"]) == ("gift", "coffee")
+    await system.http.post(f"/v1/matches/{match}/accept", headers=system.auth("cb", "creator"))
+    await system.grant("v1", 1000)
+    client = await system.connect("v1")
+    await client.join(room_a)
+    for gift in ("rose", "coffee", "finger_heart", "coffee"):
+        assert (await client.result(await client.gift(room_a, gift)))["status"] == "settled"
+    view = (await system.http.get(f"/v1/matches/{match}")).json()
+    assert (view["a"]["points"], view["b"]["points"]) == (20, 0)
+    assert (await system.wallet("v1"))["coins"] == 1000 - 26

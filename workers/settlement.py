@@ -356,15 +356,16 @@ class SettlementWorker:
     ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
         """Each settled gift to a room in a match scores there once (gifting/rooms/matches.py); a replayed one
         gets its recorded score back, announced again under the same dedupe id. Returns room -> events."""
-        by_match: dict[str, list[tuple[str, str, int, int, str]]] = defaultdict(list)
+        by_match: dict[str, list[tuple[str, str, int, int, str, str]]] = defaultdict(list)
         for request, settled, outcome, at in zip(requests, batch, outcomes, accepted_ms, strict=True):
             match = rooms.get(request.room, {}).get("match")
             if match and outcome.settled:
-                by_match[match].append((request.gift_id, request.room, settled.coins, at, request.sender))
+                gift = (request.gift_id, request.room, settled.coins, at, request.sender, request.gift)
+                by_match[match].append(gift)
         events: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         for match, gifts in by_match.items():
             match_rooms, scored = await self.matches.score(match, gifts)
-            for room in match_rooms:
+            for room in match_rooms if scored else []:  # announce.lua takes at least one event
                 events[room].extend(scored)
         if events:
             await self.ledger.durable(self.settings.waitaof_timeout_ms)  # a score is announced only once durable

@@ -31,18 +31,21 @@ SIDES = ("a", "b")
 DUE_PAGE_MAX = 100  # matches the worker looks at per sweep
 
 # KEYS: meta, scored, gifters of side a, of side b. ARGV: n, then n rows 'gift id \t room \t coins \t accepted ms
-# \t sender account'. Returns {a_room, b_room, {{gift id, snapshot}, ...}} for each gift that scored, now or on an
-# earlier delivery (snapshot: 'side points_a points_b'); gifts that do not score are not recorded.
+# \t sender account \t catalog gift'. In mode 'gift' only the match's named gift scores. Returns {a_room, b_room,
+# {{gift id, snapshot}, ...}} for each gift that scored, now or on an earlier delivery (snapshot: 'side points_a
+# points_b'); gifts that do not score are not recorded.
 SCORE = """
 local meta, scored = KEYS[1], KEYS[2]
-local m = redis.call('HMGET', meta, 'status', 'a_room', 'b_room', 'started_at_ms', 'end_ms', 'points_a', 'points_b')
+local m = redis.call('HMGET', meta, 'status', 'a_room', 'b_room', 'started_at_ms', 'end_ms', 'points_a', 'points_b',
+  'gift')
 local out = {}
 if m[1] == false then return {'', '', out} end
 local started, ending = tonumber(m[4] or '0'), tonumber(m[5] or '0')
 local pa, pb = tonumber(m[6] or '0'), tonumber(m[7] or '0')
 local moved = false
 for i = 1, tonumber(ARGV[1]) do
-  local id, room, coins, at, sender = string.match(ARGV[1 + i], '^([^\\t]*)\\t([^\\t]*)\\t(%d+)\\t(%d+)\\t([^\\t]*)$')
+  local id, room, coins, at, sender, gift =
+    string.match(ARGV[1 + i], '^([^\\t]*)\\t([^\\t]*)\\t(%d+)\\t(%d+)\\t([^\\t]*)\\t([^\\t]*)$')
   if not id then return redis.error_reply('match_score: malformed gift argument ' .. i) end
   local earlier = redis.call('HGET', scored, id)
   if earlier then
@@ -51,7 +54,8 @@ for i = 1, tonumber(ARGV[1]) do
     local side = nil
     if room == m[2] then side = 'a' elseif room == m[3] then side = 'b' end
     at = tonumber(at)
-    if side and m[1] == 'live' and at >= started and at < ending and tonumber(coins) > 0 then
+    local counts = m[8] == false or m[8] == '' or m[8] == gift
+    if side and counts and m[1] == 'live' and at >= started and at < ending and tonumber(coins) > 0 then
       if side == 'a' then pa = pa + tonumber(coins) else pb = pb + tonumber(coins) end
       redis.call('ZINCRBY', side == 'a' and KEYS[3] or KEYS[4], coins, sender)
       local snapshot = side .. ' ' .. pa .. ' ' .. pb
@@ -119,8 +123,11 @@ class MatchStore:
         self._release_lua = redis.register_script(RELEASE)
         self._forfeit = redis.register_script(FORFEIT)
 
-    async def invite(self, inviter: str, opponent: str, duration_s: int | None) -> dict[str, Any]:
-        """The inviter's live room against the opponent's; the opponent has the invite timeout to accept."""
+    async def invite(
+        self, inviter: str, opponent: str, duration_s: int | None, gift: str | None = None
+    ) -> dict[str, Any]:
+        """The inviter's live room against the opponent's; the opponent has the invite timeout to accept.
+        With `gift` (a catalog gift id, checked by the caller) the mode is 'gift': only that gift scores."""
         s = self.settings
         duration_s = s.match_duration_s if duration_s is None else duration_s
         if not 1 <= duration_s <= s.match_duration_s_max:
@@ -141,7 +148,8 @@ class MatchStore:
         if not await self.redis.set(keys.creator_match(inviter), match, nx=True, ex=marker_ttl_s):
             raise MatchError("already_in_match", "you are already invited to or playing a match")
         meta = {
-            "id": match, "mode": "solo", "status": "invited", "duration_s": duration_s,
+            "id": match, "mode": "gift" if gift else "solo", "gift": gift or "", "status": "invited",
+            "duration_s": duration_s,
             "a_creator": inviter, "a_room": mine.room, "b_creator": opponent, "b_room": theirs.room,
             "invited_at_ms": now_ms, "invite_deadline_ms": deadline_ms, "points_a": 0, "points_b": 0,
         }  # fmt: skip
@@ -209,13 +217,14 @@ class MatchStore:
         return meta
 
     async def score(
-        self, match: str, gifts: list[tuple[str, str, int, int, str]]
+        self, match: str, gifts: list[tuple[str, str, int, int, str, str]]
     ) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
-        """Score settled gifts (gift id, room, coins, accepted ms, sender): each once. Returns the match's rooms
-        and the `match_score` events (dedupe id, event) of the gifts that scored, now or on an earlier delivery,
-        for both rooms. The caller makes them durable before announcing them."""
+        """Score settled gifts (gift id, room, coins, accepted ms, sender, catalog gift): each once. Returns the
+        match's rooms and the `match_score` events (dedupe id, event) of the gifts that scored, now or on an
+        earlier delivery, for both rooms. The caller makes them durable before announcing them."""
         rows = [
-            f"{gift_id}\t{room}\t{coins}\t{at}\t{keys.account(sender)}" for gift_id, room, coins, at, sender in gifts
+            f"{gift_id}\t{room}\t{coins}\t{at}\t{keys.account(sender)}\t{gift}"
+            for gift_id, room, coins, at, sender, gift in gifts
         ]
         match_keys = [keys.match_meta(match), keys.match_scored(match), *(keys.match_gifters(match, s) for s in SIDES)]
         a_room, b_room, scored = await self._score(keys=match_keys, args=[len(rows), *rows])
@@ -321,6 +330,7 @@ def public_view(meta: dict[str, str]) -> dict[str, Any]:
     view: dict[str, Any] = {
         "id": meta["id"],
         "mode": meta["mode"],
+        "gift": meta.get("gift") or None,
         "status": meta["status"],
         "duration_s": int(meta["duration_s"]),
         "invite_deadline_ms": int(meta["invite_deadline_ms"]),

@@ -11,15 +11,18 @@ from gifting.web.http import ApiError, identify, json_body, json_response
 
 
 async def invite(request: Request) -> Response:
-    """`{"opponent": user id, "duration_s": optional}`: the caller's live room against the opponent's."""
+    """`{"opponent": user id, "duration_s"?, "gift"?}`: the caller's live room against the opponent's; with
+    `gift`, only that gift scores."""
     identity = identify(request)
     body = await json_body(request)
-    opponent, duration_s = body.get("opponent"), body.get("duration_s")
+    opponent, duration_s, gift = body.get("opponent"), body.get("duration_s"), body.get("gift")
     if not isinstance(opponent, str) or not auth.USER_ID_PATTERN.fullmatch(opponent):
         raise ApiError("bad_opponent", "opponent: expected a user id ([A-Za-z0-9_.@-]{1,64})")
     if duration_s is not None and (not isinstance(duration_s, int) or isinstance(duration_s, bool)):
         raise ApiError("bad_duration", f"duration_s: expected an integer number of seconds, got {duration_s!r}")
-    match = await request.app.state.matches.invite(identity.user, opponent, duration_s)
+    if gift is not None and (not isinstance(gift, str) or gift not in request.app.state.catalogs.current.gifts):
+        raise ApiError("unknown_gift", f"gift: expected a gift of the catalog, got {gift!r}")
+    match = await request.app.state.matches.invite(identity.user, opponent, duration_s, gift)
     return json_response(match, 201)
 
 
