@@ -28,6 +28,7 @@ from gifting.live.hub import Hub
 from gifting.outage import STORE_ERRORS
 from gifting.payments import PaymentProvider, SandboxProvider
 from gifting.rooms.matches import MatchStore
+from gifting.rooms.stage import StageStore
 from gifting.rooms.store import RoomStore
 from gifting.web import admin, edge, http, matches, pages, rooms, service, wallet
 
@@ -110,6 +111,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         state.ledger = Ledger(redis, settings)
         state.rooms = RoomStore(redis, settings)
         state.matches = MatchStore(redis, settings, state.rooms)
+        state.stage = StageStore(redis, settings, state.rooms)
         state.hub = Hub(redis, settings, state.catalogs)
         await state.hub.start()
         log.info("web process ready (hub %s)", state.hub.id)

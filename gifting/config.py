@@ -303,6 +303,14 @@ class Settings:
         "GIFTING_ENDED_ROOM_TTL_S", 86400, "How long an ended room's history is kept, seconds."
     )
 
+    # Multi-guest rooms (gifting/rooms/stage.py).
+    stage_guests_max: int = _setting(
+        "GIFTING_STAGE_GUESTS_MAX", 9, "Guests on a room's stage at once besides the host (more: `too_many_guests`)."
+    )
+    stage_invite_timeout_s: int = _setting(
+        "GIFTING_STAGE_INVITE_TIMEOUT_S", 60, "A stage invite not accepted within this many seconds expires."
+    )
+
     # Matches (gifting/rooms/matches.py).
     match_duration_s: int = _setting(
         "GIFTING_MATCH_DURATION_S", 300, "A match's length when the invite names none, seconds."

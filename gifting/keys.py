@@ -231,6 +231,16 @@ def room_combo(room: str, combo: str) -> str:
     return "{room:" + room + "}:combo:" + combo
 
 
+def room_stage(room: str) -> str:
+    """Hash: guest user -> joined_at_ms, the guests on the room's stage now (the host is always a recipient)."""
+    return "{room:" + room + "}:stage"
+
+
+def room_stage_invites(room: str) -> str:
+    """Hash: invited user -> the invite's deadline (ms)."""
+    return "{room:" + room + "}:stage_invites"
+
+
 def room_matches(room: str) -> str:
     """Hash: match id -> the match's final view (JSON), for each match of the live session that ended: the
     stream summary lists them."""

@@ -330,7 +330,7 @@ class SettlementWorker:
     async def settle(self, requests: list[GiftRequest], entry_ids: list[str] | None = None) -> list[rules.GiftOutcome]:
         """Settle, score matches, announce. `entry_ids`: the gifts' stream entries (when the hub accepted each:
         a match's cutoff); without them (benchmarks, tests) the request's own ts_ms."""
-        rooms = await self._room_states({r.room for r in requests})
+        rooms = await self._room_states({r.room for r in requests}, {r.room for r in requests if r.to})
         batch = [self.prepare(r, rooms.get(r.room)) for r in requests]
         outcomes = await self.ledger.settle(batch, durable_timeout_ms=self.settings.waitaof_timeout_ms)
         accepted_ms = [int(e.split("-")[0]) for e in entry_ids] if entry_ids else [r.ts_ms for r in requests]
@@ -372,10 +372,14 @@ class SettlementWorker:
         return events
 
     def prepare(self, request: GiftRequest, room: dict[str, str] | None) -> GiftToSettle:
-        """Decide everything the ledger does not: price from the catalog, room live, not a self-gift."""
+        """Decide everything the ledger does not: price from the catalog, room live, the recipient on stage (a
+        guest gets the diamonds; default the host), not a self-gift."""
         gift = self.catalogs.current.gifts.get(request.gift)
-        status, creator = (room.get("status"), room.get("creator", "")) if room else (None, "")
-        reject = rules.gift_reject(gift, request.price, status, creator, request.sender) or ""
+        status, host = (room.get("status"), room.get("creator", "")) if room else (None, "")
+        guest = request.to if request.to and request.to != host else ""
+        on_stage = not guest or (room is not None and guest in room.get("stage", "").split(" "))
+        creator = guest or host
+        reject = rules.gift_reject(gift, request.price, status, creator, request.sender, on_stage) or ""
         coins, diamonds = 0, 0
         if gift is not None and not reject:
             split = rules.split_gift(gift.coins * request.count, self.settings.creator_share_bps)
@@ -386,26 +390,34 @@ class SettlementWorker:
             creator=creator or "?",
             coins=coins,
             diamonds=diamonds,
-            fingerprint=rules.fingerprint(request.sender, request.room, request.gift, request.count),
+            # A recipient is part of what the id stands for (kept out when absent: older records stay valid).
+            fingerprint=rules.fingerprint(
+                request.sender, request.room, request.gift, request.count, *((request.to,) if request.to else ())
+            ),
             reject=reject,
             room=request.room,
             gift=request.gift,
             count=request.count,
+            host=host or "?",
         )
 
-    async def _room_states(self, rooms: set[str]) -> dict[str, dict[str, str]]:
-        """Each room's creator and status, and the catalog version, in one round trip per batch."""
-        ordered = sorted(rooms)
+    async def _room_states(self, rooms: set[str], staged: set[str] | None = None) -> dict[str, dict[str, str]]:
+        """Each room's creator, status and match, the stage of the `staged` rooms (gifts named a recipient),
+        and the catalog version, in one round trip per batch."""
+        ordered, stages = sorted(rooms), sorted(staged or ())
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.CATALOG_VERSION)
             for room in ordered:
                 pipe.hmget(keys.room_meta(room), "creator", "status", "match")
+            for room in stages:
+                pipe.hkeys(keys.room_stage(room))
             version, *replies = await pipe.execute()
         if int(version or 0) != self.catalogs.version:
             await self.catalogs.refresh()
+        guests = dict(zip(stages, replies[len(ordered) :], strict=True))
         return {
-            room: {"creator": creator, "status": status, "match": match or ""}
-            for room, (creator, status, match) in zip(ordered, replies, strict=True)
+            room: {"creator": creator, "status": status, "match": match or "", "stage": " ".join(guests.get(room, []))}
+            for room, (creator, status, match) in zip(ordered, replies[: len(ordered)], strict=True)
             if creator is not None
         }
 

@@ -136,7 +136,8 @@ async def durable_or_retry(ledger: Ledger) -> None:
 def room_keys(room: str) -> list[str]:
     """The keys of a room's live session, expired together when it ends (GIFTING_ENDED_ROOM_TTL_S)."""
     return [keys.room_meta(room), keys.room_history(room), keys.room_stats(room), keys.room_top(room),
-            keys.room_goal(room), keys.room_matches(room)]  # fmt: skip
+            keys.room_goal(room), keys.room_matches(room), keys.room_stage(room),
+            keys.room_stage_invites(room)]  # fmt: skip
 
 
 class RoomStore:

@@ -39,6 +39,8 @@ _CODES_BY_STATUS: dict[int, tuple[str, ...]] = {
         # Rooms, goals, pools (gifting/rooms/).
         "already_live", "room_not_live", "goal_active", "no_active_goal", "too_many_pools", "too_many_open_pools",
         "pool_opener_coins", "pool_not_open",
+        # Stage (gifting/rooms/stage.py).
+        "no_stage_invite", "too_many_guests", "not_on_stage",
         # Matches (gifting/rooms/matches.py).
         "opponent_not_live", "already_in_match", "invite_not_pending", "invite_expired",
         # A gift or pledge id already used for another one (the worker's answer).

@@ -1,4 +1,4 @@
-"""HTTP handlers of matches: invite, answer, look up (gifting/rooms/matches.py)."""
+"""HTTP handlers of matches (gifting/rooms/matches.py) and of the multi-guest stage (gifting/rooms/stage.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from gifting import auth
 from gifting.web.http import ApiError, identify, json_body, json_response
+from gifting.wire import protocol
 
 
 async def invite(request: Request) -> Response:
@@ -39,7 +40,43 @@ async def get_match(request: Request) -> Response:
     return json_response(await request.app.state.matches.get(request.path_params["match"]))
 
 
+async def stage_invite(request: Request) -> Response:
+    """`{"guest": user id}`: the room's creator invites a guest on stage."""
+    identity = identify(request)
+    guest = (await json_body(request)).get("guest")
+    if not isinstance(guest, str) or not auth.USER_ID_PATTERN.fullmatch(guest):
+        raise ApiError("bad_guest", "guest: expected a user id ([A-Za-z0-9_.@-]{1,64})")
+    room = protocol.parse_room(request.path_params["room"])
+    return json_response(await request.app.state.stage.invite(room, identity.user, guest), 201)
+
+
+async def stage_accept(request: Request) -> Response:
+    identity = identify(request)
+    room = protocol.parse_room(request.path_params["room"])
+    return json_response(await request.app.state.stage.accept(room, identity.user))
+
+
+async def stage_leave(request: Request) -> Response:
+    """`{"guest"?}`: a guest leaves (default: the caller), or the room's creator takes one off stage."""
+    identity = identify(request)
+    guest = (await json_body(request)).get("guest", identity.user)
+    if not isinstance(guest, str) or not auth.USER_ID_PATTERN.fullmatch(guest):
+        raise ApiError("bad_guest", "guest: expected a user id ([A-Za-z0-9_.@-]{1,64})")
+    room = protocol.parse_room(request.path_params["room"])
+    return json_response(await request.app.state.stage.leave(room, identity.user, guest))
+
+
+async def get_stage(request: Request) -> Response:
+    room = protocol.parse_room(request.path_params["room"])
+    info = await request.app.state.rooms.get(room)
+    return json_response({"room": room, "host": info.creator, "guests": await request.app.state.stage.guests(room)})
+
+
 routes = [
+    Route("/v1/rooms/{room}/stage", get_stage, methods=["GET"]),
+    Route("/v1/rooms/{room}/stage/invites", stage_invite, methods=["POST"]),
+    Route("/v1/rooms/{room}/stage/accept", stage_accept, methods=["POST"]),
+    Route("/v1/rooms/{room}/stage/leave", stage_leave, methods=["POST"]),
     Route("/v1/matches", invite, methods=["POST"]),
     Route("/v1/matches/{match}", get_match, methods=["GET"]),
     Route("/v1/matches/{match}/{action}", answer, methods=["POST"]),

@@ -45,6 +45,7 @@ class SendGift:
     gift_id: str
     price: int | None = None  # coins per gift as the viewer saw it; settlement rejects if it changed
     ref: str | None = None
+    to: str | None = None  # the recipient on stage (a guest's user id); None: the host
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +282,7 @@ class EventKind(StrEnum):
     POOL_VOIDED = "pool_voided"
     ROOM_ENDED = "room_ended"
     STREAM_SUMMARY = "stream_summary"
+    STAGE = "stage"
     MATCH_STARTED = "match_started"
     MATCH_SCORE = "match_score"
     MATCH_ENDED = "match_ended"
@@ -311,6 +313,9 @@ class GiftEvent(RoomEvent, frozen=True):
     sender_name: str
     level: int
     ts: int
+    to: str | None = None  # a guest on stage who received it (and its diamonds); absent: the host
+
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"to"})
 
 
 class GoalProgress(RoomEvent, frozen=True):
@@ -417,3 +422,10 @@ class MatchScore(RoomEvent, frozen=True):
 class MatchEnded(RoomEvent, frozen=True):
     KIND: ClassVar[EventKind] = EventKind.MATCH_ENDED
     match: dict[str, Any]
+
+
+class Stage(RoomEvent, frozen=True):
+    """Who is on the room's stage (valid gift recipients besides the host), after every change."""
+
+    KIND: ClassVar[EventKind] = EventKind.STAGE
+    guests: list[str]

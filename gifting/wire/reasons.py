@@ -18,6 +18,7 @@ class RejectReason(StrEnum):
     UNKNOWN_GIFT = "unknown_gift"
     GIFT_RETIRED = "gift_retired"
     DAILY_LIMIT = "daily_limit"
+    RECIPIENT_NOT_ON_STAGE = "recipient_not_on_stage"
     # Decided by the hub at once (nothing recorded: the same id may be retried).
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
