@@ -621,8 +621,9 @@ MATCH_SITE = {"payout_interval_ms": 50}  # the worker sweeps matches every payou
 
 @pytest.mark.parametrize("site", [MATCH_SITE], indirect=True)
 async def test_watch_page_shows_the_match_live_and_gifts_to_the_chosen_guest(browse: Pages, site: System) -> None:
-    """A viewer picks a guest on stage as the recipient and gifts from the page; the score bar follows both
-    rooms' gifts, the countdown runs, and the result with each side's MVPs appears when the match ends."""
+    """A viewer picks a guest on stage as the recipient and gifts from the page; the score bar (and the
+    overlay's) follows both rooms' gifts, the countdown runs, and the result with each side's MVPs appears
+    when the match ends."""
     room_a, room_b = await site.open_room("cleo"), await site.open_room("max")
     await site.buy("ann", "coins_65")
     await site.buy("bob", "coins_65")
@@ -638,6 +639,7 @@ async def test_watch_page_shows_the_match_live_and_gifts_to_the_chosen_guest(bro
     assert (await site.http.post(f"/v1/matches/{match}/accept", headers=site.auth("max", "creator"))).is_success
 
     watch = await browse.open(f"/watch/{room_a}", token("ann", "viewer", "Ann"))
+    overlay = await browse.open(f"/overlay/{room_a}", token("cleo", "creator", "Cleo"), viewport=OVERLAY)
     await watch.wait_for_selector("#conn[data-state=open]")
     await watch.wait_for_selector("#match-card:not([hidden])")
     await watch.wait_for_selector("#recipient-row:not([hidden])")
@@ -647,6 +649,8 @@ async def test_watch_page_shows_the_match_live_and_gifts_to_the_chosen_guest(bro
     await text_is(watch, "#score-a", "cleo 5")
     await text_is(watch, "#score-b", "1 max")
     assert ":" in await watch.inner_text("#match-clock")  # the countdown, m:ss
+    await text_is(overlay, "#bar-a", "cleo 5")
+    await text_is(overlay, "#bar-b", "1 max")
     assert (await site.wallet("ivy"))["diamonds"] > 0 and (await site.wallet("cleo"))["diamonds"] == 0
     await watch.wait_for_selector("#match-result >> text=cleo wins", timeout=20_000)
     assert "Ann" in await watch.inner_text("#match .match-mvps")
@@ -654,3 +658,4 @@ async def test_watch_page_shows_the_match_live_and_gifts_to_the_chosen_guest(bro
         shot = Path(os.environ["GIFTING_SCREENSHOTS"]) / "pages-watch-match.png"
         await asyncio.to_thread(shot.parent.mkdir, parents=True, exist_ok=True)
         await watch.screenshot(path=str(shot), animations="disabled")
+        await overlay.screenshot(path=str(shot.parent / "pages-overlay-match.png"), animations="disabled")
