@@ -170,6 +170,7 @@ CASES: list[tuple[m.ServerMessage | m.RoomEvent, dict[str, Any]]] = [
             "to": "g1",
         },
     ),
+    (m.MatchInvited({"id": "m1"}), {"kind": "match_invited", "match": {"id": "m1"}}),
     (m.MatchStarted({"id": "m1"}), {"kind": "match_started", "match": {"id": "m1"}}),
     (
         m.MatchScore("m1", "g", "a", 10, 5),

@@ -659,3 +659,31 @@ async def test_watch_page_shows_the_match_live_and_gifts_to_the_chosen_guest(bro
         await asyncio.to_thread(shot.parent.mkdir, parents=True, exist_ok=True)
         await watch.screenshot(path=str(shot), animations="disabled")
         await overlay.screenshot(path=str(shot.parent / "pages-overlay-match.png"), animations="disabled")
+
+
+@pytest.mark.parametrize("site", [MATCH_SITE], indirect=True)
+async def test_studio_invites_declines_accepts_and_shows_the_match(browse: Pages, site: System) -> None:
+    """One studio invites another creator; the invited studio shows the invite, declines it, accepts the next;
+    both studios then show the same live score, moved by a gift in either room."""
+    cleo = await browse.open("/studio", token("cleo", "creator", "Cleo"))
+    max_ = await browse.open("/studio", token("max", "creator", "Max"))
+    await go_live(cleo, "Cleo's room")
+    room_b = await go_live(max_, "Max's room")
+    for page in (cleo, max_):
+        await page.wait_for_selector("#conn[data-state=open]")
+
+    async def invite() -> None:
+        await cleo.fill("#match-opponent", "max")
+        await cleo.click("#match-invite")
+        await cleo.wait_for_selector("#match-msg >> text=Invited max")
+
+    await invite()
+    await max_.click("#match-invites li button >> text=Decline")
+    await max_.wait_for_selector("#match-invites li", state="detached")
+    await invite()
+    await max_.click("#match-invites li button >> text=Accept")
+    await site.buy("bob", "coins_65")
+    await http_gift(site, room_b, "bob", "finger_heart")
+    for page in (cleo, max_):
+        await text_is(page, "#studio-score", "cleo 0 : 5 max")
+        await text_is(page, "#studio-match-state", "Live")

@@ -25,7 +25,7 @@ from gifting import clock, keys
 from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.rooms.store import RoomStore, top_entries
-from gifting.wire.messages import MatchEnded, MatchScore, MatchStarted
+from gifting.wire.messages import MatchEnded, MatchInvited, MatchScore, MatchStarted
 
 SIDES = ("a", "b")
 DUE_PAGE_MAX = 100  # matches the worker looks at per sweep
@@ -157,7 +157,9 @@ class MatchStore:
             pipe.hset(keys.match_meta(match), mapping=meta)
             pipe.zadd(keys.MATCHES_DUE, {match: deadline_ms})
             await pipe.execute()
-        return await self.get(match)
+        view = await self.get(match)
+        await self.rooms.announce(theirs.room, [(f"match:{match}:invited", MatchInvited(view).to_dict())])
+        return view
 
     async def answer(self, match: str, user: str, accept: bool) -> dict[str, Any]:
         """The invitee accepts (the match starts now) or declines; a second answer or a late one is refused."""

@@ -283,6 +283,7 @@ class EventKind(StrEnum):
     ROOM_ENDED = "room_ended"
     STREAM_SUMMARY = "stream_summary"
     STAGE = "stage"
+    MATCH_INVITED = "match_invited"
     MATCH_STARTED = "match_started"
     MATCH_SCORE = "match_score"
     MATCH_ENDED = "match_ended"
@@ -429,3 +430,10 @@ class Stage(RoomEvent, frozen=True):
 
     KIND: ClassVar[EventKind] = EventKind.STAGE
     guests: list[str]
+
+
+class MatchInvited(RoomEvent, frozen=True):
+    """In the invited creator's room: an invite to answer (their studio shows Accept / Decline)."""
+
+    KIND: ClassVar[EventKind] = EventKind.MATCH_INVITED
+    match: dict[str, Any]
