@@ -44,7 +44,8 @@ async def server_ms(redis: aioredis.Redis) -> int:
 
 async def match_events(redis: aioredis.Redis, room: str) -> list[dict[str, Any]]:
     entries = await redis.xrange(keys.room_history(room))
-    return [e for e in history_events(entries) if str(e["kind"]).startswith("match_")]
+    played = ("match_started", "match_score", "match_ended")  # match_invited: only in the invitee's room
+    return [e for e in history_events(entries) if e["kind"] in played]
 
 
 async def start_match(system: Any, a: str = "ca", b: str = "cb", duration_s: int = 2) -> tuple[str, str, str]:
@@ -103,6 +104,11 @@ async def test_scores_are_exact_under_concurrent_gifts_and_resends(start_system:
         assert ended["match"]["result"] == result["result"]
         last = [e for e in events if e["kind"] == "match_score"][-1]
         assert (last["points_a"], last["points_b"]) == (expected["a"], expected["b"])
+    invited = [
+        [e for e in history_events(await system.redis.xrange(keys.room_history(r))) if e["kind"] == "match_invited"]
+        for r in (room_a, room_b)
+    ]
+    assert [len(i) for i in invited] == [0, 1] and invited[1][0]["match"]["status"] == "invited"
     for client, _, _ in viewers:  # every viewer of either room sees the same final score and result live
         await client.wait_for(lambda m: any(e["kind"] == "match_ended" for e in m.get("events", [])))
         seen = [e for e in client.events() if e["kind"] in ("match_score", "match_ended")]
