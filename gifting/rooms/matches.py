@@ -15,6 +15,7 @@ left: the worker deletes entries as it acks them, so by then every gift in fligh
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -26,6 +27,8 @@ from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.rooms.store import RoomStore, top_entries
 from gifting.wire.messages import MatchEnded, MatchInvited, MatchScore, MatchStarted
+
+log = logging.getLogger(__name__)
 
 SIDES = ("a", "b")
 DUE_PAGE_MAX = 100  # matches the worker looks at per sweep
@@ -244,23 +247,30 @@ class MatchStore:
         due = await self.redis.zrangebyscore(keys.MATCHES_DUE, "-inf", now_ms, start=0, num=DUE_PAGE_MAX)
         done = 0
         for match in due:
+            try:
+                done += await self._sweep_one(match, now_ms)
+            except GiftingError as exc:  # one match's trouble (say, its record expired) never stops the worker
+                log.warning("match %s: sweep step failed: %s; retried next sweep", match, exc.message)
+        return done
+
+    async def _sweep_one(self, match: str, now_ms: int) -> int:
+        """One due match's next step; 1 once nothing is left to do for it (it leaves MATCHES_DUE)."""
+        meta = await self.redis.hgetall(keys.match_meta(match))
+        status = meta.get("status")
+        if status == "invited":
+            await self._answer(keys=[keys.match_meta(match)], args=["expire", now_ms])
             meta = await self.redis.hgetall(keys.match_meta(match))
             status = meta.get("status")
-            if status == "invited":
-                await self._answer(keys=[keys.match_meta(match)], args=["expire", now_ms])
-                meta = await self.redis.hgetall(keys.match_meta(match))
-                status = meta.get("status")
-            running = status == "live" and int(meta["end_ms"]) > now_ms
-            if running and not await self._forfeited(match, meta, now_ms):
-                await self._started(match)  # the accept died before scheduling the end
-                continue
-            if status in ("live", "ended") and not await self.finish(match):
-                continue
-            if meta:
-                await self._release_all(match, meta)
-            await self.redis.zrem(keys.MATCHES_DUE, match)
-            done += 1
-        return done
+        running = status == "live" and int(meta["end_ms"]) > now_ms
+        if running and not await self._forfeited(match, meta, now_ms):
+            await self._started(match)  # the accept died before scheduling the end
+            return 0
+        if status in ("live", "ended") and not await self.finish(match):
+            return 0
+        if meta:
+            await self._release_all(match, meta)
+        await self.redis.zrem(keys.MATCHES_DUE, match)
+        return 1
 
     async def _forfeited(self, match: str, meta: dict[str, str], now_ms: int) -> bool:
         """A side whose room is no longer live forfeits (its creator ended the stream mid-match)."""
