@@ -197,8 +197,6 @@ class RoomStore:
         ttl_s = self.settings.ended_room_ttl_s
         await self.redis.zadd(keys.ROOMS_ENDING, {room: now_ms}, nx=True)
         match = await self.redis.hget(keys.room_meta(room), "match")
-        if match:  # its creator forfeits: the worker's match sweep ends it now (gifting/rooms/matches.py)
-            await self.redis.zadd(keys.MATCHES_DUE, {match: now_ms})
         # First close the room to new pools and pledges (pool.lua checks the marker atomically), then void the
         # open pools: no coin moves to a room once its end has begun.
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -213,6 +211,8 @@ class RoomStore:
             pipe.hset(keys.room_meta(room), "status", "ended")
             pipe.zrem(keys.ROOMS_LIVE, room)
             pipe.zrem(keys.creator_live_rooms(info.creator), room)
+            if match:  # its creator forfeits: due now, in the step that ends the room, so the sweep sees it ended
+                pipe.zadd(keys.MATCHES_DUE, {match: now_ms})
             for key in room_keys(room):
                 pipe.expire(key, ttl_s)
             await pipe.execute()
