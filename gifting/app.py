@@ -27,8 +27,10 @@ from gifting.live.endpoint import websocket_endpoint
 from gifting.live.hub import Hub
 from gifting.outage import STORE_ERRORS
 from gifting.payments import PaymentProvider, SandboxProvider
+from gifting.rooms.matches import MatchStore
+from gifting.rooms.stage import StageStore
 from gifting.rooms.store import RoomStore
-from gifting.web import admin, edge, http, openapi, pages, rooms, service, wallet
+from gifting.web import admin, edge, http, matches, openapi, pages, rooms, service, wallet
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +124,8 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         state.payments = payments or SandboxProvider()
         state.ledger = Ledger(redis, settings)
         state.rooms = RoomStore(redis, settings)
+        state.matches = MatchStore(redis, settings, state.rooms)
+        state.stage = StageStore(redis, settings, state.rooms)
         state.hub = Hub(redis, settings, state.catalogs)
         await state.hub.start()
         log.info("web process ready (hub %s)", state.hub.id)
@@ -143,6 +147,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
     routes = [
         *service.routes,
         *rooms.routes,
+        *matches.routes,
         *wallet.routes,
         *admin.routes,
         *openapi.routes,

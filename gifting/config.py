@@ -352,6 +352,31 @@ class Settings:
         "GIFTING_ENDED_ROOM_TTL_S", 86400, "How long an ended room's history is kept, seconds."
     )
 
+    # Multi-guest rooms (gifting/rooms/stage.py).
+    stage_guests_max: int = _setting(
+        "GIFTING_STAGE_GUESTS_MAX", 9, "Guests on a room's stage at once besides the host (more: `too_many_guests`)."
+    )
+    stage_invite_timeout_s: int = _setting(
+        "GIFTING_STAGE_INVITE_TIMEOUT_S", 60, "A stage invite not accepted within this many seconds expires."
+    )
+
+    # Matches (gifting/rooms/matches.py).
+    match_duration_s: int = _setting(
+        "GIFTING_MATCH_DURATION_S", 300, "A match's length when the invite names none, seconds."
+    )
+    match_duration_s_max: int = _setting(
+        "GIFTING_MATCH_DURATION_S_MAX", 900, "Longest match an invite may ask for, seconds (longer: `bad_duration`)."
+    )
+    match_invite_timeout_s: int = _setting(
+        "GIFTING_MATCH_INVITE_TIMEOUT_S", 30, "An invite not accepted within this many seconds expires."
+    )
+    match_mvps_max: int = _setting(
+        "GIFTING_MATCH_MVPS_MAX", 3, "Top gifters (MVPs) of each side named in `match_ended`."
+    )
+    match_record_ttl_s: int = _setting(
+        "GIFTING_MATCH_RECORD_TTL_S", 7 * 86400, "An ended match's record (GET /v1/matches/{id}) is kept, seconds."
+    )
+
     # Tokens.
     token_ttl_s: int = _setting("GIFTING_TOKEN_TTL_S", 86400, "Lifetime of tokens minted by `gifting token`.")
     sync_check_interval_s: float = _setting(

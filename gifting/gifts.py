@@ -27,6 +27,7 @@ class GiftRequest:
     price: int | None = None  # coins per gift the viewer saw, if the client said
     ts_ms: int = 0
     req: int = 0  # the hub's number for this request: its result finds the right waiter
+    to: str = ""  # the recipient on stage; "": the room's host
 
     def to_entry(self) -> dict[str, bytes]:
         return {STREAM_FIELD: orjson.dumps(asdict(self))}
@@ -39,7 +40,9 @@ class GiftRequest:
             request = cls(**data)
         except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"not a gift request entry: {exc}") from None
-        strings = (request.gift_id, request.room, request.gift, request.sender, request.sender_name, request.hub)
+        strings = (
+            request.gift_id, request.room, request.gift, request.sender, request.sender_name, request.hub, request.to
+        )  # fmt: skip
         if not all(isinstance(s, str) for s in strings):
             raise ValueError(f"not a gift request entry: a text field is not a string in {data!r}")
         if not _positive_int(request.count) or not (request.price is None or _positive_int(request.price)):
@@ -63,17 +66,20 @@ async def enqueue(redis: Any, request: GiftRequest) -> None:
 
 
 def room_event(request: GiftRequest, settled: GiftToSettle, outcome: rules.GiftOutcome) -> dict[str, Any]:
-    """A settled gift as the room sees it (announce.lua adds the offset). `diamonds` goes to the creator only."""
+    """A settled gift as the room sees it (announce.lua adds the offset). `diamonds` goes to the creator only:
+    the host's diamonds, so 0 for a gift to a guest (whose diamonds are theirs; the room's stats count the host's)."""
+    to_guest = settled.creator != settled.host
     return GiftEvent(
         gift_id=request.gift_id,
         gift=request.gift,
         count=request.count,
         coins=settled.coins,
-        diamonds=settled.diamonds,
+        diamonds=0 if to_guest else settled.diamonds,
         sender=request.sender,
         sender_name=request.sender_name,
         level=rules.level_for(outcome.lifetime_spent),
         ts=request.ts_ms,
+        to=settled.creator if to_guest else None,
     ).to_dict()
 
 

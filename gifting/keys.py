@@ -231,6 +231,22 @@ def room_combo(room: str, combo: str) -> str:
     return "{room:" + room + "}:combo:" + combo
 
 
+def room_stage(room: str) -> str:
+    """Hash: guest user -> joined_at_ms, the guests on the room's stage now (the host is always a recipient)."""
+    return "{room:" + room + "}:stage"
+
+
+def room_stage_invites(room: str) -> str:
+    """Hash: invited user -> the invite's deadline (ms)."""
+    return "{room:" + room + "}:stage_invites"
+
+
+def room_matches(room: str) -> str:
+    """Hash: match id -> the match's final view (JSON), for each match of the live session that ended: the
+    stream summary lists them."""
+    return "{room:" + room + "}:matches"
+
+
 def creator_sessions(creator: str) -> str:
     """List: summaries (JSON) of a creator's ended live sessions, newest first."""
     return "sessions:" + account(creator)
@@ -244,6 +260,32 @@ def room_channel(room: str) -> str:
 def hub_channel(hub_id: str) -> str:
     """Pub/sub channel of one hub process: gift results for the senders connected to it."""
     return "hub:" + hub_id
+
+
+# Matches: one match's keys share its tag, so each match script touches one slot.
+MATCHES_DUE = "matches:due"  # sorted set: match id -> when the worker next looks at it (invite deadline, end)
+
+
+def match_meta(match: str) -> str:
+    """Hash: mode, status (invited|live|ended|declined|expired), a_creator, a_room, b_creator, b_room, duration_s,
+    invite_deadline_ms, started_at_ms, end_ms, points_a, points_b, result (JSON, once ended)."""
+    return "{match:" + match + "}:meta"
+
+
+def match_scored(match: str) -> str:
+    """Hash: gift id -> 'side points_a points_b' after it scored: each gift scores once, and a redelivered gift
+    gets the same snapshot back (announced to the rooms under the same dedupe id)."""
+    return "{match:" + match + "}:scored"
+
+
+def match_gifters(match: str, side: str) -> str:
+    """Sorted set: sender -> points given to one side (a | b) of the match: its MVPs."""
+    return "{match:" + match + "}:gifters:" + side
+
+
+def creator_match(creator: str) -> str:
+    """String: the match id the creator is invited to or playing in (at most one at a time)."""
+    return "matches:creator:" + account(creator)
 
 
 USER_NAMES = "users:names"  # hash: user -> display name (for leaderboards)

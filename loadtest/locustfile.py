@@ -2,7 +2,7 @@
 
     export GIFTING_SECRET=...   # the server's token secret (`gifting dev`: the data directory's `secret` file)
     locust -f loadtest/locustfile.py --headless -u 20 -r 10 -t 20s --host http://127.0.0.1:8000 \\
-        [--scenario steady|gift-storm|big-room|reconnect-storm|purchase-rush] [UserClass ...]
+        [--scenario steady|gift-storm|big-room|reconnect-storm|purchase-rush|battle] [UserClass ...]
 
 User classes (each its own user id; tokens are minted here from GIFTING_SECRET):
   Viewer       joins a room and reads every frame
@@ -10,6 +10,7 @@ User classes (each its own user id; tokens are minted here from GIFTING_SECRET):
   Creator      opens a room (or takes one the scenario opened) and reads the full feed, with earnings
   Purchaser    the HTTP purchase flow: Idempotency-Key, replay, decline, key conflict, balance
   Reconnector  reads a room, drops the socket, resumes with `since`; counts gaps
+  BattleViewer a Viewer of one side of the `battle` scenario's match: its last score must equal the result
 
 Everything a client must get right is checked and a miss is a failure in locust's statistics: a gap, a
 duplicate or an out-of-order event (loadtest/scenarios/feed.py), a gift without exactly one result, a gift
@@ -71,7 +72,7 @@ GIFT_MIX = (  # (gift, weight): mostly cheap gifts (they combo and merge), now a
     ("money_rain", 1),
 )
 COUNTS = (1, 1, 1, 1, 2, 3, 5)
-ROOM_CLASSES = ("Viewer", "Gifter", "Reconnector")  # classes that need a room to join
+ROOM_CLASSES = ("Viewer", "BattleViewer", "Gifter", "Reconnector")  # classes that need a room to join
 
 
 # Command line -----------------------------------------------------------------------------------------------
@@ -98,6 +99,7 @@ def add_arguments(parser: Any) -> None:
     option("--result-timeout", type=float, default=10.0, help="seconds a gift may take to settle, then to appear")
     option("--codec", choices=sorted(CODECS), default="json", help="websocket subprotocol (default json)")
     option("--keep-rooms", action="store_true", default=False, help="do not end the rooms when the test stops")
+    option("--match-duration", type=int, default=None, help="seconds of the battle's match (default: the scenario's)")
 
 
 # Shared state of one test run (one locust process) ----------------------------------------------------------
@@ -126,6 +128,8 @@ class Run:
     users: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     room_turn: itertools.count[int] = field(default_factory=itertools.count)
     gift_rate: float = 0.0
+    match: str = ""  # the battle's match id
+    match_end_s: float = 0.0  # when it ends, wall clock (time.time())
     warned_rate: bool = False
     ready: bool = False
 
@@ -219,6 +223,8 @@ def set_up(environment: Environment, **_: Any) -> None:
                 creator = f"lt{RUN.id}-c{i}"
                 name = f"Load Creator {i}"
                 RUN.rooms.append(open_room(http, host, creator, name, f"loadtest {RUN.scenario.name} {i}"))
+            if RUN.scenario.match_s and len(RUN.rooms) >= 2:
+                start_match(http, host, opts.match_duration or RUN.scenario.match_s)
     except Exception as exc:
         hint = " (is GIFTING_SECRET the server's secret?)" if "401" in str(exc) else ""
         logging.error("scenario set-up failed against %s: %s%s", host, exc, hint)
@@ -278,6 +284,23 @@ def _get(http: requests.Session, url: str) -> Any:
     response = http.get(url, timeout=HTTP_TIMEOUT_S)
     response.raise_for_status()
     return response.json()
+
+
+def start_match(http: requests.Session, host: str, duration_s: int) -> None:
+    """The first room's creator invites the second's, who accepts: the battle starts now."""
+    (a, b) = RUN.rooms[:2]
+    headers = {"Authorization": f"Bearer {RUN.token(a.creator, 'creator', a.creator_name)}"}
+    invite = http.post(
+        f"{host}/v1/matches", headers=headers, json={"opponent": b.creator, "duration_s": duration_s},
+        timeout=HTTP_TIMEOUT_S,
+    )  # fmt: skip
+    invite.raise_for_status()
+    match = invite.json()["id"]
+    headers = {"Authorization": f"Bearer {RUN.token(b.creator, 'creator', b.creator_name)}"}
+    accepted = http.post(f"{host}/v1/matches/{match}/accept", headers=headers, timeout=HTTP_TIMEOUT_S)
+    accepted.raise_for_status()
+    RUN.match = match
+    RUN.match_end_s = time.time() + (accepted.json()["end_ms"] - accepted.json()["started_at_ms"]) / 1000
 
 
 def open_room(http: requests.Session, host: str, creator: str, name: str, title: str) -> Room:
@@ -514,6 +537,40 @@ class Viewer(GiftingUser):
         self.alive()
 
 
+class BattleViewer(Viewer):
+    """Watches one side of the battle (the scenario's match): keeps the last `match_score` it saw (from the
+    joined snapshot, replays and live frames, by offset) and, at `match_ended`, checks it against the final
+    result, reported as `match score = result`. Both rooms' viewers check the same match."""
+
+    kind = "battleviewer"
+
+    def begin(self) -> None:
+        self.score: tuple[int, int] = (0, 0)
+        self.score_offset = 0
+        self.checked = False
+        super().begin()
+
+    def on_joined(self, joined: Message) -> None:
+        super().on_joined(joined)
+        self.match_events(joined.get("recent") or [])
+
+    def on_events(self, frame: Message, now: float) -> None:
+        super().on_events(frame, now)
+        self.match_events(frame.get("events") or [])
+
+    def match_events(self, entries: list[Message]) -> None:
+        for event in entries:
+            kind, offset = event.get("kind"), event.get("offset") or 0
+            if kind == "match_score" and event.get("match") == RUN.match and offset > self.score_offset:
+                self.score, self.score_offset = (event["points_a"], event["points_b"]), offset
+            elif kind == "match_ended" and event["match"]["id"] == RUN.match and not self.checked:
+                self.checked = True
+                points = event["match"]["result"]["points"]
+                final = (points["a"], points["b"])
+                problem = None if final == self.score else f"last score seen {self.score}, final result {final}"
+                report("match score = result", 0.0, problem)
+
+
 class Creator(GiftingUser):
     """Takes a room the scenario opened (else opens one) and reads the full feed, with earnings."""
 
@@ -618,6 +675,17 @@ class Gifter(GiftingUser):
             del self.retries[gift_id]
             self.gifts.sent(gift_id, message["gift"], self.cost(message), now)
             self.transmit(message)
+        for _ in range(self.storm_factor()):
+            self.send_one()
+
+    def storm_factor(self) -> int:
+        """In a match's last seconds (the battle scenario), several gifts per tick: the storm."""
+        scenario = RUN.scenario
+        left_s = RUN.match_end_s - time.time()
+        return scenario.storm_factor if RUN.match and 0 < left_s <= scenario.storm_last_s else 1
+
+    def send_one(self) -> None:
+        assert self.session is not None and self.room is not None
         if self.gifts.unresolved() >= INFLIGHT_MAX:
             return
         gift = random.choices(RUN.gift_choices, RUN.gift_weights)[0]

@@ -135,6 +135,18 @@ def test_policy_caps_entries_and_keeps_priorities() -> None:
     assert not any(e["kind"] in ("viewers", "combo_end") for e in with_counters)  # counters yield first
 
 
+def test_policy_keeps_only_the_last_match_score_of_a_tick_per_match() -> None:
+    """Viewers get the last match_score of each match per tick (a snapshot), also over the entry cap; the
+    creator's feed is not shaped by this policy."""
+    events = [{"offset": i + 1, "kind": "match_score", "match": "m1", "gift_id": str(i), "side": "a",
+               "points_a": i + 1, "points_b": 0} for i in range(30)]  # fmt: skip
+    events.append({"offset": 31, "kind": "match_score", "match": "m2", "gift_id": "x", "side": "b",
+                   "points_a": 0, "points_b": 5})  # fmt: skip
+    shaped = coalesce.for_viewers_frame(events, big_gift_coins=500, frame_events_max=10)
+    assert [(e["match"], e["points_a"], e["points_b"]) for e in shaped] == [("m1", 30, 0), ("m2", 0, 5)]
+    assert coalesce.offsets_covered(events) == (1, 31)
+
+
 async def test_top_gifters_stream_and_periods_with_deterministic_ties(system: System) -> None:
     """Top gifters come from settled gifts only; equal totals are ordered by user id."""
     for user in ("bob", "amy", "cat"):

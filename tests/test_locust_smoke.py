@@ -42,6 +42,8 @@ EXPECTED = {  # (type, name) that must appear with requests > 0
 # What each user class must have measured in a smoke run (its role's main paths).
 EXPECTED_BY_CLASS = {
     "Viewer": {("WS", "connect"), ("WS", "join"), ("WS", "fan-out (sampled)")},
+    # Each battle viewer checks its last score against the match's final result, reported at match_ended.
+    "BattleViewer": {("WS", "connect"), ("WS", "join"), ("WS", "match score = result")},
     "Gifter": {
         ("WS", "gift -> result"),
         ("WS", "gift -> own animation"),
@@ -60,8 +62,10 @@ SMOKE = {
     "big-room": ("33",),  # 30:1 viewers to gifters: 32 weighted users hold one gifter
     "reconnect-storm": ("6", "--reconnect-every", "1"),
     "purchase-rush": ("3",),
+    "battle": ("8", "--match-duration", "2"),  # the match ends (and every viewer checks it) within the run
 }
 SMOKE_SECONDS = "4s"
+SMOKE_SECONDS_BY_SCENARIO = {"battle": "6s"}  # a 2 s match, the worker's end sweep (1 s) and the last frames
 
 
 def test_every_documented_scenario_has_a_smoke_run() -> None:
@@ -83,7 +87,8 @@ async def test_locust_smoke_run_has_no_failures(start_system: SystemFactory, tmp
     users, *extra = SMOKE[scenario]
     command = [
         *(sys.executable, "-m", "locust", "-f", str(REPO / "loadtest" / "locustfile.py")),
-        *("--headless", "-u", users, "-r", users, "-t", SMOKE_SECONDS, "--stop-timeout", "3"),
+        *("--headless", "-u", users, "-r", users, "-t", SMOKE_SECONDS_BY_SCENARIO.get(scenario, SMOKE_SECONDS)),
+        *("--stop-timeout", "3"),
         *("--host", system.base_url, "--json-file", str(report), "--only-summary"),
         *("--scenario", scenario, "--fanout-every", "1", *extra),
     ]

@@ -153,6 +153,30 @@ CASES: list[tuple[m.ServerMessage | m.RoomEvent, dict[str, Any]]] = [
     (m.Leaderboard([{"user": "u1"}]), {"kind": "leaderboard", "top": [{"user": "u1"}]}),
     (m.TickSummary(3, 30), {"kind": "tick_summary", "gifts": 3, "coins": 30}),
     (m.TickSummary(3, 30, ["g"]), {"kind": "tick_summary", "gifts": 3, "coins": 30, "gift_ids": ["g"]}),
+    (m.Stage(["g1"]), {"kind": "stage", "guests": ["g1"]}),
+    (
+        m.GiftEvent("g", "rose", 1, 1, 0, "u1", "U", 0, 1700, to="g1"),
+        {
+            "kind": "gift",
+            "gift_id": "g",
+            "gift": "rose",
+            "count": 1,
+            "coins": 1,
+            "diamonds": 0,
+            "sender": "u1",
+            "sender_name": "U",
+            "level": 0,
+            "ts": 1700,
+            "to": "g1",
+        },
+    ),
+    (m.MatchInvited({"id": "m1"}), {"kind": "match_invited", "match": {"id": "m1"}}),
+    (m.MatchStarted({"id": "m1"}), {"kind": "match_started", "match": {"id": "m1"}}),
+    (
+        m.MatchScore("m1", "g", "a", 10, 5),
+        {"kind": "match_score", "match": "m1", "gift_id": "g", "side": "a", "points_a": 10, "points_b": 5},
+    ),
+    (m.MatchEnded({"id": "m1"}), {"kind": "match_ended", "match": {"id": "m1"}}),
 ]
 
 

@@ -141,6 +141,13 @@ def route_requests(room: str) -> dict[tuple[str, str], dict[str, Any]]:
         ("PUT", "/v1/wallet/limits"): {"headers": viewer, "json": {"daily_spend_coins_max": 100}},
         ("GET", "/v1/wallet/sessions"): {"headers": creator},
         ("GET", "/v1/rooms/{room}/earnings"): {"headers": creator},
+        ("POST", "/v1/matches"): {"headers": creator, "json": {"opponent": "creator2"}},
+        ("GET", "/v1/matches/{match}"): {},
+        ("POST", "/v1/matches/{match}/{action}"): {"headers": creator, "path": "/v1/matches/m1/accept"},
+        ("GET", "/v1/rooms/{room}/stage"): {},
+        ("POST", "/v1/rooms/{room}/stage/invites"): {"headers": creator, "json": {"guest": "g1"}},
+        ("POST", "/v1/rooms/{room}/stage/accept"): {"headers": viewer},
+        ("POST", "/v1/rooms/{room}/stage/leave"): {"headers": viewer},
         ("POST", "/v1/admin/purchases/{purchase}/{mode}"): {"headers": admin},
         ("POST", "/v1/admin/withdrawals/{withdrawal}/{action}"): {"headers": admin},
         ("PUT", "/v1/admin/gifts/{gift}"): {
@@ -172,6 +179,7 @@ PATH_PARAMS = {
     "bundle": "coins_65",
     "creator": "creator1",
     "user": "v1",
+    "match": "m1",
 }
 
 

@@ -612,3 +612,78 @@ async def test_studio_and_lobby_find_a_creators_room_behind_a_full_lobby(browse:
         await lobby.click("#more")
     await lobby.wait_for_selector(f"#rooms li[data-room='{room}']")
     await lobby.wait_for_selector("#more", state="hidden")
+
+
+# Matches and the multi-guest stage (issue #13) -------------------------------------------------------------
+
+MATCH_SITE = {"payout_interval_ms": 50}  # the worker sweeps matches every payout interval
+
+
+@pytest.mark.parametrize("site", [MATCH_SITE], indirect=True)
+async def test_watch_page_shows_the_match_live_and_gifts_to_the_chosen_guest(browse: Pages, site: System) -> None:
+    """A viewer picks a guest on stage as the recipient and gifts from the page; the score bar (and the
+    overlay's) follows both rooms' gifts, the countdown runs, and the result with each side's MVPs appears
+    when the match ends."""
+    room_a, room_b = await site.open_room("cleo"), await site.open_room("max")
+    await site.buy("ann", "coins_65")
+    await site.buy("bob", "coins_65")
+    invited = await site.http.post(
+        f"/v1/rooms/{room_a}/stage/invites", headers=site.auth("cleo", "creator"), json={"guest": "ivy"}
+    )
+    assert invited.status_code == 201
+    await site.http.post(f"/v1/rooms/{room_a}/stage/accept", headers=site.auth("ivy", "creator"))
+    invite = await site.http.post(
+        "/v1/matches", headers=site.auth("cleo", "creator"), json={"opponent": "max", "duration_s": 6}
+    )
+    match = invite.json()["id"]
+    assert (await site.http.post(f"/v1/matches/{match}/accept", headers=site.auth("max", "creator"))).is_success
+
+    watch = await browse.open(f"/watch/{room_a}", token("ann", "viewer", "Ann"))
+    overlay = await browse.open(f"/overlay/{room_a}", token("cleo", "creator", "Cleo"), viewport=OVERLAY)
+    await watch.wait_for_selector("#conn[data-state=open]")
+    await watch.wait_for_selector("#match-card:not([hidden])")
+    await watch.wait_for_selector("#recipient-row:not([hidden])")
+    await watch.select_option("#recipient", "ivy")
+    await watch.click(".gift[data-gift=finger_heart]")
+    await http_gift(site, room_b, "bob", "rose")
+    await text_is(watch, "#score-a", "cleo 5")
+    await text_is(watch, "#score-b", "1 max")
+    assert ":" in await watch.inner_text("#match-clock")  # the countdown, m:ss
+    await text_is(overlay, "#bar-a", "cleo 5")
+    await text_is(overlay, "#bar-b", "1 max")
+    assert (await site.wallet("ivy"))["diamonds"] > 0 and (await site.wallet("cleo"))["diamonds"] == 0
+    await watch.wait_for_selector("#match-result >> text=cleo wins", timeout=20_000)
+    assert "Ann" in await watch.inner_text("#match .match-mvps")
+    if os.environ.get("GIFTING_SCREENSHOTS"):
+        shot = Path(os.environ["GIFTING_SCREENSHOTS"]) / "pages-watch-match.png"
+        await asyncio.to_thread(shot.parent.mkdir, parents=True, exist_ok=True)
+        await watch.screenshot(path=str(shot), animations="disabled")
+        await overlay.screenshot(path=str(shot.parent / "pages-overlay-match.png"), animations="disabled")
+
+
+@pytest.mark.parametrize("site", [MATCH_SITE], indirect=True)
+async def test_studio_invites_declines_accepts_and_shows_the_match(browse: Pages, site: System) -> None:
+    """One studio invites another creator; the invited studio shows the invite, declines it, accepts the next;
+    both studios then show the same live score, moved by a gift in either room."""
+    cleo = await browse.open("/studio", token("cleo", "creator", "Cleo"))
+    max_ = await browse.open("/studio", token("max", "creator", "Max"))
+    await go_live(cleo, "Cleo's room")
+    room_b = await go_live(max_, "Max's room")
+    for page in (cleo, max_):
+        await page.wait_for_selector("#conn[data-state=open]")
+
+    async def invite() -> None:
+        await cleo.fill("#match-opponent", "max")
+        await cleo.click("#match-invite")
+        await cleo.wait_for_selector("#match-msg >> text=Invited max")
+
+    await invite()
+    await max_.click("#match-invites li button >> text=Decline")
+    await max_.wait_for_selector("#match-invites li", state="detached")
+    await invite()
+    await max_.click("#match-invites li button >> text=Accept")
+    await site.buy("bob", "coins_65")
+    await http_gift(site, room_b, "bob", "finger_heart")
+    for page in (cleo, max_):
+        await text_is(page, "#studio-score", "cleo 0 : 5 max")
+        await text_is(page, "#studio-match-state", "Live")

@@ -34,6 +34,7 @@ from gifting.gifts import GiftRequest, gift_result, room_event
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
 from gifting.payments import PayoutProvider, SandboxPayouts
+from gifting.rooms.matches import MatchStore
 from gifting.rooms.pools import POOL_FIELD, PoolOp, closing_event, pledge_result, pool_view
 from gifting.rooms.store import RoomStore
 from gifting.wire.messages import PoolCompleted, PoolProgress
@@ -108,6 +109,7 @@ class SettlementWorker:
         self.rooms = RoomStore(redis, settings)
         self.payouts = Payouts(self.ledger, settings, payouts or SandboxPayouts())
         self.pool_sweeper = PoolSweeper(redis, settings, self.rooms)
+        self.matches = MatchStore(redis, settings, self.rooms)
         self._last_heartbeat = 0.0
         self._last_claim = 0.0
         self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
@@ -152,6 +154,7 @@ class SettlementWorker:
                     await self.run_payouts()
                     await self.sweep_pools()
                     await self.sweep_room_ends()
+                    await self.matches.sweep()
                     await self.prune_consumers()
                     await self.observe_state()
                 await self.step(pending=False)
@@ -301,7 +304,7 @@ class SettlementWorker:
 
     async def _settle_entries(self, requests: list[tuple[str, GiftRequest]], fields: dict[str, dict[str, str]]) -> None:
         try:
-            await self.settle([r for _, r in requests])
+            await self.settle([r for _, r in requests], [entry_id for entry_id, _ in requests])
         except ResponseError as exc:
             if len(requests) == 1 or not script_failed(exc):
                 raise
@@ -309,7 +312,7 @@ class SettlementWorker:
             log.warning("settlement: batch failed (%s); settling %d entries one by one", exc, len(requests))
             for entry_id, request in requests:
                 try:
-                    await self.settle([request])
+                    await self.settle([request], [entry_id])
                 except ResponseError as one_exc:
                     if not script_failed(one_exc):
                         raise
@@ -345,9 +348,12 @@ class SettlementWorker:
                 pipe.publish(keys.hub_channel(op.hub), orjson.dumps([{**result, "req": op.req}]))
             await pipe.execute()
 
-    async def settle(self, requests: list[GiftRequest]) -> list[rules.GiftOutcome]:
+    async def settle(self, requests: list[GiftRequest], entry_ids: list[str] | None = None) -> list[rules.GiftOutcome]:
+        """Settle, score matches, announce. `entry_ids`: the gifts' stream entries (when the hub accepted each:
+        a match's cutoff); without them (benchmarks, tests) the request's own ts_ms."""
         started_s = time.perf_counter()
-        rooms, journal_entries = await self._room_states({r.room for r in requests})
+        staged = {r.room for r in requests if r.to}
+        rooms, journal_entries = await self._room_states({r.room for r in requests}, staged)
         backlog_max = self.settings.archive_backlog_max
         archive_full = bool(backlog_max) and journal_entries > backlog_max
         if archive_full:
@@ -357,7 +363,9 @@ class SettlementWorker:
         batch = [self.prepare(r, rooms.get(r.room), archive_full) for r in requests]
         outcomes = await self.ledger.settle(batch, durable_timeout_ms=self.settings.waitaof_timeout_ms)
         settled_ms = clock.now_ms()
-        await self.publish(requests, batch, outcomes)
+        accepted_ms = [int(e.split("-")[0]) for e in entry_ids] if entry_ids else [r.ts_ms for r in requests]
+        match_events = await self._score_matches(requests, batch, outcomes, rooms, accepted_ms)
+        await self.publish(requests, batch, outcomes, match_events)
         fresh = observe_batch(requests, outcomes, settled_ms, time.perf_counter() - started_s)
         self.settled_total += fresh
         if log.isEnabledFor(logging.DEBUG):  # one pass over the batch only when someone reads it
@@ -368,12 +376,41 @@ class SettlementWorker:
                     )
         return outcomes
 
+    async def _score_matches(
+        self,
+        requests: list[GiftRequest],
+        batch: list[GiftToSettle],
+        outcomes: list[rules.GiftOutcome],
+        rooms: dict[str, dict[str, str]],
+        accepted_ms: list[int],
+    ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        """Each settled gift to a room in a match scores there once (gifting/rooms/matches.py); a replayed one
+        gets its recorded score back, announced again under the same dedupe id. Returns room -> events."""
+        by_match: dict[str, list[tuple[str, str, int, int, str, str]]] = defaultdict(list)
+        for request, settled, outcome, at in zip(requests, batch, outcomes, accepted_ms, strict=True):
+            match = rooms.get(request.room, {}).get("match")
+            if match and outcome.settled:
+                gift = (request.gift_id, request.room, settled.coins, at, request.sender, request.gift)
+                by_match[match].append(gift)
+        events: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
+        for match, gifts in by_match.items():
+            match_rooms, scored = await self.matches.score(match, gifts)
+            for room in match_rooms if scored else []:  # announce.lua takes at least one event
+                events[room].extend(scored)
+        if events:
+            await self.ledger.durable(self.settings.waitaof_timeout_ms)  # a score is announced only once durable
+        return events
+
     def prepare(self, request: GiftRequest, room: dict[str, str] | None, archive_full: bool = False) -> GiftToSettle:
-        """Decide everything the ledger does not: price from the catalog, room live, not a self-gift; and
-        whether the unarchived journal is past GIFTING_ARCHIVE_BACKLOG_MAX (memory is bounded before money)."""
+        """Decide everything the ledger does not: price from the catalog, room live, the recipient on stage (a
+        guest gets the diamonds; default the host), not a self-gift; and whether the unarchived journal is past
+        GIFTING_ARCHIVE_BACKLOG_MAX (memory is bounded before money)."""
         gift = self.catalogs.current.gifts.get(request.gift)
-        status, creator = (room.get("status"), room.get("creator", "")) if room else (None, "")
-        reject = rules.gift_reject(gift, request.price, status, creator, request.sender) or ""
+        status, host = (room.get("status"), room.get("creator", "")) if room else (None, "")
+        guest = request.to if request.to and request.to != host else ""
+        on_stage = not guest or (room is not None and guest in room.get("stage", "").split(" "))
+        creator = guest or host
+        reject = rules.gift_reject(gift, request.price, status, creator, request.sender, on_stage) or ""
         if archive_full and not reject:
             reject = RejectReason.ARCHIVE_BACKLOG
         coins, diamonds = 0, 0
@@ -386,42 +423,58 @@ class SettlementWorker:
             creator=creator or "?",
             coins=coins,
             diamonds=diamonds,
-            fingerprint=rules.fingerprint(request.sender, request.room, request.gift, request.count),
+            # A recipient is part of what the id stands for (kept out when absent: older records stay valid).
+            fingerprint=rules.fingerprint(
+                request.sender, request.room, request.gift, request.count, *((request.to,) if request.to else ())
+            ),
             reject=reject,
             room=request.room,
             gift=request.gift,
             count=request.count,
+            host=host or "?",
         )
 
-    async def _room_states(self, rooms: set[str]) -> tuple[dict[str, dict[str, str]], int]:
-        """Each room's creator and status, the catalog version and the journal entries not yet archived, in
-        one round trip per batch."""
-        ordered = sorted(rooms)
+    async def _room_states(
+        self, rooms: set[str], staged: set[str] | None = None
+    ) -> tuple[dict[str, dict[str, str]], int]:
+        """Each room's creator, status and match, the stage of the `staged` rooms (gifts named a recipient), the
+        catalog version and the journal entries not yet archived, in one round trip per batch."""
+        ordered, stages = sorted(rooms), sorted(staged or ())
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.CATALOG_VERSION)
             pipe.xlen(keys.LEDGER_JOURNAL)
             for room in ordered:
-                pipe.hmget(keys.room_meta(room), "creator", "status")
+                pipe.hmget(keys.room_meta(room), "creator", "status", "match")
+            for room in stages:
+                pipe.hkeys(keys.room_stage(room))
             version, journal_entries, *replies = await pipe.execute()
         if int(version or 0) != self.catalogs.version:
             await self.catalogs.refresh()
+        guests = dict(zip(stages, replies[len(ordered) :], strict=True))
         states = {
-            room: {"creator": creator, "status": status}
-            for room, (creator, status) in zip(ordered, replies, strict=True)
+            room: {"creator": creator, "status": status, "match": match or "", "stage": " ".join(guests.get(room, []))}
+            for room, (creator, status, match) in zip(ordered, replies[: len(ordered)], strict=True)
             if creator is not None
         }
         return states, int(journal_entries)
 
     async def publish(
-        self, requests: list[GiftRequest], batch: list[GiftToSettle], outcomes: list[rules.GiftOutcome]
+        self,
+        requests: list[GiftRequest],
+        batch: list[GiftToSettle],
+        outcomes: list[rules.GiftOutcome],
+        match_events: dict[str, list[tuple[str, dict[str, Any]]]] | None = None,
     ) -> None:
-        """Room events (settled gifts only, once each) and every sender's result, in one pipeline."""
+        """Room events (settled gifts only, once each; then the match scores they made) and every sender's
+        result, in one pipeline."""
         events_by_room: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         results_by_hub: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for request, settled, outcome in zip(requests, batch, outcomes, strict=True):
             results_by_hub[request.hub].append({**gift_result(outcome), "req": request.req})
             if outcome.settled:
                 events_by_room[request.room].append((request.gift_id, room_event(request, settled, outcome)))
+        for room, events in (match_events or {}).items():
+            events_by_room[room].extend(events)
         names = {r.sender: r.sender_name for r, o in zip(requests, outcomes, strict=True) if o.settled}
         async with self.redis.pipeline(transaction=False) as pipe:
             if names:

@@ -45,7 +45,12 @@ def split_gift(coins: int, creator_share_bps: int) -> GiftSplit:
 
 
 def gift_reject(
-    gift: Gift | None, price_shown: int | None, room_status: str | None, creator: str, sender: str
+    gift: Gift | None,
+    price_shown: int | None,
+    room_status: str | None,
+    creator: str,
+    sender: str,
+    on_stage: bool = True,
 ) -> RejectReason | None:
     """Whether a gift may go to the ledger, decided before it (the ledger then checks coins and the daily
     cap). The hub's precheck gives the first two at once; settlement decides all of them for the record."""
@@ -57,6 +62,8 @@ def gift_reject(
         return RejectReason.PRICE_CHANGED
     if room_status != "live":
         return RejectReason.ROOM_NOT_LIVE
+    if not on_stage:  # the gift names a recipient who is not (or no longer) on the room's stage
+        return RejectReason.RECIPIENT_NOT_ON_STAGE
     if creator == sender:
         return RejectReason.SELF_GIFT
     return None

@@ -52,6 +52,11 @@ class GiftToSettle:
     room: str
     gift: str
     count: int
+    host: str = ""  # the room's creator; `creator` differs when the gift went to a guest on stage
+
+    def __post_init__(self) -> None:
+        if not self.host:
+            object.__setattr__(self, "host", self.creator)
 
 
 def settle_arg(g: GiftToSettle, now: int) -> str:

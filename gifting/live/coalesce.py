@@ -11,12 +11,14 @@ Per room and tick, the creator gets every event. Viewers get the same events wit
    order they were sent). One entry stands for at most `merged_gifts_max` gifts (its `gift_ids` bound the
    frame's bytes); the combo's next gift starts a new entry. Gifts at or above `big_gift_coins` are never
    merged.
-3. At most `frame_events_max` entries, counting the tick's entries without an offset (`combo_end`,
+3. A `match_score` is a snapshot of the whole score: of a tick's `match_score` events of one match, viewers get
+   only the last (a storm scores hundreds of gifts a tick; the frame's `from`/`to` still cover every offset).
+4. At most `frame_events_max` entries, counting the tick's entries without an offset (`combo_end`,
    `viewers`, `leaderboard`). Over that, entries are kept in priority order: big gifts, then goal, pool and
    other room events, then combos by value, then counters; the cheap gifts that do not fit are counted in one
    `tick_summary` entry (`gifts`, `coins`, no offset). Counters that do not fit are dropped: a later push
    carries fresh ones. (The sender's own `gift_result` does not wait for a tick at all.)
-4. A sender whose own gifts went into the `tick_summary` gets its own copy of the frame, whose summary also
+5. A sender whose own gifts went into the `tick_summary` gets its own copy of the frame, whose summary also
    lists them (`gift_ids`): so a sender accounts for each of its gifts exactly, while everyone else's copy
    stays one encoding per tick and the summary stays small however many gifts it counts.
 
@@ -66,7 +68,10 @@ def shape_for_viewers(
     """The viewers' entries (as for_viewers_frame), and per sender the ids of its gifts the tick_summary counts."""
     merged: list[Event] = []
     last_index: dict[str, int] = {}  # combo id -> index in merged
-    for event in events:
+    last_score = {e["match"]: i for i, e in enumerate(events) if e.get("kind") == EventKind.MATCH_SCORE}
+    for i, event in enumerate(events):
+        if event.get("kind") == EventKind.MATCH_SCORE and last_score[event["match"]] != i:
+            continue  # superseded within the tick (rule 3)
         entry = for_viewers(event)
         combo = entry.get("combo")
         if entry.get("kind") == EventKind.GIFT and combo and entry.get("coins", 0) < big_gift_coins:

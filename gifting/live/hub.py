@@ -327,6 +327,7 @@ class Hub:
             # The price this viewer was shown: the client's, else this process's catalog. Settlement charges
             # exactly this or rejects the gift (price_changed); never more.
             price=message.price if message.price is not None else self.catalogs.current.gifts[message.gift].coins,
+            to=message.to or "",
         )
         try:
             await gifts.enqueue(self.redis, request)

@@ -136,7 +136,8 @@ async def durable_or_retry(ledger: Ledger) -> None:
 def room_keys(room: str) -> list[str]:
     """The keys of a room's live session, expired together when it ends (GIFTING_ENDED_ROOM_TTL_S)."""
     return [keys.room_meta(room), keys.room_history(room), keys.room_stats(room), keys.room_top(room),
-            keys.room_goal(room)]  # fmt: skip
+            keys.room_goal(room), keys.room_matches(room), keys.room_stage(room),
+            keys.room_stage_invites(room)]  # fmt: skip
 
 
 class RoomStore:
@@ -195,6 +196,7 @@ class RoomStore:
         now_ms = clock.now_ms()
         ttl_s = self.settings.ended_room_ttl_s
         await self.redis.zadd(keys.ROOMS_ENDING, {room: now_ms}, nx=True)
+        match = await self.redis.hget(keys.room_meta(room), "match")
         # First close the room to new pools and pledges (pool.lua checks the marker atomically), then void the
         # open pools: no coin moves to a room once its end has begun.
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -209,6 +211,8 @@ class RoomStore:
             pipe.hset(keys.room_meta(room), "status", "ended")
             pipe.zrem(keys.ROOMS_LIVE, room)
             pipe.zrem(keys.creator_live_rooms(info.creator), room)
+            if match:  # its creator forfeits: due now, in the step that ends the room, so the sweep sees it ended
+                pipe.zadd(keys.MATCHES_DUE, {match: now_ms})
             for key in room_keys(room):
                 pipe.expire(key, ttl_s)
             await pipe.execute()
@@ -362,6 +366,7 @@ class RoomStore:
         """The live session's totals: gifts, coins spent, diamonds earned, and duration."""
         info = await self.get(room)
         stats = await self.redis.hgetall(keys.room_stats(room))
+        matches = [orjson.loads(m) for m in (await self.redis.hgetall(keys.room_matches(room))).values()]
         end_ms = info.ended_at_ms or clock.now_ms()
         return {
             "room": room,
@@ -374,6 +379,7 @@ class RoomStore:
             "coins": int(stats.get("coins", 0)),
             "diamonds": int(stats.get("diamonds", 0)),
             "goals_met": int(stats.get("goals_met", 0)),
+            "matches": sorted(matches, key=lambda m: m["end_ms"]),
         }
 
     async def summary(self, room: str) -> dict[str, Any]:

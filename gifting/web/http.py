@@ -29,7 +29,8 @@ _CODES_BY_STATUS: dict[int, tuple[str, ...]] = {
     401: ("unauthorized", "token_expired", "token_revoked"),
     402: ("payment_declined",),
     403: ("forbidden", "dev_host_refused", "token_scope"),
-    404: ("not_found", "room_not_found", "unknown_bundle", "unknown_purchase", "unknown_withdrawal", "unknown_pool"),
+    404: ("not_found", "room_not_found", "unknown_bundle", "unknown_purchase", "unknown_withdrawal", "unknown_pool",
+          "match_not_found"),
     409: (
         # Purchases and withdrawals (gifting/ledger/store.py, their scripts).
         "idempotency_key_conflict", "purchase_not_paid", "already_reversed", "coins_spent", "below_minimum",
@@ -38,6 +39,10 @@ _CODES_BY_STATUS: dict[int, tuple[str, ...]] = {
         # Rooms, goals, pools (gifting/rooms/).
         "already_live", "room_not_live", "goal_active", "no_active_goal", "too_many_pools", "too_many_open_pools",
         "pool_opener_coins", "pool_not_open",
+        # Stage (gifting/rooms/stage.py).
+        "no_stage_invite", "too_many_guests", "not_on_stage",
+        # Matches (gifting/rooms/matches.py).
+        "opponent_not_live", "already_in_match", "invite_not_pending", "invite_expired",
         # A gift or pledge id already used for another one (the worker's answer).
         "gift_id_conflict", "pledge_id_conflict",
     ),

@@ -45,6 +45,7 @@ class SendGift:
     gift_id: str
     price: int | None = None  # coins per gift as the viewer saw it; settlement rejects if it changed
     ref: str | None = None
+    to: str | None = None  # the recipient on stage (a guest's user id); None: the host
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +283,11 @@ class EventKind(StrEnum):
     POOL_VOIDED = "pool_voided"
     ROOM_ENDED = "room_ended"
     STREAM_SUMMARY = "stream_summary"
+    STAGE = "stage"
+    MATCH_INVITED = "match_invited"
+    MATCH_STARTED = "match_started"
+    MATCH_SCORE = "match_score"
+    MATCH_ENDED = "match_ended"
     # Ephemeral: pushed by the hub, no offset, never replayed.
     COMBO_END = "combo_end"
     VIEWERS = "viewers"
@@ -309,6 +315,9 @@ class GiftEvent(RoomEvent, frozen=True):
     sender_name: str
     level: int
     ts: int
+    to: str | None = None  # a guest on stage who received it (and its diamonds); absent: the host
+
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"to"})
 
 
 class GoalProgress(RoomEvent, frozen=True):
@@ -392,3 +401,40 @@ class TickSummary(RoomEvent, frozen=True):
 class GoalCompleted(RoomEvent, frozen=True):
     KIND: ClassVar[EventKind] = EventKind.GOAL_COMPLETED
     goal: dict[str, Any]
+
+
+class MatchStarted(RoomEvent, frozen=True):
+    """Both rooms of a match get it once: `match` is the match's public view (gifting/rooms/matches.py)."""
+
+    KIND: ClassVar[EventKind] = EventKind.MATCH_STARTED
+    match: dict[str, Any]
+
+
+class MatchScore(RoomEvent, frozen=True):
+    """The score after one gift scored: in both rooms, once per gift (its dedupe id is the gift's)."""
+
+    KIND: ClassVar[EventKind] = EventKind.MATCH_SCORE
+    match: str
+    gift_id: str
+    side: str
+    points_a: int
+    points_b: int
+
+
+class MatchEnded(RoomEvent, frozen=True):
+    KIND: ClassVar[EventKind] = EventKind.MATCH_ENDED
+    match: dict[str, Any]
+
+
+class Stage(RoomEvent, frozen=True):
+    """Who is on the room's stage (valid gift recipients besides the host), after every change."""
+
+    KIND: ClassVar[EventKind] = EventKind.STAGE
+    guests: list[str]
+
+
+class MatchInvited(RoomEvent, frozen=True):
+    """In the invited creator's room: an invite to answer (their studio shows Accept / Decline)."""
+
+    KIND: ClassVar[EventKind] = EventKind.MATCH_INVITED
+    match: dict[str, Any]

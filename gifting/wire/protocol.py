@@ -26,6 +26,7 @@ from gifting.wire.messages import StartPool as StartPool
 
 ROOM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 EPOCH_PATTERN = re.compile(r"[A-Za-z0-9]{1,32}")
+RECIPIENT_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")  # a user id (gifting/auth.py USER_ID_PATTERN)
 OFFSET_MAX = 2**53  # offsets stay exact in JavaScript numbers
 REF_CHARS_MAX = 64
 
@@ -88,6 +89,7 @@ def parse_message(obj: dict[str, Any], gift_count_max: int) -> ClientMessage:
             gift_id=parse_gift_id(obj.get("gift_id"), ref),
             price=_optional_price(obj.get("price"), ref),
             ref=ref,
+            to=_optional_recipient(obj.get("to"), ref),
         )
     if kind == "join":
         return Join(room=_room(obj, ref), since=_since(obj.get("since"), ref), ref=ref)
@@ -150,6 +152,12 @@ def _string(obj: dict[str, Any], name: str, ref: str | None, chars_max: int) -> 
     if not isinstance(value, str) or not 1 <= len(value) <= chars_max:
         raise ProtocolError("bad_message", f"{name}: expected a string of 1..{chars_max} characters", ref)
     return value
+
+
+def _optional_recipient(value: object, ref: str | None) -> str | None:
+    if value is None or (isinstance(value, str) and RECIPIENT_PATTERN.fullmatch(value)):
+        return value
+    raise ProtocolError("bad_message", f"to: expected the user id of someone on stage, got {value!r}", ref)
 
 
 def _optional_price(value: object, ref: str | None) -> int | None:

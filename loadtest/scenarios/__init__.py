@@ -20,6 +20,9 @@ class Scenario:
     reconnect_every_s: float = 5.0  # a reconnector's time between drops
     synchronized: bool = False  # every reconnector drops at the same moment (a storm) instead of at random
     purchase_wait_s: tuple[float, float] = (0.5, 2.0)  # a purchaser's pause between purchase flows
+    match_s: int = 0  # > 0: the first two rooms play a match this long, seconds (POST /v1/matches)
+    storm_last_s: float = 10.0  # in a match's last seconds each gifter sends storm_factor times as fast
+    storm_factor: int = 5
     example: str = ""  # a sensible size for this machine kind (2 cores), for the docs
 
     @property
@@ -73,6 +76,16 @@ SCENARIOS: dict[str, Scenario] = {
             weights={"Purchaser": 1},
             purchase_wait_s=(0.0, 0.05),
             example="-u 50 -r 25 -t 60s",
+        ),
+        Scenario(
+            name="battle",
+            measures="a match between two rooms: both audiences gift, a storm in the last 10 s, and every viewer's "
+            "last score against the final result",
+            rooms=2,
+            weights={"BattleViewer": 6, "Gifter": 2},
+            gift_rate=2.0,
+            match_s=60,
+            example="-u 80 -r 40 -t 75s",
         ),
     )
 }

@@ -180,10 +180,11 @@ export class Live extends EventTarget {
   }
 
   /** Send a gift; resolves with its gift_result ({status: settled|rejected, reason, coins}). */
-  sendGift(room, gift, count, price) {
+  sendGift(room, gift, count, price, to) {
     const giftId = uuid();
     const message = { type: "gift", room, gift, count, gift_id: giftId, ref: giftId };
     if (typeof price === "number") message.price = price;
+    if (to) message.to = to; // a guest on stage (default: the host)
     return {
       giftId,
       result: new Promise((resolve) => {

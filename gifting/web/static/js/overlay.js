@@ -24,6 +24,28 @@ function status(text, kind = "warn") {
   node.className = `overlay-status ${kind}`;
 }
 
+const match = { id: null, a: "", b: "", points: [0, 0], ended: false };
+
+/** The score bar: a match this room plays (match_started / match_score / match_ended, in either order). */
+function matchEvent(event) {
+  if (event.kind === "match_score") {
+    if (event.match !== match.id || match.ended) return;
+    match.points = [Math.max(match.points[0], event.points_a), Math.max(match.points[1], event.points_b)];
+  } else {
+    const m = event.match;
+    if (m.id !== match.id) Object.assign(match, { id: m.id, points: [0, 0], ended: false });
+    const points = m.result?.points ?? { a: m.a.points, b: m.b.points };
+    Object.assign(match, { a: m.a.creator, b: m.b.creator, ended: !!m.result });
+    match.points = [Math.max(match.points[0], points.a), Math.max(match.points[1], points.b)];
+  }
+  const [a, b] = match.points;
+  $("#match-bar").hidden = false;
+  $("#bar-a").textContent = `${match.a} ${a}`;
+  $("#bar-b").textContent = `${b} ${match.b}`;
+  $("#match-bar .bar-a").style.flexGrow = String(a + b ? a : 1);
+  $("#match-bar .bar-b").style.flexGrow = String(a + b ? b : 1);
+}
+
 async function loadCatalog() {
   try {
     for (const gift of (await api("/v1/catalog/gifts")).gifts) catalog.set(gift.id, gift);
@@ -74,6 +96,7 @@ async function main() {
         spotlight.add(alertFrom(gift, combos.track(gift), catalog));
       }
       else if (event.kind === "combo_end" && comboIdOf(event)) combos.end(comboIdOf(event));
+      else if (["match_started", "match_score", "match_ended"].includes(event.kind)) matchEvent(event);
       else if (event.kind === "room_ended" && !waiting) {
         waiting = true;
         status("Stream ended: waiting for the next one");

@@ -36,6 +36,7 @@ const state = {
   withdrawKey: null,
   withdrawals: [],
   pools: new Map(),
+  match: null, // {id, a, b, points: {a, b}, result}
 };
 
 $("#home-link").href = withToken("/", token);
@@ -344,6 +345,71 @@ async function setGoal(event) {
   }
 }
 
+// Match: invite, answer, the live score -------------------------------------------------------------------
+
+async function inviteMatch(event) {
+  event.preventDefault();
+  const msg = $("#match-msg");
+  const body = { opponent: $("#match-opponent").value.trim(), duration_s: Number($("#match-duration").value) };
+  msg.className = "form-msg";
+  msg.textContent = "Inviting…";
+  try {
+    await api("/v1/matches", { method: "POST", token, body });
+    msg.className = "form-msg ok";
+    msg.textContent = `Invited ${body.opponent}: waiting for an answer.`;
+  } catch (err) {
+    msg.className = "form-msg error";
+    msg.textContent = `Couldn't invite: ${explain(err)}`;
+  }
+}
+
+function showInvite(match) {
+  if (!match || match.b?.creator !== me || match.status !== "invited") return;
+  if (match.invite_deadline_ms < Date.now() || document.querySelector(`[data-invite="${match.id}"]`)) return;
+  const row = el("li.pool", { dataset: { invite: match.id } }, el("p", {}, `${match.a.creator} invites you to a match (${duration(match.duration_s)})`));
+  const msg = el("p.form-msg", { role: "status" });
+  const answer = async (action) => {
+    try {
+      const view = await api(`/v1/matches/${encodeURIComponent(match.id)}/${action}`, { method: "POST", token });
+      row.remove();
+      if (view.status === "live") renderMatch(view);
+    } catch (err) {
+      msg.className = "form-msg error";
+      msg.textContent = `Couldn't ${action}: ${explain(err)}`;
+    }
+  };
+  row.append(el("div.row", {}, el("button.primary", { type: "button", onclick: () => answer("accept") }, "Accept"),
+    el("button", { type: "button", onclick: () => answer("decline") }, "Decline")), msg);
+  $("#match-invites").append(row);
+}
+
+function renderMatch(match) {
+  if (!match || !match.a) return;
+  const points = match.result?.points ?? { a: match.a.points, b: match.b.points };
+  const known = state.match?.id === match.id ? state.match.points : { a: 0, b: 0 };
+  state.match = { ...match, points: { a: Math.max(points.a, known.a), b: Math.max(points.b, known.b) } };
+  drawMatch();
+}
+
+function scoreMatch(event) {
+  const match = state.match;
+  if (!match || match.id !== event.match || match.result) return;
+  match.points = { a: Math.max(event.points_a, match.points.a), b: Math.max(event.points_b, match.points.b) };
+  drawMatch();
+}
+
+function drawMatch() {
+  const { a, b, result } = state.match;
+  const { a: pa, b: pb } = state.match.points;
+  const winner = result?.winner ? state.match[result.winner].creator : null;
+  $("#match-live").hidden = false;
+  $("#match-live").replaceChildren(
+    el("p.goal-line", {}, el("span", { id: "studio-score" }, `${a.creator} ${fmt(pa)} : ${fmt(pb)} ${b.creator}`)),
+    progressBar(pa, pa + pb || 1, "Score"),
+    el("p.small", { id: "studio-match-state" }, result ? (winner ? `${winner} wins` : "Draw") : "Live"),
+  );
+}
+
 async function cancelGoal() {
   const msg = $("#goal-msg");
   if (!state.room) return;
@@ -513,6 +579,9 @@ function handle(event, live) {
       }
       break;
     case "stream_summary": if (event.summary) renderSummary(event.summary); break;
+    case "match_invited": showInvite(event.match); break;
+    case "match_started": case "match_ended": renderMatch(event.match); break;
+    case "match_score": scoreMatch(event); break;
     default: break;
   }
 }
@@ -559,6 +628,7 @@ async function main() {
   $("#golive-form").addEventListener("submit", goLive);
   $("#end").addEventListener("click", endStream);
   $("#goal-form").addEventListener("submit", setGoal);
+  $("#match-form").addEventListener("submit", inviteMatch);
   $("#goal-kind").addEventListener("change", toggleGoalKind);
   $("#goal-cancel").addEventListener("click", cancelGoal);
   $("#cashout-form").addEventListener("submit", cashOut);

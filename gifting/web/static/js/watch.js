@@ -27,6 +27,9 @@ const state = {
   pools: new Map(), // id -> {pool, node, ended}
   buyKey: null,
   taps: new Map(), // gift id -> {count, timer}
+  match: null, // the match this room plays in: {id, a, b, end_ms, result, points: {a, b}, offset}
+  host: null,
+  guests: [], // who is on stage besides the host: valid gift recipients
 };
 
 let stage;
@@ -153,7 +156,8 @@ async function sendGift(gift) {
   state.pendingCost += gift.coins;
   tapCombo(gift.id);
   updateGifts();
-  const { result } = state.live.sendGift(room, gift.id, 1, gift.coins);
+  const to = $("#recipient").value || undefined;
+  const { result } = state.live.sendGift(room, gift.id, 1, gift.coins, to);
   const answer = await result;
   state.pendingCost -= gift.coins;
   if (typeof answer.coins === "number") setBalance(answer.coins);
@@ -251,8 +255,81 @@ function handle(event, animate) {
     case "viewers": if (typeof event.count === "number") setViewers(event.count); break;
     case "stream_summary": renderSummary(event.summary); break;
     case "tick_summary": addMore(event); break;
+    case "match_started": renderMatch(event.match); break;
+    case "match_ended": renderMatch(event.match); break;
+    case "match_score": scoreMatch(event); break;
+    case "stage": renderStage(event.guests); break;
     default: break; // kinds this page does not know yet
   }
+}
+
+// Match (score bar, countdown, result with MVPs) and the stage's recipient picker -------------------------
+
+function renderMatch(match) {
+  if (!match || !match.a || !match.b) return;
+  const points = match.result?.points ?? { a: match.a.points, b: match.b.points };
+  const known = state.match?.id === match.id ? state.match.points : { a: 0, b: 0 };
+  state.match = { ...match, points: { a: Math.max(points.a, known.a), b: Math.max(points.b, known.b) } };
+  drawMatch();
+}
+
+function scoreMatch(event) {
+  if (!state.match || state.match.id !== event.match || state.match.result) return;
+  state.match.points = { a: Math.max(event.points_a, state.match.points.a), b: Math.max(event.points_b, state.match.points.b) };
+  drawMatch();
+}
+
+function mvpList(mvps) {
+  return el("ol.top-list", {}, ...(mvps || []).map((m) => el("li", {}, el("span.top-name", {}, m.name || m.user), el("span.muted", {}, ` ${fmt(m.coins)}`))));
+}
+
+function drawMatch() {
+  const match = state.match;
+  const { a, b } = match.points;
+  const bar = el("div.score-bar", { role: "img", "aria-label": `Score ${a} to ${b}` }, el("div.side-a"), el("div.side-b"));
+  bar.children[0].style.flexGrow = String(a + b ? a : 1);
+  bar.children[1].style.flexGrow = String(a + b ? b : 1);
+  const parts = [
+    el("p.score-sides", {}, el("span", { id: "score-a" }, `${match.a.creator} ${fmt(a)}`), el("span", { id: "score-b" }, `${fmt(b)} ${match.b.creator}`)),
+    bar,
+  ];
+  const result = match.result;
+  if (result) {
+    const winner = result.winner ? match[result.winner].creator : null;
+    const how = result.forfeit ? " (forfeit)" : "";
+    parts.push(el("p.match-result", { id: "match-result" }, el("strong", {}, winner ? `${winner} wins${how}` : "Draw")),
+      el("div.match-mvps", {}, el("div", {}, el("p.small", {}, "MVPs"), mvpList(result.mvps?.a)),
+        el("div", {}, el("p.small", {}, "MVPs"), mvpList(result.mvps?.b))));
+  }
+  $("#match-card").hidden = false;
+  $("#match").replaceChildren(...parts);
+  tickMatch();
+}
+
+function tickMatch() {
+  const match = state.match;
+  if (!match) return;
+  const left = match.result ? 0 : Math.max(0, Math.ceil((match.end_ms - Date.now()) / 1000));
+  $("#match-clock").textContent = match.result ? "ended" : `${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+}
+
+async function loadMatchAndStage() {
+  try {
+    const stage = await api(`/v1/rooms/${encodeURIComponent(room)}/stage`);
+    state.host = stage.host;
+    renderStage(stage.guests);
+  } catch { /* an older server: no stage, gifts go to the host */ }
+}
+
+function renderStage(guests) {
+  if (!Array.isArray(guests)) return;
+  state.guests = guests;
+  const select = $("#recipient");
+  const chosen = select.value;
+  select.replaceChildren(el("option", { value: "" }, `${state.host || "Host"} (host)`),
+    ...guests.map((g) => el("option", { value: g }, g)));
+  if (guests.includes(chosen)) select.value = chosen;
+  $("#recipient-row").hidden = guests.length === 0;
 }
 
 // Goal, top gifters, pools, summary (shown once the server sends them) -----------------------------------
@@ -537,7 +614,9 @@ async function main() {
   if (!state.signedIn) return;
   connect();
   loadLeaderboard();
+  loadMatchAndStage();
   setInterval(() => {
+    tickMatch();
     for (const entry of state.pools.values()) if (entry.status === "open") renderPool(entry);
     if (state.signedIn && tokenExpired(token)) signOut("token_expired");
   }, 1000);

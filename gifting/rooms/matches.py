@@ -1,0 +1,359 @@
+"""Matches (PK battles): two live creators' audiences gift against each other for a timed match.
+
+Life of a match: `invite` (the inviter's live room is side a) -> `accept` by the invitee (side b) or `decline`,
+or the invite expires after GIFTING_MATCH_INVITE_TIMEOUT_S -> live for its duration -> ended exactly once.
+
+Scoring comes from settlement only: the worker passes each settled gift to `score` (one script on the match's
+own keys) before it acks the gift, and the script records the gift id, so a resent or redelivered gift never
+scores twice; its recorded score snapshot is announced to both rooms under the gift's id, once.
+
+The cutoff: a gift scores when it entered the inbound gift stream (its entry id: Valkey's clock, the moment
+the hub accepted it) in [started_at_ms, end_ms), however late it settles. The viewer who tapped in time scores,
+even when settlement lags. So the match ends (`finish`) only once no gift stream entry older than end_ms is
+left: the worker deletes entries as it acks them, so by then every gift in flight at the end has scored.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from gifting import clock, keys
+from gifting.config import Settings
+from gifting.errors import GiftingError
+from gifting.rooms.store import RoomStore, top_entries
+from gifting.wire.messages import MatchEnded, MatchInvited, MatchScore, MatchStarted
+
+log = logging.getLogger(__name__)
+
+SIDES = ("a", "b")
+DUE_PAGE_MAX = 100  # matches the worker looks at per sweep
+
+# KEYS: meta, scored, gifters of side a, of side b. ARGV: n, then n rows 'gift id \t room \t coins \t accepted ms
+# \t sender account \t catalog gift'. In mode 'gift' only the match's named gift scores. Returns {a_room, b_room,
+# {{gift id, snapshot}, ...}} for each gift that scored, now or on an earlier delivery (snapshot: 'side points_a
+# points_b'); gifts that do not score are not recorded.
+SCORE = """
+local meta, scored = KEYS[1], KEYS[2]
+local m = redis.call('HMGET', meta, 'status', 'a_room', 'b_room', 'started_at_ms', 'end_ms', 'points_a', 'points_b',
+  'gift')
+local out = {}
+if m[1] == false then return {'', '', out} end
+local started, ending = tonumber(m[4] or '0'), tonumber(m[5] or '0')
+local pa, pb = tonumber(m[6] or '0'), tonumber(m[7] or '0')
+local moved = false
+for i = 1, tonumber(ARGV[1]) do
+  local id, room, coins, at, sender, gift =
+    string.match(ARGV[1 + i], '^([^\\t]*)\\t([^\\t]*)\\t(%d+)\\t(%d+)\\t([^\\t]*)\\t([^\\t]*)$')
+  if not id then return redis.error_reply('match_score: malformed gift argument ' .. i) end
+  local earlier = redis.call('HGET', scored, id)
+  if earlier then
+    out[#out + 1] = {id, earlier}
+  else
+    local side = nil
+    if room == m[2] then side = 'a' elseif room == m[3] then side = 'b' end
+    at = tonumber(at)
+    local counts = m[8] == false or m[8] == '' or m[8] == gift
+    if side and counts and m[1] == 'live' and at >= started and at < ending and tonumber(coins) > 0 then
+      if side == 'a' then pa = pa + tonumber(coins) else pb = pb + tonumber(coins) end
+      redis.call('ZINCRBY', side == 'a' and KEYS[3] or KEYS[4], coins, sender)
+      local snapshot = side .. ' ' .. pa .. ' ' .. pb
+      redis.call('HSET', scored, id, snapshot)
+      out[#out + 1] = {id, snapshot}
+      moved = true
+    end
+  end
+end
+if moved then redis.call('HSET', meta, 'points_a', pa, 'points_b', pb) end
+return {m[2], m[3], out}
+"""
+
+# Answer an invite. ARGV: 1 the answer (accept | decline | expire: the sweep, past the deadline), 2 now ms.
+# Returns 'ok', 'not_pending' or 'expired'.
+ANSWER = """
+local m = redis.call('HMGET', KEYS[1], 'status', 'invite_deadline_ms', 'duration_s')
+if m[1] == 'expired' then return 'expired' end
+if m[1] ~= 'invited' then return 'not_pending' end
+local now = tonumber(ARGV[2])
+if now > tonumber(m[2]) or ARGV[1] == 'expire' then
+  redis.call('HSET', KEYS[1], 'status', 'expired')
+  return 'expired'
+end
+if ARGV[1] == 'decline' then
+  redis.call('HSET', KEYS[1], 'status', 'declined')
+  return 'ok'
+end
+redis.call('HSET', KEYS[1], 'status', 'live', 'started_at_ms', now, 'end_ms', now + 1000 * tonumber(m[3]))
+return 'ok'
+"""
+
+# A side's creator ended their stream: the match ends now (gifts accepted before still score), the other side
+# wins. ARGV: 1 the forfeiting side, 2 now ms. Returns 1 if the match was live.
+FORFEIT = """
+local m = redis.call('HMGET', KEYS[1], 'status', 'end_ms')
+if m[1] ~= 'live' then return 0 end
+if tonumber(ARGV[2]) < tonumber(m[2]) then redis.call('HSET', KEYS[1], 'end_ms', ARGV[2]) end
+redis.call('HSETNX', KEYS[1], 'forfeit', ARGV[1])
+return 1
+"""
+
+# Delete KEYS[1] (a creator's match marker, a room meta's match field) only while it still names ARGV[1].
+RELEASE = """
+if ARGV[2] == '' then
+  if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+elseif redis.call('HGET', KEYS[1], ARGV[2]) == ARGV[1] then
+  return redis.call('HDEL', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+
+class MatchError(GiftingError):
+    """An invite, answer or match lookup was refused; `code` goes on the wire (status: gifting/web/http.py)."""
+
+
+class MatchStore:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, rooms: RoomStore) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.rooms = rooms
+        self._score = redis.register_script(SCORE)
+        self._answer = redis.register_script(ANSWER)
+        self._release_lua = redis.register_script(RELEASE)
+        self._forfeit = redis.register_script(FORFEIT)
+
+    async def invite(
+        self, inviter: str, opponent: str, duration_s: int | None, gift: str | None = None
+    ) -> dict[str, Any]:
+        """The inviter's live room against the opponent's; the opponent has the invite timeout to accept.
+        With `gift` (a catalog gift id, checked by the caller) the mode is 'gift': only that gift scores."""
+        s = self.settings
+        duration_s = s.match_duration_s if duration_s is None else duration_s
+        if not 1 <= duration_s <= s.match_duration_s_max:
+            raise MatchError("bad_duration", f"duration_s: expected 1..{s.match_duration_s_max}, got {duration_s}")
+        if opponent == inviter:
+            raise MatchError("bad_opponent", "a creator cannot invite themselves to a match")
+        mine, theirs = await self.rooms.creator_live(inviter), await self.rooms.creator_live(opponent)
+        if mine is None:
+            raise MatchError("room_not_live", "go live before inviting someone to a match")
+        if theirs is None:
+            raise MatchError("opponent_not_live", f"{opponent!r} is not live")
+        if await self.redis.exists(keys.creator_match(opponent)):
+            raise MatchError("already_in_match", f"{opponent!r} is already invited to or playing a match")
+        match, now_ms = uuid.uuid4().hex, clock.now_ms()
+        deadline_ms = now_ms + 1000 * s.match_invite_timeout_s
+        # The marker outlives any match it may name; `finish` and the sweep release it earlier.
+        marker_ttl_s = s.match_invite_timeout_s + s.match_duration_s_max + 3600
+        if not await self.redis.set(keys.creator_match(inviter), match, nx=True, ex=marker_ttl_s):
+            raise MatchError("already_in_match", "you are already invited to or playing a match")
+        meta = {
+            "id": match, "mode": "gift" if gift else "solo", "gift": gift or "", "status": "invited",
+            "duration_s": duration_s,
+            "a_creator": inviter, "a_room": mine.room, "b_creator": opponent, "b_room": theirs.room,
+            "invited_at_ms": now_ms, "invite_deadline_ms": deadline_ms, "points_a": 0, "points_b": 0,
+        }  # fmt: skip
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.match_meta(match), mapping=meta)
+            pipe.zadd(keys.MATCHES_DUE, {match: deadline_ms})
+            await pipe.execute()
+        view = await self.get(match)
+        await self.rooms.announce(theirs.room, [(f"match:{match}:invited", MatchInvited(view).to_dict())])
+        return view
+
+    async def answer(self, match: str, user: str, accept: bool) -> dict[str, Any]:
+        """The invitee accepts (the match starts now) or declines; a second answer or a late one is refused."""
+        meta = await self._meta(match)
+        if meta["b_creator"] != user:
+            raise MatchError("forbidden", "only the invited creator can answer this invite")
+        if meta["status"] == "expired":
+            raise MatchError("invite_expired", "the invite expired before it was answered")
+        if meta["status"] != "invited":
+            raise MatchError("invite_not_pending", f"this invite was already answered ({meta['status']})")
+        if accept:
+            await self._prepare_start(match, meta, user)
+        answer = "accept" if accept else "decline"
+        outcome = await self._answer(keys=[keys.match_meta(match)], args=[answer, clock.now_ms()])
+        if outcome != "ok" or not accept:
+            await self._release_all(match, await self._meta(match))
+            if outcome == "expired":
+                raise MatchError("invite_expired", "the invite expired before it was answered")
+            if outcome == "not_pending":
+                raise MatchError("invite_not_pending", "this invite was already answered")
+            return await self.get(match)
+        await self._started(match)
+        return await self.get(match)
+
+    async def _prepare_start(self, match: str, meta: dict[str, str], user: str) -> None:
+        """Before the match goes live: the invitee's marker, both rooms still live and naming the match (so the
+        worker scores their gifts from the first one settled after the start)."""
+        marker_ttl_s = self.settings.match_duration_s_max + 3600
+        marked = await self.redis.set(keys.creator_match(user), match, nx=True, ex=marker_ttl_s)
+        if not marked and await self.redis.get(keys.creator_match(user)) != match:
+            raise MatchError("already_in_match", "you are already invited to or playing another match")
+        for side in SIDES:
+            if (await self.rooms.get(meta[side + "_room"])).status != "live":
+                await self._release(keys.creator_match(user), match)
+                raise MatchError("room_not_live", f"the room of side {side} is no longer live")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for side in SIDES:
+                pipe.hset(keys.room_meta(meta[side + "_room"]), "match", match)
+            await pipe.execute()
+
+    async def _started(self, match: str) -> None:
+        """Announce the start to both rooms (once: dedupe id) and schedule the end. Repeated by the sweep if the
+        process died between the accept and here."""
+        view = await self.get(match)
+        await self.redis.zadd(keys.MATCHES_DUE, {match: view["end_ms"]})
+        event = MatchStarted(view).to_dict()
+        for side in SIDES:
+            await self.rooms.announce(view[side]["room"], [(f"match:{match}:started", event)])
+
+    async def get(self, match: str) -> dict[str, Any]:
+        return public_view(await self._meta(match))
+
+    async def _meta(self, match: str) -> dict[str, str]:
+        meta: dict[str, str] = await self.redis.hgetall(keys.match_meta(match))
+        if not meta:
+            raise MatchError("match_not_found", f"no match {match!r}")
+        return meta
+
+    async def score(
+        self, match: str, gifts: list[tuple[str, str, int, int, str, str]]
+    ) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
+        """Score settled gifts (gift id, room, coins, accepted ms, sender, catalog gift): each once. Returns the
+        match's rooms and the `match_score` events (dedupe id, event) of the gifts that scored, now or on an
+        earlier delivery, for both rooms. The caller makes them durable before announcing them."""
+        rows = [
+            f"{gift_id}\t{room}\t{coins}\t{at}\t{keys.account(sender)}\t{gift}"
+            for gift_id, room, coins, at, sender, gift in gifts
+        ]
+        match_keys = [keys.match_meta(match), keys.match_scored(match), *(keys.match_gifters(match, s) for s in SIDES)]
+        a_room, b_room, scored = await self._score(keys=match_keys, args=[len(rows), *rows])
+        events = []
+        for gift_id, snapshot in scored:
+            side, a, b = snapshot.split(" ")
+            event = MatchScore(match, gift_id, side, int(a), int(b)).to_dict()
+            events.append((f"match:{match}:{gift_id}", event))
+        return [r for r in (a_room, b_room) if r], events
+
+    async def sweep(self) -> int:
+        """Expire unanswered invites, end matches whose gifts have all scored, finish interrupted starts.
+        Every step is safe to repeat, so a crash anywhere is finished by the next sweep. Returns matches done."""
+        now_ms = clock.now_ms()
+        due = await self.redis.zrangebyscore(keys.MATCHES_DUE, "-inf", now_ms, start=0, num=DUE_PAGE_MAX)
+        done = 0
+        for match in due:
+            try:
+                done += await self._sweep_one(match, now_ms)
+            except GiftingError as exc:  # one match's trouble (say, its record expired) never stops the worker
+                log.warning("match %s: sweep step failed: %s; retried next sweep", match, exc.message)
+        return done
+
+    async def _sweep_one(self, match: str, now_ms: int) -> int:
+        """One due match's next step; 1 once nothing is left to do for it (it leaves MATCHES_DUE)."""
+        meta = await self.redis.hgetall(keys.match_meta(match))
+        status = meta.get("status")
+        if status == "invited":
+            await self._answer(keys=[keys.match_meta(match)], args=["expire", now_ms])
+            meta = await self.redis.hgetall(keys.match_meta(match))
+            status = meta.get("status")
+        running = status == "live" and int(meta["end_ms"]) > now_ms
+        if running and not await self._forfeited(match, meta, now_ms):
+            await self._started(match)  # the accept died before scheduling the end
+            return 0
+        if status in ("live", "ended") and not await self.finish(match):
+            return 0
+        if meta:
+            await self._release_all(match, meta)
+        await self.redis.zrem(keys.MATCHES_DUE, match)
+        return 1
+
+    async def _forfeited(self, match: str, meta: dict[str, str], now_ms: int) -> bool:
+        """A side whose room is no longer live forfeits (its creator ended the stream mid-match)."""
+        for side in SIDES:
+            status = await self.redis.hget(keys.room_meta(meta[side + "_room"]), "status")
+            if status != "live":
+                await self._forfeit(keys=[keys.match_meta(match)], args=[side, now_ms])
+                return True
+        return False
+
+    async def finish(self, match: str) -> bool:
+        """End a live match exactly once, when every gift that entered the stream before its end has settled
+        (and so scored). False while some may still be in flight."""
+        meta = await self._meta(match)
+        if meta["status"] == "live":
+            if not await self._all_scored(int(meta["end_ms"])):
+                return False
+            result = await self._result(match, meta)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hsetnx(keys.match_meta(match), "result", orjson.dumps(result))
+                pipe.hset(keys.match_meta(match), "status", "ended")
+                for key in (keys.match_meta(match), keys.match_scored(match), *self._gifter_keys(match)):
+                    pipe.expire(key, self.settings.match_record_ttl_s)
+                await pipe.execute()
+        view = await self.get(match)
+        event = MatchEnded(view).to_dict()
+        for side in SIDES:
+            room = view[side]["room"]
+            await self.redis.hset(keys.room_matches(room), match, orjson.dumps(view))  # the stream summary's
+            if await self.redis.hget(keys.room_meta(room), "status") != "live":  # it expires with the ended room
+                await self.redis.expire(keys.room_matches(room), self.settings.ended_room_ttl_s, nx=True)
+            await self.rooms.announce(room, [(f"match:{match}:ended", event)])
+        return True
+
+    async def _all_scored(self, end_ms: int) -> bool:
+        """Past the end, with no gift stream entry older than it: one atomic read of the server's clock and the
+        stream, so no entry older than the end can be added after this answers yes."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.time()
+            pipe.xrange(keys.GIFTS_STREAM, "-", f"({end_ms}-0", count=1)
+            (seconds, micros), older = await pipe.execute()
+        return seconds * 1000 + micros // 1000 >= end_ms and not older
+
+    async def _result(self, match: str, meta: dict[str, str]) -> dict[str, Any]:
+        points = {side: int(meta["points_" + side]) for side in SIDES}
+        winner = "a" if points["a"] > points["b"] else "b" if points["b"] > points["a"] else None
+        forfeit = meta.get("forfeit")
+        if forfeit:
+            winner = "b" if forfeit == "a" else "a"
+        mvps = {}
+        for side, key in zip(SIDES, self._gifter_keys(match), strict=True):
+            mvps[side] = await top_entries(self.redis, key, self.settings.match_mvps_max)
+        return {"winner": winner, "draw": winner is None, "forfeit": forfeit, "points": points, "mvps": mvps}
+
+    def _gifter_keys(self, match: str) -> list[str]:
+        return [keys.match_gifters(match, side) for side in SIDES]
+
+    async def _release_all(self, match: str, meta: dict[str, str]) -> None:
+        for side in SIDES:
+            await self._release(keys.creator_match(meta[side + "_creator"]), match)
+            await self._release(keys.room_meta(meta[side + "_room"]), match, field="match")
+
+    async def _release(self, key: str, match: str, field: str = "") -> None:
+        await self._release_lua(keys=[key], args=[match, field])
+
+
+def public_view(meta: dict[str, str]) -> dict[str, Any]:
+    """A match as clients see it (GET /v1/matches/{id}, match_started, match_ended)."""
+    view: dict[str, Any] = {
+        "id": meta["id"],
+        "mode": meta["mode"],
+        "gift": meta.get("gift") or None,
+        "status": meta["status"],
+        "duration_s": int(meta["duration_s"]),
+        "invite_deadline_ms": int(meta["invite_deadline_ms"]),
+        "started_at_ms": int(meta["started_at_ms"]) if "started_at_ms" in meta else None,
+        "end_ms": int(meta["end_ms"]) if "end_ms" in meta else None,
+        "result": orjson.loads(meta["result"]) if "result" in meta else None,
+    }
+    for side in SIDES:
+        view[side] = {
+            "creator": meta[side + "_creator"],
+            "room": meta[side + "_room"],
+            "points": int(meta["points_" + side]),
+        }
+    return view

@@ -1,0 +1,83 @@
+"""HTTP handlers of matches (gifting/rooms/matches.py) and of the multi-guest stage (gifting/rooms/stage.py)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gifting import auth
+from gifting.web.http import ApiError, identify, json_body, json_response
+from gifting.wire import protocol
+
+
+async def invite(request: Request) -> Response:
+    """`{"opponent": user id, "duration_s"?, "gift"?}`: the caller's live room against the opponent's; with
+    `gift`, only that gift scores."""
+    identity = identify(request)
+    body = await json_body(request)
+    opponent, duration_s, gift = body.get("opponent"), body.get("duration_s"), body.get("gift")
+    if not isinstance(opponent, str) or not auth.USER_ID_PATTERN.fullmatch(opponent):
+        raise ApiError("bad_opponent", "opponent: expected a user id ([A-Za-z0-9_.@-]{1,64})")
+    if duration_s is not None and (not isinstance(duration_s, int) or isinstance(duration_s, bool)):
+        raise ApiError("bad_duration", f"duration_s: expected an integer number of seconds, got {duration_s!r}")
+    if gift is not None and (not isinstance(gift, str) or gift not in request.app.state.catalogs.current.gifts):
+        raise ApiError("unknown_gift", f"gift: expected a gift of the catalog, got {gift!r}")
+    match = await request.app.state.matches.invite(identity.user, opponent, duration_s, gift)
+    return json_response(match, 201)
+
+
+async def answer(request: Request) -> Response:
+    identity = identify(request)
+    action = request.path_params["action"]
+    if action not in ("accept", "decline"):
+        raise ApiError("not_found", f"expected accept or decline, got {action!r}")
+    match = await request.app.state.matches.answer(request.path_params["match"], identity.user, action == "accept")
+    return json_response(match)
+
+
+async def get_match(request: Request) -> Response:
+    return json_response(await request.app.state.matches.get(request.path_params["match"]))
+
+
+async def stage_invite(request: Request) -> Response:
+    """`{"guest": user id}`: the room's creator invites a guest on stage."""
+    identity = identify(request)
+    guest = (await json_body(request)).get("guest")
+    if not isinstance(guest, str) or not auth.USER_ID_PATTERN.fullmatch(guest):
+        raise ApiError("bad_guest", "guest: expected a user id ([A-Za-z0-9_.@-]{1,64})")
+    room = protocol.parse_room(request.path_params["room"])
+    return json_response(await request.app.state.stage.invite(room, identity.user, guest), 201)
+
+
+async def stage_accept(request: Request) -> Response:
+    identity = identify(request)
+    room = protocol.parse_room(request.path_params["room"])
+    return json_response(await request.app.state.stage.accept(room, identity.user))
+
+
+async def stage_leave(request: Request) -> Response:
+    """`{"guest"?}`: a guest leaves (default: the caller), or the room's creator takes one off stage."""
+    identity = identify(request)
+    guest = (await json_body(request)).get("guest", identity.user)
+    if not isinstance(guest, str) or not auth.USER_ID_PATTERN.fullmatch(guest):
+        raise ApiError("bad_guest", "guest: expected a user id ([A-Za-z0-9_.@-]{1,64})")
+    room = protocol.parse_room(request.path_params["room"])
+    return json_response(await request.app.state.stage.leave(room, identity.user, guest))
+
+
+async def get_stage(request: Request) -> Response:
+    room = protocol.parse_room(request.path_params["room"])
+    info = await request.app.state.rooms.get(room)
+    return json_response({"room": room, "host": info.creator, "guests": await request.app.state.stage.guests(room)})
+
+
+routes = [
+    Route("/v1/rooms/{room}/stage", get_stage, methods=["GET"]),
+    Route("/v1/rooms/{room}/stage/invites", stage_invite, methods=["POST"]),
+    Route("/v1/rooms/{room}/stage/accept", stage_accept, methods=["POST"]),
+    Route("/v1/rooms/{room}/stage/leave", stage_leave, methods=["POST"]),
+    Route("/v1/matches", invite, methods=["POST"]),
+    Route("/v1/matches/{match}", get_match, methods=["GET"]),
+    Route("/v1/matches/{match}/{action}", answer, methods=["POST"]),
+]
