@@ -163,6 +163,35 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("POST", "/v1/rooms/{room}/pools"): Op(
         "Open a pool toward a gift.", {201: obj("pool")}, body=obj("gift", "deadline_s", gift=STR, deadline_s=INT)
     ),
+    ("GET", "/v1/rooms/{room}/stage"): Op(
+        "The room's stage: its host and the guests who may receive gifts.",
+        {200: obj("room", "host", "guests", room=STR, host=STR, guests={"type": "array"})},
+        who=None,
+    ),
+    ("POST", "/v1/rooms/{room}/stage/invites"): Op(
+        "The room's creator invites a guest on stage.",
+        {201: ANY_OBJECT},
+        who="the room's creator",
+        body=obj("guest", guest=STR),
+    ),
+    ("POST", "/v1/rooms/{room}/stage/accept"): Op("An invited guest goes on stage.", {200: ANY_OBJECT}),
+    ("POST", "/v1/rooms/{room}/stage/leave"): Op(
+        "A guest leaves the stage (default: the caller), or the room's creator takes one off.",
+        {200: ANY_OBJECT},
+        body={"type": "object", "properties": {"guest": STR}},
+    ),
+    ("POST", "/v1/matches"): Op(
+        "Invite another live creator to a match (PK battle); with `gift`, only that gift scores.",
+        {201: ANY_OBJECT},
+        who="creator, admin",
+        body=obj("opponent", opponent=STR, duration_s=INT, gift=STR),
+    ),
+    ("GET", "/v1/matches/{match}"): Op(
+        "A match: sides, score, state, and its result once ended.", {200: ANY_OBJECT}, who=None
+    ),
+    ("POST", "/v1/matches/{match}/{action}"): Op(
+        "The invited creator answers: `accept` or `decline`.", {200: ANY_OBJECT}, who="the invited creator"
+    ),
     ("GET", "/v1/pools/{pool}"): Op("A pool.", {200: obj("pool")}, who=None),
     ("POST", "/v1/pools/{pool}/pledges"): Op(
         "Pledge coins to a pool; waits (bounded) for settlement like a gift.",
