@@ -74,6 +74,7 @@ RECOVER_IDS_PER_CALL = 500  # outstanding gift ids looked up per round trip afte
 WAITER_TTL_S = 60.0  # a gift result not seen by then is dropped; the client resends the gift_id to learn it
 BUCKET_IDLE_S = 120.0  # rate-limit state of a user idle this long is forgotten
 MAINTENANCE_INTERVAL_S = 1.0
+STOP_STEP_TIMEOUT_S = 3.0  # each step of Hub.stop (tasks cancelled, pub/sub closed) waits at most this long
 
 Waiter = Union["Connection", "asyncio.Future[dict[str, Any]]"]
 
@@ -119,9 +120,13 @@ class Hub:
             conn.shut(CLOSE_GOING_AWAY, "server shutting down")
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a shutdown must never hang on a task or a Valkey connection in a bad state.
+        try:
+            await asyncio.wait_for(asyncio.gather(*self._tasks, return_exceptions=True), STOP_STEP_TIMEOUT_S)
+        except TimeoutError:
+            log.warning("hub stop: background tasks still running after %.0f s; leaving them", STOP_STEP_TIMEOUT_S)
         with contextlib.suppress(Exception):
-            await self.pubsub.aclose()
+            await asyncio.wait_for(self.pubsub.aclose(), STOP_STEP_TIMEOUT_S)
 
     # Connections -----------------------------------------------------------------------------------------
 
