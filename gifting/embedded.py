@@ -127,24 +127,43 @@ class EmbeddedValkey:
     def stop(self) -> None:
         """SIGTERM: Valkey flushes and fsyncs the AOF, then exits."""
         if self.announce:
-            with contextlib.suppress(FileNotFoundError):
-                state = json.loads((self.data_dir / STATE_FILE).read_text())
-                if self.process and state.get("pid") == self.process.pid:
-                    (self.data_dir / STATE_FILE).unlink()
-        if self.process and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            forget_state(self.data_dir / STATE_FILE, self.process)
+        stop_child(self.process, signal.SIGTERM, STOP_TIMEOUT_S)
 
 
 def find_running(data_dir: Path) -> str | None:
     """The URL of the embedded Valkey of a running `gifting dev` for this data directory, if any."""
+    return running_url(Path(data_dir) / STATE_FILE)
+
+
+# The state file an embedded server announces itself in ({"pid", "url"}) and its child process: shared by the
+# embedded Valkey and the embedded PostgreSQL (gifting/embedded_pg.py).
+
+
+def running_url(state_file: Path) -> str | None:
+    """The URL in `state_file` if the process it names is alive."""
     try:
-        state = json.loads((Path(data_dir) / STATE_FILE).read_text())
+        state = json.loads(state_file.read_text())
         os.kill(int(state["pid"]), 0)
     except (FileNotFoundError, ValueError, KeyError, ProcessLookupError, PermissionError):
         return None
     return str(state["url"])
+
+
+def forget_state(state_file: Path, process: subprocess.Popen[bytes] | None) -> None:
+    """Remove `state_file` if it names `process` (another process's announcement is left alone)."""
+    with contextlib.suppress(FileNotFoundError):
+        state = json.loads(state_file.read_text())
+        if process and state.get("pid") == process.pid:
+            state_file.unlink()
+
+
+def stop_child(process: subprocess.Popen[bytes] | None, sig: int, timeout_s: float) -> None:
+    """Send `sig` (the server's clean shutdown), wait up to `timeout_s` seconds, then kill."""
+    if process and process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

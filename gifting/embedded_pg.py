@@ -8,18 +8,18 @@ own `get_server` daemonizes through pg_ctl and would outlive a killed test run. 
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import psycopg
 
-from gifting.embedded import EmbeddedError, die_with_parent, free_port
+from gifting.embedded import EmbeddedError, die_with_parent, forget_state, free_port, running_url, stop_child
 
 STATE_FILE = "postgres.json"
 START_TIMEOUT_S = 30.0
@@ -113,24 +113,10 @@ class EmbeddedPostgres:
     def stop(self) -> None:
         """SIGINT: PostgreSQL's fast shutdown (open transactions roll back, committed ones are on disk)."""
         if self.announce:
-            with contextlib.suppress(FileNotFoundError):
-                state = json.loads((self.data_dir / STATE_FILE).read_text())
-                if self.process and state.get("pid") == self.process.pid:
-                    (self.data_dir / STATE_FILE).unlink()
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(2)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+            forget_state(self.data_dir / STATE_FILE, self.process)
+        stop_child(self.process, signal.SIGINT, STOP_TIMEOUT_S)
 
 
 def find_running(data_dir: Path) -> str | None:
     """The URL of the embedded PostgreSQL of a running `gifting dev` for this data directory, if any."""
-    try:
-        state = json.loads((Path(data_dir) / STATE_FILE).read_text())
-        os.kill(int(state["pid"]), 0)
-    except (FileNotFoundError, ValueError, KeyError, ProcessLookupError, PermissionError):
-        return None
-    return str(state["url"])
+    return running_url(Path(data_dir) / STATE_FILE)

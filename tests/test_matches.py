@@ -20,7 +20,7 @@ from gifting.app import redis_client
 from gifting.rooms.matches import MatchError, MatchStore
 from gifting.rooms.store import RoomStore, history_events
 from tests.conftest import SystemFactory, WsClient, gift_id, make_settings
-from tests.test_settlement import processes
+from tests.test_settlement import grant, processes
 from workers.settlement import SettlementWorker
 
 WAIT_S = 30.0
@@ -136,7 +136,7 @@ async def test_cutoff_counts_gifts_accepted_before_the_end_however_late_they_set
         room_a, room_b = (await rooms.open("ca", "A", "t")).room, (await rooms.open("cb", "B", "t")).room
         match = (await matches.invite("ca", "cb", 1))["id"]
         end_ms = (await matches.answer(match, "cb", True))["end_ms"]
-        await _grant(client, "v1", 100)
+        await grant(client, "v1", 100)
         before = [gifts.new_request(gift_id=gift_id(), room=r, gift="coffee", count=1, sender="v1", sender_name="V",
                                     hub="") for r in (room_a, room_a, room_b)]  # fmt: skip
         for request in before:
@@ -163,17 +163,6 @@ async def test_cutoff_counts_gifts_accepted_before_the_end_however_late_they_set
 
 async def _past(redis: aioredis.Redis, end_ms: int) -> bool:
     return await server_ms(redis) >= end_ms
-
-
-async def _grant(redis: aioredis.Redis, user: str, coins: int) -> None:
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hincrby(keys.LEDGER_COINS, keys.account(user), coins)
-        pipe.hincrby(keys.LEDGER_COINS, keys.SYS_COIN_ISSUANCE, -coins)
-        pipe.xadd(
-            keys.LEDGER_JOURNAL,
-            {"kind": "purchase", "id": f"grant:{gift_id()}", "legs": f"coins sys:coin_issuance u:{user} {coins}"},
-        )
-        await pipe.execute()
 
 
 async def test_every_bad_invite_and_answer_gets_its_code(start_system: SystemFactory) -> None:
@@ -280,7 +269,7 @@ async def test_worker_killed_in_the_last_seconds_changes_nothing(
     room_a, room_b = (await rooms.open("ca", "A", "t")).room, (await rooms.open("cb", "B", "t")).room
     senders = [f"v{i}" for i in range(4)]
     for sender in senders:
-        await _grant(redis, sender, 100_000)
+        await grant(redis, sender, 100_000)
     accepted: dict[str, tuple[str, int]] = {}  # gift id -> (room, entry ms)
 
     async def enqueue(n: int) -> None:
