@@ -21,6 +21,7 @@ from gifting import logs
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import GiftingError
+from gifting.history.statements import History, Statements
 from gifting.ledger.store import Ledger
 from gifting.live.direct import HubWebSocketProtocol, check_protocol
 from gifting.live.endpoint import websocket_endpoint
@@ -123,6 +124,8 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         await state.catalogs.load()
         state.payments = payments or SandboxProvider()
         state.ledger = Ledger(redis, settings)
+        state.history = History(settings.database_url)  # older statement rows (gifting/history/statements.py)
+        state.statements = Statements(redis, state.history)
         state.rooms = RoomStore(redis, settings)
         state.matches = MatchStore(redis, settings, state.rooms)
         state.stage = StageStore(redis, settings, state.rooms)
@@ -133,6 +136,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
             yield
         finally:
             await state.hub.stop()
+            await state.history.close()
             await redis.aclose()
 
     async def http_error(request: Request, exc: Exception) -> Response:

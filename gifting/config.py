@@ -328,6 +328,20 @@ class Settings:
         "Journal entries (a settled batch of gifts is one) allowed to wait in Valkey for the archiver; past it "
         "settlement rejects every gift `archive_backlog` (memory stays bounded, no money is lost). 0: no bound.",
     )
+    statement_hot_rows: int = _setting(
+        "GIFTING_STATEMENT_HOT_ROWS",
+        200,
+        "Statement rows per user kept in Valkey once PostgreSQL holds them (count): after each batch the archiver "
+        "copies a user's new rows to PostgreSQL and drops the older ones from Valkey; rows not yet archived stay "
+        "whatever their number. GET /v1/wallet/transactions reads the dropped ones from PostgreSQL.",
+    )
+    top_gifters_kept: int = _setting(
+        "GIFTING_TOP_GIFTERS_KEPT",
+        1000,
+        "Gifters kept on each creator's top-gifter board (all time, UTC day, ISO week), count: after each batch "
+        "the archiver drops the lowest beyond it (their gifts stay in PostgreSQL's legs); one who returns is "
+        "ranked by what they gift from then on.",
+    )
     archive_idle_ms: int = _setting(
         "GIFTING_ARCHIVE_IDLE_MS", 200, "The archiver's pause when the journal holds nothing to archive, ms."
     )
@@ -421,6 +435,8 @@ class Settings:
             raise ConfigError("GIFTING_TICK_MS, GIFTING_SETTLE_BATCH_MAX and GIFTING_GIFT_COUNT_MAX must be >= 1")
         if self.archive_batch_entries < 1:
             raise ConfigError(f"GIFTING_ARCHIVE_BATCH_ENTRIES: expected >= 1, got {self.archive_batch_entries}")
+        if self.top_gifters_kept < 1:
+            raise ConfigError(f"GIFTING_TOP_GIFTERS_KEPT: expected >= 1, got {self.top_gifters_kept}")
         if not 1 <= self.settle_concurrency <= SETTLE_CONCURRENCY_MAX:
             raise ConfigError(
                 f"GIFTING_SETTLE_CONCURRENCY: expected 1..{SETTLE_CONCURRENCY_MAX}, got {self.settle_concurrency}"

@@ -59,13 +59,17 @@ def purchases_of(user: str) -> str:
 
 
 def statement(user: str) -> str:
-    """List of one user's transfers, oldest first, one tab-separated row each (ledger/rules.STATEMENT_FIELDS)."""
+    """List of one user's newest transfers, oldest first, one tab-separated row each (ledger/rules.STATEMENT_FIELDS).
+    Row n of the list is the statement's row LEDGER_STATEMENT_BASE[account] + n; older ones are in PostgreSQL."""
     return account_statement(account(user))
 
 
 def account_statement(account_name: str) -> str:
     """statement() by account name (u:<user>), for the scripts' callers that hold account names."""
     return "{ledger}:stmt:" + account_name
+
+
+LEDGER_STATEMENT_BASE = "{ledger}:stmt_base"  # hash: account -> rows dropped from its statement's head (archived)
 
 
 def spent_on(day: str) -> str:

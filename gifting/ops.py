@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from gifting import clock, keys
 from gifting.config import Settings
+from gifting.history.statements import History, Statements
 from gifting.ledger.store import Ledger, LedgerError
 
 ENTRIES_MAX = 1000  # entries one dead-letters or replay run reads (run again for more)
@@ -118,8 +119,11 @@ async def replay(redis: aioredis.Redis, entry_ids: list[str] | None) -> dict[str
 
 async def wallet(redis: aioredis.Redis, settings: Settings, user: str, rows: int) -> dict[str, Any]:
     """Balances, withdrawals and the newest statement rows of `user`, as the ledger keeps them."""
-    ledger = Ledger(redis, settings)
-    statement, _cursor = await ledger.statement(user, None, max(1, min(rows, STATEMENT_ROWS_MAX)))
+    ledger, history = Ledger(redis, settings), History(settings.database_url)
+    try:
+        statement, _cursor = await Statements(redis, history).page(user, None, max(1, min(rows, STATEMENT_ROWS_MAX)))
+    finally:
+        await history.close()
     return {
         "user": user,
         **await ledger.wallet(user),

@@ -20,6 +20,7 @@ import redis.exceptions
 from gifting import keys
 from gifting.config import Settings
 from gifting.history import journal
+from gifting.history.hot import HotState
 
 log = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.1
@@ -33,6 +34,7 @@ class Archiver:
         self.redis, self.database_url, self.settings, self.stream = redis, database_url, settings, stream
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.archived = 0  # entries this process committed to PostgreSQL
+        self.hot = HotState(redis, settings.statement_hot_rows, settings.top_gifters_kept)
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed:
@@ -40,15 +42,19 @@ class Archiver:
                 self.database_url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True
             )
             # A restart between commit and trim leaves committed entries in Valkey: trim them before anything.
-            await journal.trim_archived(self.redis, self.stream, await journal.cursor(self.conn, self.stream))
+            upto = await journal.cursor(self.conn, self.stream)
+            await journal.trim_archived(self.redis, self.stream, upto)
+            await self.hot.recover(self.conn, upto)
         return self.conn
 
     async def step(self) -> int:
         """One batch: commit it in PostgreSQL, then trim it from Valkey. Returns the entries archived."""
         conn = await self._connection()
-        count, upto = await journal.archive_batch(self.redis, conn, self.stream, self.settings.archive_batch_entries)
+        batch = self.settings.archive_batch_entries
+        count, upto = await journal.archive_batch(self.redis, conn, self.stream, batch, self.hot)
         if count:
             await journal.trim_archived(self.redis, self.stream, upto)
+            await self.hot.trim()
             self.archived += count
         return count
 

@@ -20,6 +20,7 @@ import psycopg
 import redis.asyncio as aioredis
 from psycopg.types.json import Jsonb
 
+from gifting.history.hot import HotState
 from gifting.ledger import rules
 
 log = logging.getLogger(__name__)
@@ -52,9 +53,14 @@ async def trim_archived(redis: aioredis.Redis, stream: str, upto: tuple[int, int
 
 
 async def archive_batch(
-    redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], stream: str, batch_entries: int
+    redis: aioredis.Redis,
+    conn: psycopg.AsyncConnection[Any],
+    stream: str,
+    batch_entries: int,
+    hot: HotState | None = None,
 ) -> tuple[int, tuple[int, int] | None]:
-    """Commit the next up to `batch_entries` entries of `stream` to PostgreSQL. Returns (entries, new cursor)."""
+    """Commit the next up to `batch_entries` entries of `stream` to PostgreSQL (with `hot`, the statement rows
+    of the accounts they touched too: gifting/history/hot.py). Returns (entries, new cursor)."""
     async with conn.transaction():
         await conn.execute(
             "INSERT INTO archive_cursor VALUES (%s, 0, 0) ON CONFLICT (stream) DO NOTHING", (stream,)
@@ -74,12 +80,16 @@ async def archive_batch(
         async with conn.cursor().copy(
             "COPY legs (stream, ms, seq, transfer, kind, ledger, debit, credit, amount, day) FROM STDIN"
         ) as copy:
+            batch_legs: list[tuple[int, rules.Leg]] = []
             for entry_id, fields in entries:
                 ms, seq = parse_id(entry_id)
                 day = datetime.fromtimestamp(ms / 1000, UTC).date()
                 for transfer, kind, leg in entry_legs(entry_id, fields):
                     await copy.write_row((stream, ms, seq, transfer, kind, *astuple(leg), day))
+                    batch_legs.append((ms, leg))
         last = parse_id(entries[-1][0])
+        if hot is not None:
+            await hot.archive(conn, last, batch_legs)
         await conn.execute("UPDATE archive_cursor SET ms = %s, seq = %s WHERE stream = %s", (*last, stream))
     return len(entries), last
 

@@ -57,6 +57,29 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             FROM legs GROUP BY day, kind, ledger;
         """,
     ),
+    (
+        3,
+        # Statement rows that Valkey dropped (it keeps the newest GIFTING_STATEMENT_HOT_ROWS per user), copied
+        # as Valkey holds them: (account, seq) is the row's place in the user's statement, the id the API shows,
+        # so a page reads seqs below Valkey's oldest from here and the rest from Valkey, with no gap or overlap.
+        # statement_cursor: per account, the rows held here (seqs 0..upto-1) and the journal batch that last
+        # moved it (an archiver restarted after that batch's commit trims those accounts again).
+        """
+        CREATE TABLE statements (
+            account text NOT NULL,
+            seq bigint NOT NULL,
+            line text NOT NULL,
+            PRIMARY KEY (account, seq)
+        );
+        CREATE TABLE statement_cursor (
+            account text PRIMARY KEY,
+            upto bigint NOT NULL,
+            batch_ms bigint NOT NULL,
+            batch_seq bigint NOT NULL
+        );
+        CREATE INDEX statement_cursor_batch ON statement_cursor (batch_ms, batch_seq);
+        """,
+    ),
 )
 
 

@@ -21,7 +21,6 @@ from gifting.errors import GiftingError
 from gifting.ledger import rules
 
 log = logging.getLogger(__name__)
-STATEMENT_PAGE_MAX = 200  # entries per statement page
 SPEND_LIMIT_ATTEMPTS_MAX = 20  # optimistic retries of a spend limit change (WATCH on the shared limits hash)
 # Set inside Ledger.group_commit(): the task's writes wait for durability once, when the block ends. Per task
 # (a context variable), because one Ledger serves every request of a web process at once.
@@ -458,25 +457,6 @@ class Ledger:
             pipe.hget(keys.LEDGER_DIAMONDS, account)
             coins, diamonds = await pipe.execute()
         return {"coins": int(coins or 0), "diamonds": int(diamonds or 0)}
-
-    async def statement(self, user: str, cursor: str | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
-        """A page of the user's transfers, newest first. An item's id is its position in the statement (which
-        only grows); the cursor is the id of the page's last item, and the next page holds the older ones."""
-        limit = max(1, min(limit, STATEMENT_PAGE_MAX))
-        key = keys.statement(user)
-        if cursor is None:  # the newest page, and where it starts, in one round trip
-            async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.llen(key)
-                pipe.lrange(key, -limit, -1)
-                length, rows = await pipe.execute()
-            start = max(0, length - limit)
-        else:
-            end = int(cursor) - 1
-            start = max(0, end - limit + 1)
-            rows = await self.redis.lrange(key, start, end) if end >= 0 else []
-        items = [rules.parse_statement_row(start + i, row) for i, row in enumerate(rows)]
-        items.reverse()
-        return items, (str(start) if start > 0 and items else None)
 
     async def set_spend_limit(self, user: str, coins_per_day: int) -> None:
         """A viewer's own cap (0: none): lowered at once, raised or removed after the cooling-off

@@ -159,7 +159,8 @@ async def transactions(request: Request) -> Response:
     cursor = request.query_params.get("cursor")
     if cursor is not None and not re.fullmatch(r"\d{1,20}", cursor):
         raise ApiError("bad_cursor", "cursor: pass next_cursor from the previous page")
-    items, next_cursor = await request.app.state.ledger.statement(identity.user, cursor, list_limit(request))
+    page = request.app.state.statements.page  # newest rows from Valkey, older ones from PostgreSQL
+    items, next_cursor = await page(identity.user, None if cursor is None else int(cursor), list_limit(request))
     return json_response({"transactions": items, "next_cursor": next_cursor})
 
 

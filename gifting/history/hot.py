@@ -1,0 +1,117 @@
+"""Valkey keeps only what is hot: the archiver's second job, after each journal batch.
+
+Statements. A user's statement is a list in Valkey that only grew; now each row has a fixed seq (its place in
+the statement: LEDGER_STATEMENT_BASE[account] + its index in the list). In the same PostgreSQL transaction as a
+journal batch, the archiver copies the new rows of every account the batch touched into `statements` (as
+Valkey holds them: copying is cheaper and exacter than rebuilding rows from the legs) and moves the account's
+`statement_cursor`. Only after that commit does statement_trim.lua drop rows from Valkey: never one PostgreSQL
+lacks, never one of the newest GIFTING_STATEMENT_HOT_ROWS. A crash between commit and trim leaves rows in
+both stores, which is harmless (a reader takes each seq from one store by the base) and repaired at restart
+(`recover`: the accounts of the last committed batch are trimmed again).
+
+Top-gifter boards. Each creator the batch paid keeps its top GIFTING_TOP_GIFTERS_KEPT gifters per board.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+
+from gifting import keys
+from gifting.ledger import rules
+from gifting.ledger.store import load_script
+
+log = logging.getLogger(__name__)
+ACCOUNTS_PER_CALL = 500  # accounts per statement_tail / statement_trim call (one Valkey call each)
+
+
+@dataclass
+class HotState:
+    """The archiver's hot-state trimming. `archive` runs inside the journal batch's transaction; `trim` after
+    its commit, on what that commit holds (`committed`)."""
+
+    redis: aioredis.Redis
+    statement_rows: int  # GIFTING_STATEMENT_HOT_ROWS
+    top_gifters: int  # GIFTING_TOP_GIFTERS_KEPT
+    committed: dict[str, int] = field(default_factory=dict)  # account -> rows PostgreSQL holds after the batch
+    creators: dict[str, int] = field(default_factory=dict)  # creator account -> newest gift of the batch (ms)
+
+    def __post_init__(self) -> None:
+        self._tail = self.redis.register_script(load_script("statement_tail.lua"))
+        self._trim = self.redis.register_script(load_script("statement_trim.lua"))
+
+    async def archive(
+        self, conn: psycopg.AsyncConnection[Any], batch: tuple[int, int], legs: list[tuple[int, rules.Leg]]
+    ) -> None:
+        """Copy the new statement rows of every user account in `legs` ((ms, leg) of the batch) to PostgreSQL;
+        called inside the batch's transaction, whose journal cursor becomes `batch`."""
+        self.committed, self.creators = {}, {}
+        accounts = sorted({a for _ms, leg in legs for a in (leg.debit, leg.credit) if rules.is_user_account(a)})
+        for ms, leg in legs:
+            if leg.ledger == "diamonds" and rules.is_user_account(leg.credit):
+                self.creators[leg.credit] = max(ms, self.creators.get(leg.credit, 0))
+        for first in range(0, len(accounts), ACCOUNTS_PER_CALL):
+            await self._archive_chunk(conn, batch, accounts[first : first + ACCOUNTS_PER_CALL])
+
+    async def _archive_chunk(
+        self, conn: psycopg.AsyncConnection[Any], batch: tuple[int, int], accounts: list[str]
+    ) -> None:
+        rows = await (
+            await conn.execute("SELECT account, upto FROM statement_cursor WHERE account = ANY(%s)", (accounts,))
+        ).fetchall()
+        held = {account: int(upto) for account, upto in rows}
+        args = [x for a in accounts for x in (a, held.get(a, 0))]
+        tails = await self._tail(keys=[keys.LEDGER_STATEMENT_BASE, *map(keys.account_statement, accounts)], args=args)
+        moved: dict[str, int] = {}
+        async with conn.cursor().copy("COPY statements (account, seq, line) FROM STDIN") as copy:
+            for account, (_base, lines) in zip(accounts, tails, strict=True):
+                upto = held.get(account, 0)
+                for i, line in enumerate(lines):
+                    await copy.write_row((account, upto + i, line))
+                if lines:
+                    moved[account] = upto + len(lines)
+        if moved:
+            await conn.execute(
+                "INSERT INTO statement_cursor (account, upto, batch_ms, batch_seq)"
+                " SELECT unnest(%s::text[]), unnest(%s::bigint[]), %s, %s"
+                " ON CONFLICT (account) DO UPDATE"
+                " SET upto = EXCLUDED.upto, batch_ms = EXCLUDED.batch_ms, batch_seq = EXCLUDED.batch_seq",
+                (list(moved), list(moved.values()), *batch),
+            )
+        self.committed |= {a: held.get(a, 0) for a in accounts} | moved
+
+    async def trim(self) -> int:
+        """After the batch's commit: drop from Valkey what PostgreSQL now holds beyond the newest rows, and each
+        paid creator's boards beyond the top gifters. Returns the statement rows dropped."""
+        dropped = await self.trim_statements(self.committed)
+        for creator, ms in self.creators.items():
+            for board in keys.account_top_boards(creator, ms):
+                await self.redis.zremrangebyrank(board, 0, -self.top_gifters - 1)
+        self.committed, self.creators = {}, {}
+        return dropped
+
+    async def trim_statements(self, committed: dict[str, int]) -> int:
+        dropped, accounts = 0, list(committed)
+        for first in range(0, len(accounts), ACCOUNTS_PER_CALL):
+            chunk = accounts[first : first + ACCOUNTS_PER_CALL]
+            args = [self.statement_rows, *(x for a in chunk for x in (a, committed[a]))]
+            dropped += int(
+                await self._trim(keys=[keys.LEDGER_STATEMENT_BASE, *map(keys.account_statement, chunk)], args=args)
+            )
+        return dropped
+
+    async def recover(self, conn: psycopg.AsyncConnection[Any], batch: tuple[int, int] | None) -> int:
+        """At start: trim again the accounts of the last committed batch (a crash may have come before)."""
+        if batch is None:
+            return 0
+        rows = await (
+            await conn.execute(
+                "SELECT account, upto FROM statement_cursor WHERE (batch_ms, batch_seq) = (%s, %s)", batch
+            )
+        ).fetchall()
+        await conn.commit()
+        return await self.trim_statements({account: int(upto) for account, upto in rows})

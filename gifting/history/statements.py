@@ -1,0 +1,99 @@
+"""A user's statement, a page at a time, from the newest row in Valkey back into PostgreSQL.
+
+Every row has a seq: its place in the statement (0 = the first), the `id` the API shows. Valkey holds seqs
+base.. (LEDGER_STATEMENT_BASE; the archiver moves the base only after PostgreSQL committed every row below it),
+PostgreSQL holds seqs ..base-1 (and may still hold some above, until the archiver's trim). A page below the
+cursor takes each seq from exactly one store, split at the base it read atomically with Valkey's rows: no gap,
+no row twice, whatever the archiver does meanwhile. The cursor is the seq of the page's oldest row.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import psycopg
+import redis.asyncio as aioredis
+
+from gifting import keys
+from gifting.errors import GiftingError
+from gifting.ledger import rules
+from gifting.ledger.store import load_script
+
+log = logging.getLogger(__name__)
+STATEMENT_PAGE_MAX = 200  # rows per page
+CONNECT_TIMEOUT_S = 5
+
+
+class History:
+    """A web process's read access to PostgreSQL: one connection, opened on first use, one query at a time (only
+    pages older than Valkey's newest rows come here). Without a database URL nothing is archived, so it is
+    never asked."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._lock = asyncio.Lock()
+
+    async def statement_rows(self, account: str, low: int, high: int) -> list[tuple[int, str]]:
+        """(seq, row) of the account's archived rows low..high-1, oldest first."""
+        sql = "SELECT seq, line FROM statements WHERE account = %s AND seq >= %s AND seq < %s ORDER BY seq"
+        async with self._lock:
+            try:
+                conn = await self._connection()
+                rows = await (await conn.execute(sql, (account, low, high))).fetchall()
+            except (psycopg.Error, OSError) as exc:
+                await self.close()
+                log.warning("history: %s", exc)
+                raise GiftingError("history_unavailable", "older statement rows are in PostgreSQL, unreachable now; "
+                                   "retry shortly") from exc  # fmt: skip
+        return [(int(seq), line) for seq, line in rows]
+
+    async def _connection(self) -> psycopg.AsyncConnection[Any]:
+        if not self.database_url:
+            raise GiftingError("history_unavailable", "older statement rows are in PostgreSQL: GIFTING_DATABASE_URL")
+        if self._conn is None or self._conn.closed:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self.database_url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True
+            )
+        return self._conn
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await self._conn.close()
+            self._conn = None
+
+
+class Statements:
+    """Pages of users' statements across Valkey and PostgreSQL."""
+
+    def __init__(self, redis: aioredis.Redis, history: History | None) -> None:
+        self.redis, self.history = redis, history
+        self._page = redis.register_script(load_script("statement_page.lua"))
+
+    async def page(self, user: str, cursor: int | None, limit: int) -> tuple[list[dict[str, Any]], str | None]:
+        """The rows below `cursor` (None: the newest), newest first, and the next page's cursor (None: none)."""
+        limit = max(1, min(limit, STATEMENT_PAGE_MAX))
+        account = keys.account(user)
+        base, high, hot = await self._page(
+            keys=[keys.LEDGER_STATEMENT_BASE, keys.statement(user)],
+            args=[account, -1 if cursor is None else cursor, limit],
+        )
+        base, high, low = int(base), int(high), max(0, int(high) - limit)
+        rows = [(max(base, low) + i, row) for i, row in enumerate(hot)]
+        if low < min(base, high):
+            archived = await self._archived(account, low, min(base, high))
+            rows = archived + rows
+        items = [rules.parse_statement_row(seq, row) for seq, row in reversed(rows)]
+        return items, (str(low) if low > 0 and items else None)
+
+    async def _archived(self, account: str, low: int, high: int) -> list[tuple[int, str]]:
+        if self.history is None:
+            raise GiftingError("history_unavailable", "older statement rows are in PostgreSQL: GIFTING_DATABASE_URL")
+        rows = await self.history.statement_rows(account, low, high)
+        if [seq for seq, _row in rows] != list(range(low, high)):  # the archiver trims only what is committed
+            raise GiftingError("history_unavailable", f"statement rows {low}..{high - 1} missing in PostgreSQL")
+        return rows
