@@ -65,7 +65,7 @@ def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 async def history(database_url: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
     """A connection to the history database, emptied for this test."""
     conn = await psycopg.AsyncConnection.connect(database_url, autocommit=True)
-    await conn.execute("TRUNCATE journal, legs, archive_cursor")
+    await conn.execute("TRUNCATE journal, legs, archive_cursor, statements, statement_cursor")
     yield conn
     await conn.close()
 
