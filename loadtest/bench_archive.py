@@ -14,6 +14,12 @@ gifts stream (never more than FEED_BACKLOG waiting in it, so the stream's own me
              in this process) alone on that backlog: its rows/s (journal entries and the gifts in them) is its
              capacity; keeps_up = archiver gifts/s (phase 3) / settlement gifts/s (phase 2), one run.
 
+The hot windows are set small (the options below, passed to every process as GIFTING_* settings) so that
+they are full after the warm-up, as they are on a server that has run for a while: statement rows per user,
+room history events, the idempotency window. M1 and M2 are taken once the idempotency window (time-bounded)
+has passed after the last gift, so both see it the same (empty); at a constant load it holds a constant
+rate x window of records either way.
+
 Valkey's used memory is printed every SAMPLE_S. Then `gifting audit`'s check over the archive and Valkey must
 be clean and count every gift. Last line:
 
@@ -44,6 +50,7 @@ from gifting.embedded import EmbeddedValkey, die_with_parent, stop_processes
 from gifting.embedded_pg import EmbeddedPostgres
 from gifting.gifts import STREAM_FIELD
 from gifting.history.schema import migrate
+from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from loadtest.bench_settlement import Workload, bench_gifts, fund, open_rooms, positive, say, spawn_workers, tail
 from workers.archiver import Archiver
@@ -105,6 +112,23 @@ def spawn_archiver(url: str, database_url: str, tmp: Path) -> tuple[subprocess.P
     return proc, log
 
 
+def hot_windows(args: argparse.Namespace) -> dict[str, str]:
+    """The hot windows as settings for every process of the run (see the module docstring)."""
+    return {
+        "GIFTING_STATEMENT_HOT_ROWS": str(args.hot_rows),
+        "GIFTING_ROOM_HISTORY_EVENTS_MAX": str(args.room_history),
+        "GIFTING_IDEMPOTENCY_TTL_S": str(args.idempotency_s),
+    }
+
+
+async def idempotency_window_passes(settings: Settings) -> None:
+    """Until every gift record of the load has expired (a bucket lives its span beyond the TTL)."""
+    ttl_s = settings.idempotency_ttl_s
+    span_s = -(-ttl_s // rules.RECORD_BUCKETS)
+    say(f"  waiting {ttl_s + 2 * span_s + 1} s: the idempotency window ({ttl_s} s) passes")
+    await asyncio.sleep(ttl_s + 2 * span_s + 1)
+
+
 class Run:
     def __init__(self, redis: aioredis.Redis, pg: psycopg.AsyncConnection[Any], workload: Workload) -> None:
         self.redis, self.pg, self.workload = redis, pg, workload
@@ -142,6 +166,7 @@ async def _bench(
 ) -> int:  # fmt: skip
     say(f"archive benchmark: {os.cpu_count()} cores, gifts {args.gifts:,}, batch {args.batch}, "
         f"viewers {args.viewers:,}, rooms {args.rooms}, workers {args.workers}")  # fmt: skip
+    say("hot windows: " + ", ".join(f"{k}={v}" for k, v in hot_windows(args).items()))
     settings = Settings.from_env(redis_url=url, settle_batch_max=args.batch)
     worker = SettlementWorker(redis, settings, consumer="bench")
     catalog = await worker.catalogs.load()
@@ -159,12 +184,14 @@ async def _bench(
         say(f"phase 1: warm-up, {warm:,} gifts, archiver running")
         await run.settle(0, warm)
         await wait_until(run.archived, "archiving (warm-up)")
+        await idempotency_window_passes(settings)
         m1 = await used_memory(redis)
         say(f"  settled and archived; Valkey used_memory M1 = {m1:,} bytes")
 
         say(f"phase 2: steady, {steady:,} gifts, archiver running")
         began, settled_at = await run.settle(warm, warm + steady)
         archived_at = await wait_until(run.archived, "archiving (steady)")
+        await idempotency_window_passes(settings)
         m2 = await used_memory(redis)
         settle_rate = steady / (settled_at - began)
         say(f"  settlement {settle_rate:,.0f} gifts/s; archiver done {archived_at - settled_at:.2f} s after the "
@@ -226,11 +253,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--viewers", type=positive, default=10_000, help="distinct senders (10000)")
     parser.add_argument("--rooms", type=positive, default=20, help="live rooms the gifts go to (20)")
     parser.add_argument("--workers", type=positive, default=1, help="worker processes (1)")
+    parser.add_argument("--hot-rows", type=positive, default=5, help="GIFTING_STATEMENT_HOT_ROWS (5)")
+    parser.add_argument("--room-history", type=positive, default=1000, help="GIFTING_ROOM_HISTORY_EVENTS_MAX (1000)")
+    parser.add_argument("--idempotency-s", type=positive, default=4, help="GIFTING_IDEMPOTENCY_TTL_S (4)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    os.environ.update(hot_windows(args))  # this process's settings and the workers' and archiver's
     with tempfile.TemporaryDirectory(prefix="bench-archive-") as tmp_name:
         tmp = Path(tmp_name)
         valkey = EmbeddedValkey(tmp / "valkey-data", announce=False)

@@ -52,9 +52,9 @@ class Archiver:
         conn = await self._connection()
         batch = self.settings.archive_batch_entries
         count, upto = await journal.archive_batch(self.redis, conn, self.stream, batch, self.hot)
-        if count:
-            await journal.trim_archived(self.redis, self.stream, upto)
+        if count:  # statements first: an empty journal then means everything archived is trimmed
             await self.hot.trim()
+            await journal.trim_archived(self.redis, self.stream, upto)
             self.archived += count
         return count
 

@@ -11,7 +11,6 @@ primary key, so no entry is written twice.
 from __future__ import annotations
 
 import logging
-from dataclasses import astuple
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,7 +84,9 @@ async def archive_batch(
                 ms, seq = parse_id(entry_id)
                 day = datetime.fromtimestamp(ms / 1000, UTC).date()
                 for transfer, kind, leg in entry_legs(entry_id, fields):
-                    await copy.write_row((stream, ms, seq, transfer, kind, *astuple(leg), day))
+                    # Not dataclasses.astuple: it deep-copies, and it was a third of the archiver's CPU.
+                    await copy.write_row((stream, ms, seq, transfer, kind, leg.ledger, leg.debit, leg.credit,
+                                          leg.amount, day))  # fmt: skip
                     batch_legs.append((ms, leg))
         last = parse_id(entries[-1][0])
         if hot is not None:
