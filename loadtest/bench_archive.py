@@ -223,7 +223,8 @@ async def _bench(
         sampling.cancel()
         stop_processes([*workers, archiver], 15.0)
 
-    sizes = "SELECT pg_total_relation_size('journal') + pg_total_relation_size('legs')"
+    tables = ("journal", "legs", "statements", "statement_cursor")
+    sizes = "SELECT " + " + ".join(f"pg_total_relation_size('{table}')" for table in tables)
     size_row = await (await pg.execute(sizes)).fetchone()
     pg_bytes = int(size_row[0]) if size_row else 0
     report = await run_audit(redis, archive=pg)
@@ -236,9 +237,9 @@ async def _bench(
     say("summary:")
     say(f"  settlement {settle_rate:,.0f} gifts/s, archiver {archive_rate:,.0f} gifts/s: keeps_up {keeps_up:.2f} "
         f"(target >= {TARGET_KEEPS_UP}: {'met' if keeps_up >= TARGET_KEEPS_UP else 'NOT met'})")  # fmt: skip
-    say(f"  Valkey growth per gift once warm {steady_bytes:,.0f} bytes (target < {TARGET_STEADY_BYTES:.0f}: "
+    say(f"  Valkey growth per gift once warm {steady_bytes:,.1f} bytes (target < {TARGET_STEADY_BYTES:.0f}: "
         f"{'met' if steady_bytes < TARGET_STEADY_BYTES else 'NOT met'})")  # fmt: skip
-    say(f"  PostgreSQL journal + legs {pg_bytes:,} bytes = {pg_bytes / args.gifts:,.0f} bytes per gift")
+    say(f"  PostgreSQL {' + '.join(tables)} {pg_bytes:,} bytes = {pg_bytes / args.gifts:,.0f} bytes per gift")
     if not ok:
         say(f"FAILED: audit clean {report.clean}, gifts counted {report.kinds.get('gift', 0):,} of {args.gifts:,}")
     say(f"RESULT archive keeps_up={keeps_up:.2f} valkey_bytes_per_gift_steady={steady_bytes:.0f} "

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 import redis.asyncio as aioredis
 
-from gifting import keys
+from gifting import clock, keys
 from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.history import journal
@@ -145,7 +145,7 @@ async def test_crash_between_commit_and_trim_loses_and_duplicates_nothing(
     await fund(redis, ["v1"], 1000)
     await gift_batches(ledger, settings, ["v1"], "c1", 6)
     rows = await full_statement(redis, "v1")
-    hot = HotState(redis, settings.statement_hot_rows, settings.top_gifters_kept)
+    hot = HotState(redis, settings.statement_hot_rows, settings.top_gifters_kept, settings.diamond_hold_s)
     count, _upto = await journal.archive_batch(redis, history, STREAM, 100, hot)  # committed; then "killed -9"
     assert count == 7 and await redis.llen(keys.statement("v1")) == len(rows)
     statements = Statements(redis, History(database_url))
@@ -190,6 +190,24 @@ async def test_top_gifter_boards_keep_their_top_gifters(
     for board, top in zip(boards, before, strict=True):
         assert await redis.zrange(board, 0, -1, desc=True, withscores=True) == top
         assert [member for member, _ in top] == ["u:v7", "u:v6", "u:v5"]
+
+
+async def test_earnings_hours_before_the_hold_are_dropped(
+    redis: aioredis.Redis, history: psycopg.AsyncConnection[Any], database_url: str, tmp_path: Path
+) -> None:
+    """After archiving, a paid creator's earnings by hour keep only the hours within GIFTING_DIAMOND_HOLD_S, so a
+    withdrawal's hold is what it was and the hash does not grow by an hour forever."""
+    settings = make_settings(tmp_path, diamond_hold_s=7200)
+    now_hour = clock.hour_number(clock.now_ms())
+    await redis.hset(keys.earned("c1"), mapping={str(now_hour - 5): 40, str(now_hour - 1): 30})
+    await fund(redis, ["v1"], 1000)
+    await gift_batches(Ledger(redis, settings), settings, ["v1"], "c1", 2)
+    archiver = Archiver(redis, database_url, settings, STREAM)
+    await archive_all(archiver)
+    await archiver.close()
+    earned = await redis.hgetall(keys.earned("c1"))  # the hour may turn during the test: either hour holds the 10
+    assert str(now_hour - 5) not in earned and earned.pop(str(now_hour - 1)) == "30", earned
+    assert sum(map(int, earned.values())) == 10 and min(map(int, earned)) >= now_hour, earned
 
 
 async def journal_last_ms(redis: aioredis.Redis) -> int:

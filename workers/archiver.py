@@ -34,7 +34,7 @@ class Archiver:
         self.redis, self.database_url, self.settings, self.stream = redis, database_url, settings, stream
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.archived = 0  # entries this process committed to PostgreSQL
-        self.hot = HotState(redis, settings.statement_hot_rows, settings.top_gifters_kept)
+        self.hot = HotState(redis, settings.statement_hot_rows, settings.top_gifters_kept, settings.diamond_hold_s)
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed:

@@ -10,6 +10,9 @@ both stores, which is harmless (a reader takes each seq from one store by the ba
 (`recover`: the accounts of the last committed batch are trimmed again).
 
 Top-gifter boards. Each creator the batch paid keeps its top GIFTING_TOP_GIFTERS_KEPT gifters per board.
+
+Earnings by hour (for the withdrawal hold). Each creator the batch paid keeps only the hours still within
+GIFTING_DIAMOND_HOLD_S: withdraw.lua counts no older hour, so dropping them changes nothing it decides.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import psycopg
 import redis.asyncio as aioredis
 
 from gifting import keys
+from gifting.clock import hour_number, now_ms
 from gifting.ledger import rules
 from gifting.ledger.store import load_script
 
@@ -37,6 +41,7 @@ class HotState:
     redis: aioredis.Redis
     statement_rows: int  # GIFTING_STATEMENT_HOT_ROWS
     top_gifters: int  # GIFTING_TOP_GIFTERS_KEPT
+    hold_s: int  # GIFTING_DIAMOND_HOLD_S
     committed: dict[str, int] = field(default_factory=dict)  # account -> rows PostgreSQL holds after the batch
     creators: dict[str, int] = field(default_factory=dict)  # creator account -> newest gift of the batch (ms)
 
@@ -88,11 +93,25 @@ class HotState:
         """After the batch's commit: drop from Valkey what PostgreSQL now holds beyond the newest rows, and each
         paid creator's boards beyond the top gifters. Returns the statement rows dropped."""
         dropped = await self.trim_statements(self.committed)
-        for creator, ms in self.creators.items():
-            for board in keys.account_top_boards(creator, ms):
-                await self.redis.zremrangebyrank(board, 0, -self.top_gifters - 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for creator, ms in self.creators.items():
+                for board in keys.account_top_boards(creator, ms):
+                    pipe.zremrangebyrank(board, 0, -self.top_gifters - 1)
+                pipe.hkeys(keys.account_earned(creator))
+            replies = await pipe.execute()
+        await self._trim_earned(replies[3::4])
         self.committed, self.creators = {}, {}
         return dropped
+
+    async def _trim_earned(self, hours_by_creator: list[list[str]]) -> None:
+        """Drop each paid creator's earnings of hours before the hold (withdraw.lua's cutoff only moves on)."""
+        cutoff = hour_number(now_ms() - self.hold_s * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for creator, hours in zip(self.creators, hours_by_creator, strict=True):
+                old = [hour for hour in hours if int(hour) < cutoff]
+                if old:
+                    pipe.hdel(keys.account_earned(creator), *old)
+            await pipe.execute()
 
     async def trim_statements(self, committed: dict[str, int]) -> int:
         dropped, accounts = 0, list(committed)
