@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import signal
 import uuid
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import GiftToSettle, Ledger
 from tests.conftest import SystemFactory, make_settings
+from tests.test_archive import archiver_env, history_of, start_archiver, wait_archived, wait_archived_more
 from workers.archiver import Archiver
 
 STREAM = keys.LEDGER_JOURNAL
@@ -160,6 +162,39 @@ async def test_crash_between_commit_and_trim_loses_and_duplicates_nothing(
     await statements.history.close()
     stored = await (await history.execute("SELECT count(*), count(DISTINCT (account, seq)) FROM statements")).fetchone()
     assert stored is not None and stored[0] == stored[1] == len(rows) + len(await full_archived(history, "c1"))
+    report = await run_audit(redis, archive=history)
+    assert report.clean, report.summary()
+
+
+async def test_archiver_killed_mid_batch_keeps_every_statement_row_once(
+    redis: aioredis.Redis, history: psycopg.AsyncConnection[Any], valkey_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """`gifting archive` killed -9 as soon as it commits a batch, five times, then left to finish: every
+    statement reads whole, each row once, Valkey keeps the newest rows, the audit is clean."""
+    settings = make_settings(tmp_path)
+    users = ["v1", "v2", "c1"]
+    await fund(redis, users[:2], 10_000)
+    await gift_batches(Ledger(redis, settings), settings, users[:2], "c1", 45)
+    before = {user: await full_statement(redis, user) for user in users}
+    env = archiver_env(valkey_url, database_url, tmp_path) | {"GIFTING_STATEMENT_HOT_ROWS": "2"}
+    process = await start_archiver(env)
+    try:
+        for _ in range(5):
+            await wait_archived_more(history, len(await history_of(history)))
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+            process = await start_archiver(env)
+        await wait_archived(redis, history, 47)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), 30)
+    statements = Statements(redis, History(database_url))
+    for user, rows in before.items():
+        assert await read_all(statements, user, [7]) == expected(rows)
+        assert await full_archived(history, user) == rows
+        assert await redis.lrange(keys.statement(user), 0, -1) == rows[-2:]
+    assert statements.history is not None
+    await statements.history.close()
     report = await run_audit(redis, archive=history)
     assert report.clean, report.summary()
 
