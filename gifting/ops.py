@@ -10,11 +10,12 @@ Valkey directly and is safe to run twice. Answers are JSON (one object), for rea
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from gifting import clock, keys
+from gifting import clock, embedded_pg, keys
 from gifting.config import Settings
 from gifting.history.statements import History, Statements
 from gifting.ledger.store import Ledger, LedgerError
@@ -119,7 +120,9 @@ async def replay(redis: aioredis.Redis, entry_ids: list[str] | None) -> dict[str
 
 async def wallet(redis: aioredis.Redis, settings: Settings, user: str, rows: int) -> dict[str, Any]:
     """Balances, withdrawals and the newest statement rows of `user`, as the ledger keeps them."""
-    ledger, history = Ledger(redis, settings), History(settings.database_url)
+    # Rows past GIFTING_STATEMENT_HOT_ROWS are in PostgreSQL: the configured one, or a running `gifting dev`'s.
+    database_url = settings.database_url or embedded_pg.find_running(Path(settings.data_dir)) or ""
+    ledger, history = Ledger(redis, settings), History(database_url)
     try:
         statement, _cursor = await Statements(redis, history).page(user, None, max(1, min(rows, STATEMENT_ROWS_MAX)))
     finally:
