@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from gifting import clock, keys
 from gifting.config import Settings
 from gifting.errors import GiftingError
-from gifting.history import journal
+from gifting.history import hot, journal
 from gifting.history.hot import HotState
 from gifting.history.statements import History, Statements
 from gifting.ledger import rules
@@ -204,6 +204,36 @@ async def full_archived(conn: psycopg.AsyncConnection[Any], user: str) -> list[s
         await conn.execute("SELECT line FROM statements WHERE account = %s ORDER BY seq", (keys.account(user),))
     ).fetchall()
     return [line for (line,) in found]
+
+
+async def test_rows_per_account_per_batch_are_bounded(
+    redis: aioredis.Redis,
+    history: psycopg.AsyncConnection[Any],
+    database_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A batch copies at most ROWS_PER_ACCOUNT_MAX new rows of an account; the rest stay in Valkey (read as
+    before) and move with the account's next transfers."""
+    monkeypatch.setattr(hot, "ROWS_PER_ACCOUNT_MAX", 3)
+    settings = make_settings(tmp_path, statement_hot_rows=1)
+    ledger, statements = Ledger(redis, settings), Statements(redis, History(database_url))
+    await fund(redis, ["v1"], 1000)
+    await gift_batches(ledger, settings, ["v1"] * 8, "c1", 1)  # eight rows in one journal entry
+    rows = await full_statement(redis, "v1")
+    archiver = Archiver(redis, database_url, settings, STREAM)
+    await archive_all(archiver)
+    assert await full_archived(history, "v1") == rows[:3] and await redis.llen(keys.statement("v1")) == 5
+    assert await read_all(statements, "v1", [2]) == expected(rows)
+    for _ in range(3):  # each later batch of v1's carries three more
+        await gift_batches(ledger, settings, ["v1"], "c1", 1)
+        await archive_all(archiver)
+    await archiver.close()
+    rows = await full_archived(history, "v1")
+    assert len(rows) == 11 and await redis.lrange(keys.statement("v1"), 0, -1) == rows[-1:]
+    assert await read_all(statements, "v1", [4]) == expected(rows)
+    assert statements.history is not None
+    await statements.history.close()
 
 
 async def test_top_gifter_boards_keep_their_top_gifters(

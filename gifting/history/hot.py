@@ -31,6 +31,9 @@ from gifting.ledger.store import load_script
 
 log = logging.getLogger(__name__)
 ACCOUNTS_PER_CALL = 500  # accounts per statement_tail / statement_trim call (one Valkey call each)
+# New statement rows copied per account per batch at most, so that catching up after a long PostgreSQL outage
+# stays a bounded transaction; an account with more catches up at its next transfers' batches.
+ROWS_PER_ACCOUNT_MAX = 10_000
 
 
 @dataclass
@@ -69,7 +72,7 @@ class HotState:
             await conn.execute("SELECT account, upto FROM statement_cursor WHERE account = ANY(%s)", (accounts,))
         ).fetchall()
         held = {account: int(upto) for account, upto in rows}
-        args = [x for a in accounts for x in (a, held.get(a, 0))]
+        args = [ROWS_PER_ACCOUNT_MAX, *(x for a in accounts for x in (a, held.get(a, 0)))]
         tails = await self._tail(keys=[keys.LEDGER_STATEMENT_BASE, *map(keys.account_statement, accounts)], args=args)
         moved: dict[str, int] = {}
         async with conn.cursor().copy("COPY statements (account, seq, line) FROM STDIN") as copy:
