@@ -32,7 +32,8 @@ from gifting.ledger.store import load_script
 log = logging.getLogger(__name__)
 ACCOUNTS_PER_CALL = 500  # accounts per statement_tail / statement_trim call (one Valkey call each)
 # New statement rows copied per account per batch at most, so that catching up after a long PostgreSQL outage
-# stays a bounded transaction; an account with more catches up at its next transfers' batches.
+# stays a bounded transaction; the rest stay in Valkey (read from there) until a batch with the account's next
+# transfer moves them.
 ROWS_PER_ACCOUNT_MAX = 10_000
 
 
