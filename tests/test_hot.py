@@ -61,9 +61,11 @@ async def full_statement(redis: aioredis.Redis, user: str) -> list[str]:
     return rows
 
 
-async def read_all(statements: Statements, user: str, page_sizes: list[int]) -> list[dict[str, Any]]:
-    """Every page from the newest on, with the given page sizes in turn."""
-    items, cursor, n = [], None, 0
+async def read_all(
+    statements: Statements, user: str, page_sizes: list[int], cursor: int | None = None
+) -> list[dict[str, Any]]:
+    """Every page below `cursor` (None: from the newest on), with the given page sizes in turn."""
+    items, n = [], 0
     while True:
         page, next_cursor = await statements.page(user, cursor, page_sizes[n % len(page_sizes)])
         items += page
@@ -135,6 +137,45 @@ async def test_pages_cross_the_boundary_exactly_while_archiving(
         await reader_history.close()
     assert all(read == expected(rows) for read in reads), (hot_rows, batches, sizes)
     assert await redis.llen(keys.statement("c1")) == min(hot_rows, len(rows))
+
+
+@pytest.mark.parametrize("seed", range(SEEDS))
+async def test_pages_below_a_cursor_stay_exact_while_gifts_settle_and_archive(
+    redis: aioredis.Redis, history: psycopg.AsyncConnection[Any], database_url: str, tmp_path: Path, seed: int
+) -> None:
+    """With gifts settling and the archiver running at once, pages below a cursor are exactly the rows below it,
+    each once; afterwards the whole statement reads without a gap or a repeat."""
+    rnd = random.Random(seed)
+    settings = make_settings(tmp_path, statement_hot_rows=rnd.randint(0, 5), archive_batch_entries=1)
+    ledger = Ledger(redis, settings)
+    await fund(redis, ["v1", "v2"], 10_000)
+    await gift_batches(ledger, settings, ["v1", "v2"], "c1", rnd.randint(1, 15))
+    rows = await full_statement(redis, "c1")
+    sizes, more = [rnd.randint(1, 9) for _ in range(5)], rnd.randint(1, 15)
+    statements = Statements(redis, History(database_url))
+    archiver = Archiver(redis, database_url, settings, STREAM)
+
+    async def archive_until(settling: asyncio.Task[None]) -> None:
+        while True:
+            count = await archiver.step()
+            if not count and settling.done():
+                return
+            if not count:
+                await asyncio.sleep(0.001)  # nothing new yet: a turn for the settling task
+
+    try:
+        settling = asyncio.create_task(gift_batches(ledger, settings, ["v1", "v2"], "c1", more))
+        archiving = asyncio.create_task(archive_until(settling))
+        reads = [await read_all(statements, "c1", sizes, len(rows)) for _ in range(3)]
+        await asyncio.gather(settling, archiving)
+        whole = await read_all(statements, "c1", sizes)
+    finally:
+        await archiver.close()
+        assert statements.history is not None
+        await statements.history.close()
+    assert all(read == expected(rows) for read in reads), (settings.statement_hot_rows, sizes)
+    assert [int(item["id"]) for item in whole] == list(range(len(rows) + 2 * more - 1, -1, -1))
+    assert whole[2 * more :] == expected(rows)
 
 
 async def test_crash_between_commit_and_trim_loses_and_duplicates_nothing(
