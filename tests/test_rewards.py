@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -61,6 +62,14 @@ async def give_rewards(system: System, user: str, coins: int) -> None:
     """Credit `coins` reward coins by one accrual (a made-up streak day, so it needs no watching)."""
     outcome = await rewards(system).accrue("first_gift", user, uuid.uuid4().hex, coins)
     assert outcome.status == "ok", outcome
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 5.0) -> None:
+    """Wait (bounded) until `check` holds: a first-gift reward lands just after its gift's result."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
 
 
 async def audit_clean(system: System) -> None:
@@ -377,8 +386,12 @@ async def test_the_first_gift_of_the_day_earns_once(start_system: SystemFactory)
     for _ in range(3):
         await settle(client, room, "rose")
     day = utc_day(now_ms())
-    first = await system.redis.hget(keys.reward_records(day), rules.reward_id("first_gift", "v1", day))
-    assert first == "5|first_gift"
+
+    async def recorded() -> bool:
+        first = await system.redis.hget(keys.reward_records(day), rules.reward_id("first_gift", "v1", day))
+        return first == "5|first_gift"
+
+    await eventually(recorded)
     # Later roses may be paid with the new reward coins or not (the reward lands just after the first result):
     # either way 3 coins of the 20 bought + 5 earned were spent, and the reward was paid once.
     wallet = (await system.http.get("/v1/wallet", headers=system.auth("v1"))).json()
@@ -438,3 +451,22 @@ async def test_audit_finds_a_budget_below_zero_and_accruals_over_the_caps(redis:
     assert "sys:rewards_budget at -3, below zero" in findings
     assert "u:v accrued 5 reward coins, over the cap of 3" in findings
     assert "the platform accrued 5 reward coins, over the cap of 4" in findings
+
+
+async def test_first_gift_reward_waits_for_a_funded_budget(start_system: SystemFactory) -> None:
+    """With an empty budget a settled gift pays no reward (and tries no accrual); once funded, the next one does."""
+    system = await start(start_system, reward_first_gift_coins=5)
+    await system.grant("v1", 20)
+    room = await system.open_room("creator1")
+    client = await system.connect("v1")
+    await settle(client, room, "rose")
+    journal = await system.redis.xrange(keys.LEDGER_JOURNAL)
+    assert [f["kind"] for _, f in journal if f["kind"].startswith("reward")] == []
+    await fund(system, 100)
+    await settle(client, room, "rose")
+
+    async def paid() -> bool:
+        return await reward_coins(system.redis, "v1") == 5
+
+    await eventually(paid)
+    await audit_clean(system)

@@ -26,6 +26,7 @@ ACCRUALS_PER_PIPELINE = 200  # watch accruals sent per round trip (one script ca
 STREAK_ATTEMPTS_MAX = 5  # a streak claim re-reads the stored streak if it changed in between (rare: one user)
 FUNDING_COINS_MAX = 10**12
 DAY_MS = 86_400_000
+FIRST_GIFT_MEMO_MAX = 200_000  # viewers remembered as paid today per process (~20 MB); past it, forgotten
 
 REFUSALS = {
     "rewards_budget_exhausted": "the rewards budget is empty; nothing was paid",
@@ -56,6 +57,8 @@ class Rewards:
         self.settings = settings
         self.ledger = ledger
         self._script = redis.register_script(load_script_with("rewards.lua", "legs.lua"))
+        self._first_gift_day = ""
+        self._first_gift_done: set[str] = set()  # viewers paid (or capped) the first-gift reward that day
 
     async def fund(self, admin: str, idempotency_key: str, coins: int) -> tuple[int, bool]:
         """An admin funds the rewards budget, once per key. Returns (budget after, replay)."""
@@ -102,19 +105,22 @@ class Rewards:
 
     async def accrue_watch(self, users: list[str], period: int) -> list[Accrual]:
         """Watch period `period` (numbered from the epoch in GIFTING_REWARD_WATCH_PERIOD_S) for each viewer the
-        hub saw watching through it; pipelined, one durability wait for all. Another hub (or a second call)
-        accruing the same period for the same viewer moves nothing: the id is the same."""
+        hub saw watching through it. Another hub (or a second call) accruing the same period for the same viewer
+        moves nothing: the id is the same."""
         coins = self.settings.reward_watch_coins
         if coins <= 0 or not users:
             return []
         now = period * self.settings.reward_watch_period_s * 1000  # the period's day, not the call's
+        return await self._accrue_many("watch", users, str(period), coins, now)
+
+    async def _accrue_many(self, kind: str, users: list[str], period: str, coins: int, now: int) -> list[Accrual]:
+        """One accrual per user, pipelined ACCRUALS_PER_PIPELINE per round trip, one durability wait for all."""
         outcomes: list[Accrual] = []
         for start in range(0, len(users), ACCRUALS_PER_PIPELINE):
-            chunk = users[start : start + ACCRUALS_PER_PIPELINE]
             async with self.redis.pipeline(transaction=False) as pipe:
                 ids = []
-                for user in chunk:
-                    transfer_id, keys_, args = self._accrual_call("watch", user, str(period), coins, now)
+                for user in users[start : start + ACCRUALS_PER_PIPELINE]:
+                    transfer_id, keys_, args = self._accrual_call(kind, user, period, coins, now)
                     ids.append(transfer_id)
                     await self._script(keys=keys_, args=args, client=pipe)
                 replies = await pipe.execute()
@@ -124,19 +130,32 @@ class Rewards:
         return outcomes
 
     async def first_gifts(self, users: set[str], now: int | None = None) -> list[Accrual]:
-        """The first-gift-of-the-day reward of each viewer whose gift just settled. One HMGET finds the viewers
-        already paid today, so a busy settlement batch costs one call, not one per gift."""
+        """The first-gift-of-the-day reward of each viewer whose gift just settled. Settlement calls this for
+        every batch, so it must cost next to nothing once a viewer is paid: this process remembers who was
+        paid (or capped) today, and one round trip finds the others already paid and whether the budget can
+        pay at all (an empty budget, the default, costs that round trip and no script call)."""
         coins = self.settings.reward_first_gift_coins
         if coins <= 0 or not users:
             return []
         now = now or now_ms()
         day = utc_day(now)
-        ordered = sorted(users)
-        ids = [rules.reward_id("first_gift", u, day) for u in ordered]
-        done = await self.redis.hmget(keys.reward_records(day), ids)
-        return [
-            await self.accrue("first_gift", u, day, coins, now) for u, d in zip(ordered, done, strict=True) if d is None
-        ]
+        if self._first_gift_day != day or len(self._first_gift_done) > FIRST_GIFT_MEMO_MAX:
+            self._first_gift_day, self._first_gift_done = day, set()
+        fresh = sorted(users - self._first_gift_done)
+        if not fresh:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.reward_records(day), [rules.reward_id("first_gift", u, day) for u in fresh])
+            pipe.hget(keys.LEDGER_REWARDS, keys.SYS_REWARDS_BUDGET)
+            done, budget = await pipe.execute()
+        self._first_gift_done.update(u for u, d in zip(fresh, done, strict=True) if d is not None)
+        if int(budget or 0) < coins:
+            return []  # nothing could pay: not remembered, a later batch tries again
+        todo = [u for u, d in zip(fresh, done, strict=True) if d is None]
+        outcomes = await self._accrue_many("first_gift", todo, day, coins, now)
+        settled = ("ok", "replay", "reward_viewer_cap")  # final for the day: no need to try again
+        self._first_gift_done.update(u for u, o in zip(todo, outcomes, strict=True) if o.status in settled)
+        return outcomes
 
     async def claim_streak(self, user: str) -> dict[str, Any]:
         """The daily streak bonus: once per UTC day, after at least one watch period that day; it grows by
