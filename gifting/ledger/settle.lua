@@ -2,8 +2,9 @@
 --
 -- KEYS: 1 coin balances (hash), 2 diamond balances (hash), 3 journal (stream), 4 viewer spend limits (hash),
 --   5 today's spend per viewer (hash; every gift counts, capped or not), 6 lifetime spend per viewer (hash),
---   7 reward coin balances (hash), 8.. the idempotency record buckets of settled gifts (hashes: gift id -> record), newest (this batch's)
---   first (ARGV 7 of them), then those of rejected gifts, newest first (ARGV 8 of them): kept only
+--   7 reward coin balances (hash), 8.. the idempotency record buckets of settled gifts (hashes: gift id ->
+--   record), newest (this batch's) first (ARGV 7 of them), then those of rejected gifts, newest first (ARGV 8 of
+--   them): kept only
 --   GIFTING_REJECTED_GIFT_TTL_S; then the statement (list) of each account of the batch, in the order of the
 --   accounts in ARGV; then four keys per creator of the batch, in the order of the creators in ARGV: earnings
 --   by hour (hash), top gifters of all time, of the UTC day, of the ISO week (sorted sets).
