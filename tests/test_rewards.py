@@ -276,6 +276,20 @@ async def test_streak_needs_a_watch_period_today_then_pays_once(start_system: Sy
     await audit_clean(system)
 
 
+async def test_streak_claimed_from_many_tabs_at_once_pays_once(start_system: SystemFactory) -> None:
+    """Five concurrent claims (tabs, sockets, retries): one 200, four 409 reward_already_claimed, paid once."""
+    system = await start(start_system, reward_streak_coins=3)
+    await fund(system, 100)
+    await rewards(system).accrue_watch(["v1"], now_ms() // 1000)
+    answers = await asyncio.gather(
+        *(system.http.post("/v1/rewards/streak", headers=system.auth("v1")) for _ in range(5))
+    )
+    assert sorted(a.status_code for a in answers) == [200, 409, 409, 409, 409]
+    assert {a.json()["error"]["code"] for a in answers if a.status_code == 409} == {"reward_already_claimed"}
+    assert await reward_coins(system.redis, "v1") == 1 + 3
+    await audit_clean(system)
+
+
 def test_streak_grows_by_consecutive_days_and_restarts_after_a_gap() -> None:
     """Yesterday's streak + 1; a gap (or nothing stored) starts at 1; the bonus stops growing at its maximum."""
     assert rules.streak_after(None, "20260102", "20260101") == (1, "20260102 1")
