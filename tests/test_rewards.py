@@ -335,6 +335,22 @@ async def test_a_gift_the_reward_coins_cover_is_paid_with_them_and_the_creator_e
     await audit_clean(system)
 
 
+@pytest.mark.parametrize(("coins", "bps"), [(1, 5000), (10, 5000), (99, 3333), (7, 0), (8, 10000)])
+def test_a_reward_paid_gift_balances_every_ledger_and_its_row_carries_its_legs(coins: int, bps: int) -> None:
+    """rewards, coins and diamonds each sum to zero over the legs; the journal row holds exactly those legs."""
+    split = rules.split_gift(coins, bps)
+    legs = rules.reward_gift_legs("v", "c", split)
+    for ledger in rules.LEDGERS:
+        net: dict[str, int] = {}
+        for leg in (g for g in legs if g.ledger == ledger):
+            net[leg.debit] = net.get(leg.debit, 0) - leg.amount
+            net[leg.credit] = net.get(leg.credit, 0) + leg.amount
+        assert sum(net.values()) == 0
+    assert sum(g.amount for g in legs if g.credit == "u:c") == split.diamonds  # the creator's full share
+    row = rules.reward_gift_journal_row("g1", "v", "c", split, "r", "rose", 1)
+    assert rules.parse_legs(row.split("\t")[1]) == legs
+
+
 def test_the_spending_rule_is_whole_gifts_reward_coins_first_and_never_in_debt() -> None:
     """pays_with_rewards: covered -> rewards; not covered, a zero price or a coin debt -> not."""
     assert rules.pays_with_rewards(10, 0, 10)
