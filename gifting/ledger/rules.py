@@ -201,8 +201,13 @@ def reward_gift_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
 def reward_gift_journal_row(
     gift_id: str, viewer: str, creator: str, split: GiftSplit, room: str, gift: str, count: int
 ) -> str:
-    """gift_journal_row for a gift paid with reward coins (settle.lua picks one of the two rows it is given)."""
-    legs = encode_legs(reward_gift_legs(viewer, creator, split))
+    """gift_journal_row for a gift paid with reward coins (settle.lua picks one of the two rows it is given). The
+    legs are encode_legs(reward_gift_legs(...)), spelled out because the worker builds one per gift
+    (tests/test_rewards.py checks they agree)."""
+    legs = f"rewards {keys.ACCOUNT_PREFIX}{viewer} {keys.SYS_REWARDS_SPENT} {split.coins}"
+    if split.diamonds > 0:
+        legs += f"|coins {keys.SYS_PLATFORM_REVENUE} {keys.SYS_CREATOR_EARNINGS} {split.diamonds}"
+        legs += f"|diamonds {keys.SYS_DIAMOND_ISSUANCE} {keys.ACCOUNT_PREFIX}{creator} {split.diamonds}"
     return f"{gift_id}\t{legs}\t{room}\t{gift}\t{count}"
 
 

@@ -70,9 +70,8 @@ def settle_arg(g: GiftToSettle, now: int) -> str:
         viewer_row = rules.statement_row(now, "gift_sent", "coins", -g.coins, creator, g.gift_id, g.gift, str(g.count))
         # The same gift paid with reward coins (settle.lua picks: rules.pays_with_rewards).
         reward_row = rules.reward_gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count)
-        reward_viewer_row = rules.statement_row(
-            now, "gift_sent", "rewards", -g.coins, creator, g.gift_id, g.gift, str(g.count)
-        )
+        # The same row on the rewards ledger (statement_row's layout: ts, kind, ledger, ...).
+        reward_viewer_row = viewer_row.replace("\tcoins\t", "\trewards\t", 1)
         if g.diamonds > 0:
             creator_row = rules.statement_row(
                 now, "gift_received", "diamonds", g.diamonds, viewer, g.gift_id, g.gift, str(g.count)
