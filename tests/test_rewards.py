@@ -157,6 +157,17 @@ async def test_accrual_twice_with_one_id_moves_once(start_system: SystemFactory)
     await audit_clean(system)
 
 
+async def test_an_accrual_dated_days_ago_is_still_remembered(start_system: SystemFactory) -> None:
+    """An accrual of a past day's period (a late hub) keeps its record: tried again, it is a replay."""
+    system = await start(start_system)
+    await fund(system, 100)
+    three_days_ago = now_ms() - 3 * 86_400_000
+    first = await rewards(system).accrue("watch", "v1", "7", 2, three_days_ago)
+    again = await rewards(system).accrue("watch", "v1", "7", 2, three_days_ago)
+    assert (first.status, again.status) == ("ok", "replay")
+    assert await reward_coins(system.redis, "v1") == 2
+
+
 async def test_accrual_beyond_the_budget_is_refused_and_the_budget_never_goes_below_zero(
     start_system: SystemFactory,
 ) -> None:

@@ -87,7 +87,9 @@ class Rewards:
         transfer_id = rules.reward_id(kind, user, period)
         legs = rules.encode_legs(rules.reward_legs(user, coins))
         row = rules.statement_row(now, "reward_" + kind, "rewards", coins, keys.SYS_REWARDS_BUDGET, transfer_id)
-        expire_at = (now // DAY_MS + 1) * DAY_MS // 1000 + rules.REWARD_DAY_TTL_S
+        # From the real clock, not `now` (a period's time): a record outlives its last write by the TTL, and ids
+        # name their day or period, so no retry of an id comes after its record is gone.
+        expire_at = now_ms() // 1000 + rules.REWARD_DAY_TTL_S
         keys_ = [keys.LEDGER_REWARDS, keys.LEDGER_JOURNAL, keys.reward_records(day), keys.rewards_earned_on(day)]
         keys_ += [keys.statement(user), keys.REWARDS_STREAKS]
         args: list[Any] = ["accrue", transfer_id, now, coins, legs, row, f"{coins}|{kind}", ""]

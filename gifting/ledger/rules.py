@@ -141,7 +141,7 @@ def pool_completion_legs(creator: str, split: GiftSplit) -> list[Leg]:
 # come from sys:rewards_budget (funded by admins; never negative), reach viewers only by accruals the server
 # observes itself, and leave a viewer only to sys:rewards_spent, as the price of a gift. Nothing else moves them:
 # no refund, chargeback or withdrawal has a `rewards` leg, which is how the audit knows none was paid out.
-REWARD_DAY_TTL_S = 2 * 86400  # a day's accrual records and totals outlive the day by one (late retries)
+REWARD_DAY_TTL_S = 2 * 86400  # a day's accrual records and totals are kept this long after their last write
 REWARD_KINDS = ("watch", "streak", "first_gift")
 
 
