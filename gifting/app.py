@@ -22,16 +22,18 @@ from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.history.statements import History, Statements
+from gifting.ledger.rewards import Rewards
 from gifting.ledger.store import Ledger
 from gifting.live.direct import HubWebSocketProtocol, check_protocol
 from gifting.live.endpoint import websocket_endpoint
 from gifting.live.hub import Hub
+from gifting.live.watch_rewards import WatchRewards
 from gifting.outage import STORE_ERRORS
 from gifting.payments import PaymentProvider, SandboxProvider
 from gifting.rooms.matches import MatchStore
 from gifting.rooms.stage import StageStore
 from gifting.rooms.store import RoomStore
-from gifting.web import admin, edge, http, matches, openapi, pages, rooms, service, wallet
+from gifting.web import admin, edge, http, matches, openapi, pages, rewards, rooms, service, wallet
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +133,14 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         state.stage = StageStore(redis, settings, state.rooms)
         state.hub = Hub(redis, settings, state.catalogs)
         await state.hub.start()
+        state.rewards = Rewards(redis, settings, state.ledger)
+        state.watch_rewards = WatchRewards(redis, settings, state.rewards, state.hub.users, {})
+        state.watch_rewards.start()
         log.info("web process ready (hub %s)", state.hub.id)
         try:
             yield
         finally:
+            await state.watch_rewards.stop()
             await state.hub.stop()
             await state.history.close()
             await redis.aclose()
@@ -153,6 +159,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         *rooms.routes,
         *matches.routes,
         *wallet.routes,
+        *rewards.routes,
         *admin.routes,
         *openapi.routes,
         WebSocketRoute(WS_PATH, websocket_endpoint),  # GiftingApp dispatches it first; listed for the router too

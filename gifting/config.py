@@ -391,6 +391,43 @@ class Settings:
         "GIFTING_MATCH_RECORD_TTL_S", 7 * 86400, "An ended match's record (GET /v1/matches/{id}) is kept, seconds."
     )
 
+    # Reward coins earned by taking part (gifting/ledger/rewards.py, docs/REWARDS.md).
+    reward_watch_period_s: int = _setting(
+        "GIFTING_REWARD_WATCH_PERIOD_S",
+        60,
+        "Watch-time accrual period, seconds: a viewer connected to a live room through a whole period, and active "
+        "(GIFTING_REWARD_IDLE_S), earns GIFTING_REWARD_WATCH_COINS for it, once however many sockets it has.",
+    )
+    reward_watch_coins: int = _setting(
+        "GIFTING_REWARD_WATCH_COINS", 1, "Reward coins per watch period; 0: watching earns nothing."
+    )
+    reward_idle_s: int = _setting(
+        "GIFTING_REWARD_IDLE_S",
+        90,
+        "A socket that sent no message (ping, join, gift) for this many seconds is idle and earns nothing.",
+    )
+    reward_streak_coins: int = _setting(
+        "GIFTING_REWARD_STREAK_COINS",
+        2,
+        "Daily streak bonus per consecutive day watched, reward coins (POST /v1/rewards/streak; 0: none).",
+    )
+    reward_streak_days_max: int = _setting(
+        "GIFTING_REWARD_STREAK_DAYS_MAX", 7, "The streak bonus grows with the streak up to this many days."
+    )
+    reward_first_gift_coins: int = _setting(
+        "GIFTING_REWARD_FIRST_GIFT_COINS", 5, "Reward coins for a viewer's first settled gift of the UTC day; 0: none."
+    )
+    reward_viewer_day_coins_max: int = _setting(
+        "GIFTING_REWARD_VIEWER_DAY_COINS_MAX",
+        100,
+        "Reward coins one viewer may earn per UTC day, every kind together; an accrual beyond it moves nothing.",
+    )
+    reward_day_coins_max: int = _setting(
+        "GIFTING_REWARD_DAY_COINS_MAX",
+        1_000_000,
+        "Reward coins the whole platform may pay out of sys:rewards_budget per UTC day; beyond it nothing accrues.",
+    )
+
     # Tokens.
     token_ttl_s: int = _setting("GIFTING_TOKEN_TTL_S", 86400, "Lifetime of tokens minted by `gifting token`.")
     sync_check_interval_s: float = _setting(
@@ -461,6 +498,8 @@ class Settings:
             )
         if self.ws_message_bytes_max > self.ws_frame_bytes_hard_max:
             raise ConfigError("GIFTING_WS_MESSAGE_BYTES_MAX must not exceed GIFTING_WS_FRAME_BYTES_HARD_MAX")
+        if self.reward_watch_period_s < 1:
+            raise ConfigError(f"GIFTING_REWARD_WATCH_PERIOD_S: expected >= 1, got {self.reward_watch_period_s}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"GIFTING_LOG_FORMAT: expected text or json, got {self.log_format!r}")
         if self.worker_metrics_port > 65535:

@@ -17,7 +17,8 @@ from gifting import clock
 LEDGER_COINS = "{ledger}:coins"  # hash: account -> balance (coins)
 LEDGER_DIAMONDS = "{ledger}:diamonds"  # hash: account -> balance (diamonds)
 LEDGER_JOURNAL = "{ledger}:journal"  # stream: an entry per transfer chain or settled batch; archived, then trimmed
-LEDGER_LEDGERS = (("coins", LEDGER_COINS), ("diamonds", LEDGER_DIAMONDS))
+LEDGER_REWARDS = "{ledger}:rewards"  # hash: account -> balance (reward coins: earned, never bought or paid out)
+LEDGER_LEDGERS = (("coins", LEDGER_COINS), ("diamonds", LEDGER_DIAMONDS), ("rewards", LEDGER_REWARDS))
 
 
 def gift_records(bucket: int) -> str:
@@ -171,6 +172,31 @@ def room_ended(room: str) -> str:
     """Hash: '*' -> when the room's end began (ms), pool id -> 1 for each pool its end voided. While it exists,
     pool.lua opens no pool in the room and accepts no pledge to it; it expires with the ended room."""
     return "{ledger}:room_ended:" + room
+
+
+# Reward coins (ledger slot: accruals are transfers on the `rewards` ledger; gifting/ledger/rewards.py).
+SYS_REWARDS_ISSUANCE = "sys:rewards_issuance"  # reward coins come into being here (goes negative)
+SYS_REWARDS_BUDGET = "sys:rewards_budget"  # funded by admins; every accrual comes from it; never negative
+SYS_REWARDS_SPENT = "sys:rewards_spent"  # reward coins spent on gifts end here (the platform pays the creator)
+REWARDS_FUNDINGS = "{ledger}:rewards:fundings"  # hash: funding id -> 'coins|fingerprint' (kept for ever)
+REWARDS_STREAKS = "{ledger}:rewards:streaks"  # hash: account -> 'YYYYMMDD count', the last streak day claimed
+
+
+def reward_records(day: str) -> str:
+    """Hash: accrual id -> 'coins|kind' of the reward accruals of one UTC day (ids name their day or minute, so
+    an id is only ever tried on its day); expires with rules.REWARD_DAY_TTL_S."""
+    return "{ledger}:rewards:done:" + day
+
+
+def rewards_earned_on(day: str) -> str:
+    """Hash: account -> reward coins earned that UTC day, '*' -> the platform's total, 'w:' + account -> watch
+    periods accrued (the streak needs one)."""
+    return "{ledger}:rewards:earned:" + day
+
+
+def rewards_watch_field(user: str) -> str:
+    """The field of rewards_earned_on(day) counting a viewer's watch periods that day."""
+    return "w:" + account(user)
 
 
 # Inbound gifts (one slot).

@@ -69,7 +69,7 @@ async def test_audit_is_clean_after_a_purchase_and_gifts(system: System) -> None
     report = await run_audit(system.redis)
     assert report.clean, report.summary()
     assert report.entries == 4 and dict(report.kinds) == {"purchase": 1, "gift": 3}
-    assert {ledger: sum(b.values()) for ledger, b in report.totals.items()} == {"coins": 0, "diamonds": 0}
+    assert {ledger: sum(b.values()) for ledger, b in report.totals.items()} == {"coins": 0, "diamonds": 0, "rewards": 0}
     assert report.totals["coins"]["u:viewer1"] == 328 - 200 - 30 - 1
     assert report.totals["diamonds"]["u:creator1"] == 100 + 15 + 0
     assert report.summary().endswith("findings: none")

@@ -129,6 +129,10 @@ def route_requests(room: str) -> dict[tuple[str, str], dict[str, Any]]:
         ("POST", "/v1/admin/users/{user}/revoke-tokens"): {"headers": admin},
         ("GET", "/dev/token"): {},
         ("GET", "/v1/wallet"): {"headers": viewer},
+        ("GET", "/v1/rewards"): {"headers": viewer},
+        ("POST", "/v1/rewards/streak"): {"headers": viewer},
+        ("GET", "/v1/admin/rewards/budget"): {"headers": admin},
+        ("POST", "/v1/admin/rewards/budget"): {"headers": admin | key, "json": {"coins": 100}},
         ("POST", "/v1/wallet/purchases"): {
             "headers": viewer | key,
             "json": {"bundle_id": "coins_65", "payment_token": "tok_sandbox_ok"},

@@ -23,6 +23,7 @@ import jwt
 import pytest
 
 from gifting.catalog.model import Catalog
+from gifting.ledger.audit import run_audit
 from gifting.web import pages
 from tests.conftest import REPO, System, SystemFactory, gift_id, token
 
@@ -687,3 +688,40 @@ async def test_studio_invites_declines_accepts_and_shows_the_match(browse: Pages
     for page in (cleo, max_):
         await text_is(page, "#studio-score", "cleo 0 : 5 max")
         await text_is(page, "#studio-match-state", "Live")
+
+
+@pytest.mark.parametrize("site", [{"reward_watch_period_s": 1, "reward_first_gift_coins": 0}], indirect=True)
+async def test_watch_page_shows_earned_rewards_claims_the_streak_and_spends_them(browse: Pages, site: System) -> None:
+    """Watching earns reward coins the page shows as they come; the daily bonus is claimed once; a viewer with
+    no bought coins sends a gift paid with reward coins."""
+    funded = await site.http.post(
+        "/v1/admin/rewards/budget",
+        headers={**site.auth("boss", "admin"), "Idempotency-Key": "fund-1"},
+        json={"coins": 1000},
+    )
+    assert funded.status_code == 201, funded.text
+    room = await site.open_room("creator1")
+    viewer = await browse.open(f"/watch/{room}", token("viewer1", "viewer", "Ann"))
+    await viewer.wait_for_selector("#conn[data-state=open]")
+    await viewer.wait_for_selector("#rewards:not([hidden])")
+    assert not await viewer.is_enabled(".gift[data-gift=rose]")  # no coins of any kind yet
+    # The hub counts the watching itself (a 1 s period here); the page shows it as it comes.
+    await viewer.wait_for_function("() => Number(document.querySelector('#reward-coins').dataset.coins) >= 1")
+    await viewer.click("#reward-claim")
+    await viewer.wait_for_selector(".toast >> text=Daily bonus: +2 reward coins (1-day streak)")
+    await viewer.wait_for_selector("#reward-claim[hidden]", state="attached")
+    assert "1-day streak" in await viewer.inner_text("#reward-streak")
+    again = await site.http.post("/v1/rewards/streak", headers=site.auth("viewer1"))
+    assert again.json()["error"]["code"] == "reward_already_claimed"
+
+    await viewer.click(".gift[data-gift=rose]")  # paid with reward coins: the viewer never bought any
+    statement = site.auth("viewer1")
+
+    async def paid_with_rewards() -> bool:
+        items = (await site.http.get("/v1/wallet/transactions", headers=statement)).json()["transactions"]
+        return any(i["kind"] == "gift_sent" and i["ledger"] == "rewards" for i in items)
+
+    await until(paid_with_rewards)
+    assert (await site.wallet("viewer1"))["coins"] == 0
+    report = await run_audit(site.redis)
+    assert report.clean, report.summary()

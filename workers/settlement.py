@@ -32,6 +32,7 @@ from gifting.config import Settings
 from gifting.errors import ScriptFailed
 from gifting.gifts import GiftRequest, gift_result, room_event
 from gifting.ledger import rules
+from gifting.ledger.rewards import Rewards
 from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
 from gifting.payments import PayoutProvider, SandboxPayouts
 from gifting.rooms.matches import MatchStore
@@ -110,6 +111,7 @@ class SettlementWorker:
         self.payouts = Payouts(self.ledger, settings, payouts or SandboxPayouts())
         self.pool_sweeper = PoolSweeper(redis, settings, self.rooms)
         self.matches = MatchStore(redis, settings, self.rooms)
+        self.rewards = Rewards(redis, settings, self.ledger)
         self._last_heartbeat = 0.0
         self._last_claim = 0.0
         self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
@@ -366,6 +368,7 @@ class SettlementWorker:
         accepted_ms = [int(e.split("-")[0]) for e in entry_ids] if entry_ids else [r.ts_ms for r in requests]
         match_events = await self._score_matches(requests, batch, outcomes, rooms, accepted_ms)
         await self.publish(requests, batch, outcomes, match_events)
+        await self._first_gift_rewards(outcomes, requests)
         fresh = observe_batch(requests, outcomes, settled_ms, time.perf_counter() - started_s)
         self.settled_total += fresh
         if log.isEnabledFor(logging.DEBUG):  # one pass over the batch only when someone reads it
@@ -375,6 +378,15 @@ class SettlementWorker:
                         "gift %s: %s %s (replay=%s)", outcome.gift_id, outcome.status, outcome.reason, outcome.replay
                     )
         return outcomes
+
+    async def _first_gift_rewards(self, outcomes: list[rules.GiftOutcome], requests: list[GiftRequest]) -> None:
+        """Each sender's first settled gift of the day earns reward coins (idempotent by viewer and day, so a
+        redelivered batch pays nothing twice). A failure here loses a reward, never a gift: logged, not raised."""
+        senders = {r.sender for r, o in zip(requests, outcomes, strict=True) if o.settled}
+        try:
+            await self.rewards.first_gifts(senders)
+        except (ResponseError, ConnectionError, TimeoutError, DurabilityError) as exc:
+            log.warning("settlement: first-gift rewards of %d senders not paid: %r", len(senders), exc)
 
     async def _score_matches(
         self,

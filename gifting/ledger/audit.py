@@ -11,7 +11,11 @@ Checks:
 - every pool closes (completed or voided) at most once, for exactly the coins pledged to it, and the escrow
   holds exactly the pledges of open pools;
 - every withdrawal is pending at most once and resolved (posted or voided) at most once, for its amount, and
-  none is still pending past its deadline (plus GRACE_MS for the payout loop to notice).
+  none is still pending past its deadline (plus GRACE_MS for the payout loop to notice);
+- reward coins (the `rewards` ledger) move only issuance -> budget (funding), budget -> viewer (an accrual) and
+  viewer -> sys:rewards_spent (a gift), so none is ever paid out, refunded or charged back; the budget is never
+  below zero after any entry; each accrual id pays once; each viewer's and the platform's accruals of a UTC day
+  stay within the caps recorded with them.
 """
 
 from __future__ import annotations
@@ -75,6 +79,9 @@ class _Journal:
     gift_ids: set[str] = field(default_factory=set)
     pledges: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # pool -> coins pledged
     pool_closings: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
+    reward_ids: set[str] = field(default_factory=set)
+    # (account or '*', day) -> (reward coins accrued, the lowest cap recorded with them)
+    rewards_by_day: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
 
 
 async def run_audit(
@@ -104,6 +111,7 @@ async def run_audit(
     _check_purchases(report, snapshot, latest, records.purchases)
     _check_withdrawals(report, snapshot, latest, records.withdrawals)
     _check_pools(report, snapshot, latest, records.pools)
+    _check_reward_caps(report, latest)
     return report
 
 
@@ -184,6 +192,8 @@ def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: 
     for leg in legs:
         journal.balances[leg.ledger][leg.debit] -= leg.amount
         journal.balances[leg.ledger][leg.credit] += leg.amount
+    if kind in ("reward", "reward_funding") or any(leg.ledger == "rewards" for leg in legs):
+        _apply_rewards(report, journal, entry_id, kind, fields, legs)
     amount = sum(leg.amount for leg in legs)
     if kind == "gift":
         if entry in journal.gift_ids:
@@ -206,8 +216,63 @@ def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: 
         journal.pool_closings[entry].append((status, coins))
 
 
+# The only ways reward coins move, by journal entry kind: (debit, credit) with None for a user account.
+_REWARD_MOVES = {
+    "reward_funding": (keys.SYS_REWARDS_ISSUANCE, keys.SYS_REWARDS_BUDGET),
+    "reward": (keys.SYS_REWARDS_BUDGET, None),
+    "gift": (None, keys.SYS_REWARDS_SPENT),
+}
+
+
+def _apply_rewards(
+    report: AuditReport, journal: _Journal, entry_id: str, kind: str, fields: dict[str, str], legs: list[rules.Leg]
+) -> None:
+    """Reward coins move only as _REWARD_MOVES allows, the budget never goes below zero, an id pays once."""
+    entry = fields.get("id", "?")
+    for leg in legs:
+        allowed = _REWARD_MOVES.get(kind)
+        debit, credit = allowed if allowed else ("", "")
+        fits = leg.ledger == "rewards" and allowed is not None
+        fits = fits and (leg.debit == debit if debit else rules.is_user_account(leg.debit))
+        fits = fits and (leg.credit == credit if credit else rules.is_user_account(leg.credit))
+        if leg.ledger == "rewards" and not fits:
+            report.findings.append(
+                f"journal {entry_id} ({kind} {entry}): reward coins moved {leg.debit} -> {leg.credit}"
+            )
+    if kind in ("reward", "reward_funding") and any(leg.ledger != "rewards" for leg in legs):
+        report.findings.append(f"journal {entry_id} ({kind} {entry}): a reward transfer with a non-reward leg")
+    if journal.balances["rewards"][keys.SYS_REWARDS_BUDGET] < 0:
+        budget = journal.balances["rewards"][keys.SYS_REWARDS_BUDGET]
+        report.findings.append(
+            f"journal {entry_id} ({kind} {entry}): {keys.SYS_REWARDS_BUDGET} at {budget}, below zero"
+        )
+    if kind != "reward":
+        return
+    if entry in journal.reward_ids:
+        report.findings.append(f"journal {entry_id}: reward {entry} paid more than once")
+    journal.reward_ids.add(entry)
+    day, coins = fields.get("day", "?"), sum(leg.amount for leg in legs)
+    for account, cap in ((legs[0].credit if legs else "?", "viewer_cap"), ("*", "day_cap")):
+        had, had_cap = journal.rewards_by_day.get((account, day), (0, -1))
+        raw = fields.get(cap, "")
+        this_cap = int(raw) if raw.isdigit() else 0
+        journal.rewards_by_day[(account, day)] = (had + coins, this_cap if had_cap < 0 else min(had_cap, this_cap))
+
+
+def _check_reward_caps(report: AuditReport, journal: _Journal) -> None:
+    for (account, day), (coins, cap) in sorted(journal.rewards_by_day.items()):
+        if coins > cap:
+            who = "the platform" if account == "*" else account
+            report.findings.append(f"rewards {day}: {who} accrued {coins} reward coins, over the cap of {cap}")
+
+
 def _check_gift(report: AuditReport, entry_id: str, fields: dict[str, str], legs: list[rules.Leg]) -> None:
-    """A gift's legs must be exactly what rules.gift_legs gives for its total and stored share."""
+    """A gift's legs must be exactly what rules.gift_legs (or, paid with reward coins, rules.reward_gift_legs)
+    gives for its total and stored share."""
+    reward_legs = [leg for leg in legs if leg.ledger == "rewards"]
+    if reward_legs:
+        _check_reward_gift(report, entry_id, fields, legs, reward_legs[0])
+        return
     coin_legs = [leg for leg in legs if leg.ledger == "coins"]
     if not coin_legs or len({leg.debit for leg in coin_legs}) != 1:
         report.findings.append(f"journal {entry_id} gift {fields.get('id')}: expected coin legs from one viewer")
@@ -223,6 +288,21 @@ def _check_gift(report: AuditReport, entry_id: str, fields: dict[str, str], legs
     expected = rules.gift_legs(viewer, creator.removeprefix("u:"), split)
     if sorted(expected, key=repr) != sorted(legs, key=repr):
         report.findings.append(f"journal {entry_id} gift {fields.get('id')}: legs do not match the gift rules")
+
+
+def _check_reward_gift(
+    report: AuditReport, entry_id: str, fields: dict[str, str], legs: list[rules.Leg], paid: rules.Leg
+) -> None:
+    try:
+        split = rules.split_gift(paid.amount, int(fields.get("bps", "-1")))
+    except (AssertionError, ValueError):
+        report.findings.append(f"journal {entry_id} gift {fields.get('id')}: bad bps {fields.get('bps')!r}")
+        return
+    creator = next((leg.credit for leg in legs if leg.ledger == "diamonds"), "u:?")
+    viewer = paid.debit.removeprefix(keys.ACCOUNT_PREFIX)
+    expected = rules.reward_gift_legs(viewer, creator.removeprefix(keys.ACCOUNT_PREFIX), split)
+    if sorted(expected, key=repr) != sorted(legs, key=repr):
+        report.findings.append(f"journal {entry_id} gift {fields.get('id')}: legs do not match the reward gift rules")
 
 
 def _check_balances(report: AuditReport, journal: _Journal, snapshot: dict[str, dict[str, str]]) -> None:

@@ -17,7 +17,7 @@ from gifting.catalog.model import Gift
 from gifting.wire.reasons import RejectReason
 
 BPS_DENOMINATOR = 10_000
-LEDGERS = ("coins", "diamonds")
+LEDGERS = ("coins", "diamonds", "rewards")
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +135,88 @@ def pool_completion_legs(creator: str, split: GiftSplit) -> list[Leg]:
         Leg("diamonds", keys.SYS_DIAMOND_ISSUANCE, keys.account(creator), split.diamonds),
     ]
     return [leg for leg in legs if leg.amount > 0]
+
+
+# Reward coins (docs/REWARDS.md): a ledger of their own, so they can never be mistaken for bought coins. They
+# come from sys:rewards_budget (funded by admins; never negative), reach viewers only by accruals the server
+# observes itself, and leave a viewer only to sys:rewards_spent, as the price of a gift. Nothing else moves them:
+# no refund, chargeback or withdrawal has a `rewards` leg, which is how the audit knows none was paid out.
+REWARD_DAY_TTL_S = 2 * 86400  # a day's accrual records and totals are kept this long after their last write
+REWARD_KINDS = ("watch", "streak", "first_gift")
+
+
+def reward_funding_legs(coins: int) -> list[Leg]:
+    """An admin funds the rewards budget; reward coins come into being at the issuance account."""
+    return [Leg("rewards", keys.SYS_REWARDS_ISSUANCE, keys.SYS_REWARDS_BUDGET, coins)]
+
+
+def reward_legs(user: str, coins: int) -> list[Leg]:
+    """One accrual: the budget pays the viewer."""
+    return [Leg("rewards", keys.SYS_REWARDS_BUDGET, keys.account(user), coins)]
+
+
+def reward_id(kind: str, user: str, period: str) -> str:
+    """An accrual's transfer id: one per viewer, kind and period (a watch period number, or a UTC day), so any
+    number of sockets, hubs or retries of one period move the coins once."""
+    assert kind in REWARD_KINDS and ":" not in user, (kind, user)
+    return f"reward:{kind}:{user}:{period}"
+
+
+def reward_refusal(
+    budget: int, earned_viewer: int, earned_day: int, coins: int, viewer_day_max: int, day_max: int
+) -> str | None:
+    """Why an accrual of `coins` moves nothing (rewards.lua checks the same, atomically): all or nothing."""
+    if budget < coins:
+        return "rewards_budget_exhausted"
+    if earned_viewer + coins > viewer_day_max:
+        return "reward_viewer_cap"
+    if earned_day + coins > day_max:
+        return "reward_platform_cap"
+    return None
+
+
+def streak_after(stored: str | None, day: str, yesterday: str) -> tuple[int, str]:
+    """The streak a claim on `day` makes (1 + yesterday's streak, else 1) and its stored form 'day count'."""
+    last, _, count = (stored or "").partition(" ")
+    streak = int(count) + 1 if last == yesterday and count.isdigit() else 1
+    return streak, f"{day} {streak}"
+
+
+def streak_coins(streak: int, coins_per_day: int, days_max: int) -> int:
+    return coins_per_day * min(streak, days_max)
+
+
+def reward_gift_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
+    """A gift paid with reward coins: the viewer's reward coins go to sys:rewards_spent, and the creator earns
+    the same diamonds as from a bought-coin gift, paid by the platform out of its revenue (the creator cannot
+    tell, and cannot be farmed against: reward coins are capped per viewer and day)."""
+    legs = [
+        Leg("rewards", keys.account(viewer), keys.SYS_REWARDS_SPENT, split.coins),
+        Leg("coins", keys.SYS_PLATFORM_REVENUE, keys.SYS_CREATOR_EARNINGS, split.diamonds),
+        Leg("diamonds", keys.SYS_DIAMOND_ISSUANCE, keys.account(creator), split.diamonds),
+    ]
+    return [leg for leg in legs if leg.amount > 0]
+
+
+def reward_gift_journal_row(
+    gift_id: str, viewer: str, creator: str, split: GiftSplit, room: str, gift: str, count: int
+) -> str:
+    """gift_journal_row for a gift paid with reward coins (settle.lua picks one of the two rows it is given). The
+    legs are encode_legs(reward_gift_legs(...)), spelled out because the worker builds one per gift
+    (tests/test_rewards.py checks they agree)."""
+    legs = f"rewards {keys.ACCOUNT_PREFIX}{viewer} {keys.SYS_REWARDS_SPENT} {split.coins}"
+    if split.diamonds > 0:
+        legs += f"|coins {keys.SYS_PLATFORM_REVENUE} {keys.SYS_CREATOR_EARNINGS} {split.diamonds}"
+        legs += f"|diamonds {keys.SYS_DIAMOND_ISSUANCE} {keys.ACCOUNT_PREFIX}{creator} {split.diamonds}"
+    return f"{gift_id}\t{legs}\t{room}\t{gift}\t{count}"
+
+
+def pays_with_rewards(reward_balance: int, coin_balance: int, coins: int) -> bool:
+    """Reward coins are spent first, a whole gift at a time: a gift is paid wholly with reward coins when they
+    cover its price, else wholly with bought coins (never a mix, so each gift's legs are one of the two shapes
+    its caller built, and bought coins stay refundable exactly as before). A viewer in chargeback debt
+    (coin balance below zero) gifts with neither until it is repaid. settle.lua applies this rule."""
+    return coins > 0 and coin_balance >= 0 and reward_balance >= coins
 
 
 class JournalError(ValueError):

@@ -2,8 +2,9 @@
 --
 -- KEYS: 1 coin balances (hash), 2 diamond balances (hash), 3 journal (stream), 4 viewer spend limits (hash),
 --   5 today's spend per viewer (hash; every gift counts, capped or not), 6 lifetime spend per viewer (hash),
---   7.. the idempotency record buckets of settled gifts (hashes: gift id -> record), newest (this batch's)
---   first (ARGV 7 of them), then those of rejected gifts, newest first (ARGV 8 of them): kept only
+--   7 reward coin balances (hash), 8.. the idempotency record buckets of settled gifts (hashes: gift id ->
+--   record), newest (this batch's) first (ARGV 7 of them), then those of rejected gifts, newest first (ARGV 8 of
+--   them): kept only
 --   GIFTING_REJECTED_GIFT_TTL_S; then the statement (list) of each account of the batch, in the order of the
 --   accounts in ARGV; then four keys per creator of the batch, in the order of the creators in ARGV: earnings
 --   by hour (hash), top gifters of all time, of the UTC day, of the ISO week (sorted sets).
@@ -13,10 +14,13 @@
 --   keys, 9 unix time (s) at which this batch's rejected-record bucket expires, 10 and 11 how long a day's and
 --   a week's top-gifter board is kept (s), 12 n = number of gifts, 13 m = number of accounts, 14 c = number of
 --   creators, 15 the platform revenue account, 16 the creator earnings account, 17 the diamond issuance
---   account; then one value per gift, fields separated by 0x1f (US):
+--   account, 18 the rewards spent account; then one value per gift, fields separated by 0x1f (US):
 --   gift_id, viewer account, creator account, coins, diamonds, fingerprint, reject reason ('' = none), and,
 --   built by the caller (ledger/rules.py) for when the gift settles: its journal row, the viewer's statement
---   row, the creator's statement row ('' when no diamonds); then the m accounts, then the c creator accounts.
+--   row, the creator's statement row ('' when no diamonds), and the journal row and viewer's statement row for
+--   when it is paid with reward coins (rules.pays_with_rewards: reward coins first, a whole gift at a time; such
+--   a gift counts toward neither the spend cap nor the lifetime spend); then the m accounts, then the c creator
+--   accounts.
 -- Returns one string: a line per gift, 'status|reason|coin balance after|replay (1 = decided earlier)|the
 --   sender's lifetime coins spent on gifts (for gifter levels)'.
 --
@@ -29,7 +33,8 @@
 -- real path's command stats ~1.3 us per member, against ~3.8 us for a ZINCRBY each).
 local coins_key, diamonds_key, journal_key = KEYS[1], KEYS[2], KEYS[3]
 local limits_key, spent_key, lifetime_key = KEYS[4], KEYS[5], KEYS[6]
-local FIRST_BUCKET = 7
+local rewards_key = KEYS[7]
+local FIRST_BUCKET = 8
 local now_ms, bps, global_cap, hour = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local bucket_expire_at, spent_ttl_s = ARGV[5], ARGV[6]
 local FIRST_REJECTED_BUCKET, rejected_expire_at = FIRST_BUCKET + tonumber(ARGV[7]), ARGV[9]
@@ -37,7 +42,8 @@ local FIRST_ACCOUNT_KEY = FIRST_REJECTED_BUCKET + tonumber(ARGV[8])
 local top_day_ttl_s, top_week_ttl_s = ARGV[10], ARGV[11]
 local n, m, c = tonumber(ARGV[12]), tonumber(ARGV[13]), tonumber(ARGV[14])
 local platform_revenue, creator_earnings, diamond_issuance = ARGV[15], ARGV[16], ARGV[17]
-local HEAD = 17
+local rewards_spent = ARGV[18]
+local HEAD = 18
 local CHUNK = 1000 -- values per unpack(): Lua's C stack holds a few thousand
 
 local function fmt(x) return string.format('%d', x) end
@@ -72,12 +78,13 @@ end
 -- Parse the batch; collect the accounts it touches.
 local gifts, ids, viewer_set = {}, {}, {}
 for i = HEAD + 1, HEAD + n do
-  local id, viewer, creator, coins, diamonds, fp, reject, row, viewer_row, creator_row = string.match(ARGV[i],
-    '^([^\31]*)\31([^\31]*)\31([^\31]*)\31(%d+)\31(%d+)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
+  local id, viewer, creator, coins, diamonds, fp, reject, row, viewer_row, creator_row, reward_row, reward_viewer_row =
+    string.match(ARGV[i], '^([^\31]*)\31([^\31]*)\31([^\31]*)\31(%d+)\31(%d+)\31([^\31]*)\31([^\31]*)\31([^\31]*)'
+      .. '\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
   if not id then return redis.error_reply('settle: malformed gift argument ' .. (i - HEAD)) end
   gifts[#gifts + 1] = {id = id, viewer = viewer, creator = creator, coins = tonumber(coins),
     diamonds = tonumber(diamonds), fp = fp, reject = reject, row = row, viewer_row = viewer_row,
-    creator_row = creator_row}
+    creator_row = creator_row, reward_row = reward_row, reward_viewer_row = reward_viewer_row}
   ids[#ids + 1] = id
   viewer_set[viewer] = true
 end
@@ -102,15 +109,18 @@ local raw_balance = hmget(coins_key, viewers)
 local raw_lifetime = hmget(lifetime_key, viewers)
 local raw_own_cap = hmget(limits_key, viewers)
 local raw_spent = hmget(spent_key, viewers)
-local balances, lifetime, caps, spent = {}, {}, {}, {}
+local raw_rewards = hmget(rewards_key, viewers)
+local balances, lifetime, caps, spent, rewards = {}, {}, {}, {}, {}
 for _, v in ipairs(viewers) do
   balances[v] = tonumber(raw_balance[v] or '0')
+  rewards[v] = tonumber(raw_rewards[v] or '0')
   lifetime[v] = tonumber(raw_lifetime[v] or '0')
   caps[v] = spend_cap(global_cap, raw_own_cap[v], tonumber(now_ms))
   spent[v] = tonumber(raw_spent[v] or '0')
 end
 
-local dirty = {}
+local dirty, rewards_dirty = {}, {}
+local rewards_total, funded_total = 0, 0 -- reward coins spent; diamonds the platform pays for them
 local rejected_records = {}
 local platform_total, earnings_total = 0, 0
 local diamonds_by_creator, top = {}, {} -- creator -> viewer -> coins
@@ -121,6 +131,18 @@ local function statement(account, row)
   local list = statements[account]
   if list == nil then list = {}; statements[account] = list end
   list[#list + 1] = row
+end
+
+-- The creator's side of a settled gift, however it was paid: diamonds, statement row, top gifters.
+local function credit_creator(g, viewer, coins, diamonds)
+  local creator = g.creator
+  if diamonds > 0 then
+    diamonds_by_creator[creator] = (diamonds_by_creator[creator] or 0) + diamonds
+    statement(creator, g.creator_row)
+  end
+  local by_viewer = top[creator]
+  if by_viewer == nil then by_viewer = {}; top[creator] = by_viewer end
+  by_viewer[viewer] = (by_viewer[viewer] or 0) + coins
 end
 
 for _, g in ipairs(gifts) do
@@ -135,6 +157,13 @@ for _, g in ipairs(gifts) do
     local bal, coins, diamonds = balances[viewer], g.coins, g.diamonds
     if g.reject ~= '' then
       status, reason = 'rejected', g.reject
+    elseif coins > 0 and bal >= 0 and rewards[viewer] >= coins then -- paid with reward coins (pays_with_rewards)
+      rewards[viewer], rewards_dirty[viewer] = rewards[viewer] - coins, true
+      rewards_total, funded_total = rewards_total + coins, funded_total + diamonds
+      earnings_total = earnings_total + diamonds
+      credit_creator(g, viewer, coins, diamonds)
+      rows[#rows + 1] = g.reward_row
+      statement(viewer, g.reward_viewer_row)
     elseif bal < coins then
       status, reason = 'rejected', 'insufficient_coins'
     elseif not spend_cap_allows(caps[viewer], spent[viewer], coins) then
@@ -144,15 +173,8 @@ for _, g in ipairs(gifts) do
       balances[viewer], dirty[viewer] = bal, true
       spent[viewer] = spent[viewer] + coins
       lifetime[viewer] = lifetime[viewer] + coins
-      local creator = g.creator
       platform_total, earnings_total = platform_total + coins - diamonds, earnings_total + diamonds
-      if diamonds > 0 then
-        diamonds_by_creator[creator] = (diamonds_by_creator[creator] or 0) + diamonds
-        statement(creator, g.creator_row)
-      end
-      local by_viewer = top[creator]
-      if by_viewer == nil then by_viewer = {}; top[creator] = by_viewer end
-      by_viewer[viewer] = (by_viewer[viewer] or 0) + coins
+      credit_creator(g, viewer, coins, diamonds)
       rows[#rows + 1] = g.row
       statement(viewer, g.viewer_row)
     end
@@ -193,7 +215,17 @@ if #spent_fields > 0 then
   call_list('HSET', spent_key, spent_fields)
   redis.call('EXPIRE', spent_key, spent_ttl_s)
 end
-if platform_total > 0 then redis.call('HINCRBY', coins_key, platform_revenue, platform_total) end
+if platform_total - funded_total ~= 0 then
+  redis.call('HINCRBY', coins_key, platform_revenue, platform_total - funded_total)
+end
+if rewards_total > 0 then
+  local reward_fields = {}
+  for v, _ in pairs(rewards_dirty) do
+    reward_fields[#reward_fields + 1] = v; reward_fields[#reward_fields + 1] = fmt(rewards[v])
+  end
+  call_list('HSET', rewards_key, reward_fields)
+  redis.call('HINCRBY', rewards_key, rewards_spent, rewards_total)
+end
 if earnings_total > 0 then
   redis.call('HINCRBY', coins_key, creator_earnings, earnings_total)
   redis.call('HINCRBY', diamonds_key, diamond_issuance, -earnings_total)

@@ -62,11 +62,15 @@ def settle_arg(g: GiftToSettle, now: int) -> str:
     """One gift as settle.lua takes it: fields separated by US (0x1f). The journal row and statement rows it
     writes if it settles the gift are built here, not in Lua: the Valkey thread is the scarce core."""
     viewer, creator = keys.account(g.viewer), keys.account(g.creator)
-    row = viewer_row = creator_row = ""
+    row = viewer_row = creator_row = reward_row = reward_viewer_row = ""
     if not g.reject:
         split = rules.GiftSplit(g.coins, g.diamonds, g.coins - g.diamonds)
         row = rules.gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count)
         viewer_row = rules.statement_row(now, "gift_sent", "coins", -g.coins, creator, g.gift_id, g.gift, str(g.count))
+        # The same gift paid with reward coins (settle.lua picks: rules.pays_with_rewards).
+        reward_row = rules.reward_gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count)
+        # The same row on the rewards ledger (statement_row's layout: ts, kind, ledger, ...).
+        reward_viewer_row = viewer_row.replace("\tcoins\t", "\trewards\t", 1)
         if g.diamonds > 0:
             creator_row = rules.statement_row(
                 now, "gift_received", "diamonds", g.diamonds, viewer, g.gift_id, g.gift, str(g.count)
@@ -83,6 +87,8 @@ def settle_arg(g: GiftToSettle, now: int) -> str:
             row,
             viewer_row,
             creator_row,
+            reward_row,
+            reward_viewer_row,
         )
     )
 
@@ -123,7 +129,8 @@ class Ledger:
         accounts = list(dict.fromkeys(a for g in gifts for a in (keys.account(g.viewer), keys.account(g.creator))))
         creators = list(dict.fromkeys(keys.account(g.creator) for g in gifts))
         keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.LEDGER_SPEND_LIMITS]
-        keys_ += [keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT, *map(keys.gift_records, buckets)]
+        keys_ += [keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT, keys.LEDGER_REWARDS]
+        keys_ += map(keys.gift_records, buckets)
         keys_ += map(keys.rejected_gift_records, rejected_buckets)
         keys_ += map(keys.account_statement, accounts)
         for creator in creators:
@@ -131,7 +138,12 @@ class Ledger:
         args: list[Any] = [now, s.creator_share_bps, s.daily_spend_coins_max, hour_number(now), expire_at]
         args += [rules.SPENT_DAY_TTL_S, len(buckets), len(rejected_buckets), rejected_expire_at]
         args += [rules.TOP_DAY_TTL_S, rules.TOP_WEEK_TTL_S, len(gifts), len(accounts), len(creators)]
-        args += [keys.SYS_PLATFORM_REVENUE, keys.SYS_CREATOR_EARNINGS, keys.SYS_DIAMOND_ISSUANCE]
+        args += [
+            keys.SYS_PLATFORM_REVENUE,
+            keys.SYS_CREATOR_EARNINGS,
+            keys.SYS_DIAMOND_ISSUANCE,
+            keys.SYS_REWARDS_SPENT,
+        ]
         args += [settle_arg(g, now) for g in gifts]
         args += accounts + creators
         wait = durable_timeout_ms is not None and self.waitaof_supported is not False
@@ -455,8 +467,9 @@ class Ledger:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(keys.LEDGER_COINS, account)
             pipe.hget(keys.LEDGER_DIAMONDS, account)
-            coins, diamonds = await pipe.execute()
-        return {"coins": int(coins or 0), "diamonds": int(diamonds or 0)}
+            pipe.hget(keys.LEDGER_REWARDS, account)
+            coins, diamonds, reward_coins = await pipe.execute()
+        return {"coins": int(coins or 0), "diamonds": int(diamonds or 0), "reward_coins": int(reward_coins or 0)}
 
     async def set_spend_limit(self, user: str, coins_per_day: int) -> None:
         """A viewer's own cap (0: none): lowered at once, raised or removed after the cooling-off

@@ -147,6 +147,7 @@ async def _handle_frame(
                 f"message of {size} bytes; the limit is {settings.ws_message_bytes_max} bytes",
             )
         parsed = protocol.parse_message(protocol.decode_frame(data, conn.codec), settings.gift_count_max)
+        conn.active_s = time.monotonic()  # any valid message, a ping too, keeps the socket earning watch rewards
         if budget.take(parsed):
             metrics.ws_inbound.labels(kind=type(parsed).__name__).inc()
             try:

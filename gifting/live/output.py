@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -115,6 +116,9 @@ class Connection:
     rooms: set[str] = field(default_factory=set)
     closed: bool = False
     close_code: int | None = None
+    # Watch rewards (gifting/live/watch_rewards.py): when the socket opened and last sent a message (monotonic s).
+    connected_s: float = field(default_factory=time.monotonic)
+    active_s: float = field(default_factory=time.monotonic)
 
     def write(self, out: Encoded) -> bool:
         """Send one message; False (and the connection closes with 4008) if it would overflow the byte limit."""

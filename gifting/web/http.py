@@ -45,6 +45,9 @@ _CODES_BY_STATUS: dict[int, tuple[str, ...]] = {
         "opponent_not_live", "already_in_match", "invite_not_pending", "invite_expired",
         # A gift or pledge id already used for another one (the worker's answer).
         "gift_id_conflict", "pledge_id_conflict",
+        # Reward coins (gifting/ledger/rewards.py, rewards.lua).
+        "rewards_budget_exhausted", "reward_viewer_cap", "reward_platform_cap", "reward_not_earned",
+        "reward_already_claimed", "rewards_disabled",
     ),
     503: ("not_durable", "busy", STORE_UNAVAILABLE, "history_unavailable"),
 }  # fmt: skip

@@ -82,7 +82,28 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         query={"user": STR, "role": STR, "name": STR},
     ),
     ("GET", "/v1/wallet"): Op(
-        "The caller's balances.", {200: obj("user", "coins", "diamonds", coins=INT, diamonds=INT)}
+        "The caller's balances: bought coins, diamonds, reward coins (earned; never cashed out or refunded).",
+        {200: obj("user", "coins", "diamonds", "reward_coins", coins=INT, diamonds=INT, reward_coins=INT)},
+    ),
+    ("GET", "/v1/rewards"): Op(
+        "The caller's reward coins: balance, earned today against the daily cap, watch periods, streak.",
+        {200: obj("reward_coins", "earned_today", "streak_days", reward_coins=INT, earned_today=INT)},
+    ),
+    ("POST", "/v1/rewards/streak"): Op(
+        "Claim today's streak bonus (after a watch period today), once per UTC day.",
+        {200: obj("transfer_id", "streak_days", "coins", "reward_coins", streak_days=INT, coins=INT, reward_coins=INT)},
+    ),
+    ("GET", "/v1/admin/rewards/budget"): Op(
+        "The rewards budget (sys:rewards_budget) in reward coins.",
+        {200: obj("budget_coins", budget_coins=INT)},
+        who="admin",
+    ),
+    ("POST", "/v1/admin/rewards/budget"): Op(
+        "Fund the rewards budget; idempotent by Idempotency-Key (a retry: 200, replay true).",
+        {201: obj("budget_coins", "coins", "replay"), 200: obj("budget_coins", "coins", "replay")},
+        who="admin",
+        body=obj("coins", coins=INT),
+        idempotency_key=True,
     ),
     ("POST", "/v1/wallet/purchases"): Op(
         "Buy a coin bundle; idempotent by Idempotency-Key (a retry: 200 and the same purchase).",

@@ -3,6 +3,7 @@
 
 import { Live, readToken, tokenExpired, uuid, withToken } from "./client.js";
 import { COMBO_WINDOW_MS, GiftStage, poolGiftEvent } from "./gifts.js";
+import { RewardsPanel } from "./rewards.js";
 import {
   $, api, ApiError, banner, clock, compact, connectionIndicator, duration, el, explain, fmt, giftIcon, levelBadge,
   money, reasonText, signInBanner, toast, whoAmI,
@@ -18,6 +19,8 @@ const reducedMotion = matchMedia("(prefers-reduced-motion: reduce)").matches;
 const state = {
   status: "loading", // loading | live | ended | missing
   balance: null,
+  rewardCoins: 0, // reward coins pay a whole gift they cover, before bought coins (docs/REWARDS.md)
+  rewards: null,
   pendingCost: 0,
   gifts: [],
   catalog: new Map(),
@@ -122,7 +125,7 @@ function updateGifts() {
   const canSend = state.signedIn && state.status === "live" && state.balance !== null;
   for (const button of document.querySelectorAll("#gift-grid .gift")) {
     const price = Number(button.dataset.price);
-    const affordable = available >= price;
+    const affordable = available >= price || state.rewardCoins >= price;
     button.disabled = !canSend || !affordable;
     button.classList.toggle("unaffordable", canSend && !affordable);
     const name = button.querySelector(".gift-name").textContent;
@@ -132,7 +135,7 @@ function updateGifts() {
   hint.hidden = false;
   if (!state.signedIn) hint.textContent = "Sign in to send gifts.";
   else if (state.status === "ended") hint.textContent = "The stream has ended.";
-  else if (state.balance !== null && available < (state.gifts[0]?.coins ?? 1)) hint.textContent = "You're out of coins: buy coins to send gifts.";
+  else if (state.balance !== null && Math.max(available, state.rewardCoins) < (state.gifts[0]?.coins ?? 1)) hint.textContent = "You're out of coins: buy coins to send gifts.";
   else hint.hidden = true;
 }
 
@@ -161,6 +164,7 @@ async function sendGift(gift) {
   const answer = await result;
   state.pendingCost -= gift.coins;
   if (typeof answer.coins === "number") setBalance(answer.coins);
+  if (answer.status === "settled") state.rewards?.refresh();
   if (answer.status !== "settled") {
     toast(`${gift.name}: ${reasonText(answer.reason, answer.message)}`, "error");
     if (["price_changed", "unknown_gift", "gift_retired"].includes(answer.reason)) loadCatalog();
@@ -612,6 +616,8 @@ async function main() {
   }
   await refreshWallet();
   if (!state.signedIn) return;
+  state.rewards = new RewardsPanel(token, (coins) => { state.rewardCoins = coins; updateGifts(); });
+  state.rewards.start();
   connect();
   loadLeaderboard();
   loadMatchAndStage();

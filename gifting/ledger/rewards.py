@@ -1,0 +1,209 @@
+"""Reward coins earned by taking part: the budget's funding and each accrual, through rewards.lua. Rules (legs,
+ids, caps, the streak) live in rules.py; why it works this way: docs/REWARDS.md.
+
+Each accrual is one transfer on the `rewards` ledger (sys:rewards_budget -> the viewer), idempotent by its id
+(rules.reward_id: kind, viewer, period), all or nothing against the budget and the two daily caps. A refused
+accrual moves nothing and is not recorded, so the same period may still pay if tried again once it fits.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from gifting import keys
+from gifting.clock import now_ms, utc_day
+from gifting.config import Settings
+from gifting.ledger import rules
+from gifting.ledger.store import Ledger, LedgerError, load_script_with
+
+log = logging.getLogger(__name__)
+
+ACCRUALS_PER_PIPELINE = 200  # watch accruals sent per round trip (one script call each)
+STREAK_ATTEMPTS_MAX = 5  # a streak claim re-reads the stored streak if it changed in between (rare: one user)
+FUNDING_COINS_MAX = 10**12
+DAY_MS = 86_400_000
+FIRST_GIFT_MEMO_MAX = 200_000  # viewers remembered as paid today per process (~20 MB); past it, forgotten
+
+REFUSALS = {
+    "rewards_budget_exhausted": "the rewards budget is empty; nothing was paid",
+    "reward_viewer_cap": "today's reward coins for this viewer are used up (GIFTING_REWARD_VIEWER_DAY_COINS_MAX)",
+    "reward_platform_cap": "today's reward coins for the platform are used up (GIFTING_REWARD_DAY_COINS_MAX)",
+    "reward_not_earned": "watch a live room first: the streak bonus needs a watch period today",
+    "reward_already_claimed": "today's streak bonus was already claimed",
+    "rewards_disabled": "this reward is switched off (its GIFTING_REWARD_* setting is 0)",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Accrual:
+    """What one accrual did: 'ok' (paid now), 'replay' (paid earlier), or a refusal code (nothing moved)."""
+
+    transfer_id: str
+    status: str
+    coins: int
+
+    @property
+    def paid(self) -> bool:
+        return self.status in ("ok", "replay")
+
+
+class Rewards:
+    def __init__(self, redis: aioredis.Redis, settings: Settings, ledger: Ledger) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.ledger = ledger
+        self._script = redis.register_script(load_script_with("rewards.lua", "legs.lua"))
+        self._first_gift_day = ""
+        self._first_gift_done: set[str] = set()  # viewers paid (or capped) the first-gift reward that day
+
+    async def fund(self, admin: str, idempotency_key: str, coins: int) -> tuple[int, bool]:
+        """An admin funds the rewards budget, once per key. Returns (budget after, replay)."""
+        assert 0 < coins <= FUNDING_COINS_MAX
+        funding_id = "rewards_funding:" + keys.user_scoped_id(admin, idempotency_key)
+        fp = rules.fingerprint(coins)
+        legs = rules.encode_legs(rules.reward_funding_legs(coins))
+        status, _detail = await self._script(
+            keys=[keys.LEDGER_REWARDS, keys.LEDGER_JOURNAL, keys.REWARDS_FUNDINGS, keys.REWARDS_FUNDINGS,
+                  keys.REWARDS_FUNDINGS, keys.REWARDS_FUNDINGS],
+            args=["fund", funding_id, now_ms(), coins, legs, "", f"{coins}|{fp}", fp],
+        )  # fmt: skip
+        if status == "conflict":
+            raise LedgerError("idempotency_key_conflict", "Idempotency-Key was used for a different funding")
+        await self.ledger.committed()
+        return await self.budget(), status == "replay"
+
+    async def budget(self) -> int:
+        return int(await self.redis.hget(keys.LEDGER_REWARDS, keys.SYS_REWARDS_BUDGET) or 0)
+
+    def _accrual_call(
+        self, kind: str, user: str, period: str, coins: int, now: int, streak: tuple[str, str] = ("", "")
+    ) -> tuple[str, list[str], list[Any]]:
+        """rewards.lua's id, KEYS and ARGV for one accrual of `coins` to `user`, on the UTC day of `now`."""
+        s, day = self.settings, utc_day(now)
+        transfer_id = rules.reward_id(kind, user, period)
+        legs = rules.encode_legs(rules.reward_legs(user, coins))
+        row = rules.statement_row(now, "reward_" + kind, "rewards", coins, keys.SYS_REWARDS_BUDGET, transfer_id)
+        # From the real clock, not `now` (a period's time): a record outlives its last write by the TTL, and ids
+        # name their day or period, so no retry of an id comes after its record is gone.
+        expire_at = now_ms() // 1000 + rules.REWARD_DAY_TTL_S
+        keys_ = [keys.LEDGER_REWARDS, keys.LEDGER_JOURNAL, keys.reward_records(day), keys.rewards_earned_on(day)]
+        keys_ += [keys.statement(user), keys.REWARDS_STREAKS]
+        args: list[Any] = ["accrue", transfer_id, now, coins, legs, row, f"{coins}|{kind}", ""]
+        args += [keys.SYS_REWARDS_BUDGET, keys.account(user), s.reward_viewer_day_coins_max, s.reward_day_coins_max]
+        args += [expire_at, kind, day, *streak, keys.rewards_watch_field(user)]
+        return transfer_id, keys_, args
+
+    async def accrue(self, kind: str, user: str, period: str, coins: int, now: int | None = None) -> Accrual:
+        """One accrual, durable before it returns."""
+        transfer_id, keys_, args = self._accrual_call(kind, user, period, coins, now or now_ms())
+        status, _detail = await self._script(keys=keys_, args=args)
+        if status == "ok":
+            await self.ledger.committed()
+        return Accrual(transfer_id, status, coins)
+
+    async def accrue_watch(self, users: list[str], period: int) -> list[Accrual]:
+        """Watch period `period` (numbered from the epoch in GIFTING_REWARD_WATCH_PERIOD_S) for each viewer the
+        hub saw watching through it. Another hub (or a second call) accruing the same period for the same viewer
+        moves nothing: the id is the same."""
+        coins = self.settings.reward_watch_coins
+        if coins <= 0 or not users:
+            return []
+        now = period * self.settings.reward_watch_period_s * 1000  # the period's day, not the call's
+        return await self._accrue_many("watch", users, str(period), coins, now)
+
+    async def _accrue_many(self, kind: str, users: list[str], period: str, coins: int, now: int) -> list[Accrual]:
+        """One accrual per user, pipelined ACCRUALS_PER_PIPELINE per round trip, one durability wait for all."""
+        outcomes: list[Accrual] = []
+        for start in range(0, len(users), ACCRUALS_PER_PIPELINE):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                ids = []
+                for user in users[start : start + ACCRUALS_PER_PIPELINE]:
+                    transfer_id, keys_, args = self._accrual_call(kind, user, period, coins, now)
+                    ids.append(transfer_id)
+                    await self._script(keys=keys_, args=args, client=pipe)
+                replies = await pipe.execute()
+            outcomes += [Accrual(i, status, coins) for i, (status, _detail) in zip(ids, replies, strict=True)]
+        if any(o.status == "ok" for o in outcomes):
+            await self.ledger.committed()
+        return outcomes
+
+    async def first_gifts(self, users: set[str], now: int | None = None) -> list[Accrual]:
+        """The first-gift-of-the-day reward of each viewer whose gift just settled. Settlement calls this for
+        every batch, so it must cost next to nothing once a viewer is paid: this process remembers who was
+        paid (or capped) today, and one round trip finds the others already paid and whether the budget can
+        pay at all (an empty budget, the default, costs that round trip and no script call)."""
+        coins = self.settings.reward_first_gift_coins
+        if coins <= 0 or not users:
+            return []
+        now = now or now_ms()
+        day = utc_day(now)
+        if self._first_gift_day != day or len(self._first_gift_done) > FIRST_GIFT_MEMO_MAX:
+            self._first_gift_day, self._first_gift_done = day, set()
+        fresh = sorted(users - self._first_gift_done)
+        if not fresh:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.reward_records(day), [rules.reward_id("first_gift", u, day) for u in fresh])
+            pipe.hget(keys.LEDGER_REWARDS, keys.SYS_REWARDS_BUDGET)
+            done, budget = await pipe.execute()
+        self._first_gift_done.update(u for u, d in zip(fresh, done, strict=True) if d is not None)
+        if int(budget or 0) < coins:
+            return []  # nothing could pay: not remembered, a later batch tries again
+        todo = [u for u, d in zip(fresh, done, strict=True) if d is None]
+        outcomes = await self._accrue_many("first_gift", todo, day, coins, now)
+        settled = ("ok", "replay", "reward_viewer_cap")  # final for the day: no need to try again
+        self._first_gift_done.update(u for u, o in zip(todo, outcomes, strict=True) if o.status in settled)
+        return outcomes
+
+    async def claim_streak(self, user: str) -> dict[str, Any]:
+        """The daily streak bonus: once per UTC day, after at least one watch period that day; it grows by
+        GIFTING_REWARD_STREAK_COINS per consecutive day claimed, up to GIFTING_REWARD_STREAK_DAYS_MAX days."""
+        s = self.settings
+        if s.reward_streak_coins <= 0:
+            raise LedgerError("rewards_disabled", REFUSALS["rewards_disabled"])
+        for _attempt in range(STREAK_ATTEMPTS_MAX):
+            now = now_ms()
+            day, yesterday = utc_day(now), utc_day(now - DAY_MS)
+            stored = await self.redis.hget(keys.REWARDS_STREAKS, keys.account(user))
+            streak, stored_now = rules.streak_after(stored, day, yesterday)
+            coins = rules.streak_coins(streak, s.reward_streak_coins, s.reward_streak_days_max)
+            transfer_id, keys_, args = self._accrual_call("streak", user, day, coins, now, (stored or "", stored_now))
+            status, _detail = await self._script(keys=keys_, args=args)
+            if status == "stale":
+                continue
+            if status == "replay":
+                raise LedgerError("reward_already_claimed", REFUSALS["reward_already_claimed"])
+            if status == "not_watched":
+                raise LedgerError("reward_not_earned", REFUSALS["reward_not_earned"])
+            if status != "ok":
+                raise LedgerError(status, REFUSALS.get(status, status))
+            await self.ledger.committed()
+            return {"transfer_id": transfer_id, "streak_days": streak, "coins": coins}
+        raise LedgerError("busy", "the streak changed concurrently too often; retry")
+
+    async def summary(self, user: str) -> dict[str, Any]:
+        """What the wallet's reward panel shows: balance, earned today against the caps, the streak."""
+        now = now_ms()
+        day, account = utc_day(now), keys.account(user)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.LEDGER_REWARDS, account)
+            pipe.hmget(keys.rewards_earned_on(day), account, "w:" + account)
+            pipe.hget(keys.REWARDS_STREAKS, account)
+            pipe.hexists(keys.reward_records(day), rules.reward_id("streak", user, day))
+            balance, (earned, watched), streak, claimed = await pipe.execute()
+        last, _, count = (streak or "").partition(" ")
+        s = self.settings
+        return {
+            "reward_coins": int(balance or 0),
+            "earned_today": int(earned or 0),
+            "watch_periods_today": int(watched or 0),
+            "viewer_day_coins_max": s.reward_viewer_day_coins_max,
+            "streak_days": int(count) if last in (day, utc_day(now - DAY_MS)) and count.isdigit() else 0,
+            "streak_claimed_today": bool(claimed),
+            "watch_period_s": s.reward_watch_period_s,
+            "watch_coins": s.reward_watch_coins,
+        }
