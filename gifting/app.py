@@ -21,6 +21,7 @@ from gifting import logs
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import GiftingError
+from gifting.ledger.campaigns import Campaigns
 from gifting.ledger.store import Ledger
 from gifting.live.direct import HubWebSocketProtocol, check_protocol
 from gifting.live.endpoint import websocket_endpoint
@@ -30,7 +31,7 @@ from gifting.payments import PaymentProvider, SandboxProvider
 from gifting.rooms.matches import MatchStore
 from gifting.rooms.stage import StageStore
 from gifting.rooms.store import RoomStore
-from gifting.web import admin, edge, http, matches, openapi, pages, rooms, service, wallet
+from gifting.web import admin, campaigns, edge, http, matches, openapi, pages, rooms, service, wallet
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         state.rooms = RoomStore(redis, settings)
         state.matches = MatchStore(redis, settings, state.rooms)
         state.stage = StageStore(redis, settings, state.rooms)
+        state.campaigns = Campaigns(redis, settings)
         state.hub = Hub(redis, settings, state.catalogs)
         await state.hub.start()
         log.info("web process ready (hub %s)", state.hub.id)
@@ -150,6 +152,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         *matches.routes,
         *wallet.routes,
         *admin.routes,
+        *campaigns.routes,
         *openapi.routes,
         WebSocketRoute(WS_PATH, websocket_endpoint),  # GiftingApp dispatches it first; listed for the router too
         *pages.routes,
