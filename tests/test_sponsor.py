@@ -262,3 +262,26 @@ async def test_a_storm_of_sponsored_sends_exhausts_the_budget_exactly(system: Sy
     view = await report(system, campaign)
     assert (view["budget"], view["report"]["spent"], view["report"]["sends"]) == (0, 25 * COFFEE, 25)
     await audit_clean(system.redis)
+
+
+async def test_the_audit_finds_a_budget_below_zero_or_moved_by_another_transfer(system: System) -> None:
+    """A forged sponsored gift overdrawing a budget, and a transfer of another kind into one, are findings."""
+    campaign = await funded_campaign(system, 10)
+    budget = keys.campaign_account(campaign)
+    forged = {
+        "kind": "sponsored", "id": gift_id(), "campaign": campaign, "bps": "10000", "room": "r", "gift": "coffee",
+        "count": "1", "legs": f"coins {budget} {keys.SYS_CREATOR_EARNINGS} 20|diamonds {keys.SYS_DIAMOND_ISSUANCE} u:c1 20",
+    }  # fmt: skip
+    stray = {"kind": "purchase", "id": "grant:stray", "legs": f"coins {keys.SYS_COIN_ISSUANCE} {budget} 5"}
+    async with system.redis.pipeline(transaction=True) as pipe:
+        pipe.xadd(keys.LEDGER_JOURNAL, forged)  # type: ignore[arg-type]
+        pipe.xadd(keys.LEDGER_JOURNAL, stray)
+        pipe.hincrby(keys.LEDGER_COINS, budget, -15)
+        pipe.hincrby(keys.LEDGER_COINS, keys.SYS_CREATOR_EARNINGS, 20)
+        pipe.hincrby(keys.LEDGER_COINS, keys.SYS_COIN_ISSUANCE, -5)
+        pipe.hincrby(keys.LEDGER_DIAMONDS, keys.SYS_DIAMOND_ISSUANCE, -20)
+        pipe.hincrby(keys.LEDGER_DIAMONDS, "u:c1", 20)
+        await pipe.execute()
+    findings = "\n".join((await run_audit(system.redis)).findings)
+    assert f"campaign {campaign} budget below zero" in findings, findings
+    assert "moves campaign budget" in findings and f"{budget}: budget -5 below zero" in findings, findings

@@ -11,7 +11,8 @@ Checks:
 - every pool closes (completed or voided) at most once, for exactly the coins pledged to it, and the escrow
   holds exactly the pledges of open pools;
 - every withdrawal is pending at most once and resolved (posted or voided) at most once, for its amount, and
-  none is still pending past its deadline (plus GRACE_MS for the payout loop to notice).
+  none is still pending past its deadline (plus GRACE_MS for the payout loop to notice);
+- sponsored-gift budgets (ledger/audit_campaigns.py): never below zero, every budget coin accounted for.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import redis.asyncio as aioredis
 
 from gifting import clock, keys
 from gifting.history import journal as history
-from gifting.ledger import rules
+from gifting.ledger import audit_campaigns, rules
 
 CHUNK_ENTRIES = 200  # journal entries read per XRANGE (a settled batch is one entry of up to 2,000 gifts)
 GRACE_MS = 60_000  # a pending withdrawal may overrun its deadline this long before it is a finding
@@ -75,6 +76,7 @@ class _Journal:
     gift_ids: set[str] = field(default_factory=set)
     pledges: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # pool -> coins pledged
     pool_closings: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
+    campaigns: audit_campaigns.CampaignJournal = field(default_factory=audit_campaigns.CampaignJournal)
 
 
 async def run_audit(
@@ -104,6 +106,8 @@ async def run_audit(
     _check_purchases(report, snapshot, latest, records.purchases)
     _check_withdrawals(report, snapshot, latest, records.withdrawals)
     _check_pools(report, snapshot, latest, records.pools)
+    coins = report.totals.get("coins", {})
+    await audit_campaigns.check(redis, report.findings, coins, snapshot.campaigns, latest.campaigns)
     return report
 
 
@@ -185,6 +189,9 @@ def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: 
         journal.balances[leg.ledger][leg.debit] -= leg.amount
         journal.balances[leg.ledger][leg.credit] += leg.amount
     amount = sum(leg.amount for leg in legs)
+    audit_campaigns.apply_entry(
+        report.findings, journal.campaigns, journal.balances, journal.gift_ids, entry_id, fields, legs
+    )
     if kind == "gift":
         if entry in journal.gift_ids:
             report.findings.append(f"journal {entry_id}: gift {entry} settled more than once")
