@@ -270,7 +270,8 @@ async def test_the_audit_finds_a_budget_below_zero_or_moved_by_another_transfer(
     budget = keys.campaign_account(campaign)
     forged = {
         "kind": "sponsored", "id": gift_id(), "campaign": campaign, "bps": "10000", "room": "r", "gift": "coffee",
-        "count": "1", "legs": f"coins {budget} {keys.SYS_CREATOR_EARNINGS} 20|diamonds {keys.SYS_DIAMOND_ISSUANCE} u:c1 20",
+        "count": "1",
+        "legs": f"coins {budget} {keys.SYS_CREATOR_EARNINGS} 20|diamonds {keys.SYS_DIAMOND_ISSUANCE} u:c1 20",
     }  # fmt: skip
     stray = {"kind": "purchase", "id": "grant:stray", "legs": f"coins {keys.SYS_COIN_ISSUANCE} {budget} 5"}
     async with system.redis.pipeline(transaction=True) as pipe:
