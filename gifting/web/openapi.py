@@ -275,6 +275,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/"): Op("Page: the lobby.", {200: HTML}, who=None),
     ("GET", "/watch/{room}"): Op("Page: watch a room.", {200: HTML}, who=None),
     ("GET", "/studio"): Op("Page: the creator studio.", {200: HTML}, who=None),
+    ("GET", "/brand"): Op("Page: a brand's sponsored-gift campaigns and reports.", {200: HTML}, who=None),
     ("GET", "/overlay/{room}"): Op("Page: the stream overlay.", {200: HTML}, who=None),
     ("GET", "/dev"): Op("Page: demo tokens (dev mode, loopback host only).", {200: HTML}, who=None),
     ("GET", "/static/{path}"): Op("The pages' scripts, styles and images.", {200: "asset"}, who=None),

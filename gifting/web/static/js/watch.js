@@ -3,6 +3,7 @@
 
 import { Live, readToken, tokenExpired, uuid, withToken } from "./client.js";
 import { COMBO_WINDOW_MS, GiftStage, poolGiftEvent } from "./gifts.js";
+import { mountSponsored, sponsorChip } from "./sponsored.js";
 import {
   $, api, ApiError, banner, clock, compact, connectionIndicator, duration, el, explain, fmt, giftIcon, levelBadge,
   money, reasonText, signInBanner, toast, whoAmI,
@@ -221,6 +222,7 @@ function recentItem(event, combo) {
     giftIcon(gift, "mini-icon"),
     el("span", {}, el("strong", {}, event.sender_name || event.sender), ` sent ${giftName(event.gift)}`, event.count > 1 ? ` ×${fmt(event.count)}` : ""),
     combo && combo.count > 1 ? el("span.combo-chip", {}, `x${fmt(combo.count)}`) : null,
+    sponsorChip(event),
     event.ts ? el("time.muted.small", { datetime: new Date(event.ts).toISOString() }, clock(event.ts)) : null,
   );
   if (event.sender === me) item.classList.add("mine");
@@ -613,6 +615,7 @@ async function main() {
   await refreshWallet();
   if (!state.signedIn) return;
   connect();
+  mountSponsored({ room, token, live: state.live, catalog: state.catalog, canSend: () => state.status === "live" });
   loadLeaderboard();
   loadMatchAndStage();
   setInterval(() => {
