@@ -9,8 +9,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gifting import clock, keys
+from gifting.gifts import GiftRequest
 from gifting.ledger.audit import run_audit
 from gifting.ledger.campaigns import Campaigns
+from gifting.rooms.store import history_events
 from tests.conftest import System, gift_id
 
 WAIT_S = 30.0
@@ -286,3 +288,47 @@ async def test_the_audit_finds_a_budget_below_zero_or_moved_by_another_transfer(
     findings = "\n".join((await run_audit(system.redis)).findings)
     assert f"campaign {campaign} budget below zero" in findings, findings
     assert "moves campaign budget" in findings and f"{budget}: budget -5 below zero" in findings, findings
+
+
+async def test_ending_a_campaign_during_a_storm_splits_the_budget_exactly(system: System) -> None:
+    """40 concurrent sends while the brand ends the campaign: spent + returned = funded, the budget ends at 0,
+    every send after the end is rejected campaign_ended, and the audit is clean."""
+    campaign = await funded_campaign(system, 30 * COFFEE)
+    room = await system.open_room("c1")
+    end = system.http.post(f"/v1/campaigns/{campaign}/end", headers=system.auth("brand1", "brand"))
+    results = await asyncio.gather(*(send(system, room, campaign, viewer=f"v{i}") for i in range(40)), end)
+    sends, ended = results[:-1], results[-1]
+    assert ended.status_code == 200, ended.text
+    settled = [r for r in sends if r["status"] == "settled"]
+    assert {r["reason"] for r in sends if r["status"] != "settled"} <= {"campaign_ended", "budget_exhausted"}
+    view = await report(system, campaign)
+    r = view["report"]
+    assert (view["status"], view["budget"], r["spent"]) == ("closed", 0, len(settled) * COFFEE)
+    assert r["spent"] + r["returned"] == 30 * COFFEE == r["funded"]
+    assert (await system.wallet("brand1"))["coins"] == r["returned"]
+    await audit_clean(system.redis)
+
+
+async def test_a_redelivered_sponsored_gift_hits_its_record(system: System) -> None:
+    """The worker settling the same stream entry twice (a crash before its ack): the second is a replay, the
+    budget is debited once and the room shows the gift once."""
+    campaign = await funded_campaign(system, 100)
+    room = await system.open_room("c1")
+    request = GiftRequest(gift_id(), room, "coffee", 1, "v1", "V1", hub="", ts_ms=clock.now_ms(), campaign=campaign)
+    assert system.worker is not None
+    first = await system.worker.sponsored.settle([request])
+    again = await system.worker.sponsored.settle([request])
+    assert (first[0].status, first[0].replay, again[0].status, again[0].replay) == ("settled", False, "settled", True)
+    assert (await report(system, campaign))["budget"] == 100 - COFFEE
+    events = history_events(await system.redis.xrange(keys.room_history(room)))
+    assert [e["sponsor"] for e in events if e.get("gift_id") == request.gift_id] == ["brand1"]
+    await audit_clean(system.redis)
+
+
+async def test_bad_sponsored_sends_get_clear_codes(system: System) -> None:
+    """A campaign id of the wrong shape, or a campaign with a recipient on stage, is bad_campaign (400)."""
+    room = await system.open_room("c1")
+    for extra in ({"campaign": "nope"}, {"campaign": "c_0123456789abcdef", "to": "g1"}, {"campaign": 7}):
+        body = {"gift": "coffee", "count": 1, "gift_id": gift_id(), **extra}
+        response = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v1"), json=body)
+        assert response.status_code == 400 and response.json()["error"]["code"] == "bad_campaign", response.text
