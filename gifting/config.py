@@ -284,7 +284,8 @@ class Settings:
     campaigns_listed_max: int = _setting(
         "GIFTING_CAMPAIGNS_LISTED_MAX",
         50,
-        "Campaigns one listing answers (a brand's own, or those a room's viewers can send now).",
+        "Campaigns one listing answers: a brand's newest; for a room, those it can send now among this many open "
+        "campaigns ending soonest.",
     )
     replay_events_max: int = _setting(
         "GIFTING_REPLAY_EVENTS_MAX",

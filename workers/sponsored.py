@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gifting import clock, keys
+from gifting import clock, keys, metrics
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.gifts import GiftRequest, gift_result
@@ -51,6 +51,11 @@ class SponsoredGifts:
         sends = [self.prepare(r, campaigns.get(r.campaign), rooms.get(r.room), now) for r in requests]
         outcomes = await self.campaigns.send(sends)
         await self.publish(requests, sends, outcomes, campaigns, lifetime)
+        fresh = [o for o in outcomes if not o.replay]  # counted like paid gifts (a resend is not counted twice)
+        metrics.gifts_settled.inc(sum(o.settled for o in fresh))
+        for o in fresh:
+            if not o.settled:
+                metrics.gifts_rejected.labels(reason=o.reason or o.status).inc()
         return outcomes
 
     async def _read(
