@@ -6,10 +6,12 @@ import asyncio
 import time
 from typing import Any
 
+import psycopg
 import redis.asyncio as aioredis
 
 from gifting import clock, keys
 from gifting.gifts import GiftRequest
+from gifting.history import journal
 from gifting.ledger.audit import run_audit
 from gifting.ledger.campaigns import Campaigns
 from gifting.rooms.store import history_events
@@ -332,3 +334,18 @@ async def test_bad_sponsored_sends_get_clear_codes(system: System) -> None:
         body = {"gift": "coffee", "count": 1, "gift_id": gift_id(), **extra}
         response = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v1"), json=body)
         assert response.status_code == 400 and response.json()["error"]["code"] == "bad_campaign", response.text
+
+
+async def test_the_audit_reads_archived_budget_transfers(system: System, history: psycopg.AsyncConnection[Any]) -> None:
+    """Fundings, sponsored gifts and the return archived into PostgreSQL: the audit over both stays clean."""
+    campaign = await funded_campaign(system, 100)
+    room = await system.open_room("c1")
+    assert (await send(system, room, campaign))["status"] == "settled"
+    response = await system.http.post(f"/v1/campaigns/{campaign}/end", headers=system.auth("brand1", "brand"))
+    assert response.status_code == 200 and response.json()["returned"] == 100 - COFFEE
+    while (await journal.archive_batch(system.redis, history, keys.LEDGER_JOURNAL, 5))[0]:
+        pass
+    await journal.trim_archived(system.redis, keys.LEDGER_JOURNAL, await journal.cursor(history, keys.LEDGER_JOURNAL))
+    assert await system.redis.xlen(keys.LEDGER_JOURNAL) == 0
+    report = await run_audit(system.redis, archive=history)
+    assert report.clean and report.kinds["sponsored"] == 1 and report.kinds["campaign_return"] == 1, report.summary()
