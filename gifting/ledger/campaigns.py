@@ -20,9 +20,8 @@ from gifting.auth import USER_ID_PATTERN
 from gifting.catalog.model import Catalog
 from gifting.clock import hour_number, now_ms, utc_day
 from gifting.config import Settings
-from gifting.errors import GiftingError
 from gifting.ledger import rules
-from gifting.ledger.store import Ledger, load_script_with
+from gifting.ledger.store import Ledger, LedgerError, load_script_with
 
 CLOSE_ATTEMPTS_MAX = 20  # retries of a close whose budget moved between its read and its script
 VIEWER_DAY_TTL_S = 2 * 86400  # a day's per-viewer counts outlive the day by one, for late batches
@@ -32,8 +31,9 @@ LIMIT_MAX = 1_000_000  # per-viewer and per-room limits, gifts: larger is a typo
 REPORT_FIELDS = ("funded", "spent", "sends", "impressions", "returned")
 
 
-class CampaignError(GiftingError):
-    """A campaign request refused; `code` goes on the wire (HTTP status: gifting/web/http.py). Nothing moved."""
+class CampaignError(LedgerError):
+    """A campaign request refused; `code` goes on the wire (HTTP status: gifting/web/http.py). Nothing moved.
+    A LedgerError, so the worker's loop retries a sweep that met one (`busy`) instead of stopping."""
 
 
 @dataclass(frozen=True, slots=True)
