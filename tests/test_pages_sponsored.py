@@ -16,7 +16,7 @@ COFFEE = 10
 
 async def test_brand_funds_a_campaign_and_a_viewer_sends_its_gift_free(browse: Pages, site: System) -> None:
     """The brand creates a 100-coin campaign for coffee on its page; a viewer with no coins sends it free from the
-    watch page; both viewers' feeds say "sponsored by Acme"; the brand's report counts it."""
+    watch page; both viewers' feeds and the creator's studio say "sponsored by Acme"; the brand's report counts it."""
     await site.grant("acme", 500)
     brand = await browse.open("/brand", token("acme", "brand", "Acme"))
     await text_is(brand, "#balance", "500")
@@ -28,7 +28,8 @@ async def test_brand_funds_a_campaign_and_a_viewer_sends_its_gift_free(browse: P
     await text_is(brand, "#campaigns [data-figure=budget] strong", "100")
     await text_is(brand, "#balance", "400")
 
-    room = await site.open_room("c1")
+    studio = await browse.open("/studio", token("c1", "creator", "Cleo"), own_context=True)
+    room = await test_pages.go_live(studio, "Coffee hour")
     viewer = await browse.open(f"/watch/{room}", token("v1", "viewer", "Ann"))
     other = await browse.open(f"/watch/{room}", token("v2", "viewer", "Bob"), own_context=True)
     for page in (viewer, other):
@@ -39,6 +40,7 @@ async def test_brand_funds_a_campaign_and_a_viewer_sends_its_gift_free(browse: P
     await viewer.wait_for_selector(".toast.ok >> text=sponsored by Acme")
     for page in (viewer, other):
         await page.wait_for_selector("#recent li .sponsor-chip >> text=sponsored by Acme")
+    await studio.wait_for_selector("#feed tr .sponsor-chip >> text=sponsored by Acme")  # the creator's feed too
     assert await site.wallet("v1") == {"coins": 0, "diamonds": 0}
 
     await brand.reload()
