@@ -14,7 +14,7 @@ from gifting.gifts import GiftRequest
 from gifting.history import journal
 from gifting.ledger.audit import run_audit
 from gifting.ledger.campaigns import Campaigns
-from gifting.rooms.store import history_events
+from gifting.rooms.store import announce_fields, history_events
 from tests.conftest import System, gift_id
 
 WAIT_S = 30.0
@@ -349,3 +349,11 @@ async def test_the_audit_reads_archived_budget_transfers(system: System, history
     assert await system.redis.xlen(keys.LEDGER_JOURNAL) == 0
     report = await run_audit(system.redis, archive=history)
     assert report.clean and report.kinds["sponsored"] == 1 and report.kinds["campaign_return"] == 1, report.summary()
+
+
+def test_a_sponsored_gift_never_continues_a_paid_combo() -> None:
+    """The same sender's paid and sponsored coffee are separate combos, so no merged entry mixes who paid."""
+    paid = {"kind": "gift", "sender": "v1", "gift": "coffee", "coins": 10, "count": 1, "gift_id": "a"}
+    sponsored = paid | {"gift_id": "b", "sponsor": "Acme"}
+    combo = [announce_fields(g["gift_id"], g).rsplit("\t", 1)[1] for g in (paid, sponsored)]
+    assert combo == ["v1:coffee", "v1:coffee:sponsored"]
