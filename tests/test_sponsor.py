@@ -14,8 +14,9 @@ from gifting.gifts import GiftRequest
 from gifting.history import journal
 from gifting.ledger.audit import run_audit
 from gifting.ledger.campaigns import Campaigns
+from gifting.live.hub import fresh_viewer_total
 from gifting.rooms.store import announce_fields, history_events
-from tests.conftest import System, gift_id
+from tests.conftest import System, SystemFactory, gift_id
 
 WAIT_S = 30.0
 COFFEE = 10  # coins of the catalog's coffee, the sponsored gift of these tests
@@ -357,3 +358,18 @@ def test_a_sponsored_gift_never_continues_a_paid_combo() -> None:
     sponsored = paid | {"gift_id": "b", "sponsor": "Acme"}
     combo = [announce_fields(g["gift_id"], g).rsplit("\t", 1)[1] for g in (paid, sponsored)]
     assert combo == ["v1:coffee", "v1:coffee:sponsored"]
+
+
+async def test_impressions_count_the_room_viewers_when_a_sponsored_gift_settles(start_system: SystemFactory) -> None:
+    """Three sockets in the room (their count shared by the hub): one sponsored gift makes three impressions."""
+    system = await start_system(viewers_interval_ms=500)  # counts stay fresh 1.5 s: room for a slow machine
+    campaign = await funded_campaign(system, 100)
+    room = await system.open_room("c1")
+    for i in range(3):
+        assert (await (await system.connect(f"w{i}")).join(room))["type"] == "joined"
+    deadline = time.monotonic() + WAIT_S
+    while fresh_viewer_total(await system.redis.hgetall(keys.room_viewers(room)), clock.now_ms(), 1500) != 3:
+        assert time.monotonic() < deadline, "the hub did not share the room's viewer count"
+        await asyncio.sleep(0.05)
+    assert (await send(system, room, campaign))["status"] == "settled"
+    assert (await report(system, campaign))["report"]["impressions"] == 3
