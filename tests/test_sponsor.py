@@ -16,7 +16,7 @@ from gifting.ledger.audit import run_audit
 from gifting.ledger.campaigns import Campaigns
 from gifting.live.hub import fresh_viewer_total
 from gifting.rooms.store import announce_fields, history_events
-from tests.conftest import System, SystemFactory, gift_id
+from tests.conftest import System, SystemFactory, gift_id, run_worker
 
 WAIT_S = 30.0
 COFFEE = 10  # coins of the catalog's coffee, the sponsored gift of these tests
@@ -256,11 +256,13 @@ async def test_bad_campaign_requests_get_clear_codes(system: System) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_campaign"
 
 
-async def test_a_storm_of_sponsored_sends_exhausts_the_budget_exactly(system: System) -> None:
-    """60 concurrent sends against a budget for 25: exactly 25 settle, the budget ends at zero, audit clean."""
+async def test_a_storm_of_sponsored_sends_exhausts_the_budget_exactly(system: System, valkey_url: str) -> None:
+    """60 concurrent sends against a budget for 25, settled by two workers at once (two consumers of the group):
+    exactly 25 settle, the rest are rejected budget_exhausted, the budget ends at zero, the audit is clean."""
     campaign = await funded_campaign(system, 25 * COFFEE)
     room = await system.open_room("c1")
-    results = await asyncio.gather(*(send(system, room, campaign, viewer=f"v{i}") for i in range(60)))
+    async with run_worker(system.settings, valkey_url, consumer="second-worker"):
+        results = await asyncio.gather(*(send(system, room, campaign, viewer=f"v{i}") for i in range(60)))
     statuses = [r["status"] for r in results]
     assert statuses.count("settled") == 25, statuses
     assert {r["reason"] for r in results if r["status"] == "rejected"} == {"budget_exhausted"}
