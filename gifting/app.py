@@ -22,6 +22,7 @@ from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.history.statements import History, Statements
+from gifting.ledger.campaigns import Campaigns
 from gifting.ledger.rewards import Rewards
 from gifting.ledger.store import Ledger
 from gifting.live.direct import HubWebSocketProtocol, check_protocol
@@ -33,7 +34,7 @@ from gifting.payments import PaymentProvider, SandboxProvider
 from gifting.rooms.matches import MatchStore
 from gifting.rooms.stage import StageStore
 from gifting.rooms.store import RoomStore
-from gifting.web import admin, edge, http, matches, openapi, pages, rewards, rooms, service, wallet
+from gifting.web import admin, campaigns, edge, http, matches, openapi, pages, rewards, rooms, service, wallet
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         state.rooms = RoomStore(redis, settings)
         state.matches = MatchStore(redis, settings, state.rooms)
         state.stage = StageStore(redis, settings, state.rooms)
+        state.campaigns = Campaigns(redis, settings)
         state.hub = Hub(redis, settings, state.catalogs)
         await state.hub.start()
         state.rewards = Rewards(redis, settings, state.ledger)
@@ -161,6 +163,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         *wallet.routes,
         *rewards.routes,
         *admin.routes,
+        *campaigns.routes,
         *openapi.routes,
         WebSocketRoute(WS_PATH, websocket_endpoint),  # GiftingApp dispatches it first; listed for the router too
         *pages.routes,

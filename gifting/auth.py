@@ -12,8 +12,8 @@ import jwt
 
 from gifting.errors import GiftingError
 
-Role = Literal["viewer", "creator", "admin"]
-ROLES: tuple[Role, ...] = ("viewer", "creator", "admin")
+Role = Literal["viewer", "creator", "admin", "brand"]
+ROLES: tuple[Role, ...] = ("viewer", "creator", "admin", "brand")  # brand: funds sponsored-gift campaigns
 USER_ID_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")
 NAME_CHARS_MAX = 64
 ALGORITHM = "HS256"

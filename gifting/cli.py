@@ -314,7 +314,7 @@ def _print_welcome(settings: Settings, secret: str) -> None:
     base = f"http://{settings.host}:{settings.port}"
     creator = auth.mint(secret, "demo_creator", "creator", "Demo Creator", settings.token_ttl_s)
     viewers = [auth.mint(secret, f"demo_viewer{i}", "viewer", f"Demo Viewer {i}", settings.token_ttl_s) for i in (1, 2)]
-    links = f"""demo tokens (or: gifting token USER --role viewer|creator|admin):
+    links = f"""demo tokens (or: gifting token USER --role viewer|creator|admin|brand):
   creator  demo_creator   {creator}
   viewer   demo_viewer1   {viewers[0]}
   viewer   demo_viewer2   {viewers[1]}

@@ -261,6 +261,32 @@ class Settings:
     pool_record_ttl_s: int = _setting(
         "GIFTING_POOL_RECORD_TTL_S", 7 * 86400, "A closed pool's record is kept this long, seconds (open: kept)."
     )
+    campaign_duration_s_max: int = _setting(
+        "GIFTING_CAMPAIGN_DURATION_S_MAX",
+        90 * 86400,
+        "Longest sponsored-gift campaign (end minus start), seconds; a longer one is refused `bad_campaign`.",
+    )
+    campaign_targets_max: int = _setting(
+        "GIFTING_CAMPAIGN_TARGETS_MAX",
+        100,
+        "Target rooms plus target creators one campaign may name (none: every live room).",
+    )
+    campaigns_open_max: int = _setting(
+        "GIFTING_CAMPAIGNS_OPEN_MAX",
+        1000,
+        "Campaigns not yet closed, over every brand; creating one more is refused `too_many_campaigns`.",
+    )
+    campaign_fund_coins_max: int = _setting(
+        "GIFTING_CAMPAIGN_FUND_COINS_MAX",
+        100_000_000,
+        "Most coins one funding (a brand's transfer or an admin grant) adds to a budget; more is `bad_amount`.",
+    )
+    campaigns_listed_max: int = _setting(
+        "GIFTING_CAMPAIGNS_LISTED_MAX",
+        50,
+        "Campaigns one listing answers: a brand's newest; for a room, those it can send now among this many open "
+        "campaigns ending soonest.",
+    )
     replay_events_max: int = _setting(
         "GIFTING_REPLAY_EVENTS_MAX",
         1000,

@@ -199,6 +199,46 @@ def rewards_watch_field(user: str) -> str:
     return "w:" + account(user)
 
 
+# Sponsored gifts (ledger slot: a campaign's budget is a coin account, sys:campaign:<id>).
+CAMPAIGN_ACCOUNT_PREFIX = "sys:campaign:"  # a campaign's budget; funded by its brand or an admin grant
+CAMPAIGNS_OPEN = "{ledger}:campaigns:open"  # sorted set: campaign id -> end (ms), until its budget is returned
+
+
+def campaign_account(campaign_id: str) -> str:
+    return CAMPAIGN_ACCOUNT_PREFIX + campaign_id
+
+
+def campaign(campaign_id: str) -> str:
+    """Hash: the campaign (brand, gift, window, targets, limits, status active|closed) and its counters (funded,
+    spent, sends, impressions, returned). Kept for ever: the brand's report reads it."""
+    return "{ledger}:campaign:" + campaign_id
+
+
+def campaign_viewer_day(campaign_id: str, day: str) -> str:
+    """Hash: viewer account -> sponsored gifts sent that UTC day (YYYYMMDD), for the per-viewer daily limit."""
+    return "{ledger}:campaign:" + campaign_id + ":viewers:" + day
+
+
+def campaign_rooms(campaign_id: str) -> str:
+    """Hash: room id -> sponsored gifts sent in that room, for the per-room limit."""
+    return "{ledger}:campaign:" + campaign_id + ":rooms"
+
+
+def campaign_creators(campaign_id: str) -> str:
+    """Set: the creator accounts the campaign's gifts reached (the report's `creators_reached`)."""
+    return "{ledger}:campaign:" + campaign_id + ":creators"
+
+
+def campaign_funding(funding_id: str) -> str:
+    """Hash: one funding of a campaign (brand coins or admin grant), idempotent by its id. Kept for ever."""
+    return "{ledger}:campaign_funding:" + funding_id
+
+
+def brand_campaigns(brand: str) -> str:
+    """List: a brand's campaign ids, oldest first."""
+    return "{ledger}:brand_campaigns:" + account(brand)
+
+
 # Inbound gifts (one slot).
 GIFTS_STREAM = "{gifts}:in"
 GIFTS_DEAD_LETTER = "{gifts}:dead"

@@ -2,7 +2,7 @@
 
     export GIFTING_SECRET=...   # the server's token secret (`gifting dev`: the data directory's `secret` file)
     locust -f loadtest/locustfile.py --headless -u 20 -r 10 -t 20s --host http://127.0.0.1:8000 \\
-        [--scenario steady|gift-storm|big-room|reconnect-storm|purchase-rush|battle] [UserClass ...]
+        [--scenario steady|gift-storm|big-room|reconnect-storm|purchase-rush|battle|campaign] [UserClass ...]
 
 User classes (each its own user id; tokens are minted here from GIFTING_SECRET):
   Viewer       joins a room and reads every frame
@@ -11,6 +11,8 @@ User classes (each its own user id; tokens are minted here from GIFTING_SECRET):
   Purchaser    the HTTP purchase flow: Idempotency-Key, replay, decline, key conflict, balance
   Reconnector  reads a room, drops the socket, resumes with `since`; counts gaps
   BattleViewer a Viewer of one side of the `battle` scenario's match: its last score must equal the result
+  Brand        the `campaign` scenario's brand: reads its campaign's report, which must add up
+  SponsoredGifter sends the campaign's gift free until the budget runs out (`campaign` scenario)
 
 Everything a client must get right is checked and a miss is a failure in locust's statistics: a gap, a
 duplicate or an out-of-order event (loadtest/scenarios/feed.py), a gift without exactly one result, a gift
@@ -947,3 +949,217 @@ def _json(response: Any) -> dict[str, Any]:
         if isinstance(body, dict):
             return body
     return {}
+
+
+# Sponsored gifts (the `campaign` scenario) --------------------------------------------------------------------
+
+
+@dataclass
+class Campaign:
+    """The run's sponsored-gift campaign and what this process's sponsored gifters saw of it."""
+
+    id: str = ""
+    brand: str = ""
+    brand_name: str = ""
+    gift: str = ""
+    price: int = 0
+    funded: int = 0
+    settled: int = 0  # sponsored gifts settled (first outcome; a resend's replay is not counted again)
+    exhausted: bool = False  # some send was rejected budget_exhausted
+    unresolved: int = 0  # sends still without a result when their gifter stopped
+
+
+CAMPAIGN = Campaign()
+
+
+@events.init_command_line_parser.add_listener
+def add_campaign_arguments(parser: Any) -> None:
+    parser.add_argument(
+        "--campaign-coins",
+        type=int,
+        default=None,
+        env_var="LOCUST_CAMPAIGN_COINS",
+        help="the sponsored-gift campaign's budget in coins (default: the scenario's; 0: no campaign)",
+    )
+
+
+@events.init.add_listener
+def pace_sponsored_gifters(environment: Environment, **_: Any) -> None:
+    if options(environment) is not None:
+        SponsoredGifter.wait_time = constant_pacing(1.0 / max(RUN.gift_rate, 0.001))
+
+
+@events.test_start.add_listener
+def set_up_campaign(environment: Environment, **_: Any) -> None:
+    """A brand buys coins, creates a campaign for the first room and funds it (after set_up opened the rooms)."""
+    opts = options(environment)
+    if isinstance(environment.runner, MasterRunner) or opts is None or not RUN.ready:
+        return
+    coins = opts.campaign_coins if opts.campaign_coins is not None else RUN.scenario.campaign_coins
+    CAMPAIGN.__init__()  # type: ignore[misc]
+    if coins <= 0 or not RUN.rooms:
+        return
+    host = (environment.host or "").rstrip("/")
+    brand = f"lt{RUN.id}-brand"
+    headers = {"Authorization": f"Bearer {RUN.token(brand, 'brand', 'Load Brand ' + RUN.id)}"}
+    gift = "coffee" if "coffee" in RUN.prices else min(RUN.prices, key=RUN.prices.__getitem__)
+    try:
+        with requests.Session() as http:
+            bundle = max(RUN.bundles, key=RUN.bundles.__getitem__)
+            for _ in range(-(-coins // RUN.bundles[bundle])):
+                http.post(
+                    f"{host}/v1/wallet/purchases", headers={**headers, "Idempotency-Key": uuid.uuid4().hex},
+                    json={"bundle_id": bundle, "payment_token": "tok_sandbox_ok"}, timeout=HTTP_TIMEOUT_S,
+                ).raise_for_status()  # fmt: skip
+            end_ms = int(time.time() * 1000) + 24 * 3600 * 1000
+            body = {"name": f"loadtest {RUN.id}", "gift": gift, "end_ms": end_ms, "rooms": [RUN.rooms[0].room]}
+            created = http.post(f"{host}/v1/campaigns", headers=headers, json=body, timeout=HTTP_TIMEOUT_S)
+            created.raise_for_status()
+            campaign = created.json()["campaign"]
+            http.post(
+                f"{host}/v1/campaigns/{campaign['id']}/fund", headers={**headers, "Idempotency-Key": "fund-1"},
+                json={"coins": coins}, timeout=HTTP_TIMEOUT_S,
+            ).raise_for_status()  # fmt: skip
+    except Exception as exc:
+        report("set-up", 0.0, f"campaign: {type(exc).__name__}: {exc}")
+        return
+    CAMPAIGN.id, CAMPAIGN.brand, CAMPAIGN.brand_name = campaign["id"], brand, campaign["brand_name"]
+    CAMPAIGN.gift, CAMPAIGN.price, CAMPAIGN.funded = gift, RUN.prices[gift], coins
+    log.info(
+        "run %s: campaign %s, %d coins for %s gifts in room %s", RUN.id, campaign["id"], coins, gift, body["rooms"]
+    )
+
+
+@events.test_stop.add_listener
+def check_campaign(environment: Environment, **_: Any) -> None:
+    """The brand's report against what the sponsored gifters saw: every coin spent is a settled send, and a
+    budget that refused a send holds less than one more gift (exactly 0 when it is a multiple of the price)."""
+    if isinstance(environment.runner, MasterRunner) or not CAMPAIGN.id:
+        return
+    host = (environment.host or "").rstrip("/")
+    headers = {"Authorization": f"Bearer {RUN.token(CAMPAIGN.brand, 'brand', CAMPAIGN.brand_name)}"}
+    try:
+        view = _get_with(f"{host}/v1/campaigns/{CAMPAIGN.id}", headers)["campaign"]
+    except Exception as exc:
+        report("campaign budget = sends", 0.0, f"report unreadable: {exc}")
+        return
+    CAMPAIGN.id = ""
+    report("campaign budget = sends", 0.0, campaign_problem(view["report"]))
+
+
+def campaign_problem(r: dict[str, Any]) -> str | None:
+    spent, left, price = r["spent"], r["budget_left"], CAMPAIGN.price
+    if r["funded"] != CAMPAIGN.funded or spent + left + r["returned"] != r["funded"] or left < 0:
+        return f"budget does not add up: {r}"
+    low, high = CAMPAIGN.settled * price, (CAMPAIGN.settled + CAMPAIGN.unresolved) * price
+    if not low <= spent <= high or r["sends"] * price != spent:
+        seen = f"{CAMPAIGN.settled} settle (+{CAMPAIGN.unresolved} without a result)"
+        return f"spent {spent} coins in {r['sends']} sends; the gifters saw {seen}"
+    if CAMPAIGN.exhausted and left >= price:
+        return f"a send was rejected budget_exhausted while {left} coins were left (price {price})"
+    return None
+
+
+def _get_with(url: str, headers: dict[str, str]) -> Any:
+    response = requests.get(url, headers=headers, timeout=HTTP_TIMEOUT_S)
+    response.raise_for_status()
+    return response.json()
+
+
+class Brand(GiftingUser):
+    """The campaign's brand: reads its report every second; it must always add up (funded = spent + left)."""
+
+    kind = "brand"
+    role: auth.Role = "brand"
+    wait_time = constant(1.0)
+
+    def begin(self) -> None:
+        self.user_id, self.display_name = CAMPAIGN.brand or self.user_id, CAMPAIGN.brand_name or self.display_name
+        self.token = RUN.token(self.user_id, self.role, self.display_name)
+        self.auth = {"Authorization": f"Bearer {self.token}"}
+
+    @task
+    def read_report(self) -> None:
+        self.alive()
+        if not CAMPAIGN.id:
+            return
+        name = "GET /v1/campaigns/{campaign}"
+        with self.client.get(f"/v1/campaigns/{CAMPAIGN.id}", headers=self.auth, name=name, catch_response=True) as r:
+            report_ = (_json(r).get("campaign") or {}).get("report") or {}
+            if r.status_code != 200:
+                r.failure(f"expected 200, got {r.status_code}: {(r.text or '')[:200]}")
+            elif (
+                report_.get("spent", 0) + report_.get("budget_left", 0) + report_.get("returned", 0)
+                != report_.get("funded")
+                or report_.get("budget_left", 0) < 0
+            ):
+                r.failure(f"the report does not add up: {report_}")
+            else:
+                r.success()
+
+
+class SponsoredGifter(GiftingUser):
+    """Sends the campaign's gift free at --gift-rate per second into the campaign's room. Each must settle or be
+    rejected budget_exhausted (rate_limited and overloaded are resent with the same gift_id); a settled one
+    must show in its own feed `sponsored by` the brand. Reports `sponsored gift -> result` and `-> own animation`.
+    """
+
+    kind = "sgifter"
+    wait_time = constant_pacing(0.1)  # set from the scenario / --gift-rate at init
+
+    def begin(self) -> None:
+        self.sent: dict[str, tuple[Message, float]] = {}  # gift id -> (message, sent at), until its result
+        self.shown: dict[str, float] = {}  # settled gift id -> when it settled, until it shows
+        self.retries: list[Message] = []
+        self.connect()
+        self.join(RUN.rooms[0])
+
+    @task
+    def send_sponsored(self) -> None:
+        self.alive()
+        if not CAMPAIGN.id or self.room is None or len(self.sent) >= INFLIGHT_MAX:
+            return
+        retries, self.retries = self.retries, []
+        gift_id = str(uuid.uuid4())
+        message = {"type": "gift", "room": self.room.room, "gift": CAMPAIGN.gift, "count": 1, "gift_id": gift_id}
+        for m in [*retries, message | {"campaign": CAMPAIGN.id}]:
+            self.sent[m["gift_id"]] = (m, time.perf_counter())
+            with contextlib.suppress(ConnectionClosed):
+                assert self.session is not None
+                self.session.send(m)
+
+    def on_gift_result(self, message: Message, now: float) -> None:
+        sent = self.sent.pop(message.get("gift_id", ""), None)
+        if sent is None:
+            report("sponsored gift -> result", 0.0, f"a result for a gift this user did not send: {message}")
+            return
+        seconds, status, reason = now - sent[1], message.get("status"), message.get("reason")
+        if status == "settled":
+            CAMPAIGN.settled += 1
+            self.shown[message["gift_id"]] = now
+            report("sponsored gift -> result", seconds)
+        elif reason == "budget_exhausted":
+            CAMPAIGN.exhausted = True
+            report("sponsored gift rejected: budget_exhausted", seconds)
+        elif reason in ("rate_limited", "overloaded"):
+            report(f"sponsored gift rejected: {reason}", seconds)
+            self.retries.append(sent[0])
+        else:
+            report("sponsored gift -> result", seconds, f"{status} {reason}: expected settled or budget_exhausted")
+
+    def on_events(self, frame: Message, now: float) -> None:
+        super().on_events(frame, now)
+        for event in frame.get("events") or ():
+            ids = merged_gift_ids(event) if event.get("kind") == "gift" else []
+            for gift_id in [g for g in ids if g in self.shown]:
+                problem = None if event.get("sponsor") == CAMPAIGN.brand_name else f"no sponsor on {event}"
+                report("sponsored gift -> own animation", now - self.shown.pop(gift_id), problem)
+
+    def finish(self) -> None:
+        try:
+            deadline = time.perf_counter() + DRAIN_S
+            while self.sent and time.perf_counter() < deadline:
+                gevent.sleep(0.05)
+            CAMPAIGN.unresolved += len(self.sent)
+        finally:
+            self.disconnect()

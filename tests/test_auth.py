@@ -42,8 +42,8 @@ def test_name_defaults_to_user_and_is_truncated() -> None:
 
 
 def test_only_creators_and_admins_can_create() -> None:
-    """can_create is true for creator and admin, false for viewer."""
-    assert [Identity("u", r, "u").can_create for r in auth.ROLES] == [False, True, True]
+    """can_create is true for creator and admin, false for viewer and brand."""
+    assert [Identity("u", r, "u").can_create for r in auth.ROLES] == [False, True, True, False]
 
 
 def test_expired_token_is_token_expired() -> None:

@@ -53,6 +53,13 @@ EXPECTED_BY_CLASS = {
     "Creator": {("WS", "creator fan-out (sampled)"), ("GET", "GET /v1/rooms/{room}/earnings")},
     "Reconnector": {("WS", "resume")},
     "Purchaser": {("POST", "POST /v1/wallet/purchases"), ("POST", "POST /v1/wallet/purchases (replay)")},
+    # The campaign's storm: the brand's report read live, and checked against every settled send at the end.
+    "Brand": {("GET", "GET /v1/campaigns/{campaign}"), ("WS", "campaign budget = sends")},
+    "SponsoredGifter": {
+        ("WS", "sponsored gift -> result"),
+        ("WS", "sponsored gift -> own animation"),
+        ("WS", "sponsored gift rejected: budget_exhausted"),
+    },
 }
 # Per scenario: users (-u, enough that locust spawns every class once) and extra options. Each run is a few
 # seconds; the scenario's own rates apply, except steady's, which drops every second to resume often.
@@ -63,6 +70,7 @@ SMOKE = {
     "reconnect-storm": ("6", "--reconnect-every", "1"),
     "purchase-rush": ("3",),
     "battle": ("8", "--match-duration", "2"),  # the match ends (and every viewer checks it) within the run
+    "campaign": ("6",),  # 4 sponsored gifters at 10/s exhaust the 500-coin budget (50 coffees) in about 2 s
 }
 SMOKE_SECONDS = "4s"
 SMOKE_SECONDS_BY_SCENARIO = {"battle": "6s"}  # a 2 s match, the worker's end sweep (1 s) and the last frames

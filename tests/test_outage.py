@@ -22,7 +22,7 @@ import httpx
 import pytest
 from starlette.routing import Mount, Route, WebSocketRoute
 
-from gifting import keys
+from gifting import clock, keys
 from gifting.app import redis_client
 from gifting.config import Settings
 from gifting.embedded import EmbeddedValkey, free_port
@@ -86,6 +86,7 @@ STORE_FREE = {
     ("GET", "/"),
     ("GET", "/watch/{room}"),
     ("GET", "/studio"),
+    ("GET", "/brand"),
     ("GET", "/overlay/{room}"),
     ("GET", "/dev"),
     ("GET", "/static"),
@@ -94,9 +95,9 @@ STORE_FREE = {
 
 def route_requests(room: str) -> dict[tuple[str, str], dict[str, Any]]:
     """A valid request for each (method, route): valid, so that it gets as far as Valkey."""
-    viewer, creator, admin = (
+    viewer, creator, admin, brand = (
         {"Authorization": f"Bearer {token(user, role)}"}  # type: ignore[arg-type]
-        for user, role in (("v1", "viewer"), ("creator1", "creator"), ("admin1", "admin"))
+        for user, role in (("v1", "viewer"), ("creator1", "creator"), ("admin1", "admin"), ("brand1", "brand"))
     )
     key = {"Idempotency-Key": "key-1"}
     gift = {"gift": "rose", "count": 1, "gift_id": str(uuid.uuid4())}
@@ -164,9 +165,23 @@ def route_requests(room: str) -> dict[tuple[str, str], dict[str, Any]]:
             "json": {"coins": 65, "price_minor": 99, "currency": "USD"},
         },
         ("POST", "/v1/admin/bundles/{bundle}/retire"): {"headers": admin},
+        ("POST", "/v1/campaigns"): {
+            "headers": brand,
+            "json": {"name": "C", "gift": "rose", "end_ms": clock.now_ms() + 3_600_000},
+        },
+        ("GET", "/v1/campaigns"): {"headers": brand},
+        ("GET", "/v1/campaigns/{campaign}"): {"headers": brand},
+        ("POST", "/v1/campaigns/{campaign}/fund"): {"headers": brand | key, "json": {"coins": 10}},
+        ("POST", "/v1/campaigns/{campaign}/end"): {"headers": brand},
+        ("POST", "/v1/admin/campaigns/{campaign}/grant"): {
+            "headers": admin | key,
+            "json": {"coins": 10, "invoice": "INV-1"},
+        },
+        ("GET", "/v1/rooms/{room}/campaigns"): {},
         ("GET", "/"): {},
         ("GET", "/watch/{room}"): {},
         ("GET", "/studio"): {},
+        ("GET", "/brand"): {},
         ("GET", "/overlay/{room}"): {},
         ("GET", "/dev"): {},
         ("GET", "/static"): {"path": "/static/css/app.css"},
@@ -184,6 +199,7 @@ PATH_PARAMS = {
     "creator": "creator1",
     "user": "v1",
     "match": "m1",
+    "campaign": "c_0123456789abcdef",
 }
 
 

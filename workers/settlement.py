@@ -20,6 +20,7 @@ import os
 import socket
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -42,6 +43,7 @@ from gifting.wire.messages import PoolCompleted, PoolProgress
 from gifting.wire.reasons import RejectReason
 from workers.payouts import Payouts
 from workers.pool_sweep import PoolSweeper
+from workers.sponsored import SponsoredGifts
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,7 @@ class SettlementWorker:
         self.pool_sweeper = PoolSweeper(redis, settings, self.rooms)
         self.matches = MatchStore(redis, settings, self.rooms)
         self.rewards = Rewards(redis, settings, self.ledger)
+        self.sponsored = SponsoredGifts(redis, settings, self.catalogs, self.rooms)
         self._last_heartbeat = 0.0
         self._last_claim = 0.0
         self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
@@ -157,6 +160,7 @@ class SettlementWorker:
                     await self.sweep_pools()
                     await self.sweep_room_ends()
                     await self.matches.sweep()
+                    await self.sponsored.sweep()
                     await self.prune_consumers()
                     await self.observe_state()
                 await self.step(pending=False)
@@ -292,8 +296,12 @@ class SettlementWorker:
                     requests.append((entry_id, GiftRequest.from_entry(fields)))
             except ValueError as exc:
                 await self.dead_letter(entry_id, fields, str(exc))
+        sponsored = [(entry_id, r) for entry_id, r in requests if r.campaign]  # workers/sponsored.py
+        requests = [(entry_id, r) for entry_id, r in requests if not r.campaign]
         if requests:
             await self._settle_entries(requests, dict(entries))
+        if sponsored:
+            await self._settle_entries(sponsored, dict(entries), self.sponsored.settle)
         for entry_id, op in pool_ops:  # pledges are rare next to gifts: one call each, in stream order
             try:
                 await self.settle_pool_op(op)
@@ -304,9 +312,15 @@ class SettlementWorker:
                 continue
             await self.ack([entry_id])
 
-    async def _settle_entries(self, requests: list[tuple[str, GiftRequest]], fields: dict[str, dict[str, str]]) -> None:
+    async def _settle_entries(
+        self,
+        requests: list[tuple[str, GiftRequest]],
+        fields: dict[str, dict[str, str]],
+        settle: Callable[[list[GiftRequest], list[str]], Awaitable[Any]] | None = None,
+    ) -> None:
+        settle = settle or self.settle
         try:
-            await self.settle([r for _, r in requests], [entry_id for entry_id, _ in requests])
+            await settle([r for _, r in requests], [entry_id for entry_id, _ in requests])
         except ResponseError as exc:
             if len(requests) == 1 or not script_failed(exc):
                 raise
@@ -314,7 +328,7 @@ class SettlementWorker:
             log.warning("settlement: batch failed (%s); settling %d entries one by one", exc, len(requests))
             for entry_id, request in requests:
                 try:
-                    await self.settle([request], [entry_id])
+                    await settle([request], [entry_id])
                 except ResponseError as one_exc:
                     if not script_failed(one_exc):
                         raise

@@ -16,6 +16,7 @@ Checks:
   viewer -> sys:rewards_spent (a gift), so none is ever paid out, refunded or charged back; the budget is never
   below zero after any entry; each accrual id pays once; each viewer's and the platform's accruals of a UTC day
   stay within the caps recorded with them.
+- sponsored-gift budgets (ledger/audit_campaigns.py): never below zero, every budget coin accounted for.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import redis.asyncio as aioredis
 
 from gifting import clock, keys
 from gifting.history import journal as history
-from gifting.ledger import rules
+from gifting.ledger import audit_campaigns, rules
 
 CHUNK_ENTRIES = 200  # journal entries read per XRANGE (a settled batch is one entry of up to 2,000 gifts)
 GRACE_MS = 60_000  # a pending withdrawal may overrun its deadline this long before it is a finding
@@ -82,6 +83,7 @@ class _Journal:
     reward_ids: set[str] = field(default_factory=set)
     # (account or '*', day) -> (reward coins accrued, the lowest cap recorded with them)
     rewards_by_day: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    campaigns: audit_campaigns.CampaignJournal = field(default_factory=audit_campaigns.CampaignJournal)
 
 
 async def run_audit(
@@ -112,6 +114,8 @@ async def run_audit(
     _check_withdrawals(report, snapshot, latest, records.withdrawals)
     _check_pools(report, snapshot, latest, records.pools)
     _check_reward_caps(report, latest)
+    coins = report.totals.get("coins", {})
+    await audit_campaigns.check(redis, report.findings, coins, snapshot.campaigns, latest.campaigns)
     return report
 
 
@@ -195,6 +199,9 @@ def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: 
     if kind in ("reward", "reward_funding") or any(leg.ledger == "rewards" for leg in legs):
         _apply_rewards(report, journal, entry_id, kind, fields, legs)
     amount = sum(leg.amount for leg in legs)
+    audit_campaigns.apply_entry(
+        report.findings, journal.campaigns, journal.balances, journal.gift_ids, entry_id, fields, legs
+    )
     if kind == "gift":
         if entry in journal.gift_ids:
             report.findings.append(f"journal {entry_id}: gift {entry} settled more than once")

@@ -198,6 +198,23 @@ def reward_gift_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
     return [leg for leg in legs if leg.amount > 0]
 
 
+# Sponsored gifts: a brand's campaign budget (keys.campaign_account) pays for a gift a viewer sends free. The
+# budget is funded from the brand's own coins or by an admin grant against an invoice (coins from issuance), is
+# debited exactly like a viewer's coins for a paid gift, and what is left returns to the brand's coins once, when
+# the campaign closes (at its end, or ended early by the brand or an admin). sponsor.lua applies these legs.
+
+
+def sponsored_gift_legs(campaign_id: str, creator: str, split: GiftSplit) -> list[Leg]:
+    """A sponsored gift: the campaign's budget pays the same split a viewer's coins would (zero legs omitted)."""
+    budget = keys.campaign_account(campaign_id)
+    legs = [
+        Leg("coins", budget, keys.SYS_PLATFORM_REVENUE, split.platform_coins),
+        Leg("coins", budget, keys.SYS_CREATOR_EARNINGS, split.diamonds),
+        Leg("diamonds", keys.SYS_DIAMOND_ISSUANCE, keys.account(creator), split.diamonds),
+    ]
+    return [leg for leg in legs if leg.amount > 0]
+
+
 def reward_gift_journal_row(
     gift_id: str, viewer: str, creator: str, split: GiftSplit, room: str, gift: str, count: int
 ) -> str:
@@ -217,6 +234,41 @@ def pays_with_rewards(reward_balance: int, coin_balance: int, coins: int) -> boo
     its caller built, and bought coins stay refundable exactly as before). A viewer in chargeback debt
     (coin balance below zero) gifts with neither until it is repaid. settle.lua applies this rule."""
     return coins > 0 and coin_balance >= 0 and reward_balance >= coins
+
+
+def campaign_funding_legs(campaign_id: str, coins: int, brand: str | None) -> list[Leg]:
+    """Funding a budget: from the brand's own coins (bought like any purchase), or, with `brand` None, an admin
+    grant against an invoice: new coins from the issuance account, as a purchase credits them."""
+    payer = keys.account(brand) if brand is not None else keys.SYS_COIN_ISSUANCE
+    return [Leg("coins", payer, keys.campaign_account(campaign_id), coins)]
+
+
+def campaign_return_legs(campaign_id: str, brand: str, coins: int) -> list[Leg]:
+    """The unspent budget of a closed campaign goes to the brand's coins (granted coins too: the invoice paid
+    for them), once."""
+    return [Leg("coins", keys.campaign_account(campaign_id), keys.account(brand), coins)] if coins > 0 else []
+
+
+def sponsor_reject(
+    campaign: dict[str, str] | None, gift: str, room: str, creator: str, sender: str, now_ms: int
+) -> RejectReason | None:
+    """Whether a sponsored send may go to the ledger, decided from the campaign record before it (sponsor.lua
+    then checks the window again, the limits and the budget, atomically with the debit). `campaign` is the
+    stored record (keys.campaign), None when there is no such campaign."""
+    if not campaign:
+        return RejectReason.UNKNOWN_CAMPAIGN
+    if campaign.get("status") != "active" or now_ms >= int(campaign["end_ms"]):
+        return RejectReason.CAMPAIGN_ENDED
+    if now_ms < int(campaign["start_ms"]):
+        return RejectReason.CAMPAIGN_NOT_STARTED
+    if gift != campaign["gift"]:
+        return RejectReason.NOT_SPONSORED_GIFT
+    if campaign["brand"] in (sender, creator):  # the brand's budget would pay the brand, or be sent by it
+        return RejectReason.SPONSOR_SELF
+    rooms, creators = campaign.get("rooms", "").split(), campaign.get("creators", "").split()
+    if (rooms or creators) and room not in rooms and creator not in creators:
+        return RejectReason.CAMPAIGN_NOT_TARGETED
+    return None
 
 
 class JournalError(ValueError):

@@ -435,6 +435,8 @@ def announce_fields(dedupe_id: str, event: dict[str, Any]) -> str:
     if kind == EventKind.GIFT:
         contributors = f"{event['sender']} {event['coins']}"
         combo = f"{event['sender']}:{event['gift']}"
+        if event.get("sponsor"):  # a free gift never merges with paid ones: each entry says who paid for it
+            combo += ":sponsored"
     elif kind == EventKind.POOL_COMPLETED:
         contributors = "|".join(f"{c['user']} {c['coins']}" for c in event["pool"]["contributors"])
     coins = event.get("coins", 0) if kind in (EventKind.GIFT, EventKind.POOL_COMPLETED) else 0

@@ -55,7 +55,7 @@ ROOM: JSON = obj("room", "creator", "status", room=STR, creator=STR, status=STR,
 GIFT_RESULT: JSON = obj("type", "gift_id", "status", type=STR, gift_id=STR, status=STR)
 PLEDGE_RESULT: JSON = obj("type", "pledge_id", "status", type=STR, pledge_id=STR, status=STR)
 LIMIT: JSON = {"type": "string", "pattern": "^[0-9]+$"}
-GIFT_BODY: JSON = obj("gift", "count", "gift_id", gift=STR, count=INT, gift_id=STR, price=INT)
+GIFT_BODY: JSON = obj("gift", "count", "gift_id", gift=STR, count=INT, gift_id=STR, price=INT, campaign=STR)
 CATALOG_GIFT: JSON = obj("name", "coins", "asset", "tier", name=STR, coins=INT, asset=STR, tier=STR)
 BUNDLE: JSON = obj("coins", "price_minor", "currency", coins=INT, price_minor=INT, currency=STR)
 REJECTED = {422: GIFT_RESULT, 429: GIFT_RESULT}
@@ -244,9 +244,59 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         {200: obj("user", "not_before", user=STR, not_before=INT)},
         who="admin",
     ),
+    ("POST", "/v1/campaigns"): Op(
+        "A brand creates a sponsored-gift campaign (fund it next).",
+        {201: obj("campaign")},
+        who="brand",
+        body=obj(
+            "name",
+            "gift",
+            "end_ms",
+            name=STR,
+            gift=STR,
+            end_ms=INT,
+            start_ms=INT,
+            art=STR,
+            rooms={"type": "array", "items": STR},
+            creators={"type": "array", "items": STR},
+            viewer_day_max=INT,
+            room_max=INT,
+        ),
+    ),
+    ("GET", "/v1/campaigns"): Op(
+        "The brand's campaigns with their reports.", {200: obj("campaigns", campaigns={"type": "array"})}, who="brand"
+    ),
+    ("GET", "/v1/campaigns/{campaign}"): Op(
+        "A campaign and its report.", {200: obj("campaign")}, who="the campaign's brand, admin"
+    ),
+    ("POST", "/v1/campaigns/{campaign}/fund"): Op(
+        "The brand moves coins from its wallet into the campaign's budget.",
+        {200: obj("campaign")},
+        who="the campaign's brand",
+        body=obj("coins", coins=INT),
+        idempotency_key=True,
+    ),
+    ("POST", "/v1/campaigns/{campaign}/end"): Op(
+        "End the campaign now: its unspent budget returns to the brand, once.",
+        {200: obj("campaign", "returned", returned=INT)},
+        who="the campaign's brand, admin",
+    ),
+    ("POST", "/v1/admin/campaigns/{campaign}/grant"): Op(
+        "Grant a campaign budget against an invoice (new coins, like a purchase).",
+        {200: obj("campaign")},
+        who="admin",
+        body=obj("coins", "invoice", coins=INT, invoice=STR),
+        idempotency_key=True,
+    ),
+    ("GET", "/v1/rooms/{room}/campaigns"): Op(
+        "The sponsored gifts a viewer of this room can send now, free.",
+        {200: obj("campaigns", campaigns={"type": "array"})},
+        who=None,
+    ),
     ("GET", "/"): Op("Page: the lobby.", {200: HTML}, who=None),
     ("GET", "/watch/{room}"): Op("Page: watch a room.", {200: HTML}, who=None),
     ("GET", "/studio"): Op("Page: the creator studio.", {200: HTML}, who=None),
+    ("GET", "/brand"): Op("Page: a brand's sponsored-gift campaigns and reports.", {200: HTML}, who=None),
     ("GET", "/overlay/{room}"): Op("Page: the stream overlay.", {200: HTML}, who=None),
     ("GET", "/dev"): Op("Page: demo tokens (dev mode, loopback host only).", {200: HTML}, who=None),
     ("GET", "/static/{path}"): Op("The pages' scripts, styles and images.", {200: "asset"}, who=None),

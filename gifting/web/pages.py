@@ -88,6 +88,11 @@ async def studio(request: Request) -> Response:
     return _html(request, "studio.html")
 
 
+async def brand(request: Request) -> Response:
+    """A brand's sponsored-gift campaigns and their reports."""
+    return _html(request, "brand.html")
+
+
 async def overlay(request: Request) -> Response:
     return _html(request, "overlay.html")
 
@@ -119,6 +124,7 @@ routes: list[BaseRoute] = [
     Route("/", lobby, methods=["GET", "HEAD"]),
     Route("/watch/{room}", watch, methods=["GET", "HEAD"]),
     Route("/studio", studio, methods=["GET", "HEAD"]),
+    Route("/brand", brand, methods=["GET", "HEAD"]),
     Route("/overlay/{room}", overlay, methods=["GET", "HEAD"]),
     Route("/dev", dev, methods=["GET", "HEAD"]),
     Mount("/static", app=StaticAssets(directory=STATIC_DIR), name="static"),

@@ -46,6 +46,7 @@ class SendGift:
     price: int | None = None  # coins per gift as the viewer saw it; settlement rejects if it changed
     ref: str | None = None
     to: str | None = None  # the recipient on stage (a guest's user id); None: the host
+    campaign: str | None = None  # a sponsored gift: the campaign whose budget pays it (the sender pays nothing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,8 +317,9 @@ class GiftEvent(RoomEvent, frozen=True):
     level: int
     ts: int
     to: str | None = None  # a guest on stage who received it (and its diamonds); absent: the host
+    sponsor: str | None = None  # a sponsored gift: the brand whose budget paid it ("sponsored by ..."); absent: none
 
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"to"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"to", "sponsor"})
 
 
 class GoalProgress(RoomEvent, frozen=True):

@@ -26,6 +26,7 @@ from gifting.wire.messages import StartPool as StartPool
 
 ROOM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 EPOCH_PATTERN = re.compile(r"[A-Za-z0-9]{1,32}")
+CAMPAIGN_ID_PATTERN = re.compile(r"c_[0-9a-f]{16}")  # gifting/ledger/campaigns.py make_campaign
 RECIPIENT_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")  # a user id (gifting/auth.py USER_ID_PATTERN)
 OFFSET_MAX = 2**53  # offsets stay exact in JavaScript numbers
 REF_CHARS_MAX = 64
@@ -82,6 +83,10 @@ def parse_message(obj: dict[str, Any], gift_count_max: int) -> ClientMessage:
         raise ProtocolError("bad_message", f"ref: expected a string of at most {REF_CHARS_MAX} characters")
     kind = obj.get("type")
     if kind == "gift":
+        if obj.get("campaign") is not None and obj.get("to") is not None:
+            raise ProtocolError(
+                "bad_campaign", "campaign: a sponsored gift goes to the room's host; leave out `to`", ref
+            )
         return SendGift(
             room=_room(obj, ref),
             gift=_string(obj, "gift", ref, 40),
@@ -90,6 +95,7 @@ def parse_message(obj: dict[str, Any], gift_count_max: int) -> ClientMessage:
             price=_optional_price(obj.get("price"), ref),
             ref=ref,
             to=_optional_recipient(obj.get("to"), ref),
+            campaign=_optional_campaign(obj.get("campaign"), ref),
         )
     if kind == "join":
         return Join(room=_room(obj, ref), since=_since(obj.get("since"), ref), ref=ref)
@@ -152,6 +158,12 @@ def _string(obj: dict[str, Any], name: str, ref: str | None, chars_max: int) -> 
     if not isinstance(value, str) or not 1 <= len(value) <= chars_max:
         raise ProtocolError("bad_message", f"{name}: expected a string of 1..{chars_max} characters", ref)
     return value
+
+
+def _optional_campaign(value: object, ref: str | None) -> str | None:
+    if value is None or (isinstance(value, str) and CAMPAIGN_ID_PATTERN.fullmatch(value)):
+        return value
+    raise ProtocolError("bad_campaign", f"campaign: expected a campaign id (c_ and 16 hex digits), got {value!r}", ref)
 
 
 def _optional_recipient(value: object, ref: str | None) -> str | None:

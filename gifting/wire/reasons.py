@@ -20,6 +20,16 @@ class RejectReason(StrEnum):
     DAILY_LIMIT = "daily_limit"
     ARCHIVE_BACKLOG = "archive_backlog"
     RECIPIENT_NOT_ON_STAGE = "recipient_not_on_stage"
+    # Sponsored gifts only (a `gift` with a `campaign`; decided by settlement, final like the above).
+    UNKNOWN_CAMPAIGN = "unknown_campaign"
+    CAMPAIGN_NOT_STARTED = "campaign_not_started"
+    CAMPAIGN_ENDED = "campaign_ended"
+    CAMPAIGN_NOT_TARGETED = "campaign_not_targeted"
+    NOT_SPONSORED_GIFT = "not_sponsored_gift"
+    SPONSOR_SELF = "sponsor_self"
+    SPONSOR_VIEWER_LIMIT = "sponsor_viewer_limit"
+    SPONSOR_ROOM_LIMIT = "sponsor_room_limit"
+    BUDGET_EXHAUSTED = "budget_exhausted"
     # Decided by the hub at once (nothing recorded: the same id may be retried).
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"

@@ -23,6 +23,7 @@ class Scenario:
     match_s: int = 0  # > 0: the first two rooms play a match this long, seconds (POST /v1/matches)
     storm_last_s: float = 10.0  # in a match's last seconds each gifter sends storm_factor times as fast
     storm_factor: int = 5
+    campaign_coins: int = 0  # > 0: a brand funds a sponsored-gift campaign with this budget for the first room
     example: str = ""  # a sensible size for this machine kind (2 cores), for the docs
 
     @property
@@ -86,6 +87,17 @@ SCENARIOS: dict[str, Scenario] = {
             gift_rate=2.0,
             match_s=60,
             example="-u 80 -r 40 -t 75s",
+        ),
+        Scenario(
+            name="campaign",
+            measures="a storm of sponsored gifts that exhausts a brand's budget: it ends at exactly zero, no send "
+            "beyond it settles, and the brand's report counts every settled send once",
+            rooms=1,
+            weights={"SponsoredGifter": 4, "Viewer": 1},
+            fixed={"Brand": 1},
+            gift_rate=10.0,
+            campaign_coins=500,
+            example="-u 40 -r 20 -t 30s --campaign-coins 20000",
         ),
     )
 }

@@ -180,11 +180,12 @@ export class Live extends EventTarget {
   }
 
   /** Send a gift; resolves with its gift_result ({status: settled|rejected, reason, coins}). */
-  sendGift(room, gift, count, price, to) {
+  sendGift(room, gift, count, price, to, campaign) {
     const giftId = uuid();
     const message = { type: "gift", room, gift, count, gift_id: giftId, ref: giftId };
     if (typeof price === "number") message.price = price;
     if (to) message.to = to; // a guest on stage (default: the host)
+    if (campaign) message.campaign = campaign; // a sponsored gift: the brand's budget pays
     return {
       giftId,
       result: new Promise((resolve) => {

@@ -13,13 +13,14 @@ async function mint({ user, role, name }) {
   const query = new URLSearchParams({ user, role, name });
   const token = (await api(`/dev/token?${query}`)).token;
   // An overlay link carries a read-only overlay token, never the creator's own (POST /v1/overlay-tokens).
-  const overlay = role === "viewer" ? null : (await api("/v1/overlay-tokens", { method: "POST", token })).token;
+  const overlay = role === "viewer" || role === "brand" ? null : (await api("/v1/overlay-tokens", { method: "POST", token })).token;
   return { token, overlay };
 }
 
 function links(who, { token, overlay }, rooms) {
   const items = [el("a", { href: withToken("/", token) }, `${who.name}: lobby`)];
-  if (who.role !== "viewer") items.push(el("a", { href: withToken("/studio", token) }, `${who.name}: creator studio`));
+  if (who.role === "brand") items.push(el("a", { href: withToken("/brand", token) }, `${who.name}: sponsored-gift campaigns`));
+  else if (who.role !== "viewer") items.push(el("a", { href: withToken("/studio", token) }, `${who.name}: creator studio`));
   for (const room of rooms) {
     items.push(el("a", { href: withToken(`/watch/${encodeURIComponent(room.room)}`, token) }, `${who.name}: watch “${room.title}”`));
     if (room.creator === who.user) items.push(el("a", { href: withToken(`/overlay/${encodeURIComponent(room.room)}`, overlay) }, `${who.name}: overlay for “${room.title}”`));

@@ -10,6 +10,7 @@ import {
   signInBanner, toast, whoAmI,
 } from "./ui.js";
 import { poolGiftEvent } from "./gifts.js";
+import { sponsorChip } from "./sponsored.js";
 
 const FEED_MAX = 100;
 const CHART_MINUTES = 30;
@@ -286,7 +287,7 @@ function feedRow(event) {
   return el("tr", { dataset: { giftId: event.gift_id, offset: event.offset ?? "" } },
     el("td.col-time", {}, event.ts ? el("time", { datetime: new Date(event.ts).toISOString() }, clock(event.ts)) : ""),
     el("td", {}, event.sender_name || event.sender),
-    el("td", {}, giftIcon(gift, "mini-icon"), gift.name),
+    el("td", {}, giftIcon(gift, "mini-icon"), gift.name, sponsorChip(event) ? " " : "", sponsorChip(event)),
     el("td.num", {}, fmt(event.count)),
     el("td.num", {}, fmt(event.diamonds || 0)),
   );

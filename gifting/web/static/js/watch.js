@@ -4,6 +4,7 @@
 import { Live, readToken, tokenExpired, uuid, withToken } from "./client.js";
 import { COMBO_WINDOW_MS, GiftStage, poolGiftEvent } from "./gifts.js";
 import { RewardsPanel } from "./rewards.js";
+import { mountSponsored, sponsorChip } from "./sponsored.js";
 import {
   $, api, ApiError, banner, clock, compact, connectionIndicator, duration, el, explain, fmt, giftIcon, levelBadge,
   money, reasonText, signInBanner, toast, whoAmI,
@@ -225,6 +226,7 @@ function recentItem(event, combo) {
     giftIcon(gift, "mini-icon"),
     el("span", {}, el("strong", {}, event.sender_name || event.sender), ` sent ${giftName(event.gift)}`, event.count > 1 ? ` ×${fmt(event.count)}` : ""),
     combo && combo.count > 1 ? el("span.combo-chip", {}, `x${fmt(combo.count)}`) : null,
+    sponsorChip(event),
     event.ts ? el("time.muted.small", { datetime: new Date(event.ts).toISOString() }, clock(event.ts)) : null,
   );
   if (event.sender === me) item.classList.add("mine");
@@ -619,6 +621,7 @@ async function main() {
   state.rewards = new RewardsPanel(token, (coins) => { state.rewardCoins = coins; updateGifts(); });
   state.rewards.start();
   connect();
+  mountSponsored({ room, token, live: state.live, catalog: state.catalog, canSend: () => state.status === "live" });
   loadLeaderboard();
   loadMatchAndStage();
   setInterval(() => {
