@@ -234,7 +234,7 @@ async def test_ending_the_stream_mid_match_forfeits_and_both_summaries_name_the_
     start_system: SystemFactory,
 ) -> None:
     """A creator who ends their stream mid-match loses by forfeit whatever the points; the match ends at once
-    (not at its planned end) and the other creator's stream summary lists the result."""
+    (not at its planned end) and both creators' stream summaries (and session lists) carry the result."""
     system = await start_system(**FAST)
     match, room_a, room_b = await start_match(system, duration_s=600)
     await system.grant("v1", 100)
@@ -250,9 +250,12 @@ async def test_ending_the_stream_mid_match_forfeits_and_both_summaries_name_the_
     assert view["result"]["points"] == {"a": 10, "b": 0}
     assert view["end_ms"] < view["started_at_ms"] + 600_000
     await system.http.post(f"/v1/rooms/{room_b}/end", headers=system.auth("cb", "creator"))
-    summary = (await system.http.get(f"/v1/rooms/{room_b}/summary")).json()
-    assert [m["id"] for m in summary["matches"]] == [match]
-    assert summary["matches"][0]["result"] == view["result"]
+    for room, creator in ((room_a, "ca"), (room_b, "cb")):
+        summary = (await system.http.get(f"/v1/rooms/{room}/summary")).json()
+        assert [m["id"] for m in summary["matches"]] == [match], room
+        assert summary["matches"][0]["result"] == view["result"]
+        sessions = await RoomStore(system.redis, system.settings).sessions(creator, 10)
+        assert [[m["result"] for m in s["matches"]] for s in sessions] == [[view["result"]]]
     invite = await system.http.post("/v1/matches", headers=system.auth("cb", "creator"), json={"opponent": "ca"})
     assert invite.json()["error"]["code"] == "room_not_live"  # the markers were released: no longer in a match
 

@@ -302,6 +302,7 @@ class MatchStore:
             await self.redis.hset(keys.room_matches(room), match, orjson.dumps(view))  # the stream summary's
             if await self.redis.hget(keys.room_meta(room), "status") != "live":  # it expires with the ended room
                 await self.redis.expire(keys.room_matches(room), self.settings.ended_room_ttl_s, nx=True)
+                await self.rooms.summary_matches(room)  # the forfeiting room's summary was stored before the end
             await self.rooms.announce(room, [(f"match:{match}:ended", event)])
         return True
 
