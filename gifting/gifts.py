@@ -28,6 +28,7 @@ class GiftRequest:
     ts_ms: int = 0
     req: int = 0  # the hub's number for this request: its result finds the right waiter
     to: str = ""  # the recipient on stage; "": the room's host
+    match: str = ""  # the match whose side the gift targets (refused once it ended); "": none named
 
     def to_entry(self) -> dict[str, bytes]:
         return {STREAM_FIELD: orjson.dumps(asdict(self))}
@@ -41,7 +42,8 @@ class GiftRequest:
         except (KeyError, TypeError, orjson.JSONDecodeError) as exc:
             raise ValueError(f"not a gift request entry: {exc}") from None
         strings = (
-            request.gift_id, request.room, request.gift, request.sender, request.sender_name, request.hub, request.to
+            request.gift_id, request.room, request.gift, request.sender, request.sender_name, request.hub, request.to,
+            request.match,
         )  # fmt: skip
         if not all(isinstance(s, str) for s in strings):
             raise ValueError(f"not a gift request entry: a text field is not a string in {data!r}")

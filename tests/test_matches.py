@@ -20,7 +20,7 @@ from gifting.app import redis_client
 from gifting.rooms.matches import MatchError, MatchStore
 from gifting.rooms.store import RoomStore, history_events
 from tests.conftest import SystemFactory, WsClient, gift_id, make_settings
-from tests.test_settlement import grant, processes
+from tests.test_settlement import assert_audit_clean, balances, grant, processes
 from workers.settlement import SettlementWorker
 
 WAIT_S = 30.0
@@ -388,3 +388,77 @@ async def test_in_a_gift_match_only_the_named_gift_scores(start_system: SystemFa
     view = (await system.http.get(f"/v1/matches/{match}")).json()
     assert (view["a"]["points"], view["b"]["points"]) == (20, 0)
     assert (await system.wallet("v1"))["coins"] == 1000 - 26
+
+
+async def test_a_gift_naming_a_match_that_ended_is_rejected_and_nothing_moves(start_system: SystemFactory) -> None:
+    """A gift that names the match (its room's side) scores while it is live; once it ended it is rejected
+    `match_ended` and no coin moves; an ordinary gift to the same room still settles; a gift naming a match its
+    room is not in is `not_in_match`; a malformed match id is `bad_message`."""
+    system = await start_system(**FAST)
+    match, room_a, _room_b = await start_match(system, duration_s=1)
+    room_c = await system.open_room("cc")
+    await system.grant("v1", 1000)
+    client = await system.connect("v1")
+    await client.join(room_a)
+
+    async def send(room: str, named: str | None) -> dict[str, Any]:
+        gid = gift_id()
+        await client.send({"type": "gift", "room": room, "gift": "coffee", "count": 1, "gift_id": gid, "match": named})
+        return await client.result(gid)
+
+    assert (await send(room_a, match))["status"] == "settled"
+    await wait_until(lambda: _ended(system, match), "the match to end")
+    assert (await system.http.get(f"/v1/matches/{match}")).json()["result"]["points"] == {"a": 10, "b": 0}
+    ended = await send(room_a, match)
+    assert (ended["status"], ended["reason"]) == ("rejected", "match_ended")
+    assert (await system.wallet("v1"))["coins"] == 990  # nothing moved
+    assert (await send(room_a, None))["status"] == "settled"  # an ordinary gift still works
+    stranger = await send(room_c, match)
+    assert (stranger["status"], stranger["reason"]) == ("rejected", "not_in_match")
+    assert (await send(room_a, "f" * 32))["reason"] == "not_in_match"  # no such match
+    assert (await system.wallet("v1"))["coins"] == 980
+    gid = gift_id()
+    await client.send({"type": "gift", "room": room_a, "gift": "coffee", "count": 1, "gift_id": gid, "match": "x!"})
+    error = await client.wait_for(lambda m: m.get("type") == "error")
+    assert error["code"] == "bad_message" and "match" in error["message"]
+    http = await system.http.post(
+        f"/v1/rooms/{room_a}/gifts", headers=system.auth("v1"), json={"gift": "coffee", "gift_id": gift_id(),
+                                                                       "count": 1, "match": match},
+    )  # fmt: skip
+    assert (http.json()["status"], http.json()["reason"]) == ("rejected", "match_ended")
+    assert (await system.wallet("v1"))["coins"] == 980
+    assert (await system.http.get(f"/v1/matches/{match}")).json()["result"]["points"] == {"a": 10, "b": 0}
+
+
+async def test_a_gift_naming_the_match_in_flight_at_the_end_settles_by_the_cutoff(
+    redis: aioredis.Redis, valkey_url: str, tmp_path: Path
+) -> None:
+    """The rule for a gift naming a match is the scoring cutoff: accepted by the hub before the end, it settles
+    and scores however late; accepted at or after the end, `match_ended`, nothing moves; a redelivery of either
+    gets its first outcome."""
+    settings = make_settings(tmp_path, match_duration_s=1)
+    client = redis_client(valkey_url)
+    try:
+        rooms, worker = RoomStore(client, settings), SettlementWorker(client, settings, consumer="w1")
+        matches = MatchStore(client, settings, rooms)
+        assert await worker.start_up(asyncio.Event())
+        room_a = (await rooms.open("ca", "A", "t")).room
+        await rooms.open("cb", "B", "t")
+        match = (await matches.invite("ca", "cb", 1))["id"]
+        end_ms = (await matches.answer(match, "cb", True))["end_ms"]
+        await grant(client, "v1", 100)
+        in_time, late = (
+            gifts.new_request(gift_id=gift_id(), room=room_a, gift="coffee", count=1, sender="v1", sender_name="V",
+                              hub="", match=match) for _ in range(2)
+        )  # fmt: skip
+        await wait_until(lambda: _past(client, end_ms), "the match's end")
+        for _ in range(2):  # the second time: a redelivery
+            outcomes = await worker.settle([in_time, late], [f"{end_ms - 1}-0", f"{end_ms}-0"])
+            assert [(o.status, o.reason) for o in outcomes] == [("settled", ""), ("rejected", "match_ended")]
+        assert (await balances(client, "v1"))[0] == 90
+        await assert_audit_clean(client)
+        await worker.flush_acks()
+        assert await matches.finish(match)
+        assert (await matches.get(match))["result"]["points"] == {"a": 10, "b": 0}
+    finally:
+        await client.aclose()

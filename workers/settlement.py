@@ -361,9 +361,10 @@ class SettlementWorker:
                 "archive backlog: %d journal entries in Valkey > %d: refusing gifts", journal_entries, backlog_max
             )
         batch = [self.prepare(r, rooms.get(r.room), archive_full) for r in requests]
+        accepted_ms = [int(e.split("-")[0]) for e in entry_ids] if entry_ids else [r.ts_ms for r in requests]
+        batch = await self.matches.gate(requests, batch, accepted_ms)  # gifts naming a match that ended
         outcomes = await self.ledger.settle(batch, durable_timeout_ms=self.settings.waitaof_timeout_ms)
         settled_ms = clock.now_ms()
-        accepted_ms = [int(e.split("-")[0]) for e in entry_ids] if entry_ids else [r.ts_ms for r in requests]
         match_events = await self._score_matches(requests, batch, outcomes, rooms, accepted_ms)
         await self.publish(requests, batch, outcomes, match_events)
         fresh = observe_batch(requests, outcomes, settled_ms, time.perf_counter() - started_s)
@@ -423,9 +424,15 @@ class SettlementWorker:
             creator=creator or "?",
             coins=coins,
             diamonds=diamonds,
-            # A recipient is part of what the id stands for (kept out when absent: older records stay valid).
+            # A recipient and a named match are part of what the id stands for (kept out when absent: older
+            # records stay valid).
             fingerprint=rules.fingerprint(
-                request.sender, request.room, request.gift, request.count, *((request.to,) if request.to else ())
+                request.sender,
+                request.room,
+                request.gift,
+                request.count,
+                *((request.to,) if request.to else ()),
+                *(("match:" + request.match,) if request.match else ()),
             ),
             reject=reject,
             room=request.room,

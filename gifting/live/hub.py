@@ -333,6 +333,7 @@ class Hub:
             # exactly this or rejects the gift (price_changed); never more.
             price=message.price if message.price is not None else self.catalogs.current.gifts[message.gift].coins,
             to=message.to or "",
+            match=message.match or "",
         )
         try:
             await gifts.enqueue(self.redis, request)

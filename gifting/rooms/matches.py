@@ -15,6 +15,7 @@ left: the worker deletes entries as it acks them, so by then every gift in fligh
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import Any
@@ -25,6 +26,9 @@ import redis.asyncio as aioredis
 from gifting import clock, keys
 from gifting.config import Settings
 from gifting.errors import GiftingError
+from gifting.gifts import GiftRequest
+from gifting.ledger import rules
+from gifting.ledger.store import GiftToSettle
 from gifting.rooms.store import RoomStore, top_entries
 from gifting.wire.messages import MatchEnded, MatchInvited, MatchScore, MatchStarted
 
@@ -239,6 +243,30 @@ class MatchStore:
             event = MatchScore(match, gift_id, side, int(a), int(b)).to_dict()
             events.append((f"match:{match}:{gift_id}", event))
         return [r for r in (a_room, b_room) if r], events
+
+    async def gate(
+        self, requests: list[GiftRequest], batch: list[GiftToSettle], accepted_ms: list[int]
+    ) -> list[GiftToSettle]:
+        """Gifts that name a match (its side: their room) and would not score there are rejected before the
+        ledger, so nothing moves (rules.match_side_reject); gifts that name none are left as they are."""
+        named = sorted({r.match for r, g in zip(requests, batch, strict=True) if r.match and not g.reject})
+        if not named:
+            return batch
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for match in named:
+                pipe.hmget(keys.match_meta(match), "a_room", "b_room", "started_at_ms", "end_ms")
+            metas = dict(zip(named, await pipe.execute(), strict=True))
+        gated = []
+        for request, settled, at in zip(requests, batch, accepted_ms, strict=True):
+            if request.match and not settled.reject:
+                a_room, b_room, started, end = metas[request.match]
+                reject = rules.match_side_reject(
+                    request.room, a_room, b_room, int(started) if started else None, int(end) if end else None, at
+                )
+                if reject:
+                    settled = dataclasses.replace(settled, reject=reject, coins=0, diamonds=0)
+            gated.append(settled)
+        return gated
 
     async def sweep(self) -> int:
         """Expire unanswered invites, end matches whose gifts have all scored, finish interrupted starts.

@@ -46,6 +46,7 @@ class SendGift:
     price: int | None = None  # coins per gift as the viewer saw it; settlement rejects if it changed
     ref: str | None = None
     to: str | None = None  # the recipient on stage (a guest's user id); None: the host
+    match: str | None = None  # the match whose side (the room's) the gift targets; refused once it ended
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,8 @@ class RejectReason(StrEnum):
     DAILY_LIMIT = "daily_limit"
     ARCHIVE_BACKLOG = "archive_backlog"
     RECIPIENT_NOT_ON_STAGE = "recipient_not_on_stage"
+    MATCH_ENDED = "match_ended"
+    NOT_IN_MATCH = "not_in_match"
     # Decided by the hub at once (nothing recorded: the same id may be retried).
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
