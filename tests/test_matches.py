@@ -462,3 +462,42 @@ async def test_a_gift_naming_the_match_in_flight_at_the_end_settles_by_the_cutof
         assert (await matches.get(match))["result"]["points"] == {"a": 10, "b": 0}
     finally:
         await client.aclose()
+
+
+async def test_a_pooled_gift_scores_for_its_side_once_and_its_pledgers_are_mvps(start_system: SystemFactory) -> None:
+    """A pool completed in a match's room scores its price for that side exactly once (a resent completing pledge
+    scores nothing more), both rooms see the one match_score, and each pledger is an MVP for their pledge."""
+    system = await start_system(**FAST)
+    match, room_a, room_b = await start_match(system, duration_s=600)
+    for user in ("v1", "v2", "v3"):
+        await system.grant(user, 1000)
+    opened = await system.http.post(
+        f"/v1/rooms/{room_a}/pools", headers=system.auth("v1"), json={"gift": "galaxy", "deadline_s": 60}
+    )
+    pool = opened.json()["pool"]["id"]
+
+    async def pledge(user: str, coins: int, pid: str) -> dict[str, Any]:
+        response = await system.http.post(
+            f"/v1/pools/{pool}/pledges", headers=system.auth(user), json={"coins": coins, "pledge_id": pid}
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    assert (await pledge("v1", 600, gift_id()))["status"] == "accepted"
+    completing = gift_id()
+    for _ in range(2):  # the second: a resend of the pledge that completed the pool
+        assert (await pledge("v2", 400, completing))["status"] == "accepted"
+    client = await system.connect("v3")
+    await client.join(room_b)
+    assert (await client.result(await client.gift(room_b, "coffee")))["status"] == "settled"
+    view = (await system.http.get(f"/v1/matches/{match}")).json()
+    assert (view["a"]["points"], view["b"]["points"]) == (1000, 10)
+    await system.http.post(f"/v1/rooms/{room_b}/end", headers=system.auth("cb", "creator"))  # b forfeits
+    await wait_until(lambda: _ended(system, match), "the forfeited match to end")
+    result = (await system.http.get(f"/v1/matches/{match}")).json()["result"]
+    assert result["points"] == {"a": 1000, "b": 10}
+    assert [(m["user"], m["coins"]) for m in result["mvps"]["a"]] == [("v1", 600), ("v2", 400)]
+    for room in (room_a, room_b):
+        scores = [e for e in await match_events(system.redis, room) if e["kind"] == "match_score"]
+        assert [(e["gift_id"], e["side"]) for e in scores] == [("pool:" + pool, "a"), (scores[1]["gift_id"], "b")]

@@ -294,7 +294,7 @@ class SettlementWorker:
             await self._settle_entries(requests, dict(entries))
         for entry_id, op in pool_ops:  # pledges are rare next to gifts: one call each, in stream order
             try:
-                await self.settle_pool_op(op)
+                await self.settle_pool_op(op, entry_id)
             except ResponseError as exc:
                 if not script_failed(exc):
                     raise
@@ -322,12 +322,14 @@ class SettlementWorker:
             return
         await self.ack([entry_id for entry_id, _ in requests])
 
-    async def settle_pool_op(self, op: PoolOp) -> None:
-        """A pledge (pending transfer; may complete the pool) or an expiry (voids every pledge), then its events."""
+    async def settle_pool_op(self, op: PoolOp, entry_id: str | None = None) -> None:
+        """A pledge (pending transfer; may complete the pool) or an expiry (voids every pledge), then its events.
+        A completed pool scores in its room's match like a gift, by the cutoff of `entry_id` (default: now)."""
         status, reason, balance, _replay, pool = await self.ledger.pool_op(
             op.op, op.pool, op.pledge_id, op.sender, op.coins, op.sender_name
         )
         events: list[tuple[str, dict[str, Any]]] = []
+        match_events: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         view = pool_view(pool) if pool else None
         closing = closing_event(view) if view is not None and op.op == "expire" else None
         if closing is not None:
@@ -340,7 +342,15 @@ class SettlementWorker:
                 split = rules.split_gift(view["price"], int(pool["bps"]))  # type: ignore[index]
                 completed = PoolCompleted(view, view["gift"], 1, split.coins, split.diamonds).to_dict()
                 events.append((f"pool:{op.pool}:completed", completed))
+                accepted_ms = int(entry_id.split("-")[0]) if entry_id else clock.now_ms()
+                match_events = await self.matches.score_pool(view, accepted_ms)
+                if match_events:
+                    await self.ledger.durable(self.settings.waitaof_timeout_ms)  # announced only once durable
         async with self.redis.pipeline(transaction=False) as pipe:
+            if view is not None:
+                events += match_events.pop(view["room"], [])
+            for room, scored in match_events.items():  # the other side's room
+                await self.rooms.announce(room, scored, client=pipe)
             if events and view is not None:
                 await self.rooms.announce(view["room"], events, client=pipe)
             if op.op == "pledge" and op.hub:

@@ -38,7 +38,8 @@ SIDES = ("a", "b")
 DUE_PAGE_MAX = 100  # matches the worker looks at per sweep
 
 # KEYS: meta, scored, gifters of side a, of side b. ARGV: n, then n rows 'gift id \t room \t coins \t accepted ms
-# \t sender account \t catalog gift'. In mode 'gift' only the match's named gift scores. Returns {a_room, b_room,
+# \t sender account \t catalog gift \t contributors' (a pooled gift's pledgers, 'account coins|account coins', each
+# an MVP for their pledge; '': the sender gave it all). In mode 'gift' only the match's named gift scores. Returns {a_room, b_room,
 # {{gift id, snapshot}, ...}} for each gift that scored, now or on an earlier delivery (snapshot: 'side points_a
 # points_b'); gifts that do not score are not recorded.
 SCORE = """
@@ -51,8 +52,8 @@ local started, ending = tonumber(m[4] or '0'), tonumber(m[5] or '0')
 local pa, pb = tonumber(m[6] or '0'), tonumber(m[7] or '0')
 local moved = false
 for i = 1, tonumber(ARGV[1]) do
-  local id, room, coins, at, sender, gift =
-    string.match(ARGV[1 + i], '^([^\\t]*)\\t([^\\t]*)\\t(%d+)\\t(%d+)\\t([^\\t]*)\\t([^\\t]*)$')
+  local id, room, coins, at, sender, gift, contributors =
+    string.match(ARGV[1 + i], '^([^\\t]*)\\t([^\\t]*)\\t(%d+)\\t(%d+)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)$')
   if not id then return redis.error_reply('match_score: malformed gift argument ' .. i) end
   local earlier = redis.call('HGET', scored, id)
   if earlier then
@@ -64,7 +65,12 @@ for i = 1, tonumber(ARGV[1]) do
     local counts = m[8] == false or m[8] == '' or m[8] == gift
     if side and counts and m[1] == 'live' and at >= started and at < ending and tonumber(coins) > 0 then
       if side == 'a' then pa = pa + tonumber(coins) else pb = pb + tonumber(coins) end
-      redis.call('ZINCRBY', side == 'a' and KEYS[3] or KEYS[4], coins, sender)
+      local gifters = side == 'a' and KEYS[3] or KEYS[4]
+      if contributors == '' then
+        redis.call('ZINCRBY', gifters, coins, sender)
+      else
+        for who, given in string.gmatch(contributors, '([^ |]+) (%d+)') do redis.call('ZINCRBY', gifters, given, who) end
+      end
       local snapshot = side .. ' ' .. pa .. ' ' .. pb
       redis.call('HSET', scored, id, snapshot)
       out[#out + 1] = {id, snapshot}
@@ -226,13 +232,19 @@ class MatchStore:
         return meta
 
     async def score(
-        self, match: str, gifts: list[tuple[str, str, int, int, str, str]]
+        self,
+        match: str,
+        gifts: list[tuple[str, str, int, int, str, str]],
+        contributors: dict[str, list[tuple[str, int]]] | None = None,
     ) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
         """Score settled gifts (gift id, room, coins, accepted ms, sender, catalog gift): each once. Returns the
         match's rooms and the `match_score` events (dedupe id, event) of the gifts that scored, now or on an
-        earlier delivery, for both rooms. The caller makes them durable before announcing them."""
+        earlier delivery, for both rooms. The caller makes them durable before announcing them. `contributors`:
+        gift id -> (user, coins) of a pooled gift's pledgers, the MVPs it makes (default: its sender)."""
+        pledgers = contributors or {}
         rows = [
-            f"{gift_id}\t{room}\t{coins}\t{at}\t{keys.account(sender)}\t{gift}"
+            f"{gift_id}\t{room}\t{coins}\t{at}\t{keys.account(sender)}\t{gift}\t"
+            + "|".join(f"{keys.account(user)} {given}" for user, given in pledgers.get(gift_id, []))
             for gift_id, room, coins, at, sender, gift in gifts
         ]
         match_keys = [keys.match_meta(match), keys.match_scored(match), *(keys.match_gifters(match, s) for s in SIDES)]
@@ -243,6 +255,19 @@ class MatchStore:
             event = MatchScore(match, gift_id, side, int(a), int(b)).to_dict()
             events.append((f"match:{match}:{gift_id}", event))
         return [r for r in (a_room, b_room) if r], events
+
+    async def score_pool(self, pool: dict[str, Any], accepted_ms: int) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        """A completed pool is one gift to its room's creator: it scores its price for the room's side, once (its
+        id: 'pool:' + pool id), by the cutoff of the pledge that completed it (`accepted_ms`: its stream entry);
+        each pledger is an MVP for their pledge. Returns room -> `match_score` events (none: no match)."""
+        match = await self.redis.hget(keys.room_meta(pool["room"]), "match")
+        if not match:
+            return {}
+        gift_id = "pool:" + pool["id"]
+        given = [(c["user"], int(c["coins"])) for c in pool["contributors"]]
+        row = (gift_id, pool["room"], pool["price"], accepted_ms, given[0][0] if given else "", pool["gift"])
+        rooms, scored = await self.score(match, [row], {gift_id: given})
+        return {room: scored for room in rooms} if scored else {}
 
     async def gate(
         self, requests: list[GiftRequest], batch: list[GiftToSettle], accepted_ms: list[int]
