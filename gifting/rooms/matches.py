@@ -39,9 +39,9 @@ DUE_PAGE_MAX = 100  # matches the worker looks at per sweep
 
 # KEYS: meta, scored, gifters of side a, of side b. ARGV: n, then n rows 'gift id \t room \t coins \t accepted ms
 # \t sender account \t catalog gift \t contributors' (a pooled gift's pledgers, 'account coins|account coins', each
-# an MVP for their pledge; '': the sender gave it all). In mode 'gift' only the match's named gift scores. Returns {a_room, b_room,
-# {{gift id, snapshot}, ...}} for each gift that scored, now or on an earlier delivery (snapshot: 'side points_a
-# points_b'); gifts that do not score are not recorded.
+# an MVP for their pledge; '': the sender gave it all). In mode 'gift' only the match's named gift scores.
+# Returns {a_room, b_room, {{gift id, snapshot}, ...}} for each gift that scored, now or on an earlier delivery
+# (snapshot: 'side points_a points_b'); gifts that do not score are not recorded.
 SCORE = """
 local meta, scored = KEYS[1], KEYS[2]
 local m = redis.call('HMGET', meta, 'status', 'a_room', 'b_room', 'started_at_ms', 'end_ms', 'points_a', 'points_b',
@@ -69,7 +69,9 @@ for i = 1, tonumber(ARGV[1]) do
       if contributors == '' then
         redis.call('ZINCRBY', gifters, coins, sender)
       else
-        for who, given in string.gmatch(contributors, '([^ |]+) (%d+)') do redis.call('ZINCRBY', gifters, given, who) end
+        for who, given in string.gmatch(contributors, '([^ |]+) (%d+)') do
+          redis.call('ZINCRBY', gifters, given, who)
+        end
       end
       local snapshot = side .. ' ' .. pa .. ' ' .. pb
       redis.call('HSET', scored, id, snapshot)
