@@ -36,6 +36,7 @@ from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerEr
 from gifting.payments import PayoutProvider, SandboxPayouts
 from gifting.rooms.matches import MatchStore
 from gifting.rooms.pools import POOL_FIELD, PoolOp, closing_event, pledge_result, pool_view
+from gifting.rooms.recipients import RecipientBoards
 from gifting.rooms.store import RoomStore
 from gifting.wire.messages import PoolCompleted, PoolProgress
 from gifting.wire.reasons import RejectReason
@@ -110,6 +111,7 @@ class SettlementWorker:
         self.payouts = Payouts(self.ledger, settings, payouts or SandboxPayouts())
         self.pool_sweeper = PoolSweeper(redis, settings, self.rooms)
         self.matches = MatchStore(redis, settings, self.rooms)
+        self.boards = RecipientBoards(redis, settings)
         self._last_heartbeat = 0.0
         self._last_claim = 0.0
         self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
@@ -127,7 +129,7 @@ class SettlementWorker:
     async def load_scripts(self) -> None:
         """The hot path calls its scripts by sha inside pipelines (no SCRIPT EXISTS round trip per batch), so
         they are loaded at start, and again after a NOSCRIPT error (Valkey restarted without them)."""
-        for script in (self.ledger.settle_script, self.rooms.announce_script, self._ack_script):
+        for script in (self.ledger.settle_script, self.rooms.announce_script, self._ack_script, self.boards.script):
             await self.redis.script_load(script.script)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -376,7 +378,8 @@ class SettlementWorker:
         outcomes = await self.ledger.settle(batch, durable_timeout_ms=self.settings.waitaof_timeout_ms)
         settled_ms = clock.now_ms()
         match_events = await self._score_matches(requests, batch, outcomes, rooms, accepted_ms)
-        await self.publish(requests, batch, outcomes, match_events)
+        with_boards = {room for room, state in rooms.items() if state["staged"]}
+        await self.publish(requests, batch, outcomes, match_events, with_boards)
         fresh = observe_batch(requests, outcomes, settled_ms, time.perf_counter() - started_s)
         self.settled_total += fresh
         if log.isEnabledFor(logging.DEBUG):  # one pass over the batch only when someone reads it
@@ -461,7 +464,7 @@ class SettlementWorker:
             pipe.get(keys.CATALOG_VERSION)
             pipe.xlen(keys.LEDGER_JOURNAL)
             for room in ordered:
-                pipe.hmget(keys.room_meta(room), "creator", "status", "match")
+                pipe.hmget(keys.room_meta(room), "creator", "status", "match", "staged")
             for room in stages:
                 pipe.hkeys(keys.room_stage(room))
             version, journal_entries, *replies = await pipe.execute()
@@ -469,8 +472,14 @@ class SettlementWorker:
             await self.catalogs.refresh()
         guests = dict(zip(stages, replies[len(ordered) :], strict=True))
         states = {
-            room: {"creator": creator, "status": status, "match": match or "", "stage": " ".join(guests.get(room, []))}
-            for room, (creator, status, match) in zip(ordered, replies[: len(ordered)], strict=True)
+            room: {
+                "creator": creator,
+                "status": status,
+                "match": match or "",
+                "stage": " ".join(guests.get(room, [])),
+                "staged": staged_ or "",
+            }
+            for room, (creator, status, match, staged_) in zip(ordered, replies[: len(ordered)], strict=True)
             if creator is not None
         }
         return states, int(journal_entries)
@@ -481,15 +490,19 @@ class SettlementWorker:
         batch: list[GiftToSettle],
         outcomes: list[rules.GiftOutcome],
         match_events: dict[str, list[tuple[str, dict[str, Any]]]] | None = None,
+        with_boards: set[str] | None = None,
     ) -> None:
-        """Room events (settled gifts only, once each; then the match scores they made) and every sender's
-        result, in one pipeline."""
+        """Room events (settled gifts only, once each; then the match scores they made), the top gifters per
+        recipient of the rooms `with_boards` (a guest took their stage) and every sender's result, in one pipeline."""
+        boards: dict[str, list[tuple[str, str, str, int]]] = defaultdict(list)
         events_by_room: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         results_by_hub: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for request, settled, outcome in zip(requests, batch, outcomes, strict=True):
             results_by_hub[request.hub].append({**gift_result(outcome), "req": request.req})
             if outcome.settled:
                 events_by_room[request.room].append((request.gift_id, room_event(request, settled, outcome)))
+                if with_boards and request.room in with_boards:
+                    boards[request.room].append((request.gift_id, settled.creator, request.sender, settled.coins))
         for room, events in (match_events or {}).items():
             events_by_room[room].extend(events)
         names = {r.sender: r.sender_name for r, o in zip(requests, outcomes, strict=True) if o.settled}
@@ -498,6 +511,8 @@ class SettlementWorker:
                 pipe.hset(keys.USER_NAMES, mapping=names)  # for leaderboards
             for room, events in events_by_room.items():
                 await self.rooms.announce(room, events, client=pipe)
+            for room, gifts in boards.items():
+                self.boards.record(room, gifts, pipe)
             for hub, results in results_by_hub.items():
                 if hub:
                     pipe.publish(keys.hub_channel(hub), orjson.dumps(results))

@@ -151,7 +151,12 @@ def room_keys(room: str) -> list[str]:
     """The keys of a room's live session, expired together when it ends (GIFTING_ENDED_ROOM_TTL_S)."""
     return [keys.room_meta(room), keys.room_history(room), keys.room_stats(room), keys.room_top(room),
             keys.room_goal(room), keys.room_matches(room), keys.room_stage(room),
-            keys.room_stage_invites(room)]  # fmt: skip
+            keys.room_stage_invites(room), keys.room_recipients(room)]  # fmt: skip
+
+
+async def recipient_board_keys(redis: aioredis.Redis, room: str) -> list[str]:
+    """A room's top-gifter boards per recipient (gifting/rooms/recipients.py): they expire with the room."""
+    return [keys.room_recipient_top(room, r) for r in sorted(await redis.smembers(keys.room_recipients(room)))]
 
 
 class RoomStore:
@@ -221,6 +226,7 @@ class RoomStore:
         async with not_durable_is_retry(), self.ledger.group_commit():
             for pool_id in sorted(await self.redis.smembers(keys.room_pools(room))):
                 await self.ledger.pool_op("void", pool_id)
+        boards = await recipient_board_keys(self.redis, room)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(keys.room_meta(room), "ended_at_ms", str(now_ms))
             pipe.hset(keys.room_meta(room), "status", "ended")
@@ -228,7 +234,7 @@ class RoomStore:
             pipe.zrem(keys.creator_live_rooms(info.creator), room)
             if match:  # its creator forfeits: due now, in the step that ends the room, so the sweep sees it ended
                 pipe.zadd(keys.MATCHES_DUE, {match: now_ms})
-            for key in room_keys(room):
+            for key in [*room_keys(room), *boards]:
                 pipe.expire(key, ttl_s)
             await pipe.execute()
         await durable_or_retry(self.ledger)  # announce only what is durable

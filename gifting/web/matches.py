@@ -7,8 +7,11 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gifting import auth
+from gifting.rooms import recipients
 from gifting.web.http import ApiError, identify, json_body, json_response
 from gifting.wire import protocol
+
+TOP_LIMIT_MAX = 100  # gifters in one answer of GET /v1/rooms/{room}/top
 
 
 async def invite(request: Request) -> Response:
@@ -66,6 +69,21 @@ async def stage_leave(request: Request) -> Response:
     return json_response(await request.app.state.stage.leave(room, identity.user, guest))
 
 
+async def recipient_top(request: Request) -> Response:
+    """`?recipient=` (default: the host), `?limit=` 1..100: who gave that person on stage the most coins in this
+    live session (kept once a guest has taken the room's stage; gifting/rooms/recipients.py)."""
+    room = protocol.parse_room(request.path_params["room"])
+    info = await request.app.state.rooms.get(room)  # room_not_found
+    recipient = request.query_params.get("recipient", info.creator)
+    if not auth.USER_ID_PATTERN.fullmatch(recipient):
+        raise ApiError("bad_recipient", "recipient: expected a user id ([A-Za-z0-9_.@-]{1,64})")
+    raw_limit = request.query_params.get("limit", "10")
+    if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= TOP_LIMIT_MAX:
+        raise ApiError("bad_limit", f"limit: expected an integer in 1..{TOP_LIMIT_MAX}, got {raw_limit[:20]!r}")
+    top = await recipients.recipient_top(request.app.state.redis, room, recipient, int(raw_limit))
+    return json_response({"room": room, "recipient": recipient, "top": top})
+
+
 async def get_stage(request: Request) -> Response:
     room = protocol.parse_room(request.path_params["room"])
     info = await request.app.state.rooms.get(room)
@@ -74,6 +92,7 @@ async def get_stage(request: Request) -> Response:
 
 routes = [
     Route("/v1/rooms/{room}/stage", get_stage, methods=["GET"]),
+    Route("/v1/rooms/{room}/top", recipient_top, methods=["GET"]),
     Route("/v1/rooms/{room}/stage/invites", stage_invite, methods=["POST"]),
     Route("/v1/rooms/{room}/stage/accept", stage_accept, methods=["POST"]),
     Route("/v1/rooms/{room}/stage/leave", stage_leave, methods=["POST"]),

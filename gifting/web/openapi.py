@@ -168,6 +168,12 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         {200: obj("room", "host", "guests", room=STR, host=STR, guests={"type": "array"})},
         who=None,
     ),
+    ("GET", "/v1/rooms/{room}/top"): Op(
+        "Top gifters of one person on stage (default: the host), kept once a guest has taken the stage.",
+        {200: obj("room", "recipient", "top", room=STR, recipient=STR, top={"type": "array"})},
+        who=None,
+        query={"recipient": STR, "limit": LIMIT},
+    ),
     ("POST", "/v1/rooms/{room}/stage/invites"): Op(
         "The room's creator invites a guest on stage.",
         {201: ANY_OBJECT},

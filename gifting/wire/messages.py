@@ -155,7 +155,7 @@ class Joined(ServerMessage, frozen=True):
     """The answer to `join`: the room's live state; `recovered` only on a resume, `recent` when not recovered."""
 
     TYPE: ClassVar[str] = "joined"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"ref", "recovered", "recent"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"ref", "recovered", "recent", "recipient_top"})
     room: str
     epoch: str
     offset: int
@@ -170,6 +170,7 @@ class Joined(ServerMessage, frozen=True):
     ref: str | None = None
     recovered: bool | None = None
     recent: list[dict[str, Any]] | None = None
+    recipient_top: dict[str, list[dict[str, Any]]] | None = None  # with guests on stage: each one's top gifters
 
 
 class Events(ServerMessage, frozen=True):
