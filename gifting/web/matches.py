@@ -15,18 +15,22 @@ TOP_LIMIT_MAX = 100  # gifters in one answer of GET /v1/rooms/{room}/top
 
 
 async def invite(request: Request) -> Response:
-    """`{"opponent": user id, "duration_s"?, "gift"?}`: the caller's live room against the opponent's; with
-    `gift`, only that gift scores."""
+    """`{"opponent": user id, "duration_s"?, "gift"?, "partner"?, "opponent_partner"?}`: the caller's live room
+    against the opponent's; with `gift`, only that gift scores; with both partners, a team match (2 v 2)."""
     identity = identify(request)
     body = await json_body(request)
     opponent, duration_s, gift = body.get("opponent"), body.get("duration_s"), body.get("gift")
     if not isinstance(opponent, str) or not auth.USER_ID_PATTERN.fullmatch(opponent):
         raise ApiError("bad_opponent", "opponent: expected a user id ([A-Za-z0-9_.@-]{1,64})")
+    partners = [body.get("partner"), body.get("opponent_partner")]
+    for name, partner in zip(("partner", "opponent_partner"), partners, strict=True):
+        if partner is not None and (not isinstance(partner, str) or not auth.USER_ID_PATTERN.fullmatch(partner)):
+            raise ApiError("bad_partner", f"{name}: expected a user id ([A-Za-z0-9_.@-]{{1,64}}), got {partner!r}")
     if duration_s is not None and (not isinstance(duration_s, int) or isinstance(duration_s, bool)):
         raise ApiError("bad_duration", f"duration_s: expected an integer number of seconds, got {duration_s!r}")
     if gift is not None and (not isinstance(gift, str) or gift not in request.app.state.catalogs.current.gifts):
         raise ApiError("unknown_gift", f"gift: expected a gift of the catalog, got {gift!r}")
-    match = await request.app.state.matches.invite(identity.user, opponent, duration_s, gift)
+    match = await request.app.state.matches.invite(identity.user, opponent, duration_s, gift, *partners)
     return json_response(match, 201)
 
 

@@ -187,10 +187,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         body={"type": "object", "properties": {"guest": STR}},
     ),
     ("POST", "/v1/matches"): Op(
-        "Invite another live creator to a match (PK battle); with `gift`, only that gift scores.",
+        "Invite another live creator to a match (PK battle); with `gift`, only that gift scores; with a partner "
+        "for each side, a team match (2 v 2).",
         {201: ANY_OBJECT},
         who="creator, admin",
-        body=obj("opponent", opponent=STR, duration_s=INT, gift=STR),
+        body=obj("opponent", opponent=STR, duration_s=INT, gift=STR, partner=STR, opponent_partner=STR),
     ),
     ("GET", "/v1/matches/{match}"): Op(
         "A match: sides, score, state, and its result once ended.", {200: ANY_OBJECT}, who=None
