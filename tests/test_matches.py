@@ -250,6 +250,12 @@ async def test_ending_the_stream_mid_match_forfeits_and_both_summaries_name_the_
     assert view["result"]["points"] == {"a": 10, "b": 0}
     assert view["end_ms"] < view["started_at_ms"] + 600_000
     await system.http.post(f"/v1/rooms/{room_b}/end", headers=system.auth("cb", "creator"))
+
+    async def summarised() -> bool:  # the worker stores the result, then adds it to each room's summary in turn
+        summary = (await system.http.get(f"/v1/rooms/{room_a}/summary")).json()
+        return bool(summary["matches"])
+
+    await wait_until(summarised, "the forfeiting room's summary to carry the result")
     for room, creator in ((room_a, "ca"), (room_b, "cb")):
         summary = (await system.http.get(f"/v1/rooms/{room}/summary")).json()
         assert [m["id"] for m in summary["matches"]] == [match], room

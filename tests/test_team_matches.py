@@ -39,6 +39,14 @@ async def ended(system: System, match: str) -> bool:
     return bool((await system.http.get(f"/v1/matches/{match}")).json()["status"] == "ended")
 
 
+async def announced_end(system: System, rooms: dict[str, str]) -> bool:
+    """The worker stores the result, then announces match_ended to each room in turn."""
+    for room in rooms.values():
+        if not any(e["kind"] == "match_ended" for e in await match_events(system.redis, room)):
+            return False
+    return True
+
+
 async def test_a_team_match_sums_each_side_over_its_two_rooms(start_system: SystemFactory) -> None:
     """2 v 2: live only after all three invitees accept; gifts in all four rooms (one to a guest on a partner's
     stage) and their resends score once for their side; all four rooms get one match_started and one
@@ -77,6 +85,7 @@ async def test_a_team_match_sums_each_side_over_its_two_rooms(start_system: Syst
 
     await asyncio.gather(*(storm(*v) for v in viewers))
     await wait_until(lambda: ended(system, match), "the team match to end")
+    await wait_until(lambda: announced_end(system, rooms), "match_ended in all four rooms")
     final = (await system.http.get(f"/v1/matches/{match}")).json()
     assert final["result"]["points"] == {"a": expected["a"], "b": expected["b"]} == {"a": 40, "b": 40}
     assert sorted(m["user"] for m in final["result"]["mvps"]["a"]) == ["v0", "v1"]
@@ -131,6 +140,7 @@ async def test_a_partner_who_ends_their_stream_forfeits_for_the_team(start_syste
     ended_room = await system.http.post(f"/v1/rooms/{rooms['b2']}/end", headers=system.auth("cb2", "creator"))
     assert ended_room.status_code == 200
     await wait_until(lambda: ended(system, match), "the forfeited team match to end")
+    await wait_until(lambda: announced_end(system, rooms), "match_ended in all four rooms")
     result = (await system.http.get(f"/v1/matches/{match}")).json()["result"]
     assert (result["forfeit"], result["winner"], result["points"]) == ("b", "a", {"a": 0, "b": 10})
     for room in rooms.values():
