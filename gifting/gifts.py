@@ -29,6 +29,7 @@ class GiftRequest:
     req: int = 0  # the hub's number for this request: its result finds the right waiter
     to: str = ""  # the recipient on stage; "": the room's host
     campaign: str = ""  # a sponsored gift: its campaign (settled by workers/sponsored.py); "": a paid gift
+    match: str = ""  # the match whose side the gift targets (refused once it ended); "": none named
 
     def to_entry(self) -> dict[str, bytes]:
         return {STREAM_FIELD: orjson.dumps(asdict(self))}
@@ -44,6 +45,7 @@ class GiftRequest:
         strings = (
             request.gift_id, request.room, request.gift, request.sender, request.sender_name, request.hub, request.to,
             request.campaign,
+            request.match,
         )  # fmt: skip
         if not all(isinstance(s, str) for s in strings):
             raise ValueError(f"not a gift request entry: a text field is not a string in {data!r}")

@@ -290,6 +290,22 @@ def room_viewers(room: str) -> str:
     return "{room:" + room + "}:viewers"
 
 
+def room_recipients(room: str) -> str:
+    """Set: who received gifts in this live session (the host, guests on stage): whose boards exist."""
+    return "{room:" + room + "}:recipients"
+
+
+def room_recipient_top(room: str, recipient: str) -> str:
+    """Sorted set: sender account -> coins given to one recipient (host or guest) in this live session."""
+    return "{room:" + room + "}:recipient_top:" + account(recipient)
+
+
+def room_recipients_counted(room: str, bucket: int) -> str:
+    """Hash: gift id -> 1 for the gifts counted on a recipient's board in one time bucket (exactly once; buckets as
+    for gift records: ledger/rules.record_buckets)."""
+    return "{room:" + room + "}:recipients_counted:" + str(bucket)
+
+
 def room_announced(room: str, bucket: int) -> str:
     """Hash: dedupe id -> 1 for the events that entered the room history in one time bucket, so each settled
     gift enters it exactly once (buckets as for gift records: ledger/rules.record_buckets)."""

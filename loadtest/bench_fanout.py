@@ -4,6 +4,7 @@ next to three contenders measured in the same run, on the same N and R.
     python loadtest/bench_fanout.py                   # the default plan (below), under ten minutes
     python loadtest/bench_fanout.py --conns 2000 --rate 500 --contenders hub,raw --sweep "" --big-conns 0
     python loadtest/bench_fanout.py --repeat 3 --json out.json --plots docs/img    # the figures in BENCHMARKS.md
+    python loadtest/bench_fanout.py --contenders hub,hub-match --sweep "" --big-conns 0 --repeat 3  # a match's cost
 
 Everything runs on 127.0.0.1 and is started here, each in its own process, and stopped at the end:
 
@@ -12,6 +13,10 @@ Everything runs on 127.0.0.1 and is started here, each in its own process, and s
              hub       `python -m gifting.cli serve` (the real web process: uvicorn with the hub's direct
                        socket, gifting/live/direct.py; GIFTING_TICK_MS = --tick-ms, GIFTING_WS_QUEUE_BYTES_MAX
                        large so nobody is cut off).
+             hub-match the same hub while the room plays a match: the source follows each gift with its
+                       `match_score` (as the worker announces a match's scores with the gifts that made them);
+                       viewers get one score per frame (gifting/live/coalesce.py). Not counted as events (no t0):
+                       its cpu_us/event and cpu_us/frame against hub's, same run, are the score events' cost.
              raw       (a) the raw limit of the same work: loadtest/contenders/raw.py, one prebuilt frame per
                        tick written to every connection with transport.write (same tick as the hub).
              naive     (b) loadtest/contenders/naive.py: Starlette, `await ws.send_bytes()` per connection per gift.
@@ -101,10 +106,13 @@ from websockets.frames import apply_mask
 
 REPO = Path(__file__).resolve().parent.parent
 CORES = os.cpu_count() or 1
-CONTENDERS = ("hub", "raw", "naive", "socketio", "hub-alt")
+CONTENDERS = ("hub", "raw", "naive", "socketio", "hub-alt", "hub-match")
 DEFAULT_CONTENDERS = ("hub", "raw", "naive", "socketio")
-COLORS = {"hub": "#2b7bba", "hub-alt": "#2ca02c", "raw": "#555555", "naive": "#999999", "socketio": "#bbbbbb"}
-HUBS = ("hub", "hub-alt")  # `gifting serve`; hub-alt imports gifting from --alt-hub-path first (A/B a change)
+COLORS = {"hub": "#2b7bba", "hub-alt": "#2ca02c", "hub-match": "#d62728", "raw": "#555555", "naive": "#999999",
+          "socketio": "#bbbbbb"}  # fmt: skip
+# `gifting serve`; hub-alt imports gifting from --alt-hub-path first (A/B a change); hub-match is the hub while
+# the room plays a match: every gift also makes a `match_score`, announced with it, as the worker does.
+HUBS = ("hub", "hub-alt", "hub-match")
 CONTENDER_MODULES = {
     "raw": "loadtest.contenders.raw",
     "naive": "loadtest.contenders.naive",
@@ -441,6 +449,7 @@ class SourceSpec:
     senders: int
     start: float  # time.monotonic()
     stop: float
+    match: str = ""  # the room plays this match: each gift is followed by its match_score (no t0: not counted)
 
 
 def source_process(pipe: multiprocessing.connection.Connection, spec: SourceSpec) -> None:
@@ -457,6 +466,8 @@ def source_process(pipe: multiprocessing.connection.Connection, spec: SourceSpec
         rooms = RoomStore(redis, Settings.from_env({}))
         sent = array.array("d")
         calls = 0
+        points = [0, 0]
+        scores: list[tuple[str, dict[str, Any]]] = []
         try:
             await redis.ping()
             await asyncio.sleep(max(0.0, spec.start - time.monotonic()))
@@ -489,6 +500,13 @@ def source_process(pipe: multiprocessing.connection.Connection, spec: SourceSpec
                         "t0": t0,
                     }
                     batch.append((f"gift:{gift_id}", event))
+                    if spec.match:
+                        points[n % 2] += 1
+                        score = {"kind": "match_score", "match": spec.match, "gift_id": gift_id, "side": "ab"[n % 2],
+                                 "points_a": points[0], "points_b": points[1]}  # fmt: skip
+                        scores.append((f"match:{spec.match}:{gift_id}", score))
+                # The worker announces a batch's gifts, then the scores they made, in one call.
+                batch, scores = batch + scores, []
                 await rooms.announce(spec.room, batch)
                 calls += 1
                 sent.extend([t0] * due)
@@ -527,6 +545,8 @@ class Server:
                     "GIFTING_WS_QUEUE_BYTES_MAX": str(QUEUE_BYTES_MAX),
                     "GIFTING_CONNECTIONS_MAX": "0",  # thousands of sockets from one loopback address
                     "GIFTING_CONNECTIONS_PER_ADDRESS_MAX": "0",
+                    # Every point opens its room as the same creator, on a Valkey that keeps earlier rooms live.
+                    "GIFTING_LIVE_ROOMS_PER_CREATOR_MAX": "1000000",
                 }
             )
         else:
@@ -646,6 +666,7 @@ class Point:
     mbytes_per_s: float = 0.0
     cpu_us_per_event: float = 0.0
     cpu_us_per_frame: float = 0.0
+    bytes_per_frame: float = 0.0
     cpu_share: float = 0.0  # server CPU time / window (1.0 = one core)
     p50_ms: float = 0.0
     p99_ms: float = 0.0
@@ -719,6 +740,7 @@ def run_point(
         time.sleep(1.0)
         point.rss_idle_kib_per_conn = (server.rss_bytes() - rss_base) / 1024 / conns
 
+        match_id = uuid.uuid4().hex if contender == "hub-match" else ""
         now = time.monotonic()
         src_start = now + 0.3
         win_start = src_start + args.warmup_s
@@ -728,7 +750,7 @@ def run_point(
         parent_end, child_end = ctx.Pipe()
         process = ctx.Process(
             target=source_process,
-            args=(child_end, SourceSpec(redis_url, room, rate, args.senders, src_start, win_end)),
+            args=(child_end, SourceSpec(redis_url, room, rate, args.senders, src_start, win_end, match_id)),
             daemon=True,
         )
         process.start()
@@ -770,6 +792,7 @@ def run_point(
         point.cpu_share = (cpu1 - cpu0) / elapsed
         point.cpu_us_per_event = (cpu1 - cpu0) * 1e6 / events if events else math.inf
         point.cpu_us_per_frame = (cpu1 - cpu0) * 1e6 / frames if frames else math.inf
+        point.bytes_per_frame = sum(s.bytes for s in stats) / frames if frames else math.inf
         latencies = sorted(x for s in stats for x in s.latencies_ms)
         point.latency_samples = len(latencies)
         if latencies:
@@ -1061,10 +1084,11 @@ def sig(value: float) -> str:
     return "-" if math.isnan(value) or math.isinf(value) else f"{value:.3g}"
 
 
-def ratio(a: Point | None, b: Point | None) -> float:
-    if a is None or b is None or a.error or b.error or not b.cpu_us_per_event or math.isinf(b.cpu_us_per_event):
+def ratio(a: Point | None, b: Point | None, figure: str = "cpu_us_per_event") -> float:
+    if a is None or b is None or a.error or b.error:
         return math.nan
-    return a.cpu_us_per_event / b.cpu_us_per_event
+    over, under = float(getattr(a, figure)), float(getattr(b, figure))
+    return math.nan if not under or math.isinf(under) else over / under
 
 
 def parse_list(text: str) -> list[str]:
@@ -1222,6 +1246,15 @@ def main(argv: list[str] | None = None) -> int:
         ("p99_ms", p99, TARGET_P99_MS),
         ("rss_kib_per_conn", rss_point.rss_kib_per_conn if rss_point else math.nan, TARGET_RSS_KIB_PER_CONN),
     ]
+    match = at("hub-match")
+    if match is not None and hub is not None:
+        # The cost of a match's score events: the same gifts, each followed by its match_score, same run.
+        per_frame = ratio(match, hub, "cpu_us_per_frame")
+        per_gift = ratio(match, hub, "cpu_us_per_event")
+        size = ratio(match, hub, "bytes_per_frame")
+        print(f"match: cpu_us/frame x{sig(per_frame)}, cpu_us/gift x{sig(per_gift)}, bytes/frame x{sig(size)} "
+              "(hub-match / hub)", flush=True)  # fmt: skip
+        summary |= {"match_cpu_per_frame": sig(per_frame), "match_bytes_per_frame": sig(size)}
     for name, value, target in checks:
         verdict = "-" if math.isnan(value) else ("met" if value <= target else "MISSED")
         print(f"target {name} <= {target:g}: {sig(value)} {verdict}", flush=True)

@@ -20,7 +20,7 @@ from gifting.app import redis_client
 from gifting.rooms.matches import MatchError, MatchStore
 from gifting.rooms.store import RoomStore, history_events
 from tests.conftest import SystemFactory, WsClient, gift_id, make_settings
-from tests.test_settlement import grant, processes
+from tests.test_settlement import assert_audit_clean, balances, grant, processes
 from workers.settlement import SettlementWorker
 
 WAIT_S = 30.0
@@ -234,7 +234,7 @@ async def test_ending_the_stream_mid_match_forfeits_and_both_summaries_name_the_
     start_system: SystemFactory,
 ) -> None:
     """A creator who ends their stream mid-match loses by forfeit whatever the points; the match ends at once
-    (not at its planned end) and the other creator's stream summary lists the result."""
+    (not at its planned end) and both creators' stream summaries (and session lists) carry the result."""
     system = await start_system(**FAST)
     match, room_a, room_b = await start_match(system, duration_s=600)
     await system.grant("v1", 100)
@@ -250,9 +250,18 @@ async def test_ending_the_stream_mid_match_forfeits_and_both_summaries_name_the_
     assert view["result"]["points"] == {"a": 10, "b": 0}
     assert view["end_ms"] < view["started_at_ms"] + 600_000
     await system.http.post(f"/v1/rooms/{room_b}/end", headers=system.auth("cb", "creator"))
-    summary = (await system.http.get(f"/v1/rooms/{room_b}/summary")).json()
-    assert [m["id"] for m in summary["matches"]] == [match]
-    assert summary["matches"][0]["result"] == view["result"]
+
+    async def summarised() -> bool:  # the worker stores the result, then adds it to each room's summary in turn
+        summary = (await system.http.get(f"/v1/rooms/{room_a}/summary")).json()
+        return bool(summary["matches"])
+
+    await wait_until(summarised, "the forfeiting room's summary to carry the result")
+    for room, creator in ((room_a, "ca"), (room_b, "cb")):
+        summary = (await system.http.get(f"/v1/rooms/{room}/summary")).json()
+        assert [m["id"] for m in summary["matches"]] == [match], room
+        assert summary["matches"][0]["result"] == view["result"]
+        sessions = await RoomStore(system.redis, system.settings).sessions(creator, 10)
+        assert [[m["result"] for m in s["matches"]] for s in sessions] == [[view["result"]]]
     invite = await system.http.post("/v1/matches", headers=system.auth("cb", "creator"), json={"opponent": "ca"})
     assert invite.json()["error"]["code"] == "room_not_live"  # the markers were released: no longer in a match
 
@@ -385,3 +394,116 @@ async def test_in_a_gift_match_only_the_named_gift_scores(start_system: SystemFa
     view = (await system.http.get(f"/v1/matches/{match}")).json()
     assert (view["a"]["points"], view["b"]["points"]) == (20, 0)
     assert (await system.wallet("v1"))["coins"] == 1000 - 26
+
+
+async def test_a_gift_naming_a_match_that_ended_is_rejected_and_nothing_moves(start_system: SystemFactory) -> None:
+    """A gift that names the match (its room's side) scores while it is live; once it ended it is rejected
+    `match_ended` and no coin moves; an ordinary gift to the same room still settles; a gift naming a match its
+    room is not in is `not_in_match`; a malformed match id is `bad_message`."""
+    system = await start_system(**FAST)
+    match, room_a, _room_b = await start_match(system, duration_s=1)
+    room_c = await system.open_room("cc")
+    await system.grant("v1", 1000)
+    client = await system.connect("v1")
+    await client.join(room_a)
+
+    async def send(room: str, named: str | None) -> dict[str, Any]:
+        gid = gift_id()
+        await client.send({"type": "gift", "room": room, "gift": "coffee", "count": 1, "gift_id": gid, "match": named})
+        return await client.result(gid)
+
+    assert (await send(room_a, match))["status"] == "settled"
+    await wait_until(lambda: _ended(system, match), "the match to end")
+    assert (await system.http.get(f"/v1/matches/{match}")).json()["result"]["points"] == {"a": 10, "b": 0}
+    ended = await send(room_a, match)
+    assert (ended["status"], ended["reason"]) == ("rejected", "match_ended")
+    assert (await system.wallet("v1"))["coins"] == 990  # nothing moved
+    assert (await send(room_a, None))["status"] == "settled"  # an ordinary gift still works
+    stranger = await send(room_c, match)
+    assert (stranger["status"], stranger["reason"]) == ("rejected", "not_in_match")
+    assert (await send(room_a, "f" * 32))["reason"] == "not_in_match"  # no such match
+    assert (await system.wallet("v1"))["coins"] == 980
+    gid = gift_id()
+    await client.send({"type": "gift", "room": room_a, "gift": "coffee", "count": 1, "gift_id": gid, "match": "x!"})
+    error = await client.wait_for(lambda m: m.get("type") == "error")
+    assert error["code"] == "bad_message" and "match" in error["message"]
+    http = await system.http.post(
+        f"/v1/rooms/{room_a}/gifts", headers=system.auth("v1"), json={"gift": "coffee", "gift_id": gift_id(),
+                                                                       "count": 1, "match": match},
+    )  # fmt: skip
+    assert (http.json()["status"], http.json()["reason"]) == ("rejected", "match_ended")
+    assert (await system.wallet("v1"))["coins"] == 980
+    assert (await system.http.get(f"/v1/matches/{match}")).json()["result"]["points"] == {"a": 10, "b": 0}
+
+
+async def test_a_gift_naming_the_match_in_flight_at_the_end_settles_by_the_cutoff(
+    redis: aioredis.Redis, valkey_url: str, tmp_path: Path
+) -> None:
+    """The rule for a gift naming a match is the scoring cutoff: accepted by the hub before the end, it settles
+    and scores however late; accepted at or after the end, `match_ended`, nothing moves; a redelivery of either
+    gets its first outcome."""
+    settings = make_settings(tmp_path, match_duration_s=1)
+    client = redis_client(valkey_url)
+    try:
+        rooms, worker = RoomStore(client, settings), SettlementWorker(client, settings, consumer="w1")
+        matches = MatchStore(client, settings, rooms)
+        assert await worker.start_up(asyncio.Event())
+        room_a = (await rooms.open("ca", "A", "t")).room
+        await rooms.open("cb", "B", "t")
+        match = (await matches.invite("ca", "cb", 1))["id"]
+        end_ms = (await matches.answer(match, "cb", True))["end_ms"]
+        await grant(client, "v1", 100)
+        in_time, late = (
+            gifts.new_request(gift_id=gift_id(), room=room_a, gift="coffee", count=1, sender="v1", sender_name="V",
+                              hub="", match=match) for _ in range(2)
+        )  # fmt: skip
+        await wait_until(lambda: _past(client, end_ms), "the match's end")
+        for _ in range(2):  # the second time: a redelivery
+            outcomes = await worker.settle([in_time, late], [f"{end_ms - 1}-0", f"{end_ms}-0"])
+            assert [(o.status, o.reason) for o in outcomes] == [("settled", ""), ("rejected", "match_ended")]
+        assert (await balances(client, "v1"))[0] == 90
+        await assert_audit_clean(client)
+        await worker.flush_acks()
+        assert await matches.finish(match)
+        assert (await matches.get(match))["result"]["points"] == {"a": 10, "b": 0}
+    finally:
+        await client.aclose()
+
+
+async def test_a_pooled_gift_scores_for_its_side_once_and_its_pledgers_are_mvps(start_system: SystemFactory) -> None:
+    """A pool completed in a match's room scores its price for that side exactly once (a resent completing pledge
+    scores nothing more), both rooms see the one match_score, and each pledger is an MVP for their pledge."""
+    system = await start_system(**FAST)
+    match, room_a, room_b = await start_match(system, duration_s=600)
+    for user in ("v1", "v2", "v3"):
+        await system.grant(user, 1000)
+    opened = await system.http.post(
+        f"/v1/rooms/{room_a}/pools", headers=system.auth("v1"), json={"gift": "galaxy", "deadline_s": 60}
+    )
+    pool = opened.json()["pool"]["id"]
+
+    async def pledge(user: str, coins: int, pid: str) -> dict[str, Any]:
+        response = await system.http.post(
+            f"/v1/pools/{pool}/pledges", headers=system.auth(user), json={"coins": coins, "pledge_id": pid}
+        )
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    assert (await pledge("v1", 600, gift_id()))["status"] == "accepted"
+    completing = gift_id()
+    for _ in range(2):  # the second: a resend of the pledge that completed the pool
+        assert (await pledge("v2", 400, completing))["status"] == "accepted"
+    client = await system.connect("v3")
+    await client.join(room_b)
+    assert (await client.result(await client.gift(room_b, "coffee")))["status"] == "settled"
+    view = (await system.http.get(f"/v1/matches/{match}")).json()
+    assert (view["a"]["points"], view["b"]["points"]) == (1000, 10)
+    await system.http.post(f"/v1/rooms/{room_b}/end", headers=system.auth("cb", "creator"))  # b forfeits
+    await wait_until(lambda: _ended(system, match), "the forfeited match to end")
+    result = (await system.http.get(f"/v1/matches/{match}")).json()["result"]
+    assert result["points"] == {"a": 1000, "b": 10}
+    assert [(m["user"], m["coins"]) for m in result["mvps"]["a"]] == [("v1", 600), ("v2", 400)]
+    for room in (room_a, room_b):
+        scores = [e for e in await match_events(system.redis, room) if e["kind"] == "match_score"]
+        assert [(e["gift_id"], e["side"]) for e in scores] == [("pool:" + pool, "a"), (scores[1]["gift_id"], "b")]

@@ -150,6 +150,7 @@ def route_requests(room: str) -> dict[tuple[str, str], dict[str, Any]]:
         ("GET", "/v1/matches/{match}"): {},
         ("POST", "/v1/matches/{match}/{action}"): {"headers": creator, "path": "/v1/matches/m1/accept"},
         ("GET", "/v1/rooms/{room}/stage"): {},
+        ("GET", "/v1/rooms/{room}/top"): {},
         ("POST", "/v1/rooms/{room}/stage/invites"): {"headers": creator, "json": {"guest": "g1"}},
         ("POST", "/v1/rooms/{room}/stage/accept"): {"headers": viewer},
         ("POST", "/v1/rooms/{room}/stage/leave"): {"headers": viewer},

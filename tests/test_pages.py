@@ -725,3 +725,38 @@ async def test_watch_page_shows_earned_rewards_claims_the_streak_and_spends_them
     assert (await site.wallet("viewer1"))["coins"] == 0
     report = await run_audit(site.redis)
     assert report.clean, report.summary()
+
+
+@pytest.mark.parametrize("site", [MATCH_SITE], indirect=True)
+async def test_studio_invites_guests_on_stage_lists_them_and_removes_one(browse: Pages, site: System) -> None:
+    """The studio invites two guests; each appears once they accept (the `stage` event); Remove takes one off,
+    after which a gift to them is refused; inviting yourself shows the error code."""
+    cleo = await browse.open("/studio", token("cleo", "creator", "Cleo"))
+    room = await go_live(cleo, "Cleo's room")
+    await cleo.wait_for_selector("#conn[data-state=open]")
+    assert await cleo.is_visible("#stage-empty")
+    for guest in ("ivy", "joe"):
+        await cleo.fill("#stage-guest", guest)
+        await cleo.click("#stage-invite")
+        await cleo.wait_for_selector(f"#stage-msg >> text=Invited {guest}")
+        accepted = await site.http.post(f"/v1/rooms/{room}/stage/accept", headers=site.auth(guest, "creator"))
+        assert accepted.status_code == 200, accepted.text
+        await cleo.wait_for_selector(f"#stage-guests li[data-guest={guest}]")
+    assert await cleo.is_hidden("#stage-empty")
+    if os.environ.get("GIFTING_SCREENSHOTS"):
+        shot = Path(os.environ["GIFTING_SCREENSHOTS"]) / "pages-studio-stage.png"
+        await asyncio.to_thread(shot.parent.mkdir, parents=True, exist_ok=True)
+        await cleo.locator("#stage-card").screenshot(path=str(shot), animations="disabled")
+    await cleo.click("#stage-guests li[data-guest=ivy] button >> text=Remove")
+    await cleo.wait_for_selector("#stage-guests li[data-guest=ivy]", state="detached")
+    await cleo.wait_for_selector("#stage-msg >> text=ivy left the stage.")
+    assert (await site.http.get(f"/v1/rooms/{room}/stage")).json()["guests"] == ["joe"]
+    await site.buy("ann", "coins_65")
+    refused = await site.http.post(
+        f"/v1/rooms/{room}/gifts", headers=site.auth("ann"), json={"gift": "rose", "gift_id": gift_id(),
+                                                                    "count": 1, "to": "ivy"},
+    )  # fmt: skip
+    assert refused.json()["reason"] == "recipient_not_on_stage"
+    await cleo.fill("#stage-guest", "cleo")  # the host is always on stage
+    await cleo.click("#stage-invite")
+    await cleo.wait_for_selector("#stage-msg.error >> text=bad_guest")

@@ -278,3 +278,16 @@ def test_gift_reject_decides_before_the_ledger_in_a_fixed_order(
     assert rules.catalog_reject(gift) == (
         reason if reason in (RejectReason.UNKNOWN_GIFT, RejectReason.GIFT_RETIRED) else None
     )
+
+
+def test_match_side_reject_follows_the_scoring_cutoff() -> None:
+    """A gift naming a match passes only when accepted in [start, end) on one of its rooms; else a reason."""
+    reject = rules.match_side_reject
+    rooms: list[str | None] = ["ra", "rb", None, None]
+    assert reject("ra", rooms, 100, 200, 100) is None and reject("rb", rooms, 100, 200, 199) is None
+    assert reject("rb2", ["ra", "rb", "ra2", "rb2"], 100, 200, 150) is None  # a team match's partner room
+    assert reject("ra", rooms, 100, 200, 200) == RejectReason.MATCH_ENDED
+    assert reject("rc", rooms, 100, 200, 150) == RejectReason.NOT_IN_MATCH  # not a side
+    assert reject("ra", rooms, 100, 200, 99) == RejectReason.NOT_IN_MATCH  # before it started
+    assert reject("ra", rooms, None, None, 150) == RejectReason.NOT_IN_MATCH  # invited, declined, expired
+    assert reject("ra", [None] * 4, None, None, 150) == RejectReason.NOT_IN_MATCH  # unknown

@@ -137,3 +137,59 @@ async def test_every_bad_stage_request_and_recipient_is_refused(start_system: Sy
     assert await post("g1", f"{stage}/leave") == (200, "ok")
     assert await post("g1", f"{stage}/leave") == (409, "not_on_stage")
     assert await post("v1", f"{stage}/leave", {"guest": "g9"}) == (403, "forbidden")
+
+
+async def test_top_gifters_per_recipient_count_each_gift_once(start_system: SystemFactory) -> None:
+    """Once a guest is on stage each recipient (host, guests) has a board of their gifters: resent gifts count
+    once, a rejected gift counts nowhere; it is in a joiner's snapshot and over HTTP; bad input gets a code."""
+    system = await start_system()
+    room = await system.open_room("host")
+    await on_stage(system, room, "host", "g1", "g2")
+    for user in ("v1", "v2"):
+        await system.grant(user, 1000)
+    v1, v2 = await system.connect("v1"), await system.connect("v2")
+    for client in (v1, v2):
+        await client.join(room)
+    sent = [(v1, "g1", "coffee"), (v2, "g1", "rose"), (v1, None, "coffee"), (v2, "g2", "coffee"), (v2, "g2", "rose")]
+    for client, to, gift in sent:
+        result = await gift_to(client, room, to, gift)
+        assert result["status"] == "settled"
+        resend: dict[str, Any] = {"type": "gift", "room": room, "gift": gift, "count": 1, "gift_id": result["gift_id"]}
+        await client.send({**resend, **({"to": to} if to else {})})  # a resend: counted once
+        assert (await client.result(result["gift_id"]))["status"] == "settled"
+    assert (await gift_to(v1, room, "stranger"))["reason"] == "recipient_not_on_stage"
+
+    async def top(recipient: str | None) -> list[tuple[str, int]]:
+        query = f"?recipient={recipient}" if recipient else ""
+        response = await system.http.get(f"/v1/rooms/{room}/top{query}")
+        assert response.status_code == 200, response.text
+        return [(e["user"], e["coins"]) for e in response.json()["top"]]
+
+    assert await top("g1") == [("v1", 10), ("v2", 1)]
+    assert await top("g2") == [("v2", 11)]
+    assert await top(None) == await top("host") == [("v1", 10)]
+    assert await top("stranger") == []
+    joiner = await system.connect("v3")
+    joined = await joiner.join(room)
+    boards = {who: [(e["user"], e["coins"]) for e in entries] for who, entries in joined["recipient_top"].items()}
+    assert boards == {"host": [("v1", 10)], "g1": [("v1", 10), ("v2", 1)], "g2": [("v2", 11)]}
+    bad = await system.http.get(f"/v1/rooms/{room}/top?recipient=not%20a%20user")
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "bad_recipient")
+    bad = await system.http.get(f"/v1/rooms/{room}/top?limit=0")
+    assert (bad.status_code, bad.json()["error"]["code"]) == (400, "bad_limit")
+    missing = await system.http.get("/v1/rooms/nope/top")
+    assert (missing.status_code, missing.json()["error"]["code"]) == (404, "room_not_found")
+    await system.http.post(f"/v1/rooms/{room}/end", headers=system.auth("host", "creator"))
+    assert await system.redis.ttl(keys.room_recipient_top(room, "g1")) > 0  # the boards expire with the room
+
+
+async def test_a_room_without_a_stage_keeps_no_boards(start_system: SystemFactory) -> None:
+    """Rooms nobody took the stage of pay nothing for boards: no board is written, the snapshot has none."""
+    system = await start_system()
+    room = await system.open_room("host")
+    await system.grant("v1", 100)
+    client = await system.connect("v1")
+    joined = await client.join(room)
+    assert "recipient_top" not in joined
+    assert (await gift_to(client, room, None))["status"] == "settled"
+    assert not await system.redis.exists(keys.room_recipients(room), keys.room_recipient_top(room, "host"))

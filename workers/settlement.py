@@ -38,6 +38,7 @@ from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerEr
 from gifting.payments import PayoutProvider, SandboxPayouts
 from gifting.rooms.matches import MatchStore
 from gifting.rooms.pools import POOL_FIELD, PoolOp, closing_event, pledge_result, pool_view
+from gifting.rooms.recipients import RecipientBoards
 from gifting.rooms.store import RoomStore
 from gifting.wire.messages import PoolCompleted, PoolProgress
 from gifting.wire.reasons import RejectReason
@@ -115,6 +116,7 @@ class SettlementWorker:
         self.matches = MatchStore(redis, settings, self.rooms)
         self.rewards = Rewards(redis, settings, self.ledger)
         self.sponsored = SponsoredGifts(redis, settings, self.catalogs, self.rooms)
+        self.boards = RecipientBoards(redis, settings)
         self._last_heartbeat = 0.0
         self._last_claim = 0.0
         self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
@@ -132,7 +134,7 @@ class SettlementWorker:
     async def load_scripts(self) -> None:
         """The hot path calls its scripts by sha inside pipelines (no SCRIPT EXISTS round trip per batch), so
         they are loaded at start, and again after a NOSCRIPT error (Valkey restarted without them)."""
-        for script in (self.ledger.settle_script, self.rooms.announce_script, self._ack_script):
+        for script in (self.ledger.settle_script, self.rooms.announce_script, self._ack_script, self.boards.script):
             await self.redis.script_load(script.script)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -304,7 +306,7 @@ class SettlementWorker:
             await self._settle_entries(sponsored, dict(entries), self.sponsored.settle)
         for entry_id, op in pool_ops:  # pledges are rare next to gifts: one call each, in stream order
             try:
-                await self.settle_pool_op(op)
+                await self.settle_pool_op(op, entry_id)
             except ResponseError as exc:
                 if not script_failed(exc):
                     raise
@@ -338,12 +340,14 @@ class SettlementWorker:
             return
         await self.ack([entry_id for entry_id, _ in requests])
 
-    async def settle_pool_op(self, op: PoolOp) -> None:
-        """A pledge (pending transfer; may complete the pool) or an expiry (voids every pledge), then its events."""
+    async def settle_pool_op(self, op: PoolOp, entry_id: str | None = None) -> None:
+        """A pledge (pending transfer; may complete the pool) or an expiry (voids every pledge), then its events.
+        A completed pool scores in its room's match like a gift, by the cutoff of `entry_id` (default: now)."""
         status, reason, balance, _replay, pool = await self.ledger.pool_op(
             op.op, op.pool, op.pledge_id, op.sender, op.coins, op.sender_name
         )
         events: list[tuple[str, dict[str, Any]]] = []
+        match_events: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         view = pool_view(pool) if pool else None
         closing = closing_event(view) if view is not None and op.op == "expire" else None
         if closing is not None:
@@ -356,7 +360,15 @@ class SettlementWorker:
                 split = rules.split_gift(view["price"], int(pool["bps"]))  # type: ignore[index]
                 completed = PoolCompleted(view, view["gift"], 1, split.coins, split.diamonds).to_dict()
                 events.append((f"pool:{op.pool}:completed", completed))
+                accepted_ms = int(entry_id.split("-")[0]) if entry_id else clock.now_ms()
+                match_events = await self.matches.score_pool(view, accepted_ms)
+                if match_events:
+                    await self.ledger.durable(self.settings.waitaof_timeout_ms)  # announced only once durable
         async with self.redis.pipeline(transaction=False) as pipe:
+            if view is not None:
+                events += match_events.pop(view["room"], [])
+            for room, scored in match_events.items():  # the other side's room
+                await self.rooms.announce(room, scored, client=pipe)
             if events and view is not None:
                 await self.rooms.announce(view["room"], events, client=pipe)
             if op.op == "pledge" and op.hub:
@@ -377,11 +389,13 @@ class SettlementWorker:
                 "archive backlog: %d journal entries in Valkey > %d: refusing gifts", journal_entries, backlog_max
             )
         batch = [self.prepare(r, rooms.get(r.room), archive_full) for r in requests]
+        accepted_ms = [int(e.split("-")[0]) for e in entry_ids] if entry_ids else [r.ts_ms for r in requests]
+        batch = await self.matches.gate(requests, batch, accepted_ms)  # gifts naming a match that ended
         outcomes = await self.ledger.settle(batch, durable_timeout_ms=self.settings.waitaof_timeout_ms)
         settled_ms = clock.now_ms()
-        accepted_ms = [int(e.split("-")[0]) for e in entry_ids] if entry_ids else [r.ts_ms for r in requests]
         match_events = await self._score_matches(requests, batch, outcomes, rooms, accepted_ms)
-        await self.publish(requests, batch, outcomes, match_events)
+        with_boards = {room for room, state in rooms.items() if state["staged"]}
+        await self.publish(requests, batch, outcomes, match_events, with_boards)
         await self._first_gift_rewards(outcomes, requests)
         fresh = observe_batch(requests, outcomes, settled_ms, time.perf_counter() - started_s)
         self.settled_total += fresh
@@ -449,9 +463,15 @@ class SettlementWorker:
             creator=creator or "?",
             coins=coins,
             diamonds=diamonds,
-            # A recipient is part of what the id stands for (kept out when absent: older records stay valid).
+            # A recipient and a named match are part of what the id stands for (kept out when absent: older
+            # records stay valid).
             fingerprint=rules.fingerprint(
-                request.sender, request.room, request.gift, request.count, *((request.to,) if request.to else ())
+                request.sender,
+                request.room,
+                request.gift,
+                request.count,
+                *((request.to,) if request.to else ()),
+                *(("match:" + request.match,) if request.match else ()),
             ),
             reject=reject,
             room=request.room,
@@ -470,7 +490,7 @@ class SettlementWorker:
             pipe.get(keys.CATALOG_VERSION)
             pipe.xlen(keys.LEDGER_JOURNAL)
             for room in ordered:
-                pipe.hmget(keys.room_meta(room), "creator", "status", "match")
+                pipe.hmget(keys.room_meta(room), "creator", "status", "match", "staged")
             for room in stages:
                 pipe.hkeys(keys.room_stage(room))
             version, journal_entries, *replies = await pipe.execute()
@@ -478,8 +498,14 @@ class SettlementWorker:
             await self.catalogs.refresh()
         guests = dict(zip(stages, replies[len(ordered) :], strict=True))
         states = {
-            room: {"creator": creator, "status": status, "match": match or "", "stage": " ".join(guests.get(room, []))}
-            for room, (creator, status, match) in zip(ordered, replies[: len(ordered)], strict=True)
+            room: {
+                "creator": creator,
+                "status": status,
+                "match": match or "",
+                "stage": " ".join(guests.get(room, [])),
+                "staged": staged_ or "",
+            }
+            for room, (creator, status, match, staged_) in zip(ordered, replies[: len(ordered)], strict=True)
             if creator is not None
         }
         return states, int(journal_entries)
@@ -490,15 +516,19 @@ class SettlementWorker:
         batch: list[GiftToSettle],
         outcomes: list[rules.GiftOutcome],
         match_events: dict[str, list[tuple[str, dict[str, Any]]]] | None = None,
+        with_boards: set[str] | None = None,
     ) -> None:
-        """Room events (settled gifts only, once each; then the match scores they made) and every sender's
-        result, in one pipeline."""
+        """Room events (settled gifts only, once each; then the match scores they made), the top gifters per
+        recipient of the rooms `with_boards` (a guest took their stage) and every sender's result, in one pipeline."""
+        boards: dict[str, list[tuple[str, str, str, int]]] = defaultdict(list)
         events_by_room: dict[str, list[tuple[str, dict[str, Any]]]] = defaultdict(list)
         results_by_hub: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for request, settled, outcome in zip(requests, batch, outcomes, strict=True):
             results_by_hub[request.hub].append({**gift_result(outcome), "req": request.req})
             if outcome.settled:
                 events_by_room[request.room].append((request.gift_id, room_event(request, settled, outcome)))
+                if with_boards and request.room in with_boards:
+                    boards[request.room].append((request.gift_id, settled.creator, request.sender, settled.coins))
         for room, events in (match_events or {}).items():
             events_by_room[room].extend(events)
         names = {r.sender: r.sender_name for r, o in zip(requests, outcomes, strict=True) if o.settled}
@@ -507,6 +537,8 @@ class SettlementWorker:
                 pipe.hset(keys.USER_NAMES, mapping=names)  # for leaderboards
             for room, events in events_by_room.items():
                 await self.rooms.announce(room, events, client=pipe)
+            for room, gifts in boards.items():
+                self.boards.record(room, gifts, pipe)
             for hub, results in results_by_hub.items():
                 if hub:
                     pipe.publish(keys.hub_channel(hub), orjson.dumps(results))

@@ -466,3 +466,16 @@ def level_for(lifetime_spent: int) -> int:
         if lifetime_spent >= threshold:
             level = candidate
     return level
+
+
+def match_side_reject(
+    room: str, rooms: list[str | None], started_at_ms: int | None, end_ms: int | None, accepted_ms: int
+) -> RejectReason | None:
+    """A gift that names a match targets its room's side: it settles only if it scores there, by the cutoff that
+    scores gifts (accepted by the hub in [started_at_ms, end_ms)); later it is `match_ended`. A match that is not
+    found, never started, or does not have this room among its `rooms`: `not_in_match`. (gifting/rooms/matches.py)"""
+    if room not in rooms or started_at_ms is None or end_ms is None or accepted_ms < started_at_ms:
+        return RejectReason.NOT_IN_MATCH
+    if accepted_ms >= end_ms:
+        return RejectReason.MATCH_ENDED
+    return None

@@ -55,6 +55,7 @@ from gifting.live.room import FillGap, LiveRoom, TickFrames, plan_join
 from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE
 from gifting.revocations import Revocations
 from gifting.rooms.pools import PoolOp, open_pool, room_pools
+from gifting.rooms.recipients import recipient_tops
 from gifting.rooms.store import RoomStore, announced_events, history_events, top_entries
 from gifting.wire import protocol
 from gifting.wire.messages import (
@@ -215,7 +216,8 @@ class Hub:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.room_meta(room.id))
             pipe.hgetall(keys.room_goal(room.id))
-            meta, goal = await pipe.execute()
+            pipe.hkeys(keys.room_stage(room.id))
+            meta, goal, guests = await pipe.execute()
         if not meta:
             raise ProtocolError("room_not_found", f"no room {room.id!r}", message.ref)
         room.creator = meta.get("creator", "")
@@ -247,6 +249,7 @@ class Hub:
             top=room.top or await top_entries(self.redis, keys.room_top(room.id), self.settings.leaderboard_size),
             pools=await room_pools(self.redis, room.id),
             ref=message.ref,
+            recipient_top=await self._recipient_top(room, guests),
         ).to_dict()
         if since is None:
             joined["recent"] = recent
@@ -258,6 +261,13 @@ class Hub:
             joined["recent"] = recent
             return joined, []
         return joined, events
+
+    async def _recipient_top(self, room: LiveRoom, guests: list[str]) -> dict[str, list[dict[str, Any]]] | None:
+        """With guests on stage: the top gifters of the host and of each guest (gifting/rooms/recipients.py)."""
+        if not guests:
+            return None
+        on_stage = [room.creator, *sorted(guests)]
+        return await recipient_tops(self.redis, room.id, on_stage, self.settings.leaderboard_size)
 
     async def leave(self, conn: Connection, room_id: str) -> None:
         conn.rooms.discard(room_id)
@@ -334,6 +344,7 @@ class Hub:
             price=message.price if message.price is not None else self.catalogs.current.gifts[message.gift].coins,
             to=message.to or "",
             campaign=message.campaign or "",
+            match=message.match or "",
         )
         try:
             await gifts.enqueue(self.redis, request)

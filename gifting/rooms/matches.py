@@ -15,6 +15,7 @@ left: the worker deletes entries as it acks them, so by then every gift in fligh
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import uuid
 from typing import Any
@@ -25,42 +26,58 @@ import redis.asyncio as aioredis
 from gifting import clock, keys
 from gifting.config import Settings
 from gifting.errors import GiftingError
+from gifting.gifts import GiftRequest
+from gifting.ledger import rules
+from gifting.ledger.store import GiftToSettle
 from gifting.rooms.store import RoomStore, top_entries
 from gifting.wire.messages import MatchEnded, MatchInvited, MatchScore, MatchStarted
 
 log = logging.getLogger(__name__)
 
 SIDES = ("a", "b")
+# A seat is one creator's place in a match: a (the inviter) and b (the opponent); in a team match also a2 (the
+# inviter's partner) and b2 (the opponent's). A seat's side is its first letter. Every seat but a is an invitee.
+SEATS = ("a", "b", "a2", "b2")
+INVITEES = ("b", "a2", "b2")
 DUE_PAGE_MAX = 100  # matches the worker looks at per sweep
 
 # KEYS: meta, scored, gifters of side a, of side b. ARGV: n, then n rows 'gift id \t room \t coins \t accepted ms
-# \t sender account \t catalog gift'. In mode 'gift' only the match's named gift scores. Returns {a_room, b_room,
+# \t sender account \t catalog gift \t contributors' (a pooled gift's pledgers, 'account coins|account coins', each
+# an MVP for their pledge; '': the sender gave it all). In mode 'gift' only the match's named gift scores.
+# A team match's partners' rooms (a2, b2) score for their side. Returns {a_room, b_room, a2_room, b2_room,
 # {{gift id, snapshot}, ...}} for each gift that scored, now or on an earlier delivery (snapshot: 'side points_a
 # points_b'); gifts that do not score are not recorded.
 SCORE = """
 local meta, scored = KEYS[1], KEYS[2]
 local m = redis.call('HMGET', meta, 'status', 'a_room', 'b_room', 'started_at_ms', 'end_ms', 'points_a', 'points_b',
-  'gift')
+  'gift', 'a2_room', 'b2_room')
 local out = {}
-if m[1] == false then return {'', '', out} end
+if m[1] == false then return {'', '', '', '', out} end
 local started, ending = tonumber(m[4] or '0'), tonumber(m[5] or '0')
 local pa, pb = tonumber(m[6] or '0'), tonumber(m[7] or '0')
 local moved = false
 for i = 1, tonumber(ARGV[1]) do
-  local id, room, coins, at, sender, gift =
-    string.match(ARGV[1 + i], '^([^\\t]*)\\t([^\\t]*)\\t(%d+)\\t(%d+)\\t([^\\t]*)\\t([^\\t]*)$')
+  local id, room, coins, at, sender, gift, contributors =
+    string.match(ARGV[1 + i], '^([^\\t]*)\\t([^\\t]*)\\t(%d+)\\t(%d+)\\t([^\\t]*)\\t([^\\t]*)\\t([^\\t]*)$')
   if not id then return redis.error_reply('match_score: malformed gift argument ' .. i) end
   local earlier = redis.call('HGET', scored, id)
   if earlier then
     out[#out + 1] = {id, earlier}
   else
     local side = nil
-    if room == m[2] then side = 'a' elseif room == m[3] then side = 'b' end
+    if room == m[2] or room == m[9] then side = 'a' elseif room == m[3] or room == m[10] then side = 'b' end
     at = tonumber(at)
     local counts = m[8] == false or m[8] == '' or m[8] == gift
     if side and counts and m[1] == 'live' and at >= started and at < ending and tonumber(coins) > 0 then
       if side == 'a' then pa = pa + tonumber(coins) else pb = pb + tonumber(coins) end
-      redis.call('ZINCRBY', side == 'a' and KEYS[3] or KEYS[4], coins, sender)
+      local gifters = side == 'a' and KEYS[3] or KEYS[4]
+      if contributors == '' then
+        redis.call('ZINCRBY', gifters, coins, sender)
+      else
+        for who, given in string.gmatch(contributors, '([^ |]+) (%d+)') do
+          redis.call('ZINCRBY', gifters, given, who)
+        end
+      end
       local snapshot = side .. ' ' .. pa .. ' ' .. pb
       redis.call('HSET', scored, id, snapshot)
       out[#out + 1] = {id, snapshot}
@@ -69,13 +86,14 @@ for i = 1, tonumber(ARGV[1]) do
   end
 end
 if moved then redis.call('HSET', meta, 'points_a', pa, 'points_b', pb) end
-return {m[2], m[3], out}
+return {m[2], m[3], m[9] or '', m[10] or '', out}
 """
 
-# Answer an invite. ARGV: 1 the answer (accept | decline | expire: the sweep, past the deadline), 2 now ms.
-# Returns 'ok', 'not_pending' or 'expired'.
+# Answer an invite. ARGV: 1 the answer (accept | decline | expire: the sweep, past the deadline), 2 now ms, 3 the
+# answering invitee's seat. A team match goes live at the last of its three accepts; one decline declines it.
+# Returns 'ok', 'waiting' (accepted; other invitees have not yet), 'not_pending' or 'expired'.
 ANSWER = """
-local m = redis.call('HMGET', KEYS[1], 'status', 'invite_deadline_ms', 'duration_s')
+local m = redis.call('HMGET', KEYS[1], 'status', 'invite_deadline_ms', 'duration_s', 'team')
 if m[1] == 'expired' then return 'expired' end
 if m[1] ~= 'invited' then return 'not_pending' end
 local now = tonumber(ARGV[2])
@@ -86,6 +104,12 @@ end
 if ARGV[1] == 'decline' then
   redis.call('HSET', KEYS[1], 'status', 'declined')
   return 'ok'
+end
+if redis.call('HSETNX', KEYS[1], 'accepted_' .. ARGV[3], now) == 0 then return 'not_pending' end
+if m[4] == '1' then
+  for _, at in ipairs(redis.call('HMGET', KEYS[1], 'accepted_b', 'accepted_a2', 'accepted_b2')) do
+    if not at then return 'waiting' end
+  end
 end
 redis.call('HSET', KEYS[1], 'status', 'live', 'started_at_ms', now, 'end_ms', now + 1000 * tonumber(m[3]))
 return 'ok'
@@ -127,23 +151,31 @@ class MatchStore:
         self._forfeit = redis.register_script(FORFEIT)
 
     async def invite(
-        self, inviter: str, opponent: str, duration_s: int | None, gift: str | None = None
+        self,
+        inviter: str,
+        opponent: str,
+        duration_s: int | None,
+        gift: str | None = None,
+        partner: str | None = None,
+        opponent_partner: str | None = None,
     ) -> dict[str, Any]:
         """The inviter's live room against the opponent's; the opponent has the invite timeout to accept.
-        With `gift` (a catalog gift id, checked by the caller) the mode is 'gift': only that gift scores."""
+        With `gift` (a catalog gift id, checked by the caller) only that gift scores (mode 'gift'). With a
+        `partner` for each side the mode is 'team' (2 v 2, four rooms): all three invitees must accept."""
         s = self.settings
         duration_s = s.match_duration_s if duration_s is None else duration_s
         if not 1 <= duration_s <= s.match_duration_s_max:
             raise MatchError("bad_duration", f"duration_s: expected 1..{s.match_duration_s_max}, got {duration_s}")
         if opponent == inviter:
             raise MatchError("bad_opponent", "a creator cannot invite themselves to a match")
-        mine, theirs = await self.rooms.creator_live(inviter), await self.rooms.creator_live(opponent)
-        if mine is None:
-            raise MatchError("room_not_live", "go live before inviting someone to a match")
-        if theirs is None:
-            raise MatchError("opponent_not_live", f"{opponent!r} is not live")
-        if await self.redis.exists(keys.creator_match(opponent)):
-            raise MatchError("already_in_match", f"{opponent!r} is already invited to or playing a match")
+        if (partner is None) != (opponent_partner is None):
+            raise MatchError("bad_partner", "a team match names a partner for each side: partner and opponent_partner")
+        seated = {"a": inviter, "b": opponent}
+        if partner is not None and opponent_partner is not None:
+            seated |= {"a2": partner, "b2": opponent_partner}
+        if len(set(seated.values())) != len(seated):
+            raise MatchError("bad_partner", "the four creators of a team match must be four different creators")
+        rooms = await self._live_rooms(seated)
         match, now_ms = uuid.uuid4().hex, clock.now_ms()
         deadline_ms = now_ms + 1000 * s.match_invite_timeout_s
         # The marker outlives any match it may name; `finish` and the sweep release it earlier.
@@ -151,24 +183,44 @@ class MatchStore:
         if not await self.redis.set(keys.creator_match(inviter), match, nx=True, ex=marker_ttl_s):
             raise MatchError("already_in_match", "you are already invited to or playing a match")
         meta = {
-            "id": match, "mode": "gift" if gift else "solo", "gift": gift or "", "status": "invited",
-            "duration_s": duration_s,
-            "a_creator": inviter, "a_room": mine.room, "b_creator": opponent, "b_room": theirs.room,
+            "id": match, "mode": "team" if partner else "gift" if gift else "solo", "gift": gift or "",
+            "status": "invited", "duration_s": duration_s, "team": "1" if partner else "",
             "invited_at_ms": now_ms, "invite_deadline_ms": deadline_ms, "points_a": 0, "points_b": 0,
         }  # fmt: skip
+        for seat, creator in seated.items():
+            meta |= {seat + "_creator": creator, seat + "_room": rooms[seat]}
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hset(keys.match_meta(match), mapping=meta)
             pipe.zadd(keys.MATCHES_DUE, {match: deadline_ms})
             await pipe.execute()
         view = await self.get(match)
-        await self.rooms.announce(theirs.room, [(f"match:{match}:invited", MatchInvited(view).to_dict())])
+        for seat in INVITEES:
+            if seat in rooms:
+                await self.rooms.announce(rooms[seat], [(f"match:{match}:invited", MatchInvited(view).to_dict())])
         return view
 
+    async def _live_rooms(self, seated: dict[str, str]) -> dict[str, str]:
+        """Each seated creator's live room; every invitee free of other matches (the inviter's marker is taken
+        atomically after this)."""
+        rooms: dict[str, str] = {}
+        for seat, creator in seated.items():
+            live = await self.rooms.creator_live(creator)
+            if live is None:
+                code = {"a": "room_not_live", "b": "opponent_not_live"}.get(seat, "partner_not_live")
+                raise MatchError(code, "go live before inviting someone to a match" if seat == "a" else
+                                 f"{creator!r} is not live")  # fmt: skip
+            if seat != "a" and await self.redis.exists(keys.creator_match(creator)):
+                raise MatchError("already_in_match", f"{creator!r} is already invited to or playing a match")
+            rooms[seat] = live.room
+        return rooms
+
     async def answer(self, match: str, user: str, accept: bool) -> dict[str, Any]:
-        """The invitee accepts (the match starts now) or declines; a second answer or a late one is refused."""
+        """An invitee accepts (the match starts now, or at the last accept of a team match's three) or declines
+        (for everyone); a second answer or a late one is refused."""
         meta = await self._meta(match)
-        if meta["b_creator"] != user:
-            raise MatchError("forbidden", "only the invited creator can answer this invite")
+        seat = next((s for s in INVITEES if meta.get(s + "_creator") == user), None)
+        if seat is None:
+            raise MatchError("forbidden", "only an invited creator can answer this invite")
         if meta["status"] == "expired":
             raise MatchError("invite_expired", "the invite expired before it was answered")
         if meta["status"] != "invited":
@@ -176,7 +228,11 @@ class MatchStore:
         if accept:
             await self._prepare_start(match, meta, user)
         answer = "accept" if accept else "decline"
-        outcome = await self._answer(keys=[keys.match_meta(match)], args=[answer, clock.now_ms()])
+        outcome = await self._answer(keys=[keys.match_meta(match)], args=[answer, clock.now_ms(), seat])
+        if outcome == "waiting":
+            return await self.get(match)
+        if outcome == "not_pending" and (await self._meta(match))["status"] == "invited":
+            raise MatchError("invite_not_pending", "you already accepted this invite")
         if outcome != "ok" or not accept:
             await self._release_all(match, await self._meta(match))
             if outcome == "expired":
@@ -188,29 +244,29 @@ class MatchStore:
         return await self.get(match)
 
     async def _prepare_start(self, match: str, meta: dict[str, str], user: str) -> None:
-        """Before the match goes live: the invitee's marker, both rooms still live and naming the match (so the
+        """Before the match goes live: the invitee's marker, every room still live and naming the match (so the
         worker scores their gifts from the first one settled after the start)."""
         marker_ttl_s = self.settings.match_duration_s_max + 3600
         marked = await self.redis.set(keys.creator_match(user), match, nx=True, ex=marker_ttl_s)
         if not marked and await self.redis.get(keys.creator_match(user)) != match:
             raise MatchError("already_in_match", "you are already invited to or playing another match")
-        for side in SIDES:
-            if (await self.rooms.get(meta[side + "_room"])).status != "live":
+        for seat in seats(meta):
+            if (await self.rooms.get(meta[seat + "_room"])).status != "live":
                 await self._release(keys.creator_match(user), match)
-                raise MatchError("room_not_live", f"the room of side {side} is no longer live")
+                raise MatchError("room_not_live", f"the room of {meta[seat + '_creator']!r} is no longer live")
         async with self.redis.pipeline(transaction=False) as pipe:
-            for side in SIDES:
-                pipe.hset(keys.room_meta(meta[side + "_room"]), "match", match)
+            for room in match_rooms(meta):
+                pipe.hset(keys.room_meta(room), "match", match)
             await pipe.execute()
 
     async def _started(self, match: str) -> None:
-        """Announce the start to both rooms (once: dedupe id) and schedule the end. Repeated by the sweep if the
+        """Announce the start to every room (once: dedupe id) and schedule the end. Repeated by the sweep if the
         process died between the accept and here."""
         view = await self.get(match)
         await self.redis.zadd(keys.MATCHES_DUE, {match: view["end_ms"]})
         event = MatchStarted(view).to_dict()
-        for side in SIDES:
-            await self.rooms.announce(view[side]["room"], [(f"match:{match}:started", event)])
+        for room in view["rooms"]:
+            await self.rooms.announce(room, [(f"match:{match}:started", event)])
 
     async def get(self, match: str) -> dict[str, Any]:
         return public_view(await self._meta(match))
@@ -222,23 +278,66 @@ class MatchStore:
         return meta
 
     async def score(
-        self, match: str, gifts: list[tuple[str, str, int, int, str, str]]
+        self,
+        match: str,
+        gifts: list[tuple[str, str, int, int, str, str]],
+        contributors: dict[str, list[tuple[str, int]]] | None = None,
     ) -> tuple[list[str], list[tuple[str, dict[str, Any]]]]:
         """Score settled gifts (gift id, room, coins, accepted ms, sender, catalog gift): each once. Returns the
         match's rooms and the `match_score` events (dedupe id, event) of the gifts that scored, now or on an
-        earlier delivery, for both rooms. The caller makes them durable before announcing them."""
+        earlier delivery, for both rooms. The caller makes them durable before announcing them. `contributors`:
+        gift id -> (user, coins) of a pooled gift's pledgers, the MVPs it makes (default: its sender)."""
+        pledgers = contributors or {}
         rows = [
-            f"{gift_id}\t{room}\t{coins}\t{at}\t{keys.account(sender)}\t{gift}"
+            f"{gift_id}\t{room}\t{coins}\t{at}\t{keys.account(sender)}\t{gift}\t"
+            + "|".join(f"{keys.account(user)} {given}" for user, given in pledgers.get(gift_id, []))
             for gift_id, room, coins, at, sender, gift in gifts
         ]
         match_keys = [keys.match_meta(match), keys.match_scored(match), *(keys.match_gifters(match, s) for s in SIDES)]
-        a_room, b_room, scored = await self._score(keys=match_keys, args=[len(rows), *rows])
+        *rooms, scored = await self._score(keys=match_keys, args=[len(rows), *rows])
         events = []
         for gift_id, snapshot in scored:
             side, a, b = snapshot.split(" ")
             event = MatchScore(match, gift_id, side, int(a), int(b)).to_dict()
             events.append((f"match:{match}:{gift_id}", event))
-        return [r for r in (a_room, b_room) if r], events
+        return [r for r in rooms if r], events
+
+    async def score_pool(self, pool: dict[str, Any], accepted_ms: int) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+        """A completed pool is one gift to its room's creator: it scores its price for the room's side, once (its
+        id: 'pool:' + pool id), by the cutoff of the pledge that completed it (`accepted_ms`: its stream entry);
+        each pledger is an MVP for their pledge. Returns room -> `match_score` events (none: no match)."""
+        match = await self.redis.hget(keys.room_meta(pool["room"]), "match")
+        if not match:
+            return {}
+        gift_id = "pool:" + pool["id"]
+        given = [(c["user"], int(c["coins"])) for c in pool["contributors"]]
+        row = (gift_id, pool["room"], pool["price"], accepted_ms, given[0][0] if given else "", pool["gift"])
+        rooms, scored = await self.score(match, [row], {gift_id: given})
+        return {room: scored for room in rooms} if scored else {}
+
+    async def gate(
+        self, requests: list[GiftRequest], batch: list[GiftToSettle], accepted_ms: list[int]
+    ) -> list[GiftToSettle]:
+        """Gifts that name a match (its side: their room) and would not score there are rejected before the
+        ledger, so nothing moves (rules.match_side_reject); gifts that name none are left as they are."""
+        named = sorted({r.match for r, g in zip(requests, batch, strict=True) if r.match and not g.reject})
+        if not named:
+            return batch
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for match in named:
+                pipe.hmget(keys.match_meta(match), "started_at_ms", "end_ms", *(s + "_room" for s in SEATS))
+            metas = dict(zip(named, await pipe.execute(), strict=True))
+        gated = []
+        for request, settled, at in zip(requests, batch, accepted_ms, strict=True):
+            if request.match and not settled.reject:
+                started, end, *rooms = metas[request.match]
+                reject = rules.match_side_reject(
+                    request.room, rooms, int(started) if started else None, int(end) if end else None, at
+                )
+                if reject:
+                    settled = dataclasses.replace(settled, reject=reject, coins=0, diamonds=0)
+            gated.append(settled)
+        return gated
 
     async def sweep(self) -> int:
         """Expire unanswered invites, end matches whose gifts have all scored, finish interrupted starts.
@@ -273,11 +372,12 @@ class MatchStore:
         return 1
 
     async def _forfeited(self, match: str, meta: dict[str, str], now_ms: int) -> bool:
-        """A side whose room is no longer live forfeits (its creator ended the stream mid-match)."""
-        for side in SIDES:
-            status = await self.redis.hget(keys.room_meta(meta[side + "_room"]), "status")
+        """A side with a room no longer live forfeits (a creator ended the stream mid-match; in a team match
+        either of the side's two creators)."""
+        for seat in seats(meta):
+            status = await self.redis.hget(keys.room_meta(meta[seat + "_room"]), "status")
             if status != "live":
-                await self._forfeit(keys=[keys.match_meta(match)], args=[side, now_ms])
+                await self._forfeit(keys=[keys.match_meta(match)], args=[seat[0], now_ms])
                 return True
         return False
 
@@ -297,11 +397,11 @@ class MatchStore:
                 await pipe.execute()
         view = await self.get(match)
         event = MatchEnded(view).to_dict()
-        for side in SIDES:
-            room = view[side]["room"]
+        for room in view["rooms"]:
             await self.redis.hset(keys.room_matches(room), match, orjson.dumps(view))  # the stream summary's
             if await self.redis.hget(keys.room_meta(room), "status") != "live":  # it expires with the ended room
                 await self.redis.expire(keys.room_matches(room), self.settings.ended_room_ttl_s, nx=True)
+                await self.rooms.summary_matches(room)  # the forfeiting room's summary was stored before the end
             await self.rooms.announce(room, [(f"match:{match}:ended", event)])
         return True
 
@@ -329,16 +429,27 @@ class MatchStore:
         return [keys.match_gifters(match, side) for side in SIDES]
 
     async def _release_all(self, match: str, meta: dict[str, str]) -> None:
-        for side in SIDES:
-            await self._release(keys.creator_match(meta[side + "_creator"]), match)
-            await self._release(keys.room_meta(meta[side + "_room"]), match, field="match")
+        for seat in seats(meta):
+            await self._release(keys.creator_match(meta[seat + "_creator"]), match)
+            await self._release(keys.room_meta(meta[seat + "_room"]), match, field="match")
 
     async def _release(self, key: str, match: str, field: str = "") -> None:
         await self._release_lua(keys=[key], args=[match, field])
 
 
+def seats(meta: dict[str, str]) -> list[str]:
+    """The match's seats: a and b, and a2 and b2 in a team match."""
+    return [seat for seat in SEATS if meta.get(seat + "_creator")]
+
+
+def match_rooms(meta: dict[str, str]) -> list[str]:
+    return [meta[seat + "_room"] for seat in seats(meta)]
+
+
 def public_view(meta: dict[str, str]) -> dict[str, Any]:
-    """A match as clients see it (GET /v1/matches/{id}, match_started, match_ended)."""
+    """A match as clients see it (GET /v1/matches/{id}, match_started, match_ended). A side's `creator` and
+    `room` are its lead's; a team match's side also has its `partner` ({creator, room}); `rooms` lists them all.
+    While invited, `waiting_for` names the invitees who have not accepted yet."""
     view: dict[str, Any] = {
         "id": meta["id"],
         "mode": meta["mode"],
@@ -356,4 +467,11 @@ def public_view(meta: dict[str, str]) -> dict[str, Any]:
             "room": meta[side + "_room"],
             "points": int(meta["points_" + side]),
         }
+        if meta.get(side + "2_creator"):
+            view[side]["partner"] = {"creator": meta[side + "2_creator"], "room": meta[side + "2_room"]}
+    view["rooms"] = match_rooms(meta)
+    if meta["status"] == "invited":
+        view["waiting_for"] = [
+            meta[s + "_creator"] for s in INVITEES if s in seats(meta) and "accepted_" + s not in meta
+        ]
     return view

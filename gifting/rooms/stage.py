@@ -29,6 +29,7 @@ redis.call('HDEL', KEYS[2], ARGV[1])
 if tonumber(ARGV[2]) > tonumber(deadline) then return 'expired' end
 if redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return 'full' end
 redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], 'staged', '1') -- from now on settlement keeps top gifters per recipient
 return 'ok'
 """
 

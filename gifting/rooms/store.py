@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import secrets
 from collections.abc import AsyncIterator
@@ -21,8 +22,11 @@ from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, Ledger
 from gifting.wire.messages import EventKind, GoalProgress, RoomEnded, StreamSummary
 
+log = logging.getLogger(__name__)
+
 SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
 SUMMARY_TTL_S = 90 * 86400  # a room's own summary; the creator's session list keeps it longer
+SUMMARY_SWAPS_MAX = 5  # tries to put a late match result into a stored summary while others rewrite it
 
 
 class RoomError(GiftingError):
@@ -105,6 +109,16 @@ return 1
 """
 
 
+# Replace a stored stream summary (KEYS[1]) and its copy in the creator's session list (KEYS[2]), only while the
+# summary is still ARGV[1] (compare and swap). ARGV[2]: the new summary. Returns 1 if swapped.
+SWAP_SUMMARY = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
+local at = redis.call('LPOS', KEYS[2], ARGV[1])
+if at then redis.call('LSET', KEYS[2], at, ARGV[2]) end
+return 1
+"""
+
 # Open a room only if its creator has fewer than ARGV[1] live rooms; else return the newest live one's id.
 # KEYS: the creator's live rooms, all live rooms, the new room's meta. ARGV: max, room, started_at_ms, meta...
 OPEN_ROOM = """
@@ -137,7 +151,12 @@ def room_keys(room: str) -> list[str]:
     """The keys of a room's live session, expired together when it ends (GIFTING_ENDED_ROOM_TTL_S)."""
     return [keys.room_meta(room), keys.room_history(room), keys.room_stats(room), keys.room_top(room),
             keys.room_goal(room), keys.room_matches(room), keys.room_stage(room),
-            keys.room_stage_invites(room)]  # fmt: skip
+            keys.room_stage_invites(room), keys.room_recipients(room)]  # fmt: skip
+
+
+async def recipient_board_keys(redis: aioredis.Redis, room: str) -> list[str]:
+    """A room's top-gifter boards per recipient (gifting/rooms/recipients.py): they expire with the room."""
+    return [keys.room_recipient_top(room, r) for r in sorted(await redis.smembers(keys.room_recipients(room)))]
 
 
 class RoomStore:
@@ -147,6 +166,7 @@ class RoomStore:
         self.announce_script = redis.register_script(ANNOUNCE_LUA)
         self._set_goal = redis.register_script(SET_GOAL)
         self._store_summary = redis.register_script(STORE_SUMMARY)
+        self._swap_summary = redis.register_script(SWAP_SUMMARY)
         self.ledger = Ledger(redis, settings)  # an ending room voids its pools
         self._open = redis.register_script(OPEN_ROOM)
 
@@ -206,6 +226,7 @@ class RoomStore:
         async with not_durable_is_retry(), self.ledger.group_commit():
             for pool_id in sorted(await self.redis.smembers(keys.room_pools(room))):
                 await self.ledger.pool_op("void", pool_id)
+        boards = await recipient_board_keys(self.redis, room)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(keys.room_meta(room), "ended_at_ms", str(now_ms))
             pipe.hset(keys.room_meta(room), "status", "ended")
@@ -213,7 +234,7 @@ class RoomStore:
             pipe.zrem(keys.creator_live_rooms(info.creator), room)
             if match:  # its creator forfeits: due now, in the step that ends the room, so the sweep sees it ended
                 pipe.zadd(keys.MATCHES_DUE, {match: now_ms})
-            for key in room_keys(room):
+            for key in [*room_keys(room), *boards]:
                 pipe.expire(key, ttl_s)
             await pipe.execute()
         await durable_or_retry(self.ledger)  # announce only what is durable
@@ -224,7 +245,28 @@ class RoomStore:
             keys=[keys.room_summary(room), keys.creator_sessions(summary["creator"])],
             args=[orjson.dumps(summary), SUMMARY_TTL_S, SESSIONS_KEPT],
         )
+        await self.summary_matches(room)  # a match that ended while the summary was being made
         await self.redis.zrem(keys.ROOMS_ENDING, room)
+
+    async def summary_matches(self, room: str) -> None:
+        """Put the room's ended matches (keys.room_matches) into its stored stream summary. A match can end after
+        the stream did (its creator forfeited by ending it): MatchStore.finish writes the result, then calls
+        this; the room's end stores the summary, then calls this; so whichever comes second sees both."""
+        for _ in range(SUMMARY_SWAPS_MAX):
+            stored = await self.redis.get(keys.room_summary(room))
+            if stored is None:
+                return
+            summary = orjson.loads(stored)
+            known = {m["id"]: m for m in summary.get("matches", [])}
+            ended = [orjson.loads(m) for m in (await self.redis.hgetall(keys.room_matches(room))).values()]
+            merged = {**known, **{m["id"]: m for m in ended}}
+            if merged == known:
+                return
+            summary["matches"] = sorted(merged.values(), key=lambda m: m["end_ms"])
+            swap_keys = [keys.room_summary(room), keys.creator_sessions(summary["creator"])]
+            if await self._swap_summary(keys=swap_keys, args=[stored, orjson.dumps(summary)]):
+                return
+        log.warning("room %s: its summary kept changing; its matches are added by the next match end", room)
 
     async def _end_events(self, room: str, summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         """The pools the end voided, `room_ended` and the summary (the stream summary goes to the room and

@@ -42,7 +42,7 @@ _CODES_BY_STATUS: dict[int, tuple[str, ...]] = {
         # Stage (gifting/rooms/stage.py).
         "no_stage_invite", "too_many_guests", "not_on_stage",
         # Matches (gifting/rooms/matches.py).
-        "opponent_not_live", "already_in_match", "invite_not_pending", "invite_expired",
+        "opponent_not_live", "already_in_match", "invite_not_pending", "invite_expired", "partner_not_live",
         # Sponsored-gift campaigns (gifting/ledger/campaigns.py, sponsor.lua).
         "campaign_closed", "too_many_campaigns", "insufficient_coins",
         # A gift or pledge id already used for another one (the worker's answer).

@@ -189,6 +189,12 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         {200: obj("room", "host", "guests", room=STR, host=STR, guests={"type": "array"})},
         who=None,
     ),
+    ("GET", "/v1/rooms/{room}/top"): Op(
+        "Top gifters of one person on stage (default: the host), kept once a guest has taken the stage.",
+        {200: obj("room", "recipient", "top", room=STR, recipient=STR, top={"type": "array"})},
+        who=None,
+        query={"recipient": STR, "limit": LIMIT},
+    ),
     ("POST", "/v1/rooms/{room}/stage/invites"): Op(
         "The room's creator invites a guest on stage.",
         {201: ANY_OBJECT},
@@ -202,10 +208,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         body={"type": "object", "properties": {"guest": STR}},
     ),
     ("POST", "/v1/matches"): Op(
-        "Invite another live creator to a match (PK battle); with `gift`, only that gift scores.",
+        "Invite another live creator to a match (PK battle); with `gift`, only that gift scores; with a partner "
+        "for each side, a team match (2 v 2).",
         {201: ANY_OBJECT},
         who="creator, admin",
-        body=obj("opponent", opponent=STR, duration_s=INT, gift=STR),
+        body=obj("opponent", opponent=STR, duration_s=INT, gift=STR, partner=STR, opponent_partner=STR),
     ),
     ("GET", "/v1/matches/{match}"): Op(
         "A match: sides, score, state, and its result once ended.", {200: ANY_OBJECT}, who=None

@@ -47,6 +47,7 @@ class SendGift:
     ref: str | None = None
     to: str | None = None  # the recipient on stage (a guest's user id); None: the host
     campaign: str | None = None  # a sponsored gift: the campaign whose budget pays it (the sender pays nothing)
+    match: str | None = None  # the match whose side (the room's) the gift targets; refused once it ended
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +156,7 @@ class Joined(ServerMessage, frozen=True):
     """The answer to `join`: the room's live state; `recovered` only on a resume, `recent` when not recovered."""
 
     TYPE: ClassVar[str] = "joined"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"ref", "recovered", "recent"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"ref", "recovered", "recent", "recipient_top"})
     room: str
     epoch: str
     offset: int
@@ -170,6 +171,7 @@ class Joined(ServerMessage, frozen=True):
     ref: str | None = None
     recovered: bool | None = None
     recent: list[dict[str, Any]] | None = None
+    recipient_top: dict[str, list[dict[str, Any]]] | None = None  # with guests on stage: each one's top gifters
 
 
 class Events(ServerMessage, frozen=True):

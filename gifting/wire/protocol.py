@@ -28,6 +28,7 @@ ROOM_ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 EPOCH_PATTERN = re.compile(r"[A-Za-z0-9]{1,32}")
 CAMPAIGN_ID_PATTERN = re.compile(r"c_[0-9a-f]{16}")  # gifting/ledger/campaigns.py make_campaign
 RECIPIENT_PATTERN = re.compile(r"[A-Za-z0-9_.@-]{1,64}")  # a user id (gifting/auth.py USER_ID_PATTERN)
+MATCH_ID_PATTERN = re.compile(r"[0-9a-f]{32}")  # gifting/rooms/matches.py: uuid4().hex
 OFFSET_MAX = 2**53  # offsets stay exact in JavaScript numbers
 REF_CHARS_MAX = 64
 
@@ -96,6 +97,7 @@ def parse_message(obj: dict[str, Any], gift_count_max: int) -> ClientMessage:
             ref=ref,
             to=_optional_recipient(obj.get("to"), ref),
             campaign=_optional_campaign(obj.get("campaign"), ref),
+            match=_optional_match(obj.get("match"), ref),
         )
     if kind == "join":
         return Join(room=_room(obj, ref), since=_since(obj.get("since"), ref), ref=ref)
@@ -170,6 +172,12 @@ def _optional_recipient(value: object, ref: str | None) -> str | None:
     if value is None or (isinstance(value, str) and RECIPIENT_PATTERN.fullmatch(value)):
         return value
     raise ProtocolError("bad_message", f"to: expected the user id of someone on stage, got {value!r}", ref)
+
+
+def _optional_match(value: object, ref: str | None) -> str | None:
+    if value is None or (isinstance(value, str) and MATCH_ID_PATTERN.fullmatch(value)):
+        return value
+    raise ProtocolError("bad_message", f"match: expected a match id (32 hex digits), got {value!r}", ref)
 
 
 def _optional_price(value: object, ref: str | None) -> int | None:

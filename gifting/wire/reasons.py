@@ -30,6 +30,8 @@ class RejectReason(StrEnum):
     SPONSOR_VIEWER_LIMIT = "sponsor_viewer_limit"
     SPONSOR_ROOM_LIMIT = "sponsor_room_limit"
     BUDGET_EXHAUSTED = "budget_exhausted"
+    MATCH_ENDED = "match_ended"
+    NOT_IN_MATCH = "not_in_match"
     # Decided by the hub at once (nothing recorded: the same id may be retried).
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"

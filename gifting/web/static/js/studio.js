@@ -1,5 +1,6 @@
 // The creator studio (/studio): go live and end the stream, the live gift feed with earnings, running totals,
-// diamonds per minute, goal, top gifters, pools, the wallet with cash-out, and past streams.
+// diamonds per minute, goal, top gifters, pools, matches, the stage's guests, the wallet with cash-out, and past
+// streams.
 //
 // Built for bursts of hundreds of gifts per second: events are buffered and drawn once per animation frame,
 // the feed keeps only its newest FEED_MAX rows, and the chart redraws at most once a second.
@@ -346,6 +347,56 @@ async function setGoal(event) {
   }
 }
 
+// Stage: invite guests, see who accepted, take one off ------------------------------------------------------
+
+function stagePath(action = "") {
+  return `/v1/rooms/${encodeURIComponent(state.room.room)}/stage${action}`;
+}
+
+async function inviteGuest(event) {
+  event.preventDefault();
+  const msg = $("#stage-msg");
+  if (!state.room) { msg.textContent = "Go live to invite guests."; return; }
+  const guest = $("#stage-guest").value.trim();
+  msg.className = "form-msg";
+  msg.textContent = "Inviting…";
+  try {
+    await api(stagePath("/invites"), { method: "POST", token, body: { guest } });
+    msg.className = "form-msg ok";
+    msg.textContent = `Invited ${guest}: they appear here once they accept.`;
+    $("#stage-guest").value = "";
+  } catch (err) {
+    msg.className = "form-msg error";
+    msg.textContent = `Couldn't invite ${guest}: ${explain(err)}`;
+  }
+}
+
+async function removeGuest(guest) {
+  const msg = $("#stage-msg");
+  try {
+    renderStage((await api(stagePath("/leave"), { method: "POST", token, body: { guest } })).guests);
+    msg.className = "form-msg ok";
+    msg.textContent = `${guest} left the stage.`;
+  } catch (err) {
+    msg.className = "form-msg error";
+    msg.textContent = `Couldn't remove ${guest}: ${explain(err)}`;
+  }
+}
+
+function renderStage(guests) {
+  $("#stage-empty").hidden = guests.length > 0;
+  $("#stage-guests").replaceChildren(...guests.map((guest) => el("li.pool", { dataset: { guest } },
+    el("div.row", {}, el("span.avatar", { "aria-hidden": "true" }, guest.slice(0, 1).toUpperCase()), el("span", {}, guest),
+      el("button", { type: "button", "aria-label": `Remove ${guest} from the stage`, onclick: () => removeGuest(guest) }, "Remove")))));
+}
+
+async function loadStage() {
+  if (!state.room) return;
+  try {
+    renderStage((await api(stagePath())).guests);
+  } catch { /* shown again by the next stage event */ }
+}
+
 // Match: invite, answer, the live score -------------------------------------------------------------------
 
 async function inviteMatch(event) {
@@ -365,7 +416,7 @@ async function inviteMatch(event) {
 }
 
 function showInvite(match) {
-  if (!match || match.b?.creator !== me || match.status !== "invited") return;
+  if (!match || !(match.waiting_for ?? [match.b?.creator]).includes(me) || match.status !== "invited") return;
   if (match.invite_deadline_ms < Date.now() || document.querySelector(`[data-invite="${match.id}"]`)) return;
   const row = el("li.pool", { dataset: { invite: match.id } }, el("p", {}, `${match.a.creator} invites you to a match (${duration(match.duration_s)})`));
   const msg = el("p.form-msg", { role: "status" });
@@ -580,6 +631,7 @@ function handle(event, live) {
       }
       break;
     case "stream_summary": if (event.summary) renderSummary(event.summary); break;
+    case "stage": renderStage(event.guests); break;
     case "match_invited": showInvite(event.match); break;
     case "match_started": case "match_ended": renderMatch(event.match); break;
     case "match_score": scoreMatch(event); break;
@@ -597,6 +649,7 @@ function connect() {
     if (m.goal !== undefined) m.goal ? renderGoal(m.goal, m.goal.status === "completed") : renderGoal(null);
     if (Array.isArray(m.top)) renderTop(m.top);
     if (Array.isArray(m.pools)) for (const pool of m.pools) upsertPool(pool, "open");
+    loadStage();
   });
   live.addEventListener("snapshot", (e) => {
     for (const event of e.detail.events) handle(event, false);
@@ -630,6 +683,7 @@ async function main() {
   $("#end").addEventListener("click", endStream);
   $("#goal-form").addEventListener("submit", setGoal);
   $("#match-form").addEventListener("submit", inviteMatch);
+  $("#stage-form").addEventListener("submit", inviteGuest);
   $("#goal-kind").addEventListener("change", toggleGoalKind);
   $("#goal-cancel").addEventListener("click", cancelGoal);
   $("#cashout-form").addEventListener("submit", cashOut);
