@@ -326,7 +326,8 @@ class Settings:
         "GIFTING_ARCHIVE_BACKLOG_MAX",
         100_000,
         "Journal entries (a settled batch of gifts is one) allowed to wait in Valkey for the archiver; past it "
-        "settlement rejects every gift `archive_backlog` (memory stays bounded, no money is lost). 0: no bound.",
+        "every debit (gift, pledge, new withdrawal) is refused `archive_backlog` (memory stays bounded, no money is "
+        "lost). 0: no bound.",
     )
     archive_idle_ms: int = _setting(
         "GIFTING_ARCHIVE_IDLE_MS", 200, "The archiver's pause when the journal holds nothing to archive, ms."

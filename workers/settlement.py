@@ -324,9 +324,11 @@ class SettlementWorker:
 
     async def settle_pool_op(self, op: PoolOp) -> None:
         """A pledge (pending transfer; may complete the pool) or an expiry (voids every pledge), then its events."""
+        archive_full = op.op == "pledge" and self._archive_full(int(await self.redis.xlen(keys.LEDGER_JOURNAL)))
         status, reason, balance, _replay, pool = await self.ledger.pool_op(
-            op.op, op.pool, op.pledge_id, op.sender, op.coins, op.sender_name
-        )
+            op.op, op.pool, op.pledge_id, op.sender, op.coins, op.sender_name,
+            reject=RejectReason.ARCHIVE_BACKLOG if archive_full else "",
+        )  # fmt: skip
         events: list[tuple[str, dict[str, Any]]] = []
         view = pool_view(pool) if pool else None
         closing = closing_event(view) if view is not None and op.op == "expire" else None
@@ -354,12 +356,7 @@ class SettlementWorker:
         started_s = time.perf_counter()
         staged = {r.room for r in requests if r.to}
         rooms, journal_entries = await self._room_states({r.room for r in requests}, staged)
-        backlog_max = self.settings.archive_backlog_max
-        archive_full = bool(backlog_max) and journal_entries > backlog_max
-        if archive_full:
-            log.error(
-                "archive backlog: %d journal entries in Valkey > %d: refusing gifts", journal_entries, backlog_max
-            )
+        archive_full = self._archive_full(journal_entries)
         batch = [self.prepare(r, rooms.get(r.room), archive_full) for r in requests]
         outcomes = await self.ledger.settle(batch, durable_timeout_ms=self.settings.waitaof_timeout_ms)
         settled_ms = clock.now_ms()
@@ -400,6 +397,14 @@ class SettlementWorker:
         if events:
             await self.ledger.durable(self.settings.waitaof_timeout_ms)  # a score is announced only once durable
         return events
+
+    def _archive_full(self, journal_entries: int) -> bool:
+        """Whether debits are refused now (ledger/rules.archive_backlog_reject: one rule for gifts and pledges)."""
+        backlog_max = self.settings.archive_backlog_max
+        if rules.archive_backlog_reject(journal_entries, backlog_max) is None:
+            return False
+        log.error("archive backlog: %d journal entries in Valkey > %d: refusing debits", journal_entries, backlog_max)
+        return True
 
     def prepare(self, request: GiftRequest, room: dict[str, str] | None, archive_full: bool = False) -> GiftToSettle:
         """Decide everything the ledger does not: price from the catalog, room live, the recipient on stage (a

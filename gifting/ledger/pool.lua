@@ -27,7 +27,8 @@
 --   remembered briefly; an accepted pledge for the full ttl_s), 16 the creator's account, 17 the pledge's legs,
 --   18 the pledger's statement row; when this pledge completes the pool: 19 the completion's legs, 20 the
 --   creator's statement row, 21 the creator's diamonds, 22 every contributor's coins ('account coins|...'),
---   23 and 24 how long a day's and a week's top-gifter board is kept (s).
+--   23 and 24 how long a day's and a week's top-gifter board is kept (s); 25 a reject reason decided by the
+--   caller ('' : none; archive_backlog), recorded like the script's own.
 -- ARGV 'expire' | 'cancel' | 'void': 1 op, 2 now_ms, 3 pool record ttl_s, 4 the contributors as the caller read
 --   them, 5 the legs returning every pledge, 6.. each contributor's statement row.
 -- ARGV 'open': 1 op, 2 now_ms, 3 pool id, 4 room cap, 5 opener cap, 6 opener account, 7 coins an opener needs,
@@ -116,6 +117,7 @@ local function decide(s, reason)
   redis.call('SET', record_key, s .. '|' .. reason .. '|' .. fmt(balance) .. '|' .. fp, 'EX', ttl_s)
   return {s, reason, fmt(balance), 0, snapshot()}
 end
+if ARGV[25] ~= '' then return decide('rejected', ARGV[25]) end
 if not id then return decide('rejected', 'unknown_pool') end
 local CLOSED = {completed = 'pool_completed', expired = 'pool_expired', cancelled = 'pool_cancelled',
   voided = 'pool_voided'}

@@ -219,15 +219,17 @@ class Ledger:
             raise DurabilityError(f"WAITAOF: AOF fsync not confirmed within {timeout_ms} ms")
 
     async def pool_op(
-        self, op: str, pool_id: str, pledge_id: str = "", user: str = "", coins: int = 0, name: str = ""
-    ) -> tuple[str, str, int, bool, dict[str, Any] | None]:
+        self, op: str, pool_id: str, pledge_id: str = "", user: str = "", coins: int = 0, name: str = "",
+        reject: str = "",
+    ) -> tuple[str, str, int, bool, dict[str, Any] | None]:  # fmt: skip
         """A pledge to a pool, or its expiry, cancellation or voiding at its room's end (pool.lua).
         Returns (status, reason, balance, replay, pool). The legs and rows are built from the pool as read
-        here; pool.lua refuses them ('stale') if another pledge landed since, and the call is made again."""
+        here; pool.lua refuses them ('stale') if another pledge landed since, and the call is made again.
+        `reject`: a pledge's reject reason decided by the caller (archive_backlog), recorded like pool.lua's own."""
         assert op in ("pledge", "expire", "cancel", "void")
         for _attempt in range(POOL_ATTEMPTS_MAX):
             read = PoolRead(*await self.redis.hmget(keys.pool(pool_id), *PoolRead.__slots__))
-            keys_, args = self._pool_call(op, pool_id, read, pledge_id, user, coins, name)
+            keys_, args = self._pool_call(op, pool_id, read, pledge_id, user, coins, name, reject)
             status, reason, balance, replay, pool = await self._pool(keys=keys_, args=args)
             if status != "stale":
                 await self.committed()
@@ -235,8 +237,9 @@ class Ledger:
         raise LedgerError("busy", f"pool {pool_id} changed concurrently too often; retry")
 
     def _pool_call(
-        self, op: str, pool_id: str, read: PoolRead, pledge_id: str, user: str, coins: int, name: str
-    ) -> tuple[list[str], list[Any]]:
+        self, op: str, pool_id: str, read: PoolRead, pledge_id: str, user: str, coins: int, name: str,
+        reject: str = "",
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
         """pool.lua's KEYS and ARGV for one operation on the pool as `read`."""
         s, now = self.settings, now_ms()
         keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
@@ -260,7 +263,7 @@ class Ledger:
         args += [name, s.idempotency_ttl_s, hour_number(now), user, read.contributors or "", s.pool_record_ttl_s]
         args += [s.daily_spend_coins_max, rules.SPENT_DAY_TTL_S, s.rejected_gift_ttl_s]
         args += [keys.account(creator) if creator else "", rules.encode_legs(rules.pledge_legs(user, coins))]
-        args += [pledge_row, *self._pool_completion(read, pool_id, user, coins, now)]
+        args += [pledge_row, *self._pool_completion(read, pool_id, user, coins, now), reject]
         return keys_, args
 
     def _pool_completion(self, read: PoolRead, pool_id: str, user: str, coins: int, now: int) -> list[Any]:
@@ -368,6 +371,7 @@ class Ledger:
     ) -> tuple[dict[str, Any], bool]:
         """Put diamonds on hold for a payout (pending transfer). Returns (withdrawal, replay)."""
         s, now, account = self.settings, now_ms(), keys.account(user)
+        await self._refuse_past_archive_backlog(withdrawal_id)
         cutoff_hour = hour_number(now - s.diamond_hold_s * 1000) if s.diamond_hold_s > 0 else hour_number(now) + 1
         legs = rules.encode_legs(rules.withdrawal_legs("pending", user, diamonds))
         row = rules.statement_row(now, "withdrawal", "diamonds", -diamonds, keys.SYS_PAYOUT_CLEARING, withdrawal_id)
@@ -386,6 +390,19 @@ class Ledger:
         withdrawal = await self.withdrawal(withdrawal_id)
         assert withdrawal is not None
         return withdrawal, detail == "replay"
+
+    async def _refuse_past_archive_backlog(self, withdrawal_id: str) -> None:
+        """A new withdrawal is a debit: refused past the archive backlog bound like gifts and pledges (one rule:
+        rules.archive_backlog_reject); a resend of an existing one still answers it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.LEDGER_JOURNAL)
+            pipe.exists(keys.withdrawal(withdrawal_id))
+            journal_entries, exists = await pipe.execute()
+        if not exists and rules.archive_backlog_reject(int(journal_entries), self.settings.archive_backlog_max):
+            message = (
+                f"{journal_entries} journal entries wait for the archiver (GIFTING_ARCHIVE_BACKLOG_MAX); retry later"
+            )
+            raise LedgerError("archive_backlog", message)
 
     async def resolve_withdrawal(self, withdrawal_id: str, mode: str, reason: str = "") -> dict[str, Any]:
         """Post (paid) or void (failed, diamonds returned) a pending withdrawal, exactly once."""
