@@ -21,6 +21,7 @@ from gifting import logs
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import GiftingError
+from gifting.history.reader import ArchiveReader
 from gifting.ledger.store import Ledger
 from gifting.live.direct import HubWebSocketProtocol, check_protocol
 from gifting.live.endpoint import websocket_endpoint
@@ -123,6 +124,8 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         await state.catalogs.load()
         state.payments = payments or SandboxProvider()
         state.ledger = Ledger(redis, settings)
+        if settings.database_url:  # records past their hot window are read from the history database
+            state.ledger.archive = ArchiveReader(settings.database_url)
         state.rooms = RoomStore(redis, settings)
         state.matches = MatchStore(redis, settings, state.rooms)
         state.stage = StageStore(redis, settings, state.rooms)
@@ -133,6 +136,8 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
             yield
         finally:
             await state.hub.stop()
+            if state.ledger.archive is not None:
+                await state.ledger.archive.close()
             await redis.aclose()
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -329,6 +329,12 @@ class Settings:
         "every debit (gift, pledge, new withdrawal) is refused `archive_backlog` (memory stays bounded, no money is "
         "lost). 0: no bound.",
     )
+    purchase_hot_s: int = _setting(
+        "GIFTING_PURCHASE_HOT_S",
+        90 * 86400,
+        "How long a purchase record stays in Valkey after it is made (the refund window), seconds; then the "
+        "archiver moves it to PostgreSQL, where history, resends, refunds and chargebacks still find it.",
+    )
     archive_idle_ms: int = _setting(
         "GIFTING_ARCHIVE_IDLE_MS", 200, "The archiver's pause when the journal holds nothing to archive, ms."
     )

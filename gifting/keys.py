@@ -49,8 +49,12 @@ def withdrawal_id(user: str, idempotency_key: str) -> str:
 
 
 def purchase_record(purchase: str) -> str:
-    """A purchase (keyed by user and Idempotency-Key): its outcome and later refund/chargeback. Kept forever."""
+    """A purchase (keyed by user and Idempotency-Key): its outcome and later refund/chargeback. Kept in Valkey
+    GIFTING_PURCHASE_HOT_S, then in PostgreSQL (gifting/history/purchases.py)."""
     return "{ledger}:purchase:" + purchase
+
+
+PURCHASES_HOT = "{ledger}:purchases:hot"  # sorted set: purchase id -> made (ms), the records still in Valkey
 
 
 def purchases_of(user: str) -> str:

@@ -108,7 +108,7 @@ async def run_audit(
         overlap, report.awaiting_trim = await continuity.overlap_findings(redis, archive, keys.LEDGER_JOURNAL)
         report.findings += overlap
     _check_balances(report, snapshot, {ledger: b for (ledger, _), b in zip(keys.LEDGER_LEDGERS, stored, strict=True)})
-    records = await _read_records(redis, snapshot)
+    records = await _read_records(redis, snapshot, archive)
     latest = copy.deepcopy(snapshot)
     await _scan(redis, archive, report, latest, end, None, None)
     _check_purchases(report, snapshot, latest, records.purchases)
@@ -163,10 +163,18 @@ class _Records:
     pools: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # id -> (status, deadline)
 
 
-async def _read_records(redis: aioredis.Redis, journal: _Journal) -> _Records:
+async def _read_records(
+    redis: aioredis.Redis, journal: _Journal, archive: psycopg.AsyncConnection[Any] | None = None
+) -> _Records:
     records = _Records()
     async for key in redis.scan_iter(match="{ledger}:purchase:*", count=SCAN_COUNT):
         records.purchases[key.removeprefix("{ledger}:purchase:")] = tuple(await redis.hmget(key, "status", "coins"))
+    if archive is not None:  # after Valkey's: the archiver commits a record before it drops it from Valkey
+        async with archive.cursor() as cur:
+            await cur.execute("SELECT id, status, coins::text FROM purchases")
+            async for purchase, status, coins in cur:
+                records.purchases.setdefault(purchase, (status, coins))
+        await archive.commit()
     for withdrawal in journal.withdrawals:
         records.withdrawals[withdrawal] = tuple(await redis.hmget(keys.withdrawal(withdrawal), "status", "deadline_ms"))
     for pool in set(journal.pledges) | set(journal.pool_closings):

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -19,6 +19,9 @@ from gifting.clock import hour_number, now_ms, utc_day
 from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.ledger import rules
+
+if TYPE_CHECKING:
+    from gifting.history.reader import ArchiveReader
 
 log = logging.getLogger(__name__)
 STATEMENT_PAGE_MAX = 200  # entries per statement page
@@ -100,6 +103,7 @@ class Ledger:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
+        self.archive: ArchiveReader | None = None  # the history database, for records past their hot window
         self.settle_script = redis.register_script(load_script_with("settle.lua", "spend_cap.lua", "top_gifters.lua"))
         self._purchase = redis.register_script(load_script_with("purchase.lua", "legs.lua"))
         self._reverse = redis.register_script(load_script_with("reverse.lua", "legs.lua"))
@@ -311,6 +315,7 @@ class Ledger:
                 keys.purchase_record(purchase_id),
                 keys.purchases_of(user),
                 keys.statement(user),
+                keys.PURCHASES_HOT,
             ],
             args=[
                 orjson.dumps(record).decode(),
@@ -322,6 +327,9 @@ class Ledger:
                 purchase_id,
                 legs,
                 row,
+                record.get("bundle_id", ""),
+                record.get("currency", ""),
+                record.get("price_minor", 0),
             ],
         )
         await self.committed()
@@ -333,6 +341,9 @@ class Ledger:
         fp, record, status, user = await self.redis.hmget(
             keys.purchase_record(purchase_id), "fp", "record", "status", "user"
         )
+        if fp is None and self.archive is not None:  # past its hot window: read from PostgreSQL
+            archived = await self.archive.purchase(purchase_id) or {}
+            fp, record, status, user = (archived.get(f) for f in ("fp", "record", "status", "user"))
         if fp is None:
             return None
         if owner is not None and user != keys.account(owner):
@@ -344,12 +355,22 @@ class Ledger:
     async def purchases(self, user: str, limit: int) -> list[dict[str, Any]]:
         ids = await self.redis.lrange(keys.purchases_of(user), -limit, -1)
         records = [await self.purchase_record(pid) for pid in reversed(ids)]
-        return [r[0] for r in records if r is not None]
+        found = [r[0] for r in records if r is not None]
+        if len(ids) < limit and self.archive is not None:  # older ones: from PostgreSQL
+            for row in await self.archive.purchases_of(keys.account(user), limit - len(found), set(ids)):
+                found.append({**orjson.loads(row["record"]), "status": row["status"]})
+        return found
 
     async def reverse(self, purchase_id: str, mode: str) -> int:
         """Refund or charge back a paid purchase, once. Returns the user's coin balance after."""
         assert mode in ("refund", "chargeback")
         user_account, coins = await self.redis.hmget(keys.purchase_record(purchase_id), "user", "coins")
+        if (
+            user_account is None
+            and self.archive is not None
+            and await self.archive.restore_purchase(self.redis, purchase_id)
+        ):  # past its hot window: back into Valkey first, then reversed like any purchase
+            user_account, coins = await self.redis.hmget(keys.purchase_record(purchase_id), "user", "coins")
         if user_account is None:
             raise LedgerError("unknown_purchase", f"no purchase {purchase_id!r}")
         user, now = user_account.removeprefix(keys.ACCOUNT_PREFIX), now_ms()

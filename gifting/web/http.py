@@ -46,7 +46,7 @@ _CODES_BY_STATUS: dict[int, tuple[str, ...]] = {
         # A gift or pledge id already used for another one (the worker's answer).
         "gift_id_conflict", "pledge_id_conflict",
     ),
-    503: ("not_durable", "busy", STORE_UNAVAILABLE, "archive_backlog"),
+    503: ("not_durable", "busy", STORE_UNAVAILABLE, "archive_backlog", "history_unavailable"),
 }  # fmt: skip
 STATUS: dict[str, int] = {code: status for status, codes in _CODES_BY_STATUS.items() for code in codes}
 # Bad input: every `bad_*` code, `unknown_gift` (a body naming a gift not on sale), `invalid_payment_token`,

@@ -1,0 +1,221 @@
+"""Purchase records past their hot window move to a real PostgreSQL exactly once, and reads, resends, refunds
+and chargebacks of an archived purchase work as before (money exact, one transfer each, idempotent)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis.asyncio as aioredis
+
+from gifting import keys
+from gifting.history import purchases as archive
+from gifting.history.reader import ArchiveReader
+from gifting.ledger.audit import run_audit
+from gifting.ledger.store import Ledger
+from tests.conftest import SystemFactory, make_settings
+from tests.test_archive import archiver_env, drain, start_archiver
+
+WAIT_S = 30.0
+FAR_FUTURE_MS = 2**62
+
+
+@pytest.fixture
+async def records(history: psycopg.AsyncConnection[Any]) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """The history database with no archived purchase records, before and after the test."""
+    await history.execute("TRUNCATE purchases")
+    yield history
+    await history.execute("TRUNCATE purchases")
+
+
+async def buy(ledger: Ledger, user: str, coins: int = 100) -> str:
+    pid = keys.purchase_id(user, str(uuid.uuid4()))
+    record = {"purchase_id": pid, "bundle_id": "coins_100", "coins": coins, "price_minor": 99, "currency": "USD"}
+    await ledger.purchase(user, pid, "fp", "paid", record, coins)
+    return pid
+
+
+async def archived_ids(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+    return [row[0] for row in await (await conn.execute("SELECT id FROM purchases ORDER BY id")).fetchall()]
+
+
+async def hot_left(redis: aioredis.Redis) -> int:
+    return len([k async for k in redis.scan_iter(match="{ledger}:purchase:*")]) + await redis.zcard(keys.PURCHASES_HOT)
+
+
+async def clean_audit(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -> None:
+    report = await run_audit(redis, archive=conn)
+    assert report.clean, report.summary()
+
+
+async def test_records_past_the_hot_window_move_once_and_are_dropped(
+    redis: aioredis.Redis, records: psycopg.AsyncConnection[Any], tmp_path: Path
+) -> None:
+    """Only records older than the window move; each lands once, then Valkey holds none of them; audit clean."""
+    ledger = Ledger(redis, make_settings(tmp_path))
+    old = [await buy(ledger, f"v{i}") for i in range(7)]
+    cutoff = int((await redis.zscore(keys.PURCHASES_HOT, old[-1])) or 0)
+    young = await buy(ledger, "v9")
+    await redis.zadd(keys.PURCHASES_HOT, {young: cutoff + 1})  # made after the cutoff, whatever the clock says
+    while await archive.archive_due(redis, records, cutoff, 3):
+        pass
+    assert await archived_ids(records) == sorted(old)
+    assert await redis.zrange(keys.PURCHASES_HOT, 0, -1) == [young]
+    assert await redis.lrange(keys.purchases_of("v0"), 0, -1) == []
+    await drain(redis, records)
+    await clean_audit(redis, records)
+
+
+async def test_crash_after_commit_before_drop_duplicates_nothing(
+    redis: aioredis.Redis, records: psycopg.AsyncConnection[Any], tmp_path: Path
+) -> None:
+    """A batch committed but not dropped (a crash between) is upserted again, once, then dropped; audit clean."""
+    ledger = Ledger(redis, make_settings(tmp_path))
+    ids = [await buy(ledger, f"v{i}") for i in range(5)]
+    await archive.commit_due(redis, records, FAR_FUTURE_MS, 3)  # then the crash
+    assert len(await archived_ids(records)) == 3 and await redis.zcard(keys.PURCHASES_HOT) == 5
+    await drain(redis, records)
+    await clean_audit(redis, records)  # in both for now: read once
+    while await archive.archive_due(redis, records, FAR_FUTURE_MS, 3):
+        pass
+    assert await archived_ids(records) == sorted(ids) and await hot_left(redis) == 0
+    await clean_audit(redis, records)
+
+
+async def test_a_reversal_between_commit_and_drop_keeps_the_record_until_archived_again(
+    redis: aioredis.Redis, records: psycopg.AsyncConnection[Any], tmp_path: Path
+) -> None:
+    """A refund landing after the archiver read a record keeps it in Valkey; the next round archives `refunded`."""
+    ledger = Ledger(redis, make_settings(tmp_path))
+    pid = await buy(ledger, "v1")
+    committed = await archive.commit_due(redis, records, FAR_FUTURE_MS, 10)
+    await ledger.reverse(pid, "refund")
+    await archive.drop_committed(redis, committed)
+    assert await redis.hget(keys.purchase_record(pid), "status") == "refunded"
+    await archive.archive_due(redis, records, FAR_FUTURE_MS, 10)
+    status = await (await records.execute("SELECT status FROM purchases WHERE id = %s", (pid,))).fetchone()
+    assert status == ("refunded",) and await hot_left(redis) == 0
+
+
+async def test_a_stale_status_never_undoes_a_reversal(
+    redis: aioredis.Redis, records: psycopg.AsyncConnection[Any], tmp_path: Path
+) -> None:
+    """An upsert of `paid` (a stale read) after `refunded` was archived leaves `refunded`."""
+    ledger = Ledger(redis, make_settings(tmp_path))
+    pid = await buy(ledger, "v1")
+    stale = await redis.hgetall(keys.purchase_record(pid))
+    await ledger.reverse(pid, "refund")
+    await archive.archive_due(redis, records, FAR_FUTURE_MS, 10)
+    await redis.hset(keys.purchase_record(pid), mapping=stale)
+    await redis.zadd(keys.PURCHASES_HOT, {pid: 1})
+    await archive.archive_due(redis, records, FAR_FUTURE_MS, 10)
+    status = await (await records.execute("SELECT status FROM purchases WHERE id = %s", (pid,))).fetchone()
+    assert status == ("refunded",)
+
+
+async def test_archiver_killed_mid_batch_moves_every_record_once(
+    redis: aioredis.Redis, records: psycopg.AsyncConnection[Any], valkey_url: str, database_url: str, tmp_path: Path
+) -> None:
+    """`gifting archive` (records due at once) killed -9 as soon as it commits, three times, then left to finish:
+    every purchase record in PostgreSQL once, none left in Valkey, audit clean."""
+    ledger = Ledger(redis, make_settings(tmp_path))
+    env = {**archiver_env(valkey_url, database_url, tmp_path), "GIFTING_PURCHASE_HOT_S": "0"}
+    process = await start_archiver(env)
+    bought: list[str] = []
+    try:
+        for _ in range(3):
+            bought += [await buy(ledger, f"v{i}") for i in range(40)]
+            before = len(bought) - 40
+            await wait_for(lambda before=before: _more_than(records, before))
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+            process = await start_archiver(env)
+        await wait_for(lambda: _all_moved(redis, records, len(bought)))
+    finally:
+        process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(process.wait(), WAIT_S)
+    assert await archived_ids(records) == sorted(bought)
+    await clean_audit(redis, records)
+
+
+async def _more_than(conn: psycopg.AsyncConnection[Any], rows: int) -> bool:
+    return len(await archived_ids(conn)) > rows
+
+
+async def _all_moved(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], rows: int) -> bool:
+    return (
+        len(await archived_ids(conn)) == rows
+        and await hot_left(redis) == 0
+        and not await redis.xlen(keys.LEDGER_JOURNAL)
+    )
+
+
+async def wait_for(check: Any) -> None:
+    """Poll (another process archives: there is no event to wait on) until `check()` holds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT_S
+    while not await check():
+        assert loop.time() < deadline, f"not within {WAIT_S} s"
+        await asyncio.sleep(0.005)
+
+
+async def test_reads_resends_and_reversals_of_archived_purchases(
+    start_system: SystemFactory, records: psycopg.AsyncConnection[Any], database_url: str
+) -> None:
+    """Over HTTP, an archived purchase is still listed, a resend of its Idempotency-Key answers it (no new
+    charge), a refund reverses it once for its exact coins, a second refund and a chargeback are refused, and
+    the restored record goes back to PostgreSQL `refunded`; audit clean."""
+    system = await start_system(database_url=database_url)
+    first = (await system.buy("v1", key="k1"))["purchase"]
+    second = (await system.buy("v1", key="k2"))["purchase"]
+    while await archive.archive_due(system.redis, records, FAR_FUTURE_MS, 10):
+        pass
+    assert await hot_left(system.redis) == 0
+    listed = (await system.http.get("/v1/wallet/purchases", headers=system.auth("v1"))).json()["purchases"]
+    assert [p["purchase_id"] for p in listed] == [second["purchase_id"], first["purchase_id"]]
+    assert [p["status"] for p in listed] == ["paid", "paid"]
+    again = await system.buy("v1", key="k1")
+    assert again["replay"] and again["purchase"]["purchase_id"] == first["purchase_id"]
+    coins = (await system.wallet("v1"))["coins"]
+    assert coins == first["coins"] + second["coins"]
+    admin = system.auth("boss", "admin")
+    refund = await system.http.post(f"/v1/admin/purchases/{first['purchase_id']}/refund", headers=admin)
+    assert refund.status_code == 200 and refund.json()["coins"] == coins - first["coins"], refund.text
+    assert refund.json()["purchase"]["status"] == "refunded"
+    await archive.archive_due(system.redis, records, FAR_FUTURE_MS, 10)  # the restored record moves back
+    for mode in ("refund", "chargeback"):
+        refused = await system.http.post(f"/v1/admin/purchases/{first['purchase_id']}/{mode}", headers=admin)
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "already_reversed", refused.text
+    assert (await system.wallet("v1"))["coins"] == coins - first["coins"]
+    charged = await system.http.post(f"/v1/admin/purchases/{second['purchase_id']}/chargeback", headers=admin)
+    assert charged.status_code == 200 and charged.json()["coins"] == coins - first["coins"] - second["coins"]
+    await archive.archive_due(system.redis, records, FAR_FUTURE_MS, 10)
+    statuses = dict(await (await records.execute("SELECT id, status FROM purchases")).fetchall())
+    assert statuses == {first["purchase_id"]: "refunded", second["purchase_id"]: "charged_back"}
+    journal = [f for _, f in await system.redis.xrange(keys.LEDGER_JOURNAL)] + [
+        row[0] for row in await (await records.execute("SELECT fields FROM journal")).fetchall()
+    ]
+    assert sorted(f["kind"] for f in journal if f["kind"] in ("refund", "chargeback")) == ["chargeback", "refund"]
+    await drain(system.redis, records)
+    await clean_audit(system.redis, records)
+
+
+async def test_unknown_purchase_is_still_unknown_with_an_archive(
+    redis: aioredis.Redis, records: psycopg.AsyncConnection[Any], database_url: str, tmp_path: Path
+) -> None:
+    """A reversal of a purchase in neither store is `unknown_purchase`; nothing is restored."""
+    ledger = Ledger(redis, make_settings(tmp_path))
+    ledger.archive = ArchiveReader(database_url)
+    try:
+        with pytest.raises(Exception) as refused:
+            await ledger.reverse("u:v1:nope", "refund")
+        assert getattr(refused.value, "code", None) == "unknown_purchase"
+        assert await hot_left(redis) == 0
+    finally:
+        await ledger.archive.close()
