@@ -335,6 +335,12 @@ class Settings:
         "How long a purchase record stays in Valkey after it is made (the refund window), seconds; then the "
         "archiver moves it to PostgreSQL, where history, resends, refunds and chargebacks still find it.",
     )
+    withdrawal_hot_s: int = _setting(
+        "GIFTING_WITHDRAWAL_HOT_S",
+        30 * 86400,
+        "How long a withdrawal stays in Valkey after it is resolved (paid or failed; a pending one always stays), "
+        "seconds; then the archiver moves it to PostgreSQL, where history and resends still find it.",
+    )
     archive_idle_ms: int = _setting(
         "GIFTING_ARCHIVE_IDLE_MS", 200, "The archiver's pause when the journal holds nothing to archive, ms."
     )

@@ -121,6 +121,7 @@ def withdrawn_on(day: str) -> str:
 
 
 WITHDRAWALS_PENDING = "{ledger}:withdrawals:pending"  # sorted set: withdrawal id -> deadline (ms)
+WITHDRAWALS_DONE = "{ledger}:withdrawals:done"  # sorted set: resolved withdrawal id -> resolved (ms), until archived
 WITHDRAWALS_PENDING_BY_USER = "{ledger}:withdrawals:pending_by_user"  # hash: account -> pending withdrawals
 
 

@@ -16,9 +16,12 @@ import redis.asyncio as aioredis
 
 from gifting import keys
 from gifting.history import purchases as archive
+from gifting.history import withdrawals
 from gifting.history.reader import ArchiveReader
+from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
-from gifting.ledger.store import Ledger
+from gifting.ledger.store import GiftToSettle, Ledger
+from gifting.payments import PAYOUT_OK
 from tests.conftest import SystemFactory, make_settings
 from tests.test_archive import archiver_env, drain, start_archiver
 
@@ -28,10 +31,10 @@ FAR_FUTURE_MS = 2**62
 
 @pytest.fixture
 async def records(history: psycopg.AsyncConnection[Any]) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """The history database with no archived purchase records, before and after the test."""
-    await history.execute("TRUNCATE purchases")
+    """The history database with no archived purchase or withdrawal records, before and after the test."""
+    await history.execute("TRUNCATE purchases, withdrawals")
     yield history
-    await history.execute("TRUNCATE purchases")
+    await history.execute("TRUNCATE purchases, withdrawals")
 
 
 async def buy(ledger: Ledger, user: str, coins: int = 100) -> str:
@@ -123,25 +126,35 @@ async def test_archiver_killed_mid_batch_moves_every_record_once(
     redis: aioredis.Redis, records: psycopg.AsyncConnection[Any], valkey_url: str, database_url: str, tmp_path: Path
 ) -> None:
     """`gifting archive` (records due at once) killed -9 as soon as it commits, three times, then left to finish:
-    every purchase record in PostgreSQL once, none left in Valkey, audit clean."""
-    ledger = Ledger(redis, make_settings(tmp_path))
+    every purchase record and resolved withdrawal in PostgreSQL once, none left in Valkey, audit clean."""
+    settings = withdrawal_settings(tmp_path)
+    ledger = Ledger(redis, settings)
+    bought = await earn(ledger, settings, 30)
     env = {**archiver_env(valkey_url, database_url, tmp_path), "GIFTING_PURCHASE_HOT_S": "0"}
+    env["GIFTING_WITHDRAWAL_HOT_S"] = "0"
     process = await start_archiver(env)
-    bought: list[str] = []
+    paid: list[str] = []
     try:
-        for _ in range(3):
+        for round_ in range(3):
+            before = len(await archived_ids(records))
+            paid += [await withdraw(ledger, f"k{round_}-{i}") for i in range(10)]
             bought += [await buy(ledger, f"v{i}") for i in range(40)]
-            before = len(bought) - 40
             await wait_for(lambda before=before: _more_than(records, before))
             process.send_signal(signal.SIGKILL)
             await process.wait()
             process = await start_archiver(env)
         await wait_for(lambda: _all_moved(redis, records, len(bought)))
+        await wait_for(lambda: _withdrawals_moved(redis, records, len(paid)))
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), WAIT_S)
     assert await archived_ids(records) == sorted(bought)
+    assert await archived_withdrawals(records) == dict.fromkeys(paid, "paid")
     await clean_audit(redis, records)
+
+
+async def _withdrawals_moved(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], rows: int) -> bool:
+    return len(await archived_withdrawals(conn)) == rows and not await redis.zcard(keys.WITHDRAWALS_DONE)
 
 
 async def _more_than(conn: psycopg.AsyncConnection[Any], rows: int) -> bool:
@@ -219,3 +232,85 @@ async def test_unknown_purchase_is_still_unknown_with_an_archive(
         assert await hot_left(redis) == 0
     finally:
         await ledger.archive.close()
+
+
+async def earn(ledger: Ledger, settings: Any, diamonds_wanted: int) -> list[str]:
+    """creator1 earns at least `diamonds_wanted` diamonds (purchases and gifts, journal entries the audit reads).
+    Returns the purchase ids."""
+    users = 10
+    bought = [await buy(ledger, f"fan{i}", 1000) for i in range(users)]
+    per_gift = -(-diamonds_wanted * 10_000 // settings.creator_share_bps // users) + 1
+    split = rules.split_gift(per_gift, settings.creator_share_bps)
+    batch = [
+        GiftToSettle(str(uuid.uuid4()), f"fan{i}", "creator1", split.coins, split.diamonds, "fp", "", "r1", "rose", 1)
+        for i in range(users)
+    ]
+    assert all(o.settled for o in await ledger.settle(batch))
+    return bought
+
+
+async def withdraw(ledger: Ledger, key: str, diamonds: int = 1, mode: str = "post") -> str:
+    """A withdrawal of creator1, resolved at once (`mode`: post | void | '' to leave it pending)."""
+    wid = keys.withdrawal_id("creator1", key)
+    await ledger.request_withdrawal("creator1", wid, diamonds, PAYOUT_OK, rules.fingerprint(diamonds, PAYOUT_OK))
+    if mode:
+        await ledger.resolve_withdrawal(wid, mode, "test")
+    return wid
+
+
+async def archived_withdrawals(conn: psycopg.AsyncConnection[Any]) -> dict[str, str]:
+    return dict(await (await conn.execute("SELECT id, status FROM withdrawals")).fetchall())
+
+
+def withdrawal_settings(tmp_path: Path) -> Any:
+    return make_settings(tmp_path, withdrawal_diamonds_min=1, diamond_hold_s=0)
+
+
+async def test_resolved_withdrawals_move_once_and_pending_ones_stay(
+    redis: aioredis.Redis, records: psycopg.AsyncConnection[Any], tmp_path: Path
+) -> None:
+    """Paid and failed withdrawals move (once, even after a crash between commit and drop); a pending one stays
+    in Valkey; audit clean."""
+    settings = withdrawal_settings(tmp_path)
+    ledger = Ledger(redis, settings)
+    await earn(ledger, settings, 10)
+    paid, failed, pending = await withdraw(ledger, "a"), await withdraw(ledger, "b", mode="void"), None
+    pending = await withdraw(ledger, "c", mode="")
+    await withdrawals.commit_due(redis, records, FAR_FUTURE_MS, 10)  # then the crash
+    assert await archived_withdrawals(records) == {paid: "paid", failed: "failed"}
+    await withdrawals.archive_due(redis, records, FAR_FUTURE_MS, 10)
+    assert await archived_withdrawals(records) == {paid: "paid", failed: "failed"}
+    assert not await redis.exists(keys.withdrawal(paid), keys.withdrawal(failed))
+    assert await redis.zcard(keys.WITHDRAWALS_DONE) == 0
+    assert await redis.lrange(keys.withdrawals_of("creator1"), 0, -1) == [pending]
+    await drain(redis, records)
+    await clean_audit(redis, records)
+
+
+async def test_reads_and_resends_of_archived_withdrawals(
+    start_system: SystemFactory, records: psycopg.AsyncConnection[Any], database_url: str
+) -> None:
+    """Over HTTP, archived withdrawals are listed after the hot ones; a resend of the key answers the archived one
+    (nothing held again); other fields under that key are a conflict; an admin post is withdrawal_not_pending."""
+    system = await start_system(database_url=database_url, withdrawal_diamonds_min=1, diamond_hold_s=0)
+    await earn(system.app.state.ledger, system.settings, 10)
+    old = await withdraw(system.app.state.ledger, "k1", diamonds=2)
+    while await withdrawals.archive_due(system.redis, records, FAR_FUTURE_MS, 10):
+        pass
+    young = await withdraw(system.app.state.ledger, "k2", diamonds=1)
+    creator = system.auth("creator1", "creator")
+    listed = (await system.http.get("/v1/wallet/withdrawals", headers=creator)).json()["withdrawals"]
+    assert [(w["withdrawal_id"], w["status"]) for w in listed] == [(young, "paid"), (old, "paid")]
+    diamonds = (await system.wallet("creator1"))["diamonds"]
+    url = "/v1/wallet/withdrawals"
+    resend = await system.http.post(url, headers={**creator, "Idempotency-Key": "k1"}, json={"diamonds": 2})
+    assert resend.status_code == 200 and resend.json()["replay"], resend.text
+    assert resend.json()["withdrawal"]["withdrawal_id"] == old and resend.json()["withdrawal"]["status"] == "paid"
+    assert (await system.wallet("creator1"))["diamonds"] == diamonds
+    other = await system.http.post(url, headers={**creator, "Idempotency-Key": "k1"}, json={"diamonds": 3})
+    assert other.status_code == 409 and other.json()["error"]["code"] == "idempotency_key_conflict", other.text
+    admin = system.auth("boss", "admin")
+    post = await system.http.post(f"/v1/admin/withdrawals/{old}/post", headers=admin)
+    assert post.status_code == 409 and post.json()["error"]["code"] == "withdrawal_not_pending", post.text
+    await drain(system.redis, records)
+    await clean_audit(system.redis, records)

@@ -16,7 +16,7 @@ import psycopg
 import redis.asyncio as aioredis
 
 from gifting.errors import GiftingError
-from gifting.history import purchases
+from gifting.history import purchases, withdrawals
 
 CONNECT_TIMEOUT_S = 5
 
@@ -57,3 +57,11 @@ class ArchiveReader:
     async def restore_purchase(self, redis: aioredis.Redis, purchase_id: str) -> bool:
         async with self.connection() as conn:
             return await purchases.restore(redis, conn, purchase_id)
+
+    async def withdrawal(self, withdrawal_id: str) -> dict[str, str] | None:
+        async with self.connection() as conn:
+            return await withdrawals.archived(conn, withdrawal_id)
+
+    async def withdrawals_of(self, account: str, limit: int, exclude: set[str]) -> list[tuple[str, dict[str, str]]]:
+        async with self.connection() as conn:
+            return await withdrawals.archived_of(conn, account, limit, exclude)

@@ -61,6 +61,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     ),
     (
         4,
+        # Resolved withdrawals past GIFTING_WITHDRAWAL_HOT_S (final: written once, keyed by id; `fields` is the
+        # Valkey record as it was).
         # Purchase records past Valkey's hot window (GIFTING_PURCHASE_HOT_S), keyed by purchase id: an upsert
         # keeps the newest status (a refund of an archived purchase restores it to Valkey, which archives it
         # again). The accountant's views read the journal and its legs: a purchase's journal entry carries its
@@ -77,6 +79,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             reversed_ms bigint
         );
         CREATE INDEX purchases_account ON purchases (account, made_ms DESC);
+        CREATE TABLE withdrawals (
+            id text PRIMARY KEY,
+            account text NOT NULL,
+            diamonds bigint NOT NULL,
+            status text NOT NULL,
+            fp text NOT NULL,
+            fields jsonb NOT NULL,
+            created_ms bigint NOT NULL,
+            resolved_ms bigint NOT NULL
+        );
+        CREATE INDEX withdrawals_account ON withdrawals (account, created_ms DESC);
         CREATE INDEX journal_purchase_id ON journal ((fields->>'id')) WHERE kind = 'purchase';
         CREATE VIEW daily_sales AS
             SELECT l.day, j.fields->>'bundle' AS bundle, j.fields->>'currency' AS currency,

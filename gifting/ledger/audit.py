@@ -177,6 +177,15 @@ async def _read_records(
         await archive.commit()
     for withdrawal in journal.withdrawals:
         records.withdrawals[withdrawal] = tuple(await redis.hmget(keys.withdrawal(withdrawal), "status", "deadline_ms"))
+    if archive is not None:  # after Valkey's: the archiver commits a withdrawal before it drops it from Valkey
+        missing = [w for w, (status, _) in records.withdrawals.items() if status is None]
+        rows = await (
+            await archive.execute(
+                "SELECT id, status, fields->>'deadline_ms' FROM withdrawals WHERE id = ANY(%s)", (missing,)
+            )
+        ).fetchall()
+        await archive.commit()
+        records.withdrawals.update({w: (status, deadline) for w, status, deadline in rows})
     for pool in set(journal.pledges) | set(journal.pool_closings):
         records.pools[pool] = tuple(await redis.hmget(keys.pool(pool), "status", "deadline_ms"))
     return records

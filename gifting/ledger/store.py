@@ -392,6 +392,8 @@ class Ledger:
     ) -> tuple[dict[str, Any], bool]:
         """Put diamonds on hold for a payout (pending transfer). Returns (withdrawal, replay)."""
         s, now, account = self.settings, now_ms(), keys.account(user)
+        if (archived := await self._archived_withdrawal_replay(account, withdrawal_id, fingerprint)) is not None:
+            return archived, True
         await self._refuse_past_archive_backlog(withdrawal_id)
         cutoff_hour = hour_number(now - s.diamond_hold_s * 1000) if s.diamond_hold_s > 0 else hour_number(now) + 1
         legs = rules.encode_legs(rules.withdrawal_legs("pending", user, diamonds))
@@ -412,6 +414,21 @@ class Ledger:
         assert withdrawal is not None
         return withdrawal, detail == "replay"
 
+    async def _archived_withdrawal_replay(
+        self, account: str, withdrawal_id: str, fingerprint: str
+    ) -> dict[str, Any] | None:
+        """A resend of a request whose withdrawal was archived answers it (as withdraw.lua does for one in Valkey).
+        Valkey drops a record only after PostgreSQL committed it, so absent from both (read in this order) means
+        it never existed."""
+        if self.archive is None or await self.redis.exists(keys.withdrawal(withdrawal_id)):
+            return None
+        record = await self.archive.withdrawal(withdrawal_id)
+        if record is None:
+            return None
+        if record.get("user") != account or record.get("fp") != fingerprint:
+            raise LedgerError("idempotency_key_conflict", WITHDRAW_ERRORS["idempotency_key_conflict"])
+        return withdrawal_view(withdrawal_id, record)
+
     async def _refuse_past_archive_backlog(self, withdrawal_id: str) -> None:
         """A new withdrawal is a debit: refused past the archive backlog bound like gifts and pledges (one rule:
         rules.archive_backlog_reject); a resend of an existing one still answers it."""
@@ -429,6 +446,8 @@ class Ledger:
         """Post (paid) or void (failed, diamonds returned) a pending withdrawal, exactly once."""
         assert mode in ("post", "void")
         account, diamonds, day = await self.redis.hmget(keys.withdrawal(withdrawal_id), "user", "diamonds", "day")
+        if account is None and self.archive is not None and (old := await self.archive.withdrawal(withdrawal_id)):
+            raise LedgerError("withdrawal_not_pending", f"withdrawal {withdrawal_id} is {old['status']}, not pending")
         if account is None:
             raise LedgerError("unknown_withdrawal", f"no withdrawal {withdrawal_id!r}")
         user, now = account.removeprefix(keys.ACCOUNT_PREFIX), now_ms()
@@ -459,28 +478,25 @@ class Ledger:
             keys.earned(user),
             keys.withdrawn_on(day),
             keys.WITHDRAWALS_PENDING_BY_USER,
+            keys.WITHDRAWALS_DONE,
         ]
 
     async def withdrawal(self, withdrawal_id: str) -> dict[str, Any] | None:
         data = await self.redis.hgetall(keys.withdrawal(withdrawal_id))
+        if not data and self.archive is not None:  # resolved long ago: read from PostgreSQL
+            data = await self.archive.withdrawal(withdrawal_id) or {}
         if not data:
             return None
-        return {
-            "withdrawal_id": withdrawal_id,
-            "user": data["user"].removeprefix("u:"),
-            "diamonds": int(data["diamonds"]),
-            "status": data["status"],
-            "reason": data.get("reason") or None,
-            "payout_account": data.get("payout_account"),
-            "created_ms": int(data["created_ms"]),
-            "deadline_ms": int(data["deadline_ms"]),
-            "resolved_ms": int(data["resolved_ms"]) if data.get("resolved_ms") else None,
-        }
+        return withdrawal_view(withdrawal_id, data)
 
     async def withdrawals(self, user: str, limit: int) -> list[dict[str, Any]]:
         ids = await self.redis.lrange(keys.withdrawals_of(user), -limit, -1)
         found = [await self.withdrawal(wid) for wid in reversed(ids)]
-        return [w for w in found if w is not None]
+        items = [w for w in found if w is not None]
+        if len(ids) < limit and self.archive is not None:  # older ones: from PostgreSQL
+            archived = await self.archive.withdrawals_of(keys.account(user), limit - len(items), set(ids))
+            items += [withdrawal_view(wid, data) for wid, data in archived]
+        return items
 
     async def pending_withdrawals(self, limit: int, offset: int = 0) -> list[str]:
         """Pending withdrawal ids by deadline, `limit` from position `offset`."""
@@ -562,6 +578,21 @@ class PoolRead:
     bps: str | None
     gift: str | None
     contributors: str | None
+
+
+def withdrawal_view(withdrawal_id: str, data: dict[str, str]) -> dict[str, Any]:
+    """A withdrawal as the API shows it, from its record (Valkey's hash, or the same fields archived)."""
+    return {
+        "withdrawal_id": withdrawal_id,
+        "user": data["user"].removeprefix("u:"),
+        "diamonds": int(data["diamonds"]),
+        "status": data["status"],
+        "reason": data.get("reason") or None,
+        "payout_account": data.get("payout_account"),
+        "created_ms": int(data["created_ms"]),
+        "deadline_ms": int(data["deadline_ms"]),
+        "resolved_ms": int(data["resolved_ms"]) if data.get("resolved_ms") else None,
+    }
 
 
 def pool_index_keys(room: str, starter: str) -> list[str]:
