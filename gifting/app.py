@@ -124,9 +124,9 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         await state.catalogs.load()
         state.payments = payments or SandboxProvider()
         state.ledger = Ledger(redis, settings)
-        if settings.database_url:  # records past their hot window are read from the history database
-            state.ledger.archive = ArchiveReader(settings.database_url)
         state.rooms = RoomStore(redis, settings)
+        if settings.database_url:  # records past their hot window are read from the history database
+            state.ledger.archive = state.rooms.archive = ArchiveReader(settings.database_url)
         state.matches = MatchStore(redis, settings, state.rooms)
         state.stage = StageStore(redis, settings, state.rooms)
         state.hub = Hub(redis, settings, state.catalogs)

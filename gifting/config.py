@@ -341,6 +341,12 @@ class Settings:
         "How long a withdrawal stays in Valkey after it is resolved (paid or failed; a pending one always stays), "
         "seconds; then the archiver moves it to PostgreSQL, where history and resends still find it.",
     )
+    summary_hot_s: int = _setting(
+        "GIFTING_SUMMARY_HOT_S",
+        7 * 86400,
+        "How long a stream's summary stays in Valkey after the stream ends, seconds (keep it under the summary's "
+        "90-day TTL); then the archiver moves it to PostgreSQL, where the summary and session reads still find it.",
+    )
     archive_idle_ms: int = _setting(
         "GIFTING_ARCHIVE_IDLE_MS", 200, "The archiver's pause when the journal holds nothing to archive, ms."
     )

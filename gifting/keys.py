@@ -253,8 +253,11 @@ def room_matches(room: str) -> str:
 
 
 def creator_sessions(creator: str) -> str:
-    """List: summaries (JSON) of a creator's ended live sessions, newest first."""
+    """List: summaries (JSON) of a creator's ended live sessions, newest first (older ones: PostgreSQL)."""
     return "sessions:" + account(creator)
+
+
+ROOMS_SUMMARIZED = "rooms:summarized"  # sorted set: room -> ended (ms), for each summary still in Valkey
 
 
 def room_channel(room: str) -> str:

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 
 from gifting import keys
 from gifting.history import purchases as archive
-from gifting.history import withdrawals
+from gifting.history import summaries, withdrawals
 from gifting.history.reader import ArchiveReader
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
@@ -31,10 +31,10 @@ FAR_FUTURE_MS = 2**62
 
 @pytest.fixture
 async def records(history: psycopg.AsyncConnection[Any]) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """The history database with no archived purchase or withdrawal records, before and after the test."""
-    await history.execute("TRUNCATE purchases, withdrawals")
+    """The history database with no archived purchase, withdrawal or summary, before and after the test."""
+    await history.execute("TRUNCATE purchases, withdrawals, summaries")
     yield history
-    await history.execute("TRUNCATE purchases, withdrawals")
+    await history.execute("TRUNCATE purchases, withdrawals, summaries")
 
 
 async def buy(ledger: Ledger, user: str, coins: int = 100) -> str:
@@ -314,3 +314,38 @@ async def test_reads_and_resends_of_archived_withdrawals(
     assert post.status_code == 409 and post.json()["error"]["code"] == "withdrawal_not_pending", post.text
     await drain(system.redis, records)
     await clean_audit(system.redis, records)
+
+
+async def ended_room(system: Any, creator: str = "c1") -> str:
+    room: str = await system.open_room(creator)
+    ended = await system.http.post(f"/v1/rooms/{room}/end", headers=system.auth(creator, "creator"))
+    assert ended.status_code == 200, ended.text
+    return room
+
+
+async def test_summaries_move_once_and_reads_reach_them(
+    start_system: SystemFactory, records: psycopg.AsyncConnection[Any], database_url: str
+) -> None:
+    """An ended stream's summary moves to PostgreSQL once (a crash between commit and drop writes it once), leaves
+    Valkey (key, session list, index), and GET summary and the creator's sessions answer it as before; a live
+    room's summary is its running totals."""
+    system = await start_system(database_url=database_url)
+    await system.grant("v1", 100)
+    old = await ended_room(system)
+    creator = system.auth("c1", "creator")
+    before = (await system.http.get(f"/v1/rooms/{old}/summary", headers=creator)).json()
+    committed = await summaries.commit_due(system.redis, records, FAR_FUTURE_MS, 10)  # then the crash
+    await summaries.commit_due(system.redis, records, FAR_FUTURE_MS, 10)
+    await summaries.drop_committed(system.redis, committed)
+    count = await (await records.execute("SELECT count(*) FROM summaries WHERE room = %s", (old,))).fetchone()
+    assert count == (1,)
+    assert not await system.redis.exists(keys.room_summary(old), keys.creator_sessions("c1"), keys.ROOMS_SUMMARIZED)
+    young = await ended_room(system)
+    live = await system.open_room("c1")
+    assert (await system.http.get(f"/v1/rooms/{old}/summary", headers=creator)).json() == before
+    assert (await system.http.get(f"/v1/rooms/{live}/summary", headers=creator)).json()["status"] == "live"
+    sessions = (await system.http.get("/v1/wallet/sessions", headers=creator)).json()["sessions"]
+    assert [s["room"] for s in sessions] == [young, old] and sessions[1] == before
+    await summaries.archive_due(system.redis, records, FAR_FUTURE_MS, 10)
+    sessions = (await system.http.get("/v1/wallet/sessions?limit=1", headers=creator)).json()["sessions"]
+    assert [s["room"] for s in sessions] == [young]

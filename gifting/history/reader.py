@@ -16,7 +16,7 @@ import psycopg
 import redis.asyncio as aioredis
 
 from gifting.errors import GiftingError
-from gifting.history import purchases, withdrawals
+from gifting.history import purchases, summaries, withdrawals
 
 CONNECT_TIMEOUT_S = 5
 
@@ -65,3 +65,11 @@ class ArchiveReader:
     async def withdrawals_of(self, account: str, limit: int, exclude: set[str]) -> list[tuple[str, dict[str, str]]]:
         async with self.connection() as conn:
             return await withdrawals.archived_of(conn, account, limit, exclude)
+
+    async def summary(self, room: str) -> dict[str, Any] | None:
+        async with self.connection() as conn:
+            return await summaries.archived(conn, room)
+
+    async def sessions_of(self, creator: str, limit: int, exclude: set[str]) -> list[dict[str, Any]]:
+        async with self.connection() as conn:
+            return await summaries.archived_of(conn, creator, limit, exclude)

@@ -61,8 +61,8 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     ),
     (
         4,
-        # Resolved withdrawals past GIFTING_WITHDRAWAL_HOT_S (final: written once, keyed by id; `fields` is the
-        # Valkey record as it was).
+        # Resolved withdrawals past GIFTING_WITHDRAWAL_HOT_S and stream summaries past GIFTING_SUMMARY_HOT_S
+        # (final: written once, keyed by id or room; `fields` is the Valkey record as it was).
         # Purchase records past Valkey's hot window (GIFTING_PURCHASE_HOT_S), keyed by purchase id: an upsert
         # keeps the newest status (a refund of an archived purchase restores it to Valkey, which archives it
         # again). The accountant's views read the journal and its legs: a purchase's journal entry carries its
@@ -90,6 +90,13 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             resolved_ms bigint NOT NULL
         );
         CREATE INDEX withdrawals_account ON withdrawals (account, created_ms DESC);
+        CREATE TABLE summaries (
+            room text PRIMARY KEY,
+            creator text NOT NULL,
+            ended_ms bigint NOT NULL,
+            summary jsonb NOT NULL
+        );
+        CREATE INDEX summaries_creator ON summaries (creator, ended_ms DESC);
         CREATE INDEX journal_purchase_id ON journal ((fields->>'id')) WHERE kind = 'purchase';
         CREATE VIEW daily_sales AS
             SELECT l.day, j.fields->>'bundle' AS bundle, j.fields->>'currency' AS currency,
