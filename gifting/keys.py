@@ -144,6 +144,7 @@ def account(user: str) -> str:
 # Pooled gifts (ledger slot: pledges are transfers).
 SYS_POOL_ESCROW = "sys:pool_escrow"  # coins pledged to open pools (pending transfers)
 POOLS_OPEN = "{ledger}:pools:open"  # sorted set: pool id -> deadline (ms)
+POOLS_CLOSED = "{ledger}:pools:closed"  # sorted set: closed pool id -> closed (ms), until archived to PostgreSQL
 
 
 def pool(pool_id: str) -> str:

@@ -15,8 +15,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from gifting import keys
+from gifting.history import pools, summaries, withdrawals
 from gifting.history import purchases as archive
-from gifting.history import summaries, withdrawals
 from gifting.history.reader import ArchiveReader
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
@@ -24,6 +24,7 @@ from gifting.ledger.store import GiftToSettle, Ledger
 from gifting.payments import PAYOUT_OK
 from tests.conftest import SystemFactory, make_settings
 from tests.test_archive import archiver_env, drain, start_archiver
+from tests.test_pools import open_pool, pledge
 
 WAIT_S = 30.0
 FAR_FUTURE_MS = 2**62
@@ -31,10 +32,10 @@ FAR_FUTURE_MS = 2**62
 
 @pytest.fixture
 async def records(history: psycopg.AsyncConnection[Any]) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-    """The history database with no archived purchase, withdrawal or summary, before and after the test."""
-    await history.execute("TRUNCATE purchases, withdrawals, summaries")
+    """The history database with no archived purchase, withdrawal, summary or pool, before and after the test."""
+    await history.execute("TRUNCATE purchases, withdrawals, summaries, pools")
     yield history
-    await history.execute("TRUNCATE purchases, withdrawals, summaries")
+    await history.execute("TRUNCATE purchases, withdrawals, summaries, pools")
 
 
 async def buy(ledger: Ledger, user: str, coins: int = 100) -> str:
@@ -349,3 +350,39 @@ async def test_summaries_move_once_and_reads_reach_them(
     await summaries.archive_due(system.redis, records, FAR_FUTURE_MS, 10)
     sessions = (await system.http.get("/v1/wallet/sessions?limit=1", headers=creator)).json()["sessions"]
     assert [s["room"] for s in sessions] == [young]
+
+
+async def test_closed_pools_are_copied_once_and_read_after_their_ttl(
+    start_system: SystemFactory, records: psycopg.AsyncConnection[Any], database_url: str
+) -> None:
+    """A completed and a cancelled pool are copied to PostgreSQL once (a repeated round after a crash adds no
+    row); once their Valkey record is gone (TTL), GET /v1/pools/{id} answers the same from PostgreSQL; the
+    `pledges` view lists every pledge once the journal is archived."""
+    system = await start_system(database_url=database_url)
+    for user in ("v0", "v1"):
+        await system.grant(user, 1000)
+    room = await system.open_room("c1")
+    done = await open_pool(system, room, "galaxy", user="v0")
+    cancelled = await open_pool(system, room, "galaxy", user="v1")
+    price = (await system.http.get(f"/v1/pools/{done}")).json()["pool"]["price"]
+    for user, coins in (("v0", price // 2), ("v1", price - price // 2)):
+        assert (await pledge(system, user, done, coins)).json()["status"] == "accepted"
+    assert (await pledge(system, "v0", cancelled, 1)).json()["status"] == "accepted"
+    cancel = await system.http.post(f"/v1/pools/{cancelled}/cancel", headers=system.auth("v1"))
+    assert cancel.status_code == 200, cancel.text
+    views = {p: (await system.http.get(f"/v1/pools/{p}")).json() for p in (done, cancelled)}
+    assert await system.redis.zcard(keys.POOLS_CLOSED) == 2
+    assert await pools.archive_due(system.redis, records, 10) == 2
+    await system.redis.zadd(keys.POOLS_CLOSED, {done: 1})  # as if the round crashed before unindexing
+    assert await pools.archive_due(system.redis, records, 10) == 1
+    rows = dict(await (await records.execute("SELECT id, status FROM pools")).fetchall())
+    assert rows == {done: "completed", cancelled: "cancelled"} and not await system.redis.zcard(keys.POOLS_CLOSED)
+    await system.redis.delete(keys.pool(done), keys.pool(cancelled))  # their TTL ran out
+    for pool_id, view in views.items():
+        assert (await system.http.get(f"/v1/pools/{pool_id}")).json() == view
+    await drain(system.redis, records)
+    pledged = await (await records.execute("SELECT pool, account, coins FROM pledges ORDER BY coins")).fetchall()
+    assert sorted(pledged) == sorted(
+        [(done, "u:v0", price // 2), (done, "u:v1", price - price // 2), (cancelled, "u:v0", 1)]
+    )
+    await clean_audit(system.redis, records)

@@ -16,7 +16,7 @@ import psycopg
 import redis.asyncio as aioredis
 
 from gifting.errors import GiftingError
-from gifting.history import purchases, summaries, withdrawals
+from gifting.history import pools, purchases, summaries, withdrawals
 
 CONNECT_TIMEOUT_S = 5
 
@@ -73,3 +73,7 @@ class ArchiveReader:
     async def sessions_of(self, creator: str, limit: int, exclude: set[str]) -> list[dict[str, Any]]:
         async with self.connection() as conn:
             return await summaries.archived_of(conn, creator, limit, exclude)
+
+    async def pool(self, pool_id: str) -> dict[str, str] | None:
+        async with self.connection() as conn:
+            return await pools.archived(conn, pool_id)

@@ -61,8 +61,9 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     ),
     (
         4,
-        # Resolved withdrawals past GIFTING_WITHDRAWAL_HOT_S and stream summaries past GIFTING_SUMMARY_HOT_S
-        # (final: written once, keyed by id or room; `fields` is the Valkey record as it was).
+        # Resolved withdrawals past GIFTING_WITHDRAWAL_HOT_S, stream summaries past GIFTING_SUMMARY_HOT_S and
+        # closed pools (final: written once, keyed by id or room; `fields`/`record`: the Valkey record as it was).
+        # A pool's pledges are journal entries: the view `pledges`.
         # Purchase records past Valkey's hot window (GIFTING_PURCHASE_HOT_S), keyed by purchase id: an upsert
         # keeps the newest status (a refund of an archived purchase restores it to Valkey, which archives it
         # again). The accountant's views read the journal and its legs: a purchase's journal entry carries its
@@ -97,6 +98,17 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             summary jsonb NOT NULL
         );
         CREATE INDEX summaries_creator ON summaries (creator, ended_ms DESC);
+        CREATE TABLE pools (
+            id text PRIMARY KEY,
+            room text NOT NULL,
+            creator text NOT NULL,
+            status text NOT NULL,
+            closed_ms bigint NOT NULL,
+            record jsonb NOT NULL
+        );
+        CREATE VIEW pledges AS
+            SELECT l.transfer AS pledge, j.fields->>'ref' AS pool, l.debit AS account, l.amount AS coins, l.day
+            FROM legs l JOIN journal j USING (stream, ms, seq) WHERE l.kind = 'pledge_pending';
         CREATE INDEX journal_purchase_id ON journal ((fields->>'id')) WHERE kind = 'purchase';
         CREATE VIEW daily_sales AS
             SELECT l.day, j.fields->>'bundle' AS bundle, j.fields->>'currency' AS currency,

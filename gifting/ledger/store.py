@@ -247,7 +247,7 @@ class Ledger:
         """pool.lua's KEYS and ARGV for one operation on the pool as `read`."""
         s, now = self.settings, now_ms()
         keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
-        keys_.append(keys.pledge_record(pledge_id) if op == "pledge" else keys.pool(pool_id))
+        keys_.append(keys.pledge_record(pledge_id) if op == "pledge" else keys.POOLS_CLOSED)
         keys_ += pool_index_keys(read.room or "", read.starter or "")
         if op != "pledge":
             returns = [(c["user"], int(c["coins"])) for c in orjson.loads(read.contributors or "[]")]
@@ -261,7 +261,7 @@ class Ledger:
         creator = read.creator or ""
         keys_ += [keys.LEDGER_SPEND_LIMITS, keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT]
         keys_ += [keys.statement(user), keys.statement(creator), keys.earned(creator)]
-        keys_ += keys.account_top_boards(keys.account(creator), now)
+        keys_ += [*keys.account_top_boards(keys.account(creator), now), keys.POOLS_CLOSED]
         pledge_row = rules.statement_row(now, "pledge", "coins", -coins, keys.SYS_POOL_ESCROW, pool_id)
         args: list[Any] = [op, now, pledge_id, keys.account(user), coins, rules.fingerprint(pool_id, user, coins)]
         args += [name, s.idempotency_ttl_s, hour_number(now), user, read.contributors or "", s.pool_record_ttl_s]
