@@ -386,3 +386,19 @@ async def test_closed_pools_are_copied_once_and_read_after_their_ttl(
         [(done, "u:v0", price // 2), (done, "u:v1", price - price // 2), (cancelled, "u:v0", 1)]
     )
     await clean_audit(system.redis, records)
+
+
+async def test_history_database_down_is_history_unavailable(start_system: SystemFactory) -> None:
+    """PostgreSQL unreachable: reads that need the archive answer 503 `history_unavailable` (and so does a new
+    purchase, whose Idempotency-Key is checked against the archive), while gifts keep settling."""
+    system = await start_system(database_url="postgresql://postgres@127.0.0.1:1/postgres")
+    listed = await system.http.get("/v1/wallet/purchases", headers=system.auth("v1"))
+    assert listed.status_code == 503 and listed.json()["error"]["code"] == "history_unavailable", listed.text
+    headers = {**system.auth("v1"), "Idempotency-Key": "k1"}
+    body = {"bundle_id": "coins_65", "payment_token": "tok_sandbox_ok"}
+    bought = await system.http.post("/v1/wallet/purchases", headers=headers, json=body)
+    assert bought.status_code == 503 and bought.json()["error"]["code"] == "history_unavailable", bought.text
+    await system.grant("v1", 100)
+    room = await system.open_room("c1")
+    client = await system.connect("v1")
+    assert (await client.result(await client.gift(room, "rose", 1)))["status"] == "settled"
