@@ -202,6 +202,8 @@ async def test_reads_resends_and_reversals_of_archived_purchases(
     refund = await system.http.post(f"/v1/admin/purchases/{first['purchase_id']}/refund", headers=admin)
     assert refund.status_code == 200 and refund.json()["coins"] == coins - first["coins"], refund.text
     assert refund.json()["purchase"]["status"] == "refunded"
+    listed = (await system.http.get("/v1/wallet/purchases", headers=system.auth("v1"))).json()["purchases"]
+    assert [p["status"] for p in listed] == ["paid", "refunded"]  # the restored record, newer than the archive's
     await archive.archive_due(system.redis, records, FAR_FUTURE_MS, 10)  # the restored record moves back
     for mode in ("refund", "chargeback"):
         refused = await system.http.post(f"/v1/admin/purchases/{first['purchase_id']}/{mode}", headers=admin)

@@ -358,7 +358,9 @@ class Ledger:
         found = [r[0] for r in records if r is not None]
         if len(ids) < limit and self.archive is not None:  # older ones: from PostgreSQL
             for row in await self.archive.purchases_of(keys.account(user), limit - len(found), set(ids)):
-                found.append({**orjson.loads(row["record"]), "status": row["status"]})
+                # A record restored for a reversal is newer in Valkey until the archiver moves it back.
+                status = await self.redis.hget(keys.purchase_record(row["id"]), "status") or row["status"]
+                found.append({**orjson.loads(row["record"]), "status": status})
         return found
 
     async def reverse(self, purchase_id: str, mode: str) -> int:
