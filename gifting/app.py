@@ -21,6 +21,7 @@ from gifting import logs
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import GiftingError
+from gifting.history.reader import ArchiveReader
 from gifting.history.statements import History, Statements
 from gifting.ledger.campaigns import Campaigns
 from gifting.ledger.rewards import Rewards
@@ -130,6 +131,8 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         state.history = History(settings.database_url)  # older statement rows (gifting/history/statements.py)
         state.statements = Statements(redis, state.history)
         state.rooms = RoomStore(redis, settings)
+        if settings.database_url:  # records past their hot window are read from the history database
+            state.ledger.archive = state.rooms.archive = ArchiveReader(settings.database_url)
         state.matches = MatchStore(redis, settings, state.rooms)
         state.stage = StageStore(redis, settings, state.rooms)
         state.campaigns = Campaigns(redis, settings)
@@ -145,6 +148,8 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
             await state.watch_rewards.stop()
             await state.hub.stop()
             await state.history.close()
+            if state.ledger.archive is not None:
+                await state.ledger.archive.close()
             await redis.aclose()
 
     async def http_error(request: Request, exc: Exception) -> Response:

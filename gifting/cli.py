@@ -175,20 +175,22 @@ def cmd_archive(settings: Settings) -> int:
     return 0
 
 
-def cmd_report(settings: Settings, day: str) -> int:
-    """The daily totals (SQL view daily_totals) of one UTC day of the archived journal."""
+def cmd_report(settings: Settings, day: str, as_json: bool = False) -> int:
+    """The accountant's report of one UTC day of the archived journal (gifting/history/report.py)."""
+    import orjson
+
+    from gifting.history import report
+
     try:
         date = datetime.date.fromisoformat(day)
     except ValueError:
         raise UsageError(f"expected a day as YYYY-MM-DD, got {day!r}") from None
     with psycopg.connect(resolve_database_url(settings)) as conn:
-        rows = conn.execute(
-            "SELECT kind, ledger, transfers, amount FROM daily_totals WHERE day = %s ORDER BY kind, ledger", (date,)
-        ).fetchall()
-    print(f"archived transfers on {date.isoformat()} (UTC; entries still only in Valkey are not counted)")
-    print(f"{'kind':<20} {'ledger':<9} {'transfers':>10} {'amount':>16}")
-    for kind, ledger, transfers, amount in rows:
-        print(f"{kind:<20} {ledger:<9} {transfers:>10} {amount:>16}")
+        sections = report.read(conn, date)
+    if as_json:
+        print(orjson.dumps({"day": date.isoformat(), **sections}, option=orjson.OPT_INDENT_2).decode())
+    else:
+        print(report.render(date, sections))
     return 0
 
 
@@ -418,8 +420,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run the settlement worker")
     sub.add_parser("archive", help="run the archiver: the journal's history moves to PostgreSQL")
     sub.add_parser("migrate", help="apply the history database's schema migrations")
-    report = sub.add_parser("report", help="print one UTC day's totals per transfer kind from the archive")
+    report = sub.add_parser("report", help="print one UTC day's totals (the accountant's report) from the archive")
     report.add_argument("day", help="YYYY-MM-DD")
+    report.add_argument("--json", action="store_true", help="print the report as JSON")
     token = sub.add_parser("token", help="print a signed token for a user")
     token.add_argument("user")
     token.add_argument("--role", choices=auth.ROLES, default="viewer")
@@ -448,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "migrate":
             return cmd_migrate(settings)
         if args.command == "report":
-            return cmd_report(settings, args.day)
+            return cmd_report(settings, args.day, args.json)
         if args.command == "token":
             return cmd_token(settings, args)
         if args.command == "audit":

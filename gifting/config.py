@@ -352,7 +352,26 @@ class Settings:
         "GIFTING_ARCHIVE_BACKLOG_MAX",
         100_000,
         "Journal entries (a settled batch of gifts is one) allowed to wait in Valkey for the archiver; past it "
-        "settlement rejects every gift `archive_backlog` (memory stays bounded, no money is lost). 0: no bound.",
+        "every debit (gift, pledge, new withdrawal) is refused `archive_backlog` (memory stays bounded, no money is "
+        "lost). 0: no bound.",
+    )
+    purchase_hot_s: int = _setting(
+        "GIFTING_PURCHASE_HOT_S",
+        90 * 86400,
+        "How long a purchase record stays in Valkey after it is made (the refund window), seconds; then the "
+        "archiver moves it to PostgreSQL, where history, resends, refunds and chargebacks still find it.",
+    )
+    withdrawal_hot_s: int = _setting(
+        "GIFTING_WITHDRAWAL_HOT_S",
+        30 * 86400,
+        "How long a withdrawal stays in Valkey after it is resolved (paid or failed; a pending one always stays), "
+        "seconds; then the archiver moves it to PostgreSQL, where history and resends still find it.",
+    )
+    summary_hot_s: int = _setting(
+        "GIFTING_SUMMARY_HOT_S",
+        7 * 86400,
+        "How long a stream's summary stays in Valkey after the stream ends, seconds (keep it under the summary's "
+        "90-day TTL); then the archiver moves it to PostgreSQL, where the summary and session reads still find it.",
     )
     statement_hot_rows: int = _setting(
         "GIFTING_STATEMENT_HOT_ROWS",

@@ -50,8 +50,12 @@ def withdrawal_id(user: str, idempotency_key: str) -> str:
 
 
 def purchase_record(purchase: str) -> str:
-    """A purchase (keyed by user and Idempotency-Key): its outcome and later refund/chargeback. Kept forever."""
+    """A purchase (keyed by user and Idempotency-Key): its outcome and later refund/chargeback. Kept in Valkey
+    GIFTING_PURCHASE_HOT_S, then in PostgreSQL (gifting/history/purchases.py)."""
     return "{ledger}:purchase:" + purchase
+
+
+PURCHASES_HOT = "{ledger}:purchases:hot"  # sorted set: purchase id -> made (ms), the records still in Valkey
 
 
 def purchases_of(user: str) -> str:
@@ -122,6 +126,7 @@ def withdrawn_on(day: str) -> str:
 
 
 WITHDRAWALS_PENDING = "{ledger}:withdrawals:pending"  # sorted set: withdrawal id -> deadline (ms)
+WITHDRAWALS_DONE = "{ledger}:withdrawals:done"  # sorted set: resolved withdrawal id -> resolved (ms), until archived
 WITHDRAWALS_PENDING_BY_USER = "{ledger}:withdrawals:pending_by_user"  # hash: account -> pending withdrawals
 
 
@@ -144,6 +149,7 @@ def account(user: str) -> str:
 # Pooled gifts (ledger slot: pledges are transfers).
 SYS_POOL_ESCROW = "sys:pool_escrow"  # coins pledged to open pools (pending transfers)
 POOLS_OPEN = "{ledger}:pools:open"  # sorted set: pool id -> deadline (ms)
+POOLS_CLOSED = "{ledger}:pools:closed"  # sorted set: closed pool id -> closed (ms), until archived to PostgreSQL
 
 
 def pool(pool_id: str) -> str:
@@ -334,8 +340,11 @@ def room_matches(room: str) -> str:
 
 
 def creator_sessions(creator: str) -> str:
-    """List: summaries (JSON) of a creator's ended live sessions, newest first."""
+    """List: summaries (JSON) of a creator's ended live sessions, newest first (older ones: PostgreSQL)."""
     return "sessions:" + account(creator)
+
+
+ROOMS_SUMMARIZED = "rooms:summarized"  # sorted set: room -> ended (ms), for each summary still in Valkey
 
 
 def room_channel(room: str) -> str:

@@ -87,4 +87,9 @@ async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
 
 
 async def run_archiver(redis: aioredis.Redis, database_url: str, settings: Settings, stop: asyncio.Event) -> None:
-    await Archiver(redis, database_url, settings, keys.LEDGER_JOURNAL).run(stop)
+    from workers.records_archiver import RecordArchiver  # the records past their hot windows, alongside
+
+    await asyncio.gather(
+        Archiver(redis, database_url, settings, keys.LEDGER_JOURNAL).run(stop),
+        RecordArchiver(redis, database_url, settings).run(stop),
+    )

@@ -343,9 +343,11 @@ class SettlementWorker:
     async def settle_pool_op(self, op: PoolOp, entry_id: str | None = None) -> None:
         """A pledge (pending transfer; may complete the pool) or an expiry (voids every pledge), then its events.
         A completed pool scores in its room's match like a gift, by the cutoff of `entry_id` (default: now)."""
+        archive_full = op.op == "pledge" and self._archive_full(int(await self.redis.xlen(keys.LEDGER_JOURNAL)))
         status, reason, balance, _replay, pool = await self.ledger.pool_op(
-            op.op, op.pool, op.pledge_id, op.sender, op.coins, op.sender_name
-        )
+            op.op, op.pool, op.pledge_id, op.sender, op.coins, op.sender_name,
+            reject=RejectReason.ARCHIVE_BACKLOG if archive_full else "",
+        )  # fmt: skip
         events: list[tuple[str, dict[str, Any]]] = []
         match_events: dict[str, list[tuple[str, dict[str, Any]]]] = {}
         view = pool_view(pool) if pool else None
@@ -382,12 +384,7 @@ class SettlementWorker:
         started_s = time.perf_counter()
         staged = {r.room for r in requests if r.to}
         rooms, journal_entries = await self._room_states({r.room for r in requests}, staged)
-        backlog_max = self.settings.archive_backlog_max
-        archive_full = bool(backlog_max) and journal_entries > backlog_max
-        if archive_full:
-            log.error(
-                "archive backlog: %d journal entries in Valkey > %d: refusing gifts", journal_entries, backlog_max
-            )
+        archive_full = self._archive_full(journal_entries)
         batch = [self.prepare(r, rooms.get(r.room), archive_full) for r in requests]
         accepted_ms = [int(e.split("-")[0]) for e in entry_ids] if entry_ids else [r.ts_ms for r in requests]
         batch = await self.matches.gate(requests, batch, accepted_ms)  # gifts naming a match that ended
@@ -440,6 +437,14 @@ class SettlementWorker:
         if events:
             await self.ledger.durable(self.settings.waitaof_timeout_ms)  # a score is announced only once durable
         return events
+
+    def _archive_full(self, journal_entries: int) -> bool:
+        """Whether debits are refused now (ledger/rules.archive_backlog_reject: one rule for gifts and pledges)."""
+        backlog_max = self.settings.archive_backlog_max
+        if rules.archive_backlog_reject(journal_entries, backlog_max) is None:
+            return False
+        log.error("archive backlog: %d journal entries in Valkey > %d: refusing debits", journal_entries, backlog_max)
+        return True
 
     def prepare(self, request: GiftRequest, room: dict[str, str] | None, archive_full: bool = False) -> GiftToSettle:
         """Decide everything the ledger does not: price from the catalog, room live, the recipient on stage (a

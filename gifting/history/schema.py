@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import psycopg
 
+from gifting import keys
+
 MIGRATE_LOCK = 7_817_001  # pg_advisory_xact_lock key held while migrating
 
 # The journal keeps each Valkey journal entry as it was: (stream, id) is its identity, so archiving it twice is
@@ -78,6 +80,81 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             batch_seq bigint NOT NULL
         );
         CREATE INDEX statement_cursor_batch ON statement_cursor (batch_ms, batch_seq);
+        """,
+    ),
+    (
+        4,
+        # Resolved withdrawals past GIFTING_WITHDRAWAL_HOT_S, stream summaries past GIFTING_SUMMARY_HOT_S and
+        # closed pools (final: written once, keyed by id or room; `fields`/`record`: the Valkey record as it was).
+        # A pool's pledges are journal entries: the view `pledges`.
+        # Purchase records past Valkey's hot window (GIFTING_PURCHASE_HOT_S), keyed by purchase id: an upsert
+        # keeps the newest status (a refund of an archived purchase restores it to Valkey, which archives it
+        # again). The accountant's views read the journal and its legs: a purchase's journal entry carries its
+        # bundle, currency and price (older entries: NULL), and a refund or chargeback names it in `ref`.
+        f"""
+        CREATE TABLE purchases (
+            id text PRIMARY KEY,
+            account text NOT NULL,
+            status text NOT NULL,
+            coins bigint NOT NULL,
+            fp text NOT NULL,
+            record jsonb NOT NULL,
+            made_ms bigint NOT NULL,
+            reversed_ms bigint
+        );
+        CREATE INDEX purchases_account ON purchases (account, made_ms DESC);
+        CREATE TABLE withdrawals (
+            id text PRIMARY KEY,
+            account text NOT NULL,
+            diamonds bigint NOT NULL,
+            status text NOT NULL,
+            fp text NOT NULL,
+            fields jsonb NOT NULL,
+            created_ms bigint NOT NULL,
+            resolved_ms bigint NOT NULL
+        );
+        CREATE INDEX withdrawals_account ON withdrawals (account, created_ms DESC);
+        CREATE TABLE summaries (
+            room text PRIMARY KEY,
+            creator text NOT NULL,
+            ended_ms bigint NOT NULL,
+            summary jsonb NOT NULL
+        );
+        CREATE INDEX summaries_creator ON summaries (creator, ended_ms DESC);
+        CREATE TABLE pools (
+            id text PRIMARY KEY,
+            room text NOT NULL,
+            creator text NOT NULL,
+            status text NOT NULL,
+            closed_ms bigint NOT NULL,
+            record jsonb NOT NULL
+        );
+        CREATE VIEW pledges AS
+            SELECT l.transfer AS pledge, j.fields->>'ref' AS pool, l.debit AS account, l.amount AS coins, l.day
+            FROM legs l JOIN journal j USING (stream, ms, seq) WHERE l.kind = 'pledge_pending';
+        CREATE INDEX journal_purchase_id ON journal ((fields->>'id')) WHERE kind = 'purchase';
+        CREATE VIEW daily_sales AS
+            SELECT l.day, j.fields->>'bundle' AS bundle, j.fields->>'currency' AS currency,
+                   count(*) AS purchases, sum(l.amount) AS coins_sold,
+                   sum((j.fields->>'price_minor')::bigint) AS money_minor
+            FROM legs l JOIN journal j USING (stream, ms, seq)
+            WHERE l.kind = 'purchase' GROUP BY 1, 2, 3;
+        CREATE VIEW daily_reversals AS
+            SELECT l.day, l.kind, p.fields->>'bundle' AS bundle, p.fields->>'currency' AS currency,
+                   count(*) AS reversals, sum(l.amount) AS coins,
+                   sum((p.fields->>'price_minor')::bigint) AS money_minor
+            FROM legs l JOIN journal r USING (stream, ms, seq)
+            LEFT JOIN journal p ON p.kind = 'purchase' AND p.fields->>'id' = r.fields->>'ref'
+            WHERE l.kind IN ('refund', 'chargeback') GROUP BY 1, 2, 3, 4;
+        CREATE VIEW daily_ledger AS
+            SELECT day,
+                   coalesce(sum(amount) FILTER (WHERE ledger = 'coins'
+                       AND credit IN ('{keys.SYS_PLATFORM_REVENUE}', '{keys.SYS_CREATOR_EARNINGS}')), 0) AS coins_spent,
+                   coalesce(sum(amount) FILTER (WHERE ledger = 'diamonds'
+                       AND debit = '{keys.SYS_DIAMOND_ISSUANCE}'), 0) AS diamonds_earned,
+                   coalesce(sum(amount) FILTER (WHERE ledger = 'diamonds'
+                       AND credit = '{keys.SYS_DIAMONDS_PAID_OUT}'), 0) AS diamonds_paid_out
+            FROM legs GROUP BY day;
         """,
     ),
 )

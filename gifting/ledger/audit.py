@@ -10,6 +10,8 @@ Checks:
   paid purchase, once, for its full amount;
 - every pool closes (completed or voided) at most once, for exactly the coins pledged to it, and the escrow
   holds exactly the pledges of open pools;
+- the journal is continuous across the two stores: every entry Valkey gave out is in exactly one of them
+  (gifting/history/continuity.py);
 - every withdrawal is pending at most once and resolved (posted or voided) at most once, for its amount, and
   none is still pending past its deadline (plus GRACE_MS for the payout loop to notice);
 - reward coins (the `rewards` ledger) move only issuance -> budget (funding), budget -> viewer (an accrual) and
@@ -31,6 +33,7 @@ import psycopg
 import redis.asyncio as aioredis
 
 from gifting import clock, keys
+from gifting.history import continuity
 from gifting.history import journal as history
 from gifting.ledger import audit_campaigns, rules
 
@@ -43,6 +46,7 @@ SCAN_COUNT = 1000
 class AuditReport:
     entries: int = 0
     archived: int = 0  # of `entries`, those read from the history database
+    awaiting_trim: int = 0  # archived entries Valkey still holds unchanged (between a batch's commit and trim)
     kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     totals: dict[str, dict[str, int]] = field(default_factory=dict)  # ledger -> account -> balance
     findings: list[str] = field(default_factory=list)
@@ -54,6 +58,8 @@ class AuditReport:
     def summary(self) -> str:
         kinds = ", ".join(f"{k}={v}" for k, v in sorted(self.kinds.items()))
         lines = [f"journal entries: {self.entries} ({kinds}); {self.archived} of them from the archive"]
+        if self.awaiting_trim:
+            lines[0] += f" ({self.awaiting_trim} archived entries still in Valkey, awaiting trim)"
         for ledger, balances in sorted(self.totals.items()):
             users = sum(v for a, v in balances.items() if rules.is_user_account(a))
             system = {a: v for a, v in balances.items() if not rules.is_user_account(a)}
@@ -106,8 +112,12 @@ async def run_audit(
     snapshot = _Journal()
     if end is not None:
         await _scan(redis, archive, report, snapshot, None, end, progress)
+    report.findings += continuity.gap_findings(keys.LEDGER_JOURNAL, info, report.entries, report.archived)
+    if archive is not None:
+        overlap, report.awaiting_trim = await continuity.overlap_findings(redis, archive, keys.LEDGER_JOURNAL)
+        report.findings += overlap
     _check_balances(report, snapshot, {ledger: b for (ledger, _), b in zip(keys.LEDGER_LEDGERS, stored, strict=True)})
-    records = await _read_records(redis, snapshot)
+    records = await _read_records(redis, snapshot, archive)
     latest = copy.deepcopy(snapshot)
     await _scan(redis, archive, report, latest, end, None, None)
     _check_purchases(report, snapshot, latest, records.purchases)
@@ -165,12 +175,29 @@ class _Records:
     pools: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # id -> (status, deadline)
 
 
-async def _read_records(redis: aioredis.Redis, journal: _Journal) -> _Records:
+async def _read_records(
+    redis: aioredis.Redis, journal: _Journal, archive: psycopg.AsyncConnection[Any] | None = None
+) -> _Records:
     records = _Records()
     async for key in redis.scan_iter(match="{ledger}:purchase:*", count=SCAN_COUNT):
         records.purchases[key.removeprefix("{ledger}:purchase:")] = tuple(await redis.hmget(key, "status", "coins"))
+    if archive is not None:  # after Valkey's: the archiver commits a record before it drops it from Valkey
+        async with archive.cursor() as cur:
+            await cur.execute("SELECT id, status, coins::text FROM purchases")
+            async for purchase, status, coins in cur:
+                records.purchases.setdefault(purchase, (status, coins))
+        await archive.commit()
     for withdrawal in journal.withdrawals:
         records.withdrawals[withdrawal] = tuple(await redis.hmget(keys.withdrawal(withdrawal), "status", "deadline_ms"))
+    if archive is not None:  # after Valkey's: the archiver commits a withdrawal before it drops it from Valkey
+        missing = [w for w, (status, _) in records.withdrawals.items() if status is None]
+        rows = await (
+            await archive.execute(
+                "SELECT id, status, fields->>'deadline_ms' FROM withdrawals WHERE id = ANY(%s)", (missing,)
+            )
+        ).fetchall()
+        await archive.commit()
+        records.withdrawals.update({w: (status, deadline) for w, status, deadline in rows})
     for pool in set(journal.pledges) | set(journal.pool_closings):
         records.pools[pool] = tuple(await redis.hmget(keys.pool(pool), "status", "deadline_ms"))
     return records

@@ -14,12 +14,14 @@
 -- again and retries.
 --
 -- KEYS: 1 coin balances, 2 diamond balances, 3 journal, 4 pool (hash), 5 open pools (sorted set by deadline),
---   6 pledge record (pledge only; else any key of the slot), 7 the room's open pools (set), 8 the opener's open
---   pools (set), 9 the room's end marker (hash: '*' -> ended ms, pool id -> 1 for each pool voided by the end;
---   its existence closes the room to new pools and pledges);
+--   6 pledge record (pledge), the closed pools not yet archived (expire | cancel | void: sorted set by when
+--   closed; the archiver copies each to PostgreSQL), any key of the slot (open); 7 the room's open pools (set),
+--   8 the opener's open pools (set), 9 the room's end marker (hash: '*' -> ended ms, pool id -> 1 for each pool
+--   voided by the end; its existence closes the room to new pools and pledges);
 --   pledge adds: 10 viewer spend limits, 11 today's spend per viewer (the daily spend cap of spend_cap.lua,
 --   shared with gifts), 12 lifetime spend per viewer, 13 the pledger's statement, 14 the creator's statement,
---   15 the creator's earnings by hour, 16..18 the creator's top-gifter boards (all, day, week);
+--   15 the creator's earnings by hour, 16..18 the creator's top-gifter boards (all, day, week), 19 the closed
+--   pools not yet archived (as KEYS 6 of the other operations);
 --   expire | cancel | void add: 10.. the statement of each contributor, in the order of ARGV 5.. .
 -- ARGV 'pledge': 1 op, 2 now_ms, 3 pledge id, 4 account, 5 coins, 6 fingerprint, 7 display name, 8 record ttl_s,
 --   9 earnings hour, 10 user id, 11 the contributors as the caller read them, 12 pool record ttl_s, 13 global
@@ -27,7 +29,8 @@
 --   remembered briefly; an accepted pledge for the full ttl_s), 16 the creator's account, 17 the pledge's legs,
 --   18 the pledger's statement row; when this pledge completes the pool: 19 the completion's legs, 20 the
 --   creator's statement row, 21 the creator's diamonds, 22 every contributor's coins ('account coins|...'),
---   23 and 24 how long a day's and a week's top-gifter board is kept (s).
+--   23 and 24 how long a day's and a week's top-gifter board is kept (s); 25 a reject reason decided by the
+--   caller ('' : none; archive_backlog), recorded like the script's own.
 -- ARGV 'expire' | 'cancel' | 'void': 1 op, 2 now_ms, 3 pool record ttl_s, 4 the contributors as the caller read
 --   them, 5 the legs returning every pledge, 6.. each contributor's statement row.
 -- ARGV 'open': 1 op, 2 now_ms, 3 pool id, 4 room cap, 5 opener cap, 6 opener account, 7 coins an opener needs,
@@ -54,11 +57,12 @@ end
 local room_pools_key, opener_pools_key, ended_key = KEYS[7], KEYS[8], KEYS[9]
 
 -- Leave the open-pool indexes and let the record expire: the pool is closed for good.
-local function closed(id, ttl_s)
+local function closed(id, ttl_s, closed_key)
   redis.call('ZREM', open_key, id)
   redis.call('SREM', room_pools_key, id)
   redis.call('SREM', opener_pools_key, id)
   redis.call('EXPIRE', pool_key, ttl_s)
+  redis.call('ZADD', closed_key, now_ms, id)
 end
 
 if op == 'open' then
@@ -97,7 +101,7 @@ if op == 'expire' or op == 'cancel' or op == 'void' then
   for i = 10, #KEYS do redis.call('RPUSH', KEYS[i], ARGV[i - 4]) end
   redis.call('HSET', pool_key, 'status', final, 'closed_ms', now_ms)
   if op == 'void' then redis.call('HSET', ended_key, id, 1) end
-  closed(id, ARGV[3])
+  closed(id, ARGV[3], KEYS[6])
   return {final, '', '0', 0, snapshot()}
 end
 
@@ -116,6 +120,7 @@ local function decide(s, reason)
   redis.call('SET', record_key, s .. '|' .. reason .. '|' .. fmt(balance) .. '|' .. fp, 'EX', ttl_s)
   return {s, reason, fmt(balance), 0, snapshot()}
 end
+if ARGV[25] ~= '' then return decide('rejected', ARGV[25]) end
 if not id then return decide('rejected', 'unknown_pool') end
 local CLOSED = {completed = 'pool_completed', expired = 'pool_expired', cancelled = 'pool_cancelled',
   voided = 'pool_voided'}
@@ -163,6 +168,6 @@ if pledged == price then
   local ttls = {0, ARGV[23], ARGV[24]}
   for i = 1, 3 do top_gifters_add(KEYS[15 + i], ttls[i], by_gifter) end
   redis.call('HSET', pool_key, 'status', 'completed', 'closed_ms', now_ms)
-  closed(id, ARGV[12])
+  closed(id, ARGV[12], KEYS[19])
 end
 return decide('accepted', '')

@@ -69,6 +69,12 @@ def gift_reject(
     return None
 
 
+def archive_backlog_reject(journal_entries: int, backlog_max: int) -> RejectReason | None:
+    """Whether a debit (a gift, a pledge) is refused because more than GIFTING_ARCHIVE_BACKLOG_MAX journal entries
+    (0: no bound) wait in Valkey for the archiver: Valkey's memory is bounded before money moves."""
+    return RejectReason.ARCHIVE_BACKLOG if backlog_max and journal_entries > backlog_max else None
+
+
 def catalog_reject(gift: Gift | None) -> RejectReason | None:
     """The part of gift_reject the hub can check at once, from its own catalog."""
     if gift is None:

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -19,6 +19,9 @@ from gifting.clock import hour_number, now_ms, utc_day
 from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.ledger import rules
+
+if TYPE_CHECKING:
+    from gifting.history.reader import ArchiveReader
 
 log = logging.getLogger(__name__)
 SPEND_LIMIT_ATTEMPTS_MAX = 20  # optimistic retries of a spend limit change (WATCH on the shared limits hash)
@@ -105,6 +108,7 @@ class Ledger:
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         self.redis = redis
         self.settings = settings
+        self.archive: ArchiveReader | None = None  # the history database, for records past their hot window
         self.settle_script = redis.register_script(load_script_with("settle.lua", "spend_cap.lua", "top_gifters.lua"))
         self._purchase = redis.register_script(load_script_with("purchase.lua", "legs.lua"))
         self._reverse = redis.register_script(load_script_with("reverse.lua", "legs.lua"))
@@ -230,15 +234,17 @@ class Ledger:
             raise DurabilityError(f"WAITAOF: AOF fsync not confirmed within {timeout_ms} ms")
 
     async def pool_op(
-        self, op: str, pool_id: str, pledge_id: str = "", user: str = "", coins: int = 0, name: str = ""
-    ) -> tuple[str, str, int, bool, dict[str, Any] | None]:
+        self, op: str, pool_id: str, pledge_id: str = "", user: str = "", coins: int = 0, name: str = "",
+        reject: str = "",
+    ) -> tuple[str, str, int, bool, dict[str, Any] | None]:  # fmt: skip
         """A pledge to a pool, or its expiry, cancellation or voiding at its room's end (pool.lua).
         Returns (status, reason, balance, replay, pool). The legs and rows are built from the pool as read
-        here; pool.lua refuses them ('stale') if another pledge landed since, and the call is made again."""
+        here; pool.lua refuses them ('stale') if another pledge landed since, and the call is made again.
+        `reject`: a pledge's reject reason decided by the caller (archive_backlog), recorded like pool.lua's own."""
         assert op in ("pledge", "expire", "cancel", "void")
         for _attempt in range(POOL_ATTEMPTS_MAX):
             read = PoolRead(*await self.redis.hmget(keys.pool(pool_id), *PoolRead.__slots__))
-            keys_, args = self._pool_call(op, pool_id, read, pledge_id, user, coins, name)
+            keys_, args = self._pool_call(op, pool_id, read, pledge_id, user, coins, name, reject)
             status, reason, balance, replay, pool = await self._pool(keys=keys_, args=args)
             if status != "stale":
                 await self.committed()
@@ -246,12 +252,13 @@ class Ledger:
         raise LedgerError("busy", f"pool {pool_id} changed concurrently too often; retry")
 
     def _pool_call(
-        self, op: str, pool_id: str, read: PoolRead, pledge_id: str, user: str, coins: int, name: str
-    ) -> tuple[list[str], list[Any]]:
+        self, op: str, pool_id: str, read: PoolRead, pledge_id: str, user: str, coins: int, name: str,
+        reject: str = "",
+    ) -> tuple[list[str], list[Any]]:  # fmt: skip
         """pool.lua's KEYS and ARGV for one operation on the pool as `read`."""
         s, now = self.settings, now_ms()
         keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
-        keys_.append(keys.pledge_record(pledge_id) if op == "pledge" else keys.pool(pool_id))
+        keys_.append(keys.pledge_record(pledge_id) if op == "pledge" else keys.POOLS_CLOSED)
         keys_ += pool_index_keys(read.room or "", read.starter or "")
         if op != "pledge":
             returns = [(c["user"], int(c["coins"])) for c in orjson.loads(read.contributors or "[]")]
@@ -265,13 +272,13 @@ class Ledger:
         creator = read.creator or ""
         keys_ += [keys.LEDGER_SPEND_LIMITS, keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT]
         keys_ += [keys.statement(user), keys.statement(creator), keys.earned(creator)]
-        keys_ += keys.account_top_boards(keys.account(creator), now)
+        keys_ += [*keys.account_top_boards(keys.account(creator), now), keys.POOLS_CLOSED]
         pledge_row = rules.statement_row(now, "pledge", "coins", -coins, keys.SYS_POOL_ESCROW, pool_id)
         args: list[Any] = [op, now, pledge_id, keys.account(user), coins, rules.fingerprint(pool_id, user, coins)]
         args += [name, s.idempotency_ttl_s, hour_number(now), user, read.contributors or "", s.pool_record_ttl_s]
         args += [s.daily_spend_coins_max, rules.SPENT_DAY_TTL_S, s.rejected_gift_ttl_s]
         args += [keys.account(creator) if creator else "", rules.encode_legs(rules.pledge_legs(user, coins))]
-        args += [pledge_row, *self._pool_completion(read, pool_id, user, coins, now)]
+        args += [pledge_row, *self._pool_completion(read, pool_id, user, coins, now), reject]
         return keys_, args
 
     def _pool_completion(self, read: PoolRead, pool_id: str, user: str, coins: int, now: int) -> list[Any]:
@@ -319,6 +326,7 @@ class Ledger:
                 keys.purchase_record(purchase_id),
                 keys.purchases_of(user),
                 keys.statement(user),
+                keys.PURCHASES_HOT,
             ],
             args=[
                 orjson.dumps(record).decode(),
@@ -330,6 +338,9 @@ class Ledger:
                 purchase_id,
                 legs,
                 row,
+                record.get("bundle_id", ""),
+                record.get("currency", ""),
+                record.get("price_minor", 0),
             ],
         )
         await self.committed()
@@ -341,6 +352,9 @@ class Ledger:
         fp, record, status, user = await self.redis.hmget(
             keys.purchase_record(purchase_id), "fp", "record", "status", "user"
         )
+        if fp is None and self.archive is not None:  # past its hot window: read from PostgreSQL
+            archived = await self.archive.purchase(purchase_id) or {}
+            fp, record, status, user = (archived.get(f) for f in ("fp", "record", "status", "user"))
         if fp is None:
             return None
         if owner is not None and user != keys.account(owner):
@@ -352,12 +366,24 @@ class Ledger:
     async def purchases(self, user: str, limit: int) -> list[dict[str, Any]]:
         ids = await self.redis.lrange(keys.purchases_of(user), -limit, -1)
         records = [await self.purchase_record(pid) for pid in reversed(ids)]
-        return [r[0] for r in records if r is not None]
+        found = [r[0] for r in records if r is not None]
+        if len(ids) < limit and self.archive is not None:  # older ones: from PostgreSQL
+            for row in await self.archive.purchases_of(keys.account(user), limit - len(found), set(ids)):
+                # A record restored for a reversal is newer in Valkey until the archiver moves it back.
+                status = await self.redis.hget(keys.purchase_record(row["id"]), "status") or row["status"]
+                found.append({**orjson.loads(row["record"]), "status": status})
+        return found
 
     async def reverse(self, purchase_id: str, mode: str) -> int:
         """Refund or charge back a paid purchase, once. Returns the user's coin balance after."""
         assert mode in ("refund", "chargeback")
         user_account, coins = await self.redis.hmget(keys.purchase_record(purchase_id), "user", "coins")
+        if (
+            user_account is None
+            and self.archive is not None
+            and await self.archive.restore_purchase(self.redis, purchase_id)
+        ):  # past its hot window: back into Valkey first, then reversed like any purchase
+            user_account, coins = await self.redis.hmget(keys.purchase_record(purchase_id), "user", "coins")
         if user_account is None:
             raise LedgerError("unknown_purchase", f"no purchase {purchase_id!r}")
         user, now = user_account.removeprefix(keys.ACCOUNT_PREFIX), now_ms()
@@ -379,6 +405,9 @@ class Ledger:
     ) -> tuple[dict[str, Any], bool]:
         """Put diamonds on hold for a payout (pending transfer). Returns (withdrawal, replay)."""
         s, now, account = self.settings, now_ms(), keys.account(user)
+        if (archived := await self._archived_withdrawal_replay(account, withdrawal_id, fingerprint)) is not None:
+            return archived, True
+        await self._refuse_past_archive_backlog(withdrawal_id)
         cutoff_hour = hour_number(now - s.diamond_hold_s * 1000) if s.diamond_hold_s > 0 else hour_number(now) + 1
         legs = rules.encode_legs(rules.withdrawal_legs("pending", user, diamonds))
         row = rules.statement_row(now, "withdrawal", "diamonds", -diamonds, keys.SYS_PAYOUT_CLEARING, withdrawal_id)
@@ -398,10 +427,40 @@ class Ledger:
         assert withdrawal is not None
         return withdrawal, detail == "replay"
 
+    async def _archived_withdrawal_replay(
+        self, account: str, withdrawal_id: str, fingerprint: str
+    ) -> dict[str, Any] | None:
+        """A resend of a request whose withdrawal was archived answers it (as withdraw.lua does for one in Valkey).
+        Valkey drops a record only after PostgreSQL committed it, so absent from both (read in this order) means
+        it never existed."""
+        if self.archive is None or await self.redis.exists(keys.withdrawal(withdrawal_id)):
+            return None
+        record = await self.archive.withdrawal(withdrawal_id)
+        if record is None:
+            return None
+        if record.get("user") != account or record.get("fp") != fingerprint:
+            raise LedgerError("idempotency_key_conflict", WITHDRAW_ERRORS["idempotency_key_conflict"])
+        return withdrawal_view(withdrawal_id, record)
+
+    async def _refuse_past_archive_backlog(self, withdrawal_id: str) -> None:
+        """A new withdrawal is a debit: refused past the archive backlog bound like gifts and pledges (one rule:
+        rules.archive_backlog_reject); a resend of an existing one still answers it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xlen(keys.LEDGER_JOURNAL)
+            pipe.exists(keys.withdrawal(withdrawal_id))
+            journal_entries, exists = await pipe.execute()
+        if not exists and rules.archive_backlog_reject(int(journal_entries), self.settings.archive_backlog_max):
+            message = (
+                f"{journal_entries} journal entries wait for the archiver (GIFTING_ARCHIVE_BACKLOG_MAX); retry later"
+            )
+            raise LedgerError("archive_backlog", message)
+
     async def resolve_withdrawal(self, withdrawal_id: str, mode: str, reason: str = "") -> dict[str, Any]:
         """Post (paid) or void (failed, diamonds returned) a pending withdrawal, exactly once."""
         assert mode in ("post", "void")
         account, diamonds, day = await self.redis.hmget(keys.withdrawal(withdrawal_id), "user", "diamonds", "day")
+        if account is None and self.archive is not None and (old := await self.archive.withdrawal(withdrawal_id)):
+            raise LedgerError("withdrawal_not_pending", f"withdrawal {withdrawal_id} is {old['status']}, not pending")
         if account is None:
             raise LedgerError("unknown_withdrawal", f"no withdrawal {withdrawal_id!r}")
         user, now = account.removeprefix(keys.ACCOUNT_PREFIX), now_ms()
@@ -432,28 +491,25 @@ class Ledger:
             keys.earned(user),
             keys.withdrawn_on(day),
             keys.WITHDRAWALS_PENDING_BY_USER,
+            keys.WITHDRAWALS_DONE,
         ]
 
     async def withdrawal(self, withdrawal_id: str) -> dict[str, Any] | None:
         data = await self.redis.hgetall(keys.withdrawal(withdrawal_id))
+        if not data and self.archive is not None:  # resolved long ago: read from PostgreSQL
+            data = await self.archive.withdrawal(withdrawal_id) or {}
         if not data:
             return None
-        return {
-            "withdrawal_id": withdrawal_id,
-            "user": data["user"].removeprefix("u:"),
-            "diamonds": int(data["diamonds"]),
-            "status": data["status"],
-            "reason": data.get("reason") or None,
-            "payout_account": data.get("payout_account"),
-            "created_ms": int(data["created_ms"]),
-            "deadline_ms": int(data["deadline_ms"]),
-            "resolved_ms": int(data["resolved_ms"]) if data.get("resolved_ms") else None,
-        }
+        return withdrawal_view(withdrawal_id, data)
 
     async def withdrawals(self, user: str, limit: int) -> list[dict[str, Any]]:
         ids = await self.redis.lrange(keys.withdrawals_of(user), -limit, -1)
         found = [await self.withdrawal(wid) for wid in reversed(ids)]
-        return [w for w in found if w is not None]
+        items = [w for w in found if w is not None]
+        if len(ids) < limit and self.archive is not None:  # older ones: from PostgreSQL
+            archived = await self.archive.withdrawals_of(keys.account(user), limit - len(items), set(ids))
+            items += [withdrawal_view(wid, data) for wid, data in archived]
+        return items
 
     async def pending_withdrawals(self, limit: int, offset: int = 0) -> list[str]:
         """Pending withdrawal ids by deadline, `limit` from position `offset`."""
@@ -517,6 +573,21 @@ class PoolRead:
     bps: str | None
     gift: str | None
     contributors: str | None
+
+
+def withdrawal_view(withdrawal_id: str, data: dict[str, str]) -> dict[str, Any]:
+    """A withdrawal as the API shows it, from its record (Valkey's hash, or the same fields archived)."""
+    return {
+        "withdrawal_id": withdrawal_id,
+        "user": data["user"].removeprefix("u:"),
+        "diamonds": int(data["diamonds"]),
+        "status": data["status"],
+        "reason": data.get("reason") or None,
+        "payout_account": data.get("payout_account"),
+        "created_ms": int(data["created_ms"]),
+        "deadline_ms": int(data["deadline_ms"]),
+        "resolved_ms": int(data["resolved_ms"]) if data.get("resolved_ms") else None,
+    }
 
 
 def pool_index_keys(room: str, starter: str) -> list[str]:

@@ -7,7 +7,8 @@
 --
 -- KEYS: 1 diamond balances, 2 journal, 3 withdrawal record (hash), 4 pending (sorted set by deadline),
 --   5 the user's withdrawal list, 6 the user's statement (list), 7 the user's earnings by hour, 8 withdrawn on
---   the request's UTC day, 9 pending withdrawals per account (hash).
+--   the request's UTC day, 9 pending withdrawals per account (hash), 10 resolved withdrawals still in Valkey
+--   (sorted set by when resolved; the archiver moves each to PostgreSQL after its hot window).
 -- ARGV: 1 mode, 2 now_ms, 3 withdrawal id, 4 account, 5 diamonds, 6 journal legs, 7 statement row ('': none);
 --   request adds: 8 minimum, 9 daily cap, 10 hold cutoff hour (earnings in this hour or later are held),
 --   11 deadline_ms, 12 payout account, 13 fingerprint, 14 day (YYYYMMDD), 15 pending withdrawals one account may
@@ -64,11 +65,13 @@ apply_legs({diamonds = KEYS[1]}, legs)
 if mode == 'post' then
   redis.call('XADD', KEYS[2], '*', 'kind', 'withdrawal_posted', 'id', id, 'legs', legs, 'ts', now_ms)
   redis.call('HSET', KEYS[3], 'status', 'paid', 'resolved_ms', now_ms)
+  redis.call('ZADD', KEYS[10], now_ms, id)
   return {'ok', 'paid', ''}
 end
 -- void
 redis.call('XADD', KEYS[2], '*', 'kind', 'withdrawal_voided', 'id', id, 'legs', legs, 'ts', now_ms)
 redis.call('HSET', KEYS[3], 'status', 'failed', 'resolved_ms', now_ms, 'reason', ARGV[8])
+redis.call('ZADD', KEYS[10], now_ms, id)
 redis.call('RPUSH', KEYS[6], row)
 if redis.call('EXISTS', KEYS[8]) == 1 then redis.call('HINCRBY', KEYS[8], account, -tonumber(amount)) end
 return {'ok', 'failed', ARGV[8]}

@@ -9,7 +9,7 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
@@ -23,6 +23,9 @@ from gifting.ledger.store import DurabilityError, Ledger
 from gifting.wire.messages import EventKind, GoalProgress, RoomEnded, StreamSummary
 
 log = logging.getLogger(__name__)
+
+if TYPE_CHECKING:
+    from gifting.history.reader import ArchiveReader
 
 SESSIONS_KEPT = 1000  # ended-session summaries kept per creator
 SUMMARY_TTL_S = 90 * 86400  # a room's own summary; the creator's session list keeps it longer
@@ -100,10 +103,12 @@ return 1
 
 
 # The summary and the creator's session list entry, once: a repeated end (after a crash) adds no second entry.
+# KEYS[3] indexes the summaries still in Valkey (ARGV 4: the room, 5: ended ms) for the archiver.
 STORE_SUMMARY = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   redis.call('LPUSH', KEYS[2], ARGV[1])
   redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
 end
 return 1
 """
@@ -169,6 +174,7 @@ class RoomStore:
         self._swap_summary = redis.register_script(SWAP_SUMMARY)
         self.ledger = Ledger(redis, settings)  # an ending room voids its pools
         self._open = redis.register_script(OPEN_ROOM)
+        self.archive: ArchiveReader | None = None  # the history database, for summaries past their hot window
 
     async def open(self, creator: str, creator_name: str, title: str) -> RoomInfo:
         room = new_room_id()
@@ -242,8 +248,8 @@ class RoomStore:
         summary["top"] = await self.top(room, "stream", 5)
         await self.announce(room, await self._end_events(room, summary))
         await self._store_summary(
-            keys=[keys.room_summary(room), keys.creator_sessions(summary["creator"])],
-            args=[orjson.dumps(summary), SUMMARY_TTL_S, SESSIONS_KEPT],
+            keys=[keys.room_summary(room), keys.creator_sessions(summary["creator"]), keys.ROOMS_SUMMARIZED],
+            args=[orjson.dumps(summary), SUMMARY_TTL_S, SESSIONS_KEPT, room, summary["ended_at_ms"] or now_ms],
         )
         await self.summary_matches(room)  # a match that ended while the summary was being made
         await self.redis.zrem(keys.ROOMS_ENDING, room)
@@ -338,8 +344,11 @@ class RoomStore:
         return await top_entries(self.redis, key, limit)
 
     async def sessions(self, creator: str, limit: int) -> list[dict[str, Any]]:
-        """Summaries of the creator's ended live sessions, newest first."""
-        return [orjson.loads(s) for s in await self.redis.lrange(keys.creator_sessions(creator), 0, limit - 1)]
+        """Summaries of the creator's ended live sessions, newest first (past GIFTING_SUMMARY_HOT_S: PostgreSQL)."""
+        found = [orjson.loads(s) for s in await self.redis.lrange(keys.creator_sessions(creator), 0, limit - 1)]
+        if len(found) < limit and self.archive is not None:
+            found += await self.archive.sessions_of(creator, limit - len(found), {s["room"] for s in found})
+        return found
 
     async def live(self, limit: int, cursor: str | None = None) -> tuple[list[RoomInfo], str | None]:
         """One page of live rooms, newest first, and the cursor of the next page (None: the last page).
@@ -430,6 +439,10 @@ class RoomStore:
         if stored is not None:
             data: dict[str, Any] = orjson.loads(stored)
             return data
+        if self.archive is not None and await self.redis.hget(keys.room_meta(room), "status") != "live":
+            archived = await self.archive.summary(room)  # ended past GIFTING_SUMMARY_HOT_S
+            if archived is not None:
+                return archived
         summary = await self.earnings(room)
         summary["top"] = await self.top(room, "stream", 5)
         return summary

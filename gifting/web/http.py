@@ -51,7 +51,7 @@ _CODES_BY_STATUS: dict[int, tuple[str, ...]] = {
         "rewards_budget_exhausted", "reward_viewer_cap", "reward_platform_cap", "reward_not_earned",
         "reward_already_claimed", "rewards_disabled",
     ),
-    503: ("not_durable", "busy", STORE_UNAVAILABLE, "history_unavailable"),
+    503: ("not_durable", "busy", STORE_UNAVAILABLE, "archive_backlog", "history_unavailable"),
 }  # fmt: skip
 STATUS: dict[str, int] = {code: status for status, codes in _CODES_BY_STATUS.items() for code in codes}
 # Bad input: every `bad_*` code, `unknown_gift` (a body naming a gift not on sale), `invalid_payment_token`,

@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from gifting import auth
 from gifting.outage import STORE_UNAVAILABLE
-from gifting.rooms.pools import cancel_pool, get_pool, open_pool
+from gifting.rooms.pools import cancel_pool, get_pool, open_pool, pool_view
 from gifting.rooms.store import GOAL_DIAMONDS_MAX, GOAL_TARGET_MAX, LIVE_PAGE_MAX, TOP_LIMIT_MAX, TOP_PERIODS
 from gifting.web.http import (
     STATUS,
@@ -189,6 +189,10 @@ async def start_pool(request: Request) -> Response:
 
 async def get_pool_handler(request: Request) -> Response:
     pool = await get_pool(request.app.state.redis, request.path_params["pool"])
+    archive = request.app.state.ledger.archive
+    if pool is None and archive is not None:  # closed longer ago than GIFTING_POOL_RECORD_TTL_S
+        record = await archive.pool(request.path_params["pool"])
+        pool = pool_view(record) if record else None
     if pool is None:
         raise ApiError("unknown_pool", f"no pool {request.path_params['pool']!r}")
     return json_response({"pool": pool})
