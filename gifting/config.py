@@ -377,6 +377,42 @@ class Settings:
         "GIFTING_MATCH_RECORD_TTL_S", 7 * 86400, "An ended match's record (GET /v1/matches/{id}) is kept, seconds."
     )
 
+    # Perks (gifting/perks.py): highlighted messages, entrance effects, premium-stream tickets.
+    perk_creator_share_bps: int = _setting(
+        "GIFTING_PERK_CREATOR_SHARE_BPS",
+        5000,
+        "Creator's share of a perk or ticket, basis points (paid as diamonds, rounded down; the rest is the "
+        "platform's).",
+    )
+    highlight_pin_s_per_coin: int = _setting(
+        "GIFTING_HIGHLIGHT_PIN_S_PER_COIN",
+        2,
+        "A highlighted message stays pinned this many seconds per coin paid (up to GIFTING_HIGHLIGHT_PIN_S_MAX).",
+    )
+    highlight_pin_s_max: int = _setting(
+        "GIFTING_HIGHLIGHT_PIN_S_MAX", 3600, "Longest a highlighted message stays pinned, seconds."
+    )
+    highlight_chars_max: int = _setting(
+        "GIFTING_HIGHLIGHT_CHARS_MAX", 200, "Longest highlighted message, characters (longer: `bad_message`)."
+    )
+    highlight_pins_max: int = _setting(
+        "GIFTING_HIGHLIGHT_PINS_MAX", 20, "Pinned messages a room snapshot (`joined.pins`) shows at most, newest."
+    )
+    entrance_cooldown_s: int = _setting(
+        "GIFTING_ENTRANCE_COOLDOWN_S",
+        60,
+        "A viewer's entrance effect is shown to a room at most once per this many seconds (rejoins are quiet).",
+    )
+    ticket_coins_max: int = _setting(
+        "GIFTING_TICKET_COINS_MAX", 100_000, "Highest premium-stream ticket price a creator may set, coins."
+    )
+    premium_refund_window_s: int = _setting(
+        "GIFTING_PREMIUM_REFUND_WINDOW_S",
+        1800,
+        "A premium stream that ends sooner than this after it was marked premium refunds every ticket in full, "
+        "seconds (0: never).",
+    )
+
     # Tokens.
     token_ttl_s: int = _setting("GIFTING_TOKEN_TTL_S", 86400, "Lifetime of tokens minted by `gifting token`.")
     sync_check_interval_s: float = _setting(

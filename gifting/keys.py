@@ -169,6 +169,27 @@ def room_ended(room: str) -> str:
     return "{ledger}:room_ended:" + room
 
 
+# Perks (gifting/perks.py). What a purchase grants is in the ledger slot, written by perk.lua with its transfer;
+# what a room shows (pins) is in the room's slot, written after the purchase by its id (a replay writes it again).
+PERK_CATALOG = "catalog:perks"  # hash: perk id -> JSON (admins edit it; the shipped perks are seeded once)
+PERK_ENTRANCES = "{ledger}:perks:entrances"  # hash: user account -> entrance effect paid up to (ms)
+
+
+def perk_purchase(purchase: str) -> str:
+    """Hash: a perk purchase's outcome by its user-scoped id (fp, status, reason, coins, diamonds, ...)."""
+    return "{ledger}:perk:" + purchase
+
+
+def room_tickets(room: str) -> str:
+    """Hash: user account -> the purchase id of their ticket to the room's premium stream ('' once refunded)."""
+    return "{ledger}:tickets:" + room
+
+
+def room_pins(room: str) -> str:
+    """Sorted set: the room's highlighted messages (JSON) by the ms they unpin; expired ones are trimmed."""
+    return "{room:" + room + "}:pins"
+
+
 # Inbound gifts (one slot).
 GIFTS_STREAM = "{gifts}:in"
 GIFTS_DEAD_LETTER = "{gifts}:dead"

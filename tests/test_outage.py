@@ -160,6 +160,18 @@ def route_requests(room: str) -> dict[tuple[str, str], dict[str, Any]]:
             "json": {"coins": 65, "price_minor": 99, "currency": "USD"},
         },
         ("POST", "/v1/admin/bundles/{bundle}/retire"): {"headers": admin},
+        ("GET", "/v1/catalog/perks"): {},
+        ("PUT", "/v1/admin/perks/{perk}"): {
+            "headers": admin,
+            "json": {"kind": "highlight", "name": "Highlight", "coins": 50},
+        },
+        ("POST", "/v1/admin/perks/{perk}/retire"): {"headers": admin},
+        ("POST", "/v1/rooms/{room}/perks"): {
+            "headers": viewer | key,
+            "json": {"perk": "highlight_small", "message": "hi"},
+        },
+        ("POST", "/v1/rooms/{room}/ticket"): {"headers": viewer | key, "json": {"coins": 10}},
+        ("POST", "/v1/rooms/{room}/premium"): {"headers": creator, "json": {"coins": 10}},
         ("GET", "/"): {},
         ("GET", "/watch/{room}"): {},
         ("GET", "/studio"): {},
@@ -180,6 +192,7 @@ PATH_PARAMS = {
     "creator": "creator1",
     "user": "v1",
     "match": "m1",
+    "perk": "highlight_small",
 }
 
 

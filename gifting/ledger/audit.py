@@ -10,6 +10,8 @@ Checks:
   paid purchase, once, for its full amount;
 - every pool closes (completed or voided) at most once, for exactly the coins pledged to it, and the escrow
   holds exactly the pledges of open pools;
+- every perk or ticket is paid once with a gift's legs and refunded at most once, in full, and its record
+  (settled, refunded, rejected) agrees with the journal;
 - every withdrawal is pending at most once and resolved (posted or voided) at most once, for its amount, and
   none is still pending past its deadline (plus GRACE_MS for the payout loop to notice).
 """
@@ -75,6 +77,8 @@ class _Journal:
     gift_ids: set[str] = field(default_factory=set)
     pledges: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # pool -> coins pledged
     pool_closings: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
+    perks: dict[str, int] = field(default_factory=dict)  # purchase id -> coins paid
+    perk_refunds: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # purchase id -> coins
 
 
 async def run_audit(
@@ -104,6 +108,7 @@ async def run_audit(
     _check_purchases(report, snapshot, latest, records.purchases)
     _check_withdrawals(report, snapshot, latest, records.withdrawals)
     _check_pools(report, snapshot, latest, records.pools)
+    _check_perks(report, snapshot, latest, records.perks)
     return report
 
 
@@ -151,6 +156,7 @@ class _Records:
     purchases: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # id -> (status, coins)
     withdrawals: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # id -> (status, deadline)
     pools: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # id -> (status, deadline)
+    perks: dict[str, str | None] = field(default_factory=dict)  # purchase id -> status
 
 
 async def _read_records(redis: aioredis.Redis, journal: _Journal) -> _Records:
@@ -161,6 +167,8 @@ async def _read_records(redis: aioredis.Redis, journal: _Journal) -> _Records:
         records.withdrawals[withdrawal] = tuple(await redis.hmget(keys.withdrawal(withdrawal), "status", "deadline_ms"))
     for pool in set(journal.pledges) | set(journal.pool_closings):
         records.pools[pool] = tuple(await redis.hmget(keys.pool(pool), "status", "deadline_ms"))
+    async for key in redis.scan_iter(match=keys.perk_purchase("*"), count=SCAN_COUNT):
+        records.perks[key.removeprefix(keys.perk_purchase(""))] = await redis.hget(key, "status")
     return records
 
 
@@ -198,6 +206,13 @@ def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: 
             journal.chargebacks[legs[0].debit] += amount
     elif kind.startswith("withdrawal_"):
         journal.withdrawals[entry].append((kind, amount))
+    elif kind == "perk":
+        if entry in journal.perks:
+            report.findings.append(f"journal {entry_id}: perk {entry} paid more than once")
+        journal.perks[entry] = sum(leg.amount for leg in legs if leg.ledger == "coins")
+        _check_gift(report, entry_id, fields, legs)  # a perk's chain is a gift's (rules.perk_legs)
+    elif kind == "perk_refund":
+        journal.perk_refunds[fields.get("ref", "?")].append(sum(leg.amount for leg in legs if leg.ledger == "coins"))
     elif kind == "pledge_pending":
         journal.pledges[fields.get("ref", "?")] += amount
     elif kind in ("pool_completed", "pool_voided"):
@@ -338,3 +353,29 @@ def _check_pools(
     escrow = report.totals.get("coins", {}).get(keys.SYS_POOL_ESCROW, 0)
     if escrow != escrow_open:
         report.findings.append(f"coins {keys.SYS_POOL_ESCROW}: holds {escrow}, open pools pledged {escrow_open}")
+
+
+def _perk_status(journal: _Journal, purchase: str) -> str | None:
+    if purchase not in journal.perks:
+        return None
+    return "refunded" if journal.perk_refunds.get(purchase) else "settled"
+
+
+def _check_perks(report: AuditReport, snapshot: _Journal, latest: _Journal, records: dict[str, str | None]) -> None:
+    """Each perk (or ticket) is paid once and refunded at most once, in full; its record agrees with the journal
+    (a rejected purchase moved nothing, a settled one is paid, a refunded one is paid and refunded)."""
+    for purchase, refunds in latest.perk_refunds.items():
+        if purchase not in latest.perks:
+            report.findings.append(f"perk refund of {purchase}: no such perk in the journal")
+        elif len(refunds) > 1:
+            report.findings.append(f"perk {purchase}: refunded {len(refunds)} times")
+        elif refunds[0] != latest.perks[purchase]:
+            report.findings.append(f"perk {purchase}: refunded {refunds[0]} coins, paid {latest.perks[purchase]}")
+    for purchase, status in records.items():
+        if status == "rejected":
+            if purchase in latest.perks:
+                report.findings.append(f"perk {purchase}: rejected, but the journal pays it")
+            continue
+        allowed = {_perk_status(snapshot, purchase), _perk_status(latest, purchase)}
+        if status not in allowed:
+            report.findings.append(f"perk {purchase}: record says {status}, journal says {sorted(map(str, allowed))}")

@@ -137,6 +137,41 @@ def pool_completion_legs(creator: str, split: GiftSplit) -> list[Leg]:
     return [leg for leg in legs if leg.amount > 0]
 
 
+# Perks (gifting/perks.py): a highlighted message, an entrance effect or a premium-stream ticket is paid like a
+# gift, one transfer chain with the gift's legs split at GIFTING_PERK_CREATOR_SHARE_BPS, and a ticket refunded
+# when its premium stream ends early is that chain reversed, leg by leg, once (perk.lua).
+PERK_KINDS = ("highlight", "entrance", "ticket")
+
+
+def perk_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
+    """A perk's chain: exactly a gift's (the audit checks it with the gift rule)."""
+    return gift_legs(viewer, creator, split)
+
+
+def perk_refund_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
+    """A refunded ticket: every leg of its purchase reversed, so the creator gives the diamonds back (a balance
+    already withdrawn goes below zero, a debt that blocks withdrawals) and the viewer gets every coin."""
+    return [Leg(leg.ledger, leg.credit, leg.debit, leg.amount) for leg in perk_legs(viewer, creator, split)]
+
+
+def highlight_pin_ms(coins: int, pin_s_per_coin: int, pin_s_max: int) -> int:
+    """How long a highlighted message stays pinned: linear in its price, capped (as Super Chat's tiers grow)."""
+    assert coins > 0
+    return min(coins * pin_s_per_coin, pin_s_max) * 1000
+
+
+def entrance_until_ms(paid_until_ms: int, now_ms: int, days: int) -> int:
+    """An entrance effect bought while one runs extends it; otherwise it runs `days` from now. perk.lua applies
+    this rule atomically (a Lua reading of it, like spend_cap.lua's)."""
+    return max(paid_until_ms, now_ms) + days * 86_400_000
+
+
+def ticket_refund_due(premium_since_ms: int, ended_ms: int, window_s: int) -> bool:
+    """A premium stream that ends within `window_s` of being marked premium ended early: its tickets are refunded
+    in full. After the window, the stream delivered what the ticket bought and nothing is refunded."""
+    return window_s > 0 and ended_ms - premium_since_ms < window_s * 1000
+
+
 class JournalError(ValueError):
     """A journal entry does not parse; the audit reports it as a finding."""
 

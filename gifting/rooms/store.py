@@ -137,7 +137,7 @@ def room_keys(room: str) -> list[str]:
     """The keys of a room's live session, expired together when it ends (GIFTING_ENDED_ROOM_TTL_S)."""
     return [keys.room_meta(room), keys.room_history(room), keys.room_stats(room), keys.room_top(room),
             keys.room_goal(room), keys.room_matches(room), keys.room_stage(room),
-            keys.room_stage_invites(room)]  # fmt: skip
+            keys.room_stage_invites(room), keys.room_pins(room)]  # fmt: skip
 
 
 class RoomStore:
@@ -206,6 +206,9 @@ class RoomStore:
         async with not_durable_is_retry(), self.ledger.group_commit():
             for pool_id in sorted(await self.redis.smembers(keys.room_pools(room))):
                 await self.ledger.pool_op("void", pool_id)
+        from gifting.perks import refund_tickets  # perks build on rooms
+
+        await refund_tickets(self, room, int(await self.redis.zscore(keys.ROOMS_ENDING, room) or now_ms))
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(keys.room_meta(room), "ended_at_ms", str(now_ms))
             pipe.hset(keys.room_meta(room), "status", "ended")

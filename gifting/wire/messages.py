@@ -154,7 +154,7 @@ class Joined(ServerMessage, frozen=True):
     """The answer to `join`: the room's live state; `recovered` only on a resume, `recent` when not recovered."""
 
     TYPE: ClassVar[str] = "joined"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"ref", "recovered", "recent"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"ref", "recovered", "recent", "pins"})
     room: str
     epoch: str
     offset: int
@@ -169,6 +169,7 @@ class Joined(ServerMessage, frozen=True):
     ref: str | None = None
     recovered: bool | None = None
     recent: list[dict[str, Any]] | None = None
+    pins: list[dict[str, Any]] | None = None  # highlighted messages still pinned (gifting/perks.py); absent: none
 
 
 class Events(ServerMessage, frozen=True):
@@ -288,6 +289,8 @@ class EventKind(StrEnum):
     MATCH_STARTED = "match_started"
     MATCH_SCORE = "match_score"
     MATCH_ENDED = "match_ended"
+    HIGHLIGHT = "highlight"
+    ENTRANCE = "entrance"
     # Ephemeral: pushed by the hub, no offset, never replayed.
     COMBO_END = "combo_end"
     VIEWERS = "viewers"
@@ -438,3 +441,24 @@ class MatchInvited(RoomEvent, frozen=True):
 
     KIND: ClassVar[EventKind] = EventKind.MATCH_INVITED
     match: dict[str, Any]
+
+
+class HighlightEvent(RoomEvent, frozen=True):
+    """A highlighted message bought with coins (gifting/perks.py): pinned until `until_ms`, then unpinned."""
+
+    KIND: ClassVar[EventKind] = EventKind.HIGHLIGHT
+    purchase_id: str
+    user: str
+    name: str
+    message: str
+    coins: int
+    until_ms: int
+
+
+class EntranceEvent(RoomEvent, frozen=True):
+    """A viewer with a running entrance effect joined the room (effect paid until `until_ms`)."""
+
+    KIND: ClassVar[EventKind] = EventKind.ENTRANCE
+    user: str
+    name: str
+    until_ms: int
