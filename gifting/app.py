@@ -30,7 +30,7 @@ from gifting.payments import PaymentProvider, SandboxProvider
 from gifting.rooms.matches import MatchStore
 from gifting.rooms.stage import StageStore
 from gifting.rooms.store import RoomStore
-from gifting.web import admin, edge, http, matches, openapi, pages, perks, rooms, service, wallet
+from gifting.web import admin, edge, fanclubs, http, matches, openapi, pages, perks, rooms, service, wallet
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         *wallet.routes,
         *admin.routes,
         *perks.routes,
+        *fanclubs.routes,
         *openapi.routes,
         WebSocketRoute(WS_PATH, websocket_endpoint),  # GiftingApp dispatches it first; listed for the router too
         *pages.routes,

@@ -413,6 +413,19 @@ class Settings:
         "seconds (0: never).",
     )
 
+    # Fan clubs (gifting/fanclubs.py).
+    fanclub_pause_s: int = _setting(
+        "GIFTING_FANCLUB_PAUSE_S",
+        7 * 86400,
+        "A member without activity (a gift to the creator, a visit) for this long is paused: no badge, no member "
+        "perks, level kept, until their next activity, seconds.",
+    )
+    fanclub_visit_points: int = _setting(
+        "GIFTING_FANCLUB_VISIT_POINTS",
+        10,
+        "Fan-club points a member earns for visiting the creator's room, once per UTC day (a coin gifted is 1).",
+    )
+
     # Tokens.
     token_ttl_s: int = _setting("GIFTING_TOKEN_TTL_S", 86400, "Lifetime of tokens minted by `gifting token`.")
     sync_check_interval_s: float = _setting(

@@ -190,6 +190,34 @@ def room_pins(room: str) -> str:
     return "{room:" + room + "}:pins"
 
 
+# Fan clubs (gifting/fanclubs.py): one hash tag per creator's club.
+
+
+def fanclub(creator: str) -> str:
+    """Hash: the creator's fan-club choices: membership_gift, member_gift ('' none), free_premium ('1' | '0')."""
+    return "{fanclub:" + creator + "}:config"
+
+
+def fanclub_members(creator: str) -> str:
+    """Hash: member user id -> 'joined_ms|gift_id|name' (the membership gift that made them a member)."""
+    return "{fanclub:" + creator + "}:members"
+
+
+def fanclub_points(creator: str) -> str:
+    """Sorted set: member user id -> points (coins gifted to the creator plus daily visits)."""
+    return "{fanclub:" + creator + "}:points"
+
+
+def fanclub_active(creator: str) -> str:
+    """Hash: member user id -> the ms of their last activity (a gift to the creator, a visit)."""
+    return "{fanclub:" + creator + "}:active"
+
+
+def fanclub_counted(creator: str, activity: str) -> str:
+    """String: marks an activity (a gift id, a member's visit of a day) as counted once (expires)."""
+    return "{fanclub:" + creator + "}:counted:" + activity
+
+
 # Inbound gifts (one slot).
 GIFTS_STREAM = "{gifts}:in"
 GIFTS_DEAD_LETTER = "{gifts}:dead"

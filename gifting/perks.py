@@ -30,6 +30,7 @@ from gifting.auth import Identity
 from gifting.catalog.perks import Perk, PerkCatalog
 from gifting.config import Settings
 from gifting.errors import GiftingError
+from gifting.fanclubs import FanClubs
 from gifting.ledger import rules
 from gifting.ledger.perks import PerkLedger, PerkOrder, PerkOutcome
 from gifting.ledger.store import Ledger
@@ -49,6 +50,7 @@ class Perks:
         self.redis, self.settings, self.rooms = redis, settings, rooms
         self.catalog = PerkCatalog(redis)
         self.ledger = PerkLedger(ledger)
+        self.fanclubs = FanClubs(redis, settings)
 
     # Buying -------------------------------------------------------------------------------------------
 
@@ -163,11 +165,15 @@ class Perks:
 
     async def may_join(self, room: str, meta: dict[str, str], identity: Identity) -> bool:
         """Whether `identity` may join a room with this meta: any room that is not premium; a premium one as
-        its creator (or their overlay), an admin, or with a ticket."""
+        its creator (or their overlay), an admin, with a ticket, or as an active member of the creator's fan club
+        when the creator chose free entry for members."""
         creator = meta.get("creator", "")
         if not meta.get("premium_coins") or identity.role == "admin" or creator in (identity.user, identity.overlay_of):
             return True
-        return bool(await self.redis.hget(keys.room_tickets(room), keys.account(identity.user)))
+        if await self.redis.hget(keys.room_tickets(room), keys.account(identity.user)):
+            return True
+        club = await self.fanclubs.config(creator)
+        return club is not None and club.free_premium and await self.fanclubs.active_member(creator, identity.user)
 
 
 async def refund_tickets(rooms: RoomStore, room: str, ended_ms: int) -> int:

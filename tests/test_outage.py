@@ -161,6 +161,9 @@ def route_requests(room: str) -> dict[tuple[str, str], dict[str, Any]]:
         },
         ("POST", "/v1/admin/bundles/{bundle}/retire"): {"headers": admin},
         ("GET", "/v1/catalog/perks"): {},
+        ("PUT", "/v1/fanclub"): {"headers": creator, "json": {"membership_gift": "heart", "free_premium": True}},
+        ("GET", "/v1/fanclub/members"): {"headers": creator},
+        ("GET", "/v1/creators/{creator}/fanclub"): {},
         ("PUT", "/v1/admin/perks/{perk}"): {
             "headers": admin,
             "json": {"kind": "highlight", "name": "Highlight", "coins": 50},

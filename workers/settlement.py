@@ -30,6 +30,7 @@ from gifting import clock, keys, metrics
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import ScriptFailed
+from gifting.fanclubs import FanClubs
 from gifting.gifts import GiftRequest, gift_result, room_event
 from gifting.ledger import rules
 from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
@@ -110,6 +111,7 @@ class SettlementWorker:
         self.payouts = Payouts(self.ledger, settings, payouts or SandboxPayouts())
         self.pool_sweeper = PoolSweeper(redis, settings, self.rooms)
         self.matches = MatchStore(redis, settings, self.rooms)
+        self.fanclubs = FanClubs(redis, settings)
         self._last_heartbeat = 0.0
         self._last_claim = 0.0
         self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
@@ -360,12 +362,14 @@ class SettlementWorker:
             log.error(
                 "archive backlog: %d journal entries in Valkey > %d: refusing gifts", journal_entries, backlog_max
             )
-        batch = [self.prepare(r, rooms.get(r.room), archive_full) for r in requests]
+        batch = await self.fanclubs.check_batch([self.prepare(r, rooms.get(r.room), archive_full) for r in requests])
         outcomes = await self.ledger.settle(batch, durable_timeout_ms=self.settings.waitaof_timeout_ms)
+        names = {r.sender: r.sender_name for r in requests}
+        badges = await self.fanclubs.record_batch([g for g, o in zip(batch, outcomes, strict=True) if o.settled], names)
         settled_ms = clock.now_ms()
         accepted_ms = [int(e.split("-")[0]) for e in entry_ids] if entry_ids else [r.ts_ms for r in requests]
         match_events = await self._score_matches(requests, batch, outcomes, rooms, accepted_ms)
-        await self.publish(requests, batch, outcomes, match_events)
+        await self.publish(requests, batch, outcomes, match_events, badges)
         fresh = observe_batch(requests, outcomes, settled_ms, time.perf_counter() - started_s)
         self.settled_total += fresh
         if log.isEnabledFor(logging.DEBUG):  # one pass over the batch only when someone reads it
@@ -464,6 +468,7 @@ class SettlementWorker:
         batch: list[GiftToSettle],
         outcomes: list[rules.GiftOutcome],
         match_events: dict[str, list[tuple[str, dict[str, Any]]]] | None = None,
+        badges: dict[str, dict[str, int]] | None = None,
     ) -> None:
         """Room events (settled gifts only, once each; then the match scores they made) and every sender's
         result, in one pipeline."""
@@ -472,7 +477,8 @@ class SettlementWorker:
         for request, settled, outcome in zip(requests, batch, outcomes, strict=True):
             results_by_hub[request.hub].append({**gift_result(outcome), "req": request.req})
             if outcome.settled:
-                events_by_room[request.room].append((request.gift_id, room_event(request, settled, outcome)))
+                fan = (badges or {}).get(request.gift_id)
+                events_by_room[request.room].append((request.gift_id, room_event(request, settled, outcome, fan)))
         for room, events in (match_events or {}).items():
             events_by_room[room].extend(events)
         names = {r.sender: r.sender_name for r, o in zip(requests, outcomes, strict=True) if o.settled}

@@ -172,6 +172,37 @@ def ticket_refund_due(premium_since_ms: int, ended_ms: int, window_s: int) -> bo
     return window_s > 0 and ended_ms - premium_since_ms < window_s * 1000
 
 
+# Fan clubs (gifting/fanclubs.py): (level, points needed). Points are the coins a member gifted to the creator
+# plus GIFTING_FANCLUB_VISIT_POINTS per UTC day they visited the creator's room.
+FAN_LEVEL_THRESHOLDS: tuple[tuple[int, int], ...] = (
+    (1, 0),
+    (2, 50),
+    (3, 200),
+    (4, 500),
+    (5, 1_000),
+    (6, 2_500),
+    (7, 5_000),
+    (8, 10_000),
+    (9, 25_000),
+    (10, 50_000),
+)
+
+
+def fan_level(points: int) -> int:
+    """The highest fan-club level whose threshold the member's points reached."""
+    return max(level for level, threshold in FAN_LEVEL_THRESHOLDS if points >= threshold)
+
+
+def fan_active(last_active_ms: int, now_ms: int, pause_s: int) -> bool:
+    """A member is active (badge, member perks) until `pause_s` pass without activity; then paused."""
+    return now_ms - last_active_ms < pause_s * 1000
+
+
+def members_only_reject(gift: str, member_gift: str, active_member: bool) -> RejectReason | None:
+    """The creator's member-only gift may be sent to them only by an active member of their fan club."""
+    return RejectReason.MEMBERS_ONLY if member_gift and gift == member_gift and not active_member else None
+
+
 class JournalError(ValueError):
     """A journal entry does not parse; the audit reports it as a finding."""
 

@@ -248,6 +248,23 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         who="the room's creator",
         body=obj("coins", coins=INT),
     ),
+    ("PUT", "/v1/fanclub"): Op(
+        "The creator sets up their fan club: membership gift, member-only gift, free premium entry.",
+        {200: ANY_OBJECT},
+        who="creator, admin",
+        body=obj("membership_gift", "free_premium", membership_gift=STR, member_gift=NULLABLE_STR, free_premium=BOOL),
+    ),
+    ("GET", "/v1/fanclub/members"): Op(
+        "The caller's fan club: its choices and members with levels.",
+        {200: obj("creator", "config", "members", members={"type": "array"})},
+        who="creator, admin",
+        query={"limit": LIMIT},
+    ),
+    ("GET", "/v1/creators/{creator}/fanclub"): Op(
+        "A creator's fan club; with a token, also the caller's membership.",
+        {200: obj("creator", "config", "membership")},
+        who=None,
+    ),
     ("GET", "/"): Op("Page: the lobby.", {200: HTML}, who=None),
     ("GET", "/watch/{room}"): Op("Page: watch a room.", {200: HTML}, who=None),
     ("GET", "/studio"): Op("Page: the creator studio.", {200: HTML}, who=None),

@@ -319,8 +319,9 @@ class GiftEvent(RoomEvent, frozen=True):
     level: int
     ts: int
     to: str | None = None  # a guest on stage who received it (and its diamonds); absent: the host
+    fan: dict[str, int] | None = None  # the sender's fan-club badge with the recipient ({"level"}); absent: none
 
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"to"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"to", "fan"})
 
 
 class GoalProgress(RoomEvent, frozen=True):

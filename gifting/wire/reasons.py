@@ -20,6 +20,7 @@ class RejectReason(StrEnum):
     DAILY_LIMIT = "daily_limit"
     ARCHIVE_BACKLOG = "archive_backlog"
     RECIPIENT_NOT_ON_STAGE = "recipient_not_on_stage"
+    MEMBERS_ONLY = "members_only"
     # Decided by the hub at once (nothing recorded: the same id may be retried).
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
