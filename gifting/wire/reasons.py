@@ -21,6 +21,8 @@ class RejectReason(StrEnum):
     ARCHIVE_BACKLOG = "archive_backlog"
     RECIPIENT_NOT_ON_STAGE = "recipient_not_on_stage"
     MEMBERS_ONLY = "members_only"
+    # Perk purchases (gifting/perks.py; also insufficient_coins, daily_limit).
+    TICKET_HELD = "ticket_held"
     # Decided by the hub at once (nothing recorded: the same id may be retried).
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"
