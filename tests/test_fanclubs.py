@@ -8,7 +8,7 @@ from typing import Any
 from gifting import clock, keys
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
-from tests.conftest import System, SystemFactory, WsClient, gift_id
+from tests.conftest import System, WsClient, gift_id
 
 COFFEE = 10  # the membership gift in these tests
 CLUB = {"membership_gift": "coffee", "member_gift": "cap", "free_premium": True}

@@ -322,3 +322,21 @@ async def test_the_audit_finds_a_perk_refunded_twice(system: System) -> None:
     await system.redis.xadd(keys.LEDGER_JOURNAL, {"kind": "perk_refund", "id": "x", "ref": purchase, "legs": legs})
     report = await run_audit(system.redis)
     assert any("refunded 2 times" in f for f in report.findings), report.findings
+
+
+async def test_concurrent_purchases_never_overspend_and_each_key_settles_once(system: System) -> None:
+    """30 purchases at once over 10 keys (each sent 3 times) by a viewer who can afford 4: exactly 4 keys
+    settle, each once, every retry answers its key's outcome, the balance ends exact and the audit balances."""
+    room = await system.open_room()
+    await system.grant("v1", 4 * SMALL + SMALL // 2)
+    keys_ = [f"k{i}" for i in range(10)] * 3
+    responses = await asyncio.gather(*(buy(system, "v1", room, "highlight_small", key=k) for k in keys_))
+    by_key: dict[str, set[str]] = {}
+    for key, response in zip(keys_, responses, strict=True):
+        by_key.setdefault(key, set()).add(response.json()["status"])
+    assert all(len(statuses) == 1 for statuses in by_key.values()), by_key
+    assert sum(statuses == {"settled"} for statuses in by_key.values()) == 4
+    assert (await system.wallet("v1"))["coins"] == SMALL // 2
+    journal = await system.redis.xrange(keys.LEDGER_JOURNAL)
+    assert sum(1 for _, f in journal if f["kind"] == "perk") == 4
+    await audit_clean(system)

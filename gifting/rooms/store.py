@@ -40,6 +40,7 @@ class RoomInfo:
     offset: int
     started_at_ms: int
     ended_at_ms: int | None
+    premium_coins: int = 0  # a premium stream's ticket price (gifting/perks.py); 0: anyone may join
 
     @classmethod
     def from_meta(cls, room: str, meta: dict[str, str]) -> RoomInfo:
@@ -53,6 +54,7 @@ class RoomInfo:
             offset=int(meta.get("offset", 0)),
             started_at_ms=int(meta.get("started_at_ms", 0)),
             ended_at_ms=int(meta["ended_at_ms"]) if meta.get("ended_at_ms") else None,
+            premium_coins=int(meta.get("premium_coins", 0)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -66,7 +68,7 @@ class RoomInfo:
             "offset": self.offset,
             "started_at_ms": self.started_at_ms,
             "ended_at_ms": self.ended_at_ms,
-        }
+        } | ({"premium_coins": self.premium_coins} if self.premium_coins else {})
 
 
 def new_room_id() -> str:
