@@ -173,14 +173,15 @@ class FanClubs:
                 log.info("gift %s: %s joined the fan club of %s", g.gift_id, g.viewer, g.creator)
         return badges
 
-    async def visit(self, creator: str, user: str) -> bool:
-        """A member visited the creator's room: their daily visit points, once per UTC day. False: not a member."""
-        day = clock.utc_day(clock.now_ms())
-        member, _points, _joined = await self._activity(
-            keys=[*self._club_keys(creator), keys.fanclub_counted(creator, f"visit:{day}:{user}")],
-            args=[user, clock.now_ms(), self.settings.fanclub_visit_points, "0", "", 2 * 86400],
+    async def visit(self, creator: str, user: str, client: Any = None) -> Any:
+        """A member visited the creator's room: their daily visit points, once per UTC day; nothing for anyone
+        else. With `client` a pipeline, the call is queued on it (its reply: [member, points, joined])."""
+        now = clock.now_ms()
+        return await self._activity(
+            keys=[*self._club_keys(creator), keys.fanclub_counted(creator, f"visit:{clock.utc_day(now)}:{user}")],
+            args=[user, now, self.settings.fanclub_visit_points, "0", "", 2 * 86400],
+            client=client,
         )
-        return bool(int(member))
 
     def _club_keys(self, creator: str) -> list[str]:
         return [keys.fanclub_members(creator), keys.fanclub_points(creator), keys.fanclub_active(creator)]

@@ -123,22 +123,34 @@ class Perks:
         event = HighlightEvent(outcome.purchase_id, buyer.user, buyer.name, message, perk.coins, outcome.until_ms)
         data = event.to_dict()
         if outcome.until_ms > clock.now_ms():
-            # Expired pins are trimmed by each read; the set itself expires with the room (rooms.store.room_keys).
-            await self.redis.zadd(keys.room_pins(room), {orjson.dumps(data).decode(): outcome.until_ms})
+            # Expired pins are trimmed by the next pin; the set itself expires with the room (rooms.store.room_keys).
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.zremrangebyscore(keys.room_pins(room), 0, clock.now_ms())
+                pipe.zadd(keys.room_pins(room), {orjson.dumps(data).decode(): outcome.until_ms})
+                await pipe.execute()
         await self.rooms.announce(room, [(f"highlight:{outcome.purchase_id}", data)])
 
     async def pins(self, room: str) -> list[dict[str, Any]]:
         """The room's pinned messages still in force, the longest-pinned first (GIFTING_HIGHLIGHT_PINS_MAX)."""
-        now = clock.now_ms()
-        await self.redis.zremrangebyscore(keys.room_pins(room), 0, now)
-        raw = await self.redis.zrevrangebyscore(keys.room_pins(room), "+inf", now + 1)
-        return [orjson.loads(p) for p in raw[: self.settings.highlight_pins_max]]
+        # One read per join; an expired pin is skipped here and trimmed by the room's next pin.
+        pins_max = self.settings.highlight_pins_max
+        raw = await self.redis.zrevrangebyscore(keys.room_pins(room), "+inf", clock.now_ms() + 1, start=0, num=pins_max)
+        return [orjson.loads(p) for p in raw]
 
     # Entrance effects ---------------------------------------------------------------------------------
 
-    async def entrance(self, room: str, user: str, name: str) -> bool:
-        """Announce `user`'s entrance to `room` if their effect runs now (once per cooldown bucket)."""
-        until_ms = int(await self.redis.hget(keys.PERK_ENTRANCES, keys.account(user)) or 0)
+    async def joined(self, room: str, creator: str, user: str, name: str) -> None:
+        """After a viewer joined a room (the hub): a member's daily visit to the creator's club, and the
+        viewer's entrance effect if it runs. The visit and the effect's end are one round trip."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.PERK_ENTRANCES, keys.account(user))
+            await self.fanclubs.visit(creator, user, client=pipe)
+            until_ms, _visit = await pipe.execute()
+        await self.entrance(room, user, name, int(until_ms or 0))
+
+    async def entrance(self, room: str, user: str, name: str, until_ms: int) -> bool:
+        """Announce `user`'s entrance to `room` if their effect (paid until `until_ms`) runs now, once per
+        cooldown bucket."""
         now = clock.now_ms()
         if until_ms <= now:
             return False

@@ -210,8 +210,7 @@ class Hub:
         if catch_up is not None:
             conn.send_message(catch_up)
         if conn.identity.overlay_of is None and room.creator != conn.identity.user:
-            await self.perks.entrance(room.id, conn.identity.user, conn.identity.name)
-            await self.perks.fanclubs.visit(room.creator, conn.identity.user)  # a member's daily visit points
+            await self.perks.joined(room.id, room.creator, conn.identity.user, conn.identity.name)
 
     async def _snapshot(
         self, conn: Connection, room: LiveRoom, message: protocol.Join
