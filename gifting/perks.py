@@ -71,7 +71,7 @@ class Perks:
         else:
             duration_ms, grant = perk.days * 86_400_000, keys.PERK_ENTRANCES
         purchase_id = keys.user_scoped_id(buyer.user, key)
-        order = PerkOrder(purchase_id, buyer.user, creator, perk.kind, perk.coins, duration_ms,
+        order = PerkOrder(purchase_id, buyer.user, creator, perk.kind, room, perk.coins, duration_ms,
                           grant or keys.perk_purchase(purchase_id), fields)  # fmt: skip
         outcome = await self.ledger.buy(
             order, rules.fingerprint(room, perk.id, perk.coins, message), s.idempotency_ttl_s
@@ -89,7 +89,7 @@ class Perks:
         if coins_shown != price:
             raise PerkError("price_changed", f"the ticket costs {price} coins, not {coins_shown}")
         purchase_id = keys.user_scoped_id(buyer.user, key)
-        order = PerkOrder(purchase_id, buyer.user, creator, "ticket", price, 0, keys.room_tickets(room),
+        order = PerkOrder(purchase_id, buyer.user, creator, "ticket", room, price, 0, keys.room_tickets(room),
                           {"perk": "ticket", "room": room, "name": buyer.name})  # fmt: skip
         # A ticket's record is kept until its stream ends (0): a refund may come hours later.
         outcome = await self.ledger.buy(order, rules.fingerprint(room, "ticket", price), 0)

@@ -4,6 +4,7 @@ and every bad input. Against the real embedded Valkey and real sockets."""
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import orjson
@@ -242,6 +243,19 @@ async def _ticket_ids(system: System, room: str) -> list[str]:
     return [f["id"] for _, f in journal if f["kind"] == "perk" and f.get("perk") == "ticket"]
 
 
+async def test_no_ticket_settles_once_the_rooms_end_began(system: System) -> None:
+    """The end marks the room before it refunds tickets, and perk.lua checks the mark atomically: a ticket
+    bought in between is rejected `room_not_live` and moves nothing (none can slip past the refunds)."""
+    room = await system.open_room()
+    await system.grant("v1", 100)
+    await premium(system, room, 40)
+    await system.redis.hset(keys.room_ended(room), "*", clock.now_ms())  # the end's first step
+    response = await ticket(system, "v1", room, 40)
+    assert (response.status_code, response.json()["reason"]) == (422, "room_not_live")
+    assert (await system.wallet("v1"))["coins"] == 100
+    await audit_clean(system)
+
+
 async def test_a_premium_stream_that_ran_its_window_keeps_its_tickets(start_system: SystemFactory) -> None:
     """Past the refund window (0: no window) the stream delivered what the tickets bought: nothing moves back."""
     system = await start_system(premium_refund_window_s=0)
@@ -344,3 +358,77 @@ async def test_concurrent_purchases_never_overspend_and_each_key_settles_once(sy
     journal = await system.redis.xrange(keys.LEDGER_JOURNAL)
     assert sum(1 for _, f in journal if f["kind"] == "perk") == 4
     await audit_clean(system)
+
+
+async def _gift(system: System, room: str, sender: str, gift: str, gid: str) -> dict[str, Any]:
+    """A gift over HTTP, resent with its gift_id until settlement answers (202: not decided yet)."""
+    body = {"gift": gift, "count": 1, "gift_id": gid}
+    for _ in range(20):
+        response = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth(sender), json=body)
+        if response.status_code != 202:
+            break
+    result: dict[str, Any] = response.json()
+    return result
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_random_interleavings_of_perks_tickets_gifts_and_refunds_keep_the_audit_clean(
+    system: System, seed: int
+) -> None:
+    """Seeded random steps, each 1-4 concurrent operations (highlights and entrances, fresh or retried keys;
+    tickets; gifts; a premium room ended early, refunding its tickets; membership gifts): after every step the
+    audit is clean and each viewer's coins equal what the answered outcomes add up to."""
+    rng = random.Random(seed)
+    viewers = [f"p{seed}v{i}" for i in range(3)]
+    for viewer in viewers:
+        await system.grant(viewer, 400)
+    spent = dict.fromkeys(viewers, 0)
+    tickets: dict[str, list[tuple[str, int]]] = {}  # room -> (viewer, coins) of settled tickets
+    creators = [f"p{seed}c{i}" for i in range(2)]
+    await system.http.put(
+        "/v1/fanclub",
+        headers=system.auth(creators[0], "creator"),
+        json={"membership_gift": "coffee", "free_premium": True},
+    )
+    rooms = {c: await system.open_room(c) for c in creators}
+    used_keys: list[tuple[str, str]] = []
+
+    async def op() -> None:
+        viewer, creator = rng.choice(viewers), rng.choice(creators)
+        room, choice = rooms[creator], rng.randrange(6)
+        if not room:
+            return  # reopening
+        if choice <= 1:
+            retry = used_keys and rng.random() < 0.4
+            key = rng.choice(used_keys)[1] if retry else gift_id()
+            perk = "highlight_small" if choice == 0 else "entrance_week"
+            response = await buy(system, viewer, room, perk, "hi" if choice == 0 else None, key=key)
+            used_keys.append((viewer, key))
+            body = response.json()
+            if body.get("status") == "settled" and not body["replay"]:
+                spent[viewer] += SMALL if perk == "highlight_small" else 300
+        elif choice == 2:
+            await system.http.post(
+                f"/v1/rooms/{room}/premium", headers=system.auth(creator, "creator"), json={"coins": 20}
+            )
+            body = (await ticket(system, viewer, room, 20)).json()
+            if body.get("status") == "settled" and not body["replay"]:
+                spent[viewer] += 20
+                tickets.setdefault(room, []).append((viewer, 20))
+        elif choice in (3, 4):
+            gift = "coffee" if choice == 3 else "rose"
+            if (await _gift(system, room, viewer, gift, gift_id())).get("status") == "settled":
+                spent[viewer] += 10 if gift == "coffee" else 1
+        else:
+            ended = await system.http.post(f"/v1/rooms/{room}/end", headers=system.auth(creator, "creator"))
+            if ended.status_code == 200 and rooms[creator] == room:  # two concurrent ends: one reopens
+                rooms[creator] = ""
+                for holder, coins in tickets.pop(room, []):
+                    spent[holder] -= coins  # ended early: every ticket refunded
+                rooms[creator] = await system.open_room(creator)
+
+    for _step in range(10):
+        await asyncio.gather(*(op() for _ in range(rng.randint(1, 4))))
+        await audit_clean(system)
+        for viewer in viewers:
+            assert (await system.wallet(viewer))["coins"] == 400 - spent[viewer], (viewer, seed)

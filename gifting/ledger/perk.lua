@@ -5,7 +5,8 @@
 --
 -- 'buy' KEYS: 1 coin balances, 2 diamond balances, 3 journal, 4 purchase record (hash), 5 viewer spend limits,
 --   6 today's spend per viewer, 7 the viewer's statement, 8 the creator's statement, 9 what it grants: the
---   entrances hash (entrance), the room's tickets hash (ticket), else the purchase record.
+--   entrances hash (entrance), the room's tickets hash (ticket), else the purchase record, 10 the room's end
+--   marker (rooms.store.finish_end sets it before it refunds tickets: no purchase settles in a room after it).
 -- 'buy' ARGV: 1 op, 2 now_ms, 3 purchase id, 4 fingerprint, 5 viewer account, 6 coins, 7 legs (rules.perk_legs),
 --   8 the viewer's statement row, 9 the creator's row ('' when no diamonds), 10 global daily spend cap in coins
 --   (0: none), 11 spend total ttl_s, 12 record ttl_s (0: kept, a ticket's until its stream ends), 13 kind
@@ -53,7 +54,9 @@ local function decided(status, reason, until_ms, ttl_s)
 end
 
 local refused = nil
-if kind == 'ticket' and (redis.call('HGET', grant_key, viewer) or '') ~= '' then
+if redis.call('EXISTS', KEYS[10]) == 1 then
+  refused = 'room_not_live'
+elseif kind == 'ticket' and (redis.call('HGET', grant_key, viewer) or '') ~= '' then
   refused = 'ticket_held'
 elseif balance_of(viewer) < coins then
   refused = 'insufficient_coins'

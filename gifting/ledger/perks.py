@@ -38,6 +38,7 @@ class PerkOrder:
     viewer: str
     creator: str
     kind: str  # rules.PERK_KINDS
+    room: str  # where it was bought (a purchase is refused once the room's end began)
     coins: int
     duration_ms: int  # highlight: its pin; entrance: what it adds; ticket: 0
     grant_key: str  # entrances hash | the room's tickets hash | the purchase record
@@ -63,7 +64,7 @@ class PerkLedger:
         fields = {**order.fields, "creator": order.creator, "diamonds": str(split.diamonds)}
         keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.perk_purchase(ref)]
         keys_ += [keys.LEDGER_SPEND_LIMITS, keys.spent_on(utc_day(now)), keys.account_statement(viewer)]
-        keys_ += [keys.account_statement(creator), order.grant_key]
+        keys_ += [keys.account_statement(creator), order.grant_key, keys.room_ended(order.room)]
         args: list[Any] = ["buy", now, ref, fingerprint, viewer, order.coins, legs, viewer_row, creator_row]
         args += [s.daily_spend_coins_max, rules.SPENT_DAY_TTL_S, record_ttl_s, order.kind, order.duration_ms]
         args += [s.perk_creator_share_bps, *(x for pair in fields.items() for x in pair)]
