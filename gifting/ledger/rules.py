@@ -149,8 +149,9 @@ def perk_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
 
 
 def perk_refund_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
-    """A refunded ticket: every leg of its purchase reversed, so the creator gives the diamonds back (a balance
-    already withdrawn goes below zero, a debt that blocks withdrawals) and the viewer gets every coin."""
+    """A refunded ticket: every leg of its purchase reversed, so the creator gives the diamonds back and the
+    viewer gets every coin. The diamonds are still on hold when GIFTING_DIAMOND_HOLD_S is at least
+    GIFTING_PREMIUM_REFUND_WINDOW_S (the defaults), so none can have been withdrawn."""
     return [Leg(leg.ledger, leg.credit, leg.debit, leg.amount) for leg in perk_legs(viewer, creator, split)]
 
 
