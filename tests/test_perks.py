@@ -432,3 +432,11 @@ async def test_random_interleavings_of_perks_tickets_gifts_and_refunds_keep_the_
         await audit_clean(system)
         for viewer in viewers:
             assert (await system.wallet(viewer))["coins"] == 400 - spent[viewer], (viewer, seed)
+
+
+async def test_the_audit_finds_a_ticket_without_its_payment(system: System) -> None:
+    """A ticket held in a room with no paid purchase behind it is a finding."""
+    room = await system.open_room()
+    await system.redis.hset(keys.room_tickets(room), keys.account("v9"), "v9:forged")
+    report = await run_audit(system.redis)
+    assert any("ticket" in f and "v9:forged" in f for f in report.findings), report.findings

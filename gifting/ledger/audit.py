@@ -11,7 +11,8 @@ Checks:
 - every pool closes (completed or voided) at most once, for exactly the coins pledged to it, and the escrow
   holds exactly the pledges of open pools;
 - every perk or ticket is paid once with a gift's legs and refunded at most once, in full, and its record
-  (settled, refunded, rejected) agrees with the journal; every fan-club membership has its settled gift;
+  (settled, refunded, rejected) agrees with the journal; every ticket held has its paid, unrefunded
+  purchase; every fan-club membership has its settled gift;
 - every withdrawal is pending at most once and resolved (posted or voided) at most once, for its amount, and
   none is still pending past its deadline (plus GRACE_MS for the payout loop to notice).
 """
@@ -109,6 +110,9 @@ async def run_audit(
     _check_withdrawals(report, snapshot, latest, records.withdrawals)
     _check_pools(report, snapshot, latest, records.pools)
     _check_perks(report, snapshot, latest, records.perks)
+    for holder, purchase in records.tickets.items():  # a ticket held is a paid, unrefunded ticket purchase
+        if _perk_status(latest, purchase) != "settled":
+            report.findings.append(f"ticket {holder}: its purchase {purchase} is not a paid, unrefunded perk")
     for membership, gift in records.memberships.items():  # a member joined by a gift the ledger settled
         if gift not in latest.gift_ids:
             report.findings.append(f"fan club membership {membership}: its gift {gift} is not a settled gift")
@@ -161,6 +165,7 @@ class _Records:
     pools: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # id -> (status, deadline)
     perks: dict[str, str | None] = field(default_factory=dict)  # purchase id -> status
     memberships: dict[str, str] = field(default_factory=dict)  # 'creator member' -> the gift id that joined
+    tickets: dict[str, str] = field(default_factory=dict)  # 'room account' -> the ticket's purchase id
 
 
 async def _read_records(redis: aioredis.Redis, journal: _Journal) -> _Records:
@@ -173,6 +178,11 @@ async def _read_records(redis: aioredis.Redis, journal: _Journal) -> _Records:
         records.pools[pool] = tuple(await redis.hmget(keys.pool(pool), "status", "deadline_ms"))
     async for key in redis.scan_iter(match=keys.perk_purchase("*"), count=SCAN_COUNT):
         records.perks[key.removeprefix(keys.perk_purchase(""))] = await redis.hget(key, "status")
+    async for key in redis.scan_iter(match=keys.room_tickets("*"), count=SCAN_COUNT):
+        room = key.removeprefix(keys.room_tickets(""))
+        for account, purchase in (await redis.hgetall(key)).items():
+            if purchase:  # '' once refunded
+                records.tickets[f"{room} {account}"] = purchase
     async for key in redis.scan_iter(match=keys.fanclub_members("*"), count=SCAN_COUNT):
         creator = key[len(keys.fanclub_members("").split("}")[0]) : key.index("}")]  # '{fanclub:' CREATOR '}...'
         for member, record in (await redis.hgetall(key)).items():
