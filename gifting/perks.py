@@ -130,12 +130,12 @@ class Perks:
                 await pipe.execute()
         await self.rooms.announce(room, [(f"highlight:{outcome.purchase_id}", data)])
 
-    async def pins(self, room: str) -> list[dict[str, Any]]:
-        """The room's pinned messages still in force, the longest-pinned first (GIFTING_HIGHLIGHT_PINS_MAX)."""
-        # One read per join; an expired pin is skipped here and trimmed by the room's next pin.
+    def read_pins(self, pipe: Any, room: str) -> None:
+        """Queue the read of the room's pins still in force on `pipe` (the hub's join snapshot): their JSON, the
+        longest-pinned first, at most GIFTING_HIGHLIGHT_PINS_MAX. An expired pin is skipped here and trimmed by
+        the room's next pin, so a join only reads."""
         pins_max = self.settings.highlight_pins_max
-        raw = await self.redis.zrevrangebyscore(keys.room_pins(room), "+inf", clock.now_ms() + 1, start=0, num=pins_max)
-        return [orjson.loads(p) for p in raw]
+        pipe.zrevrangebyscore(keys.room_pins(room), "+inf", clock.now_ms() + 1, start=0, num=pins_max)
 
     # Entrance effects ---------------------------------------------------------------------------------
 

@@ -219,7 +219,8 @@ class Hub:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hgetall(keys.room_meta(room.id))
             pipe.hgetall(keys.room_goal(room.id))
-            meta, goal = await pipe.execute()
+            self.perks.read_pins(pipe, room.id)
+            meta, goal, pins = await pipe.execute()
         if not meta:
             raise ProtocolError("room_not_found", f"no room {room.id!r}", message.ref)
         if not await self.perks.may_join(room.id, meta, conn.identity):
@@ -254,7 +255,7 @@ class Hub:
             top=room.top or await top_entries(self.redis, keys.room_top(room.id), self.settings.leaderboard_size),
             pools=await room_pools(self.redis, room.id),
             ref=message.ref,
-            pins=await self.perks.pins(room.id) or None,
+            pins=[orjson.loads(p) for p in pins] or None,
         ).to_dict()
         if since is None:
             joined["recent"] = recent
