@@ -35,7 +35,21 @@ from gifting.payments import PaymentProvider, SandboxProvider
 from gifting.rooms.matches import MatchStore
 from gifting.rooms.stage import StageStore
 from gifting.rooms.store import RoomStore
-from gifting.web import admin, campaigns, edge, http, matches, openapi, pages, rewards, rooms, service, wallet
+from gifting.web import (
+    admin,
+    campaigns,
+    edge,
+    fanclubs,
+    http,
+    matches,
+    openapi,
+    pages,
+    perks,
+    rewards,
+    rooms,
+    service,
+    wallet,
+)
 
 log = logging.getLogger(__name__)
 
@@ -169,6 +183,8 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         *rewards.routes,
         *admin.routes,
         *campaigns.routes,
+        *perks.routes,
+        *fanclubs.routes,
         *openapi.routes,
         WebSocketRoute(WS_PATH, websocket_endpoint),  # GiftingApp dispatches it first; listed for the router too
         *pages.routes,

@@ -473,6 +473,55 @@ class Settings:
         "Reward coins the whole platform may pay out of sys:rewards_budget per UTC day; beyond it nothing accrues.",
     )
 
+    # Perks (gifting/perks.py): highlighted messages, entrance effects, premium-stream tickets.
+    perk_creator_share_bps: int = _setting(
+        "GIFTING_PERK_CREATOR_SHARE_BPS",
+        5000,
+        "Creator's share of a perk or ticket, basis points (paid as diamonds, rounded down; the rest is the "
+        "platform's).",
+    )
+    highlight_pin_s_per_coin: int = _setting(
+        "GIFTING_HIGHLIGHT_PIN_S_PER_COIN",
+        2,
+        "A highlighted message stays pinned this many seconds per coin paid (up to GIFTING_HIGHLIGHT_PIN_S_MAX).",
+    )
+    highlight_pin_s_max: int = _setting(
+        "GIFTING_HIGHLIGHT_PIN_S_MAX", 3600, "Longest a highlighted message stays pinned, seconds."
+    )
+    highlight_chars_max: int = _setting(
+        "GIFTING_HIGHLIGHT_CHARS_MAX", 200, "Longest highlighted message, characters (longer: `bad_message`)."
+    )
+    highlight_pins_max: int = _setting(
+        "GIFTING_HIGHLIGHT_PINS_MAX", 20, "Pinned messages a room snapshot (`joined.pins`) shows at most, newest."
+    )
+    entrance_cooldown_s: int = _setting(
+        "GIFTING_ENTRANCE_COOLDOWN_S",
+        60,
+        "A viewer's entrance effect is shown to a room at most once per this many seconds (rejoins are quiet).",
+    )
+    ticket_coins_max: int = _setting(
+        "GIFTING_TICKET_COINS_MAX", 100_000, "Highest premium-stream ticket price a creator may set, coins."
+    )
+    premium_refund_window_s: int = _setting(
+        "GIFTING_PREMIUM_REFUND_WINDOW_S",
+        1800,
+        "A premium stream that ends sooner than this after it was marked premium refunds every ticket in full, "
+        "seconds (0: never).",
+    )
+
+    # Fan clubs (gifting/fanclubs.py).
+    fanclub_pause_s: int = _setting(
+        "GIFTING_FANCLUB_PAUSE_S",
+        7 * 86400,
+        "A member without activity (a gift to the creator, a visit) for this long is paused: no badge, no member "
+        "perks, level kept, until their next activity, seconds.",
+    )
+    fanclub_visit_points: int = _setting(
+        "GIFTING_FANCLUB_VISIT_POINTS",
+        10,
+        "Fan-club points a member earns for visiting the creator's room, once per UTC day (a coin gifted is 1).",
+    )
+
     # Tokens.
     token_ttl_s: int = _setting("GIFTING_TOKEN_TTL_S", 86400, "Lifetime of tokens minted by `gifting token`.")
     sync_check_interval_s: float = _setting(

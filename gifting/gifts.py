@@ -69,7 +69,9 @@ async def enqueue(redis: Any, request: GiftRequest) -> None:
     await redis.xadd(keys.GIFTS_STREAM, request.to_entry())
 
 
-def room_event(request: GiftRequest, settled: GiftToSettle, outcome: rules.GiftOutcome) -> dict[str, Any]:
+def room_event(
+    request: GiftRequest, settled: GiftToSettle, outcome: rules.GiftOutcome, fan: dict[str, int] | None = None
+) -> dict[str, Any]:
     """A settled gift as the room sees it (announce.lua adds the offset). `diamonds` goes to the creator only:
     the host's diamonds, so 0 for a gift to a guest (whose diamonds are theirs; the room's stats count the host's)."""
     to_guest = settled.creator != settled.host
@@ -84,6 +86,7 @@ def room_event(request: GiftRequest, settled: GiftToSettle, outcome: rules.GiftO
         level=rules.level_for(outcome.lifetime_spent),
         ts=request.ts_ms,
         to=settled.creator if to_guest else None,
+        fan=fan,
     ).to_dict()
 
 

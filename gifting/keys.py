@@ -245,6 +245,55 @@ def brand_campaigns(brand: str) -> str:
     return "{ledger}:brand_campaigns:" + account(brand)
 
 
+# Perks (gifting/perks.py). What a purchase grants is in the ledger slot, written by perk.lua with its transfer;
+# what a room shows (pins) is in the room's slot, written after the purchase by its id (a replay writes it again).
+PERK_CATALOG = "catalog:perks"  # hash: perk id -> JSON (admins edit it; the shipped perks are seeded once)
+PERK_ENTRANCES = "{ledger}:perks:entrances"  # hash: user account -> entrance effect paid up to (ms)
+
+
+def perk_purchase(purchase: str) -> str:
+    """Hash: a perk purchase's outcome by its user-scoped id (fp, status, reason, coins, diamonds, ...)."""
+    return "{ledger}:perk:" + purchase
+
+
+def room_tickets(room: str) -> str:
+    """Hash: user account -> the purchase id of their ticket to the room's premium stream ('' once refunded)."""
+    return "{ledger}:tickets:" + room
+
+
+def room_pins(room: str) -> str:
+    """Sorted set: the room's highlighted messages (JSON) by the ms they unpin; expired ones are trimmed."""
+    return "{room:" + room + "}:pins"
+
+
+# Fan clubs (gifting/fanclubs.py): one hash tag per creator's club.
+
+
+def fanclub(creator: str) -> str:
+    """Hash: the creator's fan-club choices: membership_gift, member_gift ('' none), free_premium ('1' | '0')."""
+    return "{fanclub:" + creator + "}:config"
+
+
+def fanclub_members(creator: str) -> str:
+    """Hash: member user id -> 'joined_ms|gift_id|name' (the membership gift that made them a member)."""
+    return "{fanclub:" + creator + "}:members"
+
+
+def fanclub_points(creator: str) -> str:
+    """Sorted set: member user id -> points (coins gifted to the creator plus daily visits)."""
+    return "{fanclub:" + creator + "}:points"
+
+
+def fanclub_active(creator: str) -> str:
+    """Hash: member user id -> the ms of their last activity (a gift to the creator, a visit)."""
+    return "{fanclub:" + creator + "}:active"
+
+
+def fanclub_counted(creator: str, activity: str) -> str:
+    """String: marks an activity (a gift id, a member's visit of a day) as counted once (expires)."""
+    return "{fanclub:" + creator + "}:counted:" + activity
+
+
 # Inbound gifts (one slot).
 GIFTS_STREAM = "{gifts}:in"
 GIFTS_DEAD_LETTER = "{gifts}:dead"

@@ -171,6 +171,19 @@ CASES: list[tuple[m.ServerMessage | m.RoomEvent, dict[str, Any]]] = [
         },
     ),
     (m.MatchInvited({"id": "m1"}), {"kind": "match_invited", "match": {"id": "m1"}}),
+    (
+        m.HighlightEvent("v1:k", "v1", "V", "hi", 50, 1000),
+        {
+            "kind": "highlight",
+            "purchase_id": "v1:k",
+            "user": "v1",
+            "name": "V",
+            "message": "hi",
+            "coins": 50,
+            "until_ms": 1000,
+        },
+    ),
+    (m.EntranceEvent("v1", "V", 1000), {"kind": "entrance", "user": "v1", "name": "V", "until_ms": 1000}),
     (m.MatchStarted({"id": "m1"}), {"kind": "match_started", "match": {"id": "m1"}}),
     (
         m.MatchScore("m1", "g", "a", 10, 5),

@@ -179,6 +179,21 @@ def route_requests(room: str) -> dict[tuple[str, str], dict[str, Any]]:
             "json": {"coins": 10, "invoice": "INV-1"},
         },
         ("GET", "/v1/rooms/{room}/campaigns"): {},
+        ("GET", "/v1/catalog/perks"): {},
+        ("PUT", "/v1/fanclub"): {"headers": creator, "json": {"membership_gift": "heart", "free_premium": True}},
+        ("GET", "/v1/fanclub/members"): {"headers": creator},
+        ("GET", "/v1/creators/{creator}/fanclub"): {},
+        ("PUT", "/v1/admin/perks/{perk}"): {
+            "headers": admin,
+            "json": {"kind": "highlight", "name": "Highlight", "coins": 50},
+        },
+        ("POST", "/v1/admin/perks/{perk}/retire"): {"headers": admin},
+        ("POST", "/v1/rooms/{room}/perks"): {
+            "headers": viewer | key,
+            "json": {"perk": "highlight_small", "message": "hi"},
+        },
+        ("POST", "/v1/rooms/{room}/ticket"): {"headers": viewer | key, "json": {"coins": 10}},
+        ("POST", "/v1/rooms/{room}/premium"): {"headers": creator, "json": {"coins": 10}},
         ("GET", "/"): {},
         ("GET", "/watch/{room}"): {},
         ("GET", "/studio"): {},
@@ -201,6 +216,7 @@ PATH_PARAMS = {
     "user": "v1",
     "match": "m1",
     "campaign": "c_0123456789abcdef",
+    "perk": "highlight_small",
 }
 
 

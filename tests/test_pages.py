@@ -760,3 +760,78 @@ async def test_studio_invites_guests_on_stage_lists_them_and_removes_one(browse:
     await cleo.fill("#stage-guest", "cleo")  # the host is always on stage
     await cleo.click("#stage-invite")
     await cleo.wait_for_selector("#stage-msg.error >> text=bad_guest")
+
+
+# Perks and fan clubs --------------------------------------------------------------------------------------
+
+
+async def test_watch_page_buys_a_highlight_sees_entrances_badges_and_joins_the_fan_club(
+    browse: Pages, site: System
+) -> None:
+    """A viewer buys a highlighted message (pinned on every viewer's page), sees another viewer's entrance
+    effect when they join, joins the creator's fan club from the page, and their gifts show the club badge."""
+    club = {"membership_gift": "finger_heart", "member_gift": None, "free_premium": False}
+    assert (await site.http.put("/v1/fanclub", headers=site.auth("cleo", "creator"), json=club)).status_code == 200
+    room = await site.open_room("cleo")
+    await site.buy("ann", "coins_328")
+    await site.buy("bob", "coins_328")
+    bought = await site.http.post(
+        f"/v1/rooms/{room}/perks", headers={**site.auth("bob"), "Idempotency-Key": "e1"}, json={"perk": "entrance_week"}
+    )
+    assert bought.json()["status"] == "settled", bought.text
+    ann, other = await asyncio.gather(
+        browse.open(f"/watch/{room}", token("ann", "viewer", "Ann")),
+        browse.open(f"/watch/{room}", token("cid", "viewer", "Cid"), own_context=True),
+    )
+    for page in (ann, other):
+        await page.wait_for_selector("#conn[data-state=open]")
+    await ann.wait_for_selector("#perk option[value=highlight_small]", state="attached")
+    await ann.select_option("#perk", "highlight_small")
+    await ann.fill("#perk-message", "Hello from Ann")
+    await ann.click("#perk-form button[type=submit]")
+    await ann.wait_for_selector("#perk-msg >> text=pinned")
+    for page in (ann, other):
+        await page.wait_for_selector("#pins .pin >> text=Hello from Ann")
+    await ann.wait_for_selector(f"#balance[data-coins='{328 - 50}']")
+
+    bob = await site.connect("bob")
+    await bob.join(room)
+    await other.wait_for_selector("#entrances .entrance[data-user=bob]")
+
+    await ann.wait_for_selector("#fan-card:not([hidden])")
+    await ann.click("#fan-join")
+    await other.wait_for_selector("#recent li .fan-badge >> text=♥1")
+    await ann.wait_for_selector("#fan-status >> text=Member")
+
+
+async def test_studio_marks_premium_chooses_member_perks_and_lists_members(browse: Pages, site: System) -> None:
+    """The studio makes the stream premium and saves the fan club's choices; a viewer without a ticket is
+    offered one on the watch page and gets in with it; a member joins by gift and appears with their level."""
+    studio = await browse.open("/studio", token("cleo", "creator", "Cleo"))
+    room = await go_live(studio, "Premium night")
+    await studio.fill("#premium-coins", "30")
+    await studio.click("#premium-set")
+    await studio.wait_for_selector("#premium-msg >> text=30 coins per ticket")
+    await studio.wait_for_selector("#club-gift option[value=rose]", state="attached")
+    await studio.select_option("#club-gift", "rose")
+    await studio.select_option("#club-member-gift", "cap")
+    await studio.check("#club-free")
+    await studio.click("#club-save")
+    await studio.wait_for_selector("#club-msg >> text=Fan club saved")
+
+    await site.buy("bob", "coins_65")
+    watch = await browse.open(f"/watch/{room}", token("bob", "viewer", "Bob"), own_context=True)
+    await watch.wait_for_selector("#ticket-card:not([hidden])")
+    await text_is(watch, "#ticket-price", "30")
+    await watch.click("#ticket-buy")
+    await watch.wait_for_selector("#ticket-card", state="hidden")
+    await watch.wait_for_selector("#balance[data-coins='35']")
+    await site.grant("ann", 100)
+    ann = await site.connect("ann")
+    assert (await ann.join(room))["code"] == "ticket_required"
+    await http_gift(site, room, "ann", "rose")  # the membership gift: ann is a member, free entry
+    await watch.wait_for_selector("#recent li .fan-badge")
+    assert (await ann.join(room))["type"] == "joined"
+    await studio.click("#members-refresh")
+    await studio.wait_for_selector("#members tr[data-user=ann] >> text=active")
+    assert await studio.inner_text("#members tr[data-user=ann] td:nth-child(2)") == "1"

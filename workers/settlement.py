@@ -31,6 +31,7 @@ from gifting import clock, keys, metrics
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import ScriptFailed
+from gifting.fanclubs import FanClubs
 from gifting.gifts import GiftRequest, gift_result, room_event
 from gifting.ledger import rules
 from gifting.ledger.rewards import Rewards
@@ -117,6 +118,7 @@ class SettlementWorker:
         self.rewards = Rewards(redis, settings, self.ledger)
         self.sponsored = SponsoredGifts(redis, settings, self.catalogs, self.rooms)
         self.boards = RecipientBoards(redis, settings)
+        self.fanclubs = FanClubs(redis, settings)
         self._last_heartbeat = 0.0
         self._last_claim = 0.0
         self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
@@ -385,14 +387,16 @@ class SettlementWorker:
         staged = {r.room for r in requests if r.to}
         rooms, journal_entries = await self._room_states({r.room for r in requests}, staged)
         archive_full = self._archive_full(journal_entries)
-        batch = [self.prepare(r, rooms.get(r.room), archive_full) for r in requests]
+        batch = await self.fanclubs.check_batch([self.prepare(r, rooms.get(r.room), archive_full) for r in requests])
         accepted_ms = [int(e.split("-")[0]) for e in entry_ids] if entry_ids else [r.ts_ms for r in requests]
         batch = await self.matches.gate(requests, batch, accepted_ms)  # gifts naming a match that ended
         outcomes = await self.ledger.settle(batch, durable_timeout_ms=self.settings.waitaof_timeout_ms)
+        names = {r.sender: r.sender_name for r in requests}
+        badges = await self.fanclubs.record_batch([g for g, o in zip(batch, outcomes, strict=True) if o.settled], names)
         settled_ms = clock.now_ms()
         match_events = await self._score_matches(requests, batch, outcomes, rooms, accepted_ms)
         with_boards = {room for room, state in rooms.items() if state["staged"]}
-        await self.publish(requests, batch, outcomes, match_events, with_boards)
+        await self.publish(requests, batch, outcomes, match_events, with_boards, badges)
         await self._first_gift_rewards(outcomes, requests)
         fresh = observe_batch(requests, outcomes, settled_ms, time.perf_counter() - started_s)
         self.settled_total += fresh
@@ -522,6 +526,7 @@ class SettlementWorker:
         outcomes: list[rules.GiftOutcome],
         match_events: dict[str, list[tuple[str, dict[str, Any]]]] | None = None,
         with_boards: set[str] | None = None,
+        badges: dict[str, dict[str, int]] | None = None,
     ) -> None:
         """Room events (settled gifts only, once each; then the match scores they made), the top gifters per
         recipient of the rooms `with_boards` (a guest took their stage) and every sender's result, in one pipeline."""
@@ -531,7 +536,8 @@ class SettlementWorker:
         for request, settled, outcome in zip(requests, batch, outcomes, strict=True):
             results_by_hub[request.hub].append({**gift_result(outcome), "req": request.req})
             if outcome.settled:
-                events_by_room[request.room].append((request.gift_id, room_event(request, settled, outcome)))
+                fan = (badges or {}).get(request.gift_id)
+                events_by_room[request.room].append((request.gift_id, room_event(request, settled, outcome, fan)))
                 if with_boards and request.room in with_boards:
                     boards[request.room].append((request.gift_id, settled.creator, request.sender, settled.coins))
         for room, events in (match_events or {}).items():

@@ -12,6 +12,9 @@ Checks:
   holds exactly the pledges of open pools;
 - the journal is continuous across the two stores: every entry Valkey gave out is in exactly one of them
   (gifting/history/continuity.py);
+- every perk or ticket is paid once with a gift's legs and refunded at most once, in full, and its record
+  (settled, refunded, rejected) agrees with the journal; every ticket held has its paid, unrefunded
+  purchase; every fan-club membership has its settled gift;
 - every withdrawal is pending at most once and resolved (posted or voided) at most once, for its amount, and
   none is still pending past its deadline (plus GRACE_MS for the payout loop to notice);
 - reward coins (the `rewards` ledger) move only issuance -> budget (funding), budget -> viewer (an accrual) and
@@ -90,6 +93,8 @@ class _Journal:
     # (account or '*', day) -> (reward coins accrued, the lowest cap recorded with them)
     rewards_by_day: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     campaigns: audit_campaigns.CampaignJournal = field(default_factory=audit_campaigns.CampaignJournal)
+    perks: dict[str, int] = field(default_factory=dict)  # purchase id -> coins paid
+    perk_refunds: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # purchase id -> coins
 
 
 async def run_audit(
@@ -126,6 +131,13 @@ async def run_audit(
     _check_reward_caps(report, latest)
     coins = report.totals.get("coins", {})
     await audit_campaigns.check(redis, report.findings, coins, snapshot.campaigns, latest.campaigns)
+    _check_perks(report, snapshot, latest, records.perks)
+    for holder, purchase in records.tickets.items():  # a ticket held is a paid, unrefunded ticket purchase
+        if _perk_status(latest, purchase) != "settled":
+            report.findings.append(f"ticket {holder}: its purchase {purchase} is not a paid, unrefunded perk")
+    for membership, gift in records.memberships.items():  # a member joined by a gift the ledger settled
+        if gift not in latest.gift_ids:
+            report.findings.append(f"fan club membership {membership}: its gift {gift} is not a settled gift")
     return report
 
 
@@ -173,6 +185,9 @@ class _Records:
     purchases: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # id -> (status, coins)
     withdrawals: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # id -> (status, deadline)
     pools: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # id -> (status, deadline)
+    perks: dict[str, str | None] = field(default_factory=dict)  # purchase id -> status
+    memberships: dict[str, str] = field(default_factory=dict)  # 'creator member' -> the gift id that joined
+    tickets: dict[str, str] = field(default_factory=dict)  # 'room account' -> the ticket's purchase id
 
 
 async def _read_records(
@@ -200,6 +215,17 @@ async def _read_records(
         records.withdrawals.update({w: (status, deadline) for w, status, deadline in rows})
     for pool in set(journal.pledges) | set(journal.pool_closings):
         records.pools[pool] = tuple(await redis.hmget(keys.pool(pool), "status", "deadline_ms"))
+    async for key in redis.scan_iter(match=keys.perk_purchase("*"), count=SCAN_COUNT):
+        records.perks[key.removeprefix(keys.perk_purchase(""))] = await redis.hget(key, "status")
+    async for key in redis.scan_iter(match=keys.room_tickets("*"), count=SCAN_COUNT):
+        room = key.removeprefix(keys.room_tickets(""))
+        for account, purchase in (await redis.hgetall(key)).items():
+            if purchase:  # '' once refunded
+                records.tickets[f"{room} {account}"] = purchase
+    async for key in redis.scan_iter(match=keys.fanclub_members("*"), count=SCAN_COUNT):
+        creator = key[len(keys.fanclub_members("").split("}")[0]) : key.index("}")]  # '{fanclub:' CREATOR '}...'
+        for member, record in (await redis.hgetall(key)).items():
+            records.memberships[f"{creator} {member}"] = record.split("|")[1]
     return records
 
 
@@ -242,6 +268,13 @@ def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: 
             journal.chargebacks[legs[0].debit] += amount
     elif kind.startswith("withdrawal_"):
         journal.withdrawals[entry].append((kind, amount))
+    elif kind == "perk":
+        if entry in journal.perks:
+            report.findings.append(f"journal {entry_id}: perk {entry} paid more than once")
+        journal.perks[entry] = sum(leg.amount for leg in legs if leg.ledger == "coins")
+        _check_gift(report, entry_id, fields, legs)  # a perk's chain is a gift's (rules.perk_legs)
+    elif kind == "perk_refund":
+        journal.perk_refunds[fields.get("ref", "?")].append(sum(leg.amount for leg in legs if leg.ledger == "coins"))
     elif kind == "pledge_pending":
         journal.pledges[fields.get("ref", "?")] += amount
     elif kind in ("pool_completed", "pool_voided"):
@@ -452,3 +485,29 @@ def _check_pools(
     escrow = report.totals.get("coins", {}).get(keys.SYS_POOL_ESCROW, 0)
     if escrow != escrow_open:
         report.findings.append(f"coins {keys.SYS_POOL_ESCROW}: holds {escrow}, open pools pledged {escrow_open}")
+
+
+def _perk_status(journal: _Journal, purchase: str) -> str | None:
+    if purchase not in journal.perks:
+        return None
+    return "refunded" if journal.perk_refunds.get(purchase) else "settled"
+
+
+def _check_perks(report: AuditReport, snapshot: _Journal, latest: _Journal, records: dict[str, str | None]) -> None:
+    """Each perk (or ticket) is paid once and refunded at most once, in full; its record agrees with the journal
+    (a rejected purchase moved nothing, a settled one is paid, a refunded one is paid and refunded)."""
+    for purchase, refunds in latest.perk_refunds.items():
+        if purchase not in latest.perks:
+            report.findings.append(f"perk refund of {purchase}: no such perk in the journal")
+        elif len(refunds) > 1:
+            report.findings.append(f"perk {purchase}: refunded {len(refunds)} times")
+        elif refunds[0] != latest.perks[purchase]:
+            report.findings.append(f"perk {purchase}: refunded {refunds[0]} coins, paid {latest.perks[purchase]}")
+    for purchase, status in records.items():
+        if status == "rejected":
+            if purchase in latest.perks:
+                report.findings.append(f"perk {purchase}: rejected, but the journal pays it")
+            continue
+        allowed = {_perk_status(snapshot, purchase), _perk_status(latest, purchase)}
+        if status not in allowed:
+            report.findings.append(f"perk {purchase}: record says {status}, journal says {sorted(map(str, allowed))}")

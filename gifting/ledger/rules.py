@@ -277,6 +277,73 @@ def sponsor_reject(
     return None
 
 
+# Perks (gifting/perks.py): a highlighted message, an entrance effect or a premium-stream ticket is paid like a
+# gift, one transfer chain with the gift's legs split at GIFTING_PERK_CREATOR_SHARE_BPS, and a ticket refunded
+# when its premium stream ends early is that chain reversed, leg by leg, once (perk.lua).
+PERK_KINDS = ("highlight", "entrance", "ticket")
+
+
+def perk_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
+    """A perk's chain: exactly a gift's (the audit checks it with the gift rule)."""
+    return gift_legs(viewer, creator, split)
+
+
+def perk_refund_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
+    """A refunded ticket: every leg of its purchase reversed, so the creator gives the diamonds back and the
+    viewer gets every coin. The diamonds are still on hold when GIFTING_DIAMOND_HOLD_S is at least
+    GIFTING_PREMIUM_REFUND_WINDOW_S (the defaults), so none can have been withdrawn."""
+    return [Leg(leg.ledger, leg.credit, leg.debit, leg.amount) for leg in perk_legs(viewer, creator, split)]
+
+
+def highlight_pin_ms(coins: int, pin_s_per_coin: int, pin_s_max: int) -> int:
+    """How long a highlighted message stays pinned: linear in its price, capped (as Super Chat's tiers grow)."""
+    assert coins > 0
+    return min(coins * pin_s_per_coin, pin_s_max) * 1000
+
+
+def entrance_until_ms(paid_until_ms: int, now_ms: int, days: int) -> int:
+    """An entrance effect bought while one runs extends it; otherwise it runs `days` from now. perk.lua applies
+    this rule atomically (a Lua reading of it, like spend_cap.lua's)."""
+    return max(paid_until_ms, now_ms) + days * 86_400_000
+
+
+def ticket_refund_due(premium_since_ms: int, ended_ms: int, window_s: int) -> bool:
+    """A premium stream that ends within `window_s` of being marked premium ended early: its tickets are refunded
+    in full. After the window, the stream delivered what the ticket bought and nothing is refunded."""
+    return window_s > 0 and ended_ms - premium_since_ms < window_s * 1000
+
+
+# Fan clubs (gifting/fanclubs.py): (level, points needed). Points are the coins a member gifted to the creator
+# plus GIFTING_FANCLUB_VISIT_POINTS per UTC day they visited the creator's room.
+FAN_LEVEL_THRESHOLDS: tuple[tuple[int, int], ...] = (
+    (1, 0),
+    (2, 50),
+    (3, 200),
+    (4, 500),
+    (5, 1_000),
+    (6, 2_500),
+    (7, 5_000),
+    (8, 10_000),
+    (9, 25_000),
+    (10, 50_000),
+)
+
+
+def fan_level(points: int) -> int:
+    """The highest fan-club level whose threshold the member's points reached."""
+    return max(level for level, threshold in FAN_LEVEL_THRESHOLDS if points >= threshold)
+
+
+def fan_active(last_active_ms: int, now_ms: int, pause_s: int) -> bool:
+    """A member is active (badge, member perks) until `pause_s` pass without activity; then paused."""
+    return now_ms - last_active_ms < pause_s * 1000
+
+
+def members_only_reject(gift: str, member_gift: str, active_member: bool) -> RejectReason | None:
+    """The creator's member-only gift may be sent to them only by an active member of their fan club."""
+    return RejectReason.MEMBERS_ONLY if member_gift and gift == member_gift and not active_member else None
+
+
 class JournalError(ValueError):
     """A journal entry does not parse; the audit reports it as a finding."""
 

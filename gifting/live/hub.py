@@ -53,6 +53,7 @@ from gifting.live.output import (
 )
 from gifting.live.room import FillGap, LiveRoom, TickFrames, plan_join
 from gifting.outage import STORE_ERRORS, STORE_UNAVAILABLE
+from gifting.perks import Perks
 from gifting.revocations import Revocations
 from gifting.rooms.pools import PoolOp, open_pool, room_pools
 from gifting.rooms.recipients import recipient_tops
@@ -96,6 +97,7 @@ class Hub:
         self.settings = settings
         self.catalogs = catalogs
         self.room_store = RoomStore(redis, settings)
+        self.perks = Perks(redis, settings, self.room_store, self.room_store.ledger)
         self.id = secrets.token_hex(6)
         self.rooms: dict[str, LiveRoom] = {}
         # request id (gift_id, pledge_id) -> (registered at, [(request number, waiter)])
@@ -208,6 +210,8 @@ class Hub:
         conn.send_message(joined)
         if catch_up is not None:
             conn.send_message(catch_up)
+        if conn.identity.overlay_of is None and room.creator != conn.identity.user:
+            await self.perks.joined(room.id, room.creator, conn.identity.user, conn.identity.name)
 
     async def _snapshot(
         self, conn: Connection, room: LiveRoom, message: protocol.Join
@@ -217,9 +221,13 @@ class Hub:
             pipe.hgetall(keys.room_meta(room.id))
             pipe.hgetall(keys.room_goal(room.id))
             pipe.hkeys(keys.room_stage(room.id))
-            meta, goal, guests = await pipe.execute()
+            self.perks.read_pins(pipe, room.id)
+            meta, goal, guests, pins = await pipe.execute()
         if not meta:
             raise ProtocolError("room_not_found", f"no room {room.id!r}", message.ref)
+        if not await self.perks.may_join(room.id, meta, conn.identity):
+            price = meta.get("premium_coins")
+            raise ProtocolError("ticket_required", f"a premium stream: buy a ticket ({price} coins)", message.ref)
         room.creator = meta.get("creator", "")
         offset, epoch = int(meta.get("offset", 0)), meta.get("epoch", "")
         plan = plan_join(offset, epoch, since, self.settings.snapshot_events, self.settings.replay_events_max)
@@ -250,6 +258,7 @@ class Hub:
             pools=await room_pools(self.redis, room.id),
             ref=message.ref,
             recipient_top=await self._recipient_top(room, guests),
+            pins=[orjson.loads(p) for p in pins] or None,
         ).to_dict()
         if since is None:
             joined["recent"] = recent

@@ -47,6 +47,7 @@ class RoomInfo:
     offset: int
     started_at_ms: int
     ended_at_ms: int | None
+    premium_coins: int = 0  # a premium stream's ticket price (gifting/perks.py); 0: anyone may join
 
     @classmethod
     def from_meta(cls, room: str, meta: dict[str, str]) -> RoomInfo:
@@ -60,6 +61,7 @@ class RoomInfo:
             offset=int(meta.get("offset", 0)),
             started_at_ms=int(meta.get("started_at_ms", 0)),
             ended_at_ms=int(meta["ended_at_ms"]) if meta.get("ended_at_ms") else None,
+            premium_coins=int(meta.get("premium_coins", 0)),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,7 +75,7 @@ class RoomInfo:
             "offset": self.offset,
             "started_at_ms": self.started_at_ms,
             "ended_at_ms": self.ended_at_ms,
-        }
+        } | ({"premium_coins": self.premium_coins} if self.premium_coins else {})
 
 
 def new_room_id() -> str:
@@ -156,7 +158,7 @@ def room_keys(room: str) -> list[str]:
     """The keys of a room's live session, expired together when it ends (GIFTING_ENDED_ROOM_TTL_S)."""
     return [keys.room_meta(room), keys.room_history(room), keys.room_stats(room), keys.room_top(room),
             keys.room_goal(room), keys.room_matches(room), keys.room_stage(room),
-            keys.room_stage_invites(room), keys.room_recipients(room)]  # fmt: skip
+            keys.room_stage_invites(room), keys.room_recipients(room), keys.room_pins(room)]  # fmt: skip
 
 
 async def recipient_board_keys(redis: aioredis.Redis, room: str) -> list[str]:
@@ -233,6 +235,9 @@ class RoomStore:
             for pool_id in sorted(await self.redis.smembers(keys.room_pools(room))):
                 await self.ledger.pool_op("void", pool_id)
         boards = await recipient_board_keys(self.redis, room)
+        from gifting.perks import refund_tickets  # perks build on rooms
+
+        await refund_tickets(self, room, int(await self.redis.zscore(keys.ROOMS_ENDING, room) or now_ms))
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(keys.room_meta(room), "ended_at_ms", str(now_ms))
             pipe.hset(keys.room_meta(room), "status", "ended")

@@ -28,9 +28,9 @@ log = logging.getLogger(__name__)
 _CODES_BY_STATUS: dict[int, tuple[str, ...]] = {
     401: ("unauthorized", "token_expired", "token_revoked"),
     402: ("payment_declined",),
-    403: ("forbidden", "dev_host_refused", "token_scope"),
+    403: ("forbidden", "dev_host_refused", "token_scope", "ticket_required"),
     404: ("not_found", "room_not_found", "unknown_bundle", "unknown_purchase", "unknown_withdrawal", "unknown_pool",
-          "match_not_found", "unknown_campaign"),
+          "match_not_found", "unknown_campaign", "unknown_perk"),
     409: (
         # Purchases and withdrawals (gifting/ledger/store.py, their scripts).
         "idempotency_key_conflict", "purchase_not_paid", "already_reversed", "coins_spent", "below_minimum",
@@ -45,6 +45,8 @@ _CODES_BY_STATUS: dict[int, tuple[str, ...]] = {
         "opponent_not_live", "already_in_match", "invite_not_pending", "invite_expired", "partner_not_live",
         # Sponsored-gift campaigns (gifting/ledger/campaigns.py, sponsor.lua).
         "campaign_closed", "too_many_campaigns", "insufficient_coins",
+        # Perks (gifting/perks.py).
+        "self_perk", "not_premium", "price_changed", "perk_id_conflict",
         # A gift or pledge id already used for another one (the worker's answer).
         "gift_id_conflict", "pledge_id_conflict",
         # Reward coins (gifting/ledger/rewards.py, rewards.lua).

@@ -59,6 +59,8 @@ GIFT_BODY: JSON = obj("gift", "count", "gift_id", gift=STR, count=INT, gift_id=S
 CATALOG_GIFT: JSON = obj("name", "coins", "asset", "tier", name=STR, coins=INT, asset=STR, tier=STR)
 BUNDLE: JSON = obj("coins", "price_minor", "currency", coins=INT, price_minor=INT, currency=STR)
 REJECTED = {422: GIFT_RESULT, 429: GIFT_RESULT}
+PERK: JSON = obj("kind", "name", "coins", kind=STR, name=STR, coins=INT, days=INT)
+PERK_RESULT: JSON = obj("purchase_id", "status", "coins", purchase_id=STR, status=STR, coins=INT)
 
 OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/healthz"): Op("The process is up.", {200: obj("status", status=STR)}, who=None),
@@ -298,6 +300,46 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", "/v1/rooms/{room}/campaigns"): Op(
         "The sponsored gifts a viewer of this room can send now, free.",
         {200: obj("campaigns", campaigns={"type": "array"})},
+        who=None,
+    ),
+    ("GET", "/v1/catalog/perks"): Op("Perks on sale.", {200: obj("perks", perks={"type": "array"})}, who=None),
+    ("PUT", "/v1/admin/perks/{perk}"): Op("Add or reprice a perk.", {200: ANY_OBJECT}, who="admin", body=PERK),
+    ("POST", "/v1/admin/perks/{perk}/retire"): Op("Retire a perk.", {200: ANY_OBJECT}, who="admin"),
+    ("POST", "/v1/rooms/{room}/perks"): Op(
+        "Buy a perk (highlighted message, entrance effect) in a live room.",
+        {200: PERK_RESULT},
+        body=obj("perk", perk=STR, message=STR),
+        idempotency_key=True,
+        errors={422: PERK_RESULT},
+    ),
+    ("POST", "/v1/rooms/{room}/ticket"): Op(
+        "Buy the ticket to a premium stream at the price shown.",
+        {200: PERK_RESULT},
+        body=obj("coins", coins=INT),
+        idempotency_key=True,
+        errors={422: PERK_RESULT},
+    ),
+    ("POST", "/v1/rooms/{room}/premium"): Op(
+        "Mark the live stream premium with a ticket price.",
+        {200: obj("room", "premium_coins", room=STR, premium_coins=INT)},
+        who="the room's creator",
+        body=obj("coins", coins=INT),
+    ),
+    ("PUT", "/v1/fanclub"): Op(
+        "The creator sets up their fan club: membership gift, member-only gift, free premium entry.",
+        {200: ANY_OBJECT},
+        who="creator, admin",
+        body=obj("membership_gift", "free_premium", membership_gift=STR, member_gift=NULLABLE_STR, free_premium=BOOL),
+    ),
+    ("GET", "/v1/fanclub/members"): Op(
+        "The caller's fan club: its choices and members with levels.",
+        {200: obj("creator", "config", "members", members={"type": "array"})},
+        who="creator, admin",
+        query={"limit": LIMIT},
+    ),
+    ("GET", "/v1/creators/{creator}/fanclub"): Op(
+        "A creator's fan club; with a token, also the caller's membership.",
+        {200: obj("creator", "config", "membership")},
         who=None,
     ),
     ("GET", "/"): Op("Page: the lobby.", {200: HTML}, who=None),

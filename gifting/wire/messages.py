@@ -156,7 +156,7 @@ class Joined(ServerMessage, frozen=True):
     """The answer to `join`: the room's live state; `recovered` only on a resume, `recent` when not recovered."""
 
     TYPE: ClassVar[str] = "joined"
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"ref", "recovered", "recent", "recipient_top"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"ref", "recovered", "recent", "recipient_top", "pins"})
     room: str
     epoch: str
     offset: int
@@ -172,6 +172,7 @@ class Joined(ServerMessage, frozen=True):
     recovered: bool | None = None
     recent: list[dict[str, Any]] | None = None
     recipient_top: dict[str, list[dict[str, Any]]] | None = None  # with guests on stage: each one's top gifters
+    pins: list[dict[str, Any]] | None = None  # highlighted messages still pinned (gifting/perks.py); absent: none
 
 
 class Events(ServerMessage, frozen=True):
@@ -291,6 +292,8 @@ class EventKind(StrEnum):
     MATCH_STARTED = "match_started"
     MATCH_SCORE = "match_score"
     MATCH_ENDED = "match_ended"
+    HIGHLIGHT = "highlight"
+    ENTRANCE = "entrance"
     # Ephemeral: pushed by the hub, no offset, never replayed.
     COMBO_END = "combo_end"
     VIEWERS = "viewers"
@@ -320,8 +323,9 @@ class GiftEvent(RoomEvent, frozen=True):
     ts: int
     to: str | None = None  # a guest on stage who received it (and its diamonds); absent: the host
     sponsor: str | None = None  # a sponsored gift: the brand whose budget paid it ("sponsored by ..."); absent: none
+    fan: dict[str, int] | None = None  # the sender's fan-club badge with the recipient ({"level"}); absent: none
 
-    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"to", "sponsor"})
+    OMIT_NONE: ClassVar[frozenset[str]] = frozenset({"to", "sponsor", "fan"})
 
 
 class GoalProgress(RoomEvent, frozen=True):
@@ -442,3 +446,24 @@ class MatchInvited(RoomEvent, frozen=True):
 
     KIND: ClassVar[EventKind] = EventKind.MATCH_INVITED
     match: dict[str, Any]
+
+
+class HighlightEvent(RoomEvent, frozen=True):
+    """A highlighted message bought with coins (gifting/perks.py): pinned until `until_ms`, then unpinned."""
+
+    KIND: ClassVar[EventKind] = EventKind.HIGHLIGHT
+    purchase_id: str
+    user: str
+    name: str
+    message: str
+    coins: int
+    until_ms: int
+
+
+class EntranceEvent(RoomEvent, frozen=True):
+    """A viewer with a running entrance effect joined the room (effect paid until `until_ms`)."""
+
+    KIND: ClassVar[EventKind] = EventKind.ENTRANCE
+    user: str
+    name: str
+    until_ms: int

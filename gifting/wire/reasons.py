@@ -32,6 +32,9 @@ class RejectReason(StrEnum):
     BUDGET_EXHAUSTED = "budget_exhausted"
     MATCH_ENDED = "match_ended"
     NOT_IN_MATCH = "not_in_match"
+    MEMBERS_ONLY = "members_only"
+    # Perk purchases (gifting/perks.py; also insufficient_coins, daily_limit).
+    TICKET_HELD = "ticket_held"
     # Decided by the hub at once (nothing recorded: the same id may be retried).
     RATE_LIMITED = "rate_limited"
     OVERLOADED = "overloaded"

@@ -5,6 +5,7 @@ import { Live, readToken, tokenExpired, uuid, withToken } from "./client.js";
 import { COMBO_WINDOW_MS, GiftStage, poolGiftEvent } from "./gifts.js";
 import { RewardsPanel } from "./rewards.js";
 import { mountSponsored, sponsorChip } from "./sponsored.js";
+import { PerksPanel, fanBadge, onTicketRequired } from "./perks.js";
 import {
   $, api, ApiError, banner, clock, compact, connectionIndicator, duration, el, explain, fmt, giftIcon, levelBadge,
   money, reasonText, signInBanner, toast, whoAmI,
@@ -37,6 +38,7 @@ const state = {
 };
 
 let stage;
+const perks = new PerksPanel(room, token, (coins) => setBalance(coins));
 $("#home-link").href = withToken("/", token);
 
 // Room header -------------------------------------------------------------------------------------------
@@ -224,7 +226,7 @@ function recentItem(event, combo) {
   const giftIds = (event.gift_ids || [event.gift_id || ""]).join(" ");
   const item = el("li", { dataset: { giftId: event.gift_id || "", giftIds, offset: event.offset ?? "" } },
     giftIcon(gift, "mini-icon"),
-    el("span", {}, el("strong", {}, event.sender_name || event.sender), ` sent ${giftName(event.gift)}`, event.count > 1 ? ` ×${fmt(event.count)}` : ""),
+    el("span", {}, el("strong", {}, event.sender_name || event.sender), fanBadge(event), ` sent ${giftName(event.gift)}`, event.count > 1 ? ` ×${fmt(event.count)}` : ""),
     combo && combo.count > 1 ? el("span.combo-chip", {}, `x${fmt(combo.count)}`) : null,
     sponsorChip(event),
     event.ts ? el("time.muted.small", { datetime: new Date(event.ts).toISOString() }, clock(event.ts)) : null,
@@ -265,6 +267,7 @@ function handle(event, animate) {
     case "match_ended": renderMatch(event.match); break;
     case "match_score": scoreMatch(event); break;
     case "stage": renderStage(event.guests); break;
+    case "highlight": case "entrance": perks.handle(event); break;
     default: break; // kinds this page does not know yet
   }
 }
@@ -556,16 +559,19 @@ function connect() {
   live.addEventListener("events", (e) => { for (const event of e.detail.events) handle(event, true); });
   live.addEventListener("room_error", (e) => {
     if (e.detail.code === "room_not_found") notFound();
+    else if (onTicketRequired(perks, e.detail.code)) return;
     else toast(`${e.detail.message} (${e.detail.code})`, "error");
   });
   live.addEventListener("error", (e) => toast(`${e.detail.message} (${e.detail.code})`, "error"));
   live.join(room);
   live.start();
+  perks.start(live);
 }
 
 /** `joined` carries the room's live state (viewers, goal, top gifters, open pools) where the server has them. */
 function applyJoined(message) {
   setRoom(message);
+  perks.joined(message);
   if (typeof message.viewers === "number") setViewers(message.viewers);
   if (message.goal !== undefined) message.goal ? renderGoal(message.goal, message.goal.status === "completed") : hideGoal();
   if (Array.isArray(message.top)) renderTop(message.top);
