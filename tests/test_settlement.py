@@ -390,7 +390,7 @@ async def test_worker_killed_mid_batch_and_restarted_settles_every_gift_once(
                 for i in range(0, total, 250):  # enqueued while the worker already settles
                     async with redis.pipeline(transaction=False) as pipe:
                         for gid, sender in plan[i : i + 250]:
-                            await gifts.enqueue(pipe, request(gid, room, sender))
+                            pipe.xadd(keys.GIFTS_STREAM, request(gid, room, sender).to_entry())  # queued, not awaited
                         await pipe.execute()
             backlog = await redis.xlen(keys.GIFTS_STREAM)
 

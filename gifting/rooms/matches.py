@@ -101,6 +101,15 @@ redis.call('HSETNX', KEYS[1], 'forfeit', ARGV[1])
 return 1
 """
 
+# 1 if the server's clock is past ARGV[1] (ms) and the gift stream KEYS[1] holds no entry older: a script, so the
+# clock and the stream are read on the stream's own node in one atomic step (a cluster pipeline may not send TIME).
+ALL_SCORED = """
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) < tonumber(ARGV[1]) then return 0 end
+if #redis.call('XRANGE', KEYS[1], '-', '(' .. ARGV[1] .. '-0', 'COUNT', 1) > 0 then return 0 end
+return 1
+"""
+
 # Delete KEYS[1] (a creator's match marker, a room meta's match field) only while it still names ARGV[1].
 RELEASE = """
 if ARGV[2] == '' then
@@ -125,6 +134,7 @@ class MatchStore:
         self._answer = redis.register_script(ANSWER)
         self._release_lua = redis.register_script(RELEASE)
         self._forfeit = redis.register_script(FORFEIT)
+        self._all_scored_lua = redis.register_script(ALL_SCORED)
 
     async def invite(
         self, inviter: str, opponent: str, duration_s: int | None, gift: str | None = None
@@ -156,10 +166,9 @@ class MatchStore:
             "a_creator": inviter, "a_room": mine.room, "b_creator": opponent, "b_room": theirs.room,
             "invited_at_ms": now_ms, "invite_deadline_ms": deadline_ms, "points_a": 0, "points_b": 0,
         }  # fmt: skip
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.match_meta(match), mapping=meta)
-            pipe.zadd(keys.MATCHES_DUE, {match: deadline_ms})
-            await pipe.execute()
+        # Two single-slot steps, due first: the sweep finds a due match without meta done (not before the deadline).
+        await self.redis.zadd(keys.MATCHES_DUE, {match: deadline_ms})
+        await self.redis.hset(keys.match_meta(match), mapping=meta)
         view = await self.get(match)
         await self.rooms.announce(theirs.room, [(f"match:{match}:invited", MatchInvited(view).to_dict())])
         return view
@@ -308,11 +317,7 @@ class MatchStore:
     async def _all_scored(self, end_ms: int) -> bool:
         """Past the end, with no gift stream entry older than it: one atomic read of the server's clock and the
         stream, so no entry older than the end can be added after this answers yes."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.time()
-            pipe.xrange(keys.GIFTS_STREAM, "-", f"({end_ms}-0", count=1)
-            (seconds, micros), older = await pipe.execute()
-        return seconds * 1000 + micros // 1000 >= end_ms and not older
+        return bool(await self._all_scored_lua(keys=[keys.GIFTS_STREAM], args=[end_ms]))
 
     async def _result(self, match: str, meta: dict[str, str]) -> dict[str, Any]:
         points = {side: int(meta["points_" + side]) for side in SIDES}

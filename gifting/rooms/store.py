@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gifting import clock, keys
+from gifting import clock, keys, valkey
 from gifting.clock import iso_week, utc_day
 from gifting.config import Settings
 from gifting.errors import GiftingError
@@ -95,21 +95,21 @@ return 1
 """
 
 
-# The summary and the creator's session list entry, once: a repeated end (after a crash) adds no second entry.
+# The creator's session list entry (KEYS[1]), once: a repeated end (after a crash) adds no second entry. The
+# summary itself is stored first, in the room's own slot (SET NX), and ARGV[1] is the one stored.
 STORE_SUMMARY = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 end
 return 1
 """
 
 
-# Open a room only if its creator has fewer than ARGV[1] live rooms; else return the newest live one's id.
-# KEYS: the creator's live rooms, all live rooms, the new room's meta. ARGV: max, room, started_at_ms, meta...
+# List a room as live only if its creator has fewer than ARGV[1] live rooms; else return the newest live one's id.
+# KEYS: the creator's live rooms, all live rooms (one slot: {rooms}). ARGV: max, room, started_at_ms.
 OPEN_ROOM = """
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return redis.call('ZREVRANGE', KEYS[1], 0, 0)[1] end
-redis.call('HSET', KEYS[3], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
 return 1
@@ -149,6 +149,7 @@ class RoomStore:
         self._store_summary = redis.register_script(STORE_SUMMARY)
         self.ledger = Ledger(redis, settings)  # an ending room voids its pools
         self._open = redis.register_script(OPEN_ROOM)
+        self.sharded = valkey.is_cluster_client(redis)  # room fan-out by SPUBLISH on the room's own primary
 
     async def open(self, creator: str, creator_name: str, title: str) -> RoomInfo:
         room = new_room_id()
@@ -163,12 +164,17 @@ class RoomStore:
             "started_at_ms": str(now_ms),
         }
         cap = self.settings.live_rooms_per_creator_max
-        flat = [x for pair in meta.items() for x in pair]
-        opened = await self._open(
-            keys=[keys.creator_live_rooms(creator), keys.ROOMS_LIVE, keys.room_meta(room)],
-            args=[cap, room, now_ms, *flat],
-        )
-        if opened != 1:
+        # Two single-slot steps (the room's own tag, then the live-room index): the meta first, so a listed room
+        # always has one; a refused or interrupted open leaves only an unlisted meta, which expires.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.room_meta(room), mapping=meta)
+            pipe.expire(keys.room_meta(room), self.settings.ended_room_ttl_s)
+            await pipe.execute()
+        opened = await self._open(keys=[keys.creator_live_rooms(creator), keys.ROOMS_LIVE], args=[cap, room, now_ms])
+        if opened == 1:
+            await self.redis.persist(keys.room_meta(room))
+        else:
+            await self.redis.delete(keys.room_meta(room))
             raise RoomError("already_live", f"{cap} live room(s) per creator is the limit; end {opened} first")
         return RoomInfo.from_meta(room, meta)
 
@@ -206,24 +212,27 @@ class RoomStore:
         async with not_durable_is_retry(), self.ledger.group_commit():
             for pool_id in sorted(await self.redis.smembers(keys.room_pools(room))):
                 await self.ledger.pool_op("void", pool_id)
+        # One transaction per slot (the room's tag, the live-room index), each safe to repeat.
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(keys.room_meta(room), "ended_at_ms", str(now_ms))
             pipe.hset(keys.room_meta(room), "status", "ended")
-            pipe.zrem(keys.ROOMS_LIVE, room)
-            pipe.zrem(keys.creator_live_rooms(info.creator), room)
-            if match:  # its creator forfeits: due now, in the step that ends the room, so the sweep sees it ended
-                pipe.zadd(keys.MATCHES_DUE, {match: now_ms})
             for key in room_keys(room):
                 pipe.expire(key, ttl_s)
             await pipe.execute()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.ROOMS_LIVE, room)
+            pipe.zrem(keys.creator_live_rooms(info.creator), room)
+            await pipe.execute()
+        if match:  # its creator forfeits: due now, after the room ended, so the sweep sees it ended
+            await self.redis.zadd(keys.MATCHES_DUE, {match: now_ms})
         await durable_or_retry(self.ledger)  # announce only what is durable
         summary = await self.earnings(room)
         summary["top"] = await self.top(room, "stream", 5)
         await self.announce(room, await self._end_events(room, summary))
-        await self._store_summary(
-            keys=[keys.room_summary(room), keys.creator_sessions(summary["creator"])],
-            args=[orjson.dumps(summary), SUMMARY_TTL_S, SESSIONS_KEPT],
-        )
+        # Two single-slot steps, each safe to repeat: the room's summary, then the creator's list (gets it once).
+        await self.redis.set(keys.room_summary(room), orjson.dumps(summary), nx=True, ex=SUMMARY_TTL_S)
+        stored = await self.redis.get(keys.room_summary(room))
+        await self._store_summary(keys=[keys.creator_sessions(summary["creator"])], args=[stored, SESSIONS_KEPT])
         await self.redis.zrem(keys.ROOMS_ENDING, room)
 
     async def _end_events(self, room: str, summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -342,8 +351,8 @@ class RoomStore:
         """
         s = self.settings
         buckets, expire_at = rules.record_buckets(clock.now_ms() // 1000, s.idempotency_ttl_s)
-        args: list[Any] = [keys.room_channel(room), s.room_history_events_max, new_epoch(), s.combo_window_ms]
-        args += [expire_at, len(events)]
+        channel = keys.room_channel(room, self.sharded)
+        args: list[Any] = [channel, s.room_history_events_max, new_epoch(), s.combo_window_ms, expire_at, len(events)]
         fields = [announce_fields(dedupe_id, event) for dedupe_id, event in events]
         combos = list(dict.fromkeys(c for f in fields if (c := f.rsplit("\t", 1)[1])))
         args += fields
@@ -359,7 +368,7 @@ class RoomStore:
             *(keys.room_combo(room, combo) for combo in combos),
         ]
         if client is not None:
-            return client.evalsha(self.announce_script.sha, len(keys_), *keys_, *args)
+            return valkey.queue_evalsha(client, self.announce_script.sha, keys_, args)
         return await self.announce_script(keys=keys_, args=args)
 
     async def earnings(self, room: str) -> dict[str, Any]:
