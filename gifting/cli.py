@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psycopg
 
-from gifting import auth, embedded, embedded_pg, logs, ops
+from gifting import auth, embedded, embedded_pg, logs, ops, valkey
 from gifting.config import ConfigError, Settings, markdown_table, write_readme_table
 from gifting.embedded_cluster import EmbeddedCluster
 
@@ -109,6 +109,7 @@ def cmd_worker(settings: Settings) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         redis = redis_client(url)
+        await valkey.ready(redis)  # the batch loops start at once
         try:
             await run_workers(redis, settings, stop)
         finally:

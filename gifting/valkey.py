@@ -12,6 +12,7 @@ pub/sub for rooms (gifting/live/fanout.py) and per-node commands.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from typing import Any, cast
@@ -95,3 +96,12 @@ def queue_publish(pipe: Any, channel: str, message: Any) -> Any:
     """PUBLISH queued on a pipeline by its raw command (refused by name on a cluster pipeline, as EVALSHA): a
     plain publish reaches every node's subscribers, so whichever node takes it is right."""
     return pipe.execute_command("PUBLISH", channel, message)
+
+
+async def ready(client: aioredis.Redis) -> None:
+    """Read a cluster's slot map now, before concurrent first commands: redis-py 8.1's cluster client, first
+    used by several tasks at once, can drop a connection in use (seen as `'NoneType' object has no attribute
+    'writelines'` in a worker's concurrent start, about one start in ten). Nothing to do on a standalone server."""
+    if is_cluster_client(client):
+        with contextlib.suppress(redis.exceptions.RedisError, OSError):  # unreachable: read on first use instead
+            await cast(aiocluster.RedisCluster, client).initialize()

@@ -26,6 +26,8 @@ from gifting.live.output import CLOSE_SLOW_CONSUMER, Connection
 from gifting.rooms.store import RoomStore
 from tests.conftest import RECV_TIMEOUT_S, System, SystemFactory, WsClient, run_worker, token
 
+pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
+
 WRONG_EPOCH = "zzzzzzzz"  # epochs are hex: this one is never a room's
 
 

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from gifting import gifts, keys
@@ -22,6 +23,8 @@ from gifting.rooms.store import RoomStore, history_events
 from tests.conftest import SystemFactory, WsClient, gift_id, make_settings
 from tests.test_settlement import grant, processes
 from workers.settlement import SettlementWorker
+
+pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
 
 WAIT_S = 30.0
 FAST = {"payout_interval_ms": 50, "match_duration_s": 2}  # the worker sweeps matches every payout interval

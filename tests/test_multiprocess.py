@@ -56,6 +56,7 @@ async def ws_client(base_url: str, user: str, role: str = "viewer") -> WsClient:
     return client
 
 
+@pytest.mark.cluster  # on a cluster: REDIS_URL names one node; rooms fan out by sharded pub/sub
 async def test_two_web_processes_share_rooms_through_valkey(
     redis: aioredis.Redis, valkey_url: str, tmp_path: Path
 ) -> None:

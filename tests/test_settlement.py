@@ -33,6 +33,8 @@ from gifting.rooms.store import RoomStore, announced_events
 from tests.conftest import REPO, SECRET, System, WsClient, gift_id, make_settings, run_worker, stop
 from workers.settlement import SettlementWorker
 
+pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
+
 WAIT_S = 60.0  # upper bound of every wait loop; never an assertion on speed
 POLL_S = 0.01
 SHARE_BPS = 5000  # creator share given to the worker processes of the crash test
