@@ -4,8 +4,9 @@ wheel, on 127.0.0.1, each a child that dies with its parent (gifting/embedded.py
 Started by `gifting dev --cluster N [--replicas R]` and the tests' cluster fixture. The slots are split evenly
 over the primaries (CLUSTER ADDSLOTSRANGE), the nodes meet (CLUSTER MEET), each replica follows its primary
 (CLUSTER REPLICATE), and start() returns once every node reports cluster_state:ok. Each node keeps its AOF and
-nodes.conf in `<data_dir>/valkey-cluster/<port>`, and the ports in `<data_dir>/valkey.json`, so a restarted
-`gifting dev --cluster` comes back as the same cluster with its money.
+nodes.conf in `<data_dir>/valkey-cluster/<port>`, and the ports in `<data_dir>/valkey-cluster/ports.json`, so a
+restarted `gifting dev --cluster` comes back as the same cluster with its money. Its first node's address goes
+to `<data_dir>/valkey.json` as the standalone server's does, so `gifting audit`, `token` and friends find it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from gifting.embedded import (
     valkey_binary,
 )
 
+PORTS_FILE = "valkey-cluster/ports.json"  # node port -> bus port; kept, so a restart is the same cluster
 SLOTS = 16384
 START_TIMEOUT_S = 30.0
 NODE_TIMEOUT_MS = 2000  # how long a primary may be silent before its replica takes over (with replicas)
@@ -48,8 +50,9 @@ class EmbeddedCluster:
         self.primaries, self.replicas = primaries, replicas
         self.announce = announce  # write valkey.json so other commands can find this cluster
         self.aof = aof
-        self.ports = self._previous_ports() or [free_port() for _ in range(primaries * (1 + replicas))]
-        self.bus_ports: dict[int, int] = {}  # node port -> cluster bus port, kept across restarts of a node
+        # node port -> cluster bus port: the same on a restart, since every node's nodes.conf names the others'
+        self.bus_ports = self._previous_ports() or {free_port(): free_port() for _ in range(primaries * (1 + replicas))}
+        self.ports = list(self.bus_ports)
         self.processes: list[subprocess.Popen[bytes]] = []
 
     @property
@@ -57,11 +60,11 @@ class EmbeddedCluster:
         """The first node's address: REDIS_URL may name any node of a cluster."""
         return f"redis://127.0.0.1:{self.ports[0]}/0"
 
-    def _previous_ports(self) -> list[int] | None:
+    def _previous_ports(self) -> dict[int, int] | None:
         """The ports of the cluster this data directory held before, if it was the same shape."""
         try:
-            ports = [int(p) for p in json.loads((self.data_dir / STATE_FILE).read_text())["ports"]]
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            ports = {int(p): int(b) for p, b in json.loads((self.data_dir / PORTS_FILE).read_text()).items()}
+        except (FileNotFoundError, ValueError, AttributeError):
             return None
         return ports if len(ports) == self.primaries * (1 + self.replicas) else None
 
@@ -69,6 +72,8 @@ class EmbeddedCluster:
         running = running_url(self.data_dir / STATE_FILE)
         if running and self.announce:
             raise EmbeddedError(f"an embedded Valkey already runs for {self.data_dir} at {running}")
+        (self.data_dir / "valkey-cluster").mkdir(parents=True, exist_ok=True)
+        (self.data_dir / PORTS_FILE).write_text(json.dumps(self.bus_ports))
         try:
             for port in self.ports:
                 self.processes.append(self._spawn(port))
@@ -97,7 +102,7 @@ class EmbeddedCluster:
         node_dir.mkdir(parents=True, exist_ok=True)
         args = [valkey_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(node_dir.resolve())]
         # The bus port is named: its default (port + 10000) does not exist for ports above 55535.
-        bus_port = self.bus_ports.setdefault(port, free_port())
+        bus_port = self.bus_ports[port]
         args += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(bus_port)]
         args += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--cluster-require-full-coverage", "yes"]
         args += ["--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec", "--save", ""]

@@ -75,7 +75,7 @@ def cluster_valkey_url(valkey_cluster: EmbeddedCluster) -> str:
     return valkey_cluster.url
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")  # module: some modules' own fixtures are (a server per module)
 def valkey_url(request: pytest.FixtureRequest) -> str:
     """The URL of the Valkey this test runs on: standalone, or the cluster (parametrized by the `cluster` mark)."""
     backend = getattr(request, "param", None) or os.environ.get("GIFTING_TEST_BACKEND", "standalone")
