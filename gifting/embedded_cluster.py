@@ -122,6 +122,8 @@ class EmbeddedCluster:
     def _form(self, clients: list[redis.Redis], deadline: float) -> None:
         """Slots to the primaries, every node meets the first, each replica follows its primary."""
         per = SLOTS // self.primaries
+        for i, client in enumerate(clients):  # distinct epochs, as valkey-cli sets them: no collision to resolve
+            client.execute_command("CLUSTER", "SET-CONFIG-EPOCH", i + 1)
         for i, client in enumerate(clients[: self.primaries]):
             first, last = i * per, (SLOTS - 1 if i == self.primaries - 1 else (i + 1) * per - 1)
             client.execute_command("CLUSTER", "ADDSLOTSRANGE", first, last)
@@ -140,13 +142,14 @@ class EmbeddedCluster:
                     time.sleep(0.05)
 
     def _wait_ok(self, client: redis.Redis, deadline: float) -> None:
+        info: dict[str, object] = {}
         while time.monotonic() < deadline:
             self._check_alive()
             info = client.cluster("info")
-            if info.get("cluster_state") == "ok" and int(info.get("cluster_known_nodes", 0)) == len(self.ports):
+            if info.get("cluster_state") == "ok" and int(str(info.get("cluster_known_nodes", 0))) == len(self.ports):
                 return
             time.sleep(0.05)
-        raise EmbeddedError(f"the cluster did not reach cluster_state:ok within {START_TIMEOUT_S} s")
+        raise EmbeddedError(f"the cluster did not reach cluster_state:ok within {START_TIMEOUT_S} s: {info}")
 
     def _check_alive(self) -> None:
         for process, port in zip(self.processes, self.ports, strict=True):
