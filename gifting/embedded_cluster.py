@@ -147,7 +147,9 @@ class EmbeddedCluster:
             self._check_alive()
             info = client.cluster("info")
             if info.get("cluster_state") == "ok" and int(str(info.get("cluster_known_nodes", 0))) == len(self.ports):
-                return
+                replication = client.info("replication")  # a replica counts once it holds its primary's data
+                if replication.get("role") == "master" or replication.get("master_link_status") == "up":
+                    return
             time.sleep(0.05)
         raise EmbeddedError(f"the cluster did not reach cluster_state:ok within {START_TIMEOUT_S} s: {info}")
 

@@ -14,10 +14,13 @@ import redis.asyncio.cluster as aiocluster
 
 from gifting import keys, valkey
 from gifting.embedded_cluster import EmbeddedCluster
-from tests.conftest import REPO, SystemFactory
+from gifting.ledger.store import DurabilityError, Ledger
+from tests.conftest import REPO, SystemFactory, make_settings
 
 pytestmark = pytest.mark.cluster  # tests taking valkey_url run on both backends
 
+REPLICA_FSYNC_WAIT_MS = 5000  # a replica fsyncs its AOF once a second (everysec): bounded well above
+MISSING_REPLICA_WAIT_MS = 300  # a replica that is not there never confirms
 FAILOVER_WAIT_S = 30.0  # node timeout 2 s, election and gossip: about 6 s here, bounded well above
 
 
@@ -121,3 +124,25 @@ def _wait_promoted(node: redis.Redis, timeout_s: float) -> None:
             break
         time.sleep(0.2)
     pytest.fail(f"the replica was not promoted within {timeout_s} s")
+
+
+async def test_durable_replicas_counts_replicas_that_have_the_writes_in_their_aof(
+    tmp_path: Path, standalone_valkey_url: str
+) -> None:
+    """GIFTING_DURABLE_REPLICAS: a write counts as done only once that many replicas have it in their AOF too;
+    fewer replicas than asked (none on a standalone server) is a DurabilityError, never a silent pass."""
+    cluster = EmbeddedCluster(tmp_path / "cluster", primaries=1, replicas=1, announce=False)
+    cluster.start()
+    clients = [valkey.client(cluster.url), valkey.client(standalone_valkey_url)]
+    try:
+        replicated, alone = clients
+        await replicated.hincrby(keys.LEDGER_COINS, "sys:probe", 0)
+        await Ledger(replicated, make_settings(tmp_path, durable_replicas=1)).durable(REPLICA_FSYNC_WAIT_MS)
+        with pytest.raises(DurabilityError, match="1 of 2 replicas"):
+            await Ledger(replicated, make_settings(tmp_path, durable_replicas=2)).durable(MISSING_REPLICA_WAIT_MS)
+        with pytest.raises(DurabilityError, match="0 of 1 replicas"):
+            await Ledger(alone, make_settings(tmp_path, durable_replicas=1)).durable(MISSING_REPLICA_WAIT_MS)
+    finally:
+        for client in clients:
+            await client.aclose()
+        cluster.stop()

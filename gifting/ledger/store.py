@@ -141,7 +141,11 @@ class Ledger:
                 valkey.queue_evalsha(pipe, self.settle_script.sha, keys_, args)
                 if wait:  # on the node of the ledger's writes (a cluster), right after them
                     pipe.execute_command(
-                        "WAITAOF", 1, 0, durable_timeout_ms, **await valkey.on_node_of(self.redis, keys_[0])
+                        "WAITAOF",
+                        1,
+                        s.durable_replicas,
+                        durable_timeout_ms,
+                        **await valkey.on_node_of(self.redis, keys_[0]),
                     )
                 replies = await pipe.execute(raise_on_error=False)
             if attempt == 0 and isinstance(replies[0], NoScriptError):  # Valkey lost its scripts (a restart)
@@ -204,7 +208,11 @@ class Ledger:
             return
         try:
             reply = await self.redis.execute_command(
-                "WAITAOF", 1, 0, timeout_ms, **await valkey.on_node_of(self.redis, keys.LEDGER_COINS)
+                "WAITAOF",
+                1,
+                self.settings.durable_replicas,
+                timeout_ms,
+                **await valkey.on_node_of(self.redis, keys.LEDGER_COINS),
             )
         except ResponseError as exc:
             reply = exc
@@ -218,9 +226,13 @@ class Ledger:
                 return
             raise reply
         self.waitaof_supported = True
-        local, _replicas = reply
+        local, replicas = reply
         if int(local) < 1:
             raise DurabilityError(f"WAITAOF: AOF fsync not confirmed within {timeout_ms} ms")
+        if int(replicas) < self.settings.durable_replicas:  # GIFTING_DURABLE_REPLICAS
+            raise DurabilityError(
+                f"WAITAOF: {replicas} of {self.settings.durable_replicas} replicas confirmed within {timeout_ms} ms"
+            )
 
     async def pool_op(
         self, op: str, pool_id: str, pledge_id: str = "", user: str = "", coins: int = 0, name: str = ""
