@@ -165,6 +165,17 @@ class EmbeddedCluster:
         process.kill()
         process.wait()
 
+    def restart(self, port: int) -> None:
+        """Start a killed node again from its data: it rejoins (as a replica, if its replica took over)."""
+        index = self.ports.index(port)
+        assert self.processes[index].poll() is not None, "restart a node that is down"
+        self.processes[index] = self._spawn(port)
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2.0)
+        try:
+            self._wait_answers(client, time.monotonic() + START_TIMEOUT_S)
+        finally:
+            client.close()
+
     def stop(self) -> None:
         """SIGTERM every node: each flushes and fsyncs its AOF, then exits."""
         if self.announce and self.processes:

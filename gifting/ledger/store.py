@@ -219,6 +219,8 @@ class Ledger:
         self._check_waitaof(reply, timeout_ms)
 
     def _check_waitaof(self, reply: Any, timeout_ms: int) -> None:
+        if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+            raise reply  # the connection broke after the script (a failover): not confirmed, the batch is retried
         if isinstance(reply, ResponseError):
             if self.waitaof_supported is None:
                 self.waitaof_supported = False
