@@ -11,6 +11,7 @@ to `<data_dir>/valkey.json` as the standalone server's does, so `gifting audit`,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -36,6 +37,13 @@ PORTS_FILE = "valkey-cluster/ports.json"  # node port -> bus port; kept, so a re
 SLOTS = 16384
 START_TIMEOUT_S = 30.0
 NODE_TIMEOUT_MS = 2000  # how long a primary may be silent before its replica takes over (with replicas)
+
+
+FRESH_START_ATTEMPTS = 3
+
+
+class PortTaken(EmbeddedError):
+    pass
 
 
 class EmbeddedCluster:
@@ -72,6 +80,21 @@ class EmbeddedCluster:
         running = running_url(self.data_dir / STATE_FILE)
         if running and self.announce:
             raise EmbeddedError(f"an embedded Valkey already runs for {self.data_dir} at {running}")
+        fresh = self._previous_ports() is None
+        for attempt in range(1, FRESH_START_ATTEMPTS + 1):
+            try:
+                return self._start()
+            except PortTaken:
+                # A free port found free was taken before the node bound it (12 ports for 6 nodes make the
+                # race likelier than for one server): a new cluster tries new ports, a known one cannot.
+                if not fresh or attempt == FRESH_START_ATTEMPTS:
+                    raise
+                self.processes = []
+                self.bus_ports = {free_port(): free_port() for _ in self.ports}
+                self.ports = list(self.bus_ports)
+        raise AssertionError("unreachable")
+
+    def _start(self) -> str:
         (self.data_dir / "valkey-cluster").mkdir(parents=True, exist_ok=True)
         (self.data_dir / PORTS_FILE).write_text(json.dumps(self.bus_ports))
         try:
@@ -107,6 +130,7 @@ class EmbeddedCluster:
         args += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--cluster-require-full-coverage", "yes"]
         args += ["--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec", "--save", ""]
         args += ["--daemonize", "no", "--logfile", "valkey.log", "--protected-mode", "yes"]
+        args += ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once (the default waits 5 s for others)
         return subprocess.Popen(args, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
 
     def _wait_answers(self, client: redis.Redis, deadline: float) -> None:
@@ -154,9 +178,12 @@ class EmbeddedCluster:
         raise EmbeddedError(f"the cluster did not reach cluster_state:ok within {START_TIMEOUT_S} s: {info}")
 
     def _check_alive(self) -> None:
-        for process, port in zip(self.processes, self.ports, strict=True):
+        for process, port in zip(self.processes, self.ports, strict=False):
             if process.poll() is not None:
                 log = self.data_dir / "valkey-cluster" / str(port) / "valkey.log"
+                with contextlib.suppress(OSError):
+                    if "Address already in use" in log.read_text(errors="replace"):
+                        raise PortTaken(f"valkey-server on port {port}: a port was taken; see {log}")
                 raise EmbeddedError(f"valkey-server on port {port} exited with {process.returncode}; see {log}")
 
     def kill(self, port: int) -> None:
