@@ -71,11 +71,6 @@ def is_cluster_client(client: object) -> bool:
     return isinstance(client, aiocluster.RedisCluster | redis.cluster.RedisCluster)
 
 
-async def flush_all(client: aioredis.Redis) -> None:
-    """FLUSHALL on every primary (the cluster client sends it to each; a standalone server has one)."""
-    await client.flushall()
-
-
 async def on_node_of(client: aioredis.Redis, key: str) -> dict[str, Any]:
     """Keyword arguments that send a keyless command (WAITAOF) to the node holding `key`: a cluster client would
     send it to some node, which knows nothing of the writes it should wait for. Nothing on a standalone server."""
