@@ -17,7 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
-from gifting import logs
+from gifting import logs, valkey
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import GiftingError
@@ -55,12 +55,8 @@ log = logging.getLogger(__name__)
 
 
 def redis_client(url: str, connections_max: int = 100, wait_s: float = 10.0) -> aioredis.Redis:
-    """A client whose pool waits (up to `wait_s`) for a free connection instead of failing: a reconnect storm
-    of joins queues up rather than dropping sockets."""
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, decode_responses=True, health_check_interval=30, max_connections=connections_max, timeout=wait_s
-    )
-    return aioredis.Redis.from_pool(pool)
+    """A client for `url`, standalone or cluster as the server says (gifting/valkey.py, the one home for clients)."""
+    return valkey.client(url, connections_max, wait_s)
 
 
 def server_config(app: Any, settings: Settings, host: str, port: int, **overrides: Any) -> uvicorn.Config:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import psycopg
 
-from gifting import auth, embedded, embedded_pg, logs, ops
+from gifting import auth, embedded, embedded_pg, logs, ops, valkey
 from gifting.config import ConfigError, Settings, markdown_table, write_readme_table
+from gifting.embedded_cluster import EmbeddedCluster
 
 log = logging.getLogger("gifting")
 SECRET_FILE = "secret"
@@ -108,6 +109,7 @@ def cmd_worker(settings: Settings) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         redis = redis_client(url)
+        await valkey.ready(redis)  # the batch loops start at once
         try:
             await run_workers(redis, settings, stop)
         finally:
@@ -205,16 +207,21 @@ def cmd_migrate(settings: Settings) -> int:
 # dev -----------------------------------------------------------------------------------------------------
 
 
-def cmd_dev(settings: Settings) -> int:
+def cmd_dev(settings: Settings, cluster: int = 0, replicas: int = 0) -> int:
     """Valkey and PostgreSQL (embedded unless REDIS_URL / GIFTING_DATABASE_URL), the web process, the worker and
-    the archiver; Ctrl-C stops all of them."""
+    the archiver; Ctrl-C stops all of them. With `cluster`, the embedded Valkey is a cluster of that many
+    primaries, each with `replicas` replicas (gifting/embedded_cluster.py)."""
     data_dir = Path(settings.data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = resolve_secret(settings, create=True)
-    valkey = None
+    valkey: embedded.EmbeddedValkey | EmbeddedCluster | None = None
     supervisor = None
     url = settings.redis_url
-    if not url:
+    if not url and cluster:
+        valkey = EmbeddedCluster(data_dir, cluster, replicas)
+        url = valkey.start()
+        log.info("embedded Valkey Cluster: %d primaries, %d replicas each, first node %s", cluster, replicas, url)
+    elif not url:
         valkey = embedded.EmbeddedValkey(data_dir)
         url = valkey.start()
         supervisor = ValkeySupervisor(valkey, settings.dev_valkey_restarts_max, settings.dev_valkey_restart_window_s)
@@ -413,9 +420,11 @@ def cmd_ops(settings: Settings, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gifting", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser(
+    dev = sub.add_parser(
         "dev", help="run everything: embedded Valkey and PostgreSQL (unless configured), web, worker, archiver"
     )
+    dev.add_argument("--cluster", type=int, default=0, metavar="N", help="embedded Valkey Cluster of N primaries")
+    dev.add_argument("--replicas", type=int, default=0, metavar="R", help="with --cluster: R replicas per primary")
     sub.add_parser("serve", help="run the web process (HTTP API + websocket hub)")
     sub.add_parser("worker", help="run the settlement worker")
     sub.add_parser("archive", help="run the archiver: the journal's history moves to PostgreSQL")
@@ -441,7 +450,9 @@ def main(argv: list[str] | None = None) -> int:
         settings = Settings.from_env()
         logs.configure(settings.log_format)
         if args.command == "dev":
-            return cmd_dev(settings)
+            if args.replicas and not args.cluster:
+                raise UsageError("--replicas needs --cluster N")
+            return cmd_dev(settings, args.cluster, args.replicas)
         if args.command == "serve":
             return cmd_serve(settings)
         if args.command == "worker":

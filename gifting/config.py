@@ -330,6 +330,12 @@ class Settings:
     waitaof_timeout_ms: int = _setting(
         "GIFTING_WAITAOF_TIMEOUT_MS", 2000, "Longest wait for the AOF fsync of a batch before retrying it."
     )
+    durable_replicas: int = _setting(
+        "GIFTING_DURABLE_REPLICAS",
+        0,
+        "Replicas that must also have a write in their AOF (WAITAOF) before it counts as done and a gift is "
+        "announced; 0: the local AOF only. With a replica per primary, 1: a failover loses nothing acknowledged.",
+    )
     heartbeat_ttl_s: int = _setting(
         "GIFTING_HEARTBEAT_TTL_S", 10, "A worker heartbeat older than this makes /readyz fail."
     )

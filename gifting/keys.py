@@ -5,6 +5,13 @@ Keys are hash-tagged so that each Lua call touches exactly one cluster slot:
 - `{ledger}`: balances, journal and idempotency records; one settlement call per batch.
 - `{room:ID}`: one room's metadata, history stream and announce dedupe keys; one announce call per room.
 - `{gifts}`: the inbound gift stream and its dead-letter stream.
+- `{rooms}`: the live-room index (all live rooms, each creator's, the rooms being ended).
+- `{match:ID}`: one match's meta, scored gifts and gifters.
+- `{catalog}`, `{auth}`: the catalog and the token revocations, each read and changed in one transaction.
+
+Keys without a tag are read or written one at a time (never in one script or transaction with another key).
+Global pub/sub channels (catalog, revocations, hub results) reach every node of a cluster; a room's channel is
+sharded (room_channel): on a cluster it lives on the room's own primary, next to its history.
 
 On a single Valkey all of this is one server; on a cluster each tag lands on one shard.
 """
@@ -301,13 +308,13 @@ SETTLEMENT_GROUP = "settlement"
 
 
 # Rooms.
-ROOMS_LIVE = "rooms:live"  # sorted set: room id -> started_at (ms)
-ROOMS_ENDING = "rooms:ending"  # sorted set: room id -> when its end began (ms), until every step of it is done
+ROOMS_LIVE = "{rooms}:live"  # sorted set: room id -> started_at (ms)
+ROOMS_ENDING = "{rooms}:ending"  # sorted set: room id -> when its end began (ms), until every step of it is done
 
 
 def creator_live_rooms(creator: str) -> str:
     """Sorted set: the creator's live room ids -> started_at (ms); at most GIFTING_LIVE_ROOMS_PER_CREATOR_MAX."""
-    return "rooms:live:" + account(creator)
+    return "{rooms}:live:" + account(creator)
 
 
 def room_meta(room: str) -> str:
@@ -393,12 +400,20 @@ def creator_sessions(creator: str) -> str:
     return "sessions:" + account(creator)
 
 
-ROOMS_SUMMARIZED = "rooms:summarized"  # sorted set: room -> ended (ms), for each summary still in Valkey
+ROOMS_SUMMARIZED = "{rooms}:summarized"  # sorted set: room -> ended (ms), for each summary still in Valkey
 
 
-def room_channel(room: str) -> str:
-    """Pub/sub channel of one room, subscribed by every hub process with sockets in it."""
-    return "room:" + room
+def room_channel(room: str, sharded: bool = False) -> str:
+    """Pub/sub channel of one room, subscribed by every hub process with sockets in it. Sharded (on a cluster):
+    the room's tag, so SPUBLISH from announce.lua hashes to the room's own slot (a script may touch one slot)."""
+    return "{room:" + room + "}" if sharded else "room:" + room
+
+
+def channel_room(channel: str) -> str | None:
+    """The room a room channel (either form) carries, else None."""
+    if channel.startswith("{room:") and channel.endswith("}"):
+        return channel[6:-1]
+    return channel[5:] if channel.startswith("room:") else None
 
 
 def hub_channel(hub_id: str) -> str:
@@ -439,12 +454,12 @@ WORKER_HEARTBEATS = "workers:heartbeats"  # sorted set: consumer name -> last be
 
 
 # Catalog: seeded from gifting/catalog/catalog.json, then changed by admins; every process reloads on change.
-CATALOG_GIFTS = "catalog:gifts"  # hash: gift id -> JSON
-CATALOG_BUNDLES = "catalog:bundles"  # hash: bundle id -> JSON
-CATALOG_VERSION = "catalog:version"  # integer, incremented by every change
+CATALOG_GIFTS = "{catalog}:gifts"  # hash: gift id -> JSON
+CATALOG_BUNDLES = "{catalog}:bundles"  # hash: bundle id -> JSON
+CATALOG_VERSION = "{catalog}:version"  # integer, incremented by every change
 CATALOG_CHANNEL = "catalog"  # pub/sub: the new version, published after every change
 
 # Token revocation (gifting/revocations.py): every web process holds a copy and reloads on change.
-AUTH_NOT_BEFORE = "auth:not_before"  # hash: user -> unix second; the user's tokens issued up to it are revoked
-AUTH_VERSION = "auth:version"  # integer, incremented by every revocation
+AUTH_NOT_BEFORE = "{auth}:not_before"  # hash: user -> unix second; the user's tokens issued up to it are revoked
+AUTH_VERSION = "{auth}:version"  # integer, incremented by every revocation
 AUTH_CHANNEL = "auth:revoked"  # pub/sub: "user second", published after every revocation

@@ -30,6 +30,7 @@ from gifting import auth
 from gifting.app import create_app, redis_client, server_config
 from gifting.config import Settings
 from gifting.embedded import EmbeddedValkey, free_port
+from gifting.embedded_cluster import EmbeddedCluster
 from gifting.embedded_pg import EmbeddedPostgres
 from gifting.history.schema import migrate
 from gifting.live.hub import Hub
@@ -40,12 +41,47 @@ REPO = Path(__file__).resolve().parent.parent
 RECV_TIMEOUT_S = 10.0
 
 
+# The system-level tests run on both a standalone Valkey and a 3-primary Valkey Cluster: a module (or test)
+# marked `cluster` gets `valkey_url` parametrized over BACKENDS. GIFTING_TEST_BACKEND=cluster runs every test
+# that takes `valkey_url` on the cluster alone (to find what a cluster breaks).
+BACKENDS = ("standalone", "cluster")
+CLUSTER_PRIMARIES = 3
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "valkey_url" in metafunc.fixturenames and metafunc.definition.get_closest_marker("cluster"):
+        metafunc.parametrize("valkey_url", BACKENDS, indirect=True)
+
+
 @pytest.fixture(scope="session")
-def valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def standalone_valkey_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = EmbeddedValkey(tmp_path_factory.mktemp("valkey"), announce=False)
     url = server.start()
     yield url
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def valkey_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedCluster]:
+    """A real Valkey Cluster of 3 primaries (no replicas) from the embedded binary, started once, on first use."""
+    cluster = EmbeddedCluster(tmp_path_factory.mktemp("valkey-cluster"), CLUSTER_PRIMARIES, 0, announce=False)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_valkey_url(valkey_cluster: EmbeddedCluster) -> str:
+    return valkey_cluster.url
+
+
+@pytest.fixture(scope="module")  # module: some modules' own fixtures are (a server per module)
+def valkey_url(request: pytest.FixtureRequest) -> str:
+    """The URL of the Valkey this test runs on: standalone, or the cluster (parametrized by the `cluster` mark)."""
+    backend = getattr(request, "param", None) or os.environ.get("GIFTING_TEST_BACKEND", "standalone")
+    assert backend in BACKENDS, f"GIFTING_TEST_BACKEND: expected one of {BACKENDS}, got {backend!r}"
+    url: str = request.getfixturevalue(f"{backend}_valkey_url")
+    return url
 
 
 @pytest.fixture(scope="session")

@@ -15,6 +15,8 @@ from gifting import keys
 from gifting.ledger.audit import run_audit
 from tests.conftest import REPO, System
 
+pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
+
 CLI_TIMEOUT_S = 30.0
 
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from tests.conftest import System, SystemFactory, gift_id
+
+pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
 
 
 async def audit_clean(system: System) -> None:

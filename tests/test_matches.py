@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from gifting import gifts, keys
@@ -22,6 +23,8 @@ from gifting.rooms.store import RoomStore, history_events
 from tests.conftest import SystemFactory, WsClient, gift_id, make_settings
 from tests.test_settlement import assert_audit_clean, balances, grant, processes
 from workers.settlement import SettlementWorker
+
+pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
 
 WAIT_S = 30.0
 FAST = {"payout_interval_ms": 50, "match_duration_s": 2}  # the worker sweeps matches every payout interval
@@ -88,6 +91,12 @@ async def test_scores_are_exact_under_concurrent_gifts_and_resends(start_system:
 
     await asyncio.gather(*(storm(*v) for v in viewers))
     await wait_until(lambda: _ended(system, match), "the match to end")
+
+    async def announced_ended() -> bool:  # the status turns ended first, the rooms are told after
+        kinds = [Counter(e["kind"] for e in await match_events(system.redis, r)) for r in (room_a, room_b)]
+        return all(k["match_ended"] for k in kinds)
+
+    await wait_until(announced_ended, "match_ended in both rooms")
     result = (await system.http.get(f"/v1/matches/{match}")).json()
     assert result["result"]["points"] == {"a": expected["a"], "b": expected["b"]}
     assert result["a"]["points"] == expected["a"] and result["b"]["points"] == expected["b"]

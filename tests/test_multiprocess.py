@@ -56,6 +56,7 @@ async def ws_client(base_url: str, user: str, role: str = "viewer") -> WsClient:
     return client
 
 
+@pytest.mark.cluster  # on a cluster: REDIS_URL names one node; rooms fan out by sharded pub/sub
 async def test_two_web_processes_share_rooms_through_valkey(
     redis: aioredis.Redis, valkey_url: str, tmp_path: Path
 ) -> None:
@@ -150,15 +151,21 @@ def wait_ready(http: httpx.Client, process: subprocess.Popen[bytes], log_path: P
     pytest.fail(f"gifting dev never became ready:\n{tail(log_path)}")
 
 
-def test_dev_runs_everything_stops_cleanly_and_keeps_balances(tmp_path: Path) -> None:
-    """`gifting dev` runs on embedded Valkey, `gifting token` works, SIGINT ends all children, restarts keep coins."""
+@pytest.mark.parametrize("valkey_args", [[], ["--cluster", "2", "--replicas", "1"]], ids=["standalone", "cluster"])
+def test_dev_runs_everything_stops_cleanly_and_keeps_balances(tmp_path: Path, valkey_args: list[str]) -> None:
+    """`gifting dev` (and `--cluster 2 --replicas 1`) runs on embedded Valkey, `gifting token` works, SIGINT ends
+    all children, restarts keep coins."""
     data_dir = tmp_path / "data"
     for run in ("first", "restart"):
         env = dev_env(data_dir, free_port())
         log_path = tmp_path / f"dev-{run}.log"
         with open(log_path, "wb") as log:
             dev = subprocess.Popen(
-                [sys.executable, "-m", "gifting.cli", "dev"], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=REPO
+                [sys.executable, "-m", "gifting.cli", "dev", *valkey_args],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
             )
         children: list[psutil.Process] = []
         try:
@@ -166,7 +173,8 @@ def test_dev_runs_everything_stops_cleanly_and_keeps_balances(tmp_path: Path) ->
                 wait_ready(http, dev, log_path)
                 children = psutil.Process(dev.pid).children(recursive=True)
                 commands = [" ".join(child.cmdline()) for child in children]
-                assert any("valkey-server" in c for c in commands), commands
+                valkeys = 4 if valkey_args else 1  # 2 primaries and a replica each
+                assert sum("valkey-server" in c for c in commands) == valkeys, commands
                 assert any(c.endswith("gifting.cli serve") for c in commands), commands
                 assert any(c.endswith("gifting.cli worker") for c in commands), commands
 

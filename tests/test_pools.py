@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from gifting import clock, keys
@@ -17,6 +18,8 @@ from gifting.rooms.pools import PoolOp
 from gifting.rooms.store import history_events, room_keys
 from tests.conftest import System, SystemFactory, gift_id, spawn, stop
 from workers.settlement import SettlementWorker
+
+pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
 
 WAIT_S = 30.0
 
@@ -237,7 +240,7 @@ async def test_no_pool_opens_and_no_pledge_lands_once_a_room_end_began(start_sys
     pool = await open_pool(system, room, user="v1")
     worker = SettlementWorker(system.redis, system.settings)
     await worker.settle_pool_op(PoolOp("pledge", pool, gift_id(), 100, "v1", "v1"))
-    async with system.redis.pipeline(transaction=True) as pipe:  # the end's first steps, then the crash
+    async with system.redis.pipeline(transaction=False) as pipe:  # the end's first steps, then the crash
         pipe.zadd(keys.ROOMS_ENDING, {room: 1})
         pipe.hset(keys.room_ended(room), "*", 1)
         await pipe.execute()
@@ -260,7 +263,7 @@ async def test_no_pool_opens_and_no_pledge_lands_once_a_room_end_began(start_sys
 async def test_ending_an_interrupted_end_again_finishes_it_once(system: System) -> None:
     """A room whose end stopped after marking it ended (no room_ended yet) is finished by ending it again."""
     room = await system.open_room("c1")
-    async with system.redis.pipeline(transaction=True) as pipe:
+    async with system.redis.pipeline(transaction=False) as pipe:  # two slots (a cluster): no transaction
         pipe.zadd(keys.ROOMS_ENDING, {room: 1})
         pipe.hset(keys.room_meta(room), mapping={"status": "ended", "ended_at_ms": 1})
         await pipe.execute()

@@ -6,11 +6,14 @@ import itertools
 from typing import Any
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from gifting import keys
 from gifting.config import Settings
 from gifting.rooms.store import RoomStore, announced_events, history_events, top_entries
+
+pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
 
 
 def test_announcement_gives_each_event_its_offset_and_combo() -> None:

@@ -33,6 +33,8 @@ from gifting.rooms.store import RoomStore, announced_events
 from tests.conftest import REPO, SECRET, System, WsClient, gift_id, make_settings, run_worker, stop
 from workers.settlement import SettlementWorker
 
+pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
+
 WAIT_S = 60.0  # upper bound of every wait loop; never an assertion on speed
 POLL_S = 0.01
 SHARE_BPS = 5000  # creator share given to the worker processes of the crash test
@@ -390,7 +392,7 @@ async def test_worker_killed_mid_batch_and_restarted_settles_every_gift_once(
                 for i in range(0, total, 250):  # enqueued while the worker already settles
                     async with redis.pipeline(transaction=False) as pipe:
                         for gid, sender in plan[i : i + 250]:
-                            await gifts.enqueue(pipe, request(gid, room, sender))
+                            pipe.xadd(keys.GIFTS_STREAM, request(gid, room, sender).to_entry())  # queued, not awaited
                         await pipe.execute()
             backlog = await redis.xlen(keys.GIFTS_STREAM)
 

@@ -8,10 +8,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from gifting import keys
 from gifting.ledger import rules
 from gifting.rooms.store import history_events
 from tests.conftest import System, SystemFactory, WsClient, gift_id
+
+pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
 
 COFFEE = 10
 SHARE_BPS = 5000  # the default creator share

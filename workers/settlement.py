@@ -27,7 +27,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError
 
-from gifting import clock, keys, metrics
+from gifting import clock, keys, metrics, valkey
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import ScriptFailed
@@ -377,7 +377,7 @@ class SettlementWorker:
                 await self.rooms.announce(view["room"], events, client=pipe)
             if op.op == "pledge" and op.hub:
                 result = pledge_result(op, status, reason, balance, view)
-                pipe.publish(keys.hub_channel(op.hub), orjson.dumps([{**result, "req": op.req}]))
+                valkey.queue_publish(pipe, keys.hub_channel(op.hub), orjson.dumps([{**result, "req": op.req}]))
             await pipe.execute()
 
     async def settle(self, requests: list[GiftRequest], entry_ids: list[str] | None = None) -> list[rules.GiftOutcome]:
@@ -552,7 +552,7 @@ class SettlementWorker:
                 self.boards.record(room, gifts, pipe)
             for hub, results in results_by_hub.items():
                 if hub:
-                    pipe.publish(keys.hub_channel(hub), orjson.dumps(results))
+                    valkey.queue_publish(pipe, keys.hub_channel(hub), orjson.dumps(results))
             await pipe.execute()
 
     async def ack(self, entry_ids: list[str]) -> None:
@@ -562,7 +562,7 @@ class SettlementWorker:
     def _queue_acks(self, pipe: Any) -> None:
         if self._to_ack:
             ids, self._to_ack = self._to_ack, []
-            pipe.evalsha(self._ack_script.sha, 1, keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, *ids)
+            valkey.queue_evalsha(pipe, self._ack_script.sha, [keys.GIFTS_STREAM], [keys.SETTLEMENT_GROUP, *ids])
 
     async def flush_acks(self) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

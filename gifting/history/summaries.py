@@ -52,11 +52,16 @@ async def commit_due(
 
 
 async def drop_committed(redis: aioredis.Redis, committed: list[tuple[str, str | None]]) -> None:
-    async with redis.pipeline(transaction=True) as pipe:
+    """Drop what PostgreSQL committed. The keys lie in different slots on a cluster, so these are separate
+    idempotent steps, the index entry last: a crash in between leaves it, and the next round drops the rest."""
+    async with redis.pipeline(transaction=False) as pipe:
         for room, raw in committed:
             if raw is not None:
                 pipe.delete(keys.room_summary(room))
                 pipe.lrem(keys.creator_sessions(orjson.loads(raw)["creator"]), 1, raw)
+        await pipe.execute()
+    async with redis.pipeline(transaction=False) as pipe:
+        for room, _ in committed:
             pipe.zrem(keys.ROOMS_SUMMARIZED, room)
         await pipe.execute()
 

@@ -14,7 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError, ResponseError, WatchError
 
-from gifting import keys
+from gifting import keys, valkey
 from gifting.clock import hour_number, now_ms, utc_day
 from gifting.config import Settings
 from gifting.errors import GiftingError
@@ -153,9 +153,15 @@ class Ledger:
         wait = durable_timeout_ms is not None and self.waitaof_supported is not False
         for attempt in range(2):
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.evalsha(self.settle_script.sha, len(keys_), *keys_, *args)
-                if wait:
-                    pipe.execute_command("WAITAOF", 1, 0, durable_timeout_ms)
+                valkey.queue_evalsha(pipe, self.settle_script.sha, keys_, args)
+                if wait:  # on the node of the ledger's writes (a cluster), right after them
+                    pipe.execute_command(
+                        "WAITAOF",
+                        1,
+                        s.durable_replicas,
+                        durable_timeout_ms,
+                        **await valkey.on_node_of(self.redis, keys_[0]),
+                    )
                 replies = await pipe.execute(raise_on_error=False)
             if attempt == 0 and isinstance(replies[0], NoScriptError):  # Valkey lost its scripts (a restart)
                 await self.redis.script_load(self.settle_script.script)
@@ -216,12 +222,20 @@ class Ledger:
         if self.waitaof_supported is False:
             return
         try:
-            reply = await self.redis.execute_command("WAITAOF", 1, 0, timeout_ms)
+            reply = await self.redis.execute_command(
+                "WAITAOF",
+                1,
+                self.settings.durable_replicas,
+                timeout_ms,
+                **await valkey.on_node_of(self.redis, keys.LEDGER_COINS),
+            )
         except ResponseError as exc:
             reply = exc
         self._check_waitaof(reply, timeout_ms)
 
     def _check_waitaof(self, reply: Any, timeout_ms: int) -> None:
+        if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
+            raise reply  # the connection broke after the script (a failover): not confirmed, the batch is retried
         if isinstance(reply, ResponseError):
             if self.waitaof_supported is None:
                 self.waitaof_supported = False
@@ -229,9 +243,13 @@ class Ledger:
                 return
             raise reply
         self.waitaof_supported = True
-        local, _replicas = reply
+        local, replicas = reply
         if int(local) < 1:
             raise DurabilityError(f"WAITAOF: AOF fsync not confirmed within {timeout_ms} ms")
+        if int(replicas) < self.settings.durable_replicas:  # GIFTING_DURABLE_REPLICAS
+            raise DurabilityError(
+                f"WAITAOF: {replicas} of {self.settings.durable_replicas} replicas confirmed within {timeout_ms} ms"
+            )
 
     async def pool_op(
         self, op: str, pool_id: str, pledge_id: str = "", user: str = "", coins: int = 0, name: str = "",

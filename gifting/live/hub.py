@@ -34,12 +34,13 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gifting import gifts, keys, metrics
+from gifting import gifts, keys, metrics, valkey
 from gifting.auth import Identity, revoked
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.ledger import rules
 from gifting.ledger.store import Ledger
+from gifting.live.fanout import RoomFanout
 from gifting.live.output import (
     CLOSE_GOING_AWAY,
     CLOSE_SLOW_CONSUMER,
@@ -106,6 +107,7 @@ class Hub:
         self.buckets: dict[str, tuple[float, float]] = {}  # user -> (tokens, last refill, monotonic s)
         self.backlog = 0  # unsettled gifts in the stream, refreshed once per maintenance interval
         self.pubsub = redis.pubsub(ignore_subscribe_messages=True)
+        self.fanout = RoomFanout(self.pubsub, valkey.is_cluster_client(redis), settings.tick_ms)
         self._tasks: list[asyncio.Task[None]] = []
         self.revocations = Revocations(redis)
         self.users: dict[str, set[Connection]] = {}  # this process's connections per user (the per-user cap)
@@ -116,6 +118,8 @@ class Hub:
         loop = asyncio.get_running_loop()
         tasks = (self._read_pubsub(), self._tick(), self._maintain(), self._share_viewers(), self._push_top())
         self._tasks = [loop.create_task(t) for t in tasks]
+        if self.fanout.sharded:  # rooms on shard channels (gifting/live/fanout.py)
+            self._tasks.append(loop.create_task(self.fanout.read_shards(self._room_message)))
         self._tasks.append(loop.create_task(self._check_versions()))
 
     async def stop(self) -> None:
@@ -192,7 +196,7 @@ class Hub:
         if room is None:
             room = self.rooms[message.room] = LiveRoom(message.room, self.settings)
             try:
-                await self.pubsub.subscribe(keys.room_channel(message.room))
+                await self.fanout.subscribe(message.room)
             except BaseException:
                 # Valkey unreachable: forget the room, or later joiners would find it and never subscribe.
                 if not room.members and self.rooms.get(message.room) is room:
@@ -285,7 +289,7 @@ class Hub:
             del self.rooms[room_id]
             metrics.live_rooms.set(len(self.rooms))
             with contextlib.suppress(RedisConnectionError):
-                await self.pubsub.unsubscribe(keys.room_channel(room_id))
+                await self.fanout.unsubscribe(room_id)
 
     # For the endpoint: what it needs of the stores, so it reaches into none of them -------------------
 
@@ -516,6 +520,16 @@ class Hub:
                 self._deliver_results(payload)
             elif (room := self.rooms.get(channel.removeprefix("room:"))) is not None:
                 self._accept_events(room, payload)
+
+    def _room_message(self, room_id: str, data: Any) -> None:
+        """One announcement on a room's shard channel (a cluster)."""
+        try:
+            payload = announced_events(data)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+            log.error("hub pub/sub: undecodable message for room %s", room_id)
+            return
+        if (room := self.rooms.get(room_id)) is not None:
+            self._accept_events(room, payload)
 
     async def _catch_up(self) -> None:
         """Reload the catalog and the revocation table if Valkey's versions moved (a pub/sub message may have

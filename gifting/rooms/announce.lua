@@ -5,7 +5,7 @@
 --   5 goal (hash), 6.. the announced-marker buckets (hashes: dedupe id -> 1), newest (this call's) first, then
 --   the key of each combo the events continue (strings: 'first gift id|running count'), in the order of their
 --   combo ids in ARGV.
--- ARGV: 1 room channel, 2 history length kept (events, approximate), 3 epoch candidate (used only when the
+-- ARGV: 1 room channel ('{...}': a shard channel), 2 history length kept (events, approximate), 3 epoch candidate (used only when the
 --   room has no epoch: its history was lost), 4 combo window ms, 5 unix time (s) at which this call's marker
 --   bucket expires, 6 n = number of events, then n values, tab-separated: dedupe id, coins, diamonds, gift id,
 --   count, contributors ('user coins|user coins' or ''), combo key ('sender:gift', or '' for events that do
@@ -145,7 +145,9 @@ if #appended > 0 then
     '],"events":[' .. table.concat(appended, ',') .. ']}'
   redis.call('XADD', history, 'MINID', '~', math.max(0, last - keep), last .. '-0', 'e', announcement)
   redis.call('HSET', meta, 'offset', last)
-  redis.call('PUBLISH', channel, announcement)
+  -- A channel named with the room's tag is a shard channel (keys.room_channel): on a cluster it lives on the
+  -- room's own primary, so fan-out spreads over the primaries.
+  redis.call(string.byte(channel, 1) == 123 and 'SPUBLISH' or 'PUBLISH', channel, announcement)
 end
 -- An ended room's keys expire with it, also those first written after its end began (a gift settled while
 -- the room ended), and its meta if this call made it again: nothing of an ended room stays forever.

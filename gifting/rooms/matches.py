@@ -125,6 +125,15 @@ redis.call('HSETNX', KEYS[1], 'forfeit', ARGV[1])
 return 1
 """
 
+# 1 if the server's clock is past ARGV[1] (ms) and the gift stream KEYS[1] holds no entry older: a script, so the
+# clock and the stream are read on the stream's own node in one atomic step (a cluster pipeline may not send TIME).
+ALL_SCORED = """
+local now = redis.call('TIME')
+if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) < tonumber(ARGV[1]) then return 0 end
+if #redis.call('XRANGE', KEYS[1], '-', '(' .. ARGV[1] .. '-0', 'COUNT', 1) > 0 then return 0 end
+return 1
+"""
+
 # Delete KEYS[1] (a creator's match marker, a room meta's match field) only while it still names ARGV[1].
 RELEASE = """
 if ARGV[2] == '' then
@@ -149,6 +158,7 @@ class MatchStore:
         self._answer = redis.register_script(ANSWER)
         self._release_lua = redis.register_script(RELEASE)
         self._forfeit = redis.register_script(FORFEIT)
+        self._all_scored_lua = redis.register_script(ALL_SCORED)
 
     async def invite(
         self,
@@ -189,10 +199,9 @@ class MatchStore:
         }  # fmt: skip
         for seat, creator in seated.items():
             meta |= {seat + "_creator": creator, seat + "_room": rooms[seat]}
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(keys.match_meta(match), mapping=meta)
-            pipe.zadd(keys.MATCHES_DUE, {match: deadline_ms})
-            await pipe.execute()
+        # Two single-slot steps, due first: the sweep finds a due match without meta done (not before the deadline).
+        await self.redis.zadd(keys.MATCHES_DUE, {match: deadline_ms})
+        await self.redis.hset(keys.match_meta(match), mapping=meta)
         view = await self.get(match)
         for seat in INVITEES:
             if seat in rooms:
@@ -408,11 +417,7 @@ class MatchStore:
     async def _all_scored(self, end_ms: int) -> bool:
         """Past the end, with no gift stream entry older than it: one atomic read of the server's clock and the
         stream, so no entry older than the end can be added after this answers yes."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.time()
-            pipe.xrange(keys.GIFTS_STREAM, "-", f"({end_ms}-0", count=1)
-            (seconds, micros), older = await pipe.execute()
-        return seconds * 1000 + micros // 1000 >= end_ms and not older
+        return bool(await self._all_scored_lua(keys=[keys.GIFTS_STREAM], args=[end_ms]))
 
     async def _result(self, match: str, meta: dict[str, str]) -> dict[str, Any]:
         points = {side: int(meta["points_" + side]) for side in SIDES}

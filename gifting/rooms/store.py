@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import redis.asyncio as aioredis
 
-from gifting import clock, keys
+from gifting import clock, keys, valkey
 from gifting.clock import iso_week, utc_day
 from gifting.config import Settings
 from gifting.errors import GiftingError
@@ -104,33 +104,38 @@ return 1
 """
 
 
-# The summary and the creator's session list entry, once: a repeated end (after a crash) adds no second entry.
-# KEYS[3] indexes the summaries still in Valkey (ARGV 4: the room, 5: ended ms) for the archiver.
+# The creator's session list entry (KEYS[1]), once: a repeated end (after a crash) adds no second entry. The
+# summary itself is stored first, in the room's own slot (SET NX), and ARGV[1] is the one stored.
 STORE_SUMMARY = """
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
-  redis.call('LPUSH', KEYS[2], ARGV[1])
-  redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
-  redis.call('ZADD', KEYS[3], ARGV[5], ARGV[4])
+if not redis.call('LPOS', KEYS[1], ARGV[1]) then
+  redis.call('LPUSH', KEYS[1], ARGV[1])
+  redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
 end
 return 1
 """
 
 
-# Replace a stored stream summary (KEYS[1]) and its copy in the creator's session list (KEYS[2]), only while the
-# summary is still ARGV[1] (compare and swap). ARGV[2]: the new summary. Returns 1 if swapped.
+# Replace a stored stream summary (KEYS[1]) only while it is still ARGV[1] (compare and swap). ARGV[2]: the new
+# summary. Returns 1 if swapped. Its copy in the creator's session list (another slot on a cluster) is replaced
+# first by SWAP_SESSION: the merged summary is a function of the stored one and the room's ended matches, so a
+# crash between the two steps is finished by the next call (the list no longer holds the old copy; the summary does).
 SWAP_SUMMARY = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'KEEPTTL')
-local at = redis.call('LPOS', KEYS[2], ARGV[1])
-if at then redis.call('LSET', KEYS[2], at, ARGV[2]) end
 return 1
 """
 
-# Open a room only if its creator has fewer than ARGV[1] live rooms; else return the newest live one's id.
-# KEYS: the creator's live rooms, all live rooms, the new room's meta. ARGV: max, room, started_at_ms, meta...
+# Replace ARGV[1] by ARGV[2] in the creator's session list (KEYS[1]), if it is there.
+SWAP_SESSION = """
+local at = redis.call('LPOS', KEYS[1], ARGV[1])
+if at then redis.call('LSET', KEYS[1], at, ARGV[2]) end
+return 1
+"""
+
+# List a room as live only if its creator has fewer than ARGV[1] live rooms; else return the newest live one's id.
+# KEYS: the creator's live rooms, all live rooms (one slot: {rooms}). ARGV: max, room, started_at_ms.
 OPEN_ROOM = """
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return redis.call('ZREVRANGE', KEYS[1], 0, 0)[1] end
-redis.call('HSET', KEYS[3], unpack(ARGV, 4))
 redis.call('ZADD', KEYS[2], ARGV[3], ARGV[2])
 redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
 return 1
@@ -174,9 +179,11 @@ class RoomStore:
         self._set_goal = redis.register_script(SET_GOAL)
         self._store_summary = redis.register_script(STORE_SUMMARY)
         self._swap_summary = redis.register_script(SWAP_SUMMARY)
+        self._swap_session = redis.register_script(SWAP_SESSION)
         self.ledger = Ledger(redis, settings)  # an ending room voids its pools
         self._open = redis.register_script(OPEN_ROOM)
         self.archive: ArchiveReader | None = None  # the history database, for summaries past their hot window
+        self.sharded = valkey.is_cluster_client(redis)  # room fan-out by SPUBLISH on the room's own primary
 
     async def open(self, creator: str, creator_name: str, title: str) -> RoomInfo:
         room = new_room_id()
@@ -191,12 +198,17 @@ class RoomStore:
             "started_at_ms": str(now_ms),
         }
         cap = self.settings.live_rooms_per_creator_max
-        flat = [x for pair in meta.items() for x in pair]
-        opened = await self._open(
-            keys=[keys.creator_live_rooms(creator), keys.ROOMS_LIVE, keys.room_meta(room)],
-            args=[cap, room, now_ms, *flat],
-        )
-        if opened != 1:
+        # Two single-slot steps (the room's own tag, then the live-room index): the meta first, so a listed room
+        # always has one; a refused or interrupted open leaves only an unlisted meta, which expires.
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(keys.room_meta(room), mapping=meta)
+            pipe.expire(keys.room_meta(room), self.settings.ended_room_ttl_s)
+            await pipe.execute()
+        opened = await self._open(keys=[keys.creator_live_rooms(creator), keys.ROOMS_LIVE], args=[cap, room, now_ms])
+        if opened == 1:
+            await self.redis.persist(keys.room_meta(room))
+        else:
+            await self.redis.delete(keys.room_meta(room))
             raise RoomError("already_live", f"{cap} live room(s) per creator is the limit; end {opened} first")
         return RoomInfo.from_meta(room, meta)
 
@@ -238,24 +250,28 @@ class RoomStore:
         from gifting.perks import refund_tickets  # perks build on rooms
 
         await refund_tickets(self, room, int(await self.redis.zscore(keys.ROOMS_ENDING, room) or now_ms))
+        # One transaction per slot (the room's tag, the live-room index), each safe to repeat.
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hsetnx(keys.room_meta(room), "ended_at_ms", str(now_ms))
             pipe.hset(keys.room_meta(room), "status", "ended")
-            pipe.zrem(keys.ROOMS_LIVE, room)
-            pipe.zrem(keys.creator_live_rooms(info.creator), room)
-            if match:  # its creator forfeits: due now, in the step that ends the room, so the sweep sees it ended
-                pipe.zadd(keys.MATCHES_DUE, {match: now_ms})
             for key in [*room_keys(room), *boards]:
                 pipe.expire(key, ttl_s)
             await pipe.execute()
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zrem(keys.ROOMS_LIVE, room)
+            pipe.zrem(keys.creator_live_rooms(info.creator), room)
+            await pipe.execute()
+        if match:  # its creator forfeits: due now, after the room ended, so the sweep sees it ended
+            await self.redis.zadd(keys.MATCHES_DUE, {match: now_ms})
         await durable_or_retry(self.ledger)  # announce only what is durable
         summary = await self.earnings(room)
         summary["top"] = await self.top(room, "stream", 5)
         await self.announce(room, await self._end_events(room, summary))
-        await self._store_summary(
-            keys=[keys.room_summary(room), keys.creator_sessions(summary["creator"]), keys.ROOMS_SUMMARIZED],
-            args=[orjson.dumps(summary), SUMMARY_TTL_S, SESSIONS_KEPT, room, summary["ended_at_ms"] or now_ms],
-        )
+        # Two single-slot steps, each safe to repeat: the room's summary, then the creator's list (gets it once).
+        await self.redis.set(keys.room_summary(room), orjson.dumps(summary), nx=True, ex=SUMMARY_TTL_S)
+        stored = await self.redis.get(keys.room_summary(room))
+        await self._store_summary(keys=[keys.creator_sessions(summary["creator"])], args=[stored, SESSIONS_KEPT])
+        await self.redis.zadd(keys.ROOMS_SUMMARIZED, {room: summary["ended_at_ms"] or now_ms})  # for the archiver
         await self.summary_matches(room)  # a match that ended while the summary was being made
         await self.redis.zrem(keys.ROOMS_ENDING, room)
 
@@ -274,8 +290,9 @@ class RoomStore:
             if merged == known:
                 return
             summary["matches"] = sorted(merged.values(), key=lambda m: m["end_ms"])
-            swap_keys = [keys.room_summary(room), keys.creator_sessions(summary["creator"])]
-            if await self._swap_summary(keys=swap_keys, args=[stored, orjson.dumps(summary)]):
+            new = orjson.dumps(summary)
+            await self._swap_session(keys=[keys.creator_sessions(summary["creator"])], args=[stored, new])
+            if await self._swap_summary(keys=[keys.room_summary(room)], args=[stored, new]):
                 return
         log.warning("room %s: its summary kept changing; its matches are added by the next match end", room)
 
@@ -398,8 +415,8 @@ class RoomStore:
         """
         s = self.settings
         buckets, expire_at = rules.record_buckets(clock.now_ms() // 1000, s.idempotency_ttl_s)
-        args: list[Any] = [keys.room_channel(room), s.room_history_events_max, new_epoch(), s.combo_window_ms]
-        args += [expire_at, len(events)]
+        channel = keys.room_channel(room, self.sharded)
+        args: list[Any] = [channel, s.room_history_events_max, new_epoch(), s.combo_window_ms, expire_at, len(events)]
         fields = [announce_fields(dedupe_id, event) for dedupe_id, event in events]
         combos = list(dict.fromkeys(c for f in fields if (c := f.rsplit("\t", 1)[1])))
         args += fields
@@ -415,7 +432,7 @@ class RoomStore:
             *(keys.room_combo(room, combo) for combo in combos),
         ]
         if client is not None:
-            return client.evalsha(self.announce_script.sha, len(keys_), *keys_, *args)
+            return valkey.queue_evalsha(client, self.announce_script.sha, keys_, args)
         return await self.announce_script(keys=keys_, args=args)
 
     async def earnings(self, room: str) -> dict[str, Any]:
