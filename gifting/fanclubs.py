@@ -24,7 +24,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gifting import clock, keys
+from gifting import clock, keys, valkey
 from gifting.catalog.model import Catalog
 from gifting.config import Settings
 from gifting.errors import GiftingError
@@ -177,11 +177,11 @@ class FanClubs:
         """A member visited the creator's room: their daily visit points, once per UTC day; nothing for anyone
         else. With `client` a pipeline, the call is queued on it (its reply: [member, points, joined])."""
         now = clock.now_ms()
-        return await self._activity(
-            keys=[*self._club_keys(creator), keys.fanclub_counted(creator, f"visit:{clock.utc_day(now)}:{user}")],
-            args=[user, now, self.settings.fanclub_visit_points, "0", "", 2 * 86400],
-            client=client,
-        )
+        keys_ = [*self._club_keys(creator), keys.fanclub_counted(creator, f"visit:{clock.utc_day(now)}:{user}")]
+        args = [user, now, self.settings.fanclub_visit_points, "0", "", 2 * 86400]
+        if client is not None:
+            return await valkey.queue_script(client, self._activity, keys_, args)
+        return await self._activity(keys=keys_, args=args)
 
     def _club_keys(self, creator: str) -> list[str]:
         return [keys.fanclub_members(creator), keys.fanclub_points(creator), keys.fanclub_active(creator)]

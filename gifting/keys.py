@@ -25,6 +25,7 @@ LEDGER_COINS = "{ledger}:coins"  # hash: account -> balance (coins)
 LEDGER_DIAMONDS = "{ledger}:diamonds"  # hash: account -> balance (diamonds)
 LEDGER_JOURNAL = "{ledger}:journal"  # stream: an entry per transfer chain or settled batch; archived, then trimmed
 LEDGER_REWARDS = "{ledger}:rewards"  # hash: account -> balance (reward coins: earned, never bought or paid out)
+LEDGER_DURABLE_PROBE = "{ledger}:durable_probe"  # counter: written right before a durability wait (Ledger.durable)
 LEDGER_LEDGERS = (("coins", LEDGER_COINS), ("diamonds", LEDGER_DIAMONDS), ("rewards", LEDGER_REWARDS))
 
 

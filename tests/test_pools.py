@@ -264,7 +264,9 @@ async def test_ending_an_interrupted_end_again_finishes_it_once(system: System) 
     """A room whose end stopped after marking it ended (no room_ended yet) is finished by ending it again."""
     room = await system.open_room("c1")
     async with system.redis.pipeline(transaction=False) as pipe:  # two slots (a cluster): no transaction
-        pipe.zadd(keys.ROOMS_ENDING, {room: 1})
+        # Interrupted just now: the worker's retry of old interrupted ends (GIFTING_ROOM_END_RETRY_S) stays out of
+        # it, or its concurrent finish could list the room as ending again while the second request comes.
+        pipe.zadd(keys.ROOMS_ENDING, {room: clock.now_ms()})
         pipe.hset(keys.room_meta(room), mapping={"status": "ended", "ended_at_ms": 1})
         await pipe.execute()
     creator = system.auth("c1", "creator")

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gifting import clock, keys, metrics
+from gifting import clock, keys, metrics, valkey
 from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.gifts import GiftRequest, gift_result
@@ -142,7 +142,7 @@ class SponsoredGifts:
                 await self.rooms.announce(room, room_events, client=pipe)
             for hub, hub_results in results.items():
                 if hub:
-                    pipe.publish(keys.hub_channel(hub), orjson.dumps(hub_results))
+                    valkey.queue_publish(pipe, keys.hub_channel(hub), orjson.dumps(hub_results))
             await pipe.execute()
 
     async def sweep(self) -> int:

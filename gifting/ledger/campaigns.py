@@ -15,7 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gifting import keys
+from gifting import keys, valkey
 from gifting.auth import USER_ID_PATTERN
 from gifting.catalog.model import Catalog
 from gifting.clock import hour_number, now_ms, utc_day
@@ -229,7 +229,7 @@ class Campaigns:
         async with self.redis.pipeline(transaction=False) as pipe:
             for g in sends:
                 keys_, args = self._send_call(g, now)
-                pipe.evalsha(self.script.sha, len(keys_), *keys_, *args)
+                valkey.queue_evalsha(pipe, self.script.sha, keys_, args)
             replies = await pipe.execute()
         outcomes = [
             rules.GiftOutcome(g.gift_id, status, reason, int(balance), bool(int(replay)))

@@ -14,7 +14,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gifting import keys
+from gifting import keys, valkey
 from gifting.clock import now_ms, utc_day
 from gifting.config import Settings
 from gifting.ledger import rules
@@ -124,7 +124,7 @@ class Rewards:
                 for user in users[start : start + ACCRUALS_PER_PIPELINE]:
                     transfer_id, keys_, args = self._accrual_call(kind, user, period, coins, now)
                     ids.append(transfer_id)
-                    await self._script(keys=keys_, args=args, client=pipe)
+                    await valkey.queue_script(pipe, self._script, keys_, args)
                 replies = await pipe.execute()
             outcomes += [Accrual(i, status, coins) for i, (status, _detail) in zip(ids, replies, strict=True)]
         if any(o.status == "ok" for o in outcomes):

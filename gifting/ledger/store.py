@@ -221,17 +221,20 @@ class Ledger:
         """Group commit: wait until everything written so far is fsynced to the AOF (WAITAOF 1 0)."""
         if self.waitaof_supported is False:
             return
-        try:
-            reply = await self.redis.execute_command(
+        # WAITAOF waits only for the writes of its own connection, and the writes it must cover went through
+        # other pooled connections. A write on its connection first (in the ledger's slot, so on the ledger's
+        # node) gives it the server's newest replication offset, which every earlier write is below.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.incr(keys.LEDGER_DURABLE_PROBE)
+            pipe.execute_command(
                 "WAITAOF",
                 1,
                 self.settings.durable_replicas,
                 timeout_ms,
-                **await valkey.on_node_of(self.redis, keys.LEDGER_COINS),
+                **await valkey.on_node_of(self.redis, keys.LEDGER_DURABLE_PROBE),
             )
-        except ResponseError as exc:
-            reply = exc
-        self._check_waitaof(reply, timeout_ms)
+            replies = await pipe.execute(raise_on_error=False)
+        self._check_waitaof(replies[1], timeout_ms)
 
     def _check_waitaof(self, reply: Any, timeout_ms: int) -> None:
         if isinstance(reply, Exception) and not isinstance(reply, ResponseError):

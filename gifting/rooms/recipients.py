@@ -13,7 +13,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gifting import clock, keys
+from gifting import clock, keys, valkey
 from gifting.config import Settings
 from gifting.ledger import rules
 from gifting.rooms.store import top_entries
@@ -84,7 +84,7 @@ class RecipientBoards:
             *(keys.room_recipient_top(room, recipient) for recipient in recipients),
         ]
         args = [len(buckets), expire_at, len(rows), *rows, *recipients]
-        return client.evalsha(self.script.sha, len(board_keys), *board_keys, *args)
+        return valkey.queue_evalsha(client, self.script.sha, board_keys, args)
 
 
 async def recipient_top(redis: aioredis.Redis, room: str, recipient: str, limit: int) -> list[dict[str, Any]]:
