@@ -154,8 +154,9 @@ POOLS_CLOSED = "{ledger}:pools:closed"  # sorted set: closed pool id -> closed (
 
 def pool(pool_id: str) -> str:
     """Hash: id, room, creator, gift, price, bps, pledged, status (open|completed|expired|cancelled|voided),
-    deadline_ms, starter, contributors (JSON list of {user, name, coins}). Expires GIFTING_POOL_RECORD_TTL_S
-    after it closes."""
+    deadline_ms, starter, contributors (JSON list of {user, name, coins}). Dropped by the archiver once
+    PostgreSQL holds it (GIFTING_POOL_HOT_S after it closes); expires GIFTING_POOL_RECORD_TTL_S after it closes
+    (a safety bound: no archiver)."""
     return "{ledger}:pool:" + pool_id
 
 

@@ -1,6 +1,6 @@
-"""The records archiver: purchase records, resolved withdrawals and stream summaries past their hot windows move
-to PostgreSQL, and closed pools are copied there (gifting/history/purchases.py, withdrawals.py, summaries.py,
-pools.py), in the archiver process next to the journal's archiver, with its retries and pauses."""
+"""The records archiver: purchase records, resolved withdrawals, stream summaries and closed pools past their hot
+windows move to PostgreSQL (gifting/history/purchases.py, withdrawals.py, summaries.py, pools.py), in the archiver
+process next to the journal's archiver, with its retries and pauses."""
 
 from __future__ import annotations
 
@@ -33,6 +33,6 @@ class RecordArchiver(Archiver):
         count = await purchases.archive_due(self.redis, conn, now - self.settings.purchase_hot_s * 1000, batch)
         count += await withdrawals.archive_due(self.redis, conn, now - self.settings.withdrawal_hot_s * 1000, batch)
         count += await summaries.archive_due(self.redis, conn, now - self.settings.summary_hot_s * 1000, batch)
-        count += await pools.archive_due(self.redis, conn, batch)  # copied once closed; their TTL drops them
+        count += await pools.archive_due(self.redis, conn, now - self.settings.pool_hot_s * 1000, batch)
         self.archived += count
         return count
