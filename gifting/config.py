@@ -442,7 +442,16 @@ class Settings:
         "GIFTING_MATCH_MVPS_MAX", 3, "Top gifters (MVPs) of each side named in `match_ended`."
     )
     match_record_ttl_s: int = _setting(
-        "GIFTING_MATCH_RECORD_TTL_S", 7 * 86400, "An ended match's record (GET /v1/matches/{id}) is kept, seconds."
+        "GIFTING_MATCH_RECORD_TTL_S",
+        90 * 86400,
+        "An ended match's record expires from Valkey this long after it ends, seconds, archived or not: only a "
+        "safety bound for a server without an archiver; keep it well over GIFTING_MATCH_HOT_S.",
+    )
+    match_hot_s: int = _setting(
+        "GIFTING_MATCH_HOT_S",
+        7 * 86400,
+        "How long an ended match's record stays in Valkey after it ends, seconds; then the archiver moves it to "
+        "PostgreSQL (dropped from Valkey only once committed there), where GET /v1/matches/{id} still finds it.",
     )
 
     # Reward coins earned by taking part (gifting/ledger/rewards.py, docs/REWARDS.md).

@@ -409,6 +409,7 @@ def hub_channel(hub_id: str) -> str:
 
 # Matches: one match's keys share its tag, so each match script touches one slot.
 MATCHES_DUE = "matches:due"  # sorted set: match id -> when the worker next looks at it (invite deadline, end)
+MATCHES_ENDED = "matches:ended"  # sorted set: ended match id -> its end (ms), until archived to PostgreSQL
 
 
 def match_meta(match: str) -> str:

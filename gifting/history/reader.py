@@ -18,7 +18,7 @@ import psycopg
 import redis.asyncio as aioredis
 
 from gifting.errors import GiftingError
-from gifting.history import pools, purchases, summaries, withdrawals
+from gifting.history import matches, pools, purchases, summaries, withdrawals
 
 CONNECT_TIMEOUT_S = 5
 
@@ -86,3 +86,7 @@ class ArchiveReader:
     async def pool(self, pool_id: str) -> dict[str, str] | None:
         async with self.connection() as conn:
             return await pools.archived(conn, pool_id)
+
+    async def match(self, match_id: str) -> dict[str, str] | None:
+        async with self.connection() as conn:
+            return await matches.archived(conn, match_id)
