@@ -22,7 +22,7 @@ from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.history.reader import ArchiveReader
-from gifting.history.statements import History, Statements
+from gifting.history.statements import Statements
 from gifting.ledger.campaigns import Campaigns
 from gifting.ledger.rewards import Rewards
 from gifting.ledger.store import Ledger
@@ -138,11 +138,12 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         await state.catalogs.load()
         state.payments = payments or SandboxProvider()
         state.ledger = Ledger(redis, settings)
-        state.history = History(settings.database_url)  # older statement rows (gifting/history/statements.py)
-        state.statements = Statements(redis, state.history)
+        # Records past their hot windows (statement rows, purchases, summaries, ...) are read from the history
+        # database through this process's one reader; without one configured nothing is archived.
+        state.archive = ArchiveReader(settings.database_url) if settings.database_url else None
+        state.statements = Statements(redis, state.archive)
         state.rooms = RoomStore(redis, settings)
-        if settings.database_url:  # records past their hot window are read from the history database
-            state.ledger.archive = state.rooms.archive = ArchiveReader(settings.database_url)
+        state.ledger.archive = state.rooms.archive = state.archive
         state.matches = MatchStore(redis, settings, state.rooms)
         state.stage = StageStore(redis, settings, state.rooms)
         state.campaigns = Campaigns(redis, settings)
@@ -157,9 +158,8 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         finally:
             await state.watch_rewards.stop()
             await state.hub.stop()
-            await state.history.close()
-            if state.ledger.archive is not None:
-                await state.ledger.archive.close()
+            if state.archive is not None:
+                await state.archive.close()
             await redis.aclose()
 
     async def http_error(request: Request, exc: Exception) -> Response:

@@ -259,7 +259,10 @@ class Settings:
         "GIFTING_POOL_OPEN_COINS_MIN", 1, "Coins a user must hold to open a pool (0: anyone may open one)."
     )
     pool_record_ttl_s: int = _setting(
-        "GIFTING_POOL_RECORD_TTL_S", 7 * 86400, "A closed pool's record is kept this long, seconds (open: kept)."
+        "GIFTING_POOL_RECORD_TTL_S",
+        90 * 86400,
+        "A closed pool's record expires from Valkey this long after it closes, seconds, archived or not (open: "
+        "kept): only a safety bound for a server without an archiver; keep it well over GIFTING_POOL_HOT_S.",
     )
     campaign_duration_s_max: int = _setting(
         "GIFTING_CAMPAIGN_DURATION_S_MAX",
@@ -379,6 +382,12 @@ class Settings:
         "How long a stream's summary stays in Valkey after the stream ends, seconds (keep it under the summary's "
         "90-day TTL); then the archiver moves it to PostgreSQL, where the summary and session reads still find it.",
     )
+    pool_hot_s: int = _setting(
+        "GIFTING_POOL_HOT_S",
+        7 * 86400,
+        "How long a closed pool's record stays in Valkey after it closes, seconds; then the archiver moves it to "
+        "PostgreSQL (dropped from Valkey only once committed there), where GET /v1/pools/{id} still finds it.",
+    )
     statement_hot_rows: int = _setting(
         "GIFTING_STATEMENT_HOT_ROWS",
         200,
@@ -439,7 +448,16 @@ class Settings:
         "GIFTING_MATCH_MVPS_MAX", 3, "Top gifters (MVPs) of each side named in `match_ended`."
     )
     match_record_ttl_s: int = _setting(
-        "GIFTING_MATCH_RECORD_TTL_S", 7 * 86400, "An ended match's record (GET /v1/matches/{id}) is kept, seconds."
+        "GIFTING_MATCH_RECORD_TTL_S",
+        90 * 86400,
+        "An ended match's record expires from Valkey this long after it ends, seconds, archived or not: only a "
+        "safety bound for a server without an archiver; keep it well over GIFTING_MATCH_HOT_S.",
+    )
+    match_hot_s: int = _setting(
+        "GIFTING_MATCH_HOT_S",
+        7 * 86400,
+        "How long an ended match's record stays in Valkey after it ends, seconds; then the archiver moves it to "
+        "PostgreSQL (dropped from Valkey only once committed there), where GET /v1/matches/{id} still finds it.",
     )
 
     # Reward coins earned by taking part (gifting/ledger/rewards.py, docs/REWARDS.md).

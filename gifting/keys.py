@@ -162,8 +162,9 @@ POOLS_CLOSED = "{ledger}:pools:closed"  # sorted set: closed pool id -> closed (
 
 def pool(pool_id: str) -> str:
     """Hash: id, room, creator, gift, price, bps, pledged, status (open|completed|expired|cancelled|voided),
-    deadline_ms, starter, contributors (JSON list of {user, name, coins}). Expires GIFTING_POOL_RECORD_TTL_S
-    after it closes."""
+    deadline_ms, starter, contributors (JSON list of {user, name, coins}). Dropped by the archiver once
+    PostgreSQL holds it (GIFTING_POOL_HOT_S after it closes); expires GIFTING_POOL_RECORD_TTL_S after it closes
+    (a safety bound: no archiver)."""
     return "{ledger}:pool:" + pool_id
 
 
@@ -424,6 +425,7 @@ def hub_channel(hub_id: str) -> str:
 
 # Matches: one match's keys share its tag, so each match script touches one slot.
 MATCHES_DUE = "matches:due"  # sorted set: match id -> when the worker next looks at it (invite deadline, end)
+MATCHES_ENDED = "matches:ended"  # sorted set: ended match id -> its end (ms), until archived to PostgreSQL
 
 
 def match_meta(match: str) -> str:

@@ -17,7 +17,8 @@ import redis.asyncio as aioredis
 
 from gifting import clock, embedded_pg, keys
 from gifting.config import Settings
-from gifting.history.statements import History, Statements
+from gifting.history.reader import ArchiveReader
+from gifting.history.statements import Statements
 from gifting.ledger.store import Ledger, LedgerError
 
 ENTRIES_MAX = 1000  # entries one dead-letters or replay run reads (run again for more)
@@ -122,11 +123,12 @@ async def wallet(redis: aioredis.Redis, settings: Settings, user: str, rows: int
     """Balances, withdrawals and the newest statement rows of `user`, as the ledger keeps them."""
     # Rows past GIFTING_STATEMENT_HOT_ROWS are in PostgreSQL: the configured one, or a running `gifting dev`'s.
     database_url = settings.database_url or embedded_pg.find_running(Path(settings.data_dir)) or ""
-    ledger, history = Ledger(redis, settings), History(database_url)
+    ledger, history = Ledger(redis, settings), ArchiveReader(database_url) if database_url else None
     try:
         statement, _cursor = await Statements(redis, history).page(user, None, max(1, min(rows, STATEMENT_ROWS_MAX)))
     finally:
-        await history.close()
+        if history is not None:
+            await history.close()
     return {
         "user": user,
         **await ledger.wallet(user),

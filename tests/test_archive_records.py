@@ -354,12 +354,12 @@ async def test_summaries_move_once_and_reads_reach_them(
     assert [s["room"] for s in sessions] == [young]
 
 
-async def test_closed_pools_are_copied_once_and_read_after_their_ttl(
+async def test_closed_pools_move_once_and_are_read_after_they_leave_valkey(
     start_system: SystemFactory, records: psycopg.AsyncConnection[Any], database_url: str
 ) -> None:
-    """A completed and a cancelled pool are copied to PostgreSQL once (a repeated round after a crash adds no
-    row); once their Valkey record is gone (TTL), GET /v1/pools/{id} answers the same from PostgreSQL; the
-    `pledges` view lists every pledge once the journal is archived."""
+    """A completed and a cancelled pool stay in Valkey until their hot window passes, then move to PostgreSQL
+    once (a round that crashed between commit and drop adds no row when repeated) and leave Valkey only then;
+    GET /v1/pools/{id} answers the same from PostgreSQL; the `pledges` view lists every pledge."""
     system = await start_system(database_url=database_url)
     for user in ("v0", "v1"):
         await system.grant(user, 1000)
@@ -374,12 +374,13 @@ async def test_closed_pools_are_copied_once_and_read_after_their_ttl(
     assert cancel.status_code == 200, cancel.text
     views = {p: (await system.http.get(f"/v1/pools/{p}")).json() for p in (done, cancelled)}
     assert await system.redis.zcard(keys.POOLS_CLOSED) == 2
-    assert await pools.archive_due(system.redis, records, 10) == 2
-    await system.redis.zadd(keys.POOLS_CLOSED, {done: 1})  # as if the round crashed before unindexing
-    assert await pools.archive_due(system.redis, records, 10) == 1
+    assert await pools.archive_due(system.redis, records, 0, 10) == 0  # closed after that: still hot
+    assert await pools.commit_due(system.redis, records, FAR_FUTURE_MS, 10)  # committed, then a crash
+    assert await system.redis.exists(keys.pool(done), keys.pool(cancelled)) == 2  # not dropped before the drop
+    assert await pools.archive_due(system.redis, records, FAR_FUTURE_MS, 10) == 2
     rows = dict(await (await records.execute("SELECT id, status FROM pools")).fetchall())
     assert rows == {done: "completed", cancelled: "cancelled"} and not await system.redis.zcard(keys.POOLS_CLOSED)
-    await system.redis.delete(keys.pool(done), keys.pool(cancelled))  # their TTL ran out
+    assert await system.redis.exists(keys.pool(done), keys.pool(cancelled)) == 0
     for pool_id, view in views.items():
         assert (await system.http.get(f"/v1/pools/{pool_id}")).json() == view
     await drain(system.redis, records)

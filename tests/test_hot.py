@@ -20,7 +20,8 @@ from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.history import hot, journal
 from gifting.history.hot import HotState
-from gifting.history.statements import History, Statements
+from gifting.history.reader import ArchiveReader
+from gifting.history.statements import Statements
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import GiftToSettle, Ledger
@@ -124,7 +125,7 @@ async def test_pages_cross_the_boundary_exactly_while_archiving(
     await gift_batches(ledger, settings, ["v1", "v2"], "c1", batches)
     rows = await full_statement(redis, "c1")
     sizes = [rnd.randint(1, 9) for _ in range(5)]
-    reader_history = History(database_url)
+    reader_history = ArchiveReader(database_url)
     statements = Statements(redis, reader_history)
     archiver = Archiver(redis, database_url, settings, STREAM)
     try:
@@ -152,7 +153,7 @@ async def test_pages_below_a_cursor_stay_exact_while_gifts_settle_and_archive(
     await gift_batches(ledger, settings, ["v1", "v2"], "c1", rnd.randint(1, 15))
     rows = await full_statement(redis, "c1")
     sizes, more = [rnd.randint(1, 9) for _ in range(5)], rnd.randint(1, 15)
-    statements = Statements(redis, History(database_url))
+    statements = Statements(redis, ArchiveReader(database_url))
     archiver = Archiver(redis, database_url, settings, STREAM)
 
     async def archive_until(settling: asyncio.Task[None]) -> None:
@@ -191,7 +192,7 @@ async def test_crash_between_commit_and_trim_loses_and_duplicates_nothing(
     hot = HotState(redis, settings.statement_hot_rows, settings.top_gifters_kept, settings.diamond_hold_s)
     count, _upto = await journal.archive_batch(redis, history, STREAM, 100, hot)  # committed; then "killed -9"
     assert count == 7 and await redis.llen(keys.statement("v1")) == len(rows)
-    statements = Statements(redis, History(database_url))
+    statements = Statements(redis, ArchiveReader(database_url))
     assert await read_all(statements, "v1", [3]) == expected(rows)
     archiver = Archiver(redis, database_url, settings, STREAM)  # the restart: it trims before anything
     await archive_all(archiver)
@@ -229,7 +230,7 @@ async def test_archiver_killed_mid_batch_keeps_every_statement_row_once(
     finally:
         process.send_signal(signal.SIGTERM)
         await asyncio.wait_for(process.wait(), 30)
-    statements = Statements(redis, History(database_url))
+    statements = Statements(redis, ArchiveReader(database_url))
     for user, rows in before.items():
         assert await read_all(statements, user, [7]) == expected(rows)
         assert await full_archived(history, user) == rows
@@ -258,7 +259,7 @@ async def test_rows_per_account_per_batch_are_bounded(
     before) and move with the account's next transfers."""
     monkeypatch.setattr(hot, "ROWS_PER_ACCOUNT_MAX", 3)
     settings = make_settings(tmp_path, statement_hot_rows=1)
-    ledger, statements = Ledger(redis, settings), Statements(redis, History(database_url))
+    ledger, statements = Ledger(redis, settings), Statements(redis, ArchiveReader(database_url))
     await fund(redis, ["v1"], 1000)
     await gift_batches(ledger, settings, ["v1"] * 8, "c1", 1)  # eight rows in one journal entry
     rows = await full_statement(redis, "v1")
@@ -325,7 +326,7 @@ async def test_without_postgres_an_archived_page_is_a_clear_error(redis: aioredi
     """A page that needs rows Valkey dropped, with no PostgreSQL configured, is `history_unavailable`."""
     await redis.rpush(keys.statement("v1"), rules.statement_row(1, "purchase", "coins", 5, "sys:coin_issuance", "p"))
     await redis.hset(keys.LEDGER_STATEMENT_BASE, keys.account("v1"), 3)
-    statements = Statements(redis, History(""))
+    statements = Statements(redis, None)
     page, cursor = await statements.page("v1", None, 1)
     assert [item["id"] for item in page] == ["3"] and cursor == "3"
     with pytest.raises(GiftingError) as caught:

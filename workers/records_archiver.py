@@ -1,6 +1,7 @@
-"""The records archiver: purchase records, resolved withdrawals and stream summaries past their hot windows move
-to PostgreSQL, and closed pools are copied there (gifting/history/purchases.py, withdrawals.py, summaries.py,
-pools.py), in the archiver process next to the journal's archiver, with its retries and pauses."""
+"""The records archiver: purchase records, resolved withdrawals, stream summaries, closed pools and ended matches
+past their hot windows move to PostgreSQL (gifting/history/purchases.py, withdrawals.py, summaries.py, pools.py,
+matches.py), in the archiver
+process next to the journal's archiver, with its retries and pauses."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import redis.asyncio as aioredis
 
 from gifting import clock
 from gifting.config import Settings
-from gifting.history import pools, purchases, summaries, withdrawals
+from gifting.history import matches, pools, purchases, summaries, withdrawals
 from workers.archiver import CONNECT_TIMEOUT_S, Archiver
 
 
@@ -33,6 +34,7 @@ class RecordArchiver(Archiver):
         count = await purchases.archive_due(self.redis, conn, now - self.settings.purchase_hot_s * 1000, batch)
         count += await withdrawals.archive_due(self.redis, conn, now - self.settings.withdrawal_hot_s * 1000, batch)
         count += await summaries.archive_due(self.redis, conn, now - self.settings.summary_hot_s * 1000, batch)
-        count += await pools.archive_due(self.redis, conn, batch)  # copied once closed; their TTL drops them
+        count += await pools.archive_due(self.redis, conn, now - self.settings.pool_hot_s * 1000, batch)
+        count += await matches.archive_due(self.redis, conn, now - self.settings.match_hot_s * 1000, batch)
         self.archived += count
         return count

@@ -232,9 +232,11 @@ class SettlementWorker:
             pipe.zcard(keys.WITHDRAWALS_PENDING)
             pipe.zcard(keys.POOLS_OPEN)
             pipe.zrange(keys.WORKER_HEARTBEATS, -1, -1, withscores=True)
-            backlog, dead, pending, withdrawals, pools, newest = await pipe.execute()
+            pipe.xlen(keys.LEDGER_JOURNAL)  # the archive backlog: entries not yet moved to PostgreSQL
+            backlog, dead, pending, withdrawals, pools, newest, journal = await pipe.execute()
         metrics.stream_length.labels(stream=keys.GIFTS_STREAM).set(backlog)
         metrics.stream_length.labels(stream=keys.GIFTS_DEAD_LETTER).set(dead)
+        metrics.stream_length.labels(stream=keys.LEDGER_JOURNAL).set(journal)
         metrics.stream_pending.labels(stream=keys.GIFTS_STREAM).set(pending["pending"])
         metrics.withdrawals_pending.set(withdrawals)
         metrics.pools_open.set(pools)

@@ -1,10 +1,11 @@
-"""Closed pools are copied to PostgreSQL soon after they close; GET /v1/pools/{id} reaches them there.
+"""Closed pools past Valkey's hot window move to PostgreSQL; GET /v1/pools/{id} reaches them there.
 
-A closed pool's record stays in Valkey GIFTING_POOL_RECORD_TTL_S (its TTL, set when it closes), and pool.lua
-indexes it in `{ledger}:pools:closed` as it closes. Each archive round writes a batch of closed pools to
-`pools` (keyed by id; final, so a second write does nothing), commits, and only then removes them from the
-index. A crash anywhere repeats the round. The pledges themselves are journal entries (kind pledge_pending,
-`ref` the pool), archived with the journal; the view `pledges` lists them.
+pool.lua indexes a pool in `{ledger}:pools:closed` as it closes (a closed pool is final). GIFTING_POOL_HOT_S
+after it closed, one archive round writes a batch of them to `pools` (keyed by id; final, so a second write
+does nothing) and commits; only then is each dropped from Valkey (its record and its index entry). A crash
+anywhere repeats the round. The record's Valkey TTL (GIFTING_POOL_RECORD_TTL_S, set as it closes) is only a
+safety bound for a server without an archiver. The pledges themselves are journal entries (kind
+pledge_pending, `ref` the pool), archived with the journal; the view `pledges` lists them.
 """
 
 from __future__ import annotations
@@ -27,25 +28,50 @@ INSERT_SQL = b"""
 OPEN = "open"
 
 
-async def archive_due(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], batch: int) -> int:
-    """Copy up to `batch` closed pools to PostgreSQL, then unindex them. Returns how many."""
-    due = await redis.zrange(keys.POOLS_CLOSED, 0, batch - 1, withscores=True)
+async def archive_due(
+    redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], closed_before_ms: int, batch: int
+) -> int:
+    """Move up to `batch` pools closed before `closed_before_ms` to PostgreSQL. Returns how many."""
+    committed = await commit_due(redis, conn, closed_before_ms, batch)
+    await drop_committed(redis, committed)
+    return len(committed)
+
+
+async def commit_due(
+    redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], closed_before_ms: int, batch: int
+) -> list[tuple[str, bool]]:
+    """Insert up to `batch` due closed pools in one transaction. Returns (pool id, archived) for each due one."""
+    due = await redis.zrangebyscore(keys.POOLS_CLOSED, "-inf", closed_before_ms, start=0, num=batch, withscores=True)
     if not due:
-        return 0
+        return []
     async with redis.pipeline(transaction=False) as pipe:
         for pool_id, _ in due:
             pipe.hgetall(keys.pool(pool_id))
         records: list[dict[str, str]] = await pipe.execute()
-    rows = []
+    rows, committed = [], []
     for (pool_id, closed_ms), record in zip(due, records, strict=True):
-        if not record or record.get("status") == OPEN:
+        archived = bool(record) and record.get("status") != OPEN
+        if archived:
+            rows.append((pool_id, record["room"], record["creator"], record["status"], int(closed_ms), Jsonb(record)))
+        else:  # expired unarchived (GIFTING_POOL_RECORD_TTL_S), or open (cannot be): unindexed, never dropped
             log.warning("pool %s: closed but its record is %s; not archived", pool_id, record.get("status", "gone"))
-            continue
-        rows.append((pool_id, record["room"], record["creator"], record["status"], int(closed_ms), Jsonb(record)))
+        committed.append((pool_id, archived))
     async with conn.transaction(), conn.cursor() as cur:
         await cur.executemany(INSERT_SQL, rows)
-    await redis.zrem(keys.POOLS_CLOSED, *(pool_id for pool_id, _ in due))
-    return len(due)
+    return committed
+
+
+async def drop_committed(redis: aioredis.Redis, committed: list[tuple[str, bool]]) -> None:
+    """Unindex the due pools and drop the archived ones' records (a closed pool is final: what PostgreSQL
+    committed is what Valkey holds)."""
+    if not committed:
+        return
+    async with redis.pipeline(transaction=True) as pipe:
+        for pool_id, archived in committed:
+            if archived:
+                pipe.delete(keys.pool(pool_id))
+            pipe.zrem(keys.POOLS_CLOSED, pool_id)
+        await pipe.execute()
 
 
 async def archived(conn: psycopg.AsyncConnection[Any], pool_id: str) -> dict[str, str] | None:

@@ -1,8 +1,10 @@
 """The web process's reads of the history database: records past Valkey's hot windows.
 
-One connection per process, opened on first use and shared under a lock: these reads are of old records
-(history pages, a refund of an old purchase), rare next to the hot path, which never waits on PostgreSQL.
-PostgreSQL unreachable: the read fails `history_unavailable` (503) and the next one connects again.
+The one home for them: a process opens one ArchiveReader (gifting/app.py), which the ledger, the rooms and
+the statements share. One connection, opened on first use and shared under a lock: these reads are of old
+records (statement pages, history pages, a refund of an old purchase), rare next to the hot path, which never
+waits on PostgreSQL. PostgreSQL unreachable: the read fails `history_unavailable` (503) and the next one
+connects again.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import psycopg
 import redis.asyncio as aioredis
 
 from gifting.errors import GiftingError
-from gifting.history import pools, purchases, summaries, withdrawals
+from gifting.history import matches, pools, purchases, summaries, withdrawals
 
 CONNECT_TIMEOUT_S = 5
 
@@ -45,6 +47,13 @@ class ArchiveReader:
             with contextlib.suppress(psycopg.Error, OSError):
                 await self._conn.close()
             self._conn = None
+
+    async def statement_rows(self, account: str, low: int, high: int) -> list[tuple[int, str]]:
+        """(seq, row) of the account's archived statement rows low..high-1, oldest first."""
+        sql = "SELECT seq, line FROM statements WHERE account = %s AND seq >= %s AND seq < %s ORDER BY seq"
+        async with self.connection() as conn:
+            rows = await (await conn.execute(sql, (account, low, high))).fetchall()
+        return [(int(seq), line) for seq, line in rows]
 
     async def purchase(self, purchase_id: str) -> dict[str, str] | None:
         async with self.connection() as conn:
@@ -77,3 +86,7 @@ class ArchiveReader:
     async def pool(self, pool_id: str) -> dict[str, str] | None:
         async with self.connection() as conn:
             return await pools.archived(conn, pool_id)
+
+    async def match(self, match_id: str) -> dict[str, str] | None:
+        async with self.connection() as conn:
+            return await matches.archived(conn, match_id)

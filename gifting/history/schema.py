@@ -157,6 +157,18 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             FROM legs GROUP BY day;
         """,
     ),
+    (
+        5,
+        # Ended matches past GIFTING_MATCH_HOT_S (final: written once, keyed by id; `record`: the Valkey record
+        # as it was, shown as GET /v1/matches/{id} shows it). Their gifts are journal entries.
+        """
+        CREATE TABLE matches (
+            id text PRIMARY KEY,
+            ended_ms bigint NOT NULL,
+            record jsonb NOT NULL
+        );
+        """,
+    ),
 )
 
 

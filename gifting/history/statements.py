@@ -9,12 +9,8 @@ no row twice, whatever the archiver does meanwhile. The cursor is the seq of the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
 import redis.asyncio as aioredis
 
 from gifting import keys
@@ -22,55 +18,17 @@ from gifting.errors import GiftingError
 from gifting.ledger import rules
 from gifting.ledger.store import load_script
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from gifting.history.reader import ArchiveReader
+
 STATEMENT_PAGE_MAX = 200  # rows per page
-CONNECT_TIMEOUT_S = 5
-
-
-class History:
-    """A web process's read access to PostgreSQL: one connection, opened on first use, one query at a time (only
-    pages older than Valkey's newest rows come here). Without a database URL nothing is archived, so it is
-    never asked."""
-
-    def __init__(self, database_url: str) -> None:
-        self.database_url = database_url
-        self._conn: psycopg.AsyncConnection[Any] | None = None
-        self._lock = asyncio.Lock()
-
-    async def statement_rows(self, account: str, low: int, high: int) -> list[tuple[int, str]]:
-        """(seq, row) of the account's archived rows low..high-1, oldest first."""
-        sql = "SELECT seq, line FROM statements WHERE account = %s AND seq >= %s AND seq < %s ORDER BY seq"
-        async with self._lock:
-            try:
-                conn = await self._connection()
-                rows = await (await conn.execute(sql, (account, low, high))).fetchall()
-            except (psycopg.Error, OSError) as exc:
-                await self.close()
-                log.warning("history: %s", exc)
-                raise GiftingError("history_unavailable", "older statement rows are in PostgreSQL, unreachable now; "
-                                   "retry shortly") from exc  # fmt: skip
-        return [(int(seq), line) for seq, line in rows]
-
-    async def _connection(self) -> psycopg.AsyncConnection[Any]:
-        if not self.database_url:
-            raise GiftingError("history_unavailable", "older statement rows are in PostgreSQL: GIFTING_DATABASE_URL")
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(
-                self.database_url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True
-            )
-        return self._conn
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            with contextlib.suppress(psycopg.Error, OSError):
-                await self._conn.close()
-            self._conn = None
 
 
 class Statements:
-    """Pages of users' statements across Valkey and PostgreSQL."""
+    """Pages of users' statements across Valkey and PostgreSQL (`history`: the process's one reader of it; None:
+    no history database configured, so nothing is archived and a page below Valkey's rows is an error)."""
 
-    def __init__(self, redis: aioredis.Redis, history: History | None) -> None:
+    def __init__(self, redis: aioredis.Redis, history: ArchiveReader | None) -> None:
         self.redis, self.history = redis, history
         self._page = redis.register_script(load_script("statement_page.lua"))
 

@@ -475,7 +475,7 @@ def _check_pools(
     for pool, (status, deadline) in records.items():
         allowed = {_pool_status(snapshot, pool), _pool_status(latest, pool)}
         if status is None and "open" not in allowed:
-            continue  # a closed pool's record expires (GIFTING_POOL_RECORD_TTL_S); the journal keeps its story
+            continue  # a closed pool's record moves to PostgreSQL; the journal keeps its story
         if status not in allowed:
             report.findings.append(f"pool {pool}: record says {status}, journal says {sorted(allowed)}")
         if status == "open" and deadline is not None and now_ms > int(deadline) + GRACE_MS:

@@ -280,6 +280,15 @@ class MatchStore:
     async def get(self, match: str) -> dict[str, Any]:
         return public_view(await self._meta(match))
 
+    async def view(self, match: str) -> dict[str, Any]:
+        """GET /v1/matches/{id}: Valkey's record, else (ended longer ago than GIFTING_MATCH_HOT_S) the archived one."""
+        meta: dict[str, str] = await self.redis.hgetall(keys.match_meta(match))
+        if not meta and self.rooms.archive is not None:
+            meta = await self.rooms.archive.match(match) or {}
+        if not meta:
+            raise MatchError("match_not_found", f"no match {match!r}")
+        return public_view(meta)
+
     async def _meta(self, match: str) -> dict[str, str]:
         meta: dict[str, str] = await self.redis.hgetall(keys.match_meta(match))
         if not meta:
@@ -377,6 +386,8 @@ class MatchStore:
             return 0
         if meta:
             await self._release_all(match, meta)
+        if status in ("declined", "expired"):  # never played, so not archived: kept as long as an ended one is hot
+            await self.redis.expire(keys.match_meta(match), self.settings.match_hot_s)
         await self.redis.zrem(keys.MATCHES_DUE, match)
         return 1
 
@@ -405,6 +416,9 @@ class MatchStore:
                     pipe.expire(key, self.settings.match_record_ttl_s)
                 await pipe.execute()
         view = await self.get(match)
+        # Indexed for the archiver, which moves it to PostgreSQL after GIFTING_MATCH_HOT_S (apart from the
+        # transaction above: another slot in a cluster); a crash before this repeats finish.
+        await self.redis.zadd(keys.MATCHES_ENDED, {match: view["end_ms"]}, nx=True)
         event = MatchEnded(view).to_dict()
         for room in view["rooms"]:
             await self.redis.hset(keys.room_matches(room), match, orjson.dumps(view))  # the stream summary's

@@ -44,7 +44,7 @@ async def answer(request: Request) -> Response:
 
 
 async def get_match(request: Request) -> Response:
-    return json_response(await request.app.state.matches.get(request.path_params["match"]))
+    return json_response(await request.app.state.matches.view(request.path_params["match"]))
 
 
 async def stage_invite(request: Request) -> Response:

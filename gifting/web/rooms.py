@@ -190,7 +190,7 @@ async def start_pool(request: Request) -> Response:
 async def get_pool_handler(request: Request) -> Response:
     pool = await get_pool(request.app.state.redis, request.path_params["pool"])
     archive = request.app.state.ledger.archive
-    if pool is None and archive is not None:  # closed longer ago than GIFTING_POOL_RECORD_TTL_S
+    if pool is None and archive is not None:  # closed longer ago than GIFTING_POOL_HOT_S: archived
         record = await archive.pool(request.path_params["pool"])
         pool = pool_view(record) if record else None
     if pool is None:
