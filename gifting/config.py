@@ -361,8 +361,8 @@ class Settings:
         "GIFTING_ARCHIVE_BACKLOG_MAX",
         100_000,
         "Journal entries (a settled batch of gifts is one) allowed to wait in Valkey for the archiver; past it "
-        "every debit (gift, pledge, new withdrawal) is refused `archive_backlog` (memory stays bounded, no money is "
-        "lost). 0: no bound.",
+        "every debit (gift, pledge, new withdrawal, sponsored gift, perk, ticket, reward accrual) is refused "
+        "`archive_backlog` (memory stays bounded, no money is lost). 0: no bound.",
     )
     purchase_hot_s: int = _setting(
         "GIFTING_PURCHASE_HOT_S",

@@ -100,7 +100,7 @@ class Perks:
             raise PerkError("perk_id_conflict", "Idempotency-Key was used for a different perk purchase")
         return {"purchase_id": outcome.purchase_id, "perk": perk, "kind": kind, "status": outcome.status,
                 "reason": outcome.reason or None, "coins": outcome.coins, "replay": outcome.replay,
-                "until_ms": outcome.until_ms or None}  # fmt: skip
+                "until_ms": outcome.until_ms or None, "paid_with": outcome.paid_with or None}  # fmt: skip
 
     async def _live_creator(self, room: str, buyer: str) -> str:
         info = await self.rooms.get(room)

@@ -31,6 +31,7 @@ from gifting.ledger.campaigns import Campaigns, SponsoredSend
 from gifting.live.hub import fresh_viewer_total
 from gifting.rooms.store import RoomStore
 from gifting.wire.messages import GiftEvent
+from gifting.wire.reasons import RejectReason
 
 log = logging.getLogger(__name__)
 SWEEP_CAMPAIGNS_MAX = 100  # campaigns closed per sweep; the rest wait for the next one
@@ -45,10 +46,15 @@ class SponsoredGifts:
         self.campaigns = Campaigns(redis, settings)
 
     async def settle(self, requests: list[GiftRequest], entry_ids: list[str] | None = None) -> list[rules.GiftOutcome]:
-        """Decide, settle (sponsor.lua), announce the settled ones and answer every sender."""
-        campaigns, rooms, lifetime = await self._read(requests)
+        """Decide, settle (sponsor.lua), announce the settled ones and answer every sender. Past
+        GIFTING_ARCHIVE_BACKLOG_MAX every send is rejected `archive_backlog` like a paid gift (one rule for every
+        debit: rules.archive_backlog_reject); a resend of a settled one still answers its record."""
+        campaigns, rooms, lifetime, journal_entries = await self._read(requests)
         now = clock.now_ms()
-        sends = [self.prepare(r, campaigns.get(r.campaign), rooms.get(r.room), now) for r in requests]
+        full = rules.archive_backlog_reject(journal_entries, self.settings.archive_backlog_max) is not None
+        if full:
+            log.error("archive backlog: %d journal entries in Valkey: refusing sponsored gifts", journal_entries)
+        sends = [self.prepare(r, campaigns.get(r.campaign), rooms.get(r.room), now, full) for r in requests]
         outcomes = await self.campaigns.send(sends)
         await self.publish(requests, sends, outcomes, campaigns, lifetime)
         fresh = [o for o in outcomes if not o.replay]  # counted like paid gifts (a resend is not counted twice)
@@ -60,9 +66,9 @@ class SponsoredGifts:
 
     async def _read(
         self, requests: list[GiftRequest]
-    ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Any]], dict[str, int]]:
+    ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Any]], dict[str, int], int]:
         """Each campaign's record, each room's host, status and viewers, each sender's lifetime spend (for the
-        level badge), in one round trip."""
+        level badge), and the journal's length (the archive backlog), in one round trip."""
         ids, room_ids = sorted({r.campaign for r in requests}), sorted({r.room for r in requests})
         senders = sorted({r.sender for r in requests})
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -72,7 +78,8 @@ class SponsoredGifts:
                 pipe.hmget(keys.room_meta(room), "creator", "status")
                 pipe.hgetall(keys.room_viewers(room))
             pipe.hmget(keys.LEDGER_LIFETIME_SPENT, [keys.account(s) for s in senders])
-            replies = await pipe.execute()
+            pipe.xlen(keys.LEDGER_JOURNAL)
+            *replies, journal_entries = await pipe.execute()
         campaigns = {cid: record for cid, record in zip(ids, replies, strict=False) if record}
         now, max_age_ms = clock.now_ms(), self.settings.viewers_interval_ms * 3
         rooms: dict[str, dict[str, Any]] = {}
@@ -85,17 +92,25 @@ class SponsoredGifts:
                     "viewers": fresh_viewer_total(viewers, now, max_age_ms),
                 }
         lifetime = {s: int(v or 0) for s, v in zip(senders, replies[-1], strict=True)}
-        return campaigns, rooms, lifetime
+        return campaigns, rooms, lifetime, int(journal_entries)
 
     def prepare(
-        self, request: GiftRequest, campaign: dict[str, str] | None, room: dict[str, Any] | None, now: int
+        self,
+        request: GiftRequest,
+        campaign: dict[str, str] | None,
+        room: dict[str, Any] | None,
+        now: int,
+        archive_full: bool = False,
     ) -> SponsoredSend:
-        """Everything but the window, limits and budget (sponsor.lua's): the gift, the room, the campaign."""
+        """Everything but the window, limits and budget (sponsor.lua's): the gift, the room, the campaign, and
+        whether the unarchived journal is past GIFTING_ARCHIVE_BACKLOG_MAX."""
         gift = self.catalogs.current.gifts.get(request.gift)
         host, status = (room["creator"], room["status"]) if room else ("", None)
         reject = rules.gift_reject(gift, None, status, host, request.sender) or rules.sponsor_reject(
             campaign, request.gift, request.room, host, request.sender, now
         )
+        if archive_full and not reject:
+            reject = RejectReason.ARCHIVE_BACKLOG
         coins = diamonds = 0
         if gift is not None and not reject:
             split = rules.split_gift(gift.coins * request.count, self.settings.creator_share_bps)

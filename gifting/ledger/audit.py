@@ -12,13 +12,15 @@ Checks:
   holds exactly the pledges of open pools;
 - the journal is continuous across the two stores: every entry Valkey gave out is in exactly one of them
   (gifting/history/continuity.py);
-- every perk or ticket is paid once with a gift's legs and refunded at most once, in full, and its record
+- every perk or ticket is paid once with a gift's legs (a reward-paid gift's when paid with reward coins) and
+  refunded at most once, in full, on the ledger it was paid on, and its record
   (settled, refunded, rejected) agrees with the journal; every ticket held has its paid, unrefunded
   purchase; every fan-club membership has its settled gift;
 - every withdrawal is pending at most once and resolved (posted or voided) at most once, for its amount, and
   none is still pending past its deadline (plus GRACE_MS for the payout loop to notice);
 - reward coins (the `rewards` ledger) move only issuance -> budget (funding), budget -> viewer (an accrual) and
-  viewer -> sys:rewards_spent (a gift), so none is ever paid out, refunded or charged back; the budget is never
+  viewer -> sys:rewards_spent (a gift or perk) and back only for a refunded reward-paid ticket, so none is ever
+  paid out, refunded as money or charged back; the budget is never
   below zero after any entry; each accrual id pays once; each viewer's and the platform's accruals of a UTC day
   stay within the caps recorded with them.
 - sponsored-gift budgets (ledger/audit_campaigns.py): never below zero, every budget coin accounted for.
@@ -93,8 +95,9 @@ class _Journal:
     # (account or '*', day) -> (reward coins accrued, the lowest cap recorded with them)
     rewards_by_day: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
     campaigns: audit_campaigns.CampaignJournal = field(default_factory=audit_campaigns.CampaignJournal)
-    perks: dict[str, int] = field(default_factory=dict)  # purchase id -> coins paid
-    perk_refunds: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))  # purchase id -> coins
+    perks: dict[str, tuple[str, int]] = field(default_factory=dict)  # purchase id -> (ledger, coins) paid
+    # purchase id -> (ledger, coins) given back, per refund
+    perk_refunds: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
 
 
 async def run_audit(
@@ -271,10 +274,10 @@ def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: 
     elif kind == "perk":
         if entry in journal.perks:
             report.findings.append(f"journal {entry_id}: perk {entry} paid more than once")
-        journal.perks[entry] = sum(leg.amount for leg in legs if leg.ledger == "coins")
+        journal.perks[entry] = _buyer_side(legs)
         _check_gift(report, entry_id, fields, legs)  # a perk's chain is a gift's (rules.perk_legs)
     elif kind == "perk_refund":
-        journal.perk_refunds[fields.get("ref", "?")].append(sum(leg.amount for leg in legs if leg.ledger == "coins"))
+        journal.perk_refunds[fields.get("ref", "?")].append(_buyer_side(legs))
     elif kind == "pledge_pending":
         journal.pledges[fields.get("ref", "?")] += amount
     elif kind in ("pool_completed", "pool_voided"):
@@ -288,6 +291,8 @@ _REWARD_MOVES = {
     "reward_funding": (keys.SYS_REWARDS_ISSUANCE, keys.SYS_REWARDS_BUDGET),
     "reward": (keys.SYS_REWARDS_BUDGET, None),
     "gift": (None, keys.SYS_REWARDS_SPENT),
+    "perk": (None, keys.SYS_REWARDS_SPENT),
+    "perk_refund": (keys.SYS_REWARDS_SPENT, None),  # a reward-paid ticket refunded: reward coins back, never money
 }
 
 
@@ -487,6 +492,14 @@ def _check_pools(
         report.findings.append(f"coins {keys.SYS_POOL_ESCROW}: holds {escrow}, open pools pledged {escrow_open}")
 
 
+def _buyer_side(legs: list[rules.Leg]) -> tuple[str, int]:
+    """What a perk's buyer paid (or a refund gave back), and on which ledger: the coin or reward-coin legs from
+    (to) a user account. A reward-paid perk's platform-funded diamonds leg is between system accounts."""
+    user = rules.is_user_account
+    paid = [leg for leg in legs if leg.ledger != "diamonds" and (user(leg.debit) or user(leg.credit))]
+    return ("+".join(sorted({leg.ledger for leg in paid})), sum(leg.amount for leg in paid))
+
+
 def _perk_status(journal: _Journal, purchase: str) -> str | None:
     if purchase not in journal.perks:
         return None
@@ -502,7 +515,8 @@ def _check_perks(report: AuditReport, snapshot: _Journal, latest: _Journal, reco
         elif len(refunds) > 1:
             report.findings.append(f"perk {purchase}: refunded {len(refunds)} times")
         elif refunds[0] != latest.perks[purchase]:
-            report.findings.append(f"perk {purchase}: refunded {refunds[0]} coins, paid {latest.perks[purchase]}")
+            (back_ledger, back), (paid_ledger, paid) = refunds[0], latest.perks[purchase]
+            report.findings.append(f"perk {purchase}: refunded {back} {back_ledger}, paid {paid} {paid_ledger}")
     for purchase, status in records.items():
         if status == "rejected":
             if purchase in latest.perks:

@@ -35,6 +35,7 @@ REFUSALS = {
     "reward_not_earned": "watch a live room first: the streak bonus needs a watch period today",
     "reward_already_claimed": "today's streak bonus was already claimed",
     "rewards_disabled": "this reward is switched off (its GIFTING_REWARD_* setting is 0)",
+    "archive_backlog": "too many journal entries wait for the archiver (GIFTING_ARCHIVE_BACKLOG_MAX); retry later",
 }
 
 
@@ -97,8 +98,16 @@ class Rewards:
         args += [expire_at, kind, day, *streak, keys.rewards_watch_field(user)]
         return transfer_id, keys_, args
 
+    async def archive_full(self) -> bool:
+        """Whether accruals are refused now: past GIFTING_ARCHIVE_BACKLOG_MAX, like every debit of a budget
+        (rules.archive_backlog_reject). A refused accrual is not recorded: the same id pays once there is room."""
+        journal_entries = int(await self.redis.xlen(keys.LEDGER_JOURNAL))
+        return rules.archive_backlog_reject(journal_entries, self.settings.archive_backlog_max) is not None
+
     async def accrue(self, kind: str, user: str, period: str, coins: int, now: int | None = None) -> Accrual:
         """One accrual, durable before it returns."""
+        if await self.archive_full():
+            return Accrual(rules.reward_id(kind, user, period), "archive_backlog", coins)
         transfer_id, keys_, args = self._accrual_call(kind, user, period, coins, now or now_ms())
         status, _detail = await self._script(keys=keys_, args=args)
         if status == "ok":
@@ -117,6 +126,8 @@ class Rewards:
 
     async def _accrue_many(self, kind: str, users: list[str], period: str, coins: int, now: int) -> list[Accrual]:
         """One accrual per user, pipelined ACCRUALS_PER_PIPELINE per round trip, one durability wait for all."""
+        if await self.archive_full():
+            return [Accrual(rules.reward_id(kind, user, period), "archive_backlog", coins) for user in users]
         outcomes: list[Accrual] = []
         for start in range(0, len(users), ACCRUALS_PER_PIPELINE):
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -165,6 +176,8 @@ class Rewards:
         s = self.settings
         if s.reward_streak_coins <= 0:
             raise LedgerError("rewards_disabled", REFUSALS["rewards_disabled"])
+        if await self.archive_full():
+            raise LedgerError("archive_backlog", REFUSALS["archive_backlog"])
         for _attempt in range(STREAK_ATTEMPTS_MAX):
             now = now_ms()
             day, yesterday = utc_day(now), utc_day(now - DAY_MS)

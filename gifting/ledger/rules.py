@@ -283,16 +283,20 @@ def sponsor_reject(
 PERK_KINDS = ("highlight", "entrance", "ticket")
 
 
-def perk_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
-    """A perk's chain: exactly a gift's (the audit checks it with the gift rule)."""
-    return gift_legs(viewer, creator, split)
+def perk_legs(viewer: str, creator: str, split: GiftSplit, with_rewards: bool = False) -> list[Leg]:
+    """A perk's chain: exactly a gift's (the audit checks it with the gift rule). Paid with reward coins (perk.lua
+    applies pays_with_rewards, as settle.lua does for gifts), exactly a reward-paid gift's: the creator earns the
+    same diamonds, the platform pays for them (docs/REWARDS.md)."""
+    return reward_gift_legs(viewer, creator, split) if with_rewards else gift_legs(viewer, creator, split)
 
 
-def perk_refund_legs(viewer: str, creator: str, split: GiftSplit) -> list[Leg]:
+def perk_refund_legs(viewer: str, creator: str, split: GiftSplit, with_rewards: bool = False) -> list[Leg]:
     """A refunded ticket: every leg of its purchase reversed, so the creator gives the diamonds back and the
-    viewer gets every coin. The diamonds are still on hold when GIFTING_DIAMOND_HOLD_S is at least
-    GIFTING_PREMIUM_REFUND_WINDOW_S (the defaults), so none can have been withdrawn."""
-    return [Leg(leg.ledger, leg.credit, leg.debit, leg.amount) for leg in perk_legs(viewer, creator, split)]
+    viewer gets back what paid (bought coins, or reward coins for a reward-paid ticket: never money). The
+    diamonds are still on hold when GIFTING_DIAMOND_HOLD_S is at least GIFTING_PREMIUM_REFUND_WINDOW_S (the
+    defaults), so none can have been withdrawn."""
+    legs = perk_legs(viewer, creator, split, with_rewards)
+    return [Leg(leg.ledger, leg.credit, leg.debit, leg.amount) for leg in legs]
 
 
 def highlight_pin_ms(coins: int, pin_s_per_coin: int, pin_s_max: int) -> int:
