@@ -139,7 +139,7 @@ async def test_durable_replicas_counts_replicas_that_have_the_writes_in_their_ao
         await replicated.hincrby(keys.LEDGER_COINS, "sys:probe", 0)
         await Ledger(replicated, make_settings(tmp_path, durable_replicas=1)).durable(REPLICA_FSYNC_WAIT_MS)
         # Each wait covers a write of its own (Ledger.durable), so the one replica may not have fsynced it yet.
-        with pytest.raises(DurabilityError, match="[01] of 2 replicas"):
+        with pytest.raises(DurabilityError, match=r"[01] of 2 replicas"):
             await Ledger(replicated, make_settings(tmp_path, durable_replicas=2)).durable(MISSING_REPLICA_WAIT_MS)
         with pytest.raises(DurabilityError, match="0 of 1 replicas"):
             await Ledger(alone, make_settings(tmp_path, durable_replicas=1)).durable(MISSING_REPLICA_WAIT_MS)
