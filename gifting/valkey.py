@@ -89,18 +89,12 @@ def queue_evalsha(pipe: Any, sha: str, keys: list[str], args: list[Any]) -> Any:
 
 async def queue_script(pipe: Any, script: Any, keys: list[str], args: list[Any]) -> None:
     """A registered script queued on a pipeline. Standalone: through the script object, so the pipeline loads it
-    if Valkey lost it. Cluster: by its raw EVALSHA (refused by name there, see queue_evalsha), loaded on every
-    primary first, once per process."""
-    if not isinstance(pipe, aiocluster.ClusterPipeline):
+    if Valkey lost it (a restart). Cluster: by its raw EVAL with the script's text (EVALSHA is refused by name on a
+    cluster pipeline, see queue_evalsha, and nothing there would load a script a node lost or never had)."""
+    if isinstance(pipe, aiocluster.ClusterPipeline):
+        pipe.execute_command("EVAL", script.script, len(keys), *keys, *args)
+    else:
         await script(keys=keys, args=args, client=pipe)
-        return
-    if script.sha not in _LOADED_ON_CLUSTER:
-        await script.registered_client.script_load(script.script)
-        _LOADED_ON_CLUSTER.add(script.sha)
-    queue_evalsha(pipe, script.sha, keys, args)
-
-
-_LOADED_ON_CLUSTER: set[str] = set()
 
 
 def queue_publish(pipe: Any, channel: str, message: Any) -> Any:
