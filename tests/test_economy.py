@@ -143,12 +143,12 @@ async def test_withdrawal_paid_failed_and_timed_out(start_system: SystemFactory)
 
     ok = await withdraw("w1", 100, "acct_sandbox_ok")
     assert ok.status_code == 201 and ok.json()["withdrawal"]["status"] == "pending"
+    assert (await system.wallet("c1"))["diamonds"] == 900  # held while pending, gone once paid: 900 either way
     assert (await withdraw("w1", 100, "acct_sandbox_ok")).json()["replay"] is True
     assert (await withdraw("w1", 101, "acct_sandbox_ok")).json()["error"]["code"] == "idempotency_key_conflict"
     failing = await withdraw("w2", 200, "acct_sandbox_fail")
     slow = await withdraw("w3", 300, "acct_sandbox_slow")
-    assert failing.status_code == 201 and slow.status_code == 201
-    assert (await system.wallet("c1"))["diamonds"] == 400
+    assert failing.status_code == 201 and slow.status_code == 201  # (the payouts may void `failing` any time now)
 
     async def statuses() -> dict[str, str]:
         items = (await system.http.get("/v1/wallet/withdrawals", headers=creator)).json()["withdrawals"]

@@ -224,17 +224,25 @@ class Ledger:
         # WAITAOF waits only for the writes of its own connection, and the writes it must cover went through
         # other pooled connections. A write on its connection first (in the ledger's slot, so on the ledger's
         # node) gives it the server's newest replication offset, which every earlier write is below.
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.incr(keys.LEDGER_DURABLE_PROBE)
-            pipe.execute_command(
-                "WAITAOF",
-                1,
-                self.settings.durable_replicas,
-                timeout_ms,
-                **await valkey.on_node_of(self.redis, keys.LEDGER_DURABLE_PROBE),
-            )
-            replies = await pipe.execute(raise_on_error=False)
-        self._check_waitaof(replies[1], timeout_ms)
+        waitaof = ("WAITAOF", 1, self.settings.durable_replicas, timeout_ms)
+        if valkey.is_cluster_client(self.redis):  # one connection per node: the two in one pipeline
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(keys.LEDGER_DURABLE_PROBE)
+                pipe.execute_command(*waitaof, **await valkey.on_node_of(self.redis, keys.LEDGER_DURABLE_PROBE))
+                reply = (await pipe.execute(raise_on_error=False))[1]
+        else:
+            # One pinned connection, two round trips: sent together, WAITAOF would arrive before the write is
+            # even in the AOF buffer and, on an idle server, wait for the next cron tick (~100 ms at hz 10) to
+            # see the fsync; sent after the write's reply it usually finds it fsynced already.
+            pinned = self.redis.client()
+            try:
+                await pinned.incr(keys.LEDGER_DURABLE_PROBE)
+                reply = await pinned.execute_command(*waitaof)
+            except ResponseError as exc:
+                reply = exc
+            finally:
+                await pinned.aclose(close_connection_pool=False)
+        self._check_waitaof(reply, timeout_ms)
 
     def _check_waitaof(self, reply: Any, timeout_ms: int) -> None:
         if isinstance(reply, Exception) and not isinstance(reply, ResponseError):
