@@ -24,6 +24,7 @@ import redis
 from gifting.embedded import (
     STATE_FILE,
     STOP_TIMEOUT_S,
+    VALKEY_HZ,
     EmbeddedError,
     die_with_parent,
     forget_state,
@@ -130,6 +131,7 @@ class EmbeddedCluster:
         args += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS), "--cluster-require-full-coverage", "yes"]
         args += ["--appendonly", "yes" if self.aof else "no", "--appendfsync", "everysec", "--save", ""]
         args += ["--daemonize", "no", "--logfile", "valkey.log", "--protected-mode", "yes"]
+        args += ["--hz", str(VALKEY_HZ)]  # see gifting/embedded.py
         args += ["--repl-diskless-sync-delay", "0"]  # a replica syncs at once (the default waits 5 s for others)
         return subprocess.Popen(args, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
 
