@@ -148,7 +148,8 @@ async def test_withdrawal_paid_failed_and_timed_out(start_system: SystemFactory)
     failing = await withdraw("w2", 200, "acct_sandbox_fail")
     slow = await withdraw("w3", 300, "acct_sandbox_slow")
     assert failing.status_code == 201 and slow.status_code == 201
-    assert (await system.wallet("c1"))["diamonds"] == 400
+    # All three held (400 left), or the failing one already voided by the payout worker (every 50 ms): 600.
+    assert (await system.wallet("c1"))["diamonds"] in (400, 600)
 
     async def statuses() -> dict[str, str]:
         items = (await system.http.get("/v1/wallet/withdrawals", headers=creator)).json()["withdrawals"]
