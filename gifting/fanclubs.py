@@ -159,11 +159,8 @@ class FanClubs:
             for g in counted:
                 joins = "1" if g.gift == membership_gifts[g.creator] else "0"
                 record = f"{now}|{g.gift_id}|{names.get(g.viewer) or g.viewer}"
-                await self._activity(
-                    keys=[*self._club_keys(g.creator), keys.fanclub_counted(g.creator, g.gift_id)],
-                    args=[g.viewer, now, g.coins, joins, record, ttl_s],
-                    client=pipe,
-                )
+                keys_ = [*self._club_keys(g.creator), keys.fanclub_counted(g.creator, g.gift_id)]
+                await valkey.queue_script(pipe, self._activity, keys_, [g.viewer, now, g.coins, joins, record, ttl_s])
             replies = await pipe.execute()
         badges: dict[str, dict[str, int]] = {}
         for g, (member, points, joined) in zip(counted, replies, strict=True):

@@ -7,6 +7,7 @@ Keys are hash-tagged so that each Lua call touches exactly one cluster slot:
 - `{gifts}`: the inbound gift stream and its dead-letter stream.
 - `{rooms}`: the live-room index (all live rooms, each creator's, the rooms being ended).
 - `{match:ID}`: one match's meta, scored gifts and gifters.
+- `{fanclub:CREATOR}`: one creator's fan club (config, members, points, activity); one fanclub.lua call per gift.
 - `{catalog}`, `{auth}`: the catalog and the token revocations, each read and changed in one transaction.
 
 Keys without a tag are read or written one at a time (never in one script or transaction with another key).

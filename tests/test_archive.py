@@ -70,6 +70,7 @@ async def clean_audit(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any])
     return report.entries
 
 
+@pytest.mark.cluster
 async def test_archive_moves_every_entry_once_in_order(
     redis: aioredis.Redis, history: psycopg.AsyncConnection[Any], tmp_path: Path
 ) -> None:

@@ -30,6 +30,7 @@ async def match_keys_left(system: Any, match: str) -> int:
     return int(await system.redis.exists(*names))
 
 
+@pytest.mark.cluster
 async def test_ended_matches_move_once_and_are_read_after_they_leave_valkey(
     start_system: SystemFactory, records: psycopg.AsyncConnection[Any], database_url: str
 ) -> None:

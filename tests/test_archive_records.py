@@ -92,6 +92,7 @@ async def test_crash_after_commit_before_drop_duplicates_nothing(
     await clean_audit(redis, records)
 
 
+@pytest.mark.cluster
 async def test_a_reversal_between_commit_and_drop_keeps_the_record_until_archived_again(
     redis: aioredis.Redis, records: psycopg.AsyncConnection[Any], tmp_path: Path
 ) -> None:
@@ -179,6 +180,7 @@ async def wait_for(check: Any) -> None:
         await asyncio.sleep(0.005)
 
 
+@pytest.mark.cluster
 async def test_reads_resends_and_reversals_of_archived_purchases(
     start_system: SystemFactory, records: psycopg.AsyncConnection[Any], database_url: str
 ) -> None:
@@ -269,6 +271,7 @@ def withdrawal_settings(tmp_path: Path) -> Any:
     return make_settings(tmp_path, withdrawal_diamonds_min=1, diamond_hold_s=0)
 
 
+@pytest.mark.cluster
 async def test_resolved_withdrawals_move_once_and_pending_ones_stay(
     redis: aioredis.Redis, records: psycopg.AsyncConnection[Any], tmp_path: Path
 ) -> None:
@@ -354,6 +357,7 @@ async def test_summaries_move_once_and_reads_reach_them(
     assert [s["room"] for s in sessions] == [young]
 
 
+@pytest.mark.cluster
 async def test_closed_pools_move_once_and_are_read_after_they_leave_valkey(
     start_system: SystemFactory, records: psycopg.AsyncConnection[Any], database_url: str
 ) -> None:

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 
 from gifting import keys
 from gifting.ledger.audit import run_audit
@@ -53,6 +54,7 @@ async def test_sponsored_gifts_refused_past_the_archive_backlog_bound(
     await audit_clean(system, history)
 
 
+@pytest.mark.cluster
 async def test_perks_and_tickets_refused_past_the_archive_backlog_bound(
     start_system: SystemFactory, history: psycopg.AsyncConnection[Any]
 ) -> None:

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from gifting import clock, keys
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from tests.conftest import System, WsClient, gift_id
+
+pytestmark = pytest.mark.cluster  # a money path or a multi-key step in every test; a short module
 
 COFFEE = 10  # the membership gift in these tests
 CLUB = {"membership_gift": "coffee", "member_gift": "cap", "free_premium": True}

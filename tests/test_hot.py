@@ -179,6 +179,7 @@ async def test_pages_below_a_cursor_stay_exact_while_gifts_settle_and_archive(
     assert whole[2 * more :] == expected(rows)
 
 
+@pytest.mark.cluster
 async def test_crash_between_commit_and_trim_loses_and_duplicates_nothing(
     redis: aioredis.Redis, history: psycopg.AsyncConnection[Any], database_url: str, tmp_path: Path
 ) -> None:
@@ -208,6 +209,7 @@ async def test_crash_between_commit_and_trim_loses_and_duplicates_nothing(
     assert report.clean, report.summary()
 
 
+@pytest.mark.cluster
 async def test_archiver_killed_mid_batch_keeps_every_statement_row_once(
     redis: aioredis.Redis, history: psycopg.AsyncConnection[Any], valkey_url: str, database_url: str, tmp_path: Path
 ) -> None:

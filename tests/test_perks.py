@@ -216,6 +216,7 @@ async def test_joining_a_premium_stream_needs_a_ticket(system: System) -> None:
     await audit_clean(system)
 
 
+@pytest.mark.cluster
 async def test_a_premium_stream_that_ends_early_refunds_every_ticket_once(system: System) -> None:
     """Ended within GIFTING_PREMIUM_REFUND_WINDOW_S: each ticket's chain is reversed in full (viewer coins back,
     creator diamonds back), once, however often the end is repeated; the audit balances."""
@@ -342,6 +343,7 @@ async def test_the_audit_finds_a_perk_refunded_twice(system: System) -> None:
     assert any("refunded 2 times" in f for f in report.findings), report.findings
 
 
+@pytest.mark.cluster
 async def test_concurrent_purchases_never_overspend_and_each_key_settles_once(system: System) -> None:
     """30 purchases at once over 10 keys (each sent 3 times) by a viewer who can afford 4: exactly 4 keys
     settle, each once, every retry answers its key's outcome, the balance ends exact and the audit balances."""
@@ -371,6 +373,7 @@ async def _gift(system: System, room: str, sender: str, gift: str, gid: str) -> 
     return result
 
 
+@pytest.mark.cluster
 @pytest.mark.parametrize("seed", range(4))
 async def test_random_interleavings_of_perks_tickets_gifts_and_refunds_keep_the_audit_clean(
     system: System, seed: int

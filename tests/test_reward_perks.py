@@ -3,6 +3,7 @@ a reward-paid ticket refunded in reward coins, and the audit's findings. Against
 
 from __future__ import annotations
 
+import pytest
 import redis.asyncio as aioredis
 
 from gifting import keys
@@ -12,6 +13,8 @@ from gifting.ledger.audit import run_audit
 from tests.conftest import SystemFactory
 from tests.test_perks import SHARE_BPS, SMALL, buy, premium, put_perk, ticket
 from tests.test_rewards import audit_clean, fund, give_rewards, reward_coins, start
+
+pytestmark = pytest.mark.cluster  # a money path or a multi-key step in every test; a short module
 
 TICKET = 40
 

@@ -204,6 +204,7 @@ async def test_platform_daily_cap_refuses_accruals_beyond_it(start_system: Syste
 # Watch time, observed by the hub ----------------------------------------------------------------------------
 
 
+@pytest.mark.cluster
 async def test_an_active_socket_in_a_live_room_earns_a_watch_period(start_system: SystemFactory) -> None:
     """A viewer connected through a whole period, pinging, earns GIFTING_REWARD_WATCH_COINS for it."""
     system = await start(start_system, reward_watch_coins=2)
@@ -287,6 +288,7 @@ async def test_streak_needs_a_watch_period_today_then_pays_once(start_system: Sy
     await audit_clean(system)
 
 
+@pytest.mark.cluster
 async def test_streak_claimed_from_many_tabs_at_once_pays_once(start_system: SystemFactory) -> None:
     """Five concurrent claims (tabs, sockets, retries): one 200, four 409 reward_already_claimed, paid once."""
     system = await start(start_system, reward_streak_coins=3)
@@ -417,6 +419,7 @@ async def test_a_viewer_in_chargeback_debt_cannot_gift_with_reward_coins(start_s
     await audit_clean(system)
 
 
+@pytest.mark.cluster
 async def test_the_first_gift_of_the_day_earns_once(start_system: SystemFactory) -> None:
     """The first settled gift of the UTC day pays GIFTING_REWARD_FIRST_GIFT_COINS; later gifts pay nothing."""
     system = await start(start_system, reward_first_gift_coins=5)

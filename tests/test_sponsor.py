@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import psycopg
+import pytest
 import redis.asyncio as aioredis
 
 from gifting import clock, keys
@@ -72,6 +73,7 @@ async def report(system: System, campaign: str, brand: str = "brand1") -> dict[s
     return view
 
 
+@pytest.mark.cluster
 async def test_a_sponsored_gift_is_free_for_the_viewer_and_pays_the_creator_as_a_paid_one(system: System) -> None:
     """The budget pays the coins, the creator earns the diamonds of a paid gift, the room sees the sponsor."""
     campaign = await funded_campaign(system, 100)
@@ -185,6 +187,7 @@ async def test_another_gift_than_the_campaigns_is_rejected(system: System) -> No
     assert (await report(system, campaign))["budget"] == 100
 
 
+@pytest.mark.cluster
 async def test_the_unspent_budget_returns_to_the_brand_once_at_the_end(system: System) -> None:
     """Past its end the worker's sweep returns what is left to the brand; closing again returns nothing."""
     campaign = await funded_campaign(system, 100)
@@ -256,6 +259,7 @@ async def test_bad_campaign_requests_get_clear_codes(system: System) -> None:
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "unknown_campaign"
 
 
+@pytest.mark.cluster
 async def test_a_storm_of_sponsored_sends_exhausts_the_budget_exactly(system: System, valkey_url: str) -> None:
     """60 concurrent sends against a budget for 25, settled by two workers at once (two consumers of the group):
     exactly 25 settle, the rest are rejected budget_exhausted, the budget ends at zero, the audit is clean."""
@@ -295,6 +299,7 @@ async def test_the_audit_finds_a_budget_below_zero_or_moved_by_another_transfer(
     assert "moves campaign budget" in findings and f"{budget}: budget -5 below zero" in findings, findings
 
 
+@pytest.mark.cluster
 async def test_ending_a_campaign_during_a_storm_splits_the_budget_exactly(system: System) -> None:
     """40 concurrent sends while the brand ends the campaign: spent + returned = funded, the budget ends at 0,
     every send after the end is rejected campaign_ended, and the audit is clean."""

@@ -10,10 +10,14 @@ import asyncio
 from collections import Counter
 from typing import Any
 
+import pytest
+
 from gifting import keys
 from tests.conftest import System, SystemFactory
 from tests.test_matches import FAST, match_events, wait_until
 from tests.test_stage import gift_to, on_stage
+
+pytestmark = pytest.mark.cluster  # a money path or a multi-key step in every test; a short module
 
 CREATORS = {"a": "ca", "a2": "ca2", "b": "cb", "b2": "cb2"}
 TEAM = {"opponent": "cb", "partner": "ca2", "opponent_partner": "cb2"}

@@ -3,11 +3,11 @@
 A record stays in Valkey GIFTING_PURCHASE_HOT_S after it is made (the refund window: most refunds and
 chargebacks come within it, and a resent purchase answers from it). Then one archive round, for up to a batch
 of due records: upsert each into `purchases` (keyed by purchase id; the newest status wins) and commit; only
-then drop each from Valkey, and only if it is still exactly what was committed (WATCH): a reversal that
+then drop each from Valkey, and only if it is still exactly what was committed (one script): a reversal that
 landed meanwhile keeps it in Valkey for the next round. A crash anywhere repeats the round: the upsert
 writes the same row again, and nothing is dropped that PostgreSQL does not hold.
 
-A refund or chargeback of an archived purchase first restores its record into Valkey (only if absent: WATCH),
+A refund or chargeback of an archived purchase first restores its record into Valkey (only if absent, one script),
 then reverse.lua runs as for any purchase (one transfer with legs, idempotent by the record's status); the
 restored record is due at once, so the archiver moves it back with its new status.
 """
@@ -20,9 +20,9 @@ import orjson
 import psycopg
 import redis.asyncio as aioredis
 from psycopg.types.json import Jsonb
-from redis.exceptions import WatchError
 
 from gifting import keys
+from gifting.ledger.store import load_script
 
 # A status only moves paid -> refunded | charged_back: a stale read (another archiver's) never undoes a reversal.
 UPSERT_SQL = b"""
@@ -31,6 +31,7 @@ UPSERT_SQL = b"""
     ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, reversed_ms = EXCLUDED.reversed_ms
     WHERE purchases.status = 'paid' AND EXCLUDED.status <> 'paid'
 """
+RECORD_LUA = load_script("purchase_record.lua")  # restore and drop, each one atomic step
 RECORD_FIELDS = ("fp", "record", "user", "coins", "status", "reversed_ms")
 
 
@@ -74,22 +75,13 @@ def _row(purchase_id: str, made_ms: int, record: dict[str, str]) -> tuple[Any, .
 
 
 async def _drop_if_unchanged(redis: aioredis.Redis, purchase_id: str, committed: dict[str, str]) -> None:
-    """Drop the record (and its index entries) only if it is still what PostgreSQL committed."""
-    key = keys.purchase_record(purchase_id)
-    async with redis.pipeline(transaction=True) as pipe:
-        try:
-            await pipe.watch(key)
-            current = await pipe.hgetall(key)
-            if current and current != committed:
-                return  # reversed since: the next round archives the new status
-            pipe.multi()
-            pipe.delete(key)
-            pipe.zrem(keys.PURCHASES_HOT, purchase_id)
-            if committed:
-                pipe.lrem(keys.purchases_of(committed["user"].removeprefix(keys.ACCOUNT_PREFIX)), 1, purchase_id)
-            await pipe.execute()
-        except WatchError:
-            return  # changed while dropping: the next round looks again
+    """Drop the record (and its index entries) only if it is still what PostgreSQL committed (one script in the
+    `{ledger}` slot: a reversal that landed meanwhile keeps it for the next round)."""
+    user = committed.get("user", "").removeprefix(keys.ACCOUNT_PREFIX)
+    record_key = keys.purchase_record(purchase_id)
+    keys_ = [record_key, keys.PURCHASES_HOT, keys.purchases_of(user) if committed else record_key]
+    pairs = [x for pair in committed.items() for x in pair]
+    await redis.register_script(RECORD_LUA)(keys=keys_, args=["drop", purchase_id, 0, *pairs])
 
 
 async def archived(conn: psycopg.AsyncConnection[Any], purchase_id: str) -> dict[str, str] | None:
@@ -136,15 +128,7 @@ async def restore(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], pur
     if fields is None:
         return False
     made_ms = int(fields.pop("made_ms"))
-    async with redis.pipeline(transaction=True) as pipe:
-        try:
-            await pipe.watch(key)
-            if await pipe.exists(key):
-                return True
-            pipe.multi()
-            pipe.hset(key, mapping=fields)
-            pipe.zadd(keys.PURCHASES_HOT, {purchase_id: made_ms})  # due at once: archived again after
-            await pipe.execute()
-        except WatchError:
-            pass  # restored (or made) concurrently: it exists
-    return True
+    pairs = [x for pair in fields.items() for x in pair]
+    keys_ = [key, keys.PURCHASES_HOT, key]  # due at once: archived again after its reversal
+    await redis.register_script(RECORD_LUA)(keys=keys_, args=["restore", purchase_id, made_ms, *pairs])
+    return True  # restored now, or concurrently
