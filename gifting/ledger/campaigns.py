@@ -147,9 +147,18 @@ class Campaigns:
         return int(await self.redis.hget(keys.LEDGER_COINS, keys.campaign_account(campaign_id)) or 0)
 
     async def view(self, campaign_id: str, report: bool = False) -> dict[str, Any]:
-        record = await self.record(campaign_id)
-        reached = await self.redis.scard(keys.campaign_creators(campaign_id)) if report else None
-        return campaign_view(record, await self.budget(campaign_id), reached)
+        """The campaign with its budget (and report), read in one transaction: a send settling between two reads
+        would make the report not add up (funded = spent + budget left + returned)."""
+        if not campaign_id:
+            await self.record(campaign_id)  # unknown_campaign
+        async with self.redis.pipeline(transaction=True) as pipe:  # one slot: {ledger}
+            pipe.hgetall(keys.campaign(campaign_id))
+            pipe.hget(keys.LEDGER_COINS, keys.campaign_account(campaign_id))
+            pipe.scard(keys.campaign_creators(campaign_id))
+            record, budget, reached = await pipe.execute()
+        if not record:
+            raise CampaignError("unknown_campaign", f"no campaign {campaign_id[:40]!r}")
+        return campaign_view(record, int(budget or 0), reached if report else None)
 
     async def of_brand(self, brand: str) -> list[dict[str, Any]]:
         """The brand's newest campaigns (GIFTING_CAMPAIGNS_LISTED_MAX), newest first, with their reports."""
