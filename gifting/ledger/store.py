@@ -229,17 +229,20 @@ class Ledger:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.incr(keys.LEDGER_DURABLE_PROBE)
                 pipe.execute_command(*waitaof, **await valkey.on_node_of(self.redis, keys.LEDGER_DURABLE_PROBE))
-                reply = (await pipe.execute(raise_on_error=False))[1]
+                probe, reply = await pipe.execute(raise_on_error=False)
+            if isinstance(probe, Exception):
+                raise probe  # not written, so the wait would cover nothing: not confirmed
         else:
             # One pinned connection, two round trips: sent together, WAITAOF would arrive before the write is
             # even in the AOF buffer and, on an idle server, wait for the next cron tick (~100 ms at hz 10) to
             # see the fsync; sent after the write's reply it usually finds it fsynced already.
             pinned = self.redis.client()
             try:
-                await pinned.incr(keys.LEDGER_DURABLE_PROBE)
-                reply = await pinned.execute_command(*waitaof)
-            except ResponseError as exc:
-                reply = exc
+                await pinned.incr(keys.LEDGER_DURABLE_PROBE)  # its errors are the caller's, as any write's
+                try:
+                    reply = await pinned.execute_command(*waitaof)
+                except ResponseError as exc:  # a server without WAITAOF: _check_waitaof decides
+                    reply = exc
             finally:
                 await pinned.aclose(close_connection_pool=False)
         self._check_waitaof(reply, timeout_ms)
