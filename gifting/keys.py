@@ -2,9 +2,10 @@
 
 Keys are hash-tagged so that each Lua call touches exactly one cluster slot:
 
-- `{ledger}`: balances, journal and idempotency records; one settlement call per batch.
+- `{ledger:P.K}`: one ledger partition (gifting/ledger/partitions.py): its accounts' balances, journal,
+  idempotency records, statements, caps, boards, its gift stream and its outbox; one settlement call per batch
+  and partition.
 - `{room:ID}`: one room's metadata, history stream and announce dedupe keys; one announce call per room.
-- `{gifts}`: the inbound gift stream and its dead-letter stream.
 - `{rooms}`: the live-room index (all live rooms, each creator's, the rooms being ended).
 - `{match:ID}`: one match's meta, scored gifts and gifters.
 - `{fanclub:CREATOR}`: one creator's fan club (config, members, points, activity); one fanclub.lua call per gift.
@@ -20,26 +21,92 @@ On a single Valkey all of this is one server; on a cluster each tag lands on one
 from __future__ import annotations
 
 from gifting import clock
+from gifting.ledger import partitions
 
-# Ledger (one slot).
-LEDGER_COINS = "{ledger}:coins"  # hash: account -> balance (coins)
-LEDGER_DIAMONDS = "{ledger}:diamonds"  # hash: account -> balance (diamonds)
-LEDGER_JOURNAL = "{ledger}:journal"  # stream: an entry per transfer chain or settled batch; archived, then trimmed
-LEDGER_REWARDS = "{ledger}:rewards"  # hash: account -> balance (reward coins: earned, never bought or paid out)
-LEDGER_DURABLE_PROBE = "{ledger}:durable_probe"  # counter: written right before a durability wait (Ledger.durable)
-LEDGER_LEDGERS = (("coins", LEDGER_COINS), ("diamonds", LEDGER_DIAMONDS), ("rewards", LEDGER_REWARDS))
+# Ledger: GIFTING_LEDGER_PARTITIONS partitions, one hash tag each (gifting/ledger/partitions.py). An account's
+# balances, records, statement, caps and boards live in its own partition (`part_of`); a partition's keys are
+# built from its tag (`part`, e.g. '{ledger:3.11}'). Every ledger script touches one partition.
 
 
-def gift_records(bucket: int) -> str:
+def part_of(account_name: str) -> str:
+    """The tag of the partition holding an account (u:<user>, sys:campaign:<id>, ...)."""
+    return partitions.tag_of(account_name)
+
+
+def part_of_user(user: str) -> str:
+    return partitions.tag_of(account(user))
+
+
+def coins(part: str) -> str:
+    """Hash: account -> balance (coins) of the partition's accounts (system accounts: this partition's share)."""
+    return part + ":coins"
+
+
+def diamonds(part: str) -> str:
+    """Hash: account -> balance (diamonds)."""
+    return part + ":diamonds"
+
+
+def rewards(part: str) -> str:
+    """Hash: account -> balance (reward coins: earned, never bought or paid out)."""
+    return part + ":rewards"
+
+
+def journal(part: str) -> str:
+    """Stream: an entry per transfer chain, settled batch or applied credits of the partition; archived, then
+    trimmed."""
+    return part + ":journal"
+
+
+def durable_probe(part: str) -> str:
+    """Counter: written right before a durability wait on the partition's node (Ledger.durable)."""
+    return part + ":durable_probe"
+
+
+def ledgers(part: str) -> tuple[tuple[str, str], ...]:
+    """(ledger name, balances hash) of a partition, for each of rules.LEDGERS."""
+    return (("coins", coins(part)), ("diamonds", diamonds(part)), ("rewards", rewards(part)))
+
+
+def gifts_stream(part: str) -> str:
+    """Stream: the gifts (and pool operations) paid from the partition's accounts, as the hubs accepted them."""
+    return part + ":gifts"
+
+
+def gifts_dead_letter(part: str) -> str:
+    """Stream: entries of gifts_stream(part) that could not be settled, with their error (gifting ops)."""
+    return part + ":gifts:dead"
+
+
+def outbox(part: str) -> str:
+    """Stream: credits owed to accounts of other partitions by the partition's settled transfers (a gift's
+    diamonds, ...): one entry per batch, a field per destination partition. Deleted once every credit of it is
+    applied and durable (workers/settlement.py); a crash leaves it to be applied again (idempotently)."""
+    return part + ":outbox"
+
+
+def lease(part: str) -> str:
+    """String: the worker process settling the partition's stream now (SET NX PX, renewed; workers/leases.py)."""
+    return part + ":lease"
+
+
+def gift_records(part: str, bucket: int) -> str:
     """Hash: gift id -> outcome (idempotency record) of the gifts first decided in one time bucket; the bucket
-    expires once its newest record is GIFTING_IDEMPOTENCY_TTL_S old (see ledger/rules.record_buckets)."""
-    return "{ledger}:gifts:" + str(bucket)
+    expires once its newest record is GIFTING_IDEMPOTENCY_TTL_S old (see ledger/rules.record_buckets). In the
+    paying account's partition."""
+    return part + ":gifts:" + str(bucket)
 
 
-def rejected_gift_records(bucket: int) -> str:
+def rejected_gift_records(part: str, bucket: int) -> str:
     """Hash: gift id -> outcome of the gifts rejected in one time bucket. Kept only GIFTING_REJECTED_GIFT_TTL_S:
     rejections cost the sender nothing, so remembering them for the full window would let anyone fill memory."""
-    return "{ledger}:gifts:rejected:" + str(bucket)
+    return part + ":gifts:rejected:" + str(bucket)
+
+
+def credit_records(part: str, bucket: int) -> str:
+    """Hash: credit id -> 1 for the credits (from other partitions' outboxes) applied in one time bucket, so
+    each is applied exactly once (buckets as for gift records)."""
+    return part + ":credited:" + str(bucket)
 
 
 def user_scoped_id(user: str, idempotency_key: str) -> str:
@@ -48,6 +115,11 @@ def user_scoped_id(user: str, idempotency_key: str) -> str:
     builds from user input goes through here (readers still check the owner on every replay)."""
     assert ":" not in user, user
     return user + ":" + idempotency_key
+
+
+def scoped_user(scoped_id: str) -> str:
+    """The user of a user_scoped_id (withdrawal ids start with 'w:')."""
+    return scoped_id.removeprefix("w:").partition(":")[0]
 
 
 def purchase_id(user: str, idempotency_key: str) -> str:
@@ -60,43 +132,56 @@ def withdrawal_id(user: str, idempotency_key: str) -> str:
 
 def purchase_record(purchase: str) -> str:
     """A purchase (keyed by user and Idempotency-Key): its outcome and later refund/chargeback. Kept in Valkey
-    GIFTING_PURCHASE_HOT_S, then in PostgreSQL (gifting/history/purchases.py)."""
-    return "{ledger}:purchase:" + purchase
+    GIFTING_PURCHASE_HOT_S, then in PostgreSQL (gifting/history/purchases.py). In the buyer's partition."""
+    return part_of_user(scoped_user(purchase)) + ":purchase:" + purchase
 
 
-PURCHASES_HOT = "{ledger}:purchases:hot"  # sorted set: purchase id -> made (ms), the records still in Valkey
+def purchases_hot(part: str) -> str:
+    """Sorted set: purchase id -> made (ms), the partition's purchase records still in Valkey."""
+    return part + ":purchases:hot"
 
 
 def purchases_of(user: str) -> str:
     """List of a user's purchase ids, oldest first."""
-    return "{ledger}:purchases:" + account(user)
+    return part_of_user(user) + ":purchases:" + account(user)
 
 
 def statement(user: str) -> str:
     """List of one user's newest transfers, oldest first, one tab-separated row each (ledger/rules.STATEMENT_FIELDS).
-    Row n of the list is the statement's row LEDGER_STATEMENT_BASE[account] + n; older ones are in PostgreSQL."""
+    Row n of the list is the statement's row statement_base(part)[account] + n; older ones are in PostgreSQL."""
     return account_statement(account(user))
 
 
 def account_statement(account_name: str) -> str:
     """statement() by account name (u:<user>), for the scripts' callers that hold account names."""
-    return "{ledger}:stmt:" + account_name
+    return part_of(account_name) + ":stmt:" + account_name
 
 
-LEDGER_STATEMENT_BASE = "{ledger}:stmt_base"  # hash: account -> rows dropped from its statement's head (archived)
+def statement_base(part: str) -> str:
+    """Hash: account -> rows dropped from its statement's head (archived)."""
+    return part + ":stmt_base"
 
 
-def spent_on(day: str) -> str:
+def spent_on(part: str, day: str) -> str:
     """Hash: account -> coins spent on gifts that UTC day (YYYYMMDD); for the daily spend cap."""
-    return "{ledger}:spent:" + day
+    return part + ":spent:" + day
 
 
-LEDGER_LIFETIME_SPENT = "{ledger}:lifetime_spent"  # hash: account -> coins ever spent on gifts (levels)
+def lifetime_spent(part: str) -> str:
+    """Hash: account -> coins ever spent on gifts (levels)."""
+    return part + ":lifetime_spent"
+
+
+def spend_limits(part: str) -> str:
+    """Hash: account -> the viewer's own daily spend cap in coins."""
+    return part + ":limits"
 
 
 def creator_top(creator: str, period: str, bucket: str = "") -> str:
-    """Sorted set: viewer account -> coins gifted to `creator` in a period: all, day:YYYYMMDD, week:YYYYWww."""
-    return "{ledger}:top:" + account(creator) + ":" + period + (":" + bucket if bucket else "")
+    """Sorted set: viewer account -> coins gifted to `creator` in a period: all, day:YYYYMMDD, week:YYYYWww. In
+    the creator's partition (written with the creator's credit)."""
+    name = account(creator)
+    return part_of(name) + ":top:" + name + ":" + period + (":" + bucket if bucket else "")
 
 
 def account_top_boards(creator_account: str, now_ms: int) -> tuple[str, str, str]:
@@ -106,9 +191,6 @@ def account_top_boards(creator_account: str, now_ms: int) -> tuple[str, str, str
     return creator_top(creator, "all"), creator_top(creator, "day", day), creator_top(creator, "week", week)
 
 
-LEDGER_SPEND_LIMITS = "{ledger}:limits"  # hash: account -> the viewer's own daily spend cap in coins
-
-
 def earned(user: str) -> str:
     """Hash: hour number -> diamonds earned that hour (for the withdrawal hold)."""
     return account_earned(account(user))
@@ -116,36 +198,49 @@ def earned(user: str) -> str:
 
 def account_earned(account_name: str) -> str:
     """earned() by account name (u:<user>)."""
-    return "{ledger}:earned:" + account_name
+    return part_of(account_name) + ":earned:" + account_name
 
 
 def withdrawal(withdrawal_id: str) -> str:
     """Hash: a cash-out (two-phase transfer): user, diamonds, status, times, payout account."""
-    return "{ledger}:withdrawal:" + withdrawal_id
+    return part_of_user(scoped_user(withdrawal_id)) + ":withdrawal:" + withdrawal_id
 
 
 def withdrawals_of(user: str) -> str:
     """List of a user's withdrawal ids, oldest first."""
-    return "{ledger}:withdrawals:" + account(user)
+    return part_of_user(user) + ":withdrawals:" + account(user)
 
 
-def withdrawn_on(day: str) -> str:
+def withdrawn_on(part: str, day: str) -> str:
     """Hash: account -> diamonds requested for withdrawal that UTC day (voided ones given back)."""
-    return "{ledger}:withdrawn:" + day
+    return part + ":withdrawn:" + day
 
 
-WITHDRAWALS_PENDING = "{ledger}:withdrawals:pending"  # sorted set: withdrawal id -> deadline (ms)
-WITHDRAWALS_DONE = "{ledger}:withdrawals:done"  # sorted set: resolved withdrawal id -> resolved (ms), until archived
-WITHDRAWALS_PENDING_BY_USER = "{ledger}:withdrawals:pending_by_user"  # hash: account -> pending withdrawals
+def withdrawals_pending(part: str) -> str:
+    """Sorted set: the partition's pending withdrawal ids -> deadline (ms)."""
+    return part + ":withdrawals:pending"
 
 
-# System accounts. Users are "u:<user id>".
+def withdrawals_done(part: str) -> str:
+    """Sorted set: resolved withdrawal id -> resolved (ms), until archived."""
+    return part + ":withdrawals:done"
+
+
+def withdrawals_pending_by_user(part: str) -> str:
+    """Hash: account -> pending withdrawals."""
+    return part + ":withdrawals:pending_by_user"
+
+
+# System accounts: each exists once per partition (its share: transfers balance inside their partition). Users
+# are "u:<user id>".
 SYS_COIN_ISSUANCE = "sys:coin_issuance"  # coins sold to users come from here (goes negative)
 SYS_PLATFORM_REVENUE = "sys:platform_revenue"  # the platform's share of gifted coins
 SYS_CREATOR_EARNINGS = "sys:creator_earnings"  # the creators' share of gifted coins, paid out as diamonds
 SYS_DIAMOND_ISSUANCE = "sys:diamond_issuance"  # diamonds credited to creators come from here
 SYS_PAYOUT_CLEARING = "sys:payout_clearing"  # diamonds of pending withdrawals (two-phase)
 SYS_DIAMONDS_PAID_OUT = "sys:diamonds_paid_out"  # diamonds of withdrawals paid out
+SYS_TRANSIT = "sys:transit"  # coins or reward coins on their way to another partition (an outbox credit)
+
 
 
 ACCOUNT_PREFIX = "u:"  # a user's account; system accounts start with "sys:"
@@ -155,59 +250,80 @@ def account(user: str) -> str:
     return ACCOUNT_PREFIX + user
 
 
-# Pooled gifts (ledger slot: pledges are transfers).
+# Pooled gifts: a pool lives in its room's creator's partition (part), with its escrow, pledge records and
+# indexes; pledgers pay from their own partitions (gifting/ledger/pools.py).
 SYS_POOL_ESCROW = "sys:pool_escrow"  # coins pledged to open pools (pending transfers)
-POOLS_OPEN = "{ledger}:pools:open"  # sorted set: pool id -> deadline (ms)
-POOLS_CLOSED = "{ledger}:pools:closed"  # sorted set: closed pool id -> closed (ms), until archived to PostgreSQL
 
 
-def pool(pool_id: str) -> str:
+def pools_open(part: str) -> str:
+    """Sorted set: pool id -> deadline (ms)."""
+    return part + ":pools:open"
+
+
+def pools_closed(part: str) -> str:
+    """Sorted set: closed pool id -> closed (ms), until archived to PostgreSQL."""
+    return part + ":pools:closed"
+
+
+def pool(part: str, pool_id: str) -> str:
     """Hash: id, room, creator, gift, price, bps, pledged, status (open|completed|expired|cancelled|voided),
     deadline_ms, starter, contributors (JSON list of {user, name, coins}). Dropped by the archiver once
     PostgreSQL holds it (GIFTING_POOL_HOT_S after it closes); expires GIFTING_POOL_RECORD_TTL_S after it closes
     (a safety bound: no archiver)."""
-    return "{ledger}:pool:" + pool_id
+    return part + ":pool:" + pool_id
 
 
-def pledge_record(pledge_id: str) -> str:
-    return "{ledger}:pledge:" + pledge_id
+def pledge_record(part: str, pledge_id: str) -> str:
+    return part + ":pledge:" + pledge_id
 
 
-def room_pools(room: str) -> str:
-    """Set: the room's open pool ids (for the per-room limit and the join snapshot). In the ledger slot, so
-    pool.lua opens and closes pools and keeps this set in one atomic step."""
-    return "{ledger}:room_pools:" + room
+def room_pools(part: str, room: str) -> str:
+    """Set: the room's open pool ids (for the per-room limit and the join snapshot)."""
+    return part + ":room_pools:" + room
 
 
-def opener_pools(user: str) -> str:
+def opener_pools(part: str, user: str) -> str:
     """Set: the open pool ids a user opened (for the per-user limit)."""
-    return "{ledger}:opener_pools:" + account(user)
+    return part + ":opener_pools:" + account(user)
 
 
-def room_ended(room: str) -> str:
+def room_ended(part: str, room: str) -> str:
     """Hash: '*' -> when the room's end began (ms), pool id -> 1 for each pool its end voided. While it exists,
     pool.lua opens no pool in the room and accepts no pledge to it; it expires with the ended room."""
-    return "{ledger}:room_ended:" + room
+    return part + ":room_ended:" + room
 
 
-# Reward coins (ledger slot: accruals are transfers on the `rewards` ledger; gifting/ledger/rewards.py).
+# Reward coins (accruals are transfers on the `rewards` ledger; gifting/ledger/rewards.py). The budget, its
+# fundings, the accrual records and the daily totals live in one partition, rewards_part().
 SYS_REWARDS_ISSUANCE = "sys:rewards_issuance"  # reward coins come into being here (goes negative)
 SYS_REWARDS_BUDGET = "sys:rewards_budget"  # funded by admins; every accrual comes from it; never negative
 SYS_REWARDS_SPENT = "sys:rewards_spent"  # reward coins spent on gifts end here (the platform pays the creator)
-REWARDS_FUNDINGS = "{ledger}:rewards:fundings"  # hash: funding id -> 'coins|fingerprint' (kept for ever)
-REWARDS_STREAKS = "{ledger}:rewards:streaks"  # hash: account -> 'YYYYMMDD count', the last streak day claimed
 
 
-def reward_records(day: str) -> str:
+def rewards_part() -> str:
+    return part_of(SYS_REWARDS_BUDGET)
+
+
+def rewards_fundings(part: str) -> str:
+    """Hash: funding id -> 'coins|fingerprint' (kept for ever)."""
+    return part + ":rewards:fundings"
+
+
+def rewards_streaks(part: str) -> str:
+    """Hash: account -> 'YYYYMMDD count', the last streak day claimed."""
+    return part + ":rewards:streaks"
+
+
+def reward_records(part: str, day: str) -> str:
     """Hash: accrual id -> 'coins|kind' of the reward accruals of one UTC day (ids name their day or minute, so
     an id is only ever tried on its day); expires with rules.REWARD_DAY_TTL_S."""
-    return "{ledger}:rewards:done:" + day
+    return part + ":rewards:done:" + day
 
 
-def rewards_earned_on(day: str) -> str:
+def rewards_earned_on(part: str, day: str) -> str:
     """Hash: account -> reward coins earned that UTC day, '*' -> the platform's total, 'w:' + account -> watch
     periods accrued (the streak needs one)."""
-    return "{ledger}:rewards:earned:" + day
+    return part + ":rewards:earned:" + day
 
 
 def rewards_watch_field(user: str) -> str:
@@ -215,65 +331,81 @@ def rewards_watch_field(user: str) -> str:
     return "w:" + account(user)
 
 
-# Sponsored gifts (ledger slot: a campaign's budget is a coin account, sys:campaign:<id>).
+# Sponsored gifts: a campaign's budget is a coin account, sys:campaign:<id>; the campaign's record, counters and
+# fundings live in that account's partition (campaign_part).
 CAMPAIGN_ACCOUNT_PREFIX = "sys:campaign:"  # a campaign's budget; funded by its brand or an admin grant
-CAMPAIGNS_OPEN = "{ledger}:campaigns:open"  # sorted set: campaign id -> end (ms), until its budget is returned
 
 
 def campaign_account(campaign_id: str) -> str:
     return CAMPAIGN_ACCOUNT_PREFIX + campaign_id
 
 
+def campaign_part(campaign_id: str) -> str:
+    return part_of(campaign_account(campaign_id))
+
+
+def campaigns_open(part: str) -> str:
+    """Sorted set: campaign id -> end (ms), until its budget is returned."""
+    return part + ":campaigns:open"
+
+
 def campaign(campaign_id: str) -> str:
     """Hash: the campaign (brand, gift, window, targets, limits, status active|closed) and its counters (funded,
     spent, sends, impressions, returned). Kept for ever: the brand's report reads it."""
-    return "{ledger}:campaign:" + campaign_id
+    return campaign_part(campaign_id) + ":campaign:" + campaign_id
 
 
 def campaign_viewer_day(campaign_id: str, day: str) -> str:
     """Hash: viewer account -> sponsored gifts sent that UTC day (YYYYMMDD), for the per-viewer daily limit."""
-    return "{ledger}:campaign:" + campaign_id + ":viewers:" + day
+    return campaign_part(campaign_id) + ":campaign:" + campaign_id + ":viewers:" + day
 
 
 def campaign_rooms(campaign_id: str) -> str:
     """Hash: room id -> sponsored gifts sent in that room, for the per-room limit."""
-    return "{ledger}:campaign:" + campaign_id + ":rooms"
+    return campaign_part(campaign_id) + ":campaign:" + campaign_id + ":rooms"
 
 
 def campaign_creators(campaign_id: str) -> str:
     """Set: the creator accounts the campaign's gifts reached (the report's `creators_reached`)."""
-    return "{ledger}:campaign:" + campaign_id + ":creators"
+    return campaign_part(campaign_id) + ":campaign:" + campaign_id + ":creators"
 
 
-def campaign_funding(funding_id: str) -> str:
+def campaign_funding(campaign_id: str, funding_id: str) -> str:
     """Hash: one funding of a campaign (brand coins or admin grant), idempotent by its id. Kept for ever."""
-    return "{ledger}:campaign_funding:" + funding_id
+    return campaign_part(campaign_id) + ":campaign_funding:" + funding_id
 
 
 def brand_campaigns(brand: str) -> str:
     """List: a brand's campaign ids, oldest first."""
-    return "{ledger}:brand_campaigns:" + account(brand)
+    return part_of_user(brand) + ":brand_campaigns:" + account(brand)
 
 
-# Perks (gifting/perks.py). What a purchase grants is in the ledger slot, written by perk.lua with its transfer;
-# what a room shows (pins) is in the room's slot, written after the purchase by its id (a replay writes it again).
+# Perks (gifting/perks.py). What a purchase grants is in the buyer's partition, written by perk.lua with its
+# transfer; what a room shows (pins) is in the room's slot, written after the purchase by its id (a replay
+# writes it again).
 PERK_CATALOG = "catalog:perks"  # hash: perk id -> JSON (admins edit it; the shipped perks are seeded once)
-PERK_ENTRANCES = "{ledger}:perks:entrances"  # hash: user account -> entrance effect paid up to (ms)
+
+
+def perk_entrances(part: str) -> str:
+    """Hash: user account -> entrance effect paid up to (ms), of the partition's users."""
+    return part + ":perks:entrances"
 
 
 def perk_purchase(purchase: str) -> str:
     """Hash: a perk purchase's outcome by its user-scoped id (fp, status, reason, coins, diamonds, ...)."""
-    return "{ledger}:perk:" + purchase
+    return part_of_user(scoped_user(purchase)) + ":perk:" + purchase
 
 
-def room_tickets(room: str) -> str:
-    """Hash: user account -> the purchase id of their ticket to the room's premium stream ('' once refunded)."""
-    return "{ledger}:tickets:" + room
+def room_tickets(part: str, room: str) -> str:
+    """Hash: user account -> the purchase id of their ticket to the room's premium stream ('' once refunded), for
+    the partition's users (a room's ticket holders are spread over every partition)."""
+    return part + ":tickets:" + room
 
 
 def room_pins(room: str) -> str:
     """Sorted set: the room's highlighted messages (JSON) by the ms they unpin; expired ones are trimmed."""
     return "{room:" + room + "}:pins"
+
 
 
 # Fan clubs (gifting/fanclubs.py): one hash tag per creator's club.
@@ -304,10 +436,9 @@ def fanclub_counted(creator: str, activity: str) -> str:
     return "{fanclub:" + creator + "}:counted:" + activity
 
 
-# Inbound gifts (one slot).
-GIFTS_STREAM = "{gifts}:in"
-GIFTS_DEAD_LETTER = "{gifts}:dead"
+# Inbound gifts: a stream per ledger partition (gifts_stream), read by the settlement workers.
 SETTLEMENT_GROUP = "settlement"
+
 
 
 # Rooms.
