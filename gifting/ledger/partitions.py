@@ -70,3 +70,25 @@ def _tags(n: int) -> tuple[str, ...]:
             k += 1
         tags.append(f"{{ledger:{p}.{k}}}")
     return tuple(tags)
+
+
+# System accounts every partition has its own row of (its share). Every other account (u:<user>,
+# sys:campaign:<id>, sys:rewards_budget) is placed in one partition by of_account.
+SHARED_ACCOUNTS = frozenset(
+    {
+        "sys:coin_issuance",
+        "sys:platform_revenue",
+        "sys:creator_earnings",
+        "sys:diamond_issuance",
+        "sys:payout_clearing",
+        "sys:diamonds_paid_out",
+        "sys:pool_escrow",
+        "sys:rewards_issuance",
+        "sys:rewards_spent",
+        "sys:transit",
+    }
+)
+
+
+def is_shared(account: str) -> bool:
+    return account in SHARED_ACCOUNTS
