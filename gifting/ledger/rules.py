@@ -586,7 +586,9 @@ def place_legs(legs: list[Leg], source_part: str) -> dict[str, list[Leg]]:
     return placed
 
 
-US, RS, GS = "\x1f", "\x1e", "\x1d"  # field, pair and list separators of an encoded credit (none occurs in rows)
+# Separators: US between a script argument's fields (credit.lua's too); FS between an encoded credit's fields
+# (it travels inside settle.lua's US-separated argument); RS and GS within a field. None occurs in any row.
+US, FS, RS, GS = "\x1f", "\x1c", "\x1e", "\x1d"
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,11 +613,11 @@ class Credit:
         earned = f"{self.earned[0]} {self.earned[1]}" if self.earned else ""
         board = " ".join(map(str, self.board)) if self.board else ""
         fields = (self.id, self.kind, encode_legs(self.legs), str(self.ts_ms), self.room, self.gift, str(self.count))
-        return US.join((*fields, statement, earned, board))
+        return FS.join((*fields, statement, earned, board))
 
     @classmethod
     def decode(cls, line: str) -> Credit:
-        id_, kind, legs, ts, room, gift, count, statement, earned, board = line.split(US)
+        id_, kind, legs, ts, room, gift, count, statement, earned, board = line.split(FS)
         pairs = [tuple(item.split(RS, 1)) for item in statement.split(GS)] if statement else []
         e = earned.split(" ") if earned else None
         b = board.split(" ") if board else None
