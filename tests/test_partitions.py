@@ -3,6 +3,7 @@ partitions exactly once through the outbox (crash between the two steps included
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,9 @@ from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from gifting import keys
+from gifting.config import ConfigError
 from gifting.ledger import partitions, rules
-from gifting.ledger.store import GiftToSettle, Ledger
+from gifting.ledger.store import GiftToSettle, Ledger, claim_partition_count
 from tests.conftest import gift_id, make_settings
 from workers.leases import PartitionLeases, fair_share
 
@@ -231,3 +233,25 @@ async def test_workers_divide_partitions_and_take_over_a_dead_ones(redis: aiored
     await redis.zrem(keys.WORKER_HEARTBEATS, "b")
     assert len(await a.refresh()) == n
     assert fair_share(16, 3) == 6 and fair_share(16, 0) == 16
+
+
+async def test_a_process_with_another_partition_count_refuses_to_start(redis: aioredis.Redis) -> None:
+    """The first process fixes the installation's count; one configured otherwise gets a ConfigError naming both."""
+    await claim_partition_count(redis, 16)
+    await claim_partition_count(redis, 16)
+    with pytest.raises(ConfigError, match="is 8 but this installation's ledger has 16"):
+        await claim_partition_count(redis, 8)
+
+
+async def test_a_dead_workers_partitions_are_taken_over_when_its_leases_expire(redis: aioredis.Redis) -> None:
+    """A process that stops renewing (killed) loses its partitions to the survivor once the leases run out."""
+    n = len(partitions.all_tags())
+    dead, survivor = PartitionLeases(redis, "dead", ttl_ms=300), PartitionLeases(redis, "survivor", ttl_ms=300)
+    taken = await dead.refresh()  # alone: takes everything
+    assert len(taken) == n and not await survivor.refresh()
+    for _ in range(100):  # bounded: the leases expire after 300 ms
+        if len(await survivor.refresh()) == n:
+            break
+        await asyncio.sleep(0.05)
+    assert len(survivor.owned) == n
+    assert await dead.refresh() == set()  # the dead one, back, renews nothing it lost

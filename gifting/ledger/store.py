@@ -16,7 +16,7 @@ from redis.exceptions import ConnectionError, NoScriptError, ResponseError, Time
 
 from gifting import keys, metrics, valkey
 from gifting.clock import hour_number, now_ms, utc_day
-from gifting.config import Settings
+from gifting.config import ConfigError, Settings
 from gifting.errors import GiftingError
 from gifting.ledger import partitions, rules
 
@@ -789,3 +789,16 @@ WITHDRAW_ERRORS = {
     "diamonds_on_hold": "recently earned diamonds are on hold; {detail} diamonds can be withdrawn now",
     "too_many_pending_withdrawals": "{detail} withdrawals are already pending; wait until one is paid or failed",
 }
+
+
+async def claim_partition_count(redis: aioredis.Redis, count: int) -> None:
+    """The installation's partition count is fixed by the first process that runs against it (stored in
+    partitions.PARTITIONS_KEY); a process configured with another count would look for money in the wrong
+    partitions, so it refuses to start (ConfigError: the CLI prints it and exits 2)."""
+    await redis.set(partitions.PARTITIONS_KEY, count, nx=True)
+    stored = int(await redis.get(partitions.PARTITIONS_KEY) or count)
+    if stored != count:
+        raise ConfigError(
+            f"GIFTING_LEDGER_PARTITIONS is {count} but this installation's ledger has {stored} partitions "
+            f"({partitions.PARTITIONS_KEY}); set it to {stored} (changing it needs a migration: docs/SCALING.md)"
+        )
