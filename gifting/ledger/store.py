@@ -813,10 +813,18 @@ WITHDRAW_ERRORS = {
 }
 
 
+PRE_PARTITION_LEDGER = "{ledger}:coins"  # the one-slot ledger's balances (releases before stage 2)
+
+
 async def claim_partition_count(redis: aioredis.Redis, count: int) -> None:
     """The installation's partition count is fixed by the first process that runs against it (stored in
     partitions.PARTITIONS_KEY); a process configured with another count would look for money in the wrong
     partitions, so it refuses to start (ConfigError: the CLI prints it and exits 2)."""
+    if await redis.exists(PRE_PARTITION_LEDGER):
+        raise ConfigError(
+            f"this Valkey holds a ledger from before partitions ({PRE_PARTITION_LEDGER}); it would be ignored, so "
+            "nothing starts: see docs/SCALING.md, 'Existing installations'"
+        )
     await redis.set(partitions.PARTITIONS_KEY, count, nx=True)
     stored = int(await redis.get(partitions.PARTITIONS_KEY) or count)
     if stored != count:
