@@ -18,16 +18,16 @@ from gifting import keys, valkey
 from gifting.clock import hour_number, now_ms, utc_day
 from gifting.config import Settings
 from gifting.errors import GiftingError
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 
 if TYPE_CHECKING:
     from gifting.history.reader import ArchiveReader
 
 log = logging.getLogger(__name__)
 SPEND_LIMIT_ATTEMPTS_MAX = 20  # optimistic retries of a spend limit change (WATCH on the shared limits hash)
-# Set inside Ledger.group_commit(): the task's writes wait for durability once, when the block ends. Per task
-# (a context variable), because one Ledger serves every request of a web process at once.
-_GROUP_COMMIT: ContextVar[bool] = ContextVar("ledger_group_commit", default=False)
+# Set inside Ledger.group_commit(): the partitions the task wrote to, each waited for once when the block ends
+# (None: not in a block). Per task (a context variable), because one Ledger serves every request of a web process.
+_GROUP_COMMIT: ContextVar[set[str | None] | None] = ContextVar("ledger_group_commit", default=None)
 POOL_ATTEMPTS_MAX = 20  # retries of a pool operation whose pool changed between its read and its script
 
 
@@ -199,36 +199,57 @@ class Ledger:
                     outcomes[gift_id] = rules.parse_gift_record(gift_id, record, replay=True)
         return outcomes
 
-    async def committed(self) -> None:
+    async def committed(self, part: str | None = None) -> None:
         """Every write method ends here: its changes are fsynced (GIFTING_WAITAOF_TIMEOUT_MS) before it returns,
-        so no caller can announce or answer what Valkey could still lose. Inside group_commit() the wait is once,
-        at the end of the block."""
-        if not _GROUP_COMMIT.get():
-            await self.durable(self.settings.waitaof_timeout_ms)
+        so no caller can announce or answer what Valkey could still lose. `part`: the ledger partition the write
+        went to (its node is the one to wait on); None: every partition. Inside group_commit() the wait is once
+        per partition, at the end of the block."""
+        pending = _GROUP_COMMIT.get()
+        if pending is not None:
+            pending.add(part)
+        else:
+            await self.durable(self.settings.waitaof_timeout_ms, part)
 
     @contextlib.asynccontextmanager
     async def group_commit(self) -> AsyncIterator[None]:
-        """Several writes, one durability wait when the block ends without an error (WAITAOF covers every write
-        before it). Raises DurabilityError like each write would."""
-        token = _GROUP_COMMIT.set(True)
+        """Several writes, one durability wait per partition written when the block ends without an error
+        (WAITAOF covers every write before it on its node). Raises DurabilityError like each write would."""
+        pending: set[str | None] = set()
+        token = _GROUP_COMMIT.set(pending)
         try:
             yield
         finally:
             _GROUP_COMMIT.reset(token)
-        await self.committed()
+        if None in pending:
+            pending = {None}  # every partition covers the others
+        for part in sorted(pending, key=str):
+            await self.durable(self.settings.waitaof_timeout_ms, part)
 
-    async def durable(self, timeout_ms: int) -> None:
-        """Group commit: wait until everything written so far is fsynced to the AOF (WAITAOF 1 0)."""
+    async def durable(self, timeout_ms: int, part: str | None = None) -> None:
+        """Group commit: wait until everything written so far to ledger partition `part` is fsynced to the AOF
+        (WAITAOF 1 GIFTING_DURABLE_REPLICAS). None: every partition (on a cluster, each node holding one)."""
         if self.waitaof_supported is False:
             return
+        if part is not None or not valkey.is_cluster_client(self.redis):
+            await self._durable_on(timeout_ms, part or partitions.tag(0))  # standalone: one server holds them all
+            return
+        nodes: dict[str, str] = {}  # one partition per node: its wait covers every write to that node
+        for tag in partitions.all_tags():
+            node = (await valkey.on_node_of(self.redis, keys.durable_probe(tag)))["target_nodes"]
+            nodes.setdefault(node.name, tag)
+        for tag in nodes.values():
+            await self._durable_on(timeout_ms, tag)
+
+    async def _durable_on(self, timeout_ms: int, part: str) -> None:
+        probe_key = keys.durable_probe(part)
         # WAITAOF waits only for the writes of its own connection, and the writes it must cover went through
-        # other pooled connections. A write on its connection first (in the ledger's slot, so on the ledger's
+        # other pooled connections. A write on its connection first (in the partition's slot, so on its
         # node) gives it the server's newest replication offset, which every earlier write is below.
         waitaof = ("WAITAOF", 1, self.settings.durable_replicas, timeout_ms)
         if valkey.is_cluster_client(self.redis):  # one connection per node: the two in one pipeline
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(keys.LEDGER_DURABLE_PROBE)
-                pipe.execute_command(*waitaof, **await valkey.on_node_of(self.redis, keys.LEDGER_DURABLE_PROBE))
+                pipe.incr(probe_key)
+                pipe.execute_command(*waitaof, **await valkey.on_node_of(self.redis, probe_key))
                 probe, reply = await pipe.execute(raise_on_error=False)
             if isinstance(probe, Exception):
                 raise probe  # not written, so the wait would cover nothing: not confirmed
@@ -238,7 +259,7 @@ class Ledger:
             # see the fsync; sent after the write's reply it usually finds it fsynced already.
             pinned = self.redis.client()
             try:
-                await pinned.incr(keys.LEDGER_DURABLE_PROBE)  # its errors are the caller's, as any write's
+                await pinned.incr(probe_key)  # its errors are the caller's, as any write's
                 try:
                     reply = await pinned.execute_command(*waitaof)
                 except ResponseError as exc:  # a server without WAITAOF: _check_waitaof decides
@@ -348,17 +369,20 @@ class Ledger:
         """Record a purchase outcome once. Returns (stored record, fingerprint matches, replay); a record of
         another user under this id never matches (and its content is not returned)."""
         assert status in ("paid", "declined") and coins > 0
+        if keys.scoped_user(purchase_id) != user:  # another user's id: its record is in their partition, private
+            return {}, False, True
         now = now_ms()
         legs = rules.encode_legs(rules.purchase_legs(user, coins))
         row = rules.statement_row(now, "purchase", "coins", coins, keys.SYS_COIN_ISSUANCE, purchase_id)
+        part = keys.part_of_user(user)  # the buyer's: sys:coin_issuance has a share in every partition
         stored, stored_fp, replay = await self._purchase(
             keys=[
-                keys.LEDGER_COINS,
-                keys.LEDGER_JOURNAL,
+                keys.coins(part),
+                keys.journal(part),
                 keys.purchase_record(purchase_id),
                 keys.purchases_of(user),
                 keys.statement(user),
-                keys.PURCHASES_HOT,
+                keys.purchases_hot(part),
             ],
             args=[
                 orjson.dumps(record).decode(),
@@ -375,7 +399,7 @@ class Ledger:
                 record.get("price_minor", 0),
             ],
         )
-        await self.committed()
+        await self.committed(part)
         return orjson.loads(stored), stored_fp == fingerprint, bool(int(replay))
 
     async def purchase_record(self, purchase_id: str, owner: str | None = None) -> tuple[dict[str, Any], str] | None:
@@ -419,15 +443,16 @@ class Ledger:
         if user_account is None:
             raise LedgerError("unknown_purchase", f"no purchase {purchase_id!r}")
         user, now = user_account.removeprefix(keys.ACCOUNT_PREFIX), now_ms()
+        part = keys.part_of_user(user)
         legs = rules.encode_legs(rules.reversal_legs(user, int(coins)))
         row = rules.statement_row(now, mode, "coins", -int(coins), keys.SYS_COIN_ISSUANCE, purchase_id)
         code, balance = await self._reverse(
-            keys=[keys.LEDGER_COINS, keys.LEDGER_JOURNAL, keys.purchase_record(purchase_id), keys.statement(user)],
+            keys=[keys.coins(part), keys.journal(part), keys.purchase_record(purchase_id), keys.statement(user)],
             args=[mode, now, purchase_id, f"{mode}:{purchase_id}", user_account, coins, legs, row],
         )
         if code != "ok":
             raise LedgerError(code, REVERSE_ERRORS.get(code, code))
-        await self.committed()
+        await self.committed(part)
         return int(balance)
 
     # Withdrawals -------------------------------------------------------------------------------------------
@@ -437,9 +462,11 @@ class Ledger:
     ) -> tuple[dict[str, Any], bool]:
         """Put diamonds on hold for a payout (pending transfer). Returns (withdrawal, replay)."""
         s, now, account = self.settings, now_ms(), keys.account(user)
+        if keys.scoped_user(withdrawal_id) != user:  # another user's id: its record is in their partition
+            raise LedgerError("idempotency_key_conflict", WITHDRAW_ERRORS["idempotency_key_conflict"])
         if (archived := await self._archived_withdrawal_replay(account, withdrawal_id, fingerprint)) is not None:
             return archived, True
-        await self._refuse_past_archive_backlog(withdrawal_id)
+        await self._refuse_past_archive_backlog(user, withdrawal_id)
         cutoff_hour = hour_number(now - s.diamond_hold_s * 1000) if s.diamond_hold_s > 0 else hour_number(now) + 1
         legs = rules.encode_legs(rules.withdrawal_legs("pending", user, diamonds))
         row = rules.statement_row(now, "withdrawal", "diamonds", -diamonds, keys.SYS_PAYOUT_CLEARING, withdrawal_id)
@@ -454,7 +481,7 @@ class Ledger:
         )  # fmt: skip
         if code != "ok":
             raise LedgerError(code, WITHDRAW_ERRORS.get(code, code).format(detail=detail))
-        await self.committed()
+        await self.committed(keys.part_of_user(user))
         withdrawal = await self.withdrawal(withdrawal_id)
         assert withdrawal is not None
         return withdrawal, detail == "replay"
@@ -474,11 +501,11 @@ class Ledger:
             raise LedgerError("idempotency_key_conflict", WITHDRAW_ERRORS["idempotency_key_conflict"])
         return withdrawal_view(withdrawal_id, record)
 
-    async def _refuse_past_archive_backlog(self, withdrawal_id: str) -> None:
-        """A new withdrawal is a debit: refused past the archive backlog bound like gifts and pledges (one rule:
-        rules.archive_backlog_reject); a resend of an existing one still answers it."""
+    async def _refuse_past_archive_backlog(self, user: str, withdrawal_id: str) -> None:
+        """A new withdrawal is a debit: refused past the archive backlog bound of its partition's journal like gifts
+        and pledges (one rule: rules.archive_backlog_reject); a resend of an existing one still answers it."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.LEDGER_JOURNAL)
+            pipe.xlen(keys.journal(keys.part_of_user(user)))
             pipe.exists(keys.withdrawal(withdrawal_id))
             journal_entries, exists = await pipe.execute()
         if not exists and rules.archive_backlog_reject(int(journal_entries), self.settings.archive_backlog_max):
@@ -507,23 +534,26 @@ class Ledger:
         )
         if code != "ok":
             raise LedgerError(code, f"withdrawal {withdrawal_id} is {status}, not pending")
-        await self.committed()
+        await self.committed(keys.part_of_user(user))
         withdrawal = await self.withdrawal(withdrawal_id)
         assert withdrawal is not None
         return withdrawal
 
     def _withdraw_keys(self, user: str, withdrawal_id: str, day: str) -> list[str]:
+        """withdraw.lua's KEYS: all in the user's partition (sys:payout_clearing has a share in each)."""
+        part = keys.part_of_user(user)
+        assert keys.scoped_user(withdrawal_id) == user, withdrawal_id  # the id names its user: one partition
         return [
-            keys.LEDGER_DIAMONDS,
-            keys.LEDGER_JOURNAL,
+            keys.diamonds(part),
+            keys.journal(part),
             keys.withdrawal(withdrawal_id),
-            keys.WITHDRAWALS_PENDING,
+            keys.withdrawals_pending(part),
             keys.withdrawals_of(user),
             keys.statement(user),
             keys.earned(user),
-            keys.withdrawn_on(day),
-            keys.WITHDRAWALS_PENDING_BY_USER,
-            keys.WITHDRAWALS_DONE,
+            keys.withdrawn_on(part, day),
+            keys.withdrawals_pending_by_user(part),
+            keys.withdrawals_done(part),
         ]
 
     async def withdrawal(self, withdrawal_id: str) -> dict[str, Any] | None:
@@ -543,39 +573,39 @@ class Ledger:
             items += [withdrawal_view(wid, data) for wid, data in archived]
         return items
 
-    async def pending_withdrawals(self, limit: int, offset: int = 0) -> list[str]:
-        """Pending withdrawal ids by deadline, `limit` from position `offset`."""
-        ids: list[str] = await self.redis.zrange(keys.WITHDRAWALS_PENDING, offset, offset + limit - 1)
+    async def pending_withdrawals(self, part: str, limit: int, offset: int = 0) -> list[str]:
+        """A partition's pending withdrawal ids by deadline, `limit` from position `offset`."""
+        ids: list[str] = await self.redis.zrange(keys.withdrawals_pending(part), offset, offset + limit - 1)
         return ids
 
     # Wallet, statements, limits ------------------------------------------------------------------------------
 
     async def wallet(self, user: str) -> dict[str, int]:
-        account = keys.account(user)
+        account, part = keys.account(user), keys.part_of_user(user)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.LEDGER_COINS, account)
-            pipe.hget(keys.LEDGER_DIAMONDS, account)
-            pipe.hget(keys.LEDGER_REWARDS, account)
+            pipe.hget(keys.coins(part), account)
+            pipe.hget(keys.diamonds(part), account)
+            pipe.hget(keys.rewards(part), account)
             coins, diamonds, reward_coins = await pipe.execute()
         return {"coins": int(coins or 0), "diamonds": int(diamonds or 0), "reward_coins": int(reward_coins or 0)}
 
     async def set_spend_limit(self, user: str, coins_per_day: int) -> None:
         """A viewer's own cap (0: none): lowered at once, raised or removed after the cooling-off
         (rules.change_own_spend_limit). Read and write under WATCH, so two changes at once cannot both apply."""
-        account = keys.account(user)
+        account, limits = keys.account(user), keys.spend_limits(keys.part_of_user(user))
         async with self.redis.pipeline(transaction=True) as pipe:
             for _attempt in range(SPEND_LIMIT_ATTEMPTS_MAX):
                 try:
-                    await pipe.watch(keys.LEDGER_SPEND_LIMITS)
-                    stored = await pipe.hget(keys.LEDGER_SPEND_LIMITS, account)
+                    await pipe.watch(limits)
+                    stored = await pipe.hget(limits, account)
                     changed = rules.change_own_spend_limit(
                         stored, coins_per_day, now_ms(), self.settings.spend_limit_cooloff_s
                     ).encode()
                     pipe.multi()
                     if changed is None:
-                        pipe.hdel(keys.LEDGER_SPEND_LIMITS, account)
+                        pipe.hdel(limits, account)
                     else:
-                        pipe.hset(keys.LEDGER_SPEND_LIMITS, account, changed)
+                        pipe.hset(limits, account, changed)
                     await pipe.execute()
                     return
                 except WatchError:
@@ -583,10 +613,10 @@ class Ledger:
         raise LedgerError("busy", "the spend limit changed concurrently too often; retry")
 
     async def spend_limit(self, user: str) -> dict[str, Any]:
-        now = now_ms()
-        stored = await self.redis.hget(keys.LEDGER_SPEND_LIMITS, keys.account(user))
+        now, part = now_ms(), keys.part_of_user(user)
+        stored = await self.redis.hget(keys.spend_limits(part), keys.account(user))
         own = rules.own_spend_limit(stored, now)
-        spent = int(await self.redis.hget(keys.spent_on(utc_day(now)), keys.account(user)) or 0)
+        spent = int(await self.redis.hget(keys.spent_on(part, utc_day(now)), keys.account(user)) or 0)
         return {"daily_spend_coins_max": own.coins, "pending_daily_spend_coins_max": own.pending_coins,
                 "pending_effective_ms": own.pending_effective_ms,
                 "global_daily_spend_coins_max": self.settings.daily_spend_coins_max,
