@@ -134,7 +134,10 @@ class Settings:
         "GIFTING_PAYOUT_INTERVAL_MS", 1000, "How often the worker sends pending withdrawals to the payout provider."
     )
     payouts_per_run_max: int = _setting(
-        "GIFTING_PAYOUTS_PER_RUN_MAX", 100, "Pending withdrawals sent to the payout provider per run (a page)."
+        "GIFTING_PAYOUTS_PER_RUN_MAX",
+        100,
+        "Pending withdrawals sent to the payout provider per run (a page), shared equally among the ledger "
+        "partitions (at least one each; past this many partitions, a run takes the next this many in turn).",
     )
     payout_call_timeout_ms: int = _setting(
         "GIFTING_PAYOUT_CALL_TIMEOUT_MS",

@@ -1,13 +1,13 @@
 """Valkey keeps only what is hot: the archiver's second job, after each journal batch.
 
-Statements. A user's statement is a list in Valkey that only grew; now each row has a fixed seq (its place in
-the statement: LEDGER_STATEMENT_BASE[account] + its index in the list). In the same PostgreSQL transaction as a
-journal batch, the archiver copies the new rows of every account the batch touched into `statements` (as
-Valkey holds them: copying is cheaper and exacter than rebuilding rows from the legs) and moves the account's
-`statement_cursor`. Only after that commit does statement_trim.lua drop rows from Valkey: never one PostgreSQL
-lacks, never one of the newest GIFTING_STATEMENT_HOT_ROWS. A crash between commit and trim leaves rows in
-both stores, which is harmless (a reader takes each seq from one store by the base) and repaired at restart
-(`recover`: the accounts of the last committed batch are trimmed again).
+Statements. A user's statement is a list in Valkey that only grew; now each row has a fixed seq (its place in the
+statement: keys.statement_base(its partition)[account] + its index in the list). In the same PostgreSQL transaction as a
+journal batch, the archiver copies the new rows of every account the batch touched into `statements` (as Valkey holds
+them: copying is cheaper and exacter than rebuilding rows from the legs) and moves the account's `statement_cursor`.
+Only after that commit does statement_trim.lua drop rows from Valkey: never one PostgreSQL lacks, never one of the
+newest GIFTING_STATEMENT_HOT_ROWS. A crash between commit and trim leaves rows in both stores, which is harmless (a
+reader takes each seq from one store by the base) and repaired at restart (`recover`: the accounts of the last committed
+batch are trimmed again).
 
 Top-gifter boards. Each creator the batch paid keeps its top GIFTING_TOP_GIFTERS_KEPT gifters per board.
 
@@ -30,7 +30,7 @@ from gifting.ledger import rules
 from gifting.ledger.store import load_script
 
 log = logging.getLogger(__name__)
-ACCOUNTS_PER_CALL = 500  # accounts per statement_tail / statement_trim call (one Valkey call each)
+ACCOUNTS_PER_CALL = 500  # accounts per statement_tail / statement_trim call (one Valkey call each, one partition)
 # New statement rows copied per account per batch at most, so that catching up after a long PostgreSQL outage
 # stays a bounded transaction; the rest stay in Valkey (read from there) until a batch with the account's next
 # transfer moves them.
@@ -63,8 +63,8 @@ class HotState:
         for ms, leg in legs:
             if leg.ledger == "diamonds" and rules.is_user_account(leg.credit):
                 self.creators[leg.credit] = max(ms, self.creators.get(leg.credit, 0))
-        for first in range(0, len(accounts), ACCOUNTS_PER_CALL):
-            await self._archive_chunk(conn, batch, accounts[first : first + ACCOUNTS_PER_CALL])
+        for chunk in partition_chunks(accounts):
+            await self._archive_chunk(conn, batch, chunk)
 
     async def _archive_chunk(
         self, conn: psycopg.AsyncConnection[Any], batch: tuple[int, int], accounts: list[str]
@@ -74,7 +74,8 @@ class HotState:
         ).fetchall()
         held = {account: int(upto) for account, upto in rows}
         args = [ROWS_PER_ACCOUNT_MAX, *(x for a in accounts for x in (a, held.get(a, 0)))]
-        tails = await self._tail(keys=[keys.LEDGER_STATEMENT_BASE, *map(keys.account_statement, accounts)], args=args)
+        base = keys.statement_base(keys.part_of(accounts[0]))
+        tails = await self._tail(keys=[base, *map(keys.account_statement, accounts)], args=args)
         moved: dict[str, int] = {}
         async with conn.cursor().copy("COPY statements (account, seq, line) FROM STDIN") as copy:
             for account, (_base, lines) in zip(accounts, tails, strict=True):
@@ -118,13 +119,11 @@ class HotState:
             await pipe.execute()
 
     async def trim_statements(self, committed: dict[str, int]) -> int:
-        dropped, accounts = 0, list(committed)
-        for first in range(0, len(accounts), ACCOUNTS_PER_CALL):
-            chunk = accounts[first : first + ACCOUNTS_PER_CALL]
+        dropped = 0
+        for chunk in partition_chunks(list(committed)):
             args = [self.statement_rows, *(x for a in chunk for x in (a, committed[a]))]
-            dropped += int(
-                await self._trim(keys=[keys.LEDGER_STATEMENT_BASE, *map(keys.account_statement, chunk)], args=args)
-            )
+            base = keys.statement_base(keys.part_of(chunk[0]))
+            dropped += int(await self._trim(keys=[base, *map(keys.account_statement, chunk)], args=args))
         return dropped
 
     async def recover(self, conn: psycopg.AsyncConnection[Any], batch: tuple[int, int] | None) -> int:
@@ -138,3 +137,16 @@ class HotState:
         ).fetchall()
         await conn.commit()
         return await self.trim_statements({account: int(upto) for account, upto in rows})
+
+
+def partition_chunks(accounts: list[str]) -> list[list[str]]:
+    """`accounts` in chunks of at most ACCOUNTS_PER_CALL, each of one ledger partition (a script's keys share one
+    slot), in their order within each partition."""
+    by_part: dict[str, list[str]] = {}
+    for account in accounts:
+        by_part.setdefault(keys.part_of(account), []).append(account)
+    return [
+        group[first : first + ACCOUNTS_PER_CALL]
+        for group in by_part.values()
+        for first in range(0, len(group), ACCOUNTS_PER_CALL)
+    ]
