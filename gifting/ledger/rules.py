@@ -170,6 +170,19 @@ def reward_id(kind: str, user: str, period: str) -> str:
     return f"reward:{kind}:{user}:{period}"
 
 
+def reward_credits(
+    transfer_id: str, kind: str, user: str, placed: dict[str, list[Leg]], source_part: str, row: str, now_ms: int
+) -> dict[str, list[Credit]]:
+    """What an accrual decided in the budget's partition (`source_part`) owes a viewer of another partition: its
+    legs there (sys:transit -> the viewer) and the viewer's statement row, applied once by the accrual's id.
+    Empty when the viewer lives in the budget's partition (rewards.lua then writes the row itself)."""
+    return {
+        part: [Credit(transfer_id, "reward_" + kind, legs, now_ms, [(keys.account(user), row)])]
+        for part, legs in placed.items()
+        if part != source_part
+    }
+
+
 def reward_refusal(
     budget: int, earned_viewer: int, earned_day: int, coins: int, viewer_day_max: int, day_max: int
 ) -> str | None:
