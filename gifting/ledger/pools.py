@@ -262,7 +262,7 @@ def _end_call(ledger: Ledger, op: str, part: str, pool_id: str, read: PoolRead) 
     keys_ += [*pool_index_keys(part, read.room or "", read.starter or ""), keys.outbox(part)]
     local_legs: list[rules.Leg] = []
     local_rows: list[str] = []
-    credits: dict[str, list[str]] = {}
+    credits: dict[str, list[rules.Credit]] = {}
     for c in orjson.loads(read.contributors or "[]"):
         user, coins = c["user"], int(c["coins"])
         row = rules.statement_row(now, "pledge_returned", "coins", coins, keys.SYS_POOL_ESCROW, pool_id)
@@ -277,9 +277,7 @@ def _end_call(ledger: Ledger, op: str, part: str, pool_id: str, read: PoolRead) 
             id=f"{pool_id}:{user}", kind="pledge_returned", legs=placed[user_part], ts_ms=now,
             statement=[(keys.account(user), row)], room=read.room or "", gift=read.gift or "",
         )  # fmt: skip
-        credits.setdefault(user_part, []).append(credit.encode())
+        credits.setdefault(user_part, []).append(credit)
     args: list[Any] = [op, now, ledger.settings.pool_record_ttl_s, read.contributors or ""]
-    args += [rules.encode_legs(local_legs), len(local_rows), *local_rows]
-    for dest, lines in credits.items():
-        args += [dest, "\n".join(lines)]
+    args += [rules.encode_legs(local_legs), len(local_rows), *local_rows, *rules.outbox_fields(credits)]
     return keys_, args
