@@ -258,7 +258,10 @@ class Settings:
     pool_deadline_s_max: int = _setting("GIFTING_POOL_DEADLINE_S_MAX", 3600, "Longest pool deadline, seconds.")
     pools_per_room_max: int = _setting("GIFTING_POOLS_PER_ROOM_MAX", 3, "Open pools one room may have at once.")
     pools_per_user_max: int = _setting(
-        "GIFTING_POOLS_PER_USER_MAX", 1, "Open pools one user may have opened at once (over every room)."
+        "GIFTING_POOLS_PER_USER_MAX",
+        1,
+        "Open pools one user may have opened at once, over the rooms of the creators of one ledger partition (a "
+        "pool lives in its creator's partition, and the count with it, so it is checked atomically).",
     )
     pool_open_coins_min: int = _setting(
         "GIFTING_POOL_OPEN_COINS_MIN", 1, "Coins a user must hold to open a pool (0: anyone may open one)."
@@ -268,6 +271,12 @@ class Settings:
         90 * 86400,
         "A closed pool's record expires from Valkey this long after it closes, seconds, archived or not (open: "
         "kept): only a safety bound for a server without an archiver; keep it well over GIFTING_POOL_HOT_S.",
+    )
+    pledge_redrive_ms: int = _setting(
+        "GIFTING_PLEDGE_REDRIVE_MS",
+        5000,
+        "A pledge debited in its pledger's partition whose pool's answer (landed or refused and refunded) is not "
+        "applied this long after, milliseconds, is pushed again by the worker (a process died between the steps).",
     )
     campaign_duration_s_max: int = _setting(
         "GIFTING_CAMPAIGN_DURATION_S_MAX",

@@ -18,7 +18,7 @@ from gifting import keys, metrics, valkey
 from gifting.clock import hour_number, now_ms, utc_day
 from gifting.config import ConfigError, Settings
 from gifting.errors import GiftingError
-from gifting.ledger import partitions, rules
+from gifting.ledger import partitions, pools, rules
 
 if TYPE_CHECKING:
     from gifting.history.reader import ArchiveReader
@@ -28,7 +28,6 @@ SPEND_LIMIT_ATTEMPTS_MAX = 20  # optimistic retries of a spend limit change (WAT
 # Set inside Ledger.group_commit(): the partitions the task wrote to, each waited for once when the block ends
 # (None: not in a block). Per task (a context variable), because one Ledger serves every request of a web process.
 _GROUP_COMMIT: ContextVar[set[str | None] | None] = ContextVar("ledger_group_commit", default=None)
-POOL_ATTEMPTS_MAX = 20  # retries of a pool operation whose pool changed between its read and its script
 
 
 def load_script(name: str) -> str:
@@ -118,6 +117,7 @@ class Ledger:
         self._purchase = redis.register_script(load_script_with("purchase.lua", "legs.lua"))
         self._reverse = redis.register_script(load_script_with("reverse.lua", "legs.lua"))
         self._withdraw = redis.register_script(load_script_with("withdraw.lua", "legs.lua"))
+        self._pledge = redis.register_script(load_script_with("pledge.lua", "spend_cap.lua", "legs.lua"))
         pool_rules = ("spend_cap.lua", "top_gifters.lua", "legs.lua")
         self._pool = redis.register_script(load_script_with("pool.lua", *pool_rules))
         self.credit_script = redis.register_script(load_script_with("credit.lua", "legs.lua", "top_gifters.lua"))
@@ -451,76 +451,17 @@ class Ledger:
         self, op: str, pool_id: str, pledge_id: str = "", user: str = "", coins: int = 0, name: str = "",
         reject: str = "",
     ) -> tuple[str, str, int, bool, dict[str, Any] | None]:  # fmt: skip
-        """A pledge to a pool, or its expiry, cancellation or voiding at its room's end (pool.lua).
-        Returns (status, reason, balance, replay, pool). The legs and rows are built from the pool as read
-        here; pool.lua refuses them ('stale') if another pledge landed since, and the call is made again.
-        `reject`: a pledge's reject reason decided by the caller (archive_backlog), recorded like pool.lua's own."""
-        assert op in ("pledge", "expire", "cancel", "void")
-        for _attempt in range(POOL_ATTEMPTS_MAX):
-            read = PoolRead(*await self.redis.hmget(keys.pool(pool_id), *PoolRead.__slots__))
-            keys_, args = self._pool_call(op, pool_id, read, pledge_id, user, coins, name, reject)
-            status, reason, balance, replay, pool = await self._pool(keys=keys_, args=args)
-            if status != "stale":
-                await self.committed()
-                return status, reason, int(balance), bool(int(replay)), (orjson.loads(pool) if pool else None)
-        raise LedgerError("busy", f"pool {pool_id} changed concurrently too often; retry")
-
-    def _pool_call(
-        self, op: str, pool_id: str, read: PoolRead, pledge_id: str, user: str, coins: int, name: str,
-        reject: str = "",
-    ) -> tuple[list[str], list[Any]]:  # fmt: skip
-        """pool.lua's KEYS and ARGV for one operation on the pool as `read`."""
-        s, now = self.settings, now_ms()
-        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
-        keys_.append(keys.pledge_record(pledge_id) if op == "pledge" else keys.POOLS_CLOSED)
-        keys_ += pool_index_keys(read.room or "", read.starter or "")
-        if op != "pledge":
-            returns = [(c["user"], int(c["coins"])) for c in orjson.loads(read.contributors or "[]")]
-            legs = [leg for u, c in returns for leg in rules.pledge_return_legs(u, c)]
-            keys_ += [keys.statement(u) for u, _c in returns]
-            rows = [
-                rules.statement_row(now, "pledge_returned", "coins", c, keys.SYS_POOL_ESCROW, pool_id)
-                for _u, c in returns
-            ]
-            return keys_, [op, now, s.pool_record_ttl_s, read.contributors or "", rules.encode_legs(legs), *rows]
-        creator = read.creator or ""
-        keys_ += [keys.LEDGER_SPEND_LIMITS, keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT]
-        keys_ += [keys.statement(user), keys.statement(creator), keys.earned(creator)]
-        keys_ += [*keys.account_top_boards(keys.account(creator), now), keys.POOLS_CLOSED]
-        pledge_row = rules.statement_row(now, "pledge", "coins", -coins, keys.SYS_POOL_ESCROW, pool_id)
-        args: list[Any] = [op, now, pledge_id, keys.account(user), coins, rules.fingerprint(pool_id, user, coins)]
-        args += [name, s.idempotency_ttl_s, hour_number(now), user, read.contributors or "", s.pool_record_ttl_s]
-        args += [s.daily_spend_coins_max, rules.SPENT_DAY_TTL_S, s.rejected_gift_ttl_s]
-        args += [keys.account(creator) if creator else "", rules.encode_legs(rules.pledge_legs(user, coins))]
-        args += [pledge_row, *self._pool_completion(read, pool_id, user, coins, now), reject]
-        return keys_, args
-
-    def _pool_completion(self, read: PoolRead, pool_id: str, user: str, coins: int, now: int) -> list[Any]:
-        """pool.lua's ARGV 19..24: what completing the pool writes, if this pledge completes it as read."""
-        if read.price is None or int(read.price) - int(read.pledged or 0) != coins:
-            return ["", "", 0, "", rules.TOP_DAY_TTL_S, rules.TOP_WEEK_TTL_S]
-        creator, price = read.creator or "", int(read.price)
-        split = rules.split_gift(price, int(read.bps or 0))
-        legs = rules.encode_legs(rules.pool_completion_legs(creator, split))
-        row = rules.statement_row(
-            now, "gift_received", "diamonds", split.diamonds, "pool", pool_id, read.gift or "", "1"
-        )
-        gifters: dict[str, int] = {keys.account(user): coins}
-        for c in orjson.loads(read.contributors or "[]"):
-            gifters[keys.account(c["user"])] = gifters.get(keys.account(c["user"]), 0) + int(c["coins"])
-        by_gifter = "|".join(f"{account} {amount}" for account, amount in gifters.items())
-        return [legs, row, split.diamonds, by_gifter, rules.TOP_DAY_TTL_S, rules.TOP_WEEK_TTL_S]
+        """A pledge to a pool, or its expiry, cancellation or voiding at its room's end (ledger/pools.py).
+        Returns (status, reason, balance, replay, pool). `reject`: a pledge's reject reason decided by the
+        caller (archive_backlog), recorded like the scripts' own."""
+        if op == "pledge":
+            return await pools.pledge(self, pool_id, pledge_id, user, coins, name, reject)
+        return await pools.pool_end(self, op, pool_id)
 
     async def pool_open(self, room: str, starter: str, record: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         """Open a pool unless its room ended or a cap is reached, atomically (pool.lua). Returns (reason, pool):
         reason is '' when it opened."""
-        s, pool_id = self.settings, record["id"]
-        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
-        keys_ += [keys.pool(pool_id), *pool_index_keys(room, starter)]
-        args: list[Any] = ["open", now_ms(), pool_id, s.pools_per_room_max, s.pools_per_user_max]
-        args += [keys.account(starter), s.pool_open_coins_min, *(x for pair in record.items() for x in pair)]
-        _status, reason, _balance, _replay, pool = await self._pool(keys=keys_, args=args)
-        return reason, (orjson.loads(pool) if pool else None)
+        return await pools.pool_open(self, room, starter, record)
 
     # Purchases ---------------------------------------------------------------------------------------------
 
@@ -784,20 +725,6 @@ class Ledger:
                 "spend_limit_cooloff_s": self.settings.spend_limit_cooloff_s, "spent_today": spent}  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class PoolRead:
-    """The fields of a pool record that pool.lua's caller builds legs and rows from (None: absent)."""
-
-    room: str | None
-    starter: str | None
-    creator: str | None
-    price: str | None
-    pledged: str | None
-    bps: str | None
-    gift: str | None
-    contributors: str | None
-
-
 def withdrawal_view(withdrawal_id: str, data: dict[str, str]) -> dict[str, Any]:
     """A withdrawal as the API shows it, from its record (Valkey's hash, or the same fields archived)."""
     return {
@@ -811,11 +738,6 @@ def withdrawal_view(withdrawal_id: str, data: dict[str, str]) -> dict[str, Any]:
         "deadline_ms": int(data["deadline_ms"]),
         "resolved_ms": int(data["resolved_ms"]) if data.get("resolved_ms") else None,
     }
-
-
-def pool_index_keys(room: str, starter: str) -> list[str]:
-    """pool.lua's KEYS 7..9: the room's open pools, the opener's open pools, the room's end marker."""
-    return [keys.room_pools(room), keys.opener_pools(starter), keys.room_ended(room)]
 
 
 REVERSE_ERRORS = {
