@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, ResponseError, WatchError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError, WatchError
 
-from gifting import keys, valkey
+from gifting import keys, metrics, valkey
 from gifting.clock import hour_number, now_ms, utc_day
 from gifting.config import Settings
 from gifting.errors import GiftingError
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 
 if TYPE_CHECKING:
     from gifting.history.reader import ArchiveReader
@@ -61,39 +61,44 @@ class GiftToSettle:
             object.__setattr__(self, "host", self.creator)
 
 
-def settle_arg(g: GiftToSettle, now: int) -> str:
-    """One gift as settle.lua takes it: fields separated by US (0x1f). The journal row and statement rows it
-    writes if it settles the gift are built here, not in Lua: the Valkey thread is the scarce core."""
+def settle_arg(g: GiftToSettle, now: int, part: str) -> tuple[str, str, str]:
+    """One gift as settle.lua takes it in the viewer's partition `part`: fields separated by US (0x1f); and the
+    creator's partition and credit line when that is another partition (else ''). The journal row and statement
+    rows it writes if it settles the gift are built here, not in Lua: the Valkey thread is the scarce core."""
     viewer, creator = keys.account(g.viewer), keys.account(g.creator)
-    row = viewer_row = creator_row = reward_row = reward_viewer_row = ""
+    row = viewer_row = creator_row = reward_row = reward_viewer_row = dest = credit = ""
     if not g.reject:
         split = rules.GiftSplit(g.coins, g.diamonds, g.coins - g.diamonds)
-        row = rules.gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count)
+        placed = rules.place_legs(rules.gift_legs(g.viewer, g.creator, split), part)
+        reward_placed = rules.place_legs(rules.reward_gift_legs(g.viewer, g.creator, split), part)
+        tail = f"\t{g.room}\t{g.gift}\t{g.count}"
+        row = g.gift_id + "\t" + rules.encode_legs(placed[part]) + tail
         viewer_row = rules.statement_row(now, "gift_sent", "coins", -g.coins, creator, g.gift_id, g.gift, str(g.count))
         # The same gift paid with reward coins (settle.lua picks: rules.pays_with_rewards).
-        reward_row = rules.reward_gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count)
+        reward_row = g.gift_id + "\t" + rules.encode_legs(reward_placed[part]) + tail
         # The same row on the rewards ledger (statement_row's layout: ts, kind, ledger, ...).
         reward_viewer_row = viewer_row.replace("\tcoins\t", "\trewards\t", 1)
         if g.diamonds > 0:
             creator_row = rules.statement_row(
                 now, "gift_received", "diamonds", g.diamonds, viewer, g.gift_id, g.gift, str(g.count)
             )
-    return "\x1f".join(
-        (
-            g.gift_id,
-            viewer,
-            creator,
-            str(g.coins),
-            str(g.diamonds),
-            g.fingerprint,
-            g.reject,
-            row,
-            viewer_row,
-            creator_row,
-            reward_row,
-            reward_viewer_row,
-        )
-    )
+        creator_part = keys.part_of(creator)
+        if creator_part != part:  # the creator's side is owed to their partition (the same however it is paid)
+            dest = creator_part
+            credit = rules.Credit(
+                id=g.gift_id,
+                kind="gift_received",
+                legs=placed.get(creator_part, []),
+                ts_ms=now,
+                statement=[(creator, creator_row)] if creator_row else [],
+                earned=(creator, g.diamonds) if g.diamonds > 0 else None,
+                board=(creator, viewer, g.coins),
+                room=g.room,
+                gift=g.gift,
+                count=g.count,
+            ).encode()
+    fields = (g.gift_id, viewer, creator, str(g.coins), str(g.diamonds), g.fingerprint, g.reject, row, viewer_row)
+    return "\x1f".join((*fields, creator_row, reward_row, reward_viewer_row, dest, credit)), dest, credit
 
 
 class DurabilityError(RuntimeError):
@@ -115,27 +120,84 @@ class Ledger:
         self._withdraw = redis.register_script(load_script_with("withdraw.lua", "legs.lua"))
         pool_rules = ("spend_cap.lua", "top_gifters.lua", "legs.lua")
         self._pool = redis.register_script(load_script_with("pool.lua", *pool_rules))
+        self.credit_script = redis.register_script(load_script_with("credit.lua", "legs.lua", "top_gifters.lua"))
         self.waitaof_supported: bool | None = None  # learned on first use
 
     # Gifts -------------------------------------------------------------------------------------------------
 
     async def settle(self, gifts: list[GiftToSettle], durable_timeout_ms: int | None = None) -> list[rules.GiftOutcome]:
-        """Settle a batch in one atomic Lua call; resends get their stored outcome (replay=True).
+        """Settle a batch: one atomic Lua call per viewers' partition, all in one round trip; resends get their
+        stored outcome (replay=True). Then the creators' credits in other partitions (apply_credits: best
+        effort, a failure leaves them in the outbox for the redrive, never fails the batch).
 
-        With `durable_timeout_ms`, the group commit (WAITAOF, see `durable`) goes in the same round trip.
+        With `durable_timeout_ms`, the group commit (WAITAOF on each partition's node) goes in the same round
+        trip, and the credits are applied only once the debits are durable.
         """
         if not gifts:
             return []
+        by_part: dict[str, list[int]] = {}
+        for i, g in enumerate(gifts):
+            by_part.setdefault(keys.part_of_user(g.viewer), []).append(i)
         now = now_ms()
+        calls = {part: self._settle_call([gifts[i] for i in idx], part, now) for part, idx in by_part.items()}
+        wait = durable_timeout_ms is not None and self.waitaof_supported is not False
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys_, args, _credits in calls.values():
+                    valkey.queue_evalsha(pipe, self.settle_script.sha, keys_, args)
+                    if wait:  # on the node of the partition's writes (a cluster), right after them
+                        pipe.execute_command(
+                            "WAITAOF",
+                            1,
+                            self.settings.durable_replicas,
+                            durable_timeout_ms,
+                            **await valkey.on_node_of(self.redis, keys_[0]),
+                        )
+                replies = await pipe.execute(raise_on_error=False)
+            step = 2 if wait else 1
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies[::step]):  # a Valkey restart
+                await self.redis.script_load(self.settle_script.script)
+                continue
+            break
+        step = 2 if wait else 1
+        for reply in replies[::step]:
+            if isinstance(reply, Exception):
+                raise reply
+        if wait:
+            for reply in replies[1::2]:
+                self._check_waitaof(reply, durable_timeout_ms or 0)
+        elif durable_timeout_ms is not None:
+            await self.durable(durable_timeout_ms, list(calls))
+        outcomes: list[rules.GiftOutcome | None] = [None] * len(gifts)
+        for (part, idx), reply in zip(by_part.items(), replies[::step], strict=True):
+            *lines, outbox_id = reply.split("\n")
+            assert len(lines) == len(idx), "settle.lua returns one line per gift, then the outbox id"
+            for i, line in zip(idx, lines, strict=True):
+                status, reason, coins, replay, spent = line.split("|")
+                outcomes[i] = rules.GiftOutcome(gifts[i].gift_id, status, reason, int(coins), replay == "1", int(spent))
+            if outbox_id:
+                await self._apply_settled_credits(
+                    part, outbox_id, [gifts[i] for i in idx], calls[part][2], outcomes, idx
+                )
+        return [o for o in outcomes if o is not None]
+
+    def _settle_call(
+        self, gifts: list[GiftToSettle], part: str, now: int
+    ) -> tuple[list[str], list[Any], list[tuple[str, str]]]:
+        """settle.lua's keys and arguments for the gifts of viewers of one partition, and each gift's (destination
+        partition, credit line) ('' when its creator is in `part`)."""
         s = self.settings
         buckets, expire_at = rules.record_buckets(now // 1000, s.idempotency_ttl_s)
         rejected_buckets, rejected_expire_at = rules.record_buckets(now // 1000, s.rejected_gift_ttl_s)
-        accounts = list(dict.fromkeys(a for g in gifts for a in (keys.account(g.viewer), keys.account(g.creator))))
-        creators = list(dict.fromkeys(keys.account(g.creator) for g in gifts))
-        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.LEDGER_SPEND_LIMITS]
-        keys_ += [keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT, keys.LEDGER_REWARDS]
-        keys_ += map(keys.gift_records, buckets)
-        keys_ += map(keys.rejected_gift_records, rejected_buckets)
+        built = [settle_arg(g, now, part) for g in gifts]
+        local_creators = [keys.account(g.creator) for g, (_a, dest, _c) in zip(gifts, built, strict=True) if not dest]
+        accounts = list(dict.fromkeys(keys.account(g.viewer) for g in gifts)) + list(dict.fromkeys(local_creators))
+        accounts = list(dict.fromkeys(accounts))
+        creators = list(dict.fromkeys(local_creators))
+        keys_ = [keys.coins(part), keys.diamonds(part), keys.journal(part), keys.spend_limits(part)]
+        keys_ += [keys.spent_on(part, utc_day(now)), keys.lifetime_spent(part), keys.rewards(part), keys.outbox(part)]
+        keys_ += [keys.gift_records(part, b) for b in buckets]
+        keys_ += [keys.rejected_gift_records(part, b) for b in rejected_buckets]
         keys_ += map(keys.account_statement, accounts)
         for creator in creators:
             keys_ += [keys.account_earned(creator), *keys.account_top_boards(creator, now)]
@@ -148,56 +210,132 @@ class Ledger:
             keys.SYS_DIAMOND_ISSUANCE,
             keys.SYS_REWARDS_SPENT,
         ]
-        args += [settle_arg(g, now) for g in gifts]
+        args += [arg for arg, _dest, _credit in built]
         args += accounts + creators
-        wait = durable_timeout_ms is not None and self.waitaof_supported is not False
-        for attempt in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                valkey.queue_evalsha(pipe, self.settle_script.sha, keys_, args)
-                if wait:  # on the node of the ledger's writes (a cluster), right after them
-                    pipe.execute_command(
-                        "WAITAOF",
-                        1,
-                        s.durable_replicas,
-                        durable_timeout_ms,
-                        **await valkey.on_node_of(self.redis, keys_[0]),
-                    )
-                replies = await pipe.execute(raise_on_error=False)
-            if attempt == 0 and isinstance(replies[0], NoScriptError):  # Valkey lost its scripts (a restart)
-                await self.redis.script_load(self.settle_script.script)
-                continue
-            break
-        if isinstance(replies[0], Exception):
-            raise replies[0]
-        if wait:
-            self._check_waitaof(replies[1], durable_timeout_ms or 0)
-        elif durable_timeout_ms is not None:
-            await self.durable(durable_timeout_ms)
-        lines = replies[0].split("\n")
-        assert len(lines) == len(gifts), "settle.lua returns one line per gift"
-        outcomes = []
-        for g, line in zip(gifts, lines, strict=True):
-            status, reason, coins, replay, spent = line.split("|")
-            outcomes.append(rules.GiftOutcome(g.gift_id, status, reason, int(coins), replay == "1", int(spent)))
-        return outcomes
+        return keys_, args, [(dest, credit) for _arg, dest, credit in built]
+
+    async def _apply_settled_credits(
+        self,
+        part: str,
+        outbox_id: str,
+        gifts: list[GiftToSettle],
+        credits: list[tuple[str, str]],
+        outcomes: list[rules.GiftOutcome | None],
+        idx: list[int],
+    ) -> None:
+        """The outbox entry settle.lua just wrote, rebuilt from what it was given (the credits of this call's
+        newly settled gifts), applied without reading it back."""
+        fields: dict[str, list[str]] = {}
+        seen: set[str] = set()
+        for g, (dest, credit), i in zip(gifts, credits, idx, strict=True):
+            outcome = outcomes[i]
+            if dest and outcome is not None and outcome.settled and not outcome.replay and g.gift_id not in seen:
+                seen.add(g.gift_id)
+                fields.setdefault(dest, []).append(credit)
+        entry = {dest: "\n".join(lines) for dest, lines in fields.items()}
+        try:
+            await self._apply_entries(part, {outbox_id: entry})
+        except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError) as exc:
+            log.warning("credits of outbox entry %s of %s left for redrive: %r", outbox_id, part, exc)
+            metrics.store_errors.labels(component="credits").inc()
 
     async def gift_outcomes(self, gift_ids: list[str]) -> dict[str, rules.GiftOutcome]:
         """The stored outcome of each gift id that was decided (settled within GIFTING_IDEMPOTENCY_TTL_S, rejected
-        within GIFTING_REJECTED_GIFT_TTL_S)."""
+        within GIFTING_REJECTED_GIFT_TTL_S), looked up in every partition (the caller knows ids, not payers)."""
         now_s = now_ms() // 1000
         buckets, _ = rules.record_buckets(now_s, self.settings.idempotency_ttl_s)
         rejected_buckets, _ = rules.record_buckets(now_s, self.settings.rejected_gift_ttl_s)
-        record_keys = [*map(keys.gift_records, buckets), *map(keys.rejected_gift_records, rejected_buckets)]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in record_keys:
-                pipe.hmget(key, gift_ids)
-            found = await pipe.execute()
         outcomes: dict[str, rules.GiftOutcome] = {}
-        for records in reversed(found):  # an id is recorded once; a settled record wins over a stale rejection
-            for gift_id, record in zip(gift_ids, records, strict=True):
-                if record is not None:
-                    outcomes[gift_id] = rules.parse_gift_record(gift_id, record, replay=True)
+        for part in partitions.all_tags():
+            record_keys = [keys.gift_records(part, b) for b in buckets]
+            record_keys += [keys.rejected_gift_records(part, b) for b in rejected_buckets]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in record_keys:
+                    pipe.hmget(key, gift_ids)
+                found = await pipe.execute()
+            for records in reversed(found):  # an id is recorded once; a settled record wins over a stale rejection
+                for gift_id, record in zip(gift_ids, records, strict=True):
+                    if record is not None:
+                        outcomes[gift_id] = rules.parse_gift_record(gift_id, record, replay=True)
         return outcomes
+
+    # Credits across partitions (docs/SCALING.md "Stage 2") -------------------------------------------------
+
+    async def apply_credits(self, source_part: str, outbox_ids: list[str]) -> bool:
+        """Apply the credits of these outbox entries of `source_part` in their destination partitions, wait until
+        they are durable there, then delete the entries. Idempotent (credit.lua applies each id once). Best
+        effort: on any error the entries stay and the partition's worker applies them again later
+        (redrive_outbox); returns whether all were applied."""
+        ids = [i for i in outbox_ids if i]
+        if not ids:
+            return True
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for entry_id in ids:
+                    pipe.xrange(keys.outbox(source_part), entry_id, entry_id)
+                found = await pipe.execute()
+            entries = {r[0][0]: r[0][1] for r in found if r}
+            await self._apply_entries(source_part, entries)
+        except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError) as exc:
+            log.warning("credits of %d outbox entries of %s left for redrive: %r", len(ids), source_part, exc)
+            metrics.store_errors.labels(component="credits").inc()
+            return False
+        return True
+
+    async def redrive_outbox(self, source_part: str, older_than_ms: int, count: int = 100) -> int:
+        """Apply the outbox entries of `source_part` written more than `older_than_ms` ago (their writer died
+        or failed before applying them). Returns entries applied; raises on errors (the caller retries)."""
+        newest = max(now_ms() - older_than_ms, 0)
+        found = await self.redis.xrange(keys.outbox(source_part), "-", newest, count=count)
+        if found:
+            await self._apply_entries(source_part, dict(found))
+        return len(found)
+
+    async def _apply_entries(self, source_part: str, entries: dict[str, dict[str, str]]) -> None:
+        """credit.lua once per destination partition (one pipeline, then WAITAOF on each destination's node),
+        then XDEL of the entries: an entry is gone only once every credit of it is durable."""
+        if not entries:
+            return
+        by_part: dict[str, list[rules.Credit]] = {}
+        for fields in entries.values():
+            for part, owed in rules.outbox_credits(fields).items():
+                by_part.setdefault(part, []).extend(owed)
+        now = now_ms()
+        if by_part:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for part, owed in by_part.items():
+                    keys_, args = self._credit_call(part, owed, now)
+                    await valkey.queue_script(pipe, self.credit_script, keys_, args)
+                await pipe.execute()
+            await self.durable(self.settings.waitaof_timeout_ms, list(by_part))
+        await self.redis.xdel(keys.outbox(source_part), *entries)
+
+    def _credit_call(self, part: str, owed: list[rules.Credit], now: int) -> tuple[list[str], list[Any]]:
+        """credit.lua's keys and arguments for `owed` (all in `part`)."""
+        s = self.settings
+        buckets, expire_at = rules.record_buckets(now // 1000, s.idempotency_ttl_s)
+        keys_ = [keys.coins(part), keys.diamonds(part), keys.rewards(part), keys.journal(part)]
+        keys_ += [keys.credit_records(part, b) for b in buckets]
+        index: dict[str, int] = {}
+
+        def key_index(key: str) -> int:  # 1-based, as Lua's KEYS
+            if key not in index:
+                keys_.append(key)
+                index[key] = len(keys_)
+            return index[key]
+
+        args: list[Any] = [now, len(buckets), expire_at, rules.TOP_DAY_TTL_S, rules.TOP_WEEK_TTL_S]
+        for c in owed:
+            stmts = rules.GS.join(f"{key_index(keys.account_statement(a))}{rules.RS}{row}" for a, row in c.statement)
+            earned = ""
+            if c.earned:
+                earned = f"{key_index(keys.account_earned(c.earned[0]))} {hour_number(c.ts_ms)} {c.earned[1]}"
+            board = ""
+            if c.board:
+                boards = keys.account_top_boards(c.board[0], c.ts_ms)
+                board = " ".join([*(str(key_index(k)) for k in boards), c.board[1], str(c.board[2])])
+            args.append(rules.US.join((c.id, rules.encode_legs(c.legs), c.journal_row(), stmts, earned, board)))
+        return keys_, args
 
     async def committed(self) -> None:
         """Every write method ends here: its changes are fsynced (GIFTING_WAITAOF_TIMEOUT_MS) before it returns,
@@ -217,34 +355,45 @@ class Ledger:
             _GROUP_COMMIT.reset(token)
         await self.committed()
 
-    async def durable(self, timeout_ms: int) -> None:
-        """Group commit: wait until everything written so far is fsynced to the AOF (WAITAOF 1 0)."""
+    async def durable(self, timeout_ms: int, parts: list[str] | None = None) -> None:
+        """Group commit: wait until everything written so far to the partitions `parts` (default: all) is fsynced
+        to the AOF (WAITAOF 1 GIFTING_DURABLE_REPLICAS), on each node holding one of them."""
         if self.waitaof_supported is False:
             return
         # WAITAOF waits only for the writes of its own connection, and the writes it must cover went through
-        # other pooled connections. A write on its connection first (in the ledger's slot, so on the ledger's
-        # node) gives it the server's newest replication offset, which every earlier write is below.
+        # other pooled connections. A write on its connection first (in a partition's slot, so on its node) gives
+        # it the node's newest replication offset, which every earlier write there is below.
         waitaof = ("WAITAOF", 1, self.settings.durable_replicas, timeout_ms)
-        if valkey.is_cluster_client(self.redis):  # one connection per node: the two in one pipeline
+        parts = parts or list(partitions.all_tags())
+        if valkey.is_cluster_client(self.redis):  # one connection per node: probe and wait in one pipeline
+            nodes: dict[str, str] = {}  # node name -> a partition on it
+            for part in parts:
+                target = await valkey.on_node_of(self.redis, keys.durable_probe(part))
+                nodes.setdefault(target["target_nodes"].name, part)
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(keys.LEDGER_DURABLE_PROBE)
-                pipe.execute_command(*waitaof, **await valkey.on_node_of(self.redis, keys.LEDGER_DURABLE_PROBE))
-                probe, reply = await pipe.execute(raise_on_error=False)
-            if isinstance(probe, Exception):
-                raise probe  # not written, so the wait would cover nothing: not confirmed
-        else:
-            # One pinned connection, two round trips: sent together, WAITAOF would arrive before the write is
-            # even in the AOF buffer and, on an idle server, wait for the next cron tick (~100 ms at hz 10) to
-            # see the fsync; sent after the write's reply it usually finds it fsynced already.
-            pinned = self.redis.client()
+                for part in nodes.values():
+                    probe = keys.durable_probe(part)
+                    pipe.incr(probe)
+                    pipe.execute_command(*waitaof, **await valkey.on_node_of(self.redis, probe))
+                replies = await pipe.execute(raise_on_error=False)
+            for probe_reply in replies[0::2]:
+                if isinstance(probe_reply, Exception):
+                    raise probe_reply  # not written, so the wait would cover nothing: not confirmed
+            for reply in replies[1::2]:
+                self._check_waitaof(reply, timeout_ms)
+            return
+        # One server: one pinned connection, two round trips. Sent together, WAITAOF would arrive before the
+        # write is even in the AOF buffer and, on an idle server, wait for the next cron tick (~100 ms at hz 10)
+        # to see the fsync; sent after the write's reply it usually finds it fsynced already.
+        pinned = self.redis.client()
+        try:
+            await pinned.incr(keys.durable_probe(parts[0]))  # its errors are the caller's, as any write's
             try:
-                await pinned.incr(keys.LEDGER_DURABLE_PROBE)  # its errors are the caller's, as any write's
-                try:
-                    reply = await pinned.execute_command(*waitaof)
-                except ResponseError as exc:  # a server without WAITAOF: _check_waitaof decides
-                    reply = exc
-            finally:
-                await pinned.aclose(close_connection_pool=False)
+                reply = await pinned.execute_command(*waitaof)
+            except ResponseError as exc:  # a server without WAITAOF: _check_waitaof decides
+                reply = exc
+        finally:
+            await pinned.aclose(close_connection_pool=False)
         self._check_waitaof(reply, timeout_ms)
 
     def _check_waitaof(self, reply: Any, timeout_ms: int) -> None:
