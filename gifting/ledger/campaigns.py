@@ -157,7 +157,7 @@ class Campaigns:
             pipe.zadd(keys.campaigns_open(part), {record["id"]: int(record["end_ms"])})
             pipe.rpush(keys.brand_campaigns(record["brand"]), record["id"])
             await pipe.execute()
-        await self.ledger.committed(part)
+        await self.ledger.committed()
         return campaign_view(record, 0)
 
     async def open_count(self) -> int:
@@ -245,7 +245,7 @@ class Campaigns:
         )  # fmt: skip
         if code not in ("ok", "replay"):
             raise CampaignError(code, FUND_ERRORS[code].format(id=campaign_id, brand=record["brand"]))
-        await self.ledger.committed(part)
+        await self.ledger.committed()
         return int(budget)
 
     async def close(self, campaign_id: str, early: bool = False) -> tuple[str, int]:
@@ -269,7 +269,7 @@ class Campaigns:
                       f"campaign_return:{campaign_id}"],
             )  # fmt: skip
             if code != "stale":
-                await self.ledger.committed(part)
+                await self.ledger.committed()
                 return code, int(returned)
         raise CampaignError("busy", f"campaign {campaign_id} budget changed concurrently too often; retry")
 
@@ -283,9 +283,9 @@ class Campaigns:
         return [cid for cid, _end in sorted(found, key=lambda pair: (pair[1], pair[0]))[:limit]]
 
     async def send(self, sends: list[SponsoredSend]) -> list[rules.GiftOutcome]:
-        """Settle sponsored gifts, one sponsor.lua call each in one pipeline, then one durability wait per
-        campaign partition, then the creators' credits of other partitions (Ledger.apply_credits: best effort,
-        the settlement worker's outbox redrive finishes what fails)."""
+        """Settle sponsored gifts, one sponsor.lua call each in one pipeline, then one durability wait, then the
+        creators' credits of other partitions (Ledger.apply_credits: best effort, the settlement worker's outbox
+        redrive finishes what fails)."""
         if not sends:
             return []
         now = now_ms()
@@ -301,9 +301,7 @@ class Campaigns:
         owed: dict[str, list[str]] = {}
         for g, reply in zip(sends, replies, strict=True):
             owed.setdefault(keys.campaign_part(g.campaign), []).extend([reply[4]] if reply[4] else [])
-        async with self.ledger.group_commit():
-            for part in owed:
-                await self.ledger.committed(part)
+        await self.ledger.committed()
         for part, outbox_ids in owed.items():  # only once the debits are durable: a credit never outruns its debit
             if outbox_ids:
                 await self.ledger.apply_credits(part, outbox_ids)

@@ -44,7 +44,7 @@ def place(
         id=transfer_id,
         kind=kind,
         legs=placed[dest],
-        rows=[(creator_account, row)] if row else [],
+        statement=[(creator_account, row)] if row else [],
         earned=(creator_account, earned) if earned > 0 else None,
         board=None,
         ts_ms=ts_ms,
