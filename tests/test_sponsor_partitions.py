@@ -119,6 +119,32 @@ async def test_sponsored_gifts_across_three_partitions(redis: aioredis.Redis, tm
     await assert_partitions_balanced(redis)
 
 
+async def test_a_crash_between_the_two_steps_of_a_sponsored_gift_neither_loses_nor_doubles(
+    redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The campaign's step settles and the process dies before the creator's credit: the redrive applies it once,
+    and a late apply of the same entry moves nothing."""
+    settings = make_settings(tmp_path)
+    brand, viewer, creator = three_users()
+    campaigns, ledger = Campaigns(redis, settings), Ledger(redis, settings)
+    await grant(redis, brand, 30)
+    campaign = await new_campaign(campaigns, settings, brand)
+    await campaigns.fund(campaign, 30, "f1", brand)
+    sends = [sponsored(settings, campaign, viewer, creator, "room1", f"g{i}") for i in range(3)]
+    outcomes, owed = await campaigns.send_step(sends)
+    part = keys.campaign_part(campaign)
+    assert [o.status for o in outcomes] == ["settled"] * 3 and len(owed[part]) == 3
+    assert await balance(redis, "diamonds", keys.account(creator)) == 0  # owed, in the campaign's outbox
+    assert await ledger.redrive_outbox(part, 0) == 3
+    for outbox_id in owed[part]:
+        await ledger.apply_credits(part, [outbox_id])
+    assert [o.replay for o in await campaigns.send(sends)] == [True] * 3  # a redelivery owes nothing again
+    split = rules.split_gift(COFFEE, settings.creator_share_bps)
+    assert await balance(redis, "diamonds", keys.account(creator)) == 3 * split.diamonds
+    assert await redis.llen(keys.statement(creator)) == 3
+    await assert_partitions_balanced(redis)
+
+
 async def test_perk_and_ticket_refund_across_partitions(redis: aioredis.Redis, tmp_path: Path) -> None:
     """A perk and a ticket bought in the viewer's partition pay the creator's partition once (even when the
     credit is left to the redrive, twice); the early-ended premium stream refunds the ticket in both."""

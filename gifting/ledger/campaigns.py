@@ -283,29 +283,35 @@ class Campaigns:
         return [cid for cid, _end in sorted(found, key=lambda pair: (pair[1], pair[0]))[:limit]]
 
     async def send(self, sends: list[SponsoredSend]) -> list[rules.GiftOutcome]:
-        """Settle sponsored gifts, one sponsor.lua call each in one pipeline, then one durability wait, then the
-        creators' credits of other partitions (Ledger.apply_credits: best effort, the settlement worker's outbox
-        redrive finishes what fails)."""
+        """Settle sponsored gifts (send_step), then apply the creators' credits of other partitions
+        (Ledger.apply_credits: best effort, the settlement worker's outbox redrive finishes what fails)."""
+        outcomes, owed = await self.send_step(sends)
+        for part, outbox_ids in owed.items():  # only once the debits are durable: a credit never outruns its debit
+            await self.ledger.apply_credits(part, outbox_ids)
+        return outcomes
+
+    async def send_step(self, sends: list[SponsoredSend]) -> tuple[list[rules.GiftOutcome], dict[str, list[str]]]:
+        """The source step alone: one sponsor.lua call per gift in one pipeline, then one durability wait. Returns
+        the outcomes and the outbox entries written, by campaign partition (tests stop here to crash between the
+        two steps)."""
         if not sends:
-            return []
+            return [], {}
         now = now_ms()
         async with self.redis.pipeline(transaction=False) as pipe:
             for g in sends:
                 keys_, args = self._send_call(g, now)
                 await valkey.queue_script(pipe, self.script, keys_, args)
             replies = await pipe.execute()
+        await self.ledger.committed()
         outcomes = [
             rules.GiftOutcome(g.gift_id, status, reason, int(balance), bool(int(replay)))
             for g, (status, reason, balance, replay, _outbox) in zip(sends, replies, strict=True)
         ]
         owed: dict[str, list[str]] = {}
         for g, reply in zip(sends, replies, strict=True):
-            owed.setdefault(keys.campaign_part(g.campaign), []).extend([reply[4]] if reply[4] else [])
-        await self.ledger.committed()
-        for part, outbox_ids in owed.items():  # only once the debits are durable: a credit never outruns its debit
-            if outbox_ids:
-                await self.ledger.apply_credits(part, outbox_ids)
-        return outcomes
+            if reply[4]:
+                owed.setdefault(keys.campaign_part(g.campaign), []).append(reply[4])
+        return outcomes, owed
 
     def _send_call(self, g: SponsoredSend, now: int) -> tuple[list[str], list[Any]]:
         """sponsor.lua's KEYS and ARGV for one sponsored gift (all in the campaign's partition)."""
