@@ -346,11 +346,21 @@ def _legs(
         report.findings.append(f"journal {where} ({fields.get('kind', '?')} {fields.get('id', '?')}): {exc}")
         return None
     own = journal.parts.setdefault(part, {ledger: defaultdict(int) for ledger in rules.LEDGERS})
+    strangers = {a for leg in legs for a in (leg.debit, leg.credit) if not _lives_in(a, part)}
+    if strangers:  # its balance moved in a partition that does not hold it: the partition's sums still agree
+        report.findings.append(
+            f"journal {where} ({fields.get('kind', '?')} {fields.get('id', '?')}): moves "
+            f"{', '.join(sorted(strangers))}, of other partitions"
+        )
     for leg in legs:
         for balances in (journal.balances, own):
             balances[leg.ledger][leg.debit] -= leg.amount
             balances[leg.ledger][leg.credit] += leg.amount
     return legs
+
+
+def _lives_in(account: str, part: str) -> bool:
+    return partitions.is_shared(account) or keys.part_of(account) == part
 
 
 def _apply_credit(report: AuditReport, journal: _Journal, part: str, entry_id: str, row: dict[str, str]) -> None:
