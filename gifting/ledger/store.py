@@ -182,7 +182,11 @@ class Ledger:
         buckets, expire_at = rules.record_buckets(now // 1000, s.idempotency_ttl_s)
         rejected_buckets, rejected_expire_at = rules.record_buckets(now // 1000, s.rejected_gift_ttl_s)
         built = [settle_arg(g, now, part) for g in gifts]
-        local_creators = [keys.account(g.creator) for g, (_a, dest, _c) in zip(gifts, built, strict=True) if not dest]
+        # Creators credited in this call: of gifts not refused before the ledger (a refused one names no creator
+        # of consequence, maybe '?') and in this partition.
+        local_creators = [
+            keys.account(g.creator) for g, (_a, dest, _c) in zip(gifts, built, strict=True) if not dest and not g.reject
+        ]
         accounts = list(dict.fromkeys(keys.account(g.viewer) for g in gifts)) + list(dict.fromkeys(local_creators))
         accounts = list(dict.fromkeys(accounts))
         creators = list(dict.fromkeys(local_creators))
