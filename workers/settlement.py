@@ -224,6 +224,11 @@ class SettlementWorker:
                 with contextlib.suppress(ConnectionError, TimeoutError, ResponseError, OSError):
                     if isinstance(exc, NoScriptError):
                         await self.load_scripts()
+            except Exception:  # a defect: this partition's loop backs off and retries, the others go on
+                log.exception("settlement %s: unexpected error; retrying in %.1f s", part, BACKOFF_S_MAX)
+                metrics.store_errors.labels(component="worker").inc()
+                own_pending = True
+                await asyncio.sleep(BACKOFF_S_MAX)
         with contextlib.suppress(ConnectionError, TimeoutError, OSError):
             await self.flush_acks(part, consumer)  # what is not acked here is settled again (idempotently)
 
