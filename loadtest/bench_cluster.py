@@ -84,7 +84,6 @@ RUN_TIMEOUT_S = 900.0  # the load phase of one backend, at most
 PROGRESS_S = 10.0  # a progress line this often while loading
 BUSY_WARN = 0.10  # warn when other processes took more than this share of a core
 STALL_TIMEOUT_S = 30.0  # no gift settled for this long: give up
-HOUSEKEEPING_NEVER_MS = 10**13  # ~300 years
 JOURNAL_PAGE = 200  # journal entries per XRANGE when reading the lag back
 
 # Targets from issue #12 (this machine kind: 2 cores, loopback).
@@ -488,12 +487,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.pop("REDIS_URL", None)  # each backend is the benchmark's own
-    # The workers' housekeeping (payouts, sweeps, gauges: once a second, no per-gift work) never comes due: on
-    # the partitioned ledger it is still being ported, and a run must not depend on it.
-    os.environ["GIFTING_PAYOUT_INTERVAL_MS"] = str(HOUSEKEEPING_NEVER_MS)
-    # No first-gift reward: with the default empty rewards budget it costs a round trip per batch and pays
-    # nothing; it is being moved to partitions too.
-    os.environ["GIFTING_REWARD_FIRST_GIFT_COINS"] = "0"
     settings = Settings.from_env()
     say(
         f"cluster benchmark: {os.cpu_count()} cores, Python {platform.python_version()}, "
