@@ -14,16 +14,19 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gifting import clock, keys
+from gifting import clock, gifts, keys
 from gifting.catalog.model import load_default
+from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
+from gifting.gifts import GiftRequest
 from gifting.ledger import partitions, rules
 from gifting.ledger.campaigns import Campaigns, SponsoredSend, make_campaign
 from gifting.ledger.perks import PerkLedger, PerkOrder
 from gifting.ledger.store import Ledger
 from gifting.perks import refund_tickets
-from gifting.rooms.store import RoomStore
+from gifting.rooms.store import RoomStore, history_events
 from tests.conftest import gift_id, make_settings
+from workers.sponsored import SponsoredGifts
 
 COFFEE = 10  # coins of the catalog's coffee, the sponsored gift here
 pytestmark = pytest.mark.cluster
@@ -142,6 +145,34 @@ async def test_a_crash_between_the_two_steps_of_a_sponsored_gift_neither_loses_n
     split = rules.split_gift(COFFEE, settings.creator_share_bps)
     assert await balance(redis, "diamonds", keys.account(creator)) == 3 * split.diamonds
     assert await redis.llen(keys.statement(creator)) == 3
+    await assert_partitions_balanced(redis)
+
+
+async def test_the_worker_settles_a_sponsored_gift_from_the_campaigns_partition(
+    redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """workers/sponsored.py: the campaign's partition pays, the creator's is credited, the room hears the sponsor
+    once, and the sender's result shows their own coins (read in their partition)."""
+    settings = make_settings(tmp_path)
+    brand, viewer, creator = three_users()
+    campaigns, rooms, catalogs = Campaigns(redis, settings), RoomStore(redis, settings), CatalogStore(redis)
+    await catalogs.load()
+    await grant(redis, brand, 20)
+    await grant(redis, viewer, 7)
+    campaign = await new_campaign(campaigns, settings, brand)
+    await campaigns.fund(campaign, 20, "f1", brand)
+    await redis.hset(keys.room_meta("room1"), mapping={"creator": creator, "status": "live"})
+    worker = SponsoredGifts(redis, settings, catalogs, rooms)
+    await redis.script_load(rooms.announce_script.script)  # the settlement worker loads it at start
+    request = GiftRequest("g1", "room1", "coffee", 1, viewer, "Viewer", "", ts_ms=clock.now_ms(), campaign=campaign)
+    assert gifts.stream_of(request) == keys.gifts_stream(keys.part_of_user(brand))
+    for _ in range(2):  # a redelivery answers the record and credits nothing twice
+        (outcome,) = await worker.settle([request])
+        assert (outcome.status, outcome.coins) == ("settled", 7)
+    split = rules.split_gift(COFFEE, settings.creator_share_bps)
+    assert await balance(redis, "diamonds", keys.account(creator)) == split.diamonds
+    events = history_events(await redis.xrange(keys.room_history("room1")))
+    assert [(e["kind"], e["sponsor"]) for e in events] == [("gift", "Brand")]
     await assert_partitions_balanced(redis)
 
 
