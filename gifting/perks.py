@@ -15,6 +15,10 @@ GIFTING_PERK_CREATOR_SHARE_BPS), once per (buyer, Idempotency-Key), counted agai
 
 The grant is written by perk.lua with the transfer (one ledger call); a pin lives in the room's slot and is
 written after it, by the purchase id: a retry of the same purchase writes it again and announces it once.
+
+Partitions: a purchase, its grant (entrance effect, ticket) and a ticket's refund live in the BUYER's ledger
+partition; the creator's diamonds go by outbox credit (ledger/perks.py). A join reads the joiner's partition;
+a room's end marks every partition, then refunds the tickets of every partition (docs/SCALING.md).
 """
 
 from __future__ import annotations
