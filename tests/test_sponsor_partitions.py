@@ -211,3 +211,22 @@ async def test_perk_and_ticket_refund_across_partitions(redis: aioredis.Redis, t
     )  # the room's end is marked in the buyer's partition too
     assert (refused.status, refused.reason) == ("rejected", "room_not_live")
     await assert_partitions_balanced(redis)
+
+
+async def test_listing_counting_and_closing_walk_every_partition(redis: aioredis.Redis, tmp_path: Path) -> None:
+    """Campaigns of brands in different partitions: a room lists both (ending soonest first), the open bound
+    counts both, and the sweep's `due` finds both once they end."""
+    settings = make_settings(tmp_path)
+    first, second = "brand0", next(f"brand{i}" for i in itertools.count(1) if _part(f"brand{i}") != _part("brand0"))
+    campaigns = Campaigns(redis, settings)
+    ids = [await new_campaign(campaigns, settings, brand) for brand in (second, first)]
+    assert keys.campaign_part(ids[0]) != keys.campaign_part(ids[1])
+    assert await campaigns.open_count() == 2
+    assert sorted(c["id"] for c in await campaigns.for_room("room1", "creator1")) == sorted(ids)
+    assert await campaigns.due(10) == []
+    for end, cid in enumerate(ids, start=1):
+        await redis.hset(keys.campaign(cid), "end_ms", end)
+        await redis.zadd(keys.campaigns_open(keys.campaign_part(cid)), {cid: end})
+    assert await campaigns.due(10) == ids and await campaigns.for_room("room1", "creator1") == []
+    assert [await campaigns.close(cid) for cid in ids] == [("closed", 0), ("closed", 0)]
+    assert await campaigns.open_count() == 0

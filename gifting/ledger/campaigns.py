@@ -204,8 +204,9 @@ class Campaigns:
         now, listed_max = now_ms(), self.settings.campaigns_listed_max
         async with self.redis.pipeline(transaction=False) as pipe:
             for part in partitions.all_tags():
-                pipe.zrangebyscore(keys.campaigns_open(part), now + 1, "+inf", start=0, num=listed_max)
-            ids = sorted(cid for part_ids in await pipe.execute() for cid in part_ids)[:listed_max]
+                pipe.zrangebyscore(keys.campaigns_open(part), now + 1, "+inf", start=0, num=listed_max, withscores=True)
+            running = [(end, cid) for part_ids in await pipe.execute() for cid, end in part_ids]
+        ids = [cid for _end, cid in sorted(running)[:listed_max]]  # the ones ending soonest, as on one partition
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid in ids:
                 pipe.hgetall(keys.campaign(cid))
