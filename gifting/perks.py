@@ -211,7 +211,7 @@ async def refund_tickets(rooms: RoomStore, room: str, ended_ms: int) -> int:
             done, outbox_id = await ledger.refund(purchase_id, room)
             refunded += done
             owed.setdefault(part, []).extend([outbox_id] if outbox_id else [])
-            await rooms.ledger.committed()
+            await rooms.ledger.committed(part)
     for part, outbox_ids in owed.items():  # the creator's diamonds back, once the refunds are durable
         if outbox_ids:
             await rooms.ledger.apply_credits(part, outbox_ids)
