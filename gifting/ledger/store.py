@@ -68,34 +68,23 @@ def settle_arg(g: GiftToSettle, now: int, part: str) -> tuple[str, str, str]:
     row = viewer_row = creator_row = reward_row = reward_viewer_row = dest = credit = ""
     if not g.reject:
         split = rules.GiftSplit(g.coins, g.diamonds, g.coins - g.diamonds)
-        placed = rules.place_legs(rules.gift_legs(g.viewer, g.creator, split), part)
-        reward_placed = rules.place_legs(rules.reward_gift_legs(g.viewer, g.creator, split), part)
-        tail = f"\t{g.room}\t{g.gift}\t{g.count}"
-        row = g.gift_id + "\t" + rules.encode_legs(placed[part]) + tail
+        creator_part = keys.part_of(creator)
+        here = creator_part == part
+        row = rules.gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count, here)
         viewer_row = rules.statement_row(now, "gift_sent", "coins", -g.coins, creator, g.gift_id, g.gift, str(g.count))
         # The same gift paid with reward coins (settle.lua picks: rules.pays_with_rewards).
-        reward_row = g.gift_id + "\t" + rules.encode_legs(reward_placed[part]) + tail
+        reward_row = rules.reward_gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count, here)
         # The same row on the rewards ledger (statement_row's layout: ts, kind, ledger, ...).
         reward_viewer_row = viewer_row.replace("\tcoins\t", "\trewards\t", 1)
         if g.diamonds > 0:
             creator_row = rules.statement_row(
                 now, "gift_received", "diamonds", g.diamonds, viewer, g.gift_id, g.gift, str(g.count)
             )
-        creator_part = keys.part_of(creator)
-        if creator_part != part:  # the creator's side is owed to their partition (the same however it is paid)
+        if not here:  # the creator's side is owed to their partition (the same however the gift is paid)
             dest = creator_part
-            credit = rules.Credit(
-                id=g.gift_id,
-                kind="gift_received",
-                legs=placed.get(creator_part, []),
-                ts_ms=now,
-                statement=[(creator, creator_row)] if creator_row else [],
-                earned=(creator, g.diamonds) if g.diamonds > 0 else None,
-                board=(creator, viewer, g.coins),
-                room=g.room,
-                gift=g.gift,
-                count=g.count,
-            ).encode()
+            credit = rules.gift_credit_line(
+                g.gift_id, creator, viewer, split, now, creator_row, g.room, g.gift, g.count
+            )
     fields = (g.gift_id, viewer, creator, str(g.coins), str(g.diamonds), g.fingerprint, g.reject, row, viewer_row)
     return "\x1f".join((*fields, creator_row, reward_row, reward_viewer_row, dest, credit)), dest, credit
 
@@ -182,7 +171,11 @@ class Ledger:
         buckets, expire_at = rules.record_buckets(now // 1000, s.idempotency_ttl_s)
         rejected_buckets, rejected_expire_at = rules.record_buckets(now // 1000, s.rejected_gift_ttl_s)
         built = [settle_arg(g, now, part) for g in gifts]
-        local_creators = [keys.account(g.creator) for g, (_a, dest, _c) in zip(gifts, built, strict=True) if not dest]
+        # Creators credited in this call: of gifts not refused before the ledger (a refused one names no creator
+        # of consequence, maybe '?') and in this partition.
+        local_creators = [
+            keys.account(g.creator) for g, (_a, dest, _c) in zip(gifts, built, strict=True) if not dest and not g.reject
+        ]
         accounts = list(dict.fromkeys(keys.account(g.viewer) for g in gifts)) + list(dict.fromkeys(local_creators))
         accounts = list(dict.fromkeys(accounts))
         creators = list(dict.fromkeys(local_creators))
