@@ -230,3 +230,28 @@ async def test_listing_counting_and_closing_walk_every_partition(redis: aioredis
     assert await campaigns.due(10) == ids and await campaigns.for_room("room1", "creator1") == []
     assert [await campaigns.close(cid) for cid in ids] == [("closed", 0), ("closed", 0)]
     assert await campaigns.open_count() == 0
+
+
+async def test_a_crash_between_the_two_steps_of_a_ticket_refund_neither_loses_nor_doubles(
+    redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The buyer's partition refunds the ticket and the process dies before the creator's debit: the redrive
+    takes the diamonds back once; a second refund of the ticket moves nothing."""
+    settings = make_settings(tmp_path)
+    _brand, viewer, creator = three_users()
+    ledger, perks = Ledger(redis, settings), PerkLedger(Ledger(redis, settings))
+    await grant(redis, viewer, 30)
+    room, part = "room1", keys.part_of_user(viewer)
+    ticket = PerkOrder(keys.user_scoped_id(viewer, "t1"), viewer, creator, "ticket", room, 30, 0,
+                       keys.room_tickets(part, room), {"perk": "ticket", "room": room})  # fmt: skip
+    assert (await perks.buy(ticket, "fp-t1", 0)).settled
+    refunded, outbox_id = await perks.refund(ticket.purchase_id, room)
+    await ledger.committed(part)
+    assert refunded and outbox_id
+    assert await balance(redis, "coins", keys.account(viewer)) == 30  # the buyer's side is done
+    assert await balance(redis, "diamonds", keys.account(creator)) > 0  # the creator's still owed back
+    assert await ledger.redrive_outbox(part, 0) == 1
+    assert await perks.refund(ticket.purchase_id, room) == (False, "")
+    assert await ledger.redrive_outbox(part, 0) == 0
+    assert await balance(redis, "diamonds", keys.account(creator)) == 0
+    await assert_partitions_balanced(redis)
