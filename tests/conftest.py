@@ -260,7 +260,7 @@ class System:
         """Credit coins the way a purchase does (issuance -> user), with a journal entry the audit accepts."""
         from gifting import keys
 
-        part = keys.part_of_user(user)  # the user's partition, with its share of the issuance account
+        part = keys.part_of_user(user)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.hincrby(keys.coins(part), keys.account(user), coins)
             pipe.hincrby(keys.coins(part), keys.SYS_COIN_ISSUANCE, -coins)
