@@ -36,12 +36,11 @@ SEEDS = 6  # random statements paged per property test
 async def fund(redis: aioredis.Redis, users: list[str], coins: int) -> None:
     """Coins for each user, the way a grant is journalled (the audit accepts it)."""
     for user in users:
-        part = keys.part_of_user(user)  # one slot: the user's partition
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(keys.coins(part), keys.account(user), coins)
-            pipe.hincrby(keys.coins(part), keys.SYS_COIN_ISSUANCE, -coins)
+            pipe.hincrby(keys.LEDGER_COINS, keys.account(user), coins)
+            pipe.hincrby(keys.LEDGER_COINS, keys.SYS_COIN_ISSUANCE, -coins)
             legs = f"coins sys:coin_issuance u:{user} {coins}"
-            pipe.xadd(keys.journal(part), {"kind": "purchase", "id": f"grant:{uuid.uuid4()}", "legs": legs})
+            pipe.xadd(STREAM, {"kind": "purchase", "id": f"grant:{uuid.uuid4()}", "legs": legs})
             await pipe.execute()
 
 
@@ -58,7 +57,7 @@ async def gift_batches(ledger: Ledger, settings: Settings, senders: list[str], c
 
 async def full_statement(redis: aioredis.Redis, user: str) -> list[str]:
     """Every row of a statement not yet trimmed (before any archiving: the whole statement)."""
-    assert not await redis.hget(keys.statement_base(keys.part_of_user(user)), keys.account(user))
+    assert not await redis.hget(keys.LEDGER_STATEMENT_BASE, keys.account(user))
     rows: list[str] = await redis.lrange(keys.statement(user), 0, -1)
     return rows
 
@@ -101,7 +100,7 @@ async def test_statements_keep_their_newest_rows_and_postgres_the_rest(
     await archiver.close()
     for user, rows in before.items():
         account = keys.account(user)
-        base = int(await redis.hget(keys.statement_base(keys.part_of(account)), account) or 0)
+        base = int(await redis.hget(keys.LEDGER_STATEMENT_BASE, account) or 0)
         assert await redis.lrange(keys.statement(user), 0, -1) == rows[base:]
         assert len(rows) - base == 4, (user, len(rows), base)
         archived = await (
@@ -328,7 +327,7 @@ async def journal_last_ms(redis: aioredis.Redis) -> int:
 async def test_without_postgres_an_archived_page_is_a_clear_error(redis: aioredis.Redis) -> None:
     """A page that needs rows Valkey dropped, with no PostgreSQL configured, is `history_unavailable`."""
     await redis.rpush(keys.statement("v1"), rules.statement_row(1, "purchase", "coins", 5, "sys:coin_issuance", "p"))
-    await redis.hset(keys.statement_base(keys.part_of_user("v1")), keys.account("v1"), 3)
+    await redis.hset(keys.LEDGER_STATEMENT_BASE, keys.account("v1"), 3)
     statements = Statements(redis, None)
     page, cursor = await statements.page("v1", None, 1)
     assert [item["id"] for item in page] == ["3"] and cursor == "3"
