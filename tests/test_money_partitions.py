@@ -10,8 +10,9 @@ from typing import Any
 import psycopg
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from gifting import keys
+from gifting import keys, valkey
 from gifting.history.hot import HotState
 from gifting.history.reader import ArchiveReader
 from gifting.history.statements import Statements
@@ -183,3 +184,27 @@ async def test_statements_of_two_partitions_archive_trim_and_page_each_in_its_ow
             assert [item["id"] for item in page + older] == [str(seq) for seq in range(6, -1, -1)] and last is None
     finally:
         await reader.close()
+
+
+async def waitaof_calls(redis: aioredis.Redis) -> int:
+    """WAITAOF calls so far, over every primary."""
+    if not valkey.is_cluster_client(redis):
+        return int((await redis.info("commandstats")).get("cmdstat_waitaof", {}).get("calls", 0))
+    per_node = await redis.info("commandstats", target_nodes=RedisCluster.PRIMARIES)  # type: ignore[call-arg]
+    return sum(int(stats.get("cmdstat_waitaof", {}).get("calls", 0)) for stats in per_node.values())
+
+
+async def test_a_group_commit_waits_once_per_node_written(redis: aioredis.Redis, tmp_path: Path) -> None:
+    """Purchases of three users in partitions on three primaries: alone, a durability wait each; in one
+    group_commit, one wait per node they were written to (one on a standalone server, three on the cluster)."""
+    ledger = Ledger(redis, make_settings(tmp_path))
+    users = [user_in(part, "buyer") for part in (0, 6, 12)]  # slot ranges of the 1st, 2nd and 3rd primary
+    before = await waitaof_calls(redis)
+    for user in users:
+        await buy(ledger, user, "alone", 65)
+    assert await waitaof_calls(redis) == before + 3
+    async with ledger.group_commit():
+        for user in users:
+            await buy(ledger, user, "grouped", 65)
+    nodes = 3 if valkey.is_cluster_client(redis) else 1
+    assert await waitaof_calls(redis) == before + 3 + nodes
