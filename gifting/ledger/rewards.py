@@ -131,8 +131,13 @@ class Rewards:
         """After accruals were paid: make them durable in the budget's partition, then apply the credits owed to
         viewers of other partitions (best effort: one that fails stays in the outbox for the redrive). The
         order matters: a credit applied before its debit is durable could outlive it."""
-        await self.ledger.committed()
-        await self.ledger.apply_credits(keys.rewards_part(), [i for i in outbox_ids if i])
+        owed, part = [i for i in outbox_ids if i], keys.rewards_part()
+        if not owed:
+            await self.ledger.committed()
+            return
+        # Not committed(): inside a group_commit() block it would put the wait off, and the credit must not go first.
+        await self.ledger.durable(self.settings.waitaof_timeout_ms, [part])
+        await self.ledger.apply_credits(part, owed)
 
     async def accrue_watch(self, users: list[str], period: int) -> list[Accrual]:
         """Watch period `period` (numbered from the epoch in GIFTING_REWARD_WATCH_PERIOD_S) for each viewer the
