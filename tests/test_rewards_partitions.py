@@ -18,7 +18,7 @@ from gifting.clock import now_ms
 from gifting.ledger import partitions
 from gifting.ledger.rewards import Rewards
 from gifting.ledger.store import Ledger
-from tests.conftest import make_settings
+from tests.conftest import make_settings, run_worker
 
 pytestmark = pytest.mark.cluster
 
@@ -186,3 +186,22 @@ async def test_watch_periods_and_the_streak_of_a_remote_viewer(rewards: Rewards,
     summary: dict[str, Any] = await rewards.summary(users[0])
     assert summary["reward_coins"] == watch_coins + streak_coins
     assert (summary["watch_periods_today"], summary["streak_days"], summary["streak_claimed_today"]) == (1, 1, True)
+
+
+async def test_the_settlement_worker_redrives_credits_a_dead_process_left(
+    redis: aioredis.Redis, valkey_url: str, tmp_path: Path
+) -> None:
+    """Accruals whose writer died after the budget's step are credited by a worker holding the budget's partition,
+    once each, with no gift traffic at all."""
+    settings = make_settings(tmp_path, outbox_redrive_ms=50, reward_viewer_day_coins_max=1000)
+    rewards = Rewards(redis, settings, Ledger(redis, settings))
+    users = elsewhere(4)
+    await rewards.fund(ADMIN, "k1", 100)
+    for user in users:
+        assert (await source_step(rewards, user, "p1", 5))[0] == "ok"
+    async with run_worker(settings, valkey_url):
+        deadline = asyncio.get_running_loop().time() + 10
+        while await redis.xlen(keys.outbox(keys.rewards_part())):
+            assert asyncio.get_running_loop().time() < deadline, "outbox not redriven in time"
+            await asyncio.sleep(0.05)
+        await check_exact(redis, 100, {u: 5 for u in users})
