@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from gifting import keys
 from gifting.clock import now_ms
 from gifting.ledger import partitions
-from gifting.ledger.rewards import Rewards
+from gifting.ledger.rewards import Grant, Rewards
 from gifting.ledger.store import Ledger
 from tests.conftest import make_settings, run_worker
 
@@ -124,9 +124,8 @@ async def test_a_viewer_in_the_budgets_partition_is_paid_in_one_step(rewards: Re
 
 async def source_step(rewards: Rewards, viewer: str, period: str, coins: int) -> tuple[str, str]:
     """Only the budget partition's step of an accrual (rewards.lua), as a process that dies right after it."""
-    _id, keys_, args = rewards._accrual_call("first_gift", viewer, period, coins, now_ms())
-    status, _detail, outbox_id = await rewards._script(keys=keys_, args=args)
-    return status, outbox_id
+    (outcome,), outbox_id = await rewards._decide("first_gift", [Grant(viewer, period, coins)], now_ms())
+    return outcome.status, outbox_id
 
 
 async def test_accruals_land_once_when_the_credit_step_is_skipped_and_redriven(
