@@ -176,10 +176,11 @@ class SettlementWorker:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), min(HEARTBEAT_INTERVAL_S, renew_s, backoff_s))
         finally:
-            tasks = [t for ts in loops.values() for t in ts]
-            await asyncio.gather(*tasks, return_exceptions=True)
+            held = sorted(self.leases.owned)
+            self.leases.owned.clear()  # every loop ends after the batch in hand (or its blocking read)
+            await asyncio.gather(*(t for ts in loops.values() for t in ts), return_exceptions=True)
             with contextlib.suppress(ConnectionError, TimeoutError, ResponseError, OSError):
-                await self.leases.release(sorted(self.leases.owned))
+                await self.leases.release(held)
         log.info("settlement worker %s stopped (%d gifts settled)", self.consumer, self.settled_total)
 
     def _follow_leases(self, owned: set[str], loops: dict[str, list[asyncio.Task[None]]], stop: asyncio.Event) -> None:
@@ -223,6 +224,11 @@ class SettlementWorker:
                 with contextlib.suppress(ConnectionError, TimeoutError, ResponseError, OSError):
                     if isinstance(exc, NoScriptError):
                         await self.load_scripts()
+            except Exception:  # a defect: this partition's loop backs off and retries, the others go on
+                log.exception("settlement %s: unexpected error; retrying in %.1f s", part, BACKOFF_S_MAX)
+                metrics.store_errors.labels(component="worker").inc()
+                own_pending = True
+                await asyncio.sleep(BACKOFF_S_MAX)
         with contextlib.suppress(ConnectionError, TimeoutError, OSError):
             await self.flush_acks(part, consumer)  # what is not acked here is settled again (idempotently)
 
