@@ -92,7 +92,7 @@ class Rewards:
         )
         if status == "conflict":
             raise LedgerError("idempotency_key_conflict", "Idempotency-Key was used for a different funding")
-        await self.ledger.committed()
+        await self.ledger.committed(part)
         return await self.budget(), status == "replay"
 
     async def budget(self) -> int:
@@ -158,10 +158,10 @@ class Rewards:
         order matters: a credit applied before its debit is durable could outlive it."""
         owed, part = [i for i in outbox_ids if i], keys.rewards_part()
         if not owed:
-            await self.ledger.committed()
+            await self.ledger.committed(part)
             return
         # Not committed(): inside a group_commit() block it would put the wait off, and the credit must not go first.
-        await self.ledger.durable(self.settings.waitaof_timeout_ms, [part])
+        await self.ledger.durable(self.settings.waitaof_timeout_ms, part)
         await self.ledger.apply_credits(part, owed)
 
     async def accrue_watch(self, users: list[str], period: int) -> list[Accrual]:
