@@ -33,7 +33,8 @@ async def test_a_perk_the_reward_coins_cover_is_paid_with_them_and_the_creator_e
     assert (result["status"], result["paid_with"], result["coins"]) == ("settled", "rewards", 100), result
     assert await reward_coins(system.redis, "v1") == 5
     assert (await system.wallet("creator1"))["diamonds"] == rules.split_gift(SMALL, SHARE_BPS).diamonds
-    assert await system.redis.hget(keys.spent_on(utc_day(now_ms())), keys.account("v1")) is None
+    spent_today = keys.spent_on(keys.part_of_user("v1"), utc_day(now_ms()))
+    assert await system.redis.hget(spent_today, keys.account("v1")) is None
     rows = await system.redis.lrange(keys.statement("v1"), 0, -1)
     assert rules.parse_statement_row(0, rows[-1])["ledger"] == "rewards"
     # The spend cap (SMALL coins) is still whole: a perk paid with bought coins up to it settles.
@@ -109,8 +110,9 @@ async def test_a_reward_paid_ticket_of_a_stream_ended_early_returns_reward_coins
 
 async def _entry(redis: aioredis.Redis, fields: dict[str, str]) -> None:
     """A journal entry and the stored balances its legs imply (so only the rule it breaks is a finding), all in
-    the viewer u:v's partition."""
-    part = keys.part_of("u:v")
+    the budget's partition, where the viewer u:v7 and the creator u:c34 live too (every leg local)."""
+    part = keys.rewards_part()
+    assert keys.part_of("u:v7") == keys.part_of("u:c34") == part
     hashes = dict(keys.ledgers(part))
     for leg in rules.parse_legs(fields["legs"]):
         await redis.hincrby(hashes[leg.ledger], leg.debit, -leg.amount)
@@ -119,16 +121,16 @@ async def _entry(redis: aioredis.Redis, fields: dict[str, str]) -> None:
 
 
 async def _reward_paid_perk(redis: aioredis.Redis, purchase: str) -> None:
-    """A funded budget, an accrual of 50 reward coins to u:v and a 50-coin perk u:v paid with them."""
+    """A funded budget, an accrual of 50 reward coins to u:v7 and a 50-coin perk u:v7 paid with them."""
     await _entry(
         redis, {"kind": "reward_funding", "id": "f", "legs": "rewards sys:rewards_issuance sys:rewards_budget 50"}
     )
     await _entry(
         redis,
-        {"kind": "reward", "id": "r", "legs": "rewards sys:rewards_budget u:v 50", "day": "20260101",
+        {"kind": "reward", "id": "r", "legs": "rewards sys:rewards_budget u:v7 50", "day": "20260101",
          "viewer_cap": "100", "day_cap": "100"},
     )  # fmt: skip
-    legs = rules.perk_legs("v", "c", rules.split_gift(50, 5000), with_rewards=True)
+    legs = rules.perk_legs("v7", "c34", rules.split_gift(50, 5000), with_rewards=True)
     await _entry(
         redis, {"kind": "perk", "id": purchase, "perk": "ticket", "legs": rules.encode_legs(legs), "bps": "5000"}
     )
@@ -137,7 +139,7 @@ async def _reward_paid_perk(redis: aioredis.Redis, purchase: str) -> None:
 async def test_the_audit_passes_a_reward_paid_perk_and_its_refund(redis: aioredis.Redis) -> None:
     """A reward-paid perk has the reward gift's legs, and its refund gives the same reward coins back: clean."""
     await _reward_paid_perk(redis, "p1")
-    legs = rules.perk_refund_legs("v", "c", rules.split_gift(50, 5000), with_rewards=True)
+    legs = rules.perk_refund_legs("v7", "c34", rules.split_gift(50, 5000), with_rewards=True)
     await _entry(redis, {"kind": "perk_refund", "id": "perk_refund:p1", "ref": "p1", "legs": rules.encode_legs(legs)})
     report = await run_audit(redis)
     assert report.clean, report.summary()
@@ -146,7 +148,7 @@ async def test_the_audit_passes_a_reward_paid_perk_and_its_refund(redis: aioredi
 async def test_the_audit_finds_a_reward_paid_perk_refunded_in_bought_coins(redis: aioredis.Redis) -> None:
     """Refunding a reward-paid perk with bought coins would turn reward coins into money: a finding."""
     await _reward_paid_perk(redis, "p1")
-    legs = rules.perk_refund_legs("v", "c", rules.split_gift(50, 5000))
+    legs = rules.perk_refund_legs("v7", "c34", rules.split_gift(50, 5000))
     await _entry(redis, {"kind": "perk_refund", "id": "perk_refund:p1", "ref": "p1", "legs": rules.encode_legs(legs)})
     findings = "\n".join((await run_audit(redis)).findings)
     assert "perk p1: refunded 50 coins, paid 50 rewards" in findings, findings
