@@ -14,8 +14,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from gifting import keys
-from gifting.clock import now_ms
+from gifting.clock import now_ms, utc_day
 from gifting.ledger import partitions
+from gifting.ledger.audit import run_audit
 from gifting.ledger.rewards import Grant, Rewards
 from gifting.ledger.store import Ledger
 from tests.conftest import make_settings, run_worker
@@ -204,3 +205,23 @@ async def test_the_settlement_worker_redrives_credits_a_dead_process_left(
             assert asyncio.get_running_loop().time() < deadline, "outbox not redriven in time"
             await asyncio.sleep(0.05)
         await check_exact(redis, 100, {u: 5 for u in users})
+
+
+async def test_the_audit_checks_the_caps_of_viewers_of_other_partitions(
+    rewards: Rewards, redis: aioredis.Redis
+) -> None:
+    """Real accruals across partitions audit clean; an accrual past a remote viewer's daily cap is a finding that
+    names the viewer, though its legs in the budget's partition end at sys:transit."""
+    users = elsewhere(3)
+    await rewards.fund(ADMIN, "k1", 100)
+    for user in users:
+        assert (await rewards.accrue("first_gift", user, "20260101", 10)).status == "ok"
+    report = await run_audit(redis)
+    assert report.clean, report.summary()
+    part, viewer = keys.rewards_part(), keys.account(users[0])
+    legs = f"rewards {keys.SYS_REWARDS_BUDGET} {keys.SYS_TRANSIT} 995"
+    fields = {"kind": "reward", "id": "reward:watch:x:1", "reward": "watch", "viewer": viewer, "legs": legs}
+    caps = {"day": utc_day(now_ms()), "viewer_cap": "1000", "day_cap": "100000"}  # the accruals' day: today
+    await redis.xadd(keys.journal(part), fields | caps)
+    findings = "\n".join((await run_audit(redis)).findings)
+    assert f"{viewer} accrued 1005 reward coins, over the cap of 1000" in findings, findings
