@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
@@ -68,34 +68,23 @@ def settle_arg(g: GiftToSettle, now: int, part: str) -> tuple[str, str, str]:
     row = viewer_row = creator_row = reward_row = reward_viewer_row = dest = credit = ""
     if not g.reject:
         split = rules.GiftSplit(g.coins, g.diamonds, g.coins - g.diamonds)
-        placed = rules.place_legs(rules.gift_legs(g.viewer, g.creator, split), part)
-        reward_placed = rules.place_legs(rules.reward_gift_legs(g.viewer, g.creator, split), part)
-        tail = f"\t{g.room}\t{g.gift}\t{g.count}"
-        row = g.gift_id + "\t" + rules.encode_legs(placed[part]) + tail
+        creator_part = keys.part_of(creator)
+        here = creator_part == part
+        row = rules.gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count, here)
         viewer_row = rules.statement_row(now, "gift_sent", "coins", -g.coins, creator, g.gift_id, g.gift, str(g.count))
         # The same gift paid with reward coins (settle.lua picks: rules.pays_with_rewards).
-        reward_row = g.gift_id + "\t" + rules.encode_legs(reward_placed[part]) + tail
+        reward_row = rules.reward_gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count, here)
         # The same row on the rewards ledger (statement_row's layout: ts, kind, ledger, ...).
         reward_viewer_row = viewer_row.replace("\tcoins\t", "\trewards\t", 1)
         if g.diamonds > 0:
             creator_row = rules.statement_row(
                 now, "gift_received", "diamonds", g.diamonds, viewer, g.gift_id, g.gift, str(g.count)
             )
-        creator_part = keys.part_of(creator)
-        if creator_part != part:  # the creator's side is owed to their partition (the same however it is paid)
+        if not here:  # the creator's side is owed to their partition (the same however the gift is paid)
             dest = creator_part
-            credit = rules.Credit(
-                id=g.gift_id,
-                kind="gift_received",
-                legs=placed.get(creator_part, []),
-                ts_ms=now,
-                statement=[(creator, creator_row)] if creator_row else [],
-                earned=(creator, g.diamonds) if g.diamonds > 0 else None,
-                board=(creator, viewer, g.coins),
-                room=g.room,
-                gift=g.gift,
-                count=g.count,
-            ).encode()
+            credit = rules.gift_credit_line(
+                g.gift_id, creator, viewer, split, now, creator_row, g.room, g.gift, g.count
+            )
     fields = (g.gift_id, viewer, creator, str(g.coins), str(g.diamonds), g.fingerprint, g.reject, row, viewer_row)
     return "\x1f".join((*fields, creator_row, reward_row, reward_viewer_row, dest, credit)), dest, credit
 
@@ -376,8 +365,8 @@ class Ledger:
 
     @contextlib.asynccontextmanager
     async def group_commit(self) -> AsyncIterator[None]:
-        """Several writes, one durability wait per partition written when the block ends without an error
-        (WAITAOF covers every write before it on its node). Raises DurabilityError like each write would."""
+        """Several writes, one durability wait per node written (a partition of each) when the block ends without an
+        error (WAITAOF covers every write before it on its node). Raises DurabilityError like each write would."""
         pending: set[str | None] = set()
         token = _GROUP_COMMIT.set(pending)
         try:
@@ -385,24 +374,33 @@ class Ledger:
         finally:
             _GROUP_COMMIT.reset(token)
         if None in pending:
-            pending = {None}  # every partition covers the others
-        for part in sorted(pending, key=str):
-            await self.durable(self.settings.waitaof_timeout_ms, part)
+            await self.durable(self.settings.waitaof_timeout_ms)  # every partition covers the others
+        else:
+            await self.durable_parts(self.settings.waitaof_timeout_ms, [p for p in pending if p is not None])
+
+    async def durable_parts(self, timeout_ms: int, parts: Iterable[str]) -> None:
+        """`durable` for the writes to each of `parts`: one wait per node holding any of them."""
+        for part in await self._one_per_node(sorted(set(parts))):
+            await self.durable(timeout_ms, part)
 
     async def durable(self, timeout_ms: int, part: str | None = None) -> None:
         """Group commit: wait until everything written so far to ledger partition `part` is fsynced to the AOF
         (WAITAOF 1 GIFTING_DURABLE_REPLICAS). None: every partition (on a cluster, each node holding one)."""
         if self.waitaof_supported is False:
             return
-        if part is not None or not valkey.is_cluster_client(self.redis):
-            await self._durable_on(timeout_ms, part or partitions.tag(0))  # standalone: one server holds them all
-            return
-        nodes: dict[str, str] = {}  # one partition per node: its wait covers every write to that node
-        for tag in partitions.all_tags():
+        for tag in [part] if part is not None else await self._one_per_node(partitions.all_tags()):
+            await self._durable_on(timeout_ms, tag)
+
+    async def _one_per_node(self, parts: Sequence[str]) -> list[str]:
+        """One of `parts` per node holding any (a wait on a node covers every write to it): a standalone server
+        holds them all."""
+        if not parts or not valkey.is_cluster_client(self.redis):
+            return list(parts[:1])
+        nodes: dict[str, str] = {}
+        for tag in parts:
             node = (await valkey.on_node_of(self.redis, keys.durable_probe(tag)))["target_nodes"]
             nodes.setdefault(node.name, tag)
-        for tag in nodes.values():
-            await self._durable_on(timeout_ms, tag)
+        return list(nodes.values())
 
     async def _durable_on(self, timeout_ms: int, part: str) -> None:
         probe_key = keys.durable_probe(part)
