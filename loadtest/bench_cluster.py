@@ -332,7 +332,8 @@ async def read_journals(redis: aioredis.Redis) -> Journals:
                     rows = rules.journal_credits(fields)
                     found.credit_entries += 1
                     found.credit_rows += len(rows)
-                    found.credit_ms.update((c["id"], ms) for c in rows)
+                    # A credit's id is its gift's id and '/' and the source partition (rules.credit_id).
+                    found.credit_ms.update((c["id"].rsplit("/", 1)[0], ms) for c in rows)
                 else:
                     found.others += 1
             if len(page) < JOURNAL_PAGE:
@@ -416,6 +417,8 @@ async def check(redis: aioredis.Redis, run: Run, journals: Journals, logs: list[
         len(journals.settle_ms) == run.gifts, f"journal gift rows {len(journals.settle_ms):,} == {run.gifts:,}"
     )
     checks.expect(journals.credit_rows == run.cross, f"credit rows {journals.credit_rows:,} == {run.cross:,} cross")
+    matched = len(run.credit_step_ms)
+    checks.expect(matched == run.cross, f"credit rows matched to their gifts {matched:,} == {run.cross:,}")
     checks.expect(journals.others == funded, f"other journal entries {journals.others:,} == {funded:,} fundings")
     settled = [STOPPED_LOG.search(log.read_text(errors="replace")) for log in logs]
     total = sum(int(m.group(1)) for m in settled if m)
