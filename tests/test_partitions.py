@@ -255,3 +255,10 @@ async def test_a_dead_workers_partitions_are_taken_over_when_its_leases_expire(r
         await asyncio.sleep(0.05)
     assert len(survivor.owned) == n
     assert await dead.refresh() == set()  # the dead one, back, renews nothing it lost
+
+
+async def test_a_valkey_with_the_one_slot_ledger_is_refused(redis: aioredis.Redis) -> None:
+    """Balances of a release before partitions would be ignored: nothing starts, and the error says why."""
+    await redis.hset("{ledger}:coins", "u:old", 5)
+    with pytest.raises(ConfigError, match="before partitions"):
+        await claim_partition_count(redis, 16)

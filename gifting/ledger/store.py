@@ -302,13 +302,35 @@ class Ledger:
                 by_part.setdefault(part, []).extend(owed)
         now = now_ms()
         if by_part:
+            timeout_ms = self.settings.waitaof_timeout_ms
+            wait = self.waitaof_supported is not False
             async with self.redis.pipeline(transaction=False) as pipe:
                 for part, owed in by_part.items():
                     keys_, args = self._credit_call(part, owed, now)
                     await valkey.queue_script(pipe, self.credit_script, keys_, args)
-                await pipe.execute()
-            await self.durable(self.settings.waitaof_timeout_ms, list(by_part))
+                waits = await self._queue_waitaof(pipe, list(by_part), timeout_ms) if wait else 0
+                replies = await pipe.execute(raise_on_error=False)
+            for reply in replies[: len(replies) - waits]:
+                if isinstance(reply, Exception):
+                    raise reply
+            for reply in replies[len(replies) - waits :]:
+                self._check_waitaof(reply, timeout_ms)
         await self.redis.xdel(keys.outbox(source_part), *entries)
+
+    async def _queue_waitaof(self, pipe: Any, parts: list[str], timeout_ms: int) -> int:
+        """One WAITAOF per node holding any of `parts`, queued after the pipeline's writes (so on each node's
+        connection right after them); returns how many were queued."""
+        waitaof = ("WAITAOF", 1, self.settings.durable_replicas, timeout_ms)
+        if not valkey.is_cluster_client(self.redis):
+            pipe.execute_command(*waitaof)
+            return 1
+        nodes: dict[str, dict[str, Any]] = {}
+        for part in parts:
+            target = await valkey.on_node_of(self.redis, keys.journal(part))
+            nodes.setdefault(target["target_nodes"].name, target)
+        for target in nodes.values():
+            pipe.execute_command(*waitaof, **target)
+        return len(nodes)
 
     def _credit_call(self, part: str, owed: list[rules.Credit], now: int) -> tuple[list[str], list[Any]]:
         """credit.lua's keys and arguments for `owed` (all in `part`)."""
@@ -791,10 +813,18 @@ WITHDRAW_ERRORS = {
 }
 
 
+PRE_PARTITION_LEDGER = "{ledger}:coins"  # the one-slot ledger's balances (releases before stage 2)
+
+
 async def claim_partition_count(redis: aioredis.Redis, count: int) -> None:
     """The installation's partition count is fixed by the first process that runs against it (stored in
     partitions.PARTITIONS_KEY); a process configured with another count would look for money in the wrong
     partitions, so it refuses to start (ConfigError: the CLI prints it and exits 2)."""
+    if await redis.exists(PRE_PARTITION_LEDGER):
+        raise ConfigError(
+            f"this Valkey holds a ledger from before partitions ({PRE_PARTITION_LEDGER}); it would be ignored, so "
+            "nothing starts: see docs/SCALING.md, 'Existing installations'"
+        )
     await redis.set(partitions.PARTITIONS_KEY, count, nx=True)
     stored = int(await redis.get(partitions.PARTITIONS_KEY) or count)
     if stored != count:
