@@ -134,7 +134,10 @@ class Settings:
         "GIFTING_PAYOUT_INTERVAL_MS", 1000, "How often the worker sends pending withdrawals to the payout provider."
     )
     payouts_per_run_max: int = _setting(
-        "GIFTING_PAYOUTS_PER_RUN_MAX", 100, "Pending withdrawals sent to the payout provider per run (a page)."
+        "GIFTING_PAYOUTS_PER_RUN_MAX",
+        100,
+        "Pending withdrawals sent to the payout provider per run (a page), shared equally among the ledger "
+        "partitions (at least one each; past this many partitions, a run takes the next this many in turn).",
     )
     payout_call_timeout_ms: int = _setting(
         "GIFTING_PAYOUT_CALL_TIMEOUT_MS",
@@ -255,7 +258,10 @@ class Settings:
     pool_deadline_s_max: int = _setting("GIFTING_POOL_DEADLINE_S_MAX", 3600, "Longest pool deadline, seconds.")
     pools_per_room_max: int = _setting("GIFTING_POOLS_PER_ROOM_MAX", 3, "Open pools one room may have at once.")
     pools_per_user_max: int = _setting(
-        "GIFTING_POOLS_PER_USER_MAX", 1, "Open pools one user may have opened at once (over every room)."
+        "GIFTING_POOLS_PER_USER_MAX",
+        1,
+        "Open pools one user may have opened at once, over the rooms of the creators of one ledger partition (a "
+        "pool lives in its creator's partition, and the count with it, so it is checked atomically).",
     )
     pool_open_coins_min: int = _setting(
         "GIFTING_POOL_OPEN_COINS_MIN", 1, "Coins a user must hold to open a pool (0: anyone may open one)."
@@ -265,6 +271,12 @@ class Settings:
         90 * 86400,
         "A closed pool's record expires from Valkey this long after it closes, seconds, archived or not (open: "
         "kept): only a safety bound for a server without an archiver; keep it well over GIFTING_POOL_HOT_S.",
+    )
+    pledge_redrive_ms: int = _setting(
+        "GIFTING_PLEDGE_REDRIVE_MS",
+        5000,
+        "A pledge debited in its pledger's partition whose pool's answer (landed or refused and refunded) is not "
+        "applied this long after, milliseconds, is pushed again by the worker (a process died between the steps).",
     )
     campaign_duration_s_max: int = _setting(
         "GIFTING_CAMPAIGN_DURATION_S_MAX",

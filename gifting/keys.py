@@ -273,7 +273,21 @@ def pool(part: str, pool_id: str) -> str:
 
 
 def pledge_record(part: str, pledge_id: str) -> str:
+    """Hash: a pledge in its PLEDGER's partition, by user-scoped pledge id: status (debited | accepted |
+    rejected), reason, balance, fp, pool, coins, debited_ms (ledger/pledge.lua)."""
     return part + ":pledge:" + pledge_id
+
+
+def pledge_landing(part: str, pledge_id: str) -> str:
+    """String: a pledge's outcome in its POOL's partition ('accepted' or the refusal's reason), by user-scoped
+    pledge id: the pledge lands in the escrow, or is refused, exactly once (ledger/pool.lua)."""
+    return part + ":pledge_landing:" + pledge_id
+
+
+def pledges_in_flight(part: str) -> str:
+    """Sorted set: user-scoped pledge id -> debited (ms), the partition's pledges debited whose pool's answer is
+    not applied yet; workers/pool_sweep.py pushes those older than GIFTING_PLEDGE_REDRIVE_MS again."""
+    return part + ":pledges:in_flight"
 
 
 def room_pools(part: str, room: str) -> str:

@@ -18,17 +18,16 @@ from gifting import keys, metrics, valkey
 from gifting.clock import hour_number, now_ms, utc_day
 from gifting.config import ConfigError, Settings
 from gifting.errors import GiftingError
-from gifting.ledger import partitions, rules
+from gifting.ledger import partitions, pools, rules
 
 if TYPE_CHECKING:
     from gifting.history.reader import ArchiveReader
 
 log = logging.getLogger(__name__)
 SPEND_LIMIT_ATTEMPTS_MAX = 20  # optimistic retries of a spend limit change (WATCH on the shared limits hash)
-# Set inside Ledger.group_commit(): the task's writes wait for durability once, when the block ends. Per task
-# (a context variable), because one Ledger serves every request of a web process at once.
-_GROUP_COMMIT: ContextVar[bool] = ContextVar("ledger_group_commit", default=False)
-POOL_ATTEMPTS_MAX = 20  # retries of a pool operation whose pool changed between its read and its script
+# Set inside Ledger.group_commit(): the partitions the task wrote to, each waited for once when the block ends
+# (None: not in a block). Per task (a context variable), because one Ledger serves every request of a web process.
+_GROUP_COMMIT: ContextVar[set[str | None] | None] = ContextVar("ledger_group_commit", default=None)
 
 
 def load_script(name: str) -> str:
@@ -118,6 +117,7 @@ class Ledger:
         self._purchase = redis.register_script(load_script_with("purchase.lua", "legs.lua"))
         self._reverse = redis.register_script(load_script_with("reverse.lua", "legs.lua"))
         self._withdraw = redis.register_script(load_script_with("withdraw.lua", "legs.lua"))
+        self._pledge = redis.register_script(load_script_with("pledge.lua", "spend_cap.lua", "legs.lua"))
         pool_rules = ("spend_cap.lua", "top_gifters.lua", "legs.lua")
         self._pool = redis.register_script(load_script_with("pool.lua", *pool_rules))
         self.credit_script = redis.register_script(load_script_with("credit.lua", "legs.lua", "top_gifters.lua"))
@@ -167,7 +167,8 @@ class Ledger:
             for reply in replies[1::2]:
                 self._check_waitaof(reply, durable_timeout_ms or 0)
         elif durable_timeout_ms is not None:
-            await self.durable(durable_timeout_ms, list(calls))
+            for part in calls:
+                await self.durable(durable_timeout_ms, part)
         outcomes: list[rules.GiftOutcome | None] = [None] * len(gifts)
         for (part, idx), reply in zip(by_part.items(), replies[::step], strict=True):
             *lines, outbox_id = reply.split("\n")
@@ -359,63 +360,73 @@ class Ledger:
             args.append(rules.US.join((c.id, rules.encode_legs(c.legs), c.journal_row(), stmts, earned, board)))
         return keys_, args
 
-    async def committed(self) -> None:
+    async def committed(self, part: str | None = None) -> None:
         """Every write method ends here: its changes are fsynced (GIFTING_WAITAOF_TIMEOUT_MS) before it returns,
-        so no caller can announce or answer what Valkey could still lose. Inside group_commit() the wait is once,
-        at the end of the block."""
-        if not _GROUP_COMMIT.get():
-            await self.durable(self.settings.waitaof_timeout_ms)
+        so no caller can announce or answer what Valkey could still lose. `part`: the ledger partition the write
+        went to (its node is the one to wait on); None: every partition. Inside group_commit() the wait is once
+        per partition, at the end of the block."""
+        pending = _GROUP_COMMIT.get()
+        if pending is not None:
+            pending.add(part)
+        else:
+            await self.durable(self.settings.waitaof_timeout_ms, part)
 
     @contextlib.asynccontextmanager
     async def group_commit(self) -> AsyncIterator[None]:
-        """Several writes, one durability wait when the block ends without an error (WAITAOF covers every write
-        before it). Raises DurabilityError like each write would."""
-        token = _GROUP_COMMIT.set(True)
+        """Several writes, one durability wait per partition written when the block ends without an error
+        (WAITAOF covers every write before it on its node). Raises DurabilityError like each write would."""
+        pending: set[str | None] = set()
+        token = _GROUP_COMMIT.set(pending)
         try:
             yield
         finally:
             _GROUP_COMMIT.reset(token)
-        await self.committed()
+        if None in pending:
+            pending = {None}  # every partition covers the others
+        for part in sorted(pending, key=str):
+            await self.durable(self.settings.waitaof_timeout_ms, part)
 
-    async def durable(self, timeout_ms: int, parts: list[str] | None = None) -> None:
-        """Group commit: wait until everything written so far to the partitions `parts` (default: all) is fsynced
-        to the AOF (WAITAOF 1 GIFTING_DURABLE_REPLICAS), on each node holding one of them."""
+    async def durable(self, timeout_ms: int, part: str | None = None) -> None:
+        """Group commit: wait until everything written so far to ledger partition `part` is fsynced to the AOF
+        (WAITAOF 1 GIFTING_DURABLE_REPLICAS). None: every partition (on a cluster, each node holding one)."""
         if self.waitaof_supported is False:
             return
-        # WAITAOF waits only for the writes of its own connection, and the writes it must cover went through
-        # other pooled connections. A write on its connection first (in a partition's slot, so on its node) gives
-        # it the node's newest replication offset, which every earlier write there is below.
-        waitaof = ("WAITAOF", 1, self.settings.durable_replicas, timeout_ms)
-        parts = parts or list(partitions.all_tags())
-        if valkey.is_cluster_client(self.redis):  # one connection per node: probe and wait in one pipeline
-            nodes: dict[str, str] = {}  # node name -> a partition on it
-            for part in parts:
-                target = await valkey.on_node_of(self.redis, keys.durable_probe(part))
-                nodes.setdefault(target["target_nodes"].name, part)
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for part in nodes.values():
-                    probe = keys.durable_probe(part)
-                    pipe.incr(probe)
-                    pipe.execute_command(*waitaof, **await valkey.on_node_of(self.redis, probe))
-                replies = await pipe.execute(raise_on_error=False)
-            for probe_reply in replies[0::2]:
-                if isinstance(probe_reply, Exception):
-                    raise probe_reply  # not written, so the wait would cover nothing: not confirmed
-            for reply in replies[1::2]:
-                self._check_waitaof(reply, timeout_ms)
+        if part is not None or not valkey.is_cluster_client(self.redis):
+            await self._durable_on(timeout_ms, part or partitions.tag(0))  # standalone: one server holds them all
             return
-        # One server: one pinned connection, two round trips. Sent together, WAITAOF would arrive before the
-        # write is even in the AOF buffer and, on an idle server, wait for the next cron tick (~100 ms at hz 10)
-        # to see the fsync; sent after the write's reply it usually finds it fsynced already.
-        pinned = self.redis.client()
-        try:
-            await pinned.incr(keys.durable_probe(parts[0]))  # its errors are the caller's, as any write's
+        nodes: dict[str, str] = {}  # one partition per node: its wait covers every write to that node
+        for tag in partitions.all_tags():
+            node = (await valkey.on_node_of(self.redis, keys.durable_probe(tag)))["target_nodes"]
+            nodes.setdefault(node.name, tag)
+        for tag in nodes.values():
+            await self._durable_on(timeout_ms, tag)
+
+    async def _durable_on(self, timeout_ms: int, part: str) -> None:
+        probe_key = keys.durable_probe(part)
+        # WAITAOF waits only for the writes of its own connection, and the writes it must cover went through
+        # other pooled connections. A write on its connection first (in the partition's slot, so on its
+        # node) gives it the server's newest replication offset, which every earlier write is below.
+        waitaof = ("WAITAOF", 1, self.settings.durable_replicas, timeout_ms)
+        if valkey.is_cluster_client(self.redis):  # one connection per node: probe and wait in one pipeline
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incr(probe_key)
+                pipe.execute_command(*waitaof, **await valkey.on_node_of(self.redis, probe_key))
+                probe, reply = await pipe.execute(raise_on_error=False)
+            if isinstance(probe, Exception):
+                raise probe  # not written, so the wait would cover nothing: not confirmed
+        else:
+            # One pinned connection, two round trips: sent together, WAITAOF would arrive before the write is
+            # even in the AOF buffer and, on an idle server, wait for the next cron tick (~100 ms at hz 10) to
+            # see the fsync; sent after the write's reply it usually finds it fsynced already.
+            pinned = self.redis.client()
             try:
-                reply = await pinned.execute_command(*waitaof)
-            except ResponseError as exc:  # a server without WAITAOF: _check_waitaof decides
-                reply = exc
-        finally:
-            await pinned.aclose(close_connection_pool=False)
+                await pinned.incr(probe_key)  # its errors are the caller's, as any write's
+                try:
+                    reply = await pinned.execute_command(*waitaof)
+                except ResponseError as exc:  # a server without WAITAOF: _check_waitaof decides
+                    reply = exc
+            finally:
+                await pinned.aclose(close_connection_pool=False)
         self._check_waitaof(reply, timeout_ms)
 
     def _check_waitaof(self, reply: Any, timeout_ms: int) -> None:
@@ -440,76 +451,17 @@ class Ledger:
         self, op: str, pool_id: str, pledge_id: str = "", user: str = "", coins: int = 0, name: str = "",
         reject: str = "",
     ) -> tuple[str, str, int, bool, dict[str, Any] | None]:  # fmt: skip
-        """A pledge to a pool, or its expiry, cancellation or voiding at its room's end (pool.lua).
-        Returns (status, reason, balance, replay, pool). The legs and rows are built from the pool as read
-        here; pool.lua refuses them ('stale') if another pledge landed since, and the call is made again.
-        `reject`: a pledge's reject reason decided by the caller (archive_backlog), recorded like pool.lua's own."""
-        assert op in ("pledge", "expire", "cancel", "void")
-        for _attempt in range(POOL_ATTEMPTS_MAX):
-            read = PoolRead(*await self.redis.hmget(keys.pool(pool_id), *PoolRead.__slots__))
-            keys_, args = self._pool_call(op, pool_id, read, pledge_id, user, coins, name, reject)
-            status, reason, balance, replay, pool = await self._pool(keys=keys_, args=args)
-            if status != "stale":
-                await self.committed()
-                return status, reason, int(balance), bool(int(replay)), (orjson.loads(pool) if pool else None)
-        raise LedgerError("busy", f"pool {pool_id} changed concurrently too often; retry")
-
-    def _pool_call(
-        self, op: str, pool_id: str, read: PoolRead, pledge_id: str, user: str, coins: int, name: str,
-        reject: str = "",
-    ) -> tuple[list[str], list[Any]]:  # fmt: skip
-        """pool.lua's KEYS and ARGV for one operation on the pool as `read`."""
-        s, now = self.settings, now_ms()
-        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
-        keys_.append(keys.pledge_record(pledge_id) if op == "pledge" else keys.POOLS_CLOSED)
-        keys_ += pool_index_keys(read.room or "", read.starter or "")
-        if op != "pledge":
-            returns = [(c["user"], int(c["coins"])) for c in orjson.loads(read.contributors or "[]")]
-            legs = [leg for u, c in returns for leg in rules.pledge_return_legs(u, c)]
-            keys_ += [keys.statement(u) for u, _c in returns]
-            rows = [
-                rules.statement_row(now, "pledge_returned", "coins", c, keys.SYS_POOL_ESCROW, pool_id)
-                for _u, c in returns
-            ]
-            return keys_, [op, now, s.pool_record_ttl_s, read.contributors or "", rules.encode_legs(legs), *rows]
-        creator = read.creator or ""
-        keys_ += [keys.LEDGER_SPEND_LIMITS, keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT]
-        keys_ += [keys.statement(user), keys.statement(creator), keys.earned(creator)]
-        keys_ += [*keys.account_top_boards(keys.account(creator), now), keys.POOLS_CLOSED]
-        pledge_row = rules.statement_row(now, "pledge", "coins", -coins, keys.SYS_POOL_ESCROW, pool_id)
-        args: list[Any] = [op, now, pledge_id, keys.account(user), coins, rules.fingerprint(pool_id, user, coins)]
-        args += [name, s.idempotency_ttl_s, hour_number(now), user, read.contributors or "", s.pool_record_ttl_s]
-        args += [s.daily_spend_coins_max, rules.SPENT_DAY_TTL_S, s.rejected_gift_ttl_s]
-        args += [keys.account(creator) if creator else "", rules.encode_legs(rules.pledge_legs(user, coins))]
-        args += [pledge_row, *self._pool_completion(read, pool_id, user, coins, now), reject]
-        return keys_, args
-
-    def _pool_completion(self, read: PoolRead, pool_id: str, user: str, coins: int, now: int) -> list[Any]:
-        """pool.lua's ARGV 19..24: what completing the pool writes, if this pledge completes it as read."""
-        if read.price is None or int(read.price) - int(read.pledged or 0) != coins:
-            return ["", "", 0, "", rules.TOP_DAY_TTL_S, rules.TOP_WEEK_TTL_S]
-        creator, price = read.creator or "", int(read.price)
-        split = rules.split_gift(price, int(read.bps or 0))
-        legs = rules.encode_legs(rules.pool_completion_legs(creator, split))
-        row = rules.statement_row(
-            now, "gift_received", "diamonds", split.diamonds, "pool", pool_id, read.gift or "", "1"
-        )
-        gifters: dict[str, int] = {keys.account(user): coins}
-        for c in orjson.loads(read.contributors or "[]"):
-            gifters[keys.account(c["user"])] = gifters.get(keys.account(c["user"]), 0) + int(c["coins"])
-        by_gifter = "|".join(f"{account} {amount}" for account, amount in gifters.items())
-        return [legs, row, split.diamonds, by_gifter, rules.TOP_DAY_TTL_S, rules.TOP_WEEK_TTL_S]
+        """A pledge to a pool, or its expiry, cancellation or voiding at its room's end (ledger/pools.py).
+        Returns (status, reason, balance, replay, pool). `reject`: a pledge's reject reason decided by the
+        caller (archive_backlog), recorded like the scripts' own."""
+        if op == "pledge":
+            return await pools.pledge(self, pool_id, pledge_id, user, coins, name, reject)
+        return await pools.pool_end(self, op, pool_id)
 
     async def pool_open(self, room: str, starter: str, record: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         """Open a pool unless its room ended or a cap is reached, atomically (pool.lua). Returns (reason, pool):
         reason is '' when it opened."""
-        s, pool_id = self.settings, record["id"]
-        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
-        keys_ += [keys.pool(pool_id), *pool_index_keys(room, starter)]
-        args: list[Any] = ["open", now_ms(), pool_id, s.pools_per_room_max, s.pools_per_user_max]
-        args += [keys.account(starter), s.pool_open_coins_min, *(x for pair in record.items() for x in pair)]
-        _status, reason, _balance, _replay, pool = await self._pool(keys=keys_, args=args)
-        return reason, (orjson.loads(pool) if pool else None)
+        return await pools.pool_open(self, room, starter, record)
 
     # Purchases ---------------------------------------------------------------------------------------------
 
@@ -519,17 +471,20 @@ class Ledger:
         """Record a purchase outcome once. Returns (stored record, fingerprint matches, replay); a record of
         another user under this id never matches (and its content is not returned)."""
         assert status in ("paid", "declined") and coins > 0
+        if keys.scoped_user(purchase_id) != user:  # another user's id: its record is in their partition, private
+            return {}, False, True
         now = now_ms()
         legs = rules.encode_legs(rules.purchase_legs(user, coins))
         row = rules.statement_row(now, "purchase", "coins", coins, keys.SYS_COIN_ISSUANCE, purchase_id)
+        part = keys.part_of_user(user)  # the buyer's: sys:coin_issuance has a share in every partition
         stored, stored_fp, replay = await self._purchase(
             keys=[
-                keys.LEDGER_COINS,
-                keys.LEDGER_JOURNAL,
+                keys.coins(part),
+                keys.journal(part),
                 keys.purchase_record(purchase_id),
                 keys.purchases_of(user),
                 keys.statement(user),
-                keys.PURCHASES_HOT,
+                keys.purchases_hot(part),
             ],
             args=[
                 orjson.dumps(record).decode(),
@@ -546,7 +501,7 @@ class Ledger:
                 record.get("price_minor", 0),
             ],
         )
-        await self.committed()
+        await self.committed(part)
         return orjson.loads(stored), stored_fp == fingerprint, bool(int(replay))
 
     async def purchase_record(self, purchase_id: str, owner: str | None = None) -> tuple[dict[str, Any], str] | None:
@@ -590,15 +545,16 @@ class Ledger:
         if user_account is None:
             raise LedgerError("unknown_purchase", f"no purchase {purchase_id!r}")
         user, now = user_account.removeprefix(keys.ACCOUNT_PREFIX), now_ms()
+        part = keys.part_of_user(user)
         legs = rules.encode_legs(rules.reversal_legs(user, int(coins)))
         row = rules.statement_row(now, mode, "coins", -int(coins), keys.SYS_COIN_ISSUANCE, purchase_id)
         code, balance = await self._reverse(
-            keys=[keys.LEDGER_COINS, keys.LEDGER_JOURNAL, keys.purchase_record(purchase_id), keys.statement(user)],
+            keys=[keys.coins(part), keys.journal(part), keys.purchase_record(purchase_id), keys.statement(user)],
             args=[mode, now, purchase_id, f"{mode}:{purchase_id}", user_account, coins, legs, row],
         )
         if code != "ok":
             raise LedgerError(code, REVERSE_ERRORS.get(code, code))
-        await self.committed()
+        await self.committed(part)
         return int(balance)
 
     # Withdrawals -------------------------------------------------------------------------------------------
@@ -608,9 +564,11 @@ class Ledger:
     ) -> tuple[dict[str, Any], bool]:
         """Put diamonds on hold for a payout (pending transfer). Returns (withdrawal, replay)."""
         s, now, account = self.settings, now_ms(), keys.account(user)
+        if keys.scoped_user(withdrawal_id) != user:  # another user's id: its record is in their partition
+            raise LedgerError("idempotency_key_conflict", WITHDRAW_ERRORS["idempotency_key_conflict"])
         if (archived := await self._archived_withdrawal_replay(account, withdrawal_id, fingerprint)) is not None:
             return archived, True
-        await self._refuse_past_archive_backlog(withdrawal_id)
+        await self._refuse_past_archive_backlog(user, withdrawal_id)
         cutoff_hour = hour_number(now - s.diamond_hold_s * 1000) if s.diamond_hold_s > 0 else hour_number(now) + 1
         legs = rules.encode_legs(rules.withdrawal_legs("pending", user, diamonds))
         row = rules.statement_row(now, "withdrawal", "diamonds", -diamonds, keys.SYS_PAYOUT_CLEARING, withdrawal_id)
@@ -625,7 +583,7 @@ class Ledger:
         )  # fmt: skip
         if code != "ok":
             raise LedgerError(code, WITHDRAW_ERRORS.get(code, code).format(detail=detail))
-        await self.committed()
+        await self.committed(keys.part_of_user(user))
         withdrawal = await self.withdrawal(withdrawal_id)
         assert withdrawal is not None
         return withdrawal, detail == "replay"
@@ -645,11 +603,11 @@ class Ledger:
             raise LedgerError("idempotency_key_conflict", WITHDRAW_ERRORS["idempotency_key_conflict"])
         return withdrawal_view(withdrawal_id, record)
 
-    async def _refuse_past_archive_backlog(self, withdrawal_id: str) -> None:
-        """A new withdrawal is a debit: refused past the archive backlog bound like gifts and pledges (one rule:
-        rules.archive_backlog_reject); a resend of an existing one still answers it."""
+    async def _refuse_past_archive_backlog(self, user: str, withdrawal_id: str) -> None:
+        """A new withdrawal is a debit: refused past the archive backlog bound of its partition's journal like gifts
+        and pledges (one rule: rules.archive_backlog_reject); a resend of an existing one still answers it."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.LEDGER_JOURNAL)
+            pipe.xlen(keys.journal(keys.part_of_user(user)))
             pipe.exists(keys.withdrawal(withdrawal_id))
             journal_entries, exists = await pipe.execute()
         if not exists and rules.archive_backlog_reject(int(journal_entries), self.settings.archive_backlog_max):
@@ -678,23 +636,26 @@ class Ledger:
         )
         if code != "ok":
             raise LedgerError(code, f"withdrawal {withdrawal_id} is {status}, not pending")
-        await self.committed()
+        await self.committed(keys.part_of_user(user))
         withdrawal = await self.withdrawal(withdrawal_id)
         assert withdrawal is not None
         return withdrawal
 
     def _withdraw_keys(self, user: str, withdrawal_id: str, day: str) -> list[str]:
+        """withdraw.lua's KEYS: all in the user's partition (sys:payout_clearing has a share in each)."""
+        part = keys.part_of_user(user)
+        assert keys.scoped_user(withdrawal_id) == user, withdrawal_id  # the id names its user: one partition
         return [
-            keys.LEDGER_DIAMONDS,
-            keys.LEDGER_JOURNAL,
+            keys.diamonds(part),
+            keys.journal(part),
             keys.withdrawal(withdrawal_id),
-            keys.WITHDRAWALS_PENDING,
+            keys.withdrawals_pending(part),
             keys.withdrawals_of(user),
             keys.statement(user),
             keys.earned(user),
-            keys.withdrawn_on(day),
-            keys.WITHDRAWALS_PENDING_BY_USER,
-            keys.WITHDRAWALS_DONE,
+            keys.withdrawn_on(part, day),
+            keys.withdrawals_pending_by_user(part),
+            keys.withdrawals_done(part),
         ]
 
     async def withdrawal(self, withdrawal_id: str) -> dict[str, Any] | None:
@@ -714,39 +675,39 @@ class Ledger:
             items += [withdrawal_view(wid, data) for wid, data in archived]
         return items
 
-    async def pending_withdrawals(self, limit: int, offset: int = 0) -> list[str]:
-        """Pending withdrawal ids by deadline, `limit` from position `offset`."""
-        ids: list[str] = await self.redis.zrange(keys.WITHDRAWALS_PENDING, offset, offset + limit - 1)
+    async def pending_withdrawals(self, part: str, limit: int, offset: int = 0) -> list[str]:
+        """A partition's pending withdrawal ids by deadline, `limit` from position `offset`."""
+        ids: list[str] = await self.redis.zrange(keys.withdrawals_pending(part), offset, offset + limit - 1)
         return ids
 
     # Wallet, statements, limits ------------------------------------------------------------------------------
 
     async def wallet(self, user: str) -> dict[str, int]:
-        account = keys.account(user)
+        account, part = keys.account(user), keys.part_of_user(user)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.LEDGER_COINS, account)
-            pipe.hget(keys.LEDGER_DIAMONDS, account)
-            pipe.hget(keys.LEDGER_REWARDS, account)
+            pipe.hget(keys.coins(part), account)
+            pipe.hget(keys.diamonds(part), account)
+            pipe.hget(keys.rewards(part), account)
             coins, diamonds, reward_coins = await pipe.execute()
         return {"coins": int(coins or 0), "diamonds": int(diamonds or 0), "reward_coins": int(reward_coins or 0)}
 
     async def set_spend_limit(self, user: str, coins_per_day: int) -> None:
         """A viewer's own cap (0: none): lowered at once, raised or removed after the cooling-off
         (rules.change_own_spend_limit). Read and write under WATCH, so two changes at once cannot both apply."""
-        account = keys.account(user)
+        account, limits = keys.account(user), keys.spend_limits(keys.part_of_user(user))
         async with self.redis.pipeline(transaction=True) as pipe:
             for _attempt in range(SPEND_LIMIT_ATTEMPTS_MAX):
                 try:
-                    await pipe.watch(keys.LEDGER_SPEND_LIMITS)
-                    stored = await pipe.hget(keys.LEDGER_SPEND_LIMITS, account)
+                    await pipe.watch(limits)
+                    stored = await pipe.hget(limits, account)
                     changed = rules.change_own_spend_limit(
                         stored, coins_per_day, now_ms(), self.settings.spend_limit_cooloff_s
                     ).encode()
                     pipe.multi()
                     if changed is None:
-                        pipe.hdel(keys.LEDGER_SPEND_LIMITS, account)
+                        pipe.hdel(limits, account)
                     else:
-                        pipe.hset(keys.LEDGER_SPEND_LIMITS, account, changed)
+                        pipe.hset(limits, account, changed)
                     await pipe.execute()
                     return
                 except WatchError:
@@ -754,28 +715,14 @@ class Ledger:
         raise LedgerError("busy", "the spend limit changed concurrently too often; retry")
 
     async def spend_limit(self, user: str) -> dict[str, Any]:
-        now = now_ms()
-        stored = await self.redis.hget(keys.LEDGER_SPEND_LIMITS, keys.account(user))
+        now, part = now_ms(), keys.part_of_user(user)
+        stored = await self.redis.hget(keys.spend_limits(part), keys.account(user))
         own = rules.own_spend_limit(stored, now)
-        spent = int(await self.redis.hget(keys.spent_on(utc_day(now)), keys.account(user)) or 0)
+        spent = int(await self.redis.hget(keys.spent_on(part, utc_day(now)), keys.account(user)) or 0)
         return {"daily_spend_coins_max": own.coins, "pending_daily_spend_coins_max": own.pending_coins,
                 "pending_effective_ms": own.pending_effective_ms,
                 "global_daily_spend_coins_max": self.settings.daily_spend_coins_max,
                 "spend_limit_cooloff_s": self.settings.spend_limit_cooloff_s, "spent_today": spent}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class PoolRead:
-    """The fields of a pool record that pool.lua's caller builds legs and rows from (None: absent)."""
-
-    room: str | None
-    starter: str | None
-    creator: str | None
-    price: str | None
-    pledged: str | None
-    bps: str | None
-    gift: str | None
-    contributors: str | None
 
 
 def withdrawal_view(withdrawal_id: str, data: dict[str, str]) -> dict[str, Any]:
@@ -791,11 +738,6 @@ def withdrawal_view(withdrawal_id: str, data: dict[str, str]) -> dict[str, Any]:
         "deadline_ms": int(data["deadline_ms"]),
         "resolved_ms": int(data["resolved_ms"]) if data.get("resolved_ms") else None,
     }
-
-
-def pool_index_keys(room: str, starter: str) -> list[str]:
-    """pool.lua's KEYS 7..9: the room's open pools, the opener's open pools, the room's end marker."""
-    return [keys.room_pools(room), keys.opener_pools(starter), keys.room_ended(room)]
 
 
 REVERSE_ERRORS = {
