@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -23,7 +28,7 @@ from gifting.ledger import partitions, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import Ledger
 from gifting.rooms.store import RoomStore, announced_events
-from tests.conftest import gift_id
+from tests.conftest import REPO, SECRET, gift_id, stop
 from workers.settlement import SettlementWorker
 
 POLL_S = 0.05
@@ -171,6 +176,37 @@ async def worker_task(settings: Settings, redis_url: str) -> AsyncIterator[tuple
         stop_event.set()
         await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 15)
         await client.aclose()
+
+
+@contextlib.contextmanager
+def processes(log_dir: Path) -> Iterator[Callable[[str, dict[str, str]], subprocess.Popen[bytes]]]:
+    """start(command, env) runs a real `gifting <command>` process, its output in log_dir; every one still running
+    is stopped (SIGTERM, then SIGKILL) and its log closed on exit."""
+    started: list[tuple[subprocess.Popen[bytes], IO[bytes]]] = []
+
+    def start(command: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+        full_env = {**os.environ, **env, "GIFTING_SECRET": SECRET, "PYTHONUNBUFFERED": "1"}
+        log = open(log_dir / f"{command}-{len(started)}.log", "wb")  # noqa: SIM115 - closed on exit
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gifting.cli", command],
+                env=full_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+            )
+        except BaseException:
+            log.close()
+            raise
+        started.append((process, log))
+        return process
+
+    try:
+        yield start
+    finally:
+        for process, log in started:
+            stop(process)
+            log.close()
 
 
 def task_failure(task: asyncio.Task[None]) -> str | None:
