@@ -34,6 +34,7 @@ from workers.settlement import SettlementWorker
 POLL_S = 0.05
 GIFT = "coffee"
 STORE_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)  # a node down or failing over
+RESEND_S_MAX = 60.0  # a storm's feeder gives up queueing a chunk after this long
 
 
 def users_in(part: str, count: int, prefix: str) -> list[str]:
@@ -123,6 +124,11 @@ async def settled_count(redis: aioredis.Redis) -> int:
     for part in partitions.all_tags():
         total += sum(len(rules.journal_gifts(f)) for _, f in await redis.xrange(keys.journal(part)) if _is_gifts(f))
     return total
+
+
+async def journal_entries(redis: aioredis.Redis) -> int:
+    """Entries in every partition's journal (cheap progress of a storm: a batch writes one, its credits one)."""
+    return sum([int(await redis.xlen(keys.journal(part))) for part in partitions.all_tags()])
 
 
 def _is_gifts(fields: dict[str, str]) -> bool:
@@ -220,6 +226,34 @@ async def assert_audit_clean(redis: aioredis.Redis) -> None:
     assert report.clean, report.summary()
 
 
+async def feed(
+    client: aioredis.Redis, plan: Plan, enough: asyncio.Event, gifts_max: int, chunk: int, pause_s: float
+) -> None:
+    """Queue gifts (viewers and rooms in turn), `chunk` at a time every `pause_s`, until `enough` or `gifts_max`:
+    the storm. A chunk that meets a node down is sent again, the same gift ids (as clients resend), until it
+    goes through; the ledger settles each id once."""
+    viewers, rooms = list(plan.funds), list(plan.creators)
+    loop = asyncio.get_running_loop()
+    while len(plan.gifts) < gifts_max and not enough.is_set():
+        n = len(plan.gifts)
+        batch = [
+            (gift_id(), viewers[i % len(viewers)], rooms[(i // len(viewers)) % len(rooms)]) for i in range(n, n + chunk)
+        ]
+        plan.gifts.extend(batch)  # before sending: a chunk half queued when a node died is resent whole
+        deadline = loop.time() + RESEND_S_MAX
+        while True:
+            try:
+                async with client.pipeline(transaction=False) as pipe:
+                    for gid, viewer, room in batch:
+                        pipe.xadd(keys.gifts_stream(keys.part_of_user(viewer)), request(gid, room, viewer).to_entry())
+                    await pipe.execute()
+                break
+            except STORE_ERRORS:
+                assert loop.time() < deadline, f"could not queue gifts for {RESEND_S_MAX} s"
+                await asyncio.sleep(pause_s)
+        await asyncio.sleep(pause_s)
+
+
 @dataclass
 class Plan:
     """A storm's gifts: (gift id, sender, room) each, the funds granted to each sender, each room's creator."""
@@ -243,6 +277,9 @@ class Plan:
             want = {gid for gid, _, r in self.gifts if r == room and gid in settled}
             assert await room_gift_ids(redis, room) == Counter(dict.fromkeys(want, 1)), room
         await self._assert_balances(redis, settled)
+        for part in partitions.all_tags():  # every ledger sums to zero inside every partition
+            for ledger, hash_key in keys.ledgers(part):
+                assert sum(int(v) for v in (await redis.hgetall(hash_key)).values()) == 0, (part, ledger)
         assert set((await in_transit(redis)).values()) <= {0}, await in_transit(redis)
         await assert_audit_clean(redis)
 

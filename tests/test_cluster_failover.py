@@ -6,36 +6,41 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 
-from gifting import gifts, keys, valkey
+from gifting import keys, valkey
 from gifting.embedded_cluster import EmbeddedCluster
 from gifting.ledger import partitions
 from tests.cluster_checks import (
     Plan,
     drained,
     ensure_groups,
+    feed,
     grant,
     open_room,
-    request,
     settled_count,
     spread_users,
     task_failure,
     wait_until,
     worker_task,
 )
-from tests.conftest import gift_id, make_settings
+from tests.conftest import make_settings
 
 pytestmark = pytest.mark.timeout(120)
 
 VIEWERS = 8  # one in each of partitions 0..7, so some live on every primary
 CREATORS = 4  # one in each of partitions 8..11: every gift crosses partitions
-FUNDS = 1000  # coins per viewer; the last viewer gets POOR_FUNDS and some of its gifts are rejected
+FUNDS = 2000  # coins per viewer: enough for every gift it can be given; the last viewer gets POOR_FUNDS
 POOR_FUNDS = 200
-PER_VIEWER = 40
+FEED_CHUNK = 16  # gifts queued per feeder step, until the killed primary is back as a replica
+FEED_PAUSE_S = 0.1
+GIFTS_MAX = 1200
 KILL_AFTER_SETTLED = 60  # gifts in the journals before the kill: the storm is under way
 FAILOVER_WAIT_S = 60.0
 DELIVERIES_MAX = 1000  # retried through the outage, not dead-lettered
@@ -48,6 +53,8 @@ async def test_killed_primary_with_most_partitions_mid_storm_loses_nothing_ackno
     cluster = EmbeddedCluster(tmp_path / "cluster", primaries=3, replicas=1, announce=False)
     cluster.start()
     client = valkey.client(cluster.url)
+    enough = asyncio.Event()
+    feeding: asyncio.Task[None] | None = None
     try:
         settings = make_settings(
             tmp_path,
@@ -59,7 +66,8 @@ async def test_killed_primary_with_most_partitions_mid_storm_loses_nothing_ackno
             outbox_redrive_ms=300,
             partition_lease_ms=1500,
         )
-        plan = await _fill(client, settings.creator_share_bps)
+        plan = await _prepare(client, settings.creator_share_bps)
+        feeding = asyncio.create_task(feed(client, plan, enough, GIFTS_MAX, FEED_CHUNK, FEED_PAUSE_S))
         async with worker_task(settings, cluster.url) as (_worker, task):
 
             async def under_way() -> bool:
@@ -73,15 +81,36 @@ async def test_killed_primary_with_most_partitions_mid_storm_loses_nothing_ackno
             # nothing is announced) until the old primary is back, as its replica: what an operator would do.
             await _wait_promoted(replica)
             cluster.restart(primary)
+            enough.set()
+            await asyncio.wait_for(feeding, FAILOVER_WAIT_S)
             await wait_until(lambda: drained(client), "every gift through", FAILOVER_WAIT_S, lambda: task_failure(task))
         await plan.assert_exact(client)
     finally:
+        if feeding is not None and not feeding.done():  # the test failed mid-storm
+            feeding.cancel()
         await client.aclose()
         cluster.stop()
 
 
-async def _fill(client: aioredis.Redis, share_bps: int) -> Plan:
-    """Viewers funded, rooms opened, every gift queued in its viewer's partition's stream before the worker starts."""
+async def test_a_write_on_a_connection_closed_under_it_is_a_connection_error(cluster_valkey_url: str) -> None:
+    """A cluster connection closed by another task (as redis-py's topology refresh does mid-failover) answers a
+    write with ConnectionError, which callers retry, not with an AttributeError that killed the worker."""
+    client = valkey.client(cluster_valkey_url)
+    try:
+        cluster = cast(RedisCluster, client)
+        await cluster.initialize()
+        connection = cluster.get_default_node().acquire_connection()
+        assert isinstance(connection, valkey.ClusterConnection)
+        await connection.connect()
+        await connection.disconnect()  # after send_packed_command checked it was connected: its write step
+        with pytest.raises(RedisConnectionError, match="closed while in use"):
+            await connection._send_packed_command([b"*1\r\n$4\r\nPING\r\n"])
+    finally:
+        await client.aclose()
+
+
+async def _prepare(client: aioredis.Redis, share_bps: int) -> Plan:
+    """Viewers funded, rooms opened, the gift streams' groups made; the gifts come from the feeder."""
     viewers = spread_users(VIEWERS, "v")
     creators = spread_users(CREATORS, "c", skip=VIEWERS)
     funds = {v: FUNDS for v in viewers} | {viewers[-1]: POOR_FUNDS}
@@ -89,14 +118,7 @@ async def _fill(client: aioredis.Redis, share_bps: int) -> Plan:
         await grant(client, viewer, coins)
     rooms = {await open_room(client, creator): creator for creator in creators}
     await ensure_groups(client)
-    plan = Plan([], funds, rooms, share_bps)
-    for i in range(PER_VIEWER):
-        for k, viewer in enumerate(viewers):
-            room = list(rooms)[(i + k) % len(rooms)]
-            plan.gifts.append((gift_id(), viewer, room))
-    for gid, viewer, room in plan.gifts:
-        await gifts.enqueue(client, request(gid, room, viewer))
-    return plan
+    return Plan([], funds, rooms, share_bps)
 
 
 async def _primary_with_most_partitions(client: aioredis.Redis) -> int:
