@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -75,7 +77,7 @@ async def test_workers_killed_repeatedly_mid_storm_settle_every_gift_once(
             feeding = asyncio.create_task(feed(client, plan, enough, GIFTS_MAX, FEED_CHUNK, FEED_PAUSE_S))
             try:
                 for _ in range(ROUNDS):
-                    await _settle_some(client, alive)
+                    await _settle_some(client, workers, alive)
                     victim = workers.pop(0)
                     victim.send_signal(signal.SIGKILL)
                     victim.wait(15)
@@ -85,6 +87,7 @@ async def test_workers_killed_repeatedly_mid_storm_settle_every_gift_once(
                 enough.set()
                 await asyncio.wait_for(feeding, WAIT_S)
             await wait_until(lambda: drained(client), "every gift settled and credited", WAIT_S, alive)
+            await wait_until(lambda: _running(client, workers), "the last worker to be up", WAIT_S, alive)
             for worker in workers:  # a graceful stop, so nothing writes while the money is counted
                 worker.terminate()
                 assert worker.wait(15) == 0
@@ -105,14 +108,23 @@ async def _prepare(client: aioredis.Redis) -> Plan:
     return Plan([], funds, rooms, Settings.from_env({}).creator_share_bps)
 
 
-async def _settle_some(client: aioredis.Redis, alive: Callable[[], str | None]) -> None:
-    """Until ENTRIES_PER_ROUND more entries are in the journals than now (bounded in time)."""
+async def _settle_some(
+    client: aioredis.Redis, workers: list[subprocess.Popen[bytes]], alive: Callable[[], str | None]
+) -> None:
+    """Until every worker is up (the one started last round too: two share the partitions at each kill) and
+    ENTRIES_PER_ROUND more entries are in the journals than now (bounded in time)."""
     before = await journal_entries(client)
 
     async def moved_on() -> bool:
-        return await journal_entries(client) >= before + ENTRIES_PER_ROUND
+        return await _running(client, workers) and await journal_entries(client) >= before + ENTRIES_PER_ROUND
 
     await wait_until(moved_on, "the workers to settle some gifts", WAIT_S, alive)
+
+
+async def _running(client: aioredis.Redis, workers: list[subprocess.Popen[bytes]]) -> bool:
+    """Whether every worker has started settling (its first heartbeat: its signal handlers are installed)."""
+    host = socket.gethostname()
+    return all([await client.zscore(keys.WORKER_HEARTBEATS, f"{host}-{w.pid}") is not None for w in workers])
 
 
 async def _in_outboxes(client: aioredis.Redis) -> int:

@@ -116,7 +116,7 @@ def _import(cluster: EmbeddedCluster, standalone: EmbeddedValkey) -> None:
     """valkey-cli, shipped next to valkey-server, copies every key of the standalone server into the cluster."""
     cli = str(Path(valkey_binary()).with_name("valkey-cli"))
     command = [cli, "--cluster", "import", f"127.0.0.1:{cluster.ports[0]}"]
-    command += ["--cluster-from", f"127.0.0.1:{standalone.port}", "--cluster-copy"]
+    command += ["--cluster-from", f"127.0.0.1:{standalone.port}", "--cluster-copy", "--cluster-pipeline", "1000"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=IMPORT_TIMEOUT_S, check=False)
     assert done.returncode == 0, done.stdout + done.stderr
 
