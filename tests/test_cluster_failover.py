@@ -62,7 +62,9 @@ async def test_killed_primary_with_most_partitions_mid_storm_loses_nothing_ackno
             settle_batch_max=10,
             claim_idle_ms=1000,
             deliveries_max=DELIVERIES_MAX,
-            waitaof_timeout_ms=500,
+            # Above a replica's fsync period (appendfsync everysec): a wait for a fresh write's replica fsync
+            # below it times out about every other batch (and the batch is retried, backing off).
+            waitaof_timeout_ms=2000,
             outbox_redrive_ms=300,
             partition_lease_ms=1500,
         )
