@@ -1,7 +1,12 @@
-"""The archiver: moves one journal stream's entries from Valkey to PostgreSQL, exactly once, oldest first.
+"""The archiver: moves the journal streams' entries from Valkey to PostgreSQL, exactly once, oldest first.
 
-`gifting archive` runs it (its own Procfile line; `gifting dev` starts it too). Each round commits one batch
-in PostgreSQL (gifting/history/journal.archive_batch), then trims what is committed from Valkey. While
+`gifting archive` runs it (its own Procfile line; `gifting dev` starts it too). The unit is one journal stream,
+a ledger partition's (keys.journal(part)): its own cursor in PostgreSQL, its own statements and boards to trim.
+One archiver walks the partitions on one PostgreSQL connection: each round commits one batch of each partition
+that has entries (gifting/history/journal.archive_batch), and after each commit trims what it committed from
+that partition's journal in Valkey. Walking keeps one connection and one process however many partitions there
+are (a batch is COPY-bound: a second process on the same PostgreSQL would mostly contend); `parts` lets a
+deployment split them over several processes if PostgreSQL has the room. While
 PostgreSQL or Valkey is unreachable it retries with a doubling pause (up to GIFTING_ARCHIVE_RETRY_MAX_S); the
 entries wait in Valkey's journal meanwhile, and nothing is trimmed that PostgreSQL has not committed.
 """
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -21,6 +27,7 @@ from gifting import keys
 from gifting.config import Settings
 from gifting.history import journal
 from gifting.history.hot import HotState
+from gifting.ledger import partitions
 
 log = logging.getLogger(__name__)
 RETRY_FIRST_S = 0.1
@@ -28,13 +35,20 @@ CONNECT_TIMEOUT_S = 5
 
 
 class Archiver:
-    """Archives `stream` (one journal stream: the unit a partitioned ledger runs one archiver per)."""
+    """Archives the journals of the partitions `parts` (tags; None: every partition), walking them in order."""
 
-    def __init__(self, redis: aioredis.Redis, database_url: str, settings: Settings, stream: str) -> None:
-        self.redis, self.database_url, self.settings, self.stream = redis, database_url, settings, stream
+    def __init__(
+        self, redis: aioredis.Redis, database_url: str, settings: Settings, parts: Sequence[str] | None = None
+    ) -> None:
+        self.redis, self.database_url, self.settings = redis, database_url, settings
+        self.parts = tuple(partitions.all_tags() if parts is None else parts)
+        self.name = f"journals of {len(self.parts)} partitions"
         self.conn: psycopg.AsyncConnection[Any] | None = None
         self.archived = 0  # entries this process committed to PostgreSQL
-        self.hot = HotState(redis, settings.statement_hot_rows, settings.top_gifters_kept, settings.diamond_hold_s)
+        s = settings
+        self.hot = {
+            p: HotState(redis, s.statement_hot_rows, s.top_gifters_kept, s.diamond_hold_s, p) for p in self.parts
+        }
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed:
@@ -42,19 +56,27 @@ class Archiver:
                 self.database_url, connect_timeout=CONNECT_TIMEOUT_S, autocommit=True
             )
             # A restart between commit and trim leaves committed entries in Valkey: trim them before anything.
-            upto = await journal.cursor(self.conn, self.stream)
-            await journal.trim_archived(self.redis, self.stream, upto)
-            await self.hot.recover(self.conn, upto)
+            for part in self.parts:
+                upto = await journal.cursor(self.conn, keys.journal(part))
+                await journal.trim_archived(self.redis, keys.journal(part), upto)
+                await self.hot[part].recover(self.conn, upto)
         return self.conn
 
     async def step(self) -> int:
-        """One batch: commit it in PostgreSQL, then trim it from Valkey. Returns the entries archived."""
+        """One batch of each partition: commit it in PostgreSQL, then trim it from Valkey. Returns the entries
+        archived (at least GIFTING_ARCHIVE_BATCH_ENTRIES when some partition had a full batch waiting)."""
+        total = 0
+        for part in self.parts:
+            total += await self.step_partition(part)
+        return total
+
+    async def step_partition(self, part: str) -> int:
         conn = await self._connection()
-        batch = self.settings.archive_batch_entries
-        count, upto = await journal.archive_batch(self.redis, conn, self.stream, batch, self.hot)
+        stream, batch = keys.journal(part), self.settings.archive_batch_entries
+        count, upto = await journal.archive_batch(self.redis, conn, stream, batch, self.hot[part])
         if count:  # statements first: an empty journal then means everything archived is trimmed
-            await self.hot.trim()
-            await journal.trim_archived(self.redis, self.stream, upto)
+            await self.hot[part].trim()
+            await journal.trim_archived(self.redis, stream, upto)
             self.archived += count
         return count
 
@@ -65,7 +87,7 @@ class Archiver:
                 count = await self.step()
                 pause_s = RETRY_FIRST_S
             except (psycopg.OperationalError, psycopg.InterfaceError, redis.exceptions.ConnectionError, OSError) as exc:
-                log.warning("archiver %s: %s; retrying in %.1f s", self.stream, exc, pause_s)
+                log.warning("archiver (%s): %s; retrying in %.1f s", self.name, exc, pause_s)
                 await self.close()
                 await _sleep_unless(stop, pause_s)
                 pause_s = min(pause_s * 2, self.settings.archive_retry_max_s)
@@ -90,6 +112,6 @@ async def run_archiver(redis: aioredis.Redis, database_url: str, settings: Setti
     from workers.records_archiver import RecordArchiver  # the records past their hot windows, alongside
 
     await asyncio.gather(
-        Archiver(redis, database_url, settings, keys.LEDGER_JOURNAL).run(stop),
+        Archiver(redis, database_url, settings).run(stop),
         RecordArchiver(redis, database_url, settings).run(stop),
     )

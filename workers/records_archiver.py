@@ -18,7 +18,8 @@ from workers.archiver import CONNECT_TIMEOUT_S, Archiver
 
 class RecordArchiver(Archiver):
     def __init__(self, redis: aioredis.Redis, database_url: str, settings: Settings) -> None:
-        super().__init__(redis, database_url, settings, "records")
+        super().__init__(redis, database_url, settings, ())
+        self.name = "records"
 
     async def _connection(self) -> psycopg.AsyncConnection[Any]:
         if self.conn is None or self.conn.closed:

@@ -1,7 +1,7 @@
 """Valkey keeps only what is hot: the archiver's second job, after each journal batch.
 
 Statements. A user's statement is a list in Valkey that only grew; now each row has a fixed seq (its place in
-the statement: LEDGER_STATEMENT_BASE[account] + its index in the list). In the same PostgreSQL transaction as a
+the statement: statement_base(partition)[account] + its index in the list). In the same PostgreSQL transaction as a
 journal batch, the archiver copies the new rows of every account the batch touched into `statements` (as
 Valkey holds them: copying is cheaper and exacter than rebuilding rows from the legs) and moves the account's
 `statement_cursor`. Only after that commit does statement_trim.lua drop rows from Valkey: never one PostgreSQL
@@ -30,7 +30,7 @@ from gifting.ledger import rules
 from gifting.ledger.store import load_script
 
 log = logging.getLogger(__name__)
-ACCOUNTS_PER_CALL = 500  # accounts per statement_tail / statement_trim call (one Valkey call each)
+ACCOUNTS_PER_CALL = 500  # accounts per statement_tail / statement_trim call (one Valkey call each, one partition)
 # New statement rows copied per account per batch at most, so that catching up after a long PostgreSQL outage
 # stays a bounded transaction; the rest stay in Valkey (read from there) until a batch with the account's next
 # transfer moves them.
@@ -39,13 +39,15 @@ ROWS_PER_ACCOUNT_MAX = 10_000
 
 @dataclass
 class HotState:
-    """The archiver's hot-state trimming. `archive` runs inside the journal batch's transaction; `trim` after
-    its commit, on what that commit holds (`committed`)."""
+    """The archiver's hot-state trimming of one ledger partition (its journal's batches name only its accounts).
+    `archive` runs inside the journal batch's transaction; `trim` after its commit, on what that commit holds
+    (`committed`)."""
 
     redis: aioredis.Redis
     statement_rows: int  # GIFTING_STATEMENT_HOT_ROWS
     top_gifters: int  # GIFTING_TOP_GIFTERS_KEPT
     hold_s: int  # GIFTING_DIAMOND_HOLD_S
+    part: str  # the partition's tag: its statement bases, and the accounts it holds
     committed: dict[str, int] = field(default_factory=dict)  # account -> rows PostgreSQL holds after the batch
     creators: dict[str, int] = field(default_factory=dict)  # creator account -> newest gift of the batch (ms)
 
@@ -59,12 +61,17 @@ class HotState:
         """Copy the new statement rows of every user account in `legs` ((ms, leg) of the batch) to PostgreSQL;
         called inside the batch's transaction, whose journal cursor becomes `batch`."""
         self.committed, self.creators = {}, {}
-        accounts = sorted({a for _ms, leg in legs for a in (leg.debit, leg.credit) if rules.is_user_account(a)})
+        accounts = sorted({a for _ms, leg in legs for a in (leg.debit, leg.credit) if self._holds(a)})
         for ms, leg in legs:
-            if leg.ledger == "diamonds" and rules.is_user_account(leg.credit):
+            if leg.ledger == "diamonds" and self._holds(leg.credit):
                 self.creators[leg.credit] = max(ms, self.creators.get(leg.credit, 0))
-        for first in range(0, len(accounts), ACCOUNTS_PER_CALL):
-            await self._archive_chunk(conn, batch, accounts[first : first + ACCOUNTS_PER_CALL])
+        for chunk in partition_chunks(accounts):
+            await self._archive_chunk(conn, batch, chunk)
+
+    def _holds(self, account: str) -> bool:
+        """A user account of this partition (a leg naming another partition's is the audit's finding: its rows
+        are not this partition's to move, and its keys are in another slot)."""
+        return rules.is_user_account(account) and keys.part_of(account) == self.part
 
     async def _archive_chunk(
         self, conn: psycopg.AsyncConnection[Any], batch: tuple[int, int], accounts: list[str]
@@ -74,7 +81,9 @@ class HotState:
         ).fetchall()
         held = {account: int(upto) for account, upto in rows}
         args = [ROWS_PER_ACCOUNT_MAX, *(x for a in accounts for x in (a, held.get(a, 0)))]
-        tails = await self._tail(keys=[keys.LEDGER_STATEMENT_BASE, *map(keys.account_statement, accounts)], args=args)
+        tails = await self._tail(
+            keys=[keys.statement_base(self.part), *map(keys.account_statement, accounts)], args=args
+        )
         moved: dict[str, int] = {}
         async with conn.cursor().copy("COPY statements (account, seq, line) FROM STDIN") as copy:
             for account, (_base, lines) in zip(accounts, tails, strict=True):
@@ -118,17 +127,17 @@ class HotState:
             await pipe.execute()
 
     async def trim_statements(self, committed: dict[str, int]) -> int:
-        dropped, accounts = 0, list(committed)
-        for first in range(0, len(accounts), ACCOUNTS_PER_CALL):
-            chunk = accounts[first : first + ACCOUNTS_PER_CALL]
+        dropped = 0
+        for chunk in partition_chunks(list(committed)):
             args = [self.statement_rows, *(x for a in chunk for x in (a, committed[a]))]
             dropped += int(
-                await self._trim(keys=[keys.LEDGER_STATEMENT_BASE, *map(keys.account_statement, chunk)], args=args)
+                await self._trim(keys=[keys.statement_base(self.part), *map(keys.account_statement, chunk)], args=args)
             )
         return dropped
 
     async def recover(self, conn: psycopg.AsyncConnection[Any], batch: tuple[int, int] | None) -> int:
-        """At start: trim again the accounts of the last committed batch (a crash may have come before)."""
+        """At start: trim again the accounts of the last committed batch (a crash may have come before). Batch ids
+        are per journal stream, so another partition's batch may share it: only this partition's accounts."""
         if batch is None:
             return 0
         rows = await (
@@ -137,4 +146,17 @@ class HotState:
             )
         ).fetchall()
         await conn.commit()
-        return await self.trim_statements({account: int(upto) for account, upto in rows})
+        return await self.trim_statements({account: int(upto) for account, upto in rows if self._holds(account)})
+
+
+def partition_chunks(accounts: list[str]) -> list[list[str]]:
+    """`accounts` in chunks of at most ACCOUNTS_PER_CALL, each of one ledger partition (a script's keys share one
+    slot), in their order within each partition."""
+    by_part: dict[str, list[str]] = {}
+    for account in accounts:
+        by_part.setdefault(keys.part_of(account), []).append(account)
+    return [
+        group[first : first + ACCOUNTS_PER_CALL]
+        for group in by_part.values()
+        for first in range(0, len(group), ACCOUNTS_PER_CALL)
+    ]

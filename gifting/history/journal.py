@@ -1,11 +1,12 @@
 """Moving a journal stream's entries from Valkey to PostgreSQL exactly once, and reading them back.
 
-The unit is one journal stream (today `{ledger}:journal`; one per partition once the ledger is partitioned), so
-one archiver can run per stream. One batch is one PostgreSQL transaction that locks the stream's cursor row,
-reads the entries after the cursor from Valkey, COPYs them in and moves the cursor. Only after that commit does
-Valkey drop them (XTRIM MINID: everything up to the cursor, nothing newer). Every step can be repeated after a
-crash anywhere: the cursor says what PostgreSQL holds, the trim is re-run from it, and (stream, ms, seq) is the
-primary key, so no entry is written twice.
+The unit is one journal stream: each ledger partition's (keys.journal(part)), with its own cursor, so partitions
+are archived independently (workers/archiver.py walks them). One batch is one PostgreSQL transaction that locks
+the stream's cursor row, reads the entries after the cursor from Valkey, COPYs them in and moves the cursor. Only
+after that commit does Valkey drop them (XTRIM MINID: everything up to the cursor, nothing newer). Every step can
+be repeated after a crash anywhere: the cursor says what PostgreSQL holds, the trim is re-run from it, and
+(stream, ms, seq) is the primary key (and (part, ms, seq) unique: schema migration 6), so no entry is written
+twice.
 """
 
 from __future__ import annotations
@@ -96,10 +97,15 @@ async def archive_batch(
 
 
 def entry_legs(entry_id: str, fields: dict[str, str]) -> list[tuple[str, str, rules.Leg]]:
-    """(transfer id, kind, leg) of every leg of one journal entry; an entry that does not parse has none here
-    (its journal row is archived as it is, and the audit names it)."""
+    """(transfer id, kind, leg) of every leg of one journal entry (a batch's gifts, a `credits` entry's credits by
+    their own ids and kinds); an entry that does not parse has none here (its journal row is archived as it is,
+    and the audit names it)."""
     try:
-        transfers = rules.journal_gifts(fields) if fields.get("kind") == "gifts" else [fields]
+        kind = fields.get("kind")
+        if kind in ("gifts", "credits"):
+            transfers = rules.journal_gifts(fields) if kind == "gifts" else rules.journal_credits(fields)
+        else:
+            transfers = [fields]
         return [
             (t.get("id", "?"), t.get("kind", "?"), leg)
             for t in transfers

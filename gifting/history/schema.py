@@ -169,6 +169,20 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
         );
         """,
     ),
+    (
+        6,
+        # The partitioned ledger (docs/SCALING.md "Stage 2"): each partition has its own journal stream, whose
+        # ids are its own, so an archived entry is keyed by (partition, stream id). `part` is the partition's
+        # number, read from the stream's tag '{ledger:P.K}:journal' (NULL for the single '{ledger}:journal' of
+        # an installation from before the partitions); legs carry it too, for per-partition queries.
+        r"""
+        ALTER TABLE journal ADD COLUMN part integer
+            GENERATED ALWAYS AS (substring(stream FROM '^\{ledger:([0-9]+)\.[0-9]+\}')::integer) STORED;
+        CREATE UNIQUE INDEX journal_part_id ON journal (part, ms, seq);
+        ALTER TABLE legs ADD COLUMN part integer
+            GENERATED ALWAYS AS (substring(stream FROM '^\{ledger:([0-9]+)\.[0-9]+\}')::integer) STORED;
+        """,
+    ),
 )
 
 

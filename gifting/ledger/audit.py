@@ -29,7 +29,7 @@ Checks:
 from __future__ import annotations
 
 import copy
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +40,7 @@ import redis.asyncio as aioredis
 from gifting import clock, keys
 from gifting.history import continuity
 from gifting.history import journal as history
-from gifting.ledger import audit_campaigns, rules
+from gifting.ledger import audit_campaigns, audit_partitions, partitions, rules
 
 CHUNK_ENTRIES = 200  # journal entries read per XRANGE (a settled batch is one entry of up to 2,000 gifts)
 GRACE_MS = 60_000  # a pending withdrawal may overrun its deadline this long before it is a finding
@@ -53,8 +53,9 @@ class AuditReport:
     archived: int = 0  # of `entries`, those read from the history database
     awaiting_trim: int = 0  # archived entries Valkey still holds unchanged (between a batch's commit and trim)
     kinds: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    totals: dict[str, dict[str, int]] = field(default_factory=dict)  # ledger -> account -> balance
+    totals: dict[str, dict[str, int]] = field(default_factory=dict)  # ledger -> account -> balance, all partitions
     findings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what the audit could not check, and why
 
     @property
     def clean(self) -> bool:
@@ -72,6 +73,8 @@ class AuditReport:
                 f"{ledger}: sum={sum(balances.values())} users={users} accounts={len(balances)} "
                 + " ".join(f"{a}={v}" for a, v in sorted(system.items()))
             )
+        lines.append(f"partitions: {partitions.count()} (findings name theirs: {{ledger:P.K}})")
+        lines.extend(f"note: {n}" for n in self.notes)
         lines.append("findings: none" if self.clean else f"findings: {len(self.findings)}")
         lines.extend(f"  FINDING {f}" for f in self.findings)
         return "\n".join(lines)
@@ -83,7 +86,9 @@ class _Journal:
 
     balances: dict[str, dict[str, int]] = field(
         default_factory=lambda: {ledger: defaultdict(int) for ledger in rules.LEDGERS}
-    )
+    )  # over every partition
+    parts: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)  # partition -> ledger -> balances
+    cross: audit_partitions.CrossJournal = field(default_factory=audit_partitions.CrossJournal)
     purchases: dict[str, tuple[str, int]] = field(default_factory=dict)  # id -> (account, coins)
     reversals: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
     chargebacks: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # account -> coins
@@ -105,32 +110,35 @@ async def run_audit(
     progress: Callable[[int], None] | None = None,
     archive: psycopg.AsyncConnection[Any] | None = None,
 ) -> AuditReport:
-    """Audit a ledger that may be in use: balances are compared with the journal as of one atomic snapshot;
-    records (purchases, withdrawals, pools) are read after it and must agree with the journal either at the
-    snapshot or after the entries that arrived since (a live payout may post a withdrawal meanwhile).
-    With `archive` (the history database), the journal is its archived entries followed by Valkey's."""
+    """Audit a ledger that may be in use, partition by partition: each partition's balances are compared with
+    its journal as of one atomic snapshot of that partition (which also reads its outbox); records (purchases,
+    withdrawals, pools) are read after every snapshot and must agree with the journal either at the snapshot or
+    after the entries that arrived since (a live payout may post a withdrawal meanwhile). Then the cross-partition
+    checks (ledger/audit_partitions.py). With `archive` (the history database), each partition's journal is its
+    archived entries followed by Valkey's."""
     report = AuditReport()
-    async with redis.pipeline(transaction=True) as pipe:
-        for _, hash_key in keys.LEDGER_LEDGERS:
-            pipe.hgetall(hash_key)
-        pipe.xinfo_stream(keys.LEDGER_JOURNAL)
-        *stored, info = await pipe.execute(raise_on_error=False)
-    # The last id the stream ever gave out: the archiver may have moved every entry to PostgreSQL.
-    end = None if isinstance(info, Exception) or info["last-generated-id"] == "0-0" else info["last-generated-id"]
     snapshot = _Journal()
-    if end is not None:
-        await _scan(redis, archive, report, snapshot, None, end, progress)
-    report.findings += continuity.gap_findings(keys.LEDGER_JOURNAL, info, report.entries, report.archived)
-    if archive is not None:
-        overlap, report.awaiting_trim = await continuity.overlap_findings(redis, archive, keys.LEDGER_JOURNAL)
-        report.findings += overlap
-    _check_balances(report, snapshot, {ledger: b for (ledger, _), b in zip(keys.LEDGER_LEDGERS, stored, strict=True)})
+    ends: dict[str, str | None] = {}
+    lines: list[audit_partitions.OutboxLine] = []
+    transit: dict[str, Counter[str]] = {}
+    for part in partitions.all_tags():
+        ends[part], stored, outbox = await _snapshot_partition(redis, archive, report, snapshot, part, progress)
+        _check_balances(report, snapshot, part, stored)
+        transit[part] = Counter({ledger: int(b.get(keys.SYS_TRANSIT, 0)) for ledger, b in stored.items()})
+        lines += audit_partitions.outbox_lines(report.findings, part, outbox)
     records = await _read_records(redis, snapshot, archive)
     latest = copy.deepcopy(snapshot)
-    await _scan(redis, archive, report, latest, end, None, None)
+    moved = report.entries
+    for part in partitions.all_tags():
+        await _scan(redis, archive, report, latest, part, ends[part], None, None)
+    # A cut only if no journal moved while read: then the per-partition snapshots are one state of the whole.
+    quiet = report.entries == moved
+    audit_partitions.check(report.findings, snapshot.cross, latest.cross, lines, transit if quiet else None)
+    if not quiet:
+        report.notes.append("sums over partitions (sys:transit, sys:pool_escrow) not checked: the journals moved")
     _check_purchases(report, snapshot, latest, records.purchases)
     _check_withdrawals(report, snapshot, latest, records.withdrawals)
-    _check_pools(report, snapshot, latest, records.pools)
+    _check_pools(report, snapshot, latest, records.pools, lines, quiet)
     _check_reward_caps(report, latest)
     coins = report.totals.get("coins", {})
     await audit_campaigns.check(redis, report.findings, coins, snapshot.campaigns, latest.campaigns)
@@ -144,23 +152,52 @@ async def run_audit(
     return report
 
 
+async def _snapshot_partition(
+    redis: aioredis.Redis, archive: psycopg.AsyncConnection[Any] | None, report: AuditReport, journal: _Journal,
+    part: str, progress: Callable[[int], None] | None,
+) -> tuple[str | None, dict[str, dict[str, str]], list[tuple[str, dict[str, str]]]]:  # fmt: skip
+    """One atomic read of a partition (its balances, its journal's end, its outbox), then its journal up to that
+    end. Returns (the end, the stored balances by ledger, the outbox entries)."""
+    stream = keys.journal(part)
+    async with redis.pipeline(transaction=True) as pipe:
+        for _, hash_key in keys.ledgers(part):
+            pipe.hgetall(hash_key)
+        pipe.xinfo_stream(stream)
+        pipe.xrange(keys.outbox(part), count=audit_partitions.OUTBOX_ENTRIES_MAX)
+        *stored, info, outbox = await pipe.execute(raise_on_error=False)
+    # The last id the stream ever gave out: the archiver may have moved every entry to PostgreSQL.
+    end = None if isinstance(info, Exception) or info["last-generated-id"] == "0-0" else info["last-generated-id"]
+    read, archived = report.entries, report.archived
+    if end is not None:
+        await _scan(redis, archive, report, journal, part, None, end, progress)
+    report.findings += continuity.gap_findings(stream, info, report.entries - read, report.archived - archived)
+    if archive is not None:
+        overlap, awaiting = await continuity.overlap_findings(redis, archive, stream)
+        report.findings += overlap
+        report.awaiting_trim += awaiting
+    if isinstance(outbox, Exception):
+        report.findings.append(f"outbox {part}: not readable ({outbox})")
+        outbox = []
+    return end, {ledger: b for (ledger, _), b in zip(keys.ledgers(part), stored, strict=True)}, outbox
+
+
 async def _scan(
     redis: aioredis.Redis, archive: psycopg.AsyncConnection[Any] | None, report: AuditReport, journal: _Journal,
-    after: str | None, end: str | None, progress: Callable[[int], None] | None,
+    part: str, after: str | None, end: str | None, progress: Callable[[int], None] | None,
 ) -> None:  # fmt: skip
-    """Apply the entries after `after` up to `end` (None: the newest), each once, oldest first. Valkey holds a
-    suffix of the journal (the archiver trims only the oldest entries, and only after PostgreSQL committed
-    them), so whatever is missing from Valkey before its first entry is read from the archive."""
+    """Apply the entries of the partition's journal after `after` up to `end` (None: the newest), each once,
+    oldest first. Valkey holds a suffix of the journal (the archiver trims only the oldest entries, and only after
+    PostgreSQL committed them), so whatever is missing from Valkey before its first entry is read from the
+    archive."""
+    stream = keys.journal(part)
     while True:
-        chunk = await redis.xrange(
-            keys.LEDGER_JOURNAL, min="(" + after if after else "-", max=end or "+", count=CHUNK_ENTRIES
-        )  # fmt: skip
+        chunk = await redis.xrange(stream, min="(" + after if after else "-", max=end or "+", count=CHUNK_ENTRIES)
         if archive is not None:
             upto, inclusive = (chunk[0][0], False) if chunk else (end, True)
-            after = await _scan_archive(archive, report, journal, after, upto, inclusive)
+            after = await _scan_archive(archive, report, journal, part, after, upto, inclusive)
         for entry_id, fields in chunk:
             report.entries += 1
-            _apply_entry(report, journal, entry_id, fields)
+            _apply_entry(report, journal, part, entry_id, fields)
         if len(chunk) < CHUNK_ENTRIES:
             return
         after = chunk[-1][0]
@@ -169,15 +206,15 @@ async def _scan(
 
 
 async def _scan_archive(
-    archive: psycopg.AsyncConnection[Any], report: AuditReport, journal: _Journal,
+    archive: psycopg.AsyncConnection[Any], report: AuditReport, journal: _Journal, part: str,
     after: str | None, upto: str | None, inclusive: bool,
 ) -> str | None:  # fmt: skip
     while True:
-        rows = await history.archived_entries(archive, keys.LEDGER_JOURNAL, after, upto, inclusive)
+        rows = await history.archived_entries(archive, keys.journal(part), after, upto, inclusive)
         for entry_id, fields in rows:
             report.entries += 1
             report.archived += 1
-            _apply_entry(report, journal, entry_id, fields)
+            _apply_entry(report, journal, part, entry_id, fields)
             after = entry_id
         if len(rows) < history.READ_CHUNK_ENTRIES:
             return after
@@ -197,8 +234,8 @@ async def _read_records(
     redis: aioredis.Redis, journal: _Journal, archive: psycopg.AsyncConnection[Any] | None = None
 ) -> _Records:
     records = _Records()
-    async for key in redis.scan_iter(match="{ledger}:purchase:*", count=SCAN_COUNT):
-        records.purchases[key.removeprefix("{ledger}:purchase:")] = tuple(await redis.hmget(key, "status", "coins"))
+    async for key in redis.scan_iter(match=_IN_ANY_PARTITION + ":purchase:*", count=SCAN_COUNT):
+        records.purchases[_after(key, ":purchase:")] = tuple(await redis.hmget(key, "status", "coins"))
     if archive is not None:  # after Valkey's: the archiver commits a record before it drops it from Valkey
         async with archive.cursor() as cur:
             await cur.execute("SELECT id, status, coins::text FROM purchases")
@@ -216,12 +253,16 @@ async def _read_records(
         ).fetchall()
         await archive.commit()
         records.withdrawals.update({w: (status, deadline) for w, status, deadline in rows})
+    # A pool lives in its creator's partition, which its pledges' entries do not name: found by scanning.
+    stored_pools: dict[str, tuple[str | None, str | None]] = {}
+    async for key in redis.scan_iter(match=_IN_ANY_PARTITION + ":pool:*", count=SCAN_COUNT):
+        stored_pools[_after(key, ":pool:")] = tuple(await redis.hmget(key, "status", "deadline_ms"))
     for pool in set(journal.pledges) | set(journal.pool_closings):
-        records.pools[pool] = tuple(await redis.hmget(keys.pool(pool), "status", "deadline_ms"))
-    async for key in redis.scan_iter(match=keys.perk_purchase("*"), count=SCAN_COUNT):
-        records.perks[key.removeprefix(keys.perk_purchase(""))] = await redis.hget(key, "status")
-    async for key in redis.scan_iter(match=keys.room_tickets("*"), count=SCAN_COUNT):
-        room = key.removeprefix(keys.room_tickets(""))
+        records.pools[pool] = stored_pools.get(pool, (None, None))
+    async for key in redis.scan_iter(match=_IN_ANY_PARTITION + ":perk:*", count=SCAN_COUNT):
+        records.perks[_after(key, ":perk:")] = await redis.hget(key, "status")
+    async for key in redis.scan_iter(match=_IN_ANY_PARTITION + ":tickets:*", count=SCAN_COUNT):
+        room = _after(key, ":tickets:")
         for account, purchase in (await redis.hgetall(key)).items():
             if purchase:  # '' once refunded
                 records.tickets[f"{room} {account}"] = purchase
@@ -232,26 +273,35 @@ async def _read_records(
     return records
 
 
-def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: dict[str, str]) -> None:
+_IN_ANY_PARTITION = "{ledger:*}"  # a SCAN pattern's start matching every partition's keys (keys.py: '{ledger:P.K}')
+
+
+def _after(key: str, marker: str) -> str:
+    """The id in a partition's key: what follows `marker` after the tag ('{ledger:3.41}:pool:ID' -> 'ID')."""
+    return key.partition("}" + marker)[2]
+
+
+def _apply_entry(report: AuditReport, journal: _Journal, part: str, entry_id: str, fields: dict[str, str]) -> None:
+    """Apply one entry of the partition's journal. Findings name the entry as 'partition/id' (ids are per stream)."""
     kind, entry = fields.get("kind", "?"), fields.get("id", "?")
-    if kind == "gifts":  # one entry per settled batch: each row is a gift with its legs
+    if kind in ("gifts", "credits"):  # one entry per settled batch or credit.lua call: a transfer per row
         try:
-            gifts = rules.journal_gifts(fields)
+            rows = rules.journal_gifts(fields) if kind == "gifts" else rules.journal_credits(fields)
         except rules.JournalError as exc:
-            report.findings.append(f"journal {entry_id} (gifts): {exc}")
+            report.findings.append(f"journal {part}/{entry_id} ({kind}): {exc}")
             return
-        for gift in gifts:
-            _apply_entry(report, journal, entry_id, gift)
+        for row in rows:
+            if kind == "gifts":
+                _apply_entry(report, journal, part, entry_id, row)
+            else:
+                _apply_credit(report, journal, part, entry_id, row)
         return
     report.kinds[kind] += 1
-    try:
-        legs = rules.parse_legs(fields.get("legs", ""))
-    except rules.JournalError as exc:
-        report.findings.append(f"journal {entry_id} ({kind} {entry}): {exc}")
+    legs = _legs(report, journal, part, f"{part}/{entry_id}", fields)
+    if legs is None:
         return
-    for leg in legs:
-        journal.balances[leg.ledger][leg.debit] -= leg.amount
-        journal.balances[leg.ledger][leg.credit] += leg.amount
+    journal.cross.source(part, entry, legs)
+    entry_id = f"{part}/{entry_id}"
     if kind in ("reward", "reward_funding") or any(leg.ledger == "rewards" for leg in legs):
         _apply_rewards(report, journal, entry_id, kind, fields, legs)
     amount = sum(leg.amount for leg in legs)
@@ -286,6 +336,49 @@ def _apply_entry(report: AuditReport, journal: _Journal, entry_id: str, fields: 
         journal.pool_closings[entry].append((status, coins))
 
 
+def _legs(
+    report: AuditReport, journal: _Journal, part: str, where: str, fields: dict[str, str]
+) -> list[rules.Leg] | None:
+    """Parse an entry's (or row's) legs and apply them to the balances, whole and the partition's."""
+    try:
+        legs = rules.parse_legs(fields.get("legs", ""))
+    except rules.JournalError as exc:
+        report.findings.append(f"journal {where} ({fields.get('kind', '?')} {fields.get('id', '?')}): {exc}")
+        return None
+    own = journal.parts.setdefault(part, {ledger: defaultdict(int) for ledger in rules.LEDGERS})
+    strangers = {a for leg in legs for a in (leg.debit, leg.credit) if not _lives_in(a, part)}
+    if strangers:  # its balance moved in a partition that does not hold it: the partition's sums still agree
+        report.findings.append(
+            f"journal {where} ({fields.get('kind', '?')} {fields.get('id', '?')}): moves "
+            f"{', '.join(sorted(strangers))}, of other partitions"
+        )
+    for leg in legs:
+        for balances in (journal.balances, own):
+            balances[leg.ledger][leg.debit] -= leg.amount
+            balances[leg.ledger][leg.credit] += leg.amount
+    return legs
+
+
+def _lives_in(account: str, part: str) -> bool:
+    return partitions.is_shared(account) or keys.part_of(account) == part
+
+
+def _apply_credit(report: AuditReport, journal: _Journal, part: str, entry_id: str, row: dict[str, str]) -> None:
+    """A credit applied in `part` (a `credits` row): its legs, and what it settles of its source transfer.
+    Reward coins reach a partition only through sys:transit (a reward accrual's second half)."""
+    report.kinds["credit"] += 1
+    where = f"{part}/{entry_id}"
+    legs = _legs(report, journal, part, where, row)
+    if legs is None:
+        return
+    journal.cross.credit(part, where, row.get("id", "?"), legs)
+    for leg in legs:
+        if leg.ledger == "rewards" and keys.SYS_TRANSIT not in (leg.debit, leg.credit):
+            report.findings.append(
+                f"journal {where} (credit {row.get('id')}): reward coins moved {leg.debit} -> {leg.credit}"
+            )
+
+
 # The only ways reward coins move, by journal entry kind: (debit, credit) with None for a user account.
 _REWARD_MOVES = {
     "reward_funding": (keys.SYS_REWARDS_ISSUANCE, keys.SYS_REWARDS_BUDGET),
@@ -305,8 +398,8 @@ def _apply_rewards(
         allowed = _REWARD_MOVES.get(kind)
         debit, credit = allowed if allowed else ("", "")
         fits = leg.ledger == "rewards" and allowed is not None
-        fits = fits and (leg.debit == debit if debit else rules.is_user_account(leg.debit))
-        fits = fits and (leg.credit == credit if credit else rules.is_user_account(leg.credit))
+        fits = fits and (leg.debit == debit if debit else _user_side(leg.debit))
+        fits = fits and (leg.credit == credit if credit else _user_side(leg.credit))
         if leg.ledger == "rewards" and not fits:
             report.findings.append(
                 f"journal {entry_id} ({kind} {entry}): reward coins moved {leg.debit} -> {leg.credit}"
@@ -324,11 +417,19 @@ def _apply_rewards(
         report.findings.append(f"journal {entry_id}: reward {entry} paid more than once")
     journal.reward_ids.add(entry)
     day, coins = fields.get("day", "?"), sum(leg.amount for leg in legs)
-    for account, cap in ((legs[0].credit if legs else "?", "viewer_cap"), ("*", "day_cap")):
+    viewer = legs[0].credit if legs else "?"
+    # An accrual to a viewer of another partition names sys:transit here; its credit names the viewer.
+    caps = [(viewer, "viewer_cap"), ("*", "day_cap")] if viewer != keys.SYS_TRANSIT else [("*", "day_cap")]
+    for account, cap in caps:
         had, had_cap = journal.rewards_by_day.get((account, day), (0, -1))
         raw = fields.get(cap, "")
         this_cap = int(raw) if raw.isdigit() else 0
         journal.rewards_by_day[(account, day)] = (had + coins, this_cap if had_cap < 0 else min(had_cap, this_cap))
+
+
+def _user_side(account: str) -> bool:
+    """A user account, or sys:transit standing for one in another partition (the rest travels as a credit)."""
+    return rules.is_user_account(account) or account == keys.SYS_TRANSIT
 
 
 def _check_reward_caps(report: AuditReport, journal: _Journal) -> None:
@@ -357,9 +458,18 @@ def _check_gift(report: AuditReport, entry_id: str, fields: dict[str, str], legs
         return
     creator = next((leg.credit for leg in legs if leg.ledger == "diamonds"), "u:?")
     viewer = coin_legs[0].debit.removeprefix("u:")
-    expected = rules.gift_legs(viewer, creator.removeprefix("u:"), split)
+    expected = _here(rules.gift_legs(viewer, creator.removeprefix("u:"), split), legs)
     if sorted(expected, key=repr) != sorted(legs, key=repr):
         report.findings.append(f"journal {entry_id} gift {fields.get('id')}: legs do not match the gift rules")
+
+
+def _here(expected: list[rules.Leg], legs: list[rules.Leg]) -> list[rules.Leg]:
+    """The expected legs that belong in the paying partition's entry: without the diamonds leg when the entry has
+    none (the creator lives in another partition: the diamonds travel as a credit, matched by
+    audit_partitions)."""
+    if any(leg.ledger == "diamonds" for leg in legs):
+        return expected
+    return [leg for leg in expected if leg.ledger != "diamonds"]
 
 
 def _check_reward_gift(
@@ -372,27 +482,36 @@ def _check_reward_gift(
         return
     creator = next((leg.credit for leg in legs if leg.ledger == "diamonds"), "u:?")
     viewer = paid.debit.removeprefix(keys.ACCOUNT_PREFIX)
-    expected = rules.reward_gift_legs(viewer, creator.removeprefix(keys.ACCOUNT_PREFIX), split)
+    expected = _here(rules.reward_gift_legs(viewer, creator.removeprefix(keys.ACCOUNT_PREFIX), split), legs)
     if sorted(expected, key=repr) != sorted(legs, key=repr):
         report.findings.append(f"journal {entry_id} gift {fields.get('id')}: legs do not match the reward gift rules")
 
 
-def _check_balances(report: AuditReport, journal: _Journal, snapshot: dict[str, dict[str, str]]) -> None:
+def _check_balances(
+    report: AuditReport, journal: _Journal, part: str, snapshot: dict[str, dict[str, str]]
+) -> None:  # fmt: skip
+    """One partition's stored balances against its own journal; each of its ledgers sums to zero by itself.
+    Findings start with the partition's tag. The report's totals add the partitions up."""
+    own = journal.parts.get(part, {})
     for ledger, raw in snapshot.items():
         stored = {a: int(v) for a, v in raw.items()}
-        expected = journal.balances[ledger]
-        report.totals[ledger] = stored
+        expected = own.get(ledger, {})
+        totals = report.totals.setdefault(ledger, defaultdict(int))
+        for account, value in stored.items():
+            totals[account] += value
         if (total := sum(stored.values())) != 0:
-            report.findings.append(f"{ledger}: stored balances sum to {total}, expected 0")
+            report.findings.append(f"{part} {ledger}: stored balances sum to {total}, expected 0")
         for account in sorted(set(stored) | set(expected)):
             have, want = stored.get(account, 0), expected.get(account, 0)
             if have != want:
-                report.findings.append(f"{ledger} {account}: stored balance {have}, journal says {want}")
+                report.findings.append(f"{part} {ledger} {account}: stored balance {have}, journal says {want}")
             debt_allowed = journal.chargebacks.get(account, 0) if ledger == "coins" else 0
             if rules.is_user_account(account) and have < 0 and -have > debt_allowed:
                 report.findings.append(
-                    f"{ledger} {account}: balance {have} below zero beyond its chargeback debt ({debt_allowed})"
+                    f"{part} {ledger} {account}: balance {have} below zero beyond its chargeback debt ({debt_allowed})"
                 )
+        if own and not raw and any(own.get(ledger, {}).values()):
+            report.findings.append(f"{part} {ledger}: no stored balances, the journal moves some")
 
 
 def _purchase_status(journal: _Journal, purchase: str) -> str | None:
@@ -467,16 +586,20 @@ def _pool_status(journal: _Journal, pool: str) -> str:
 
 
 def _check_pools(
-    report: AuditReport, snapshot: _Journal, latest: _Journal, records: dict[str, tuple[str | None, str | None]]
-) -> None:
-    """Each pool closes at most once, for exactly what was pledged; what is still open is in escrow."""
+    report: AuditReport, snapshot: _Journal, latest: _Journal, records: dict[str, tuple[str | None, str | None]],
+    lines: list[audit_partitions.OutboxLine], quiet: bool,
+) -> None:  # fmt: skip
+    """Each pool closes at most once, for exactly what was pledged (a voided pool's returns to pledgers of other
+    partitions are its credits there, applied or in flight); what is still open is in escrow."""
     now_ms = clock.now_ms()
+    credited = latest.cross.credited_coins(latest.pool_closings, lines)
     for pool in set(latest.pledges) | set(latest.pool_closings):
         pledged, closings = latest.pledges.get(pool, 0), latest.pool_closings.get(pool, [])
+        moved = closings[0][1] + credited[pool] if closings else 0
         if len(closings) > 1:
             report.findings.append(f"pool {pool}: closed {len(closings)} times ({[k for k, _ in closings]})")
-        elif closings and closings[0][1] != pledged:
-            report.findings.append(f"pool {pool}: {closings[0][0]} moved {closings[0][1]} coins, pledged {pledged}")
+        elif closings and moved != pledged:
+            report.findings.append(f"pool {pool}: {closings[0][0]} moved {moved} coins, pledged {pledged}")
     for pool, (status, deadline) in records.items():
         allowed = {_pool_status(snapshot, pool), _pool_status(latest, pool)}
         if status is None and "open" not in allowed:
@@ -485,6 +608,8 @@ def _check_pools(
             report.findings.append(f"pool {pool}: record says {status}, journal says {sorted(allowed)}")
         if status == "open" and deadline is not None and now_ms > int(deadline) + GRACE_MS:
             report.findings.append(f"pool {pool}: still open {now_ms - int(deadline)} ms past its deadline")
+    if not quiet:  # pledges and closings are in different partitions: their snapshots are one cut only if quiet
+        return
     # As of the snapshot, the escrow holds exactly the pledges of pools not yet closed.
     escrow_open = sum(v for pool, v in snapshot.pledges.items() if pool not in snapshot.pool_closings)
     escrow = report.totals.get("coins", {}).get(keys.SYS_POOL_ESCROW, 0)

@@ -8,6 +8,7 @@ to zero. The Lua scripts apply exactly these legs; `gifting audit` recomputes ba
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -217,6 +218,19 @@ def reward_id(kind: str, user: str, period: str) -> str:
     number of sockets, hubs or retries of one period move the coins once."""
     assert kind in REWARD_KINDS and ":" not in user, (kind, user)
     return f"reward:{kind}:{user}:{period}"
+
+
+def reward_credits(
+    transfer_id: str, kind: str, user: str, placed: dict[str, list[Leg]], source_part: str, row: str, now_ms: int
+) -> dict[str, list[Credit]]:
+    """What an accrual decided in the budget's partition (`source_part`) owes a viewer of another partition: its
+    legs there (sys:transit -> the viewer) and the viewer's statement row, applied once by the accrual's id.
+    Empty when the viewer lives in the budget's partition (rewards.lua then writes the row itself)."""
+    return {
+        part: [Credit(transfer_id, "reward_" + kind, legs, now_ms, [(keys.account(user), row)])]
+        for part, legs in placed.items()
+        if part != source_part
+    }
 
 
 def reward_refusal(
@@ -607,3 +621,113 @@ def match_side_reject(
     if accepted_ms >= end_ms:
         return RejectReason.MATCH_ENDED
     return None
+
+
+# Partitions (docs/SCALING.md "Stage 2"): a transfer's legs are built as above, then placed. Each partition
+# applies its own legs in one script, so every ledger sums to zero inside every partition at every moment; a
+# leg between accounts of two partitions goes through sys:transit, which over the whole installation holds
+# exactly what is in flight between partitions.
+
+
+def place_legs(legs: list[Leg], source_part: str) -> dict[str, list[Leg]]:
+    """Each partition's legs of one transfer, the source partition (where the transfer is decided) first. A leg
+    belongs to the partition of its placed account (partitions.is_shared: system accounts exist in every
+    partition); two shared accounts stay in the source; two placed accounts of different partitions: the leg is
+    split through sys:transit (debit side -> transit, transit -> credit side)."""
+    placed: dict[str, list[Leg]] = {source_part: []}
+
+    def home(account: str) -> str | None:
+        return None if partitions.is_shared(account) else keys.part_of(account)
+
+    for leg in legs:
+        debit_part, credit_part = home(leg.debit), home(leg.credit)
+        if debit_part is not None and credit_part is not None and debit_part != credit_part:
+            placed.setdefault(debit_part, []).append(Leg(leg.ledger, leg.debit, keys.SYS_TRANSIT, leg.amount))
+            placed.setdefault(credit_part, []).append(Leg(leg.ledger, keys.SYS_TRANSIT, leg.credit, leg.amount))
+        else:
+            placed.setdefault(debit_part or credit_part or source_part, []).append(leg)
+    return placed
+
+
+# Separators: US between a script argument's fields (credit.lua's too); FS between an encoded credit's fields
+# (it travels inside settle.lua's US-separated argument); RS and GS within a field. None occurs in any row.
+US, FS, RS, GS = "\x1f", "\x1c", "\x1e", "\x1d"
+
+
+@dataclass(frozen=True, slots=True)
+class Credit:
+    """What a transfer decided in one partition owes accounts of another: applied there exactly once, by id, by
+    ledger/credit.lua (Ledger.apply_credits), from the source partition's outbox."""
+
+    id: str  # idempotency key in the destination (the transfer's id; suffixed if one transfer owes it twice)
+    kind: str  # the transfer's kind, as in statements (gift_received, transfer_in, ...)
+    legs: list[Leg]  # the destination's placed legs (every account in them lives there, or is shared)
+    ts_ms: int  # when the source step decided it: the earned hour and the boards' day and week come from it
+    statement: list[tuple[str, str]] = dataclasses.field(default_factory=list)  # (account, statement_row)
+    earned: tuple[str, int] | None = None  # (creator account, diamonds): held back from withdrawal
+    board: tuple[str, str, int] | None = None  # (creator account, gifter account, coins): top gifters
+    room: str = ""
+    gift: str = ""
+    count: int = 0
+
+    def encode(self) -> str:
+        """One line (no newline): outbox entries join a destination's credits with '\\n'."""
+        statement = GS.join(account + RS + row for account, row in self.statement)
+        earned = f"{self.earned[0]} {self.earned[1]}" if self.earned else ""
+        board = " ".join(map(str, self.board)) if self.board else ""
+        fields = (self.id, self.kind, encode_legs(self.legs), str(self.ts_ms), self.room, self.gift, str(self.count))
+        return FS.join((*fields, statement, earned, board))
+
+    @classmethod
+    def decode(cls, line: str) -> Credit:
+        id_, kind, legs, ts, room, gift, count, statement, earned, board = line.split(FS)
+        pairs = [tuple(item.split(RS, 1)) for item in statement.split(GS)] if statement else []
+        e = earned.split(" ") if earned else None
+        b = board.split(" ") if board else None
+        return cls(
+            id=id_,
+            kind=kind,
+            legs=parse_legs(legs) if legs else [],
+            ts_ms=int(ts),
+            statement=[(a, r) for a, r in pairs],
+            earned=(e[0], int(e[1])) if e else None,
+            board=(b[0], b[1], int(b[2])) if b else None,
+            room=room,
+            gift=gift,
+            count=int(count),
+        )
+
+    def journal_row(self) -> str:
+        """Its row in the destination's `credits` journal entry (CREDIT_ROW_FIELDS, tab-separated)."""
+        return "\t".join(
+            (self.id, self.kind, encode_legs(self.legs), self.room, self.gift, str(self.count), str(self.ts_ms))
+        )
+
+
+def outbox_fields(credits: dict[str, list[Credit]]) -> list[str]:
+    """An outbox entry's field/value pairs: destination tag, then its credits' lines joined by newlines."""
+    fields: list[str] = []
+    for part, owed in credits.items():
+        if owed:
+            fields += [part, "\n".join(c.encode() for c in owed)]
+    return fields
+
+
+def outbox_credits(fields: dict[str, str]) -> dict[str, list[Credit]]:
+    """An outbox entry read back: destination tag -> its credits."""
+    return {part: [Credit.decode(line) for line in lines.split("\n")] for part, lines in fields.items() if lines}
+
+
+CREDIT_ROW_FIELDS = ("id", "kind", "legs", "room", "gift", "count", "ts")
+
+
+def journal_credits(fields: dict[str, str]) -> list[dict[str, str]]:
+    """The credits of one journal entry of kind 'credits' (credit.lua writes one per call: a row per credit), each
+    as a dict of CREDIT_ROW_FIELDS. Raises JournalError for a row that does not parse."""
+    rows = []
+    for row in fields.get("rows", "").split("\n"):
+        values = row.split("\t")
+        if len(values) != len(CREDIT_ROW_FIELDS):
+            raise JournalError(f"bad credit row {row[:200]!r}: expected {len(CREDIT_ROW_FIELDS)} tab-separated fields")
+        rows.append(dict(zip(CREDIT_ROW_FIELDS, values, strict=True)))
+    return rows

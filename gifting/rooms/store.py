@@ -499,8 +499,9 @@ async def top_entries(redis: aioredis.Redis, key: str, limit: int) -> list[dict[
         return []
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hmget(keys.USER_NAMES, users)
-        pipe.hmget(keys.LEDGER_LIFETIME_SPENT, [keys.account(u) for u in users])
-        names, spent = await pipe.execute()
+        for user in users:  # each in their own ledger partition
+            pipe.hget(keys.lifetime_spent(keys.part_of_user(user)), keys.account(user))
+        names, *spent = await pipe.execute()
     return [
         {"user": user, "name": name or user, "coins": int(score), "level": rules.level_for(int(lifetime or 0))}
         for user, name, lifetime, (_, score) in zip(users, names, spent, rows, strict=True)
