@@ -14,7 +14,9 @@ import redis.asyncio as aioredis
 
 from gifting import clock, keys
 from gifting.ledger import partitions, pools, rules
+from gifting.ledger.audit import run_audit
 from gifting.ledger.store import Ledger
+from gifting.wire import protocol
 from tests.conftest import make_settings
 
 pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
@@ -48,7 +50,7 @@ async def grant(redis: aioredis.Redis, user: str, coins: int) -> None:
 
 
 async def open_pool(ledger: Ledger, creator: str, starter: str, deadline_ms: int | None = None) -> str:
-    pool_id = rules.pool_id(partitions.of_account(keys.account(creator)), secrets.token_hex(8))
+    pool_id = rules.pool_id(partitions.of_account(keys.account(creator)), secrets.token_hex(rules.POOL_TOKEN_BYTES))
     record = {
         "id": pool_id, "room": "room1", "creator": creator, "gift": "galaxy", "price": PRICE,
         "bps": ledger.settings.creator_share_bps, "pledged": 0, "status": "open",
@@ -73,6 +75,11 @@ async def assert_each_partition_balances(redis: aioredis.Redis) -> None:
         for ledger_name, key in keys.ledgers(part):
             total = sum(int(v) for v in (await redis.hvals(key)))
             assert total == 0, f"{ledger_name} of {part} sums to {total}"
+
+
+async def audit_clean(redis: aioredis.Redis) -> None:
+    report = await run_audit(redis)
+    assert report.clean, report.summary()
 
 
 async def pledge(ledger: Ledger, pool_id: str, user: str, amount: int, pid: str | None = None) -> Any:
@@ -104,6 +111,7 @@ async def test_pledgers_of_other_partitions_complete_a_pool_with_exact_balances(
     assert int(await redis.hget(keys.diamonds(q), keys.account(creator)) or 0) == split.diamonds
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
+    await audit_clean(redis)
     board = await redis.zrange(keys.creator_top(creator, "all"), 0, -1, withscores=True)
     assert dict(board) == {keys.account(a): 400, keys.account(b): 600}
 
@@ -119,8 +127,9 @@ async def test_a_pledge_to_a_closed_pool_moves_no_coin(redis: aioredis.Redis, le
     status, reason, balance, _replay, _view = await pledge(ledger, pool_id, b, 50)
     assert (status, reason, balance) == ("rejected", "pool_completed", 50)
     assert await redis.xlen(keys.journal(keys.part_of_user(b))) == journal_before
-    status, reason, _balance, _replay, _view = await pledge(ledger, "p_nosuchpool", b, 50)
-    assert (status, reason) == ("rejected", "unknown_pool")
+    for missing in (rules.pool_id(POOL_PART, "0" * 12), "p_x"):  # no such pool; no pool's id
+        status, reason, _balance, _replay, _view = await pledge(ledger, missing, b, 50)
+        assert (status, reason) == ("rejected", "unknown_pool")
 
 
 async def test_a_crash_after_the_debit_neither_loses_nor_doubles_coins(redis: aioredis.Redis, ledger: Ledger) -> None:
@@ -143,6 +152,7 @@ async def test_a_crash_after_the_debit_neither_loses_nor_doubles_coins(redis: ai
     assert int(await redis.hget(keys.pool(keys.part_of_user(creator), pool_id), "pledged") or 0) == 300
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
+    await audit_clean(redis)
 
 
 async def test_a_crash_after_landing_finishes_once(redis: aioredis.Redis, ledger: Ledger) -> None:
@@ -158,6 +168,7 @@ async def test_a_crash_after_landing_finishes_once(redis: aioredis.Redis, ledger
     assert int(await redis.hget(keys.pool(q, pool_id), "pledged") or 0) == 300
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
+    await audit_clean(redis)
 
 
 async def test_a_pledge_refused_after_its_debit_is_refunded_once(redis: aioredis.Redis, ledger: Ledger) -> None:
@@ -179,6 +190,7 @@ async def test_a_pledge_refused_after_its_debit_is_refunded_once(redis: aioredis
     assert [row.split("\t")[1] for row in statement] == ["pledge", "pledge_refunded"]
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
+    await audit_clean(redis)
 
 
 async def test_pledge_ids_belong_to_their_pledger(redis: aioredis.Redis, ledger: Ledger) -> None:
@@ -214,6 +226,7 @@ async def test_a_cancelled_pool_returns_each_pledge_to_its_partition(redis: aior
     assert await redis.xlen(keys.outbox(keys.part_of_user(creator))) == 0  # applied, then deleted
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
+    await audit_clean(redis)
 
 
 async def test_an_expired_pool_returns_every_coin(redis: aioredis.Redis, ledger: Ledger) -> None:
@@ -229,11 +242,15 @@ async def test_an_expired_pool_returns_every_coin(redis: aioredis.Redis, ledger:
     assert int(await redis.hget(keys.diamonds(keys.part_of_user(creator)), keys.account(creator)) or 0) == 0
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
+    await audit_clean(redis)
 
 
 def test_pool_ids_name_their_partition() -> None:
-    """A pool id gives back its partition; ids no pool can have give None."""
+    """A pool id gives back its partition and has the wire's shape; ids no pool can have give None."""
     for p in (0, partitions.count() - 1):
-        assert rules.pool_part(rules.pool_id(p, "ab12")) == partitions.tag(p)
-    for bad in ("", "p_ab12", "p1", "p1_", "px_ab", f"p{partitions.count()}_ab", "q1_ab", "p-1_ab", "p99999_ab"):
+        pool = rules.pool_id(p, "ab12cd34ef56")
+        assert rules.pool_part(pool) == partitions.tag(p) and protocol.POOL_ID_PATTERN.fullmatch(pool)
+    beyond = f"p_{partitions.count():04x}ab12cd34ef56"
+    for bad in ("", "p_", "p_0000ab12cd34ef5", "p_0000ab12cd34ef567", "p_0000ab12cd34ef5g", "q_0000ab12cd34ef56",
+                "p_0000AB12CD34EF56", "p_-001ab12cd34ef56", beyond):  # fmt: skip
         assert rules.pool_part(bad) is None, bad

@@ -589,13 +589,14 @@ def _check_pools(
     report: AuditReport, snapshot: _Journal, latest: _Journal, records: dict[str, tuple[str | None, str | None]],
     lines: list[audit_partitions.OutboxLine], quiet: bool,
 ) -> None:  # fmt: skip
-    """Each pool closes at most once, for exactly what was pledged (a voided pool's returns to pledgers of other
-    partitions are its credits there, applied or in flight); what is still open is in escrow."""
+    """Each pool closes at most once, for exactly what was pledged; what is still open is in escrow. A closing's
+    legs, in the pool's partition, move every pledge out of the escrow: to a pledger of the partition, or to
+    sys:transit for one of another partition, whose credit (matched to the closing like any transfer's, by
+    audit_partitions) then moves it on: counting the credits here too would count those coins twice."""
     now_ms = clock.now_ms()
-    credited = latest.cross.credited_coins(latest.pool_closings, lines)
     for pool in set(latest.pledges) | set(latest.pool_closings):
         pledged, closings = latest.pledges.get(pool, 0), latest.pool_closings.get(pool, [])
-        moved = closings[0][1] + credited[pool] if closings else 0
+        moved = closings[0][1] if closings else 0
         if len(closings) > 1:
             report.findings.append(f"pool {pool}: closed {len(closings)} times ({[k for k, _ in closings]})")
         elif closings and moved != pledged:
