@@ -141,6 +141,7 @@ async def test_a_crash_after_the_debit_neither_loses_nor_doubles_coins(redis: ai
     debited = await pools._debit(ledger, pool_id, sid, a, 300, "A", "", clock.now_ms())
     assert debited[:3] == ("debited", "", 200)
     assert await transit_total(redis) == 300  # in flight
+    await audit_clean(redis)  # the audit sees the pledge in flight, not lost
     p = keys.part_of_user(a)
     results = await asyncio.gather(
         pools.redrive_pledges(ledger, p, 0), pools.redrive_pledges(ledger, p, 0), pledge(ledger, pool_id, a, 300, "pl1")
@@ -163,6 +164,7 @@ async def test_a_crash_after_landing_finishes_once(redis: aioredis.Redis, ledger
     q, sid = keys.part_of_user(creator), keys.user_scoped_id(a, "pl2")
     await pools._debit(ledger, pool_id, sid, a, 300, "A", "", clock.now_ms())
     assert (await pools._land(ledger, q, pool_id, sid, a, 300, "A"))[0] == "accepted"
+    await audit_clean(redis)  # landed, not yet finished: settled as far as money goes
     assert await pools.redrive_pledges(ledger, keys.part_of_user(a), 0) == 1
     assert await redis.hget(keys.pledge_record(keys.part_of_user(a), sid), "status") == "accepted"
     assert int(await redis.hget(keys.pool(q, pool_id), "pledged") or 0) == 300
@@ -181,6 +183,9 @@ async def test_a_pledge_refused_after_its_debit_is_refunded_once(redis: aioredis
     p, sid = keys.part_of_user(a), keys.user_scoped_id(a, "pl3")
     await pools._debit(ledger, pool_id, sid, a, 300, "A", "", clock.now_ms())
     assert (await pledge(ledger, pool_id, b, PRICE))[0] == "accepted"  # fills it meanwhile
+    q = keys.part_of_user(creator)
+    assert (await pools._land(ledger, q, pool_id, sid, a, 300, "A"))[:2] == ("rejected", "pool_completed")
+    await audit_clean(redis)  # refused, not yet refunded: in flight
     await asyncio.gather(pools.redrive_pledges(ledger, p, 0), pools.redrive_pledges(ledger, p, 0))
     record = await redis.hgetall(keys.pledge_record(p, sid))
     assert (record["status"], record["reason"], record["balance"]) == ("rejected", "pool_completed", "500")
