@@ -9,10 +9,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis.asyncio as aioredis
 
 from gifting import clock, keys
+from gifting.history import journal
 from gifting.ledger import partitions, pools, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import Ledger
@@ -259,3 +261,18 @@ def test_pool_ids_name_their_partition() -> None:
     for bad in ("", "p_", "p_0000ab12cd34ef5", "p_0000ab12cd34ef567", "p_0000ab12cd34ef5g", "q_0000ab12cd34ef56",
                 "p_0000AB12CD34EF56", "p_-001ab12cd34ef56", beyond):  # fmt: skip
         assert rules.pool_part(bad) is None, bad
+
+
+async def test_the_pledges_view_names_pledgers_of_other_partitions(
+    redis: aioredis.Redis, ledger: Ledger, history: psycopg.AsyncConnection[Any]
+) -> None:
+    """Archived, a pool's pledges list their pledgers, though the coins landed from sys:transit."""
+    creator, a, b = user_in(POOL_PART, "c"), user_in(OTHER_PART, "a"), user_in(POOL_PART, "b")
+    await grant(redis, a, 500)
+    await grant(redis, b, 500)
+    pool_id = await open_pool(ledger, creator, a)
+    for user, amount in ((a, 400), (b, 100)):
+        assert (await pledge(ledger, pool_id, user, amount))[0] == "accepted"
+    await journal.archive_batch(redis, history, keys.journal(keys.part_of_user(creator)), 100)
+    rows = await (await history.execute("SELECT pool, account, coins FROM pledges ORDER BY coins")).fetchall()
+    assert rows == [(pool_id, keys.account(b), 100), (pool_id, keys.account(a), 400)]
