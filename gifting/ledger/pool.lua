@@ -112,18 +112,19 @@ if landed then
   if landed == 'accepted' then return {'accepted', '', '0', 1, snapshot(), ''} end
   return {'rejected', landed, '0', 1, snapshot(), ''}
 end
-local function refused(reason)
+-- status is always 'rejected': written out at each call so tests/test_lua_scripts.py sees every reason.
+local function refused(status, reason)
   redis.call('SET', record_key, reason, 'EX', ARGV[7])
-  return {'rejected', reason, '0', 0, snapshot(), ''}
+  return {status, reason, '0', 0, snapshot(), ''}
 end
-if not id then return refused('unknown_pool') end
+if not id then return refused('rejected', 'unknown_pool') end
 local CLOSED = {completed = 'pool_completed', expired = 'pool_expired', cancelled = 'pool_cancelled',
   voided = 'pool_voided'}
-if status ~= 'open' then return refused(CLOSED[status]) end
-if redis.call('EXISTS', ended_key) == 1 then return refused('room_not_live') end
-if tonumber(now_ms) >= deadline then return refused('pool_expired') end
-if account == ARGV[12] then return refused('self_gift') end
-if coins > price - pledged then return refused('pledge_exceeds_remaining') end
+if status ~= 'open' then return refused('rejected', CLOSED[status]) end
+if redis.call('EXISTS', ended_key) == 1 then return refused('rejected', 'room_not_live') end
+if tonumber(now_ms) >= deadline then return refused('rejected', 'pool_expired') end
+if account == ARGV[12] then return refused('rejected', 'self_gift') end
+if coins > price - pledged then return refused('rejected', 'pledge_exceeds_remaining') end
 if pool[8] ~= ARGV[10] then return {'stale', '', '0', 0, '', ''} end
 
 apply_legs(balance_keys, ARGV[13])
