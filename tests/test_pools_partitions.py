@@ -276,3 +276,29 @@ async def test_the_pledges_view_names_pledgers_of_other_partitions(
     await journal.archive_batch(redis, history, keys.journal(keys.part_of_user(creator)), 100)
     rows = await (await history.execute("SELECT pool, account, coins FROM pledges ORDER BY coins")).fetchall()
     assert rows == [(pool_id, keys.account(b), 100), (pool_id, keys.account(a), 400)]
+
+
+async def test_concurrent_pledges_from_every_partition_fill_a_pool_exactly_once(
+    redis: aioredis.Redis, ledger: Ledger
+) -> None:
+    """30 pledgers of all partitions pledge 50 each at once to a 1,000-coin pool: 20 land, 10 are refused and
+    keep their coins, one completion, nothing left in transit."""
+    creator = user_in(POOL_PART, "c")
+    pledgers = [user_in(i % partitions.count(), f"p{i}_") for i in range(30)]
+    for user in pledgers:
+        await grant(redis, user, 50)
+    pool_id = await open_pool(ledger, creator, pledgers[0])
+    results = await asyncio.gather(*(pledge(ledger, pool_id, user, 50) for user in pledgers))
+    accepted = [user for user, r in zip(pledgers, results, strict=True) if r[0] == "accepted"]
+    assert len(accepted) == PRICE // 50, [r[:2] for r in results]
+    assert {r[1] for r in results if r[0] != "accepted"} <= {"pool_completed", "pledge_exceeds_remaining"}
+    for user in pledgers:
+        assert await coins(redis, keys.part_of_user(user), keys.account(user)) == (0 if user in accepted else 50)
+    q = keys.part_of_user(creator)
+    assert await redis.hget(keys.pool(q, pool_id), "status") == "completed"
+    assert await coins(redis, q, keys.SYS_POOL_ESCROW) == 0
+    split = rules.split_gift(PRICE, ledger.settings.creator_share_bps)
+    assert int(await redis.hget(keys.diamonds(q), keys.account(creator)) or 0) == split.diamonds
+    assert await transit_total(redis) == 0
+    await assert_each_partition_balances(redis)
+    await audit_clean(redis)
