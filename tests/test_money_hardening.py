@@ -144,7 +144,8 @@ async def test_a_purchase_replay_checks_its_owner(system: System) -> None:
 
 
 async def test_another_users_gift_or_pledge_id_is_a_conflict_without_their_outcome(system: System) -> None:
-    """Gift and pledge ids are global: another user's id gets `*_id_conflict`, never its owner's outcome."""
+    """Another user's gift id gets `gift_id_conflict`, never its owner's outcome; a pledge id is its pledger's
+    own, so another user's is simply their own pledge."""
     await system.grant("v1", 1000)
     await system.grant("v2", 1000)
     room = await system.open_room("c1")
@@ -161,9 +162,10 @@ async def test_another_users_gift_or_pledge_id_is_a_conflict_without_their_outco
     pledge_body = {"coins": 10, "pledge_id": gift_id()}
     url = f"/v1/pools/{opened.json()['pool']['id']}/pledges"
     assert (await system.http.post(url, headers=system.auth("v1"), json=pledge_body)).json()["status"] == "accepted"
-    stolen = await system.http.post(url, headers=system.auth("v2"), json=pledge_body)
-    assert stolen.status_code == 409 and "coins" not in stolen.json(), stolen.text
-    assert (await system.wallet("v2"))["coins"] == 1000
+    # Pledge ids are the pledger's own (keys.user_scoped_id): the same id from another user is their own pledge.
+    other = await system.http.post(url, headers=system.auth("v2"), json=pledge_body)
+    assert other.json()["status"] == "accepted" and other.json()["coins"] == 990, other.text
+    assert (await system.wallet("v1"))["coins"] == 990
 
 
 # Items 3 and 5 ------------------------------------------------------------------------------------------------
@@ -404,8 +406,10 @@ async def test_rejected_pledges_are_remembered_briefly(start_system: SystemFacto
         )
         assert response.json()["status"] == expected, response.text
         await system.grant("v1", 100)
-    assert 0 < await system.redis.ttl(keys.pledge_record(ids["rejected"])) <= 600
-    assert await system.redis.ttl(keys.pledge_record(ids["accepted"])) > 600
+    part = keys.part_of_user("v1")  # the pledger's
+    rejected, accepted = (keys.pledge_record(part, keys.user_scoped_id("v1", ids[s])) for s in ("rejected", "accepted"))
+    assert 0 < await system.redis.ttl(rejected) <= 600
+    assert await system.redis.ttl(accepted) > 600
 
 
 async def waitaof_calls(redis: aioredis.Redis) -> int:
