@@ -14,16 +14,19 @@ import pytest
 import redis.asyncio as aioredis
 
 from gifting import clock, keys
+from gifting.config import ConfigError
 from gifting.history import journal
 from gifting.ledger import partitions, pools, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import Ledger
 from gifting.wire import protocol
 from tests.conftest import make_settings
+from workers.settlement import SettlementWorker
 
 pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
 
 PRICE = 1000
+REDRIVE_MS = 2000  # long enough that the test's own steps never take it
 POOL_PART, OTHER_PART, THIRD_PART = 0, 1, 2
 
 
@@ -302,3 +305,29 @@ async def test_concurrent_pledges_from_every_partition_fill_a_pool_exactly_once(
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
     await audit_clean(redis)
+
+
+async def test_the_workers_sweep_finishes_a_pledge_left_in_flight(redis: aioredis.Redis, tmp_path: Path) -> None:
+    """A pledge debited by a process that died: the settlement worker's sweep lands it once it is
+    GIFTING_PLEDGE_REDRIVE_MS old, and not before."""
+    worker = SettlementWorker(redis, make_settings(tmp_path, pledge_redrive_ms=REDRIVE_MS))
+    creator, a = user_in(POOL_PART, "c"), user_in(OTHER_PART, "a")
+    await grant(redis, a, 500)
+    pool_id = await open_pool(worker.ledger, creator, a)
+    p, sid = keys.part_of_user(a), keys.user_scoped_id(a, "pl9")
+    await pools._debit(worker.ledger, pool_id, sid, a, 200, "A", "", clock.now_ms())
+    await worker.sweep_pools()  # younger than the redrive age: the pledge may still be on its way
+    assert await redis.hget(keys.pledge_record(p, sid), "status") == "debited"
+    debited_ms = int(await redis.hget(keys.pledge_record(p, sid), "debited_ms") or 0)
+    await asyncio.sleep((debited_ms + REDRIVE_MS - clock.now_ms() + 50) / 1000)
+    await worker.sweep_pools()
+    assert await redis.hget(keys.pledge_record(p, sid), "status") == "accepted"
+    assert await redis.zcard(keys.pledges_in_flight(p)) == 0
+    assert await transit_total(redis) == 0
+    await audit_clean(redis)
+
+
+def test_a_pledge_redrive_age_below_one_ms_is_refused(tmp_path: Path) -> None:
+    """GIFTING_PLEDGE_REDRIVE_MS = 0 would push every pledge again while its own caller is still on it."""
+    with pytest.raises(ConfigError, match="GIFTING_PLEDGE_REDRIVE_MS"):
+        make_settings(tmp_path, pledge_redrive_ms=0)
