@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from gifting import clock, keys
 from gifting.config import ConfigError
 from gifting.history import journal
+from gifting.history import pools as history_pools
 from gifting.ledger import partitions, pools, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import Ledger
@@ -331,3 +332,24 @@ def test_a_pledge_redrive_age_below_one_ms_is_refused(tmp_path: Path) -> None:
     """GIFTING_PLEDGE_REDRIVE_MS = 0 would push every pledge again while its own caller is still on it."""
     with pytest.raises(ConfigError, match="GIFTING_PLEDGE_REDRIVE_MS"):
         make_settings(tmp_path, pledge_redrive_ms=0)
+
+
+async def test_closed_pools_of_every_partition_move_to_postgresql(
+    redis: aioredis.Redis, ledger: Ledger, history: psycopg.AsyncConnection[Any]
+) -> None:
+    """The archiver walks every partition's closed pools: each moves once, then leaves Valkey."""
+    await history.execute("DELETE FROM pools")
+    closed = []
+    for part in (POOL_PART, OTHER_PART):
+        creator, a = user_in(part, "c"), user_in(THIRD_PART, "a")
+        await grant(redis, a, 1)  # an opener holds coins (GIFTING_POOL_OPEN_COINS_MIN)
+        pool_id = await open_pool(ledger, creator, a)
+        assert (await ledger.pool_op("cancel", pool_id))[0] == "cancelled"
+        closed.append(pool_id)
+    assert await history_pools.archive_due(redis, history, clock.now_ms() + 1, 10) == 2
+    assert await history_pools.archive_due(redis, history, clock.now_ms() + 1, 10) == 0
+    for pool_id in closed:
+        part = rules.pool_part(pool_id)
+        assert part is not None and not await redis.exists(keys.pool(part, pool_id))
+        archived = await history_pools.archived(history, pool_id)
+        assert archived is not None and archived["status"] == "cancelled"
