@@ -425,8 +425,9 @@ def _apply_rewards(
         report.findings.append(f"journal {entry_id}: reward {entry} paid more than once")
     journal.reward_ids.add(entry)
     day, coins = fields.get("day", "?"), sum(leg.amount for leg in legs)
-    viewer = legs[0].credit if legs else "?"
-    # An accrual to a viewer of another partition names sys:transit here; its credit names the viewer.
+    # An accrual to a viewer of another partition names sys:transit in its legs; its `viewer` field (rewards.lua)
+    # names who was paid.
+    viewer = fields.get("viewer") or (legs[0].credit if legs else "?")
     caps = [(viewer, "viewer_cap"), ("*", "day_cap")] if viewer != keys.SYS_TRANSIT else [("*", "day_cap")]
     for account, cap in caps:
         had, had_cap = journal.rewards_by_day.get((account, day), (0, -1))

@@ -736,6 +736,13 @@ class Credit:
         )
 
 
+def credit_id(transfer_id: str, source_part: str) -> str:
+    """A credit's id: its transfer's id and the partition that decided it. A transfer id is unique only within
+    its source partition (a gift id is checked against the payer's partition's records: another payer's gift
+    may carry the same id in another partition), so a credit is applied once per (transfer, source)."""
+    return transfer_id + "/" + source_part
+
+
 def gift_credit_line(
     gift_id: str,
     creator: str,
@@ -746,6 +753,7 @@ def gift_credit_line(
     room: str,
     gift: str,
     count: int,
+    source_part: str,
 ) -> str:
     """Credit(...).encode() of a gift's creator side (creator_legs, the creator's statement row, the earned
     diamonds, the gifter's coins on the boards; accounts as u:<user>), spelled out because the worker builds one
@@ -755,7 +763,7 @@ def gift_credit_line(
     legs = f"diamonds {keys.SYS_DIAMOND_ISSUANCE} {creator} {split.diamonds}" if split.diamonds > 0 else ""
     return FS.join(
         (
-            gift_id,
+            credit_id(gift_id, source_part),
             "gift_received",
             legs,
             str(ts_ms),
