@@ -151,8 +151,8 @@ def same_partition_as(user: str, prefix: str) -> str:
 
 
 async def test_another_users_gift_or_pledge_id_is_a_conflict_without_their_outcome(system: System) -> None:
-    """Another user's gift id (paying from the same ledger partition) or pledge id gets `*_id_conflict`, never
-    its owner's outcome."""
+    """Another user's gift id (paying from the same ledger partition) gets `gift_id_conflict`, never its owner's
+    outcome; a pledge id is its pledger's own, so another user's is simply their own pledge."""
     v2 = same_partition_as("v1", "v2_")
     await system.grant("v1", 1000)
     await system.grant(v2, 1000)
@@ -170,9 +170,10 @@ async def test_another_users_gift_or_pledge_id_is_a_conflict_without_their_outco
     pledge_body = {"coins": 10, "pledge_id": gift_id()}
     url = f"/v1/pools/{opened.json()['pool']['id']}/pledges"
     assert (await system.http.post(url, headers=system.auth("v1"), json=pledge_body)).json()["status"] == "accepted"
-    stolen = await system.http.post(url, headers=system.auth(v2), json=pledge_body)
-    assert stolen.status_code == 409 and "coins" not in stolen.json(), stolen.text
-    assert (await system.wallet(v2))["coins"] == 1000
+    # Pledge ids are the pledger's own (keys.user_scoped_id): the same id from another user is their own pledge.
+    other = await system.http.post(url, headers=system.auth(v2), json=pledge_body)
+    assert other.json()["status"] == "accepted" and other.json()["coins"] == 990, other.text
+    assert (await system.wallet("v1"))["coins"] == 980  # its gift, then its own pledge only
 
 
 async def test_a_gift_id_reused_from_another_partition_never_gets_the_owners_outcome(system: System) -> None:
@@ -296,7 +297,7 @@ async def test_a_raised_or_removed_own_cap_waits_for_the_cooling_off(start_syste
         assert (await pledge(system, "v1", room, 5))["reason"] == "daily_limit"
     lowered = await limits(system, "v1", 5)
     assert lowered["daily_spend_coins_max"] == 5 and lowered["pending_daily_spend_coins_max"] is None
-    assert (await system.wallet("v1"))["coins"] == 990
+    assert (await system.wallet("v1"))["coins"] == 980  # its gift, then its own pledge only
 
 
 async def test_a_raised_own_cap_applies_once_the_cooling_off_is_over(start_system: SystemFactory) -> None:
@@ -435,8 +436,10 @@ async def test_rejected_pledges_are_remembered_briefly(start_system: SystemFacto
         )
         assert response.json()["status"] == expected, response.text
         await system.grant("v1", 100)
-    assert 0 < await system.redis.ttl(keys.pledge_record(ids["rejected"])) <= 600
-    assert await system.redis.ttl(keys.pledge_record(ids["accepted"])) > 600
+    part = keys.part_of_user("v1")  # the pledger's
+    rejected, accepted = (keys.pledge_record(part, keys.user_scoped_id("v1", ids[s])) for s in ("rejected", "accepted"))
+    assert 0 < await system.redis.ttl(rejected) <= 600
+    assert await system.redis.ttl(accepted) > 600
 
 
 async def waitaof_calls(redis: aioredis.Redis) -> int:
