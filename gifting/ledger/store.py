@@ -217,6 +217,26 @@ class Ledger:
         args += accounts + creators
         return keys_, args, [(dest, credit) for _arg, dest, credit in built]
 
+    async def gift_outcomes(self, gift_ids: list[str]) -> dict[str, rules.GiftOutcome]:
+        """The stored outcome of each gift id that was decided (settled within GIFTING_IDEMPOTENCY_TTL_S, rejected
+        within GIFTING_REJECTED_GIFT_TTL_S), looked up in every partition (the caller knows ids, not payers)."""
+        now_s = now_ms() // 1000
+        buckets, _ = rules.record_buckets(now_s, self.settings.idempotency_ttl_s)
+        rejected_buckets, _ = rules.record_buckets(now_s, self.settings.rejected_gift_ttl_s)
+        outcomes: dict[str, rules.GiftOutcome] = {}
+        for part in partitions.all_tags():
+            record_keys = [keys.gift_records(part, b) for b in buckets]
+            record_keys += [keys.rejected_gift_records(part, b) for b in rejected_buckets]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in record_keys:
+                    pipe.hmget(key, gift_ids)
+                found = await pipe.execute()
+            for records in reversed(found):  # an id is recorded once; a settled record wins over a stale rejection
+                for gift_id, record in zip(gift_ids, records, strict=True):
+                    if record is not None:
+                        outcomes[gift_id] = rules.parse_gift_record(gift_id, record, replay=True)
+        return outcomes
+
     # Credits across partitions (docs/SCALING.md "Stage 2") -------------------------------------------------
 
     async def apply_credits(self, source_part: str, outbox_ids: list[str]) -> bool:
