@@ -288,13 +288,18 @@ class Ledger:
         if by_part:
             timeout_ms = self.settings.waitaof_timeout_ms
             wait = self.waitaof_supported is not False
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for part, owed in by_part.items():
-                    keys_, args = self._credit_call(part, owed, now)
-                    await valkey.queue_script(pipe, self.credit_script, keys_, args)
-                if wait:
-                    await self._queue_waitaof(pipe, list(by_part), timeout_ms)
-                replies = await pipe.execute(raise_on_error=False)
+            calls = [self._credit_call(part, owed, now) for part, owed in by_part.items()]
+            for attempt in range(2):  # by sha, as settle.lua: a cluster pipeline would send EVAL with the text
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for keys_, args in calls:
+                        valkey.queue_evalsha(pipe, self.credit_script.sha, keys_, args)
+                    if wait:
+                        await self._queue_waitaof(pipe, list(by_part), timeout_ms)
+                    replies = await pipe.execute(raise_on_error=False)
+                if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies[: len(calls)]):
+                    await self.redis.script_load(self.credit_script.script)  # a node restarted: on every primary
+                    continue
+                break
             for reply in replies[: len(by_part)]:
                 if isinstance(reply, Exception):
                     raise reply
