@@ -72,6 +72,16 @@ stream_length = Gauge(
 stream_pending = Gauge(
     "gifting_stream_pending", "Entries read by a consumer but not acked.", ["stream"], multiprocess_mode="max"
 )
+# Per-partition streams (ledger/backlog.py): gifting_stream_length sums a kind over the partitions (label
+# '{ledger:*}:journal'); this is its longest partition (the archive backlog bound is per partition).
+stream_length_max = Gauge(
+    "gifting_stream_length_max", "Entries in the longest partition's stream of a kind.", ["stream"],
+    multiprocess_mode="max",
+)  # fmt: skip
+outbox_oldest_age = Gauge(
+    "gifting_outbox_oldest_age_seconds", "Age of the oldest outbox entry (credits not yet applied) of any partition.",
+    multiprocess_mode="max",
+)  # fmt: skip
 withdrawals_pending = Gauge("gifting_withdrawals_pending", "Withdrawals waiting for payout.", multiprocess_mode="max")
 pools_open = Gauge("gifting_pools_open", "Pools open (waiting for pledges or expiry).", multiprocess_mode="max")
 payouts = Counter("gifting_payouts", "Withdrawals resolved by the payout run, by outcome (post, void).", ["outcome"])

@@ -23,7 +23,7 @@ from gifting.embedded import EmbeddedValkey
 from gifting.embedded_pg import EmbeddedPostgres
 from gifting.history import journal
 from gifting.history.schema import migrate
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import GiftToSettle, Ledger
 from tests.conftest import REPO, SystemFactory, make_settings
@@ -59,9 +59,11 @@ async def history_of(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, str]
 
 
 async def drain(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], batch: int = 7) -> None:
-    while (await journal.archive_batch(redis, conn, STREAM, batch))[0]:
-        pass
-    await journal.trim_archived(redis, STREAM, await journal.cursor(conn, STREAM))
+    """Archive and trim every partition's journal."""
+    for stream in map(keys.journal, partitions.all_tags()):
+        while (await journal.archive_batch(redis, conn, stream, batch))[0]:
+            pass
+        await journal.trim_archived(redis, stream, await journal.cursor(conn, stream))
 
 
 async def clean_audit(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -> int:

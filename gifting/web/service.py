@@ -8,6 +8,7 @@ from starlette.routing import Route
 
 from gifting import auth, keys, metrics
 from gifting.clock import now_ms
+from gifting.ledger.backlog import largest_journal
 from gifting.outage import STORE_ERRORS
 from gifting.web import pages
 from gifting.web.http import ApiError, json_response, store_unavailable_response
@@ -21,13 +22,14 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready when Valkey answers and a settlement worker beat within GIFTING_HEARTBEAT_TTL_S. `archive_backlog`:
-    journal entries in Valkey not yet archived to PostgreSQL (past GIFTING_ARCHIVE_BACKLOG_MAX gifts are refused)."""
+    journal entries in Valkey not yet archived to PostgreSQL, in the longest partition journal (past
+    GIFTING_ARCHIVE_BACKLOG_MAX a partition's debits are refused: ledger/backlog.py)."""
     state = request.app.state
     try:
         await state.redis.ping()
         since_ms = now_ms() - state.settings.heartbeat_ttl_s * 1000
         workers = await state.redis.zcount(keys.WORKER_HEARTBEATS, since_ms, "+inf")
-        backlog = int(await state.redis.xlen(keys.LEDGER_JOURNAL))
+        backlog = await largest_journal(state.redis)
     except STORE_ERRORS as exc:
         retry_after_s = state.settings.store_retry_after_s
         return store_unavailable_response(retry_after_s, status="unavailable", redis=f"unreachable: {exc}")
