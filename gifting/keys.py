@@ -242,6 +242,7 @@ SYS_DIAMONDS_PAID_OUT = "sys:diamonds_paid_out"  # diamonds of withdrawals paid 
 SYS_TRANSIT = "sys:transit"  # coins or reward coins on their way to another partition (an outbox credit)
 
 
+
 ACCOUNT_PREFIX = "u:"  # a user's account; system accounts start with "sys:"
 
 
@@ -406,6 +407,7 @@ def room_pins(room: str) -> str:
     return "{room:" + room + "}:pins"
 
 
+
 # Fan clubs (gifting/fanclubs.py): one hash tag per creator's club.
 
 
@@ -436,6 +438,7 @@ def fanclub_counted(creator: str, activity: str) -> str:
 
 # Inbound gifts: a stream per ledger partition (gifts_stream), read by the settlement workers.
 SETTLEMENT_GROUP = "settlement"
+
 
 
 # Rooms.
