@@ -25,7 +25,7 @@ from gifting.history.reader import ArchiveReader
 from gifting.history.statements import Statements
 from gifting.ledger.campaigns import Campaigns
 from gifting.ledger.rewards import Rewards
-from gifting.ledger.store import Ledger
+from gifting.ledger.store import Ledger, claim_partition_count
 from gifting.live.direct import HubWebSocketProtocol, check_protocol
 from gifting.live.endpoint import websocket_endpoint
 from gifting.live.hub import Hub
@@ -134,6 +134,7 @@ def create_app(settings: Settings, redis_url: str, secret: str, payments: Paymen
         redis = redis_client(redis_url, settings.redis_connections_max, settings.redis_wait_s)
         state = app.state
         state.settings, state.secret, state.redis = settings, secret, redis
+        await claim_partition_count(redis, settings.ledger_partitions)
         state.catalogs = CatalogStore(redis)
         await state.catalogs.load()
         state.payments = payments or SandboxProvider()

@@ -96,6 +96,7 @@ def cmd_worker(settings: Settings) -> int:
     prepare_metrics_dir(settings, "worker")
     from gifting import metrics
     from gifting.app import redis_client
+    from gifting.ledger.store import claim_partition_count
     from workers.settlement import run_workers
 
     url = resolve_redis_url(settings)
@@ -111,6 +112,7 @@ def cmd_worker(settings: Settings) -> int:
         redis = redis_client(url)
         await valkey.ready(redis)  # the batch loops start at once
         try:
+            await claim_partition_count(redis, settings.ledger_partitions)
             await run_workers(redis, settings, stop)
         finally:
             await redis.aclose()
@@ -156,6 +158,7 @@ def _alive(pid: int) -> bool:
 def cmd_archive(settings: Settings) -> int:
     from gifting.app import redis_client
     from gifting.history.schema import migrate
+    from gifting.ledger.store import claim_partition_count
     from workers.archiver import run_archiver
 
     url = resolve_redis_url(settings)
@@ -169,6 +172,7 @@ def cmd_archive(settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
         redis = redis_client(url)
         try:
+            await claim_partition_count(redis, settings.ledger_partitions)
             await run_archiver(redis, database_url, settings, stop)
         finally:
             await redis.aclose()
@@ -372,6 +376,7 @@ def cmd_token(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_audit(settings: Settings) -> int:
     from gifting.app import redis_client
     from gifting.ledger.audit import run_audit
+    from gifting.ledger.store import claim_partition_count
 
     url = resolve_redis_url(settings)
     # Without a history database (none configured, no `gifting dev` running one) the journal is Valkey's alone.
@@ -381,6 +386,7 @@ def cmd_audit(settings: Settings) -> int:
         redis = redis_client(url)
         archive = await psycopg.AsyncConnection.connect(database_url) if database_url else None
         try:
+            await claim_partition_count(redis, settings.ledger_partitions)
             progress = lambda n: print(f"  ... {n} journal entries", file=sys.stderr)  # noqa: E731
             report = await run_audit(redis, progress=progress, archive=archive)
         finally:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gifting.ledger import partitions
+
 SECRET_BYTES_MIN = 32  # RFC 7518 3.2: an HS256 key at least as long as the hash
 SETTLE_CONCURRENCY_MAX = 32  # batch loops per worker process (each holds a Valkey connection while it waits)
 SETTLE_BATCH_HARD_MAX = 2000  # the Lua scripts unpack() a batch's ids into one call; Lua's C stack holds ~8,000
@@ -132,7 +134,10 @@ class Settings:
         "GIFTING_PAYOUT_INTERVAL_MS", 1000, "How often the worker sends pending withdrawals to the payout provider."
     )
     payouts_per_run_max: int = _setting(
-        "GIFTING_PAYOUTS_PER_RUN_MAX", 100, "Pending withdrawals sent to the payout provider per run (a page)."
+        "GIFTING_PAYOUTS_PER_RUN_MAX",
+        100,
+        "Pending withdrawals sent to the payout provider per run (a page), shared equally among the ledger "
+        "partitions (at least one each; past this many partitions, a run takes the next this many in turn).",
     )
     payout_call_timeout_ms: int = _setting(
         "GIFTING_PAYOUT_CALL_TIMEOUT_MS",
@@ -253,7 +258,10 @@ class Settings:
     pool_deadline_s_max: int = _setting("GIFTING_POOL_DEADLINE_S_MAX", 3600, "Longest pool deadline, seconds.")
     pools_per_room_max: int = _setting("GIFTING_POOLS_PER_ROOM_MAX", 3, "Open pools one room may have at once.")
     pools_per_user_max: int = _setting(
-        "GIFTING_POOLS_PER_USER_MAX", 1, "Open pools one user may have opened at once (over every room)."
+        "GIFTING_POOLS_PER_USER_MAX",
+        1,
+        "Open pools one user may have opened at once, over the rooms of the creators of one ledger partition (a "
+        "pool lives in its creator's partition, and the count with it, so it is checked atomically).",
     )
     pool_open_coins_min: int = _setting(
         "GIFTING_POOL_OPEN_COINS_MIN", 1, "Coins a user must hold to open a pool (0: anyone may open one)."
@@ -263,6 +271,12 @@ class Settings:
         90 * 86400,
         "A closed pool's record expires from Valkey this long after it closes, seconds, archived or not (open: "
         "kept): only a safety bound for a server without an archiver; keep it well over GIFTING_POOL_HOT_S.",
+    )
+    pledge_redrive_ms: int = _setting(
+        "GIFTING_PLEDGE_REDRIVE_MS",
+        5000,
+        "A pledge debited in its pledger's partition whose pool's answer (landed or refused and refunded) is not "
+        "applied this long after, milliseconds, is pushed again by the worker (a process died between the steps).",
     )
     campaign_duration_s_max: int = _setting(
         "GIFTING_CAMPAIGN_DURATION_S_MAX",
@@ -320,8 +334,27 @@ class Settings:
     )
     settle_concurrency: int = _setting(
         "GIFTING_SETTLE_CONCURRENCY",
-        8,
-        f"Batches one worker process settles at once (each loop its own consumer), 1..{SETTLE_CONCURRENCY_MAX}.",
+        1,
+        "Batch loops per ledger partition a worker process leases (each its own consumer), "
+        f"1..{SETTLE_CONCURRENCY_MAX}; raise it only with few partitions.",
+    )
+    ledger_partitions: int = _setting(
+        "GIFTING_LEDGER_PARTITIONS",
+        partitions.PARTITIONS_DEFAULT,
+        f"Ledger partitions (hash tags), 1..{partitions.PARTITIONS_MAX}. Fixed at install: the first process "
+        "stores it in Valkey and every later one must agree (docs/SCALING.md).",
+    )
+    partition_lease_ms: int = _setting(
+        "GIFTING_PARTITION_LEASE_MS",
+        5000,
+        "A worker's lease on a partition lasts this long unless renewed (at a third of it); a dead worker's "
+        "partitions are taken over after it, in ms.",
+    )
+    outbox_redrive_ms: int = _setting(
+        "GIFTING_OUTBOX_REDRIVE_MS",
+        1000,
+        "Credits owed to other partitions still in an outbox after this long (their writer failed or died) are "
+        "applied again by the partition's worker; bounds the credit lag after a crash, in ms.",
     )
     settle_block_ms: int = _setting("GIFTING_SETTLE_BLOCK_MS", 200, "XREADGROUP BLOCK when the stream is empty.")
     claim_idle_ms: int = _setting(
@@ -592,6 +625,13 @@ class Settings:
             raise ConfigError(f"GIFTING_ARCHIVE_BATCH_ENTRIES: expected >= 1, got {self.archive_batch_entries}")
         if self.top_gifters_kept < 1:
             raise ConfigError(f"GIFTING_TOP_GIFTERS_KEPT: expected >= 1, got {self.top_gifters_kept}")
+        if not 1 <= self.ledger_partitions <= partitions.PARTITIONS_MAX:
+            raise ConfigError(
+                f"GIFTING_LEDGER_PARTITIONS: expected 1..{partitions.PARTITIONS_MAX}, got {self.ledger_partitions}"
+            )
+        partitions.configure(self.ledger_partitions)
+        if self.partition_lease_ms < 300 or self.outbox_redrive_ms < 1:
+            raise ConfigError("GIFTING_PARTITION_LEASE_MS must be >= 300, GIFTING_OUTBOX_REDRIVE_MS >= 1")
         if not 1 <= self.settle_concurrency <= SETTLE_CONCURRENCY_MAX:
             raise ConfigError(
                 f"GIFTING_SETTLE_CONCURRENCY: expected 1..{SETTLE_CONCURRENCY_MAX}, got {self.settle_concurrency}"

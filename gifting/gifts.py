@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from gifting import clock, keys
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.store import GiftToSettle
 from gifting.wire.messages import Error, GiftEvent, GiftResult
 
@@ -64,9 +64,17 @@ def new_request(**fields: Any) -> GiftRequest:
     return GiftRequest(ts_ms=clock.now_ms(), **fields)
 
 
+def stream_of(request: GiftRequest) -> str:
+    """The gift stream a gift goes to: its payer's ledger partition's (the campaign's for a sponsored gift), so
+    the worker settling that partition settles it in one script."""
+    payer = keys.campaign_account(request.campaign) if request.campaign else keys.account(request.sender)
+    return keys.gifts_stream(keys.part_of(payer))
+
+
 async def enqueue(redis: Any, request: GiftRequest) -> None:
-    """XADD to the inbound stream. No MAXLEN: an unsettled gift is never trimmed; the hub bounds the backlog."""
-    await redis.xadd(keys.GIFTS_STREAM, request.to_entry())
+    """XADD to the payer's gift stream. No MAXLEN: an unsettled gift is never trimmed; the hub bounds the
+    backlog."""
+    await redis.xadd(stream_of(request), request.to_entry())
 
 
 def room_event(
@@ -96,3 +104,11 @@ def gift_result(outcome: rules.GiftOutcome) -> dict[str, Any]:
         message = "gift_id was already used for a different gift; use a new gift_id"
         return Error("gift_id_conflict", message, gift_id=outcome.gift_id).to_dict()
     return GiftResult(outcome.gift_id, outcome.status, outcome.reason or None, outcome.coins).to_dict()
+
+
+async def gift_backlog(redis: Any) -> int:
+    """Entries in every partition's gift stream (unsettled gifts and pool operations), one pipeline."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for part in partitions.all_tags():
+            pipe.xlen(keys.gifts_stream(part))
+        return sum(int(n) for n in await pipe.execute())

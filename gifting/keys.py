@@ -242,7 +242,6 @@ SYS_DIAMONDS_PAID_OUT = "sys:diamonds_paid_out"  # diamonds of withdrawals paid 
 SYS_TRANSIT = "sys:transit"  # coins or reward coins on their way to another partition (an outbox credit)
 
 
-
 ACCOUNT_PREFIX = "u:"  # a user's account; system accounts start with "sys:"
 
 
@@ -274,7 +273,21 @@ def pool(part: str, pool_id: str) -> str:
 
 
 def pledge_record(part: str, pledge_id: str) -> str:
+    """Hash: a pledge in its PLEDGER's partition, by user-scoped pledge id: status (debited | accepted |
+    rejected), reason, balance, fp, pool, coins, debited_ms (ledger/pledge.lua)."""
     return part + ":pledge:" + pledge_id
+
+
+def pledge_landing(part: str, pledge_id: str) -> str:
+    """String: a pledge's outcome in its POOL's partition ('accepted' or the refusal's reason), by user-scoped
+    pledge id: the pledge lands in the escrow, or is refused, exactly once (ledger/pool.lua)."""
+    return part + ":pledge_landing:" + pledge_id
+
+
+def pledges_in_flight(part: str) -> str:
+    """Sorted set: user-scoped pledge id -> debited (ms), the partition's pledges debited whose pool's answer is
+    not applied yet; workers/pool_sweep.py pushes those older than GIFTING_PLEDGE_REDRIVE_MS again."""
+    return part + ":pledges:in_flight"
 
 
 def room_pools(part: str, room: str) -> str:
@@ -407,7 +420,6 @@ def room_pins(room: str) -> str:
     return "{room:" + room + "}:pins"
 
 
-
 # Fan clubs (gifting/fanclubs.py): one hash tag per creator's club.
 
 
@@ -438,7 +450,6 @@ def fanclub_counted(creator: str, activity: str) -> str:
 
 # Inbound gifts: a stream per ledger partition (gifts_stream), read by the settlement workers.
 SETTLEMENT_GROUP = "settlement"
-
 
 
 # Rooms.

@@ -31,7 +31,7 @@ from gifting.catalog.perks import Perk, PerkCatalog
 from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.fanclubs import FanClubs
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.perks import PerkLedger, PerkOrder, PerkOutcome
 from gifting.ledger.store import Ledger
 from gifting.rooms.store import RoomStore
@@ -69,7 +69,7 @@ class Perks:
                 "",
             )
         else:
-            duration_ms, grant = perk.days * 86_400_000, keys.PERK_ENTRANCES
+            duration_ms, grant = perk.days * 86_400_000, keys.perk_entrances(keys.part_of_user(buyer.user))
         purchase_id = keys.user_scoped_id(buyer.user, key)
         order = PerkOrder(purchase_id, buyer.user, creator, perk.kind, room, perk.coins, duration_ms,
                           grant or keys.perk_purchase(purchase_id), fields)  # fmt: skip
@@ -89,7 +89,8 @@ class Perks:
         if coins_shown != price:
             raise PerkError("price_changed", f"the ticket costs {price} coins, not {coins_shown}")
         purchase_id = keys.user_scoped_id(buyer.user, key)
-        order = PerkOrder(purchase_id, buyer.user, creator, "ticket", room, price, 0, keys.room_tickets(room),
+        tickets = keys.room_tickets(keys.part_of_user(buyer.user), room)  # the buyer's partition holds it
+        order = PerkOrder(purchase_id, buyer.user, creator, "ticket", room, price, 0, tickets,
                           {"perk": "ticket", "room": room, "name": buyer.name})  # fmt: skip
         # A ticket's record is kept until its stream ends (0): a refund may come hours later.
         outcome = await self.ledger.buy(order, rules.fingerprint(room, "ticket", price), 0)
@@ -143,7 +144,7 @@ class Perks:
         """After a viewer joined a room (the hub): a member's daily visit to the creator's club, and the
         viewer's entrance effect if it runs. The visit and the effect's end are one round trip."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.PERK_ENTRANCES, keys.account(user))
+            pipe.hget(keys.perk_entrances(keys.part_of_user(user)), keys.account(user))  # the joiner's partition
             await self.fanclubs.visit(creator, user, client=pipe)
             until_ms, _visit = await pipe.execute()
         await self.entrance(room, user, name, int(until_ms or 0))
@@ -182,24 +183,57 @@ class Perks:
         creator = meta.get("creator", "")
         if not meta.get("premium_coins") or identity.role == "admin" or creator in (identity.user, identity.overlay_of):
             return True
-        if await self.redis.hget(keys.room_tickets(room), keys.account(identity.user)):
+        if await self.redis.hget(
+            keys.room_tickets(keys.part_of_user(identity.user), room), keys.account(identity.user)
+        ):
             return True
         club = await self.fanclubs.config(creator)
         return club is not None and club.free_premium and await self.fanclubs.active_member(creator, identity.user)
 
 
 async def refund_tickets(rooms: RoomStore, room: str, ended_ms: int) -> int:
-    """While a room ends (rooms.store.finish_end, after its pools are voided): if it was a premium stream that
-    ended early, refund every ticket, each once. Safe to repeat: a refunded ticket's record says so."""
+    """While a room ends (rooms.store.finish_end, after its pools are voided): close the room to perks in every
+    partition, then, if it was a premium stream that ended early, refund every ticket, each once. Safe to
+    repeat: a refunded ticket's record says so, and a credit is applied once by its id."""
+    await close_to_perks(rooms, room, ended_ms)
     since = await rooms.redis.hget(keys.room_meta(room), "premium_since_ms")
     if since is None or not rules.ticket_refund_due(int(since), ended_ms, rooms.settings.premium_refund_window_s):
         return 0
-    ledger, refunded, seen = PerkLedger(rooms.ledger), 0, 0
+    ledger, refunded = PerkLedger(rooms.ledger), 0
+    owed: dict[str, list[str]] = {}
+    holders = await ticket_holders(rooms.redis, room)
     async with rooms.ledger.group_commit():
-        async for _account, purchase_id in rooms.redis.hscan_iter(keys.room_tickets(room), count=500):
-            seen += 1
-            assert seen <= TICKET_REFUNDS_MAX, room
-            if purchase_id:
-                refunded += await ledger.refund(purchase_id, room)
+        for part, purchase_id in holders:
+            done, outbox_id = await ledger.refund(purchase_id, room)
+            refunded += done
+            owed.setdefault(part, []).extend([outbox_id] if outbox_id else [])
+            await rooms.ledger.committed()
+    for part, outbox_ids in owed.items():  # the creator's diamonds back, once the refunds are durable
+        if outbox_ids:
+            await rooms.ledger.apply_credits(part, outbox_ids)
     log.info("room %s ended %d ms after going premium: %d tickets refunded", room, ended_ms - int(since), refunded)
     return refunded
+
+
+async def close_to_perks(rooms: RoomStore, room: str, ended_ms: int) -> None:
+    """Mark the room's end in every partition (perk.lua refuses a purchase in the room once its buyer's partition
+    holds the marker), so the ticket walk after it sees every ticket there will be. One pipeline."""
+    ttl_s = rooms.settings.ended_room_ttl_s
+    async with rooms.redis.pipeline(transaction=False) as pipe:
+        for part in partitions.all_tags():
+            pipe.hsetnx(keys.room_ended(part, room), "*", ended_ms)
+            pipe.expire(keys.room_ended(part, room), ttl_s)
+        await pipe.execute()
+
+
+async def ticket_holders(redis: aioredis.Redis, room: str) -> list[tuple[str, str]]:
+    """(partition, purchase id) of every unrefunded ticket to the room: each partition's tickets hash read in one
+    pipeline (at most TICKET_REFUNDS_MAX in all: a room's tickets are bounded by its viewers)."""
+    tags = partitions.all_tags()
+    async with redis.pipeline(transaction=False) as pipe:
+        for part in tags:
+            pipe.hgetall(keys.room_tickets(part, room))
+        replies = await pipe.execute()
+    holders = [(part, pid) for part, tickets in zip(tags, replies, strict=True) for pid in tickets.values() if pid]
+    assert len(holders) <= TICKET_REFUNDS_MAX, room
+    return sorted(holders)

@@ -260,11 +260,12 @@ class System:
         """Credit coins the way a purchase does (issuance -> user), with a journal entry the audit accepts."""
         from gifting import keys
 
+        part = keys.part_of_user(user)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(keys.LEDGER_COINS, keys.account(user), coins)
-            pipe.hincrby(keys.LEDGER_COINS, keys.SYS_COIN_ISSUANCE, -coins)
+            pipe.hincrby(keys.coins(part), keys.account(user), coins)
+            pipe.hincrby(keys.coins(part), keys.SYS_COIN_ISSUANCE, -coins)
             pipe.xadd(
-                keys.LEDGER_JOURNAL,
+                keys.journal(part),
                 {"kind": "purchase", "id": f"grant:{gift_id()}", "legs": f"coins sys:coin_issuance u:{user} {coins}"},
             )
             await pipe.execute()

@@ -18,7 +18,7 @@ from gifting import keys
 from gifting.history import pools, summaries, withdrawals
 from gifting.history import purchases as archive
 from gifting.history.reader import ArchiveReader
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import GiftToSettle, Ledger
 from gifting.payments import PAYOUT_OK
@@ -50,7 +50,19 @@ async def archived_ids(conn: psycopg.AsyncConnection[Any]) -> list[str]:
 
 
 async def hot_left(redis: aioredis.Redis) -> int:
-    return len([k async for k in redis.scan_iter(match="{ledger}:purchase:*")]) + await redis.zcard(keys.PURCHASES_HOT)
+    records = len([k async for k in redis.scan_iter(match="{ledger:*}:purchase:*")])
+    return records + sum([await redis.zcard(keys.purchases_hot(part)) for part in partitions.all_tags()])
+
+
+async def hot_ids(redis: aioredis.Redis) -> list[str]:
+    """The purchase ids still indexed as hot, in every partition."""
+    return sorted(
+        [pid for part in partitions.all_tags() for pid in await redis.zrange(keys.purchases_hot(part), 0, -1)]
+    )
+
+
+def hot_index(purchase_id: str) -> str:
+    return keys.purchases_hot(archive.purchase_part(purchase_id))
 
 
 async def clean_audit(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -> None:
@@ -64,13 +76,13 @@ async def test_records_past_the_hot_window_move_once_and_are_dropped(
     """Only records older than the window move; each lands once, then Valkey holds none of them; audit clean."""
     ledger = Ledger(redis, make_settings(tmp_path))
     old = [await buy(ledger, f"v{i}") for i in range(7)]
-    cutoff = int((await redis.zscore(keys.PURCHASES_HOT, old[-1])) or 0)
+    cutoff = int((await redis.zscore(hot_index(old[-1]), old[-1])) or 0)
     young = await buy(ledger, "v9")
-    await redis.zadd(keys.PURCHASES_HOT, {young: cutoff + 1})  # made after the cutoff, whatever the clock says
+    await redis.zadd(hot_index(young), {young: cutoff + 1})  # made after the cutoff, whatever the clock says
     while await archive.archive_due(redis, records, cutoff, 3):
         pass
     assert await archived_ids(records) == sorted(old)
-    assert await redis.zrange(keys.PURCHASES_HOT, 0, -1) == [young]
+    assert await hot_ids(redis) == [young]
     assert await redis.lrange(keys.purchases_of("v0"), 0, -1) == []
     await drain(redis, records)
     await clean_audit(redis, records)
@@ -81,9 +93,9 @@ async def test_crash_after_commit_before_drop_duplicates_nothing(
 ) -> None:
     """A batch committed but not dropped (a crash between) is upserted again, once, then dropped; audit clean."""
     ledger = Ledger(redis, make_settings(tmp_path))
-    ids = [await buy(ledger, f"v{i}") for i in range(5)]
+    ids = [await buy(ledger, "v1") for _ in range(5)]  # one partition: a batch of 3 of them
     await archive.commit_due(redis, records, FAR_FUTURE_MS, 3)  # then the crash
-    assert len(await archived_ids(records)) == 3 and await redis.zcard(keys.PURCHASES_HOT) == 5
+    assert len(await archived_ids(records)) == 3 and len(await hot_ids(redis)) == 5
     await drain(redis, records)
     await clean_audit(redis, records)  # in both for now: read once
     while await archive.archive_due(redis, records, FAR_FUTURE_MS, 3):
@@ -118,7 +130,7 @@ async def test_a_stale_status_never_undoes_a_reversal(
     await ledger.reverse(pid, "refund")
     await archive.archive_due(redis, records, FAR_FUTURE_MS, 10)
     await redis.hset(keys.purchase_record(pid), mapping=stale)
-    await redis.zadd(keys.PURCHASES_HOT, {pid: 1})
+    await redis.zadd(hot_index(pid), {pid: 1})
     await archive.archive_due(redis, records, FAR_FUTURE_MS, 10)
     status = await (await records.execute("SELECT status FROM purchases WHERE id = %s", (pid,))).fetchone()
     assert status == ("refunded",)
@@ -156,7 +168,12 @@ async def test_archiver_killed_mid_batch_moves_every_record_once(
 
 
 async def _withdrawals_moved(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], rows: int) -> bool:
-    return len(await archived_withdrawals(conn)) == rows and not await redis.zcard(keys.WITHDRAWALS_DONE)
+    return len(await archived_withdrawals(conn)) == rows and not await withdrawals_done(redis)
+
+
+async def withdrawals_done(redis: aioredis.Redis) -> int:
+    """Resolved withdrawals not yet archived, in every partition."""
+    return sum([await redis.zcard(keys.withdrawals_done(part)) for part in partitions.all_tags()])
 
 
 async def _more_than(conn: psycopg.AsyncConnection[Any], rows: int) -> bool:
@@ -167,7 +184,7 @@ async def _all_moved(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], 
     return (
         len(await archived_ids(conn)) == rows
         and await hot_left(redis) == 0
-        and not await redis.xlen(keys.LEDGER_JOURNAL)
+        and not sum([await redis.xlen(keys.journal(part)) for part in partitions.all_tags()])
     )
 
 
@@ -216,7 +233,7 @@ async def test_reads_resends_and_reversals_of_archived_purchases(
     await archive.archive_due(system.redis, records, FAR_FUTURE_MS, 10)
     statuses = dict(await (await records.execute("SELECT id, status FROM purchases")).fetchall())
     assert statuses == {first["purchase_id"]: "refunded", second["purchase_id"]: "charged_back"}
-    journal = [f for _, f in await system.redis.xrange(keys.LEDGER_JOURNAL)] + [
+    journal = [f for _, f in await system.redis.xrange(keys.journal(keys.part_of_user("v1")))] + [
         row[0] for row in await (await records.execute("SELECT fields FROM journal")).fetchall()
     ]
     assert sorted(f["kind"] for f in journal if f["kind"] in ("refund", "chargeback")) == ["chargeback", "refund"]
@@ -287,7 +304,7 @@ async def test_resolved_withdrawals_move_once_and_pending_ones_stay(
     await withdrawals.archive_due(redis, records, FAR_FUTURE_MS, 10)
     assert await archived_withdrawals(records) == {paid: "paid", failed: "failed"}
     assert not await redis.exists(keys.withdrawal(paid), keys.withdrawal(failed))
-    assert await redis.zcard(keys.WITHDRAWALS_DONE) == 0
+    assert await withdrawals_done(redis) == 0
     assert await redis.lrange(keys.withdrawals_of("creator1"), 0, -1) == [pending]
     await drain(redis, records)
     await clean_audit(redis, records)

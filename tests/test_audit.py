@@ -154,7 +154,9 @@ async def test_gift_entry_without_legs_is_a_finding(redis: aioredis.Redis) -> No
     [(40, "5000"), (50, "3000"), (50, "20000")],
     ids=["diamonds-off-share", "bps-other-share", "bps-out-of-range"],
 )
-async def test_gift_whose_diamonds_do_not_match_its_bps_is_a_finding(redis: aioredis.Redis, diamonds: int, bps: str) -> None:
+async def test_gift_whose_diamonds_do_not_match_its_bps_is_a_finding(
+    redis: aioredis.Redis, diamonds: int, bps: str
+) -> None:
     """A gift entry whose diamonds leg is not its stored creator share of the coins is a finding."""
     await granted(redis, "viewer1", 100)
     legs = (

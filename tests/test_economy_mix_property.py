@@ -191,7 +191,9 @@ class MixRun(Run):
         else:
             viewer, ref = self.viewer(op.viewer), keys.user_scoped_id(self.viewer(op.viewer), uuid.uuid4().hex)
             duration_ms = 60_000 if op.kind == "highlight" else ENTRANCE_DAYS * 86_400_000
-            grant = keys.perk_purchase(ref) if op.kind == "highlight" else keys.PERK_ENTRANCES
+            grant = (
+                keys.perk_purchase(ref) if op.kind == "highlight" else keys.perk_entrances(keys.part_of_user(viewer))
+            )
             order = PerkOrder(ref, viewer, self.host, op.kind, self.room, op.coins, duration_ms, grant,
                               {"perk": op.kind, "room": self.room})  # fmt: skip
             fp = rules.fingerprint(self.room, op.kind, op.coins)
@@ -201,13 +203,14 @@ class MixRun(Run):
     async def buy_ticket(self, op: Ticket) -> str:
         viewer = self.viewer(op.viewer)
         held = self.tickets[self.room].get(viewer)
+        tickets = keys.room_tickets(keys.part_of_user(viewer), self.room)  # the buyer's partition holds it
         if op.retry_of is not None and held:
             order = PerkOrder(held[0], viewer, self.host, "ticket", self.room, TICKET_COINS, 0,
-                              keys.room_tickets(self.room), {"perk": "ticket", "room": self.room})  # fmt: skip
+                              tickets, {"perk": "ticket", "room": self.room})  # fmt: skip
         else:
             ref = keys.user_scoped_id(viewer, uuid.uuid4().hex)
             order = PerkOrder(ref, viewer, self.host, "ticket", self.room, TICKET_COINS, 0,
-                              keys.room_tickets(self.room), {"perk": "ticket", "room": self.room})  # fmt: skip
+                              tickets, {"perk": "ticket", "room": self.room})  # fmt: skip
         return await self.settle_perk(order, rules.fingerprint(self.room, "ticket", TICKET_COINS), 0)
 
     async def settle_perk(self, order: PerkOrder, fp: str, ttl_s: int) -> str:
@@ -258,7 +261,7 @@ class MixRun(Run):
         for room in {self.room, *self.ended}:
             for i in range(VIEWERS):
                 viewer = self.viewer(i)
-                holds = await self.redis.hget(keys.room_tickets(room), keys.account(viewer))
+                holds = await self.redis.hget(keys.room_tickets(keys.part_of_user(viewer), room), keys.account(viewer))
                 held = self.tickets.get(room, {}).get(viewer)
                 assert (holds or None) == (held[0] if held else None), (room, viewer, holds, held)
 

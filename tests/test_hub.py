@@ -19,7 +19,8 @@ from websockets.protocol import State
 from websockets.typing import Subprotocol
 from websockets.uri import parse_uri
 
-from gifting import keys, valkey
+from gifting import gifts as gifts_module
+from gifting import valkey
 from gifting.config import Settings
 from gifting.live.hub import Hub
 from gifting.live.output import CLOSE_SLOW_CONSUMER, Connection
@@ -342,7 +343,7 @@ async def test_gifts_settled_together_reach_sockets_as_few_coalesced_frames(
     gids = [await sender.gift(room, "finger_heart") for _ in range(gifts)]
     stream_len = 0
     for _ in range(200):  # every gift queued before the worker starts, so they settle together
-        stream_len = await system.redis.xlen(keys.GIFTS_STREAM)
+        stream_len = await gifts_module.gift_backlog(system.redis)
         if stream_len == gifts:
             break
         await asyncio.sleep(0.02)

@@ -26,7 +26,7 @@ from gifting import clock, keys
 from gifting.app import redis_client
 from gifting.config import Settings
 from gifting.embedded import EmbeddedValkey, free_port
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import Ledger
 from tests.conftest import REPO, SECRET, System, WsClient, make_settings, run_web, run_worker, token
@@ -330,11 +330,12 @@ async def wait_until(condition: Any, timeout_s: float = 10.0) -> None:
 
 async def grant(system: System, user: str, coins: int) -> None:
     """Coins the way a purchase credits them (issuance -> user), with a journal entry the audit accepts."""
+    part = keys.part_of_user(user)
     async with system.redis.pipeline(transaction=True) as pipe:
-        pipe.hincrby(keys.LEDGER_COINS, keys.account(user), coins)
-        pipe.hincrby(keys.LEDGER_COINS, keys.SYS_COIN_ISSUANCE, -coins)
+        pipe.hincrby(keys.coins(part), keys.account(user), coins)
+        pipe.hincrby(keys.coins(part), keys.SYS_COIN_ISSUANCE, -coins)
         legs = f"coins sys:coin_issuance u:{user} {coins}"
-        pipe.xadd(keys.LEDGER_JOURNAL, {"kind": "purchase", "id": f"grant:{uuid.uuid4()}", "legs": legs})
+        pipe.xadd(keys.journal(part), {"kind": "purchase", "id": f"grant:{uuid.uuid4()}", "legs": legs})
         await pipe.execute()
 
 
@@ -442,7 +443,7 @@ async def test_gift_storm_across_kill_9_and_restart(own_valkey: EmbeddedValkey, 
                 assert (await ledger.wallet(user))["coins"] == VIEWER_COINS - price * len(settled[user])
                 diamonds += len(settled[user]) * rules.split_gift(price, settings.creator_share_bps).diamonds
             assert (await ledger.wallet("creator1"))["diamonds"] == diamonds
-            assert await redis.xlen(keys.GIFTS_DEAD_LETTER) == 0
+            assert all([await redis.xlen(keys.gifts_dead_letter(p)) == 0 for p in partitions.all_tags()])
             report = await run_audit(redis)
             assert report.clean, report.summary()
         finally:

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from gifting import keys
+from gifting.ledger import partitions
 from gifting.ledger.store import DurabilityError, Ledger, LedgerError
 from gifting.payments import PAYOUT_OK, PAYOUT_SLOW, Payout, SandboxPayouts
 from tests.conftest import make_settings
@@ -31,8 +32,9 @@ class CountingPayouts(SandboxPayouts):
 
 
 async def withdraw(ledger: Ledger, user: str, key: str, account: str, diamonds: int = 1) -> str:
-    await ledger.redis.hincrby(keys.LEDGER_DIAMONDS, keys.account(user), diamonds)
-    withdrawal, _ = await ledger.request_withdrawal(user, f"w_{user}_{key}", diamonds, account, f"{diamonds}:{account}")
+    await ledger.redis.hincrby(keys.diamonds(keys.part_of_user(user)), keys.account(user), diamonds)
+    wid = keys.withdrawal_id(user, key)
+    withdrawal, _ = await ledger.request_withdrawal(user, wid, diamonds, account, f"{diamonds}:{account}")
     withdrawal_id: str = withdrawal["withdrawal_id"]
     return withdrawal_id
 
@@ -56,21 +58,49 @@ async def test_a_creator_may_have_only_so_many_pending_withdrawals(redis: aiored
     await withdraw(worker.ledger, "c1", "k4", PAYOUT_SLOW)
 
 
+def user_in(part: int, prefix: str) -> str:
+    """A user name whose account lives in ledger partition `part`."""
+    return next(f"{prefix}{i}" for i in range(10_000) if partitions.of_account(keys.account(f"{prefix}{i}")) == part)
+
+
 async def test_one_creators_slow_withdrawals_do_not_hold_back_another_creators(
     redis: aioredis.Redis, tmp_path: Path
 ) -> None:
-    """25 withdrawals the provider keeps processing, ahead of another creator's: paging reaches it, and the slow
-    ones are not asked again before their backoff."""
+    """25 withdrawals the provider keeps processing, ahead of another creator's in the same partition: paging
+    reaches it (10 a partition per run), and the slow ones are not asked again before their backoff."""
+    per_run = 10 * partitions.count()
     worker, provider = worker_with(
-        redis, tmp_path, withdrawals_pending_per_user_max=100, payouts_per_run_max=10, payout_interval_ms=60_000
+        redis, tmp_path, withdrawals_pending_per_user_max=100, payouts_per_run_max=per_run, payout_interval_ms=60_000
     )
-    slow = [await withdraw(worker.ledger, "c1", f"k{i}", PAYOUT_SLOW) for i in range(25)]
-    other = await withdraw(worker.ledger, "c2", "k0", PAYOUT_OK)
+    slow_creator, other_creator = user_in(3, "slow"), user_in(3, "other")
+    slow = [await withdraw(worker.ledger, slow_creator, f"k{i}", PAYOUT_SLOW) for i in range(25)]
+    other = await withdraw(worker.ledger, other_creator, "k0", PAYOUT_OK)
     for _ in range(3):
         await worker.run_payouts()
     assert (await worker.ledger.withdrawal(other))["status"] == "paid"  # type: ignore[index]
     await worker.run_payouts()  # the first page again: backing off, not asked
     assert {provider.calls[w] for w in slow} == {1} and provider.calls[other] == 1
+
+
+async def test_a_busy_partition_does_not_hold_back_the_others(redis: aioredis.Redis, tmp_path: Path) -> None:
+    """With fewer payouts per run than partitions, each run takes one withdrawal from the next partitions in turn:
+    a partition full of slow withdrawals gets its one a run, and every other partition's creator is paid within
+    partitions / per-run runs."""
+    per_run = 4
+    worker, provider = worker_with(
+        redis, tmp_path, withdrawals_pending_per_user_max=100, payouts_per_run_max=per_run, payout_interval_ms=60_000
+    )
+    busy = user_in(0, "busy")
+    slow = [await withdraw(worker.ledger, busy, f"k{i}", PAYOUT_SLOW) for i in range(10)]
+    others = [await withdraw(worker.ledger, user_in(p, "c"), "k0", PAYOUT_OK) for p in range(1, partitions.count())]
+    asked = []
+    for _ in range(partitions.count() // per_run):
+        before = sum(provider.calls.values())
+        await worker.run_payouts()
+        asked.append(sum(provider.calls.values()) - before)
+    assert asked == [per_run] * len(asked)  # a page per run, never more
+    assert [(await worker.ledger.withdrawal(w))["status"] for w in others] == ["paid"] * len(others)  # type: ignore[index]
+    assert sum(provider.calls[w] for w in slow) == 1
 
 
 async def test_payouts_wait_for_durability_before_the_provider(redis: aioredis.Redis, tmp_path: Path) -> None:

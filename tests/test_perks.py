@@ -9,9 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
+import redis.asyncio as aioredis
 
 from gifting import clock, keys
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.audit import run_audit
 from tests.conftest import System, SystemFactory, WsClient, gift_id
 
@@ -173,7 +174,7 @@ async def test_an_entrance_effect_is_announced_on_join_until_it_expires(system: 
     )
     assert [e["user"] for e in entrance["events"] if e["kind"] == "entrance"] == ["v1"]
     # The effect ends: the next join, in a new cooldown bucket or another room, announces nothing.
-    await system.redis.hset(keys.PERK_ENTRANCES, keys.account("v1"), clock.now_ms() - 1)
+    await system.redis.hset(keys.perk_entrances(keys.part_of_user("v1")), keys.account("v1"), clock.now_ms() - 1)
     third = await system.open_room("creator3")
     await viewer.join(third)
     history = await system.redis.xrange(keys.room_history(third))
@@ -232,15 +233,23 @@ async def test_a_premium_stream_that_ends_early_refunds_every_ticket_once(system
     for viewer in ("v1", "v2"):
         assert await system.wallet(viewer) == {"coins": 100, "diamonds": 0}
     assert (await system.wallet("creator1"))["diamonds"] == 0
-    journal = await system.redis.xrange(keys.LEDGER_JOURNAL)
+    journal = await all_journal(system.redis)
     assert sum(1 for _, f in journal if f["kind"] == "perk_refund") == 2
     statuses = [await system.redis.hget(keys.perk_purchase(k), "status") for k in await _ticket_ids(system, room)]
     assert statuses == ["refunded", "refunded"]
     await audit_clean(system)
 
 
+async def all_journal(redis: aioredis.Redis) -> list[tuple[str, dict[str, str]]]:
+    """Every partition's journal entries (Valkey), partition by partition."""
+    entries = []
+    for part in partitions.all_tags():
+        entries += await redis.xrange(keys.journal(part))
+    return entries
+
+
 async def _ticket_ids(system: System, room: str) -> list[str]:
-    journal = await system.redis.xrange(keys.LEDGER_JOURNAL)
+    journal = await all_journal(system.redis)
     return [f["id"] for _, f in journal if f["kind"] == "perk" and f.get("perk") == "ticket"]
 
 
@@ -250,7 +259,7 @@ async def test_no_ticket_settles_once_the_rooms_end_began(system: System) -> Non
     room = await system.open_room()
     await system.grant("v1", 100)
     await premium(system, room, 40)
-    await system.redis.hset(keys.room_ended(room), "*", clock.now_ms())  # the end's first step
+    await system.redis.hset(keys.room_ended(keys.part_of_user("v1"), room), "*", clock.now_ms())  # the end's mark
     response = await ticket(system, "v1", room, 40)
     assert (response.status_code, response.json()["reason"]) == (422, "room_not_live")
     assert (await system.wallet("v1"))["coins"] == 100
@@ -338,7 +347,8 @@ async def test_the_audit_finds_a_perk_refunded_twice(system: System) -> None:
     await system.http.post(f"/v1/rooms/{room}/end", headers=system.auth("creator1", "creator"))
     (purchase,) = await _ticket_ids(system, room)
     legs = rules.encode_legs(rules.perk_refund_legs("v1", "creator1", rules.split_gift(40, SHARE_BPS)))
-    await system.redis.xadd(keys.LEDGER_JOURNAL, {"kind": "perk_refund", "id": "x", "ref": purchase, "legs": legs})
+    forged = {"kind": "perk_refund", "id": "x", "ref": purchase, "legs": legs}
+    await system.redis.xadd(keys.journal(keys.part_of_user("v1")), forged)  # type: ignore[arg-type]
     report = await run_audit(system.redis)
     assert any("refunded 2 times" in f for f in report.findings), report.findings
 
@@ -357,7 +367,7 @@ async def test_concurrent_purchases_never_overspend_and_each_key_settles_once(sy
     assert all(len(statuses) == 1 for statuses in by_key.values()), by_key
     assert sum(statuses == {"settled"} for statuses in by_key.values()) == 4
     assert (await system.wallet("v1"))["coins"] == SMALL // 2
-    journal = await system.redis.xrange(keys.LEDGER_JOURNAL)
+    journal = await all_journal(system.redis)
     assert sum(1 for _, f in journal if f["kind"] == "perk") == 4
     await audit_clean(system)
 
@@ -440,6 +450,6 @@ async def test_random_interleavings_of_perks_tickets_gifts_and_refunds_keep_the_
 async def test_the_audit_finds_a_ticket_without_its_payment(system: System) -> None:
     """A ticket held in a room with no paid purchase behind it is a finding."""
     room = await system.open_room()
-    await system.redis.hset(keys.room_tickets(room), keys.account("v9"), "v9:forged")
+    await system.redis.hset(keys.room_tickets(keys.part_of_user("v9"), room), keys.account("v9"), "v9:forged")
     report = await run_audit(system.redis)
     assert any("ticket" in f and "v9:forged" in f for f in report.findings), report.findings

@@ -11,7 +11,7 @@ from gifting.clock import now_ms, utc_day
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from tests.conftest import SystemFactory
-from tests.test_perks import SHARE_BPS, SMALL, buy, premium, put_perk, ticket
+from tests.test_perks import SHARE_BPS, SMALL, all_journal, buy, premium, put_perk, ticket
 from tests.test_rewards import audit_clean, fund, give_rewards, reward_coins, start
 
 pytestmark = pytest.mark.cluster  # a money path or a multi-key step in every test; a short module
@@ -98,7 +98,7 @@ async def test_a_reward_paid_ticket_of_a_stream_ended_early_returns_reward_coins
     assert await reward_coins(system.redis, "v1") == TICKET
     assert await system.wallet("v1") == {"coins": 100, "diamonds": 0}
     assert (await system.wallet("creator1"))["diamonds"] == 0
-    refunds = [f for _, f in await system.redis.xrange(keys.LEDGER_JOURNAL) if f["kind"] == "perk_refund"]
+    refunds = [f for _, f in await all_journal(system.redis) if f["kind"] == "perk_refund"]
     assert len(refunds) == 1 and refunds[0]["legs"].startswith(f"rewards {keys.SYS_REWARDS_SPENT} u:v1 {TICKET}")
     assert await system.redis.hget(keys.perk_purchase(bought["purchase_id"]), "status") == "refunded"
     rows = await system.redis.lrange(keys.statement("v1"), 0, -1)
@@ -108,12 +108,14 @@ async def test_a_reward_paid_ticket_of_a_stream_ended_early_returns_reward_coins
 
 
 async def _entry(redis: aioredis.Redis, fields: dict[str, str]) -> None:
-    """A journal entry and the stored balances its legs imply (so only the rule it breaks is a finding)."""
-    hashes = dict(keys.LEDGER_LEDGERS)
+    """A journal entry and the stored balances its legs imply (so only the rule it breaks is a finding), all in
+    the viewer u:v's partition."""
+    part = keys.part_of("u:v")
+    hashes = dict(keys.ledgers(part))
     for leg in rules.parse_legs(fields["legs"]):
         await redis.hincrby(hashes[leg.ledger], leg.debit, -leg.amount)
         await redis.hincrby(hashes[leg.ledger], leg.credit, leg.amount)
-    await redis.xadd(keys.LEDGER_JOURNAL, fields)
+    await redis.xadd(keys.journal(part), fields)  # type: ignore[arg-type]
 
 
 async def _reward_paid_perk(redis: aioredis.Redis, purchase: str) -> None:

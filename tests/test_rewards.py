@@ -55,7 +55,7 @@ async def fund(system: System, coins: int, key: str | None = None) -> Any:
 
 
 async def reward_coins(redis: aioredis.Redis, user: str) -> int:
-    return int(await redis.hget(keys.LEDGER_REWARDS, keys.account(user)) or 0)
+    return int(await redis.hget(keys.rewards(keys.part_of_user(user)), keys.account(user)) or 0)
 
 
 async def give_rewards(system: System, user: str, coins: int) -> None:
@@ -432,7 +432,9 @@ async def test_the_first_gift_of_the_day_earns_once(start_system: SystemFactory)
     day = utc_day(now_ms())
 
     async def recorded() -> bool:
-        first = await system.redis.hget(keys.reward_records(day), rules.reward_id("first_gift", "v1", day))
+        first = await system.redis.hget(
+            keys.reward_records(keys.rewards_part(), day), rules.reward_id("first_gift", "v1", day)
+        )
         return first == "5|first_gift"
 
     await eventually(recorded)
@@ -447,11 +449,14 @@ async def test_the_first_gift_of_the_day_earns_once(start_system: SystemFactory)
 
 
 async def tamper(redis: aioredis.Redis, fields: dict[str, str], moves: list[tuple[str, str, int]]) -> None:
-    """A journal entry and the stored balances it implies (so only the rule it breaks is a finding)."""
+    """A journal entry and the stored balances it implies (so only the rule it breaks is a finding), in the
+    budget's partition: its viewer, u:v7, lives there too, so every leg is local."""
+    part = keys.rewards_part()
+    assert keys.part_of("u:v7") == part
     for debit, credit, amount in moves:
-        await redis.hincrby(keys.LEDGER_REWARDS, debit, -amount)
-        await redis.hincrby(keys.LEDGER_REWARDS, credit, amount)
-    await redis.xadd(keys.LEDGER_JOURNAL, fields)
+        await redis.hincrby(keys.rewards(part), debit, -amount)
+        await redis.hincrby(keys.rewards(part), credit, amount)
+    await redis.xadd(keys.journal(part), fields)
 
 
 async def test_audit_finds_reward_coins_paid_out(redis: aioredis.Redis) -> None:
@@ -466,34 +471,34 @@ async def test_audit_finds_reward_coins_paid_out(redis: aioredis.Redis) -> None:
         {
             "kind": "reward",
             "id": "r",
-            "legs": "rewards sys:rewards_budget u:v 5",
+            "legs": "rewards sys:rewards_budget u:v7 5",
             "day": "20260101",
             "viewer_cap": "10",
             "day_cap": "10",
         },
-        [("sys:rewards_budget", "u:v", 5)],
+        [("sys:rewards_budget", "u:v7", 5)],
     )
     await tamper(
         redis,
-        {"kind": "withdrawal_posted", "id": "w", "legs": "rewards u:v sys:diamonds_paid_out 5"},
-        [("u:v", "sys:diamonds_paid_out", 5)],
+        {"kind": "withdrawal_posted", "id": "w", "legs": "rewards u:v7 sys:diamonds_paid_out 5"},
+        [("u:v7", "sys:diamonds_paid_out", 5)],
     )
     report = await run_audit(redis)
-    assert [f for f in report.findings if "reward coins moved u:v -> sys:diamonds_paid_out" in f], report.summary()
+    assert [f for f in report.findings if "reward coins moved u:v7 -> sys:diamonds_paid_out" in f], report.summary()
 
 
 async def test_audit_finds_a_budget_below_zero_and_accruals_over_the_caps(redis: aioredis.Redis) -> None:
     """An accrual the budget could not cover, and a day's accruals over the recorded caps, are findings."""
     common = {"kind": "reward", "day": "20260101", "viewer_cap": "3", "day_cap": "4"}
     await tamper(
-        redis, {**common, "id": "r1", "legs": "rewards sys:rewards_budget u:v 3"}, [("sys:rewards_budget", "u:v", 3)]
+        redis, {**common, "id": "r1", "legs": "rewards sys:rewards_budget u:v7 3"}, [("sys:rewards_budget", "u:v7", 3)]
     )
     await tamper(
-        redis, {**common, "id": "r2", "legs": "rewards sys:rewards_budget u:v 2"}, [("sys:rewards_budget", "u:v", 2)]
+        redis, {**common, "id": "r2", "legs": "rewards sys:rewards_budget u:v7 2"}, [("sys:rewards_budget", "u:v7", 2)]
     )
     findings = "\n".join((await run_audit(redis)).findings)
     assert "sys:rewards_budget at -3, below zero" in findings
-    assert "u:v accrued 5 reward coins, over the cap of 3" in findings
+    assert "u:v7 accrued 5 reward coins, over the cap of 3" in findings
     assert "the platform accrued 5 reward coins, over the cap of 4" in findings
 
 
@@ -504,7 +509,7 @@ async def test_first_gift_reward_waits_for_a_funded_budget(start_system: SystemF
     room = await system.open_room("creator1")
     client = await system.connect("v1")
     await settle(client, room, "rose")
-    journal = await system.redis.xrange(keys.LEDGER_JOURNAL)
+    journal = await system.redis.xrange(keys.journal(keys.rewards_part()))
     assert [f["kind"] for _, f in journal if f["kind"].startswith("reward")] == []
     await fund(system, 100)
     await settle(client, room, "rose")

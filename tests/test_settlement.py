@@ -26,7 +26,7 @@ from gifting import gifts, keys
 from gifting.app import redis_client
 from gifting.catalog.model import load_default
 from gifting.config import Settings
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import Ledger
 from gifting.rooms.store import RoomStore, announced_events
@@ -63,13 +63,23 @@ async def wait_until(
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
+def stream(user: str = "viewer1") -> str:
+    """The gift stream of the sender's ledger partition (where the hub appends their gifts)."""
+    return keys.gifts_stream(keys.part_of_user(user))
+
+
+def dead_letters(user: str = "viewer1") -> str:
+    return keys.gifts_dead_letter(keys.part_of_user(user))
+
+
 async def grant(redis: aioredis.Redis, user: str, coins: int) -> None:
     """Credit coins as a purchase does (issuance -> user) with a journal entry the audit accepts."""
+    part = keys.part_of_user(user)
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hincrby(keys.LEDGER_COINS, keys.account(user), coins)
-        pipe.hincrby(keys.LEDGER_COINS, keys.SYS_COIN_ISSUANCE, -coins)
+        pipe.hincrby(keys.coins(part), keys.account(user), coins)
+        pipe.hincrby(keys.coins(part), keys.SYS_COIN_ISSUANCE, -coins)
         pipe.xadd(
-            keys.LEDGER_JOURNAL,
+            keys.journal(part),
             {"kind": "purchase", "id": f"grant:{gift_id()}", "legs": f"coins sys:coin_issuance u:{user} {coins}"},
         )
         await pipe.execute()
@@ -86,18 +96,26 @@ def request(gid: str, room: str, sender: str, gift: str = "coffee", count: int =
 
 
 async def ensure_group(redis: aioredis.Redis) -> None:
-    with contextlib.suppress(ResponseError):
-        await redis.xgroup_create(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, id="0", mkstream=True)
+    for part in partitions.all_tags():
+        with contextlib.suppress(ResponseError):
+            await redis.xgroup_create(keys.gifts_stream(part), keys.SETTLEMENT_GROUP, id="0", mkstream=True)
 
 
 async def pending(redis: aioredis.Redis) -> int:
-    summary = await redis.xpending(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP)
-    return int(summary["pending"])
+    """Entries read and not acked, over every partition's stream."""
+    total = 0
+    for part in partitions.all_tags():
+        if await redis.exists(keys.gifts_stream(part)):
+            total += int((await redis.xpending(keys.gifts_stream(part), keys.SETTLEMENT_GROUP))["pending"])
+    return total
 
 
 async def drained(redis: aioredis.Redis) -> bool:
-    """The inbound stream is empty and the group has nothing pending."""
-    return await redis.xlen(keys.GIFTS_STREAM) == 0 and await pending(redis) == 0
+    """Every partition's stream is empty, nothing is pending, every outbox is empty (credits applied)."""
+    for part in partitions.all_tags():
+        if await redis.xlen(keys.gifts_stream(part)) or await redis.xlen(keys.outbox(part)):
+            return False
+    return await pending(redis) == 0
 
 
 async def history(redis: aioredis.Redis, room: str) -> list[tuple[str, dict[str, Any]]]:
@@ -108,7 +126,7 @@ async def history(redis: aioredis.Redis, room: str) -> list[tuple[str, dict[str,
 
 async def journal_gift_ids(redis: aioredis.Redis) -> Counter[str]:
     """Each gift id in the journal (settle.lua writes one `gifts` entry per batch), with how often it appears."""
-    entries = await redis.xrange(keys.LEDGER_JOURNAL)
+    entries = [e for part in partitions.all_tags() for e in await redis.xrange(keys.journal(part))]
     return Counter(g["id"] for _, f in entries if f.get("kind") == "gifts" for g in rules.journal_gifts(f))
 
 
@@ -122,9 +140,10 @@ async def decided(redis: aioredis.Redis, gid: str) -> bool:
 
 
 async def balances(redis: aioredis.Redis, user: str) -> tuple[int, int]:
+    part = keys.part_of_user(user)
     coins, diamonds = (
-        await redis.hget(keys.LEDGER_COINS, keys.account(user)),
-        await redis.hget(keys.LEDGER_DIAMONDS, keys.account(user)),
+        await redis.hget(keys.coins(part), keys.account(user)),
+        await redis.hget(keys.diamonds(part), keys.account(user)),
     )
     return int(coins or 0), int(diamonds or 0)
 
@@ -371,7 +390,7 @@ async def test_worker_killed_mid_batch_and_restarted_settles_every_gift_once(
         "GIFTING_SETTLE_BATCH_MAX": "50",
         "GIFTING_DATA_DIR": str(tmp_path),
         "GIFTING_CREATOR_SHARE_BPS": str(SHARE_BPS),
-        "GIFTING_SETTLE_CONCURRENCY": "4",  # four batch loops in the killed process: consumers <host>-<pid>-<i>
+        "GIFTING_SETTLE_CONCURRENCY": "2",  # two batch loops per partition in the killed process
     }
     host = socket.gethostname()
 
@@ -379,10 +398,10 @@ async def test_worker_killed_mid_batch_and_restarted_settles_every_gift_once(
         killed_pending: list[dict[str, Any]] = []
         for attempt in range(5):  # retried only if the kill fell between two batches (nothing pending)
             worker = start("worker", env, f"worker-{attempt}.log")
-            consumer = f"{host}-{worker.pid}-"
+            consumer = f"{host}-{worker.pid}"
 
             async def beating(consumer: str = consumer) -> bool:
-                return await redis.zscore(keys.WORKER_HEARTBEATS, consumer + "0") is not None
+                return await redis.zscore(keys.WORKER_HEARTBEATS, consumer) is not None
 
             def exited(worker: subprocess.Popen[bytes] = worker) -> str | None:
                 return None if worker.poll() is None else f"worker exited with {worker.returncode}"
@@ -392,23 +411,28 @@ async def test_worker_killed_mid_batch_and_restarted_settles_every_gift_once(
                 for i in range(0, total, 250):  # enqueued while the worker already settles
                     async with redis.pipeline(transaction=False) as pipe:
                         for gid, sender in plan[i : i + 250]:
-                            pipe.xadd(keys.GIFTS_STREAM, request(gid, room, sender).to_entry())  # queued, not awaited
+                            gift = request(gid, room, sender)
+                            pipe.xadd(gifts.stream_of(gift), gift.to_entry())  # queued, not awaited
                         await pipe.execute()
-            backlog = await redis.xlen(keys.GIFTS_STREAM)
+            backlog = await gifts.gift_backlog(redis)
 
             async def progressed(backlog: int = backlog) -> bool:
-                return await redis.xlen(keys.GIFTS_STREAM) <= backlog - 200
+                return await gifts.gift_backlog(redis) <= backlog - 200
 
             await wait_until(progressed, "the worker to settle some gifts", alive=exited)
             worker.send_signal(signal.SIGKILL)
             worker.wait(15)
             assert worker.returncode == -signal.SIGKILL
-            pending_now = await redis.xpending_range(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, "-", "+", 5000)
-            killed_pending = [p for p in pending_now if p["consumer"].startswith(consumer)]
+            # The only worker: whatever is pending was held by it (consumers settler-N in every partition).
+            killed_pending = [
+                p
+                for sender in funds
+                for p in await redis.xpending_range(stream(sender), keys.SETTLEMENT_GROUP, "-", "+", 5000)
+            ]
             if killed_pending:
                 break
         assert killed_pending, "never killed the worker while it held a batch"
-        assert await redis.xlen(keys.GIFTS_STREAM) > 0, "the stream should still have a backlog at the kill"
+        assert await gifts.gift_backlog(redis) > 0, "the streams should still have a backlog at the kill"
 
         restarted = start("worker", env, "worker-restarted.log")
 
@@ -437,7 +461,7 @@ async def test_worker_killed_mid_batch_and_restarted_settles_every_gift_once(
     for user, coins in funds.items():
         assert await balances(redis, user) == (coins - settled_by[user] * coffee, 0), user
     assert await balances(redis, "creator1") == (0, len(settled) * per_gift.diamonds)
-    assert await redis.xlen(keys.GIFTS_DEAD_LETTER) == 0
+    assert all([await redis.xlen(dead_letters(sender)) == 0 for sender in funds])
     await assert_audit_clean(redis)
 
 
@@ -455,7 +479,7 @@ async def test_entries_left_pending_by_a_dead_consumer_are_reclaimed_and_settled
     gids = [gift_id() for _ in range(5)]
     for gid in gids:
         await gifts.enqueue(redis, request(gid, room, "viewer1"))
-    read = await redis.xreadgroup(keys.SETTLEMENT_GROUP, "dead-1", {keys.GIFTS_STREAM: ">"}, count=10)
+    read = await redis.xreadgroup(keys.SETTLEMENT_GROUP, "dead-1", {stream(): ">"}, count=10)
     assert len(read[0][1]) == 5 and await pending(redis) == 5
     async with run_worker(make_settings(tmp_path, claim_idle_ms=200), valkey_url, consumer="alive-1") as worker:
         await wait_until(lambda: drained(redis), "the dead consumer's entries to be reclaimed")
@@ -465,7 +489,7 @@ async def test_entries_left_pending_by_a_dead_consumer_are_reclaimed_and_settled
     )
     assert await balances(redis, "viewer1") == (50, 0)
     assert [e["gift_id"] for _, e in await history(redis, room)] == gids
-    consumers = {c["name"]: c["pending"] for c in await redis.xinfo_consumers(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP)}
+    consumers = {c["name"]: c["pending"] for c in await redis.xinfo_consumers(stream(), keys.SETTLEMENT_GROUP)}
     assert consumers.get("dead-1", 0) == 0
     await assert_audit_clean(redis)
 
@@ -473,14 +497,14 @@ async def test_entries_left_pending_by_a_dead_consumer_are_reclaimed_and_settled
 async def test_restarted_worker_settles_its_own_pending_entries_first(
     redis: aioredis.Redis, valkey_url: str, tmp_path: Path
 ) -> None:
-    """A worker restarted under the same consumer name settles the entries it read before, without waiting."""
+    """The next owner of a partition settles what the previous one read (same consumer names), without waiting."""
     room = await open_room(redis)
     await grant(redis, "viewer1", 100)
     await ensure_group(redis)
     gids = [gift_id() for _ in range(3)]
     for gid in gids:
         await gifts.enqueue(redis, request(gid, room, "viewer1"))
-    await redis.xreadgroup(keys.SETTLEMENT_GROUP, "worker-a", {keys.GIFTS_STREAM: ">"}, count=10)
+    await redis.xreadgroup(keys.SETTLEMENT_GROUP, "settler-0", {stream(): ">"}, count=10)
     settings = make_settings(tmp_path, claim_idle_ms=600_000)  # no reclaim: only the own-pending path can do it
     async with run_worker(settings, valkey_url, consumer="worker-a") as worker:
         await wait_until(lambda: drained(redis), "the worker's own pending entries to be settled")
@@ -512,15 +536,15 @@ async def test_malformed_entries_go_to_dead_letter_and_valid_ones_in_the_batch_s
     bad_ids = []
     await gifts.enqueue(redis, request(gids[0], room, "viewer1"))
     for fields in bad_fields[:2]:
-        bad_ids.append(await redis.xadd(keys.GIFTS_STREAM, fields))
+        bad_ids.append(await redis.xadd(stream(), fields))
     await gifts.enqueue(redis, request(gids[1], room, "viewer1"))
     for fields in bad_fields[2:]:
-        bad_ids.append(await redis.xadd(keys.GIFTS_STREAM, fields))
+        bad_ids.append(await redis.xadd(stream(), fields))
     await gifts.enqueue(redis, request(gids[2], room, "viewer1"))
     async with run_worker(make_settings(tmp_path), valkey_url) as worker:
         await wait_until(lambda: drained(redis), "the batch to be settled or dead-lettered")
     assert worker.settled_total == 3
-    dead = [fields for _, fields in await redis.xrange(keys.GIFTS_DEAD_LETTER)]
+    dead = [fields for _, fields in await redis.xrange(dead_letters())]
     assert [d["entry_id"] for d in dead] == bad_ids
     assert all(d["error"].startswith("not a gift request entry") for d in dead), dead
     assert dead[0]["g"] == "not json" and dead[1]["other"] == "field"
@@ -543,10 +567,10 @@ async def test_entry_with_wrongly_typed_fields_goes_to_dead_letter_without_stopp
     await ensure_group(redis)
     good = gift_id()
     bad = {**orjson.loads(request(gift_id(), room, "viewer1").to_entry()["g"]), **override}
-    bad_id = await redis.xadd(keys.GIFTS_STREAM, {"g": orjson.dumps(bad)})
+    bad_id = await redis.xadd(stream(), {"g": orjson.dumps(bad)})
     async with worker_task(make_settings(tmp_path, claim_idle_ms=200), valkey_url) as (_worker, task):
         await wait_until(
-            lambda: redis.xlen(keys.GIFTS_DEAD_LETTER),
+            lambda: redis.xlen(dead_letters()),
             "the bad entry to be dead-lettered",
             10,
             lambda: task_failure(task),
@@ -554,7 +578,7 @@ async def test_entry_with_wrongly_typed_fields_goes_to_dead_letter_without_stopp
         await gifts.enqueue(redis, request(good, room, "viewer1"))
         await wait_until(lambda: drained(redis), "the stream to drain", 10, lambda: task_failure(task))
         assert not task.done()
-    dead = await redis.xrange(keys.GIFTS_DEAD_LETTER)
+    dead = await redis.xrange(dead_letters())
     assert [f["entry_id"] for _, f in dead] == [bad_id] and dead[0][1]["error"]
     assert [e["gift_id"] for _, e in await history(redis, room)] == [good]
     await assert_audit_clean(redis)
@@ -568,22 +592,22 @@ async def test_entry_delivered_more_than_deliveries_max_goes_to_dead_letter(
     await grant(redis, "viewer1", 100)
     await ensure_group(redis)
     poison, fine = gift_id(), gift_id()
-    poison_id = await redis.xadd(keys.GIFTS_STREAM, request(poison, room, "viewer1").to_entry())
-    await redis.xreadgroup(keys.SETTLEMENT_GROUP, "dead-1", {keys.GIFTS_STREAM: ">"}, count=1)
+    poison_id = await redis.xadd(stream(), request(poison, room, "viewer1").to_entry())
+    await redis.xreadgroup(keys.SETTLEMENT_GROUP, "dead-1", {stream(): ">"}, count=1)
     for _ in range(2):  # two more deliveries: 3 in all
-        await redis.xclaim(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, "dead-1", min_idle_time=0, message_ids=[poison_id])
-    fine_id = await redis.xadd(keys.GIFTS_STREAM, request(fine, room, "viewer1").to_entry())
-    await redis.xreadgroup(keys.SETTLEMENT_GROUP, "dead-1", {keys.GIFTS_STREAM: ">"}, count=1)
+        await redis.xclaim(stream(), keys.SETTLEMENT_GROUP, "dead-1", min_idle_time=0, message_ids=[poison_id])
+    fine_id = await redis.xadd(stream(), request(fine, room, "viewer1").to_entry())
+    await redis.xreadgroup(keys.SETTLEMENT_GROUP, "dead-1", {stream(): ">"}, count=1)
     delivered = {
         p["message_id"]: p["times_delivered"]
-        for p in await redis.xpending_range(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, min="-", max="+", count=10)
+        for p in await redis.xpending_range(stream(), keys.SETTLEMENT_GROUP, min="-", max="+", count=10)
     }
     assert delivered == {poison_id: 3, fine_id: 1}
     # The worker's reclaim is one more delivery each: 4 > 3 for the poison entry, 2 for its neighbour.
     settings = make_settings(tmp_path, claim_idle_ms=200, deliveries_max=3)
     async with run_worker(settings, valkey_url):
         await wait_until(lambda: drained(redis), "the reclaimed entries to be settled or dead-lettered")
-    dead = [fields for _, fields in await redis.xrange(keys.GIFTS_DEAD_LETTER)]
+    dead = [fields for _, fields in await redis.xrange(dead_letters())]
     assert len(dead) == 1 and dead[0]["entry_id"] == poison_id
     assert dead[0]["error"] == "delivered 4 times without settling"
     assert orjson.loads(dead[0]["g"])["gift_id"] == poison

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from gifting import clock, keys
 from gifting.gifts import GiftRequest
 from gifting.history import journal
+from gifting.ledger import partitions
 from gifting.ledger.audit import run_audit
 from gifting.ledger.campaigns import Campaigns
 from gifting.live.hub import fresh_viewer_total
@@ -194,7 +195,7 @@ async def test_the_unspent_budget_returns_to_the_brand_once_at_the_end(system: S
     room = await system.open_room("c1")
     assert (await send(system, room, campaign))["status"] == "settled"
     await system.redis.hset(keys.campaign(campaign), "end_ms", clock.now_ms())  # the end comes now
-    await system.redis.zadd(keys.CAMPAIGNS_OPEN, {campaign: clock.now_ms()})
+    await system.redis.zadd(keys.campaigns_open(keys.campaign_part(campaign)), {campaign: clock.now_ms()})
     deadline = time.monotonic() + WAIT_S
     while (await report(system, campaign))["status"] != "closed":
         assert time.monotonic() < deadline, "the sweep did not close the campaign"
@@ -285,14 +286,15 @@ async def test_the_audit_finds_a_budget_below_zero_or_moved_by_another_transfer(
         "legs": f"coins {budget} {keys.SYS_CREATOR_EARNINGS} 20|diamonds {keys.SYS_DIAMOND_ISSUANCE} u:c1 20",
     }  # fmt: skip
     stray = {"kind": "purchase", "id": "grant:stray", "legs": f"coins {keys.SYS_COIN_ISSUANCE} {budget} 5"}
+    part = keys.campaign_part(campaign)  # forged in the budget's own partition, balances to match
     async with system.redis.pipeline(transaction=True) as pipe:
-        pipe.xadd(keys.LEDGER_JOURNAL, forged)  # type: ignore[arg-type]
-        pipe.xadd(keys.LEDGER_JOURNAL, stray)
-        pipe.hincrby(keys.LEDGER_COINS, budget, -15)
-        pipe.hincrby(keys.LEDGER_COINS, keys.SYS_CREATOR_EARNINGS, 20)
-        pipe.hincrby(keys.LEDGER_COINS, keys.SYS_COIN_ISSUANCE, -5)
-        pipe.hincrby(keys.LEDGER_DIAMONDS, keys.SYS_DIAMOND_ISSUANCE, -20)
-        pipe.hincrby(keys.LEDGER_DIAMONDS, "u:c1", 20)
+        pipe.xadd(keys.journal(part), forged)  # type: ignore[arg-type]
+        pipe.xadd(keys.journal(part), stray)
+        pipe.hincrby(keys.coins(part), budget, -15)
+        pipe.hincrby(keys.coins(part), keys.SYS_CREATOR_EARNINGS, 20)
+        pipe.hincrby(keys.coins(part), keys.SYS_COIN_ISSUANCE, -5)
+        pipe.hincrby(keys.diamonds(part), keys.SYS_DIAMOND_ISSUANCE, -20)
+        pipe.hincrby(keys.diamonds(part), "u:c1", 20)
         await pipe.execute()
     findings = "\n".join((await run_audit(system.redis)).findings)
     assert f"campaign {campaign} budget below zero" in findings, findings
@@ -351,10 +353,12 @@ async def test_the_audit_reads_archived_budget_transfers(system: System, history
     assert (await send(system, room, campaign))["status"] == "settled"
     response = await system.http.post(f"/v1/campaigns/{campaign}/end", headers=system.auth("brand1", "brand"))
     assert response.status_code == 200 and response.json()["returned"] == 100 - COFFEE
-    while (await journal.archive_batch(system.redis, history, keys.LEDGER_JOURNAL, 5))[0]:
-        pass
-    await journal.trim_archived(system.redis, keys.LEDGER_JOURNAL, await journal.cursor(history, keys.LEDGER_JOURNAL))
-    assert await system.redis.xlen(keys.LEDGER_JOURNAL) == 0
+    for part in partitions.all_tags():  # the campaign's partition and the creator's (its credit)
+        stream = keys.journal(part)
+        while (await journal.archive_batch(system.redis, history, stream, 5))[0]:
+            pass
+        await journal.trim_archived(system.redis, stream, await journal.cursor(history, stream))
+        assert await system.redis.xlen(stream) == 0
     report = await run_audit(system.redis, archive=history)
     assert report.clean and report.kinds["sponsored"] == 1 and report.kinds["campaign_return"] == 1, report.summary()
 

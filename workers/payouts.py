@@ -8,8 +8,9 @@ import logging
 import time
 from typing import Any
 
-from gifting import clock, metrics
+from gifting import clock, keys, metrics
 from gifting.config import Settings
+from gifting.ledger import partitions
 from gifting.ledger.store import Ledger, LedgerError
 from gifting.payments import Payout, PayoutProvider
 
@@ -23,25 +24,27 @@ class Payouts:
         self.ledger = ledger
         self.settings = settings
         self.provider = provider
-        self._offset = 0  # where the next page of pending withdrawals starts (wraps around)
+        self._offsets: dict[str, int] = {}  # partition -> where its next page of pending withdrawals starts
+        self._next_part = 0  # the partition the next run starts at (rotates, so each gets its turn first)
         self._retry: dict[str, tuple[float, float]] = {}  # withdrawal id -> (ask again at, delay), monotonic s
 
     async def run(self) -> int:
         """Send a page of pending withdrawals to the payout provider: post the paid, void the failed and the
         timed out. Returns how many were resolved.
 
-        Fair: each run takes the next page (GIFTING_PAYOUTS_PER_RUN_MAX, wrapping around), so every pending
-        withdrawal is reached, and one the provider keeps `processing` is asked again only after its own doubling
-        delay (up to GIFTING_PAYOUT_RETRY_S_MAX), so no creator's withdrawals hold back the others'. Durable first:
-        the page is fsynced (WAITAOF) before any of it reaches the provider, so a payout is never made for a debit
-        Valkey could still lose; if that wait fails, nothing is sent this run. The provider gets the withdrawal id
-        as its idempotency key. post/void are exactly-once in withdraw.lua, so two workers racing on one
-        withdrawal cannot both win.
+        Fair: each run takes the next page of each ledger partition's pending withdrawals (GIFTING_PAYOUTS_PER_RUN_MAX
+        shared among the partitions, wrapping around; see `_page`), so every pending withdrawal is reached, and one the
+        provider keeps `processing` is asked again only after its own doubling delay (up to GIFTING_PAYOUT_RETRY_S_MAX),
+        so no creator's withdrawals hold back the others'. Durable first: the page's partitions are fsynced (WAITAOF)
+        before any of it reaches the provider, so a payout is never made for a debit Valkey could still lose; if that
+        wait fails, nothing is sent this run. The provider gets the withdrawal id as its idempotency key. post/void are
+        exactly-once in withdraw.lua, so two workers racing on one withdrawal cannot both win.
         """
         page = await self._page()
         if not page:
             return 0
-        await self.ledger.durable(self.settings.waitaof_timeout_ms)
+        for part in dict.fromkeys(keys.part_of_user(keys.scoped_user(w)) for w in page):
+            await self.ledger.durable(self.settings.waitaof_timeout_ms, part)
         resolved = 0
         async with self.ledger.group_commit():  # one fsync for the page's posts and voids
             for withdrawal_id in page:
@@ -60,10 +63,21 @@ class Payouts:
         return resolved
 
     async def _page(self) -> list[str]:
-        """The next page of pending withdrawals by deadline; after the last page, the first again."""
-        size = self.settings.payouts_per_run_max
-        page = await self.ledger.pending_withdrawals(size, self._offset)
-        self._offset = self._offset + size if len(page) == size else 0
+        """The next page of each partition's pending withdrawals by deadline (after its last page, its first
+        again): an equal share of GIFTING_PAYOUTS_PER_RUN_MAX each, at least one. With more partitions than that,
+        a run reaches that many partitions, starting where the last run stopped, so a busy partition never holds
+        back another's creators."""
+        tags = partitions.all_tags()
+        total = self.settings.payouts_per_run_max
+        size = max(1, total // len(tags))
+        page: list[str] = []
+        for i in range(min(len(tags), total)):
+            part = tags[(self._next_part + i) % len(tags)]
+            offset = self._offsets.get(part, 0)
+            ids = await self.ledger.pending_withdrawals(part, size, offset)
+            self._offsets[part] = offset + size if len(ids) == size else 0
+            page += ids
+        self._next_part = (self._next_part + min(len(tags), total)) % len(tags)
         now = time.monotonic()
         retry_s_max = self.settings.payout_retry_s_max
         self._retry = {w: r for w, r in self._retry.items() if r[0] > now - retry_s_max}  # bounded

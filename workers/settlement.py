@@ -1,14 +1,20 @@
-"""The settlement worker: gifts stream -> one Lua call per batch -> fsync -> room events + results -> XACK.
+"""The settlement worker: a partition's gift stream -> one Lua call per batch -> fsync -> credits -> room
+events + results -> XACK.
 
-    XREADGROUP (batch) -> settle.lua (idempotent by gift_id, atomic)
+    XREADGROUP (batch of one partition's stream) -> settle.lua (idempotent by gift_id, atomic, in the viewers'
+      partition; the credits owed to creators of other partitions go to its outbox in the same call)
       -> WAITAOF (durable before anything is announced)
+      -> credit.lua per creators' partition (idempotent by gift id) -> WAITAOF -> outbox entry deleted
       -> announce.lua per room (history exactly once, PUBLISH) + results to the senders' hubs
       -> XACK + XDEL
 
-A crash anywhere before XACK leaves the entries pending: this consumer re-reads its own pending entries
-on restart, and any consumer reclaims entries idle longer than GIFTING_CLAIM_IDLE_MS (XAUTOCLAIM).
-Redelivered gifts hit their idempotency record; announce.lua's markers keep room history exactly-once.
-An entry delivered more than GIFTING_DELIVERIES_MAX times goes to the dead-letter stream with its error.
+Each process leases partitions (workers/leases.py) and runs GIFTING_SETTLE_CONCURRENCY batch loops per leased
+partition. A crash anywhere before XACK leaves the entries pending: the loops' consumer names are the same in
+every process, so whoever leases the partition next re-reads them first; entries idle with any other consumer
+are reclaimed after GIFTING_CLAIM_IDLE_MS (XAUTOCLAIM). Redelivered gifts hit their idempotency record;
+announce.lua's markers keep room history exactly-once; an outbox entry left by a crash is applied again by the
+partition's loop (Ledger.redrive_outbox), each credit once. An entry delivered more than GIFTING_DELIVERIES_MAX
+times goes to the partition's dead-letter stream with its error.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from gifting.config import Settings
 from gifting.errors import ScriptFailed
 from gifting.fanclubs import FanClubs
 from gifting.gifts import GiftRequest, gift_result, room_event
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.rewards import Rewards
 from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
 from gifting.payments import PayoutProvider, SandboxPayouts
@@ -43,6 +49,7 @@ from gifting.rooms.recipients import RecipientBoards
 from gifting.rooms.store import RoomStore
 from gifting.wire.messages import PoolCompleted, PoolProgress
 from gifting.wire.reasons import RejectReason
+from workers.leases import PartitionLeases
 from workers.payouts import Payouts
 from workers.pool_sweep import PoolSweeper
 from workers.sponsored import SponsoredGifts
@@ -81,18 +88,12 @@ def default_consumer() -> str:
 
 
 async def run_workers(redis: aioredis.Redis, settings: Settings, stop: asyncio.Event) -> None:
-    """One process's settlement: GIFTING_SETTLE_CONCURRENCY batch loops, each its own consumer of the group.
+    """One process's settlement: the partitions it leases, GIFTING_SETTLE_CONCURRENCY batch loops each.
 
-    Why several: a loop spends most of a batch waiting (four round trips and an fsync), so with one loop
-    Valkey idles while the worker works and the other way round; a few loops keep both busy
-    (docs/BENCHMARKS.md, "Settlement"). Only the first runs payouts and pool expiry and sends the heartbeat.
-    """
-    n, base = settings.settle_concurrency, default_consumer()
-    workers = [
-        SettlementWorker(redis, settings, consumer=base if n == 1 else f"{base}-{i}", housekeeping=i == 0)
-        for i in range(n)
-    ]
-    await asyncio.gather(*(w.run(stop) for w in workers))
+    Why loops per partition and many partitions: a loop spends most of a batch waiting (round trips and
+    fsyncs), so with one loop Valkey idles while the worker works and the other way round; several loops keep
+    both busy (docs/BENCHMARKS.md, "Settlement")."""
+    await SettlementWorker(redis, settings, consumer=default_consumer()).run(stop)
 
 
 class SettlementWorker:
@@ -103,13 +104,17 @@ class SettlementWorker:
         consumer: str | None = None,
         payouts: PayoutProvider | None = None,
         housekeeping: bool = True,
+        parts: list[str] | None = None,
     ) -> None:
         self.redis = redis
         self.settings = settings
-        self.housekeeping = housekeeping  # payouts and pool expiry: one loop per process is enough
+        self.housekeeping = housekeeping  # payouts, sweeps and the heartbeat (run() only)
         self._last_payout_run = 0.0
         self.catalogs = CatalogStore(redis)
-        self.consumer = consumer or default_consumer()
+        self.consumer = consumer or default_consumer()  # this process: its heartbeat and its leases
+        # The partitions this worker reads: fixed (tests, benchmarks: all by default), or leased by run().
+        self.parts: list[str] = parts if parts is not None else list(partitions.all_tags())
+        self.leases = PartitionLeases(redis, self.consumer, settings.partition_lease_ms)
         self.ledger = Ledger(redis, settings)
         self.rooms = RoomStore(redis, settings)
         self.payouts = Payouts(self.ledger, settings, payouts or SandboxPayouts())
@@ -120,18 +125,21 @@ class SettlementWorker:
         self.boards = RecipientBoards(redis, settings)
         self.fanclubs = FanClubs(redis, settings)
         self._last_heartbeat = 0.0
-        self._last_claim = 0.0
         self.settled_total = 0  # gifts settled by this process (for logs and benchmarks)
         self._ack_script = redis.register_script(ACK_SCRIPT)
         self._prune_consumers = redis.register_script(PRUNE_CONSUMERS_SCRIPT)
-        self._to_ack: list[str] = []  # settled and announced; acked with the next read (one round trip less)
+        # Settled and announced, per (partition, loop): acked with that loop's next read (one round trip less).
+        self._to_ack: dict[str, list[str]] = defaultdict(list)
 
     async def ensure_group(self) -> None:
-        try:
-            await self.redis.xgroup_create(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, id="0", mkstream=True)
-        except ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        """The settlement group on every partition's stream (created with the stream)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for part in partitions.all_tags():
+                pipe.xgroup_create(keys.gifts_stream(part), keys.SETTLEMENT_GROUP, id="0", mkstream=True)
+            replies = await pipe.execute(raise_on_error=False)
+        for reply in replies:
+            if isinstance(reply, Exception) and "BUSYGROUP" not in str(reply):
+                raise reply
 
     async def load_scripts(self) -> None:
         """The hot path calls its scripts by sha inside pipelines (no SCRIPT EXISTS round trip per batch), so
@@ -140,39 +148,75 @@ class SettlementWorker:
             await self.redis.script_load(script.script)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Until `stop` is set: settle batches. Finishes the batch in hand before returning (graceful drain)."""
+        """Until `stop` is set: lease partitions and settle their streams, GIFTING_SETTLE_CONCURRENCY loops each;
+        housekeeping (heartbeat, payouts, sweeps, gauges) here. Every loop finishes the batch in hand before
+        returning (graceful drain), then the leases are given back."""
         if not await self.start_up(stop):
             return
         log.info("settlement worker %s started", self.consumer)
-        backoff_s, own_pending = 0.1, True
-        while not stop.is_set():
-            try:
-                if self.housekeeping:  # one heartbeat per process: /readyz counts worker processes
+        loops: dict[str, list[asyncio.Task[None]]] = {}
+        renew_s = self.settings.partition_lease_ms / 3000
+        last_renew, backoff_s = 0.0, 0.1
+        try:
+            while not stop.is_set():
+                try:
                     await self.heartbeat()
+                    if time.monotonic() - last_renew >= renew_s:
+                        last_renew = time.monotonic()
+                        owned = await self.leases.refresh()
+                        self._follow_leases(owned, loops, stop)
+                    if time.monotonic() - self._last_payout_run > self.settings.payout_interval_ms / 1000:
+                        self._last_payout_run = time.monotonic()
+                        await self.housekeep()
+                    backoff_s = 0.1
+                except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError, LedgerError) as exc:
+                    log.warning("settlement housekeeping: %s; retrying in %.1f s", exc, backoff_s)
+                    metrics.store_errors.labels(component="worker").inc()
+                    backoff_s = min(backoff_s * 2, BACKOFF_S_MAX)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), min(HEARTBEAT_INTERVAL_S, renew_s, backoff_s))
+        finally:
+            held = sorted(self.leases.owned)
+            self.leases.owned.clear()  # every loop ends after the batch in hand (or its blocking read)
+            await asyncio.gather(*(t for ts in loops.values() for t in ts), return_exceptions=True)
+            with contextlib.suppress(ConnectionError, TimeoutError, ResponseError, OSError):
+                await self.leases.release(held)
+        log.info("settlement worker %s stopped (%d gifts settled)", self.consumer, self.settled_total)
+
+    def _follow_leases(self, owned: set[str], loops: dict[str, list[asyncio.Task[None]]], stop: asyncio.Event) -> None:
+        """Start the loops of newly leased partitions; loops of a lost partition stop after their batch."""
+        for part in [p for p, ts in loops.items() if all(t.done() for t in ts)]:
+            del loops[part]
+        for part in sorted(owned - set(loops)):
+            loops[part] = [
+                asyncio.create_task(self.partition_loop(part, i, stop), name=f"settle {part} {i}")
+                for i in range(self.settings.settle_concurrency)
+            ]
+            log.info("settlement worker %s: settling partition %s", self.consumer, part)
+
+    async def partition_loop(self, part: str, loop: int, stop: asyncio.Event) -> None:
+        """One batch loop of one leased partition, until `stop` or the lease is lost."""
+        consumer = f"settler-{loop}"  # the same in every process: the next owner re-reads what we left pending
+        backoff_s, own_pending = 0.1, True
+        last_claim = last_redrive = time.monotonic()
+        while not stop.is_set() and part in self.leases.owned:
+            try:
                 if own_pending:
-                    # After a start or an error: our own unacked entries first (they are not idle to others).
-                    own_pending = await self.step(pending=True) > 0
-                elif time.monotonic() - self._last_claim > self.settings.claim_idle_ms / 2000:
-                    self._last_claim = time.monotonic()
-                    await self.reclaim()
-                if (
-                    self.housekeeping
-                    and time.monotonic() - self._last_payout_run > self.settings.payout_interval_ms / 1000
-                ):
-                    self._last_payout_run = time.monotonic()
-                    await self.run_payouts()
-                    await self.sweep_pools()
-                    await self.sweep_room_ends()
-                    await self.matches.sweep()
-                    await self.sponsored.sweep()
-                    await self.prune_consumers()
-                    await self.observe_state()
-                await self.step(pending=False)
+                    own_pending = await self.step_partition(part, consumer, pending=True) > 0
+                    continue
+                now = time.monotonic()
+                if loop == 0 and now - last_redrive > self.settings.outbox_redrive_ms / 1000:
+                    last_redrive = now
+                    await self.ledger.redrive_outbox(part, self.settings.outbox_redrive_ms)
+                if now - last_claim > self.settings.claim_idle_ms / 2000:
+                    last_claim = now
+                    await self.reclaim(part, consumer)
+                await self.step_partition(part, consumer, pending=False, block=self.settings.settle_block_ms)
                 backoff_s = 0.1
             except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError, LedgerError) as exc:
                 # Nothing of the batch was announced or acked: it stays pending and is settled (idempotently) again.
                 # (LedgerError: a pool that kept changing under its pledge, `busy`.)
-                log.warning("settlement: %s; retrying in %.1f s", exc, backoff_s)
+                log.warning("settlement %s: %s; retrying in %.1f s", part, exc, backoff_s)
                 metrics.store_errors.labels(component="worker").inc()
                 own_pending = True
                 await asyncio.sleep(backoff_s)
@@ -181,12 +225,21 @@ class SettlementWorker:
                     if isinstance(exc, NoScriptError):
                         await self.load_scripts()
         with contextlib.suppress(ConnectionError, TimeoutError, OSError):
-            await self.flush_acks()  # what is not acked here is settled again (idempotently) by whoever reads it
-        log.info("settlement worker %s stopped (%d gifts settled)", self.consumer, self.settled_total)
+            await self.flush_acks(part, consumer)  # what is not acked here is settled again (idempotently)
+
+    async def housekeep(self) -> None:
+        """Payouts, the sweeps (pools, room ends, matches, campaigns), idle consumers and the gauges."""
+        await self.run_payouts()
+        await self.sweep_pools()
+        await self.sweep_room_ends()
+        await self.matches.sweep()
+        await self.sponsored.sweep()
+        await self.prune_consumers()
+        await self.observe_state()
 
     async def start_up(self, stop: asyncio.Event) -> bool:
-        """Consumer group, scripts and catalog; retried while Valkey is unreachable (a worker may start before it,
-        or while it restarts), rather than the worker dying. False if `stop` was set first."""
+        """Consumer groups, scripts and catalog; retried while Valkey is unreachable (a worker may start before
+        it, or while it restarts), rather than the worker dying. False if `stop` was set first."""
         backoff_s = 0.1
         while not stop.is_set():
             try:
@@ -214,30 +267,44 @@ class SettlementWorker:
         return await self.pool_sweeper.sweep_room_ends()
 
     async def prune_consumers(self) -> int:
-        """Remove consumers of the group left behind by stopped processes (idle, nothing pending)."""
-        removed: int = await self._prune_consumers(
-            keys=[keys.GIFTS_STREAM],
-            args=[keys.SETTLEMENT_GROUP, self.settings.consumer_idle_s_max * 1000, self.consumer],
-        )
+        """Remove consumers left behind by stopped processes (idle, nothing pending) from every partition's group
+        (older releases named consumers per process)."""
+        removed = 0
+        for part in partitions.all_tags():
+            removed += int(
+                await self._prune_consumers(
+                    keys=[keys.gifts_stream(part)],
+                    args=[keys.SETTLEMENT_GROUP, self.settings.consumer_idle_s_max * 1000, "settler-0"],
+                )
+            )
         if removed:
-            log.info("settlement: removed %d idle consumers from the group", removed)
+            log.info("settlement: removed %d idle consumers from the groups", removed)
         return removed
 
     async def observe_state(self) -> None:
-        """Backlogs, pending entries, withdrawals, pools and heartbeats for the gauges; one round trip."""
+        """Backlogs, pending entries, withdrawals, pools and heartbeats for the gauges (summed over partitions,
+        labelled by the partition-less stream name); one round trip."""
+        tags = partitions.all_tags()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.GIFTS_STREAM)
-            pipe.xlen(keys.GIFTS_DEAD_LETTER)
-            pipe.xpending(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP)
-            pipe.zcard(keys.WITHDRAWALS_PENDING)
-            pipe.zcard(keys.POOLS_OPEN)
+            for part in tags:
+                pipe.xlen(keys.gifts_stream(part))
+                pipe.xlen(keys.gifts_dead_letter(part))
+                pipe.xpending(keys.gifts_stream(part), keys.SETTLEMENT_GROUP)
+                pipe.zcard(keys.withdrawals_pending(part))
+                pipe.zcard(keys.pools_open(part))
+                pipe.xlen(keys.journal(part))  # the archive backlog: entries not yet moved to PostgreSQL
+                pipe.xlen(keys.outbox(part))
             pipe.zrange(keys.WORKER_HEARTBEATS, -1, -1, withscores=True)
-            pipe.xlen(keys.LEDGER_JOURNAL)  # the archive backlog: entries not yet moved to PostgreSQL
-            backlog, dead, pending, withdrawals, pools, newest, journal = await pipe.execute()
-        metrics.stream_length.labels(stream=keys.GIFTS_STREAM).set(backlog)
-        metrics.stream_length.labels(stream=keys.GIFTS_DEAD_LETTER).set(dead)
-        metrics.stream_length.labels(stream=keys.LEDGER_JOURNAL).set(journal)
-        metrics.stream_pending.labels(stream=keys.GIFTS_STREAM).set(pending["pending"])
+            *replies, newest = await pipe.execute()
+        sums = [0] * 7
+        for i, reply in enumerate(replies):
+            sums[i % 7] += int(reply["pending"]) if isinstance(reply, dict) else int(reply)
+        backlog, dead, pending, withdrawals, pools, journal, outbox = sums
+        metrics.stream_length.labels(stream="gifts").set(backlog)
+        metrics.stream_length.labels(stream="gifts:dead").set(dead)
+        metrics.stream_length.labels(stream="journal").set(journal)
+        metrics.stream_length.labels(stream="outbox").set(outbox)
+        metrics.stream_pending.labels(stream="gifts").set(pending)
         metrics.withdrawals_pending.set(withdrawals)
         metrics.pools_open.set(pools)
         if newest:
@@ -253,45 +320,52 @@ class SettlementWorker:
                 pipe.zremrangebyscore(keys.WORKER_HEARTBEATS, 0, now_ms - 3600_000)
                 await pipe.execute()
 
-    async def step(self, pending: bool) -> int:
-        """Read one batch (new entries, or our own pending ones) and settle it. Returns entries read.
+    async def step(self, pending: bool = False) -> int:
+        """Read and settle one batch of each of this worker's partitions, one after the other (tests and tools;
+        run() reads each leased partition in loops of its own). Returns entries read."""
+        read = 0
+        for part in self.parts:
+            read += await self.step_partition(part, "settler-0", pending)
+        return read
 
-        The previous batch's acks travel in the same round trip, ahead of the read."""
-        block = None if pending else self.settings.settle_block_ms
+    async def step_partition(self, part: str, consumer: str, pending: bool, block: int | None = None) -> int:
+        """Read one batch of a partition's stream (new entries, or the consumer's pending ones) and settle it.
+        Returns entries read. The previous batch's acks travel in the same round trip, ahead of the read."""
+        stream = keys.gifts_stream(part)
         async with self.redis.pipeline(transaction=False) as pipe:
-            self._queue_acks(pipe)
+            self._queue_acks(pipe, part, consumer)
             pipe.xreadgroup(
                 keys.SETTLEMENT_GROUP,
-                self.consumer,
-                {keys.GIFTS_STREAM: "0" if pending else ">"},
+                consumer,
+                {stream: "0" if pending else ">"},
                 count=self.settings.settle_batch_max,
-                block=block,
+                block=None if pending else block,
             )
             *_, response = await pipe.execute()
         entries: list[Entry] = response[0][1] if response else []
         entries = [(eid, fields) for eid, fields in entries if fields]  # deleted while pending
         if entries:
-            await self.process(entries, redelivered=pending)
+            await self.process(entries, part, consumer, redelivered=pending)
         return len(entries)
 
-    async def reclaim(self) -> None:
-        """Take over entries idle with any consumer (a dead worker) and settle them."""
+    async def reclaim(self, part: str, consumer: str = "settler-0") -> None:
+        """Take over entries idle with any other consumer of the partition's group and settle them."""
         _next, entries, _deleted = await self.redis.xautoclaim(
-            keys.GIFTS_STREAM,
+            keys.gifts_stream(part),
             keys.SETTLEMENT_GROUP,
-            self.consumer,
+            consumer,
             min_idle_time=self.settings.claim_idle_ms,
             start_id="0-0",
             count=self.settings.settle_batch_max,
         )
         entries = [(eid, fields) for eid, fields in entries if fields]
         if entries:
-            log.info("settlement: reclaimed %d idle entries", len(entries))
-            await self.process(entries, redelivered=True)
+            log.info("settlement: reclaimed %d idle entries of %s", len(entries), part)
+            await self.process(entries, part, consumer, redelivered=True)
 
-    async def process(self, entries: list[Entry], redelivered: bool = False) -> None:
+    async def process(self, entries: list[Entry], part: str, consumer: str, redelivered: bool = False) -> None:
         if redelivered:
-            entries = await self._drop_exhausted(entries)
+            entries = await self._drop_exhausted(entries, part, consumer)
         requests: list[tuple[str, GiftRequest]] = []
         pool_ops: list[tuple[str, PoolOp]] = []
         for entry_id, fields in entries:
@@ -301,27 +375,29 @@ class SettlementWorker:
                 else:
                     requests.append((entry_id, GiftRequest.from_entry(fields)))
             except ValueError as exc:
-                await self.dead_letter(entry_id, fields, str(exc))
+                await self.dead_letter(entry_id, fields, str(exc), part, consumer)
         sponsored = [(entry_id, r) for entry_id, r in requests if r.campaign]  # workers/sponsored.py
         requests = [(entry_id, r) for entry_id, r in requests if not r.campaign]
         if requests:
-            await self._settle_entries(requests, dict(entries))
+            await self._settle_entries(requests, dict(entries), part, consumer)
         if sponsored:
-            await self._settle_entries(sponsored, dict(entries), self.sponsored.settle)
+            await self._settle_entries(sponsored, dict(entries), part, consumer, self.sponsored.settle)
         for entry_id, op in pool_ops:  # pledges are rare next to gifts: one call each, in stream order
             try:
                 await self.settle_pool_op(op, entry_id)
             except ResponseError as exc:
                 if not script_failed(exc):
                     raise
-                await self.dead_letter(entry_id, dict(entries)[entry_id], str(exc))
+                await self.dead_letter(entry_id, dict(entries)[entry_id], str(exc), part, consumer)
                 continue
-            await self.ack([entry_id])
+            self.ack(part, consumer, [entry_id])
 
     async def _settle_entries(
         self,
         requests: list[tuple[str, GiftRequest]],
         fields: dict[str, dict[str, str]],
+        part: str,
+        consumer: str,
         settle: Callable[[list[GiftRequest], list[str]], Awaitable[Any]] | None = None,
     ) -> None:
         settle = settle or self.settle
@@ -338,16 +414,18 @@ class SettlementWorker:
                 except ResponseError as one_exc:
                     if not script_failed(one_exc):
                         raise
-                    await self.dead_letter(entry_id, fields[entry_id], str(one_exc))
+                    await self.dead_letter(entry_id, fields[entry_id], str(one_exc), part, consumer)
                     continue
-                await self.ack([entry_id])
+                self.ack(part, consumer, [entry_id])
             return
-        await self.ack([entry_id for entry_id, _ in requests])
+        self.ack(part, consumer, [entry_id for entry_id, _ in requests])
 
     async def settle_pool_op(self, op: PoolOp, entry_id: str | None = None) -> None:
         """A pledge (pending transfer; may complete the pool) or an expiry (voids every pledge), then its events.
         A completed pool scores in its room's match like a gift, by the cutoff of `entry_id` (default: now)."""
-        archive_full = op.op == "pledge" and self._archive_full(int(await self.redis.xlen(keys.LEDGER_JOURNAL)))
+        archive_full = op.op == "pledge" and self._archive_full(
+            int(await self.redis.xlen(keys.journal(keys.part_of_user(op.sender))))
+        )
         status, reason, balance, _replay, pool = await self.ledger.pool_op(
             op.op, op.pool, op.pledge_id, op.sender, op.coins, op.sender_name,
             reject=RejectReason.ARCHIVE_BACKLOG if archive_full else "",
@@ -387,9 +465,11 @@ class SettlementWorker:
         a match's cutoff); without them (benchmarks, tests) the request's own ts_ms."""
         started_s = time.perf_counter()
         staged = {r.room for r in requests if r.to}
-        rooms, journal_entries = await self._room_states({r.room for r in requests}, staged)
-        archive_full = self._archive_full(journal_entries)
-        batch = await self.fanclubs.check_batch([self.prepare(r, rooms.get(r.room), archive_full) for r in requests])
+        payers = {keys.part_of_user(r.sender) for r in requests}
+        rooms, journal_entries = await self._room_states({r.room for r in requests}, staged, payers)
+        full = {part for part, n in journal_entries.items() if self._archive_full(n)}
+        prepared = [self.prepare(r, rooms.get(r.room), keys.part_of_user(r.sender) in full) for r in requests]
+        batch = await self.fanclubs.check_batch(prepared)
         accepted_ms = [int(e.split("-")[0]) for e in entry_ids] if entry_ids else [r.ts_ms for r in requests]
         batch = await self.matches.gate(requests, batch, accepted_ms)  # gifts naming a match that ended
         outcomes = await self.ledger.settle(batch, durable_timeout_ms=self.settings.waitaof_timeout_ms)
@@ -492,19 +572,23 @@ class SettlementWorker:
         )
 
     async def _room_states(
-        self, rooms: set[str], staged: set[str] | None = None
-    ) -> tuple[dict[str, dict[str, str]], int]:
+        self, rooms: set[str], staged: set[str] | None = None, payers: set[str] | None = None
+    ) -> tuple[dict[str, dict[str, str]], dict[str, int]]:
         """Each room's creator, status and match, the stage of the `staged` rooms (gifts named a recipient), the
-        catalog version and the journal entries not yet archived, in one round trip per batch."""
-        ordered, stages = sorted(rooms), sorted(staged or ())
+        catalog version and the journal entries not yet archived of each `payers` partition, in one round trip
+        per batch."""
+        ordered, stages, parts = sorted(rooms), sorted(staged or ()), sorted(payers or ())
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(keys.CATALOG_VERSION)
-            pipe.xlen(keys.LEDGER_JOURNAL)
+            for part in parts:
+                pipe.xlen(keys.journal(part))
             for room in ordered:
                 pipe.hmget(keys.room_meta(room), "creator", "status", "match", "staged")
             for room in stages:
                 pipe.hkeys(keys.room_stage(room))
-            version, journal_entries, *replies = await pipe.execute()
+            version, *replies = await pipe.execute()
+        journal_entries = {part: int(n) for part, n in zip(parts, replies[: len(parts)], strict=True)}
+        replies = replies[len(parts) :]
         if int(version or 0) != self.catalogs.version:
             await self.catalogs.refresh()
         guests = dict(zip(stages, replies[len(ordered) :], strict=True))
@@ -519,7 +603,7 @@ class SettlementWorker:
             for room, (creator, status, match, staged_) in zip(ordered, replies[: len(ordered)], strict=True)
             if creator is not None
         }
-        return states, int(journal_entries)
+        return states, journal_entries
 
     async def publish(
         self,
@@ -557,48 +641,52 @@ class SettlementWorker:
                     valkey.queue_publish(pipe, keys.hub_channel(hub), orjson.dumps(results))
             await pipe.execute()
 
-    async def ack(self, entry_ids: list[str]) -> None:
-        """Done with these entries: they are acked (and deleted) with the next read, or by flush_acks."""
-        self._to_ack.extend(entry_ids)
+    def ack(self, part: str, consumer: str, entry_ids: list[str]) -> None:
+        """Done with these entries: they are acked (and deleted) with the loop's next read, or by flush_acks."""
+        self._to_ack[part + " " + consumer].extend(entry_ids)
 
-    def _queue_acks(self, pipe: Any) -> None:
-        if self._to_ack:
-            ids, self._to_ack = self._to_ack, []
-            valkey.queue_evalsha(pipe, self._ack_script.sha, [keys.GIFTS_STREAM], [keys.SETTLEMENT_GROUP, *ids])
+    def _queue_acks(self, pipe: Any, part: str, consumer: str) -> None:
+        ids = self._to_ack.pop(part + " " + consumer, None)
+        if ids:
+            stream = keys.gifts_stream(part)
+            valkey.queue_evalsha(pipe, self._ack_script.sha, [stream], [keys.SETTLEMENT_GROUP, *ids])
 
-    async def flush_acks(self) -> None:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            self._queue_acks(pipe)
-            await pipe.execute()
+    async def flush_acks(self, part: str | None = None, consumer: str = "settler-0") -> None:
+        """Send the acks waiting for a loop's next read (of one partition's loop, or of every partition)."""
+        for p in [part] if part else self.parts:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                self._queue_acks(pipe, p, consumer)
+                await pipe.execute()
 
-    async def dead_letter(self, entry_id: str, fields: dict[str, str], error: str) -> None:
+    async def dead_letter(self, entry_id: str, fields: dict[str, str], error: str, part: str, consumer: str) -> None:
         """Park an entry we cannot settle, with its error; never drop it silently."""
-        log.error("settlement: entry %s to dead-letter stream: %s", entry_id, error)
+        log.error("settlement: entry %s of %s to dead-letter stream: %s", entry_id, part, error)
         metrics.dead_lettered.inc()
         record = {**fields, "entry_id": entry_id, "error": error[:1000], "ts": str(clock.now_ms())}
+        stream = keys.gifts_stream(part)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.xadd(keys.GIFTS_DEAD_LETTER, record)
-            pipe.xack(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP, entry_id)
-            pipe.xdel(keys.GIFTS_STREAM, entry_id)
+            pipe.xadd(keys.gifts_dead_letter(part), record)
+            pipe.xack(stream, keys.SETTLEMENT_GROUP, entry_id)
+            pipe.xdel(stream, entry_id)
             await pipe.execute()
 
-    async def _drop_exhausted(self, entries: list[Entry]) -> list[Entry]:
+    async def _drop_exhausted(self, entries: list[Entry], part: str, consumer: str) -> list[Entry]:
         """Entries delivered more than GIFTING_DELIVERIES_MAX times go to the dead-letter stream."""
         ids = [eid for eid, _ in entries]
         pending = await self.redis.xpending_range(
-            keys.GIFTS_STREAM,
+            keys.gifts_stream(part),
             keys.SETTLEMENT_GROUP,
             min=ids[0],
             max=ids[-1],
             count=len(ids),
-            consumername=self.consumer,
+            consumername=consumer,
         )
         deliveries = {p["message_id"]: int(p["times_delivered"]) for p in pending}
         keep = []
         for entry_id, fields in entries:
             count = deliveries.get(entry_id, 0)
             if count > self.settings.deliveries_max:
-                await self.dead_letter(entry_id, fields, f"delivered {count} times without settling")
+                await self.dead_letter(entry_id, fields, f"delivered {count} times without settling", part, consumer)
             else:
                 keep.append((entry_id, fields))
         return keep

@@ -49,12 +49,23 @@ class SponsoredGifts:
         """Decide, settle (sponsor.lua), announce the settled ones and answer every sender. Past
         GIFTING_ARCHIVE_BACKLOG_MAX every send is rejected `archive_backlog` like a paid gift (one rule for every
         debit: rules.archive_backlog_reject); a resend of a settled one still answers its record."""
-        campaigns, rooms, lifetime, journal_entries = await self._read(requests)
-        now = clock.now_ms()
-        full = rules.archive_backlog_reject(journal_entries, self.settings.archive_backlog_max) is not None
-        if full:
-            log.error("archive backlog: %d journal entries in Valkey: refusing sponsored gifts", journal_entries)
-        sends = [self.prepare(r, campaigns.get(r.campaign), rooms.get(r.room), now, full) for r in requests]
+        campaigns, rooms, senders, journals = await self._read(requests)
+        now, backlog_max = clock.now_ms(), self.settings.archive_backlog_max
+        full = {part for part, n in journals.items() if rules.archive_backlog_reject(n, backlog_max) is not None}
+        for part in sorted(full):
+            log.error("archive backlog: %d journal entries in %s: refusing sponsored gifts", journals[part], part)
+        sends = [
+            self.prepare(
+                r,
+                campaigns.get(r.campaign),
+                rooms.get(r.room),
+                now,
+                keys.campaign_part(r.campaign) in full,
+                senders[r.sender][0],
+            )
+            for r in requests
+        ]
+        lifetime = {sender: spent for sender, (_coins, spent) in senders.items()}
         outcomes = await self.campaigns.send(sends)
         await self.publish(requests, sends, outcomes, campaigns, lifetime)
         fresh = [o for o in outcomes if not o.replay]  # counted like paid gifts (a resend is not counted twice)
@@ -66,20 +77,24 @@ class SponsoredGifts:
 
     async def _read(
         self, requests: list[GiftRequest]
-    ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Any]], dict[str, int], int]:
-        """Each campaign's record, each room's host, status and viewers, each sender's lifetime spend (for the
-        level badge), and the journal's length (the archive backlog), in one round trip."""
+    ) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, Any]], dict[str, tuple[int, int]], dict[str, int]]:
+        """Each campaign's record, each room's host, status and viewers, each sender's coins and lifetime spend
+        (the result's balance, the level badge; in the sender's partition), and the length of each campaign
+        partition's journal (the archive backlog of the partition debited), in one round trip."""
         ids, room_ids = sorted({r.campaign for r in requests}), sorted({r.room for r in requests})
-        senders = sorted({r.sender for r in requests})
+        senders, parts = sorted({r.sender for r in requests}), sorted({keys.campaign_part(c) for c in ids})
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid in ids:
                 pipe.hgetall(keys.campaign(cid))
             for room in room_ids:
                 pipe.hmget(keys.room_meta(room), "creator", "status")
                 pipe.hgetall(keys.room_viewers(room))
-            pipe.hmget(keys.LEDGER_LIFETIME_SPENT, [keys.account(s) for s in senders])
-            pipe.xlen(keys.LEDGER_JOURNAL)
-            *replies, journal_entries = await pipe.execute()
+            for sender in senders:
+                pipe.hget(keys.coins(keys.part_of_user(sender)), keys.account(sender))
+                pipe.hget(keys.lifetime_spent(keys.part_of_user(sender)), keys.account(sender))
+            for part in parts:
+                pipe.xlen(keys.journal(part))
+            replies = await pipe.execute()
         campaigns = {cid: record for cid, record in zip(ids, replies, strict=False) if record}
         now, max_age_ms = clock.now_ms(), self.settings.viewers_interval_ms * 3
         rooms: dict[str, dict[str, Any]] = {}
@@ -91,8 +106,11 @@ class SponsoredGifts:
                     "status": status,
                     "viewers": fresh_viewer_total(viewers, now, max_age_ms),
                 }
-        lifetime = {s: int(v or 0) for s, v in zip(senders, replies[-1], strict=True)}
-        return campaigns, rooms, lifetime, int(journal_entries)
+        at = len(ids) + 2 * len(room_ids)
+        coins, spent = replies[at : at + 2 * len(senders) : 2], replies[at + 1 : at + 2 * len(senders) : 2]
+        balances = {s: (int(c or 0), int(v or 0)) for s, c, v in zip(senders, coins, spent, strict=True)}
+        journals = {part: int(n) for part, n in zip(parts, replies[at + 2 * len(senders) :], strict=True)}
+        return campaigns, rooms, balances, journals
 
     def prepare(
         self,
@@ -101,6 +119,7 @@ class SponsoredGifts:
         room: dict[str, Any] | None,
         now: int,
         archive_full: bool = False,
+        viewer_coins: int = 0,
     ) -> SponsoredSend:
         """Everything but the window, limits and budget (sponsor.lua's): the gift, the room, the campaign, and
         whether the unarchived journal is past GIFTING_ARCHIVE_BACKLOG_MAX."""
@@ -129,6 +148,7 @@ class SponsoredGifts:
             fingerprint=rules.fingerprint(request.sender, request.room, request.gift, request.count, request.campaign),
             reject=reject or "",
             impressions=room["viewers"] if room else 0,
+            viewer_coins=viewer_coins,
         )
 
     async def publish(

@@ -30,7 +30,7 @@ from gifting.ledger import rules
 from gifting.ledger.store import load_script
 
 log = logging.getLogger(__name__)
-ACCOUNTS_PER_CALL = 500  # accounts per statement_tail / statement_trim call (one Valkey call each)
+ACCOUNTS_PER_CALL = 500  # accounts per statement_tail / statement_trim call (one Valkey call each, one partition)
 # New statement rows copied per account per batch at most, so that catching up after a long PostgreSQL outage
 # stays a bounded transaction; the rest stay in Valkey (read from there) until a batch with the account's next
 # transfer moves them.
@@ -65,8 +65,8 @@ class HotState:
         for ms, leg in legs:
             if leg.ledger == "diamonds" and self._holds(leg.credit):
                 self.creators[leg.credit] = max(ms, self.creators.get(leg.credit, 0))
-        for first in range(0, len(accounts), ACCOUNTS_PER_CALL):
-            await self._archive_chunk(conn, batch, accounts[first : first + ACCOUNTS_PER_CALL])
+        for chunk in partition_chunks(accounts):
+            await self._archive_chunk(conn, batch, chunk)
 
     def _holds(self, account: str) -> bool:
         """A user account of this partition (a leg naming another partition's is the audit's finding: its rows
@@ -127,9 +127,8 @@ class HotState:
             await pipe.execute()
 
     async def trim_statements(self, committed: dict[str, int]) -> int:
-        dropped, accounts = 0, list(committed)
-        for first in range(0, len(accounts), ACCOUNTS_PER_CALL):
-            chunk = accounts[first : first + ACCOUNTS_PER_CALL]
+        dropped = 0
+        for chunk in partition_chunks(list(committed)):
             args = [self.statement_rows, *(x for a in chunk for x in (a, committed[a]))]
             dropped += int(
                 await self._trim(keys=[keys.statement_base(self.part), *map(keys.account_statement, chunk)], args=args)
@@ -148,3 +147,16 @@ class HotState:
         ).fetchall()
         await conn.commit()
         return await self.trim_statements({account: int(upto) for account, upto in rows if self._holds(account)})
+
+
+def partition_chunks(accounts: list[str]) -> list[list[str]]:
+    """`accounts` in chunks of at most ACCOUNTS_PER_CALL, each of one ledger partition (a script's keys share one
+    slot), in their order within each partition."""
+    by_part: dict[str, list[str]] = {}
+    for account in accounts:
+        by_part.setdefault(keys.part_of(account), []).append(account)
+    return [
+        group[first : first + ACCOUNTS_PER_CALL]
+        for group in by_part.values()
+        for first in range(0, len(group), ACCOUNTS_PER_CALL)
+    ]

@@ -1,6 +1,6 @@
 """Closed pools past Valkey's hot window move to PostgreSQL; GET /v1/pools/{id} reaches them there.
 
-pool.lua indexes a pool in `{ledger}:pools:closed` as it closes (a closed pool is final). GIFTING_POOL_HOT_S
+pool.lua indexes a pool in its partition's `pools_closed` as it closes (a closed pool is final). GIFTING_POOL_HOT_S
 after it closed, one archive round writes a batch of them to `pools` (keyed by id; final, so a second write
 does nothing) and commits; only then is each dropped from Valkey (its record and its index entry). A crash
 anywhere repeats the round. The record's Valkey TTL (GIFTING_POOL_RECORD_TTL_S, set as it closes) is only a
@@ -19,6 +19,7 @@ import redis.asyncio as aioredis
 from psycopg.types.json import Jsonb
 
 from gifting import keys
+from gifting.ledger import partitions
 
 log = logging.getLogger(__name__)
 INSERT_SQL = b"""
@@ -31,22 +32,30 @@ OPEN = "open"
 async def archive_due(
     redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], closed_before_ms: int, batch: int
 ) -> int:
-    """Move up to `batch` pools closed before `closed_before_ms` to PostgreSQL. Returns how many."""
-    committed = await commit_due(redis, conn, closed_before_ms, batch)
-    await drop_committed(redis, committed)
-    return len(committed)
+    """Move up to `batch` pools closed before `closed_before_ms` to PostgreSQL, partition by partition. Returns
+    how many."""
+    moved = 0
+    for part in partitions.all_tags():
+        committed = await commit_due(redis, conn, closed_before_ms, batch - moved, part)
+        await drop_committed(redis, committed, part)
+        moved += len(committed)
+        if moved >= batch:
+            break
+    return moved
 
 
 async def commit_due(
-    redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], closed_before_ms: int, batch: int
+    redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], closed_before_ms: int, batch: int, part: str
 ) -> list[tuple[str, bool]]:
-    """Insert up to `batch` due closed pools in one transaction. Returns (pool id, archived) for each due one."""
-    due = await redis.zrangebyscore(keys.POOLS_CLOSED, "-inf", closed_before_ms, start=0, num=batch, withscores=True)
+    """Insert up to `batch` due closed pools of a partition in one transaction. Returns (pool id, archived) for
+    each due one."""
+    closed = keys.pools_closed(part)
+    due = await redis.zrangebyscore(closed, "-inf", closed_before_ms, start=0, num=batch, withscores=True)
     if not due:
         return []
     async with redis.pipeline(transaction=False) as pipe:
         for pool_id, _ in due:
-            pipe.hgetall(keys.pool(pool_id))
+            pipe.hgetall(keys.pool(part, pool_id))
         records: list[dict[str, str]] = await pipe.execute()
     rows, committed = [], []
     for (pool_id, closed_ms), record in zip(due, records, strict=True):
@@ -61,7 +70,7 @@ async def commit_due(
     return committed
 
 
-async def drop_committed(redis: aioredis.Redis, committed: list[tuple[str, bool]]) -> None:
+async def drop_committed(redis: aioredis.Redis, committed: list[tuple[str, bool]], part: str) -> None:
     """Unindex the due pools and drop the archived ones' records (a closed pool is final: what PostgreSQL
     committed is what Valkey holds)."""
     if not committed:
@@ -69,8 +78,8 @@ async def drop_committed(redis: aioredis.Redis, committed: list[tuple[str, bool]
     async with redis.pipeline(transaction=True) as pipe:
         for pool_id, archived in committed:
             if archived:
-                pipe.delete(keys.pool(pool_id))
-            pipe.zrem(keys.POOLS_CLOSED, pool_id)
+                pipe.delete(keys.pool(part, pool_id))
+            pipe.zrem(keys.pools_closed(part), pool_id)
         await pipe.execute()
 
 

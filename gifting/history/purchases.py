@@ -1,6 +1,8 @@
 """Purchase records past Valkey's hot window move to PostgreSQL; reads and reversals reach them there.
 
-A record stays in Valkey GIFTING_PURCHASE_HOT_S after it is made (the refund window: most refunds and
+Each ledger partition indexes its own hot records (keys.purchases_hot); a round takes up to a batch from each
+partition in turn, so no busy partition holds back the others. A record stays in Valkey GIFTING_PURCHASE_HOT_S
+after it is made (the refund window: most refunds and
 chargebacks come within it, and a resent purchase answers from it). Then one archive round, for up to a batch
 of due records: upsert each into `purchases` (keyed by purchase id; the newest status wins) and commit; only
 then drop each from Valkey, and only if it is still exactly what was committed (one script): a reversal that
@@ -22,6 +24,7 @@ import redis.asyncio as aioredis
 from psycopg.types.json import Jsonb
 
 from gifting import keys
+from gifting.ledger import partitions
 from gifting.ledger.store import load_script
 
 # A status only moves paid -> refunded | charged_back: a stale read (another archiver's) never undoes a reversal.
@@ -38,7 +41,8 @@ RECORD_FIELDS = ("fp", "record", "user", "coins", "status", "reversed_ms")
 async def archive_due(
     redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], made_before_ms: int, batch: int
 ) -> int:
-    """Move up to `batch` purchase records made before `made_before_ms` to PostgreSQL. Returns how many."""
+    """Move up to `batch` purchase records per partition made before `made_before_ms` to PostgreSQL. Returns how
+    many."""
     committed = await commit_due(redis, conn, made_before_ms, batch)
     await drop_committed(redis, committed)
     return len(committed)
@@ -47,8 +51,19 @@ async def archive_due(
 async def commit_due(
     redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], made_before_ms: int, batch: int
 ) -> list[tuple[str, dict[str, str]]]:
-    """Upsert up to `batch` due records in one PostgreSQL transaction. Returns (id, record as committed)."""
-    due = await redis.zrangebyscore(keys.PURCHASES_HOT, "-inf", made_before_ms, start=0, num=batch, withscores=True)
+    """Upsert up to `batch` due records of each partition, a PostgreSQL transaction per partition. Returns (id,
+    record as committed)."""
+    committed = []
+    for part in partitions.all_tags():
+        committed += await _commit_due_in(redis, conn, part, made_before_ms, batch)
+    return committed
+
+
+async def _commit_due_in(
+    redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], part: str, made_before_ms: int, batch: int
+) -> list[tuple[str, dict[str, str]]]:
+    hot = keys.purchases_hot(part)
+    due = await redis.zrangebyscore(hot, "-inf", made_before_ms, start=0, num=batch, withscores=True)
     if not due:
         return []
     async with redis.pipeline(transaction=False) as pipe:
@@ -76,10 +91,11 @@ def _row(purchase_id: str, made_ms: int, record: dict[str, str]) -> tuple[Any, .
 
 async def _drop_if_unchanged(redis: aioredis.Redis, purchase_id: str, committed: dict[str, str]) -> None:
     """Drop the record (and its index entries) only if it is still what PostgreSQL committed (one script in the
-    `{ledger}` slot: a reversal that landed meanwhile keeps it for the next round)."""
+    buyer's partition: a reversal that landed meanwhile keeps it for the next round)."""
     user = committed.get("user", "").removeprefix(keys.ACCOUNT_PREFIX)
     record_key = keys.purchase_record(purchase_id)
-    keys_ = [record_key, keys.PURCHASES_HOT, keys.purchases_of(user) if committed else record_key]
+    hot = keys.purchases_hot(purchase_part(purchase_id))
+    keys_ = [record_key, hot, keys.purchases_of(user) if committed else record_key]
     pairs = [x for pair in committed.items() for x in pair]
     await redis.register_script(RECORD_LUA)(keys=keys_, args=["drop", purchase_id, 0, *pairs])
 
@@ -129,6 +145,11 @@ async def restore(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], pur
         return False
     made_ms = int(fields.pop("made_ms"))
     pairs = [x for pair in fields.items() for x in pair]
-    keys_ = [key, keys.PURCHASES_HOT, key]  # due at once: archived again after its reversal
+    keys_ = [key, keys.purchases_hot(purchase_part(purchase_id)), key]  # due at once: archived again after its reversal
     await redis.register_script(RECORD_LUA)(keys=keys_, args=["restore", purchase_id, made_ms, *pairs])
     return True  # restored now, or concurrently
+
+
+def purchase_part(purchase_id: str) -> str:
+    """The partition of a purchase's record and index entries: its buyer's (the id names the buyer)."""
+    return keys.part_of_user(keys.scoped_user(purchase_id))

@@ -1,10 +1,10 @@
 """A user's statement, a page at a time, from the newest row in Valkey back into PostgreSQL.
 
-Every row has a seq: its place in the statement (0 = the first), the `id` the API shows. Valkey holds seqs
-base.. (LEDGER_STATEMENT_BASE; the archiver moves the base only after PostgreSQL committed every row below it),
-PostgreSQL holds seqs ..base-1 (and may still hold some above, until the archiver's trim). A page below the
-cursor takes each seq from exactly one store, split at the base it read atomically with Valkey's rows: no gap,
-no row twice, whatever the archiver does meanwhile. The cursor is the seq of the page's oldest row.
+Every row has a seq: its place in the statement (0 = the first), the `id` the API shows. Valkey holds seqs base..
+(keys.statement_base of the user's partition; the archiver moves the base only after PostgreSQL committed every row
+below it), PostgreSQL holds seqs ..base-1 (and may still hold some above, until the archiver's trim). A page below the
+cursor takes each seq from exactly one store, split at the base it read atomically with Valkey's rows: no gap, no row
+twice, whatever the archiver does meanwhile. The cursor is the seq of the page's oldest row.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Statements:
         limit = max(1, min(limit, STATEMENT_PAGE_MAX))
         account = keys.account(user)
         base, high, hot = await self._page(
-            keys=[keys.LEDGER_STATEMENT_BASE, keys.statement(user)],
+            keys=[keys.statement_base(keys.part_of_user(user)), keys.statement(user)],
             args=[account, -1 if cursor is None else cursor, limit],
         )
         base, high, low = int(base), int(high), max(0, int(high) - limit)

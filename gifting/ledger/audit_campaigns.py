@@ -4,7 +4,7 @@ Checks, from the journal and the campaign records:
 - a budget account (sys:campaign:<id>) is only moved by its fundings, grants, sponsored gifts and its return;
 - a budget never goes below zero, at any point of the journal;
 - every sponsored gift settled once (with the paid gifts' ids), with exactly the legs of the gift rules at the
-  creator share stored with it, paid by the budget of the campaign it names;
+  creator share stored with it placed in the campaign's partition, paid by the budget of the campaign it names;
 - a campaign returns its budget at most once, and a closed campaign holds nothing;
 - every budget coin is accounted for: funded = spent + returned + what the budget holds, and the campaign
   record's counters say the same as the journal.
@@ -68,14 +68,18 @@ def apply_entry(
 def _check_sponsored(
     findings: list[str], entry_id: str, fields: dict[str, str], legs: list[rules.Leg], campaign: str, coins: int
 ) -> None:
-    """A sponsored gift's legs must be exactly rules.sponsored_gift_legs for its total and stored share."""
+    """A sponsored gift's legs must be exactly the campaign partition's part of rules.sponsored_gift_legs for its
+    total and stored share (rules.place_legs: the creator's diamonds are an outbox credit when the creator lives
+    in another partition; the cross-partition audit matches those)."""
     try:
         split = rules.split_gift(coins, int(fields.get("bps", "-1")))
     except (AssertionError, ValueError):
         findings.append(f"journal {entry_id} sponsored gift {fields.get('id')}: bad amount or bps")
         return
-    creator = next((leg.credit for leg in legs if leg.ledger == "diamonds"), "u:?").removeprefix("u:")
-    if sorted(rules.sponsored_gift_legs(campaign, creator, split), key=repr) != sorted(legs, key=repr):
+    creator = fields.get("creator") or next((leg.credit for leg in legs if leg.ledger == "diamonds"), "u:?")
+    part = keys.campaign_part(campaign)
+    expected = rules.place_legs(rules.sponsored_gift_legs(campaign, creator.removeprefix("u:"), split), part)
+    if sorted(expected.get(part, []), key=repr) != sorted(legs, key=repr):
         findings.append(f"journal {entry_id} sponsored gift {fields.get('id')}: legs do not match the gift rules")
 
 

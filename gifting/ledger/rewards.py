@@ -4,6 +4,12 @@ ids, caps, the streak) live in rules.py; why it works this way: docs/REWARDS.md.
 Each accrual is one transfer on the `rewards` ledger (sys:rewards_budget -> the viewer), idempotent by its id
 (rules.reward_id: kind, viewer, period), all or nothing against the budget and the two daily caps. A refused
 accrual moves nothing and is not recorded, so the same period may still pay if tried again once it fits.
+
+The budget is one placed account, so its fundings, accrual records, daily totals and streaks live in its own
+partition (keys.rewards_part()), where rewards.lua decides every accrual. A viewer of another partition is paid
+in two steps: the script debits the budget to sys:transit and writes an outbox credit (sys:transit -> the
+viewer, with the statement row); Ledger.apply_credits then applies it in the viewer's partition, once by the
+accrual's id (a crash in between leaves the outbox entry to the settlement worker's redrive).
 """
 
 from __future__ import annotations
@@ -64,55 +70,69 @@ class Rewards:
     async def fund(self, admin: str, idempotency_key: str, coins: int) -> tuple[int, bool]:
         """An admin funds the rewards budget, once per key. Returns (budget after, replay)."""
         assert 0 < coins <= FUNDING_COINS_MAX
+        part = keys.rewards_part()
         funding_id = "rewards_funding:" + keys.user_scoped_id(admin, idempotency_key)
         fp = rules.fingerprint(coins)
-        legs = rules.encode_legs(rules.reward_funding_legs(coins))
-        status, _detail = await self._script(
-            keys=[keys.LEDGER_REWARDS, keys.LEDGER_JOURNAL, keys.REWARDS_FUNDINGS, keys.REWARDS_FUNDINGS,
-                  keys.REWARDS_FUNDINGS, keys.REWARDS_FUNDINGS],
-            args=["fund", funding_id, now_ms(), coins, legs, "", f"{coins}|{fp}", fp],
-        )  # fmt: skip
+        placed = rules.place_legs(rules.reward_funding_legs(coins), part)
+        assert list(placed) == [part], placed  # issuance is shared, the budget placed here: all local
+        fundings = keys.rewards_fundings(part)
+        status, _detail, _outbox_id = await self._script(
+            keys=[keys.rewards(part), keys.journal(part), fundings, fundings, fundings, fundings, keys.outbox(part)],
+            args=["fund", funding_id, now_ms(), coins, rules.encode_legs(placed[part]), "", f"{coins}|{fp}", fp],
+        )
         if status == "conflict":
             raise LedgerError("idempotency_key_conflict", "Idempotency-Key was used for a different funding")
         await self.ledger.committed()
         return await self.budget(), status == "replay"
 
     async def budget(self) -> int:
-        return int(await self.redis.hget(keys.LEDGER_REWARDS, keys.SYS_REWARDS_BUDGET) or 0)
+        return int(await self.redis.hget(keys.rewards(keys.rewards_part()), keys.SYS_REWARDS_BUDGET) or 0)
 
     def _accrual_call(
         self, kind: str, user: str, period: str, coins: int, now: int, streak: tuple[str, str] = ("", "")
     ) -> tuple[str, list[str], list[Any]]:
         """rewards.lua's id, KEYS and ARGV for one accrual of `coins` to `user`, on the UTC day of `now`."""
-        s, day = self.settings, utc_day(now)
+        s, day, part = self.settings, utc_day(now), keys.rewards_part()
         transfer_id = rules.reward_id(kind, user, period)
-        legs = rules.encode_legs(rules.reward_legs(user, coins))
+        placed = rules.place_legs(rules.reward_legs(user, coins), part)
         row = rules.statement_row(now, "reward_" + kind, "rewards", coins, keys.SYS_REWARDS_BUDGET, transfer_id)
+        owed = rules.reward_credits(transfer_id, kind, user, placed, part, row, now)
         # From the real clock, not `now` (a period's time): a record outlives its last write by the TTL, and ids
         # name their day or period, so no retry of an id comes after its record is gone.
         expire_at = now_ms() // 1000 + rules.REWARD_DAY_TTL_S
-        keys_ = [keys.LEDGER_REWARDS, keys.LEDGER_JOURNAL, keys.reward_records(day), keys.rewards_earned_on(day)]
-        keys_ += [keys.statement(user), keys.REWARDS_STREAKS]
-        args: list[Any] = ["accrue", transfer_id, now, coins, legs, row, f"{coins}|{kind}", ""]
-        args += [keys.SYS_REWARDS_BUDGET, keys.account(user), s.reward_viewer_day_coins_max, s.reward_day_coins_max]
-        args += [expire_at, kind, day, *streak, keys.rewards_watch_field(user)]
+        records = keys.reward_records(part, day)
+        statement = records if owed else keys.statement(user)  # the row goes with the credit, or is written here
+        keys_ = [keys.rewards(part), keys.journal(part), records, keys.rewards_earned_on(part, day), statement]
+        keys_ += [keys.rewards_streaks(part), keys.outbox(part)]
+        args: list[Any] = ["accrue", transfer_id, now, coins, rules.encode_legs(placed[part])]
+        args += ["" if owed else row, f"{coins}|{kind}", "", keys.SYS_REWARDS_BUDGET, keys.account(user)]
+        args += [s.reward_viewer_day_coins_max, s.reward_day_coins_max, expire_at, kind, day, *streak]
+        args += [keys.rewards_watch_field(user), *rules.outbox_fields(owed)]
         return transfer_id, keys_, args
 
     async def archive_full(self) -> bool:
-        """Whether accruals are refused now: past GIFTING_ARCHIVE_BACKLOG_MAX, like every debit of a budget
-        (rules.archive_backlog_reject). A refused accrual is not recorded: the same id pays once there is room."""
-        journal_entries = int(await self.redis.xlen(keys.LEDGER_JOURNAL))
+        """Whether accruals are refused now: past GIFTING_ARCHIVE_BACKLOG_MAX in the budget's partition (the one
+        debited), like every debit of a budget (rules.archive_backlog_reject). A refused accrual is not recorded:
+        the same id pays once there is room."""
+        journal_entries = int(await self.redis.xlen(keys.journal(keys.rewards_part())))
         return rules.archive_backlog_reject(journal_entries, self.settings.archive_backlog_max) is not None
 
     async def accrue(self, kind: str, user: str, period: str, coins: int, now: int | None = None) -> Accrual:
-        """One accrual, durable before it returns."""
+        """One accrual, durable before it returns (the viewer's credit too, unless it is left to the redrive)."""
         if await self.archive_full():
             return Accrual(rules.reward_id(kind, user, period), "archive_backlog", coins)
         transfer_id, keys_, args = self._accrual_call(kind, user, period, coins, now or now_ms())
-        status, _detail = await self._script(keys=keys_, args=args)
+        status, _detail, outbox_id = await self._script(keys=keys_, args=args)
         if status == "ok":
-            await self.ledger.committed()
+            await self._deliver([outbox_id])
         return Accrual(transfer_id, status, coins)
+
+    async def _deliver(self, outbox_ids: list[str]) -> None:
+        """After accruals were paid: make them durable in the budget's partition, then apply the credits owed to
+        viewers of other partitions (best effort: one that fails stays in the outbox for the redrive). The
+        order matters: a credit applied before its debit is durable could outlive it."""
+        await self.ledger.committed()
+        await self.ledger.apply_credits(keys.rewards_part(), [i for i in outbox_ids if i])
 
     async def accrue_watch(self, users: list[str], period: int) -> list[Accrual]:
         """Watch period `period` (numbered from the epoch in GIFTING_REWARD_WATCH_PERIOD_S) for each viewer the
@@ -129,6 +149,7 @@ class Rewards:
         if await self.archive_full():
             return [Accrual(rules.reward_id(kind, user, period), "archive_backlog", coins) for user in users]
         outcomes: list[Accrual] = []
+        outbox_ids: list[str] = []
         for start in range(0, len(users), ACCRUALS_PER_PIPELINE):
             async with self.redis.pipeline(transaction=False) as pipe:
                 ids = []
@@ -137,9 +158,10 @@ class Rewards:
                     ids.append(transfer_id)
                     await valkey.queue_script(pipe, self._script, keys_, args)
                 replies = await pipe.execute()
-            outcomes += [Accrual(i, status, coins) for i, (status, _detail) in zip(ids, replies, strict=True)]
+            outcomes += [Accrual(i, status, coins) for i, (status, _d, _o) in zip(ids, replies, strict=True)]
+            outbox_ids += [outbox_id for status, _d, outbox_id in replies if status == "ok"]
         if any(o.status == "ok" for o in outcomes):
-            await self.ledger.committed()
+            await self._deliver(outbox_ids)
         return outcomes
 
     async def first_gifts(self, users: set[str], now: int | None = None) -> list[Accrual]:
@@ -157,9 +179,10 @@ class Rewards:
         fresh = sorted(users - self._first_gift_done)
         if not fresh:
             return []
+        part = keys.rewards_part()
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(keys.reward_records(day), [rules.reward_id("first_gift", u, day) for u in fresh])
-            pipe.hget(keys.LEDGER_REWARDS, keys.SYS_REWARDS_BUDGET)
+            pipe.hmget(keys.reward_records(part, day), [rules.reward_id("first_gift", u, day) for u in fresh])
+            pipe.hget(keys.rewards(part), keys.SYS_REWARDS_BUDGET)
             done, budget = await pipe.execute()
         self._first_gift_done.update(u for u, d in zip(fresh, done, strict=True) if d is not None)
         if int(budget or 0) < coins:
@@ -181,11 +204,11 @@ class Rewards:
         for _attempt in range(STREAK_ATTEMPTS_MAX):
             now = now_ms()
             day, yesterday = utc_day(now), utc_day(now - DAY_MS)
-            stored = await self.redis.hget(keys.REWARDS_STREAKS, keys.account(user))
+            stored = await self.redis.hget(keys.rewards_streaks(keys.rewards_part()), keys.account(user))
             streak, stored_now = rules.streak_after(stored, day, yesterday)
             coins = rules.streak_coins(streak, s.reward_streak_coins, s.reward_streak_days_max)
             transfer_id, keys_, args = self._accrual_call("streak", user, day, coins, now, (stored or "", stored_now))
-            status, _detail = await self._script(keys=keys_, args=args)
+            status, _detail, outbox_id = await self._script(keys=keys_, args=args)
             if status == "stale":
                 continue
             if status == "replay":
@@ -194,19 +217,19 @@ class Rewards:
                 raise LedgerError("reward_not_earned", REFUSALS["reward_not_earned"])
             if status != "ok":
                 raise LedgerError(status, REFUSALS.get(status, status))
-            await self.ledger.committed()
+            await self._deliver([outbox_id])
             return {"transfer_id": transfer_id, "streak_days": streak, "coins": coins}
         raise LedgerError("busy", "the streak changed concurrently too often; retry")
 
     async def summary(self, user: str) -> dict[str, Any]:
         """What the wallet's reward panel shows: balance, earned today against the caps, the streak."""
         now = now_ms()
-        day, account = utc_day(now), keys.account(user)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.LEDGER_REWARDS, account)
-            pipe.hmget(keys.rewards_earned_on(day), account, "w:" + account)
-            pipe.hget(keys.REWARDS_STREAKS, account)
-            pipe.hexists(keys.reward_records(day), rules.reward_id("streak", user, day))
+        day, account, part = utc_day(now), keys.account(user), keys.rewards_part()
+        async with self.redis.pipeline(transaction=False) as pipe:  # two partitions: the viewer's and the budget's
+            pipe.hget(keys.rewards(keys.part_of(account)), account)
+            pipe.hmget(keys.rewards_earned_on(part, day), account, keys.rewards_watch_field(user))
+            pipe.hget(keys.rewards_streaks(part), account)
+            pipe.hexists(keys.reward_records(part, day), rules.reward_id("streak", user, day))
             balance, (earned, watched), streak, claimed = await pipe.execute()
         last, _, count = (streak or "").partition(" ")
         s = self.settings

@@ -145,6 +145,56 @@ def pool_completion_legs(creator: str, split: GiftSplit) -> list[Leg]:
     return [leg for leg in legs if leg.amount > 0]
 
 
+# Pools on partitions (docs/SCALING.md "Pooled gifts"): a pool, its escrow and its indexes live in its room's
+# creator's partition, named by the pool id; a pledger pays from their own. So a pledge is two steps: the
+# pledger's partition debits the coins to sys:transit (pledge_debit_legs), then the pool's partition takes them
+# from transit into its escrow (pledge_landing_legs) or refuses the pledge, and the pledger's partition gives
+# them back (pledge_refund_legs). rules.place_legs would put a leg between a user and the (shared) escrow in the
+# user's partition, but an escrow must be the pool's: these legs name their partition themselves.
+POOL_ID_PREFIX = "p"
+
+
+def pool_id(partition: int, token: str) -> str:
+    """A pool id that names its partition: 'p<partition>_<token>' (token: [0-9a-f]+)."""
+    return f"{POOL_ID_PREFIX}{partition}_{token}"
+
+
+def pool_part(pool: str) -> str | None:
+    """The tag of the partition holding a pool, from its id; None for an id no pool can have."""
+    number, sep, token = pool.removeprefix(POOL_ID_PREFIX).partition("_")
+    if not pool.startswith(POOL_ID_PREFIX) or not sep or not token or not number.isdigit() or len(number) > 4:
+        return None
+    return partitions.tag(int(number)) if int(number) < partitions.count() else None
+
+
+def pledge_debit_legs(user: str, coins: int) -> list[Leg]:
+    """Pledge step 1, in the pledger's partition: the coins leave for the pool's partition."""
+    return [Leg("coins", keys.account(user), keys.SYS_TRANSIT, coins)]
+
+
+def pledge_landing_legs(coins: int) -> list[Leg]:
+    """Pledge step 2, in the pool's partition: the pledge lands in the escrow (a pending transfer)."""
+    return [Leg("coins", keys.SYS_TRANSIT, keys.SYS_POOL_ESCROW, coins)]
+
+
+def pledge_refund_legs(user: str, coins: int) -> list[Leg]:
+    """A pledge the pool's partition refused, in the pledger's partition: the coins in transit come back."""
+    return [Leg("coins", keys.SYS_TRANSIT, keys.account(user), coins)]
+
+
+def pledge_return_placed(user: str, coins: int, pool_part: str) -> dict[str, list[Leg]]:
+    """A voided pool gives a contributor's coins back from its escrow (pledge_return_legs), placed: in the
+    pool's partition when the contributor lives there, else through sys:transit, the contributor's side as a
+    credit of the pool's partition's outbox."""
+    user_part = keys.part_of_user(user)
+    if user_part == pool_part:
+        return {pool_part: pledge_return_legs(user, coins)}
+    return {
+        pool_part: [Leg("coins", keys.SYS_POOL_ESCROW, keys.SYS_TRANSIT, coins)],
+        user_part: [Leg("coins", keys.SYS_TRANSIT, keys.account(user), coins)],
+    }
+
+
 # Reward coins (docs/REWARDS.md): a ledger of their own, so they can never be mistaken for bought coins. They
 # come from sys:rewards_budget (funded by admins; never negative), reach viewers only by accruals the server
 # observes itself, and leave a viewer only to sys:rewards_spent, as the price of a gift. Nothing else moves them:
@@ -168,6 +218,19 @@ def reward_id(kind: str, user: str, period: str) -> str:
     number of sockets, hubs or retries of one period move the coins once."""
     assert kind in REWARD_KINDS and ":" not in user, (kind, user)
     return f"reward:{kind}:{user}:{period}"
+
+
+def reward_credits(
+    transfer_id: str, kind: str, user: str, placed: dict[str, list[Leg]], source_part: str, row: str, now_ms: int
+) -> dict[str, list[Credit]]:
+    """What an accrual decided in the budget's partition (`source_part`) owes a viewer of another partition: its
+    legs there (sys:transit -> the viewer) and the viewer's statement row, applied once by the accrual's id.
+    Empty when the viewer lives in the budget's partition (rewards.lua then writes the row itself)."""
+    return {
+        part: [Credit(transfer_id, "reward_" + kind, legs, now_ms, [(keys.account(user), row)])]
+        for part, legs in placed.items()
+        if part != source_part
+    }
 
 
 def reward_refusal(
@@ -586,7 +649,9 @@ def place_legs(legs: list[Leg], source_part: str) -> dict[str, list[Leg]]:
     return placed
 
 
-US, RS, GS = "\x1f", "\x1e", "\x1d"  # field, pair and list separators of an encoded credit (none occurs in rows)
+# Separators: US between a script argument's fields (credit.lua's too); FS between an encoded credit's fields
+# (it travels inside settle.lua's US-separated argument); RS and GS within a field. None occurs in any row.
+US, FS, RS, GS = "\x1f", "\x1c", "\x1e", "\x1d"
 
 
 @dataclass(frozen=True, slots=True)
@@ -611,11 +676,11 @@ class Credit:
         earned = f"{self.earned[0]} {self.earned[1]}" if self.earned else ""
         board = " ".join(map(str, self.board)) if self.board else ""
         fields = (self.id, self.kind, encode_legs(self.legs), str(self.ts_ms), self.room, self.gift, str(self.count))
-        return US.join((*fields, statement, earned, board))
+        return FS.join((*fields, statement, earned, board))
 
     @classmethod
     def decode(cls, line: str) -> Credit:
-        id_, kind, legs, ts, room, gift, count, statement, earned, board = line.split(US)
+        id_, kind, legs, ts, room, gift, count, statement, earned, board = line.split(FS)
         pairs = [tuple(item.split(RS, 1)) for item in statement.split(GS)] if statement else []
         e = earned.split(" ") if earned else None
         b = board.split(" ") if board else None

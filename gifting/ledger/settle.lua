@@ -2,12 +2,13 @@
 --
 -- KEYS: 1 coin balances (hash), 2 diamond balances (hash), 3 journal (stream), 4 viewer spend limits (hash),
 --   5 today's spend per viewer (hash; every gift counts, capped or not), 6 lifetime spend per viewer (hash),
---   7 reward coin balances (hash), 8.. the idempotency record buckets of settled gifts (hashes: gift id ->
+--   7 reward coin balances (hash), 8 the partition's outbox (stream), 9.. the idempotency record buckets of settled gifts (hashes: gift id ->
 --   record), newest (this batch's) first (ARGV 7 of them), then those of rejected gifts, newest first (ARGV 8 of
 --   them): kept only
 --   GIFTING_REJECTED_GIFT_TTL_S; then the statement (list) of each account of the batch, in the order of the
---   accounts in ARGV; then four keys per creator of the batch, in the order of the creators in ARGV: earnings
---   by hour (hash), top gifters of all time, of the UTC day, of the ISO week (sorted sets).
+--   accounts in ARGV; then four keys per creator of the batch in this partition, in the order of the creators
+--   in ARGV: earnings by hour (hash), top gifters of all time, of the UTC day, of the ISO week (sorted sets).
+--   All keys are of one ledger partition, the viewers' (docs/SCALING.md "Stage 2").
 -- ARGV: 1 now_ms, 2 creator share bps, 3 global daily spend cap in coins (0: none), 4 earnings bucket (hour
 --   number, for the withdrawal hold), 5 unix time (s) at which this batch's record bucket expires, 6 how long a
 --   day's spend totals are kept (s), 7 number of settled-record bucket keys, 8 number of rejected-record bucket
@@ -19,10 +20,13 @@
 --   built by the caller (ledger/rules.py) for when the gift settles: its journal row, the viewer's statement
 --   row, the creator's statement row ('' when no diamonds), and the journal row and viewer's statement row for
 --   when it is paid with reward coins (rules.pays_with_rewards: reward coins first, a whole gift at a time; such
---   a gift counts toward neither the spend cap nor the lifetime spend); then the m accounts, then the c creator
---   accounts.
+--   a gift counts toward neither the spend cap nor the lifetime spend), then, for a creator in another
+--   partition, that partition's tag and the creator's credit (rules.Credit line: diamonds, statement row,
+--   earned hour, top gifters), both '' for a creator in this partition; then the m accounts, then the c
+--   creator accounts (of this partition).
 -- Returns one string: a line per gift, 'status|reason|coin balance after|replay (1 = decided earlier)|the
---   sender's lifetime coins spent on gifts (for gifter levels)'.
+--   sender's lifetime coins spent on gifts (for gifter levels)', then a last line: the id of the outbox entry
+--   holding the credits owed to other partitions by this call's settled gifts ('' when none).
 --
 -- Why it looks like this: inside Valkey every redis.call costs a few microseconds plus its own AOF record, and
 -- that, not the arithmetic, bounds settlement throughput. So the script makes a fixed number of calls per
@@ -33,8 +37,8 @@
 -- real path's command stats ~1.3 us per member, against ~3.8 us for a ZINCRBY each).
 local coins_key, diamonds_key, journal_key = KEYS[1], KEYS[2], KEYS[3]
 local limits_key, spent_key, lifetime_key = KEYS[4], KEYS[5], KEYS[6]
-local rewards_key = KEYS[7]
-local FIRST_BUCKET = 8
+local rewards_key, outbox_key = KEYS[7], KEYS[8]
+local FIRST_BUCKET = 9
 local now_ms, bps, global_cap, hour = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 local bucket_expire_at, spent_ttl_s = ARGV[5], ARGV[6]
 local FIRST_REJECTED_BUCKET, rejected_expire_at = FIRST_BUCKET + tonumber(ARGV[7]), ARGV[9]
@@ -78,13 +82,14 @@ end
 -- Parse the batch; collect the accounts it touches.
 local gifts, ids, viewer_set = {}, {}, {}
 for i = HEAD + 1, HEAD + n do
-  local id, viewer, creator, coins, diamonds, fp, reject, row, viewer_row, creator_row, reward_row, reward_viewer_row =
-    string.match(ARGV[i], '^([^\31]*)\31([^\31]*)\31([^\31]*)\31(%d+)\31(%d+)\31([^\31]*)\31([^\31]*)\31([^\31]*)'
-      .. '\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
+  local id, viewer, creator, coins, diamonds, fp, reject, row, viewer_row, creator_row, reward_row, reward_viewer_row,
+    dest, credit = string.match(ARGV[i], '^([^\31]*)\31([^\31]*)\31([^\31]*)\31(%d+)\31(%d+)\31([^\31]*)\31([^\31]*)'
+      .. '\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)\31([^\31]*)$')
   if not id then return redis.error_reply('settle: malformed gift argument ' .. (i - HEAD)) end
   gifts[#gifts + 1] = {id = id, viewer = viewer, creator = creator, coins = tonumber(coins),
     diamonds = tonumber(diamonds), fp = fp, reject = reject, row = row, viewer_row = viewer_row,
-    creator_row = creator_row, reward_row = reward_row, reward_viewer_row = reward_viewer_row}
+    creator_row = creator_row, reward_row = reward_row, reward_viewer_row = reward_viewer_row, dest = dest,
+    credit = credit}
   ids[#ids + 1] = id
   viewer_set[viewer] = true
 end
@@ -122,8 +127,9 @@ end
 local dirty, rewards_dirty = {}, {}
 local rewards_total, funded_total = 0, 0 -- reward coins spent; diamonds the platform pays for them
 local rejected_records = {}
-local platform_total, earnings_total = 0, 0
+local platform_total, earnings_total, local_diamonds = 0, 0, 0
 local diamonds_by_creator, top = {}, {} -- creator -> viewer -> coins
+local outbox, owed = {}, false -- destination partition -> credit lines
 local new_records, rows, statements = {}, {}, {} -- statements: account -> rows
 local out = {}
 
@@ -133,9 +139,18 @@ local function statement(account, row)
   list[#list + 1] = row
 end
 
--- The creator's side of a settled gift, however it was paid: diamonds, statement row, top gifters.
+-- The creator's side of a settled gift, however it was paid: diamonds, statement row, top gifters; owed to the
+-- creator's partition through the outbox when that is another one.
 local function credit_creator(g, viewer, coins, diamonds)
+  if g.dest ~= '' then
+    local lines = outbox[g.dest]
+    if lines == nil then lines = {}; outbox[g.dest] = lines end
+    lines[#lines + 1] = g.credit
+    owed = true
+    return
+  end
   local creator = g.creator
+  local_diamonds = local_diamonds + diamonds
   if diamonds > 0 then
     diamonds_by_creator[creator] = (diamonds_by_creator[creator] or 0) + diamonds
     statement(creator, g.creator_row)
@@ -226,9 +241,9 @@ if rewards_total > 0 then
   call_list('HSET', rewards_key, reward_fields)
   redis.call('HINCRBY', rewards_key, rewards_spent, rewards_total)
 end
-if earnings_total > 0 then
-  redis.call('HINCRBY', coins_key, creator_earnings, earnings_total)
-  redis.call('HINCRBY', diamonds_key, diamond_issuance, -earnings_total)
+if earnings_total > 0 then redis.call('HINCRBY', coins_key, creator_earnings, earnings_total) end
+if local_diamonds > 0 then
+  redis.call('HINCRBY', diamonds_key, diamond_issuance, -local_diamonds)
   for creator, d in pairs(diamonds_by_creator) do
     redis.call('HINCRBY', diamonds_key, creator, d)
     -- Freshly earned diamonds are held back from withdrawal for a while (chargeback protection).
@@ -242,4 +257,14 @@ local ttls = {0, top_day_ttl_s, top_week_ttl_s}
 for creator, by_viewer in pairs(top) do
   for i, board in ipairs(creator_keys[creator].boards) do top_gifters_add(board, ttls[i], by_viewer) end
 end
+local outbox_id = ''
+if owed then
+  local fields = {}
+  for dest, lines in pairs(outbox) do
+    fields[#fields + 1] = dest
+    fields[#fields + 1] = table.concat(lines, '\n')
+  end
+  outbox_id = redis.call('XADD', outbox_key, '*', unpack(fields))
+end
+out[#out + 1] = outbox_id
 return table.concat(out, '\n')

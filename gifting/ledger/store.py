@@ -12,23 +12,22 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError, ResponseError, WatchError
+from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError, WatchError
 
-from gifting import keys, valkey
+from gifting import keys, metrics, valkey
 from gifting.clock import hour_number, now_ms, utc_day
-from gifting.config import Settings
+from gifting.config import ConfigError, Settings
 from gifting.errors import GiftingError
-from gifting.ledger import rules
+from gifting.ledger import partitions, pools, rules
 
 if TYPE_CHECKING:
     from gifting.history.reader import ArchiveReader
 
 log = logging.getLogger(__name__)
 SPEND_LIMIT_ATTEMPTS_MAX = 20  # optimistic retries of a spend limit change (WATCH on the shared limits hash)
-# Set inside Ledger.group_commit(): the task's writes wait for durability once, when the block ends. Per task
-# (a context variable), because one Ledger serves every request of a web process at once.
-_GROUP_COMMIT: ContextVar[bool] = ContextVar("ledger_group_commit", default=False)
-POOL_ATTEMPTS_MAX = 20  # retries of a pool operation whose pool changed between its read and its script
+# Set inside Ledger.group_commit(): the partitions the task wrote to, each waited for once when the block ends
+# (None: not in a block). Per task (a context variable), because one Ledger serves every request of a web process.
+_GROUP_COMMIT: ContextVar[set[str | None] | None] = ContextVar("ledger_group_commit", default=None)
 
 
 def load_script(name: str) -> str:
@@ -61,39 +60,44 @@ class GiftToSettle:
             object.__setattr__(self, "host", self.creator)
 
 
-def settle_arg(g: GiftToSettle, now: int) -> str:
-    """One gift as settle.lua takes it: fields separated by US (0x1f). The journal row and statement rows it
-    writes if it settles the gift are built here, not in Lua: the Valkey thread is the scarce core."""
+def settle_arg(g: GiftToSettle, now: int, part: str) -> tuple[str, str, str]:
+    """One gift as settle.lua takes it in the viewer's partition `part`: fields separated by US (0x1f); and the
+    creator's partition and credit line when that is another partition (else ''). The journal row and statement
+    rows it writes if it settles the gift are built here, not in Lua: the Valkey thread is the scarce core."""
     viewer, creator = keys.account(g.viewer), keys.account(g.creator)
-    row = viewer_row = creator_row = reward_row = reward_viewer_row = ""
+    row = viewer_row = creator_row = reward_row = reward_viewer_row = dest = credit = ""
     if not g.reject:
         split = rules.GiftSplit(g.coins, g.diamonds, g.coins - g.diamonds)
-        row = rules.gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count)
+        placed = rules.place_legs(rules.gift_legs(g.viewer, g.creator, split), part)
+        reward_placed = rules.place_legs(rules.reward_gift_legs(g.viewer, g.creator, split), part)
+        tail = f"\t{g.room}\t{g.gift}\t{g.count}"
+        row = g.gift_id + "\t" + rules.encode_legs(placed[part]) + tail
         viewer_row = rules.statement_row(now, "gift_sent", "coins", -g.coins, creator, g.gift_id, g.gift, str(g.count))
         # The same gift paid with reward coins (settle.lua picks: rules.pays_with_rewards).
-        reward_row = rules.reward_gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count)
+        reward_row = g.gift_id + "\t" + rules.encode_legs(reward_placed[part]) + tail
         # The same row on the rewards ledger (statement_row's layout: ts, kind, ledger, ...).
         reward_viewer_row = viewer_row.replace("\tcoins\t", "\trewards\t", 1)
         if g.diamonds > 0:
             creator_row = rules.statement_row(
                 now, "gift_received", "diamonds", g.diamonds, viewer, g.gift_id, g.gift, str(g.count)
             )
-    return "\x1f".join(
-        (
-            g.gift_id,
-            viewer,
-            creator,
-            str(g.coins),
-            str(g.diamonds),
-            g.fingerprint,
-            g.reject,
-            row,
-            viewer_row,
-            creator_row,
-            reward_row,
-            reward_viewer_row,
-        )
-    )
+        creator_part = keys.part_of(creator)
+        if creator_part != part:  # the creator's side is owed to their partition (the same however it is paid)
+            dest = creator_part
+            credit = rules.Credit(
+                id=g.gift_id,
+                kind="gift_received",
+                legs=placed.get(creator_part, []),
+                ts_ms=now,
+                statement=[(creator, creator_row)] if creator_row else [],
+                earned=(creator, g.diamonds) if g.diamonds > 0 else None,
+                board=(creator, viewer, g.coins),
+                room=g.room,
+                gift=g.gift,
+                count=g.count,
+            ).encode()
+    fields = (g.gift_id, viewer, creator, str(g.coins), str(g.diamonds), g.fingerprint, g.reject, row, viewer_row)
+    return "\x1f".join((*fields, creator_row, reward_row, reward_viewer_row, dest, credit)), dest, credit
 
 
 class DurabilityError(RuntimeError):
@@ -113,29 +117,88 @@ class Ledger:
         self._purchase = redis.register_script(load_script_with("purchase.lua", "legs.lua"))
         self._reverse = redis.register_script(load_script_with("reverse.lua", "legs.lua"))
         self._withdraw = redis.register_script(load_script_with("withdraw.lua", "legs.lua"))
+        self._pledge = redis.register_script(load_script_with("pledge.lua", "spend_cap.lua", "legs.lua"))
         pool_rules = ("spend_cap.lua", "top_gifters.lua", "legs.lua")
         self._pool = redis.register_script(load_script_with("pool.lua", *pool_rules))
+        self.credit_script = redis.register_script(load_script_with("credit.lua", "legs.lua", "top_gifters.lua"))
         self.waitaof_supported: bool | None = None  # learned on first use
 
     # Gifts -------------------------------------------------------------------------------------------------
 
     async def settle(self, gifts: list[GiftToSettle], durable_timeout_ms: int | None = None) -> list[rules.GiftOutcome]:
-        """Settle a batch in one atomic Lua call; resends get their stored outcome (replay=True).
+        """Settle a batch: one atomic Lua call per viewers' partition, all in one round trip; resends get their
+        stored outcome (replay=True). Then the creators' credits in other partitions (apply_credits: best
+        effort, a failure leaves them in the outbox for the redrive, never fails the batch).
 
-        With `durable_timeout_ms`, the group commit (WAITAOF, see `durable`) goes in the same round trip.
+        With `durable_timeout_ms`, the group commit (WAITAOF on each partition's node) goes in the same round
+        trip, and the credits are applied only once the debits are durable.
         """
         if not gifts:
             return []
+        by_part: dict[str, list[int]] = {}
+        for i, g in enumerate(gifts):
+            by_part.setdefault(keys.part_of_user(g.viewer), []).append(i)
         now = now_ms()
+        calls = {part: self._settle_call([gifts[i] for i in idx], part, now) for part, idx in by_part.items()}
+        wait = durable_timeout_ms is not None and self.waitaof_supported is not False
+        for attempt in range(2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys_, args, _credits in calls.values():
+                    valkey.queue_evalsha(pipe, self.settle_script.sha, keys_, args)
+                    if wait:  # on the node of the partition's writes (a cluster), right after them
+                        pipe.execute_command(
+                            "WAITAOF",
+                            1,
+                            self.settings.durable_replicas,
+                            durable_timeout_ms,
+                            **await valkey.on_node_of(self.redis, keys_[0]),
+                        )
+                replies = await pipe.execute(raise_on_error=False)
+            step = 2 if wait else 1
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies[::step]):  # a Valkey restart
+                await self.redis.script_load(self.settle_script.script)
+                continue
+            break
+        step = 2 if wait else 1
+        for reply in replies[::step]:
+            if isinstance(reply, Exception):
+                raise reply
+        if wait:
+            for reply in replies[1::2]:
+                self._check_waitaof(reply, durable_timeout_ms or 0)
+        elif durable_timeout_ms is not None:
+            for part in calls:
+                await self.durable(durable_timeout_ms, part)
+        outcomes: list[rules.GiftOutcome | None] = [None] * len(gifts)
+        for (part, idx), reply in zip(by_part.items(), replies[::step], strict=True):
+            *lines, outbox_id = reply.split("\n")
+            assert len(lines) == len(idx), "settle.lua returns one line per gift, then the outbox id"
+            for i, line in zip(idx, lines, strict=True):
+                status, reason, coins, replay, spent = line.split("|")
+                outcomes[i] = rules.GiftOutcome(gifts[i].gift_id, status, reason, int(coins), replay == "1", int(spent))
+            if outbox_id:
+                await self._apply_settled_credits(
+                    part, outbox_id, [gifts[i] for i in idx], calls[part][2], outcomes, idx
+                )
+        return [o for o in outcomes if o is not None]
+
+    def _settle_call(
+        self, gifts: list[GiftToSettle], part: str, now: int
+    ) -> tuple[list[str], list[Any], list[tuple[str, str]]]:
+        """settle.lua's keys and arguments for the gifts of viewers of one partition, and each gift's (destination
+        partition, credit line) ('' when its creator is in `part`)."""
         s = self.settings
         buckets, expire_at = rules.record_buckets(now // 1000, s.idempotency_ttl_s)
         rejected_buckets, rejected_expire_at = rules.record_buckets(now // 1000, s.rejected_gift_ttl_s)
-        accounts = list(dict.fromkeys(a for g in gifts for a in (keys.account(g.viewer), keys.account(g.creator))))
-        creators = list(dict.fromkeys(keys.account(g.creator) for g in gifts))
-        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.LEDGER_SPEND_LIMITS]
-        keys_ += [keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT, keys.LEDGER_REWARDS]
-        keys_ += map(keys.gift_records, buckets)
-        keys_ += map(keys.rejected_gift_records, rejected_buckets)
+        built = [settle_arg(g, now, part) for g in gifts]
+        local_creators = [keys.account(g.creator) for g, (_a, dest, _c) in zip(gifts, built, strict=True) if not dest]
+        accounts = list(dict.fromkeys(keys.account(g.viewer) for g in gifts)) + list(dict.fromkeys(local_creators))
+        accounts = list(dict.fromkeys(accounts))
+        creators = list(dict.fromkeys(local_creators))
+        keys_ = [keys.coins(part), keys.diamonds(part), keys.journal(part), keys.spend_limits(part)]
+        keys_ += [keys.spent_on(part, utc_day(now)), keys.lifetime_spent(part), keys.rewards(part), keys.outbox(part)]
+        keys_ += [keys.gift_records(part, b) for b in buckets]
+        keys_ += [keys.rejected_gift_records(part, b) for b in rejected_buckets]
         keys_ += map(keys.account_statement, accounts)
         for creator in creators:
             keys_ += [keys.account_earned(creator), *keys.account_top_boards(creator, now)]
@@ -148,87 +211,206 @@ class Ledger:
             keys.SYS_DIAMOND_ISSUANCE,
             keys.SYS_REWARDS_SPENT,
         ]
-        args += [settle_arg(g, now) for g in gifts]
+        args += [arg for arg, _dest, _credit in built]
         args += accounts + creators
-        wait = durable_timeout_ms is not None and self.waitaof_supported is not False
-        for attempt in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                valkey.queue_evalsha(pipe, self.settle_script.sha, keys_, args)
-                if wait:  # on the node of the ledger's writes (a cluster), right after them
-                    pipe.execute_command(
-                        "WAITAOF",
-                        1,
-                        s.durable_replicas,
-                        durable_timeout_ms,
-                        **await valkey.on_node_of(self.redis, keys_[0]),
-                    )
-                replies = await pipe.execute(raise_on_error=False)
-            if attempt == 0 and isinstance(replies[0], NoScriptError):  # Valkey lost its scripts (a restart)
-                await self.redis.script_load(self.settle_script.script)
-                continue
-            break
-        if isinstance(replies[0], Exception):
-            raise replies[0]
-        if wait:
-            self._check_waitaof(replies[1], durable_timeout_ms or 0)
-        elif durable_timeout_ms is not None:
-            await self.durable(durable_timeout_ms)
-        lines = replies[0].split("\n")
-        assert len(lines) == len(gifts), "settle.lua returns one line per gift"
-        outcomes = []
-        for g, line in zip(gifts, lines, strict=True):
-            status, reason, coins, replay, spent = line.split("|")
-            outcomes.append(rules.GiftOutcome(g.gift_id, status, reason, int(coins), replay == "1", int(spent)))
-        return outcomes
+        return keys_, args, [(dest, credit) for _arg, dest, credit in built]
+
+    async def _apply_settled_credits(
+        self,
+        part: str,
+        outbox_id: str,
+        gifts: list[GiftToSettle],
+        credits: list[tuple[str, str]],
+        outcomes: list[rules.GiftOutcome | None],
+        idx: list[int],
+    ) -> None:
+        """The outbox entry settle.lua just wrote, rebuilt from what it was given (the credits of this call's
+        newly settled gifts), applied without reading it back."""
+        fields: dict[str, list[str]] = {}
+        seen: set[str] = set()
+        for g, (dest, credit), i in zip(gifts, credits, idx, strict=True):
+            outcome = outcomes[i]
+            if dest and outcome is not None and outcome.settled and not outcome.replay and g.gift_id not in seen:
+                seen.add(g.gift_id)
+                fields.setdefault(dest, []).append(credit)
+        entry = {dest: "\n".join(lines) for dest, lines in fields.items()}
+        try:
+            await self._apply_entries(part, {outbox_id: entry})
+        except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError) as exc:
+            log.warning("credits of outbox entry %s of %s left for redrive: %r", outbox_id, part, exc)
+            metrics.store_errors.labels(component="credits").inc()
 
     async def gift_outcomes(self, gift_ids: list[str]) -> dict[str, rules.GiftOutcome]:
         """The stored outcome of each gift id that was decided (settled within GIFTING_IDEMPOTENCY_TTL_S, rejected
-        within GIFTING_REJECTED_GIFT_TTL_S)."""
+        within GIFTING_REJECTED_GIFT_TTL_S), looked up in every partition (the caller knows ids, not payers)."""
         now_s = now_ms() // 1000
         buckets, _ = rules.record_buckets(now_s, self.settings.idempotency_ttl_s)
         rejected_buckets, _ = rules.record_buckets(now_s, self.settings.rejected_gift_ttl_s)
-        record_keys = [*map(keys.gift_records, buckets), *map(keys.rejected_gift_records, rejected_buckets)]
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key in record_keys:
-                pipe.hmget(key, gift_ids)
-            found = await pipe.execute()
         outcomes: dict[str, rules.GiftOutcome] = {}
-        for records in reversed(found):  # an id is recorded once; a settled record wins over a stale rejection
-            for gift_id, record in zip(gift_ids, records, strict=True):
-                if record is not None:
-                    outcomes[gift_id] = rules.parse_gift_record(gift_id, record, replay=True)
+        for part in partitions.all_tags():
+            record_keys = [keys.gift_records(part, b) for b in buckets]
+            record_keys += [keys.rejected_gift_records(part, b) for b in rejected_buckets]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key in record_keys:
+                    pipe.hmget(key, gift_ids)
+                found = await pipe.execute()
+            for records in reversed(found):  # an id is recorded once; a settled record wins over a stale rejection
+                for gift_id, record in zip(gift_ids, records, strict=True):
+                    if record is not None:
+                        outcomes[gift_id] = rules.parse_gift_record(gift_id, record, replay=True)
         return outcomes
 
-    async def committed(self) -> None:
+    # Credits across partitions (docs/SCALING.md "Stage 2") -------------------------------------------------
+
+    async def apply_credits(self, source_part: str, outbox_ids: list[str]) -> bool:
+        """Apply the credits of these outbox entries of `source_part` in their destination partitions, wait until
+        they are durable there, then delete the entries. Idempotent (credit.lua applies each id once). Best
+        effort: on any error the entries stay and the partition's worker applies them again later
+        (redrive_outbox); returns whether all were applied."""
+        ids = [i for i in outbox_ids if i]
+        if not ids:
+            return True
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for entry_id in ids:
+                    pipe.xrange(keys.outbox(source_part), entry_id, entry_id)
+                found = await pipe.execute()
+            entries = {r[0][0]: r[0][1] for r in found if r}
+            await self._apply_entries(source_part, entries)
+        except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError) as exc:
+            log.warning("credits of %d outbox entries of %s left for redrive: %r", len(ids), source_part, exc)
+            metrics.store_errors.labels(component="credits").inc()
+            return False
+        return True
+
+    async def redrive_outbox(self, source_part: str, older_than_ms: int, count: int = 100) -> int:
+        """Apply the outbox entries of `source_part` written more than `older_than_ms` ago (their writer died
+        or failed before applying them). Returns entries applied; raises on errors (the caller retries)."""
+        newest = max(now_ms() - older_than_ms, 0)
+        found = await self.redis.xrange(keys.outbox(source_part), "-", newest, count=count)
+        if found:
+            await self._apply_entries(source_part, dict(found))
+        return len(found)
+
+    async def _apply_entries(self, source_part: str, entries: dict[str, dict[str, str]]) -> None:
+        """credit.lua once per destination partition (one pipeline, then WAITAOF on each destination's node),
+        then XDEL of the entries: an entry is gone only once every credit of it is durable."""
+        if not entries:
+            return
+        by_part: dict[str, list[rules.Credit]] = {}
+        for fields in entries.values():
+            for part, owed in rules.outbox_credits(fields).items():
+                by_part.setdefault(part, []).extend(owed)
+        now = now_ms()
+        if by_part:
+            timeout_ms = self.settings.waitaof_timeout_ms
+            wait = self.waitaof_supported is not False
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for part, owed in by_part.items():
+                    keys_, args = self._credit_call(part, owed, now)
+                    await valkey.queue_script(pipe, self.credit_script, keys_, args)
+                waits = await self._queue_waitaof(pipe, list(by_part), timeout_ms) if wait else 0
+                replies = await pipe.execute(raise_on_error=False)
+            for reply in replies[: len(replies) - waits]:
+                if isinstance(reply, Exception):
+                    raise reply
+            for reply in replies[len(replies) - waits :]:
+                self._check_waitaof(reply, timeout_ms)
+        await self.redis.xdel(keys.outbox(source_part), *entries)
+
+    async def _queue_waitaof(self, pipe: Any, parts: list[str], timeout_ms: int) -> int:
+        """One WAITAOF per node holding any of `parts`, queued after the pipeline's writes (so on each node's
+        connection right after them); returns how many were queued."""
+        waitaof = ("WAITAOF", 1, self.settings.durable_replicas, timeout_ms)
+        if not valkey.is_cluster_client(self.redis):
+            pipe.execute_command(*waitaof)
+            return 1
+        nodes: dict[str, dict[str, Any]] = {}
+        for part in parts:
+            target = await valkey.on_node_of(self.redis, keys.journal(part))
+            nodes.setdefault(target["target_nodes"].name, target)
+        for target in nodes.values():
+            pipe.execute_command(*waitaof, **target)
+        return len(nodes)
+
+    def _credit_call(self, part: str, owed: list[rules.Credit], now: int) -> tuple[list[str], list[Any]]:
+        """credit.lua's keys and arguments for `owed` (all in `part`)."""
+        s = self.settings
+        buckets, expire_at = rules.record_buckets(now // 1000, s.idempotency_ttl_s)
+        keys_ = [keys.coins(part), keys.diamonds(part), keys.rewards(part), keys.journal(part)]
+        keys_ += [keys.credit_records(part, b) for b in buckets]
+        index: dict[str, int] = {}
+
+        def key_index(key: str) -> int:  # 1-based, as Lua's KEYS
+            if key not in index:
+                keys_.append(key)
+                index[key] = len(keys_)
+            return index[key]
+
+        args: list[Any] = [now, len(buckets), expire_at, rules.TOP_DAY_TTL_S, rules.TOP_WEEK_TTL_S]
+        for c in owed:
+            stmts = rules.GS.join(f"{key_index(keys.account_statement(a))}{rules.RS}{row}" for a, row in c.statement)
+            earned = ""
+            if c.earned:
+                earned = f"{key_index(keys.account_earned(c.earned[0]))} {hour_number(c.ts_ms)} {c.earned[1]}"
+            board = ""
+            if c.board:
+                boards = keys.account_top_boards(c.board[0], c.ts_ms)
+                board = " ".join([*(str(key_index(k)) for k in boards), c.board[1], str(c.board[2])])
+            args.append(rules.US.join((c.id, rules.encode_legs(c.legs), c.journal_row(), stmts, earned, board)))
+        return keys_, args
+
+    async def committed(self, part: str | None = None) -> None:
         """Every write method ends here: its changes are fsynced (GIFTING_WAITAOF_TIMEOUT_MS) before it returns,
-        so no caller can announce or answer what Valkey could still lose. Inside group_commit() the wait is once,
-        at the end of the block."""
-        if not _GROUP_COMMIT.get():
-            await self.durable(self.settings.waitaof_timeout_ms)
+        so no caller can announce or answer what Valkey could still lose. `part`: the ledger partition the write
+        went to (its node is the one to wait on); None: every partition. Inside group_commit() the wait is once
+        per partition, at the end of the block."""
+        pending = _GROUP_COMMIT.get()
+        if pending is not None:
+            pending.add(part)
+        else:
+            await self.durable(self.settings.waitaof_timeout_ms, part)
 
     @contextlib.asynccontextmanager
     async def group_commit(self) -> AsyncIterator[None]:
-        """Several writes, one durability wait when the block ends without an error (WAITAOF covers every write
-        before it). Raises DurabilityError like each write would."""
-        token = _GROUP_COMMIT.set(True)
+        """Several writes, one durability wait per partition written when the block ends without an error
+        (WAITAOF covers every write before it on its node). Raises DurabilityError like each write would."""
+        pending: set[str | None] = set()
+        token = _GROUP_COMMIT.set(pending)
         try:
             yield
         finally:
             _GROUP_COMMIT.reset(token)
-        await self.committed()
+        if None in pending:
+            pending = {None}  # every partition covers the others
+        for part in sorted(pending, key=str):
+            await self.durable(self.settings.waitaof_timeout_ms, part)
 
-    async def durable(self, timeout_ms: int) -> None:
-        """Group commit: wait until everything written so far is fsynced to the AOF (WAITAOF 1 0)."""
+    async def durable(self, timeout_ms: int, part: str | None = None) -> None:
+        """Group commit: wait until everything written so far to ledger partition `part` is fsynced to the AOF
+        (WAITAOF 1 GIFTING_DURABLE_REPLICAS). None: every partition (on a cluster, each node holding one)."""
         if self.waitaof_supported is False:
             return
+        if part is not None or not valkey.is_cluster_client(self.redis):
+            await self._durable_on(timeout_ms, part or partitions.tag(0))  # standalone: one server holds them all
+            return
+        nodes: dict[str, str] = {}  # one partition per node: its wait covers every write to that node
+        for tag in partitions.all_tags():
+            node = (await valkey.on_node_of(self.redis, keys.durable_probe(tag)))["target_nodes"]
+            nodes.setdefault(node.name, tag)
+        for tag in nodes.values():
+            await self._durable_on(timeout_ms, tag)
+
+    async def _durable_on(self, timeout_ms: int, part: str) -> None:
+        probe_key = keys.durable_probe(part)
         # WAITAOF waits only for the writes of its own connection, and the writes it must cover went through
-        # other pooled connections. A write on its connection first (in the ledger's slot, so on the ledger's
+        # other pooled connections. A write on its connection first (in the partition's slot, so on its
         # node) gives it the server's newest replication offset, which every earlier write is below.
         waitaof = ("WAITAOF", 1, self.settings.durable_replicas, timeout_ms)
-        if valkey.is_cluster_client(self.redis):  # one connection per node: the two in one pipeline
+        if valkey.is_cluster_client(self.redis):  # one connection per node: probe and wait in one pipeline
             async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.incr(keys.LEDGER_DURABLE_PROBE)
-                pipe.execute_command(*waitaof, **await valkey.on_node_of(self.redis, keys.LEDGER_DURABLE_PROBE))
+                pipe.incr(probe_key)
+                pipe.execute_command(*waitaof, **await valkey.on_node_of(self.redis, probe_key))
                 probe, reply = await pipe.execute(raise_on_error=False)
             if isinstance(probe, Exception):
                 raise probe  # not written, so the wait would cover nothing: not confirmed
@@ -238,7 +420,7 @@ class Ledger:
             # see the fsync; sent after the write's reply it usually finds it fsynced already.
             pinned = self.redis.client()
             try:
-                await pinned.incr(keys.LEDGER_DURABLE_PROBE)  # its errors are the caller's, as any write's
+                await pinned.incr(probe_key)  # its errors are the caller's, as any write's
                 try:
                     reply = await pinned.execute_command(*waitaof)
                 except ResponseError as exc:  # a server without WAITAOF: _check_waitaof decides
@@ -269,76 +451,17 @@ class Ledger:
         self, op: str, pool_id: str, pledge_id: str = "", user: str = "", coins: int = 0, name: str = "",
         reject: str = "",
     ) -> tuple[str, str, int, bool, dict[str, Any] | None]:  # fmt: skip
-        """A pledge to a pool, or its expiry, cancellation or voiding at its room's end (pool.lua).
-        Returns (status, reason, balance, replay, pool). The legs and rows are built from the pool as read
-        here; pool.lua refuses them ('stale') if another pledge landed since, and the call is made again.
-        `reject`: a pledge's reject reason decided by the caller (archive_backlog), recorded like pool.lua's own."""
-        assert op in ("pledge", "expire", "cancel", "void")
-        for _attempt in range(POOL_ATTEMPTS_MAX):
-            read = PoolRead(*await self.redis.hmget(keys.pool(pool_id), *PoolRead.__slots__))
-            keys_, args = self._pool_call(op, pool_id, read, pledge_id, user, coins, name, reject)
-            status, reason, balance, replay, pool = await self._pool(keys=keys_, args=args)
-            if status != "stale":
-                await self.committed()
-                return status, reason, int(balance), bool(int(replay)), (orjson.loads(pool) if pool else None)
-        raise LedgerError("busy", f"pool {pool_id} changed concurrently too often; retry")
-
-    def _pool_call(
-        self, op: str, pool_id: str, read: PoolRead, pledge_id: str, user: str, coins: int, name: str,
-        reject: str = "",
-    ) -> tuple[list[str], list[Any]]:  # fmt: skip
-        """pool.lua's KEYS and ARGV for one operation on the pool as `read`."""
-        s, now = self.settings, now_ms()
-        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
-        keys_.append(keys.pledge_record(pledge_id) if op == "pledge" else keys.POOLS_CLOSED)
-        keys_ += pool_index_keys(read.room or "", read.starter or "")
-        if op != "pledge":
-            returns = [(c["user"], int(c["coins"])) for c in orjson.loads(read.contributors or "[]")]
-            legs = [leg for u, c in returns for leg in rules.pledge_return_legs(u, c)]
-            keys_ += [keys.statement(u) for u, _c in returns]
-            rows = [
-                rules.statement_row(now, "pledge_returned", "coins", c, keys.SYS_POOL_ESCROW, pool_id)
-                for _u, c in returns
-            ]
-            return keys_, [op, now, s.pool_record_ttl_s, read.contributors or "", rules.encode_legs(legs), *rows]
-        creator = read.creator or ""
-        keys_ += [keys.LEDGER_SPEND_LIMITS, keys.spent_on(utc_day(now)), keys.LEDGER_LIFETIME_SPENT]
-        keys_ += [keys.statement(user), keys.statement(creator), keys.earned(creator)]
-        keys_ += [*keys.account_top_boards(keys.account(creator), now), keys.POOLS_CLOSED]
-        pledge_row = rules.statement_row(now, "pledge", "coins", -coins, keys.SYS_POOL_ESCROW, pool_id)
-        args: list[Any] = [op, now, pledge_id, keys.account(user), coins, rules.fingerprint(pool_id, user, coins)]
-        args += [name, s.idempotency_ttl_s, hour_number(now), user, read.contributors or "", s.pool_record_ttl_s]
-        args += [s.daily_spend_coins_max, rules.SPENT_DAY_TTL_S, s.rejected_gift_ttl_s]
-        args += [keys.account(creator) if creator else "", rules.encode_legs(rules.pledge_legs(user, coins))]
-        args += [pledge_row, *self._pool_completion(read, pool_id, user, coins, now), reject]
-        return keys_, args
-
-    def _pool_completion(self, read: PoolRead, pool_id: str, user: str, coins: int, now: int) -> list[Any]:
-        """pool.lua's ARGV 19..24: what completing the pool writes, if this pledge completes it as read."""
-        if read.price is None or int(read.price) - int(read.pledged or 0) != coins:
-            return ["", "", 0, "", rules.TOP_DAY_TTL_S, rules.TOP_WEEK_TTL_S]
-        creator, price = read.creator or "", int(read.price)
-        split = rules.split_gift(price, int(read.bps or 0))
-        legs = rules.encode_legs(rules.pool_completion_legs(creator, split))
-        row = rules.statement_row(
-            now, "gift_received", "diamonds", split.diamonds, "pool", pool_id, read.gift or "", "1"
-        )
-        gifters: dict[str, int] = {keys.account(user): coins}
-        for c in orjson.loads(read.contributors or "[]"):
-            gifters[keys.account(c["user"])] = gifters.get(keys.account(c["user"]), 0) + int(c["coins"])
-        by_gifter = "|".join(f"{account} {amount}" for account, amount in gifters.items())
-        return [legs, row, split.diamonds, by_gifter, rules.TOP_DAY_TTL_S, rules.TOP_WEEK_TTL_S]
+        """A pledge to a pool, or its expiry, cancellation or voiding at its room's end (ledger/pools.py).
+        Returns (status, reason, balance, replay, pool). `reject`: a pledge's reject reason decided by the
+        caller (archive_backlog), recorded like the scripts' own."""
+        if op == "pledge":
+            return await pools.pledge(self, pool_id, pledge_id, user, coins, name, reject)
+        return await pools.pool_end(self, op, pool_id)
 
     async def pool_open(self, room: str, starter: str, record: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
         """Open a pool unless its room ended or a cap is reached, atomically (pool.lua). Returns (reason, pool):
         reason is '' when it opened."""
-        s, pool_id = self.settings, record["id"]
-        keys_ = [keys.LEDGER_COINS, keys.LEDGER_DIAMONDS, keys.LEDGER_JOURNAL, keys.pool(pool_id), keys.POOLS_OPEN]
-        keys_ += [keys.pool(pool_id), *pool_index_keys(room, starter)]
-        args: list[Any] = ["open", now_ms(), pool_id, s.pools_per_room_max, s.pools_per_user_max]
-        args += [keys.account(starter), s.pool_open_coins_min, *(x for pair in record.items() for x in pair)]
-        _status, reason, _balance, _replay, pool = await self._pool(keys=keys_, args=args)
-        return reason, (orjson.loads(pool) if pool else None)
+        return await pools.pool_open(self, room, starter, record)
 
     # Purchases ---------------------------------------------------------------------------------------------
 
@@ -348,17 +471,20 @@ class Ledger:
         """Record a purchase outcome once. Returns (stored record, fingerprint matches, replay); a record of
         another user under this id never matches (and its content is not returned)."""
         assert status in ("paid", "declined") and coins > 0
+        if keys.scoped_user(purchase_id) != user:  # another user's id: its record is in their partition, private
+            return {}, False, True
         now = now_ms()
         legs = rules.encode_legs(rules.purchase_legs(user, coins))
         row = rules.statement_row(now, "purchase", "coins", coins, keys.SYS_COIN_ISSUANCE, purchase_id)
+        part = keys.part_of_user(user)  # the buyer's: sys:coin_issuance has a share in every partition
         stored, stored_fp, replay = await self._purchase(
             keys=[
-                keys.LEDGER_COINS,
-                keys.LEDGER_JOURNAL,
+                keys.coins(part),
+                keys.journal(part),
                 keys.purchase_record(purchase_id),
                 keys.purchases_of(user),
                 keys.statement(user),
-                keys.PURCHASES_HOT,
+                keys.purchases_hot(part),
             ],
             args=[
                 orjson.dumps(record).decode(),
@@ -375,7 +501,7 @@ class Ledger:
                 record.get("price_minor", 0),
             ],
         )
-        await self.committed()
+        await self.committed(part)
         return orjson.loads(stored), stored_fp == fingerprint, bool(int(replay))
 
     async def purchase_record(self, purchase_id: str, owner: str | None = None) -> tuple[dict[str, Any], str] | None:
@@ -419,15 +545,16 @@ class Ledger:
         if user_account is None:
             raise LedgerError("unknown_purchase", f"no purchase {purchase_id!r}")
         user, now = user_account.removeprefix(keys.ACCOUNT_PREFIX), now_ms()
+        part = keys.part_of_user(user)
         legs = rules.encode_legs(rules.reversal_legs(user, int(coins)))
         row = rules.statement_row(now, mode, "coins", -int(coins), keys.SYS_COIN_ISSUANCE, purchase_id)
         code, balance = await self._reverse(
-            keys=[keys.LEDGER_COINS, keys.LEDGER_JOURNAL, keys.purchase_record(purchase_id), keys.statement(user)],
+            keys=[keys.coins(part), keys.journal(part), keys.purchase_record(purchase_id), keys.statement(user)],
             args=[mode, now, purchase_id, f"{mode}:{purchase_id}", user_account, coins, legs, row],
         )
         if code != "ok":
             raise LedgerError(code, REVERSE_ERRORS.get(code, code))
-        await self.committed()
+        await self.committed(part)
         return int(balance)
 
     # Withdrawals -------------------------------------------------------------------------------------------
@@ -437,9 +564,11 @@ class Ledger:
     ) -> tuple[dict[str, Any], bool]:
         """Put diamonds on hold for a payout (pending transfer). Returns (withdrawal, replay)."""
         s, now, account = self.settings, now_ms(), keys.account(user)
+        if keys.scoped_user(withdrawal_id) != user:  # another user's id: its record is in their partition
+            raise LedgerError("idempotency_key_conflict", WITHDRAW_ERRORS["idempotency_key_conflict"])
         if (archived := await self._archived_withdrawal_replay(account, withdrawal_id, fingerprint)) is not None:
             return archived, True
-        await self._refuse_past_archive_backlog(withdrawal_id)
+        await self._refuse_past_archive_backlog(user, withdrawal_id)
         cutoff_hour = hour_number(now - s.diamond_hold_s * 1000) if s.diamond_hold_s > 0 else hour_number(now) + 1
         legs = rules.encode_legs(rules.withdrawal_legs("pending", user, diamonds))
         row = rules.statement_row(now, "withdrawal", "diamonds", -diamonds, keys.SYS_PAYOUT_CLEARING, withdrawal_id)
@@ -454,7 +583,7 @@ class Ledger:
         )  # fmt: skip
         if code != "ok":
             raise LedgerError(code, WITHDRAW_ERRORS.get(code, code).format(detail=detail))
-        await self.committed()
+        await self.committed(keys.part_of_user(user))
         withdrawal = await self.withdrawal(withdrawal_id)
         assert withdrawal is not None
         return withdrawal, detail == "replay"
@@ -474,11 +603,11 @@ class Ledger:
             raise LedgerError("idempotency_key_conflict", WITHDRAW_ERRORS["idempotency_key_conflict"])
         return withdrawal_view(withdrawal_id, record)
 
-    async def _refuse_past_archive_backlog(self, withdrawal_id: str) -> None:
-        """A new withdrawal is a debit: refused past the archive backlog bound like gifts and pledges (one rule:
-        rules.archive_backlog_reject); a resend of an existing one still answers it."""
+    async def _refuse_past_archive_backlog(self, user: str, withdrawal_id: str) -> None:
+        """A new withdrawal is a debit: refused past the archive backlog bound of its partition's journal like gifts
+        and pledges (one rule: rules.archive_backlog_reject); a resend of an existing one still answers it."""
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.xlen(keys.LEDGER_JOURNAL)
+            pipe.xlen(keys.journal(keys.part_of_user(user)))
             pipe.exists(keys.withdrawal(withdrawal_id))
             journal_entries, exists = await pipe.execute()
         if not exists and rules.archive_backlog_reject(int(journal_entries), self.settings.archive_backlog_max):
@@ -507,23 +636,26 @@ class Ledger:
         )
         if code != "ok":
             raise LedgerError(code, f"withdrawal {withdrawal_id} is {status}, not pending")
-        await self.committed()
+        await self.committed(keys.part_of_user(user))
         withdrawal = await self.withdrawal(withdrawal_id)
         assert withdrawal is not None
         return withdrawal
 
     def _withdraw_keys(self, user: str, withdrawal_id: str, day: str) -> list[str]:
+        """withdraw.lua's KEYS: all in the user's partition (sys:payout_clearing has a share in each)."""
+        part = keys.part_of_user(user)
+        assert keys.scoped_user(withdrawal_id) == user, withdrawal_id  # the id names its user: one partition
         return [
-            keys.LEDGER_DIAMONDS,
-            keys.LEDGER_JOURNAL,
+            keys.diamonds(part),
+            keys.journal(part),
             keys.withdrawal(withdrawal_id),
-            keys.WITHDRAWALS_PENDING,
+            keys.withdrawals_pending(part),
             keys.withdrawals_of(user),
             keys.statement(user),
             keys.earned(user),
-            keys.withdrawn_on(day),
-            keys.WITHDRAWALS_PENDING_BY_USER,
-            keys.WITHDRAWALS_DONE,
+            keys.withdrawn_on(part, day),
+            keys.withdrawals_pending_by_user(part),
+            keys.withdrawals_done(part),
         ]
 
     async def withdrawal(self, withdrawal_id: str) -> dict[str, Any] | None:
@@ -543,39 +675,39 @@ class Ledger:
             items += [withdrawal_view(wid, data) for wid, data in archived]
         return items
 
-    async def pending_withdrawals(self, limit: int, offset: int = 0) -> list[str]:
-        """Pending withdrawal ids by deadline, `limit` from position `offset`."""
-        ids: list[str] = await self.redis.zrange(keys.WITHDRAWALS_PENDING, offset, offset + limit - 1)
+    async def pending_withdrawals(self, part: str, limit: int, offset: int = 0) -> list[str]:
+        """A partition's pending withdrawal ids by deadline, `limit` from position `offset`."""
+        ids: list[str] = await self.redis.zrange(keys.withdrawals_pending(part), offset, offset + limit - 1)
         return ids
 
     # Wallet, statements, limits ------------------------------------------------------------------------------
 
     async def wallet(self, user: str) -> dict[str, int]:
-        account = keys.account(user)
+        account, part = keys.account(user), keys.part_of_user(user)
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hget(keys.LEDGER_COINS, account)
-            pipe.hget(keys.LEDGER_DIAMONDS, account)
-            pipe.hget(keys.LEDGER_REWARDS, account)
+            pipe.hget(keys.coins(part), account)
+            pipe.hget(keys.diamonds(part), account)
+            pipe.hget(keys.rewards(part), account)
             coins, diamonds, reward_coins = await pipe.execute()
         return {"coins": int(coins or 0), "diamonds": int(diamonds or 0), "reward_coins": int(reward_coins or 0)}
 
     async def set_spend_limit(self, user: str, coins_per_day: int) -> None:
         """A viewer's own cap (0: none): lowered at once, raised or removed after the cooling-off
         (rules.change_own_spend_limit). Read and write under WATCH, so two changes at once cannot both apply."""
-        account = keys.account(user)
+        account, limits = keys.account(user), keys.spend_limits(keys.part_of_user(user))
         async with self.redis.pipeline(transaction=True) as pipe:
             for _attempt in range(SPEND_LIMIT_ATTEMPTS_MAX):
                 try:
-                    await pipe.watch(keys.LEDGER_SPEND_LIMITS)
-                    stored = await pipe.hget(keys.LEDGER_SPEND_LIMITS, account)
+                    await pipe.watch(limits)
+                    stored = await pipe.hget(limits, account)
                     changed = rules.change_own_spend_limit(
                         stored, coins_per_day, now_ms(), self.settings.spend_limit_cooloff_s
                     ).encode()
                     pipe.multi()
                     if changed is None:
-                        pipe.hdel(keys.LEDGER_SPEND_LIMITS, account)
+                        pipe.hdel(limits, account)
                     else:
-                        pipe.hset(keys.LEDGER_SPEND_LIMITS, account, changed)
+                        pipe.hset(limits, account, changed)
                     await pipe.execute()
                     return
                 except WatchError:
@@ -583,28 +715,14 @@ class Ledger:
         raise LedgerError("busy", "the spend limit changed concurrently too often; retry")
 
     async def spend_limit(self, user: str) -> dict[str, Any]:
-        now = now_ms()
-        stored = await self.redis.hget(keys.LEDGER_SPEND_LIMITS, keys.account(user))
+        now, part = now_ms(), keys.part_of_user(user)
+        stored = await self.redis.hget(keys.spend_limits(part), keys.account(user))
         own = rules.own_spend_limit(stored, now)
-        spent = int(await self.redis.hget(keys.spent_on(utc_day(now)), keys.account(user)) or 0)
+        spent = int(await self.redis.hget(keys.spent_on(part, utc_day(now)), keys.account(user)) or 0)
         return {"daily_spend_coins_max": own.coins, "pending_daily_spend_coins_max": own.pending_coins,
                 "pending_effective_ms": own.pending_effective_ms,
                 "global_daily_spend_coins_max": self.settings.daily_spend_coins_max,
                 "spend_limit_cooloff_s": self.settings.spend_limit_cooloff_s, "spent_today": spent}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class PoolRead:
-    """The fields of a pool record that pool.lua's caller builds legs and rows from (None: absent)."""
-
-    room: str | None
-    starter: str | None
-    creator: str | None
-    price: str | None
-    pledged: str | None
-    bps: str | None
-    gift: str | None
-    contributors: str | None
 
 
 def withdrawal_view(withdrawal_id: str, data: dict[str, str]) -> dict[str, Any]:
@@ -622,11 +740,6 @@ def withdrawal_view(withdrawal_id: str, data: dict[str, str]) -> dict[str, Any]:
     }
 
 
-def pool_index_keys(room: str, starter: str) -> list[str]:
-    """pool.lua's KEYS 7..9: the room's open pools, the opener's open pools, the room's end marker."""
-    return [keys.room_pools(room), keys.opener_pools(starter), keys.room_ended(room)]
-
-
 REVERSE_ERRORS = {
     "purchase_not_paid": "the purchase was declined; there is nothing to reverse",
     "already_reversed": "the purchase was already refunded or charged back",
@@ -640,3 +753,24 @@ WITHDRAW_ERRORS = {
     "diamonds_on_hold": "recently earned diamonds are on hold; {detail} diamonds can be withdrawn now",
     "too_many_pending_withdrawals": "{detail} withdrawals are already pending; wait until one is paid or failed",
 }
+
+
+PRE_PARTITION_LEDGER = "{ledger}:coins"  # the one-slot ledger's balances (releases before stage 2)
+
+
+async def claim_partition_count(redis: aioredis.Redis, count: int) -> None:
+    """The installation's partition count is fixed by the first process that runs against it (stored in
+    partitions.PARTITIONS_KEY); a process configured with another count would look for money in the wrong
+    partitions, so it refuses to start (ConfigError: the CLI prints it and exits 2)."""
+    if await redis.exists(PRE_PARTITION_LEDGER):
+        raise ConfigError(
+            f"this Valkey holds a ledger from before partitions ({PRE_PARTITION_LEDGER}); it would be ignored, so "
+            "nothing starts: see docs/SCALING.md, 'Existing installations'"
+        )
+    await redis.set(partitions.PARTITIONS_KEY, count, nx=True)
+    stored = int(await redis.get(partitions.PARTITIONS_KEY) or count)
+    if stored != count:
+        raise ConfigError(
+            f"GIFTING_LEDGER_PARTITIONS is {count} but this installation's ledger has {stored} partitions "
+            f"({partitions.PARTITIONS_KEY}); set it to {stored} (changing it needs a migration: docs/SCALING.md)"
+        )

@@ -382,7 +382,7 @@ class Hub:
             "pledge", message.pool, message.pledge_id, message.coins, identity.user, identity.name, self.id, req
         )
         try:
-            await self.redis.xadd(keys.GIFTS_STREAM, op.to_entry())
+            await self.redis.xadd(keys.gifts_stream(keys.part_of_user(identity.user)), op.to_entry())
         except STORE_ERRORS as exc:
             self._unwait(message.pledge_id, req)
             log.warning("pledge %s: not queued, store unavailable: %r", message.pledge_id, exc)
@@ -592,7 +592,7 @@ class Hub:
             for user in [u for u, (_, t) in self.buckets.items() if now - t > BUCKET_IDLE_S]:
                 del self.buckets[user]
             with contextlib.suppress(Exception):
-                self.backlog = int(await self.redis.xlen(keys.GIFTS_STREAM))
+                self.backlog = await gifts.gift_backlog(self.redis)
 
     async def _share_viewers(self) -> None:
         """Approximate viewer counts: each process writes its own count per room (with a timestamp) and sums

@@ -23,11 +23,11 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from gifting import clock, keys
+from gifting import clock, keys, valkey
 from gifting.config import Settings
 from gifting.errors import GiftingError
 from gifting.gifts import GiftRequest
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.store import GiftToSettle
 from gifting.rooms.store import RoomStore, top_entries
 from gifting.wire.messages import MatchEnded, MatchInvited, MatchScore, MatchStarted
@@ -429,9 +429,13 @@ class MatchStore:
         return True
 
     async def _all_scored(self, end_ms: int) -> bool:
-        """Past the end, with no gift stream entry older than it: one atomic read of the server's clock and the
-        stream, so no entry older than the end can be added after this answers yes."""
-        return bool(await self._all_scored_lua(keys=[keys.GIFTS_STREAM], args=[end_ms]))
+        """Past the end, with no gift stream entry older than it, in every partition's stream: per stream one
+        atomic read of its server's clock and the stream, so no entry older than the end can be added to it after
+        it answers yes (new entry ids follow that clock); all streams yes, then all gifts before the end are in."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for part in partitions.all_tags():
+                await valkey.queue_script(pipe, self._all_scored_lua, [keys.gifts_stream(part)], [end_ms])
+            return all(bool(r) for r in await pipe.execute())
 
     async def _result(self, match: str, meta: dict[str, str]) -> dict[str, Any]:
         points = {side: int(meta["points_" + side]) for side in SIDES}

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from gifting import clock, keys
 from gifting.catalog.model import Catalog
 from gifting.config import Settings
+from gifting.ledger import partitions, rules
 from gifting.ledger.store import Ledger
 from gifting.rooms.store import RoomError, RoomStore, not_durable_is_retry
 from gifting.wire.messages import POOL_CLOSED_KINDS, Error, PledgeResult, PoolClosed, PoolProgress
@@ -86,7 +87,9 @@ async def open_pool(
     info = await rooms.get(room)
     if info.status != "live":
         raise RoomError("room_not_live", f"room {room!r} is not live")
-    pool_id = "p_" + secrets.token_hex(8)
+    # The pool lives in its creator's partition (with the escrow, the creator's diamonds and boards); its id
+    # names that partition, so whoever holds only the id finds it.
+    pool_id = rules.pool_id(partitions.of_account(keys.account(info.creator)), secrets.token_hex(8))
     deadline_ms = clock.now_ms() + deadline_s * 1000
     record = {
         "id": pool_id, "room": room, "creator": info.creator, "gift": gift.id, "price": gift.coins,
@@ -125,7 +128,10 @@ async def cancel_pool(
 
     Repeating a cancel of a cancelled pool answers it again and announces it again if that was lost (a crash
     between the ledger step and the announcement); announce.lua keeps it once."""
-    starter, creator, status = await redis.hmget(keys.pool(pool_id), "starter", "creator", "status")
+    part = rules.pool_part(pool_id)
+    starter, creator, status = (
+        await redis.hmget(keys.pool(part, pool_id), "starter", "creator", "status") if part else (None,) * 3
+    )
     if status is None:
         raise RoomError("unknown_pool", f"no pool {pool_id!r}")
     if user not in (starter, creator) and not is_admin:
@@ -143,13 +149,18 @@ async def cancel_pool(
 
 
 async def get_pool(redis: aioredis.Redis, pool_id: str) -> dict[str, Any] | None:
-    raw = await redis.hgetall(keys.pool(pool_id))
+    part = rules.pool_part(pool_id)
+    raw = await redis.hgetall(keys.pool(part, pool_id)) if part else None
     return pool_view(raw) if raw else None
 
 
 async def room_pools(redis: aioredis.Redis, room: str) -> list[dict[str, Any]]:
-    """The room's open pools (for the join snapshot)."""
-    pools = [await get_pool(redis, pid) for pid in await redis.smembers(keys.room_pools(room))]
+    """The room's open pools (for the join snapshot), in its creator's partition."""
+    creator = await redis.hget(keys.room_meta(room), "creator")
+    if not creator:
+        return []
+    ids = await redis.smembers(keys.room_pools(keys.part_of_user(creator), room))
+    pools = [await get_pool(redis, pid) for pid in ids]
     return sorted((p for p in pools if p and p["status"] == "open"), key=lambda p: p["deadline_ms"])
 
 

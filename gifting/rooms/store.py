@@ -238,13 +238,14 @@ class RoomStore:
         await self.redis.zadd(keys.ROOMS_ENDING, {room: now_ms}, nx=True)
         match = await self.redis.hget(keys.room_meta(room), "match")
         # First close the room to new pools and pledges (pool.lua checks the marker atomically), then void the
-        # open pools: no coin moves to a room once its end has begun.
+        # open pools: no coin moves to a room once its end has begun. Both in the creator's ledger partition.
+        pools_part = keys.part_of_user(info.creator)
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hsetnx(keys.room_ended(room), "*", now_ms)
-            pipe.expire(keys.room_ended(room), ttl_s)
+            pipe.hsetnx(keys.room_ended(pools_part, room), "*", now_ms)
+            pipe.expire(keys.room_ended(pools_part, room), ttl_s)
             await pipe.execute()
         async with not_durable_is_retry(), self.ledger.group_commit():
-            for pool_id in sorted(await self.redis.smembers(keys.room_pools(room))):
+            for pool_id in sorted(await self.redis.smembers(keys.room_pools(pools_part, room))):
                 await self.ledger.pool_op("void", pool_id)
         boards = await recipient_board_keys(self.redis, room)
         from gifting.perks import refund_tickets  # perks build on rooms
@@ -266,7 +267,7 @@ class RoomStore:
         await durable_or_retry(self.ledger)  # announce only what is durable
         summary = await self.earnings(room)
         summary["top"] = await self.top(room, "stream", 5)
-        await self.announce(room, await self._end_events(room, summary))
+        await self.announce(room, await self._end_events(room, summary, pools_part))
         # Two single-slot steps, each safe to repeat: the room's summary, then the creator's list (gets it once).
         await self.redis.set(keys.room_summary(room), orjson.dumps(summary), nx=True, ex=SUMMARY_TTL_S)
         stored = await self.redis.get(keys.room_summary(room))
@@ -296,14 +297,16 @@ class RoomStore:
                 return
         log.warning("room %s: its summary kept changing; its matches are added by the next match end", room)
 
-    async def _end_events(self, room: str, summary: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    async def _end_events(
+        self, room: str, summary: dict[str, Any], pools_part: str
+    ) -> list[tuple[str, dict[str, Any]]]:
         """The pools the end voided, `room_ended` and the summary (the stream summary goes to the room and
         outlives it), from durable state: each announced once by its dedupe id, however often the end repeats."""
         from gifting.rooms.pools import closing_event, pool_view  # pools builds on rooms
 
         events: list[tuple[str, dict[str, Any]]] = []
-        for pool_id in sorted(await self.redis.hkeys(keys.room_ended(room))):
-            raw = await self.redis.hgetall(keys.pool(pool_id)) if pool_id != "*" else None
+        for pool_id in sorted(await self.redis.hkeys(keys.room_ended(pools_part, room))):
+            raw = await self.redis.hgetall(keys.pool(pools_part, pool_id)) if pool_id != "*" else None
             event = closing_event(pool_view(raw)) if raw else None
             if event is not None:
                 events.append(event)
@@ -496,8 +499,9 @@ async def top_entries(redis: aioredis.Redis, key: str, limit: int) -> list[dict[
         return []
     async with redis.pipeline(transaction=False) as pipe:
         pipe.hmget(keys.USER_NAMES, users)
-        pipe.hmget(keys.LEDGER_LIFETIME_SPENT, [keys.account(u) for u in users])
-        names, spent = await pipe.execute()
+        for user in users:  # each in their own ledger partition
+            pipe.hget(keys.lifetime_spent(keys.part_of_user(user)), keys.account(user))
+        names, *spent = await pipe.execute()
     return [
         {"user": user, "name": name or user, "coins": int(score), "level": rules.level_for(int(lifetime or 0))}
         for user, name, lifetime, (_, score) in zip(users, names, spent, rows, strict=True)
