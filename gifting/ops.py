@@ -172,7 +172,7 @@ async def backlog(redis: aioredis.Redis, settings: Settings) -> dict[str, Any]:
                for name, stream_of in backlogs.STREAMS}  # fmt: skip
     return {
         "gifts": {**streams["gifts"], **gifts},
-        "dead_letters": streams["dead_letters"],
+        "dead_letters": streams["gifts:dead"],
         "journal": streams["journal"],
         "outbox": {**streams["outbox"], "oldest_age_ms": await backlogs.oldest_outbox_age_ms(redis, now)},
         "withdrawals_pending": sum(withdrawals),

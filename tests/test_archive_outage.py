@@ -34,7 +34,7 @@ async def journal_backlog_metric(system: System) -> float:
     text = (await system.http.get("/metrics")).text
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "gifting_stream_length" and sample.labels.get("stream") == keys.LEDGER_JOURNAL:
+            if sample.name == "gifting_stream_length" and sample.labels.get("stream") == "journal":
                 return sample.value
     raise AssertionError("no gifting_stream_length sample for the journal")
 

@@ -40,6 +40,7 @@ from gifting.errors import ScriptFailed
 from gifting.fanclubs import FanClubs
 from gifting.gifts import GiftRequest, gift_result, room_event
 from gifting.ledger import partitions, rules
+from gifting.ledger.backlog import observe as observe_partitions
 from gifting.ledger.rewards import Rewards
 from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
 from gifting.payments import PayoutProvider, SandboxPayouts
@@ -309,6 +310,7 @@ class SettlementWorker:
         metrics.pools_open.set(pools)
         if newest:
             metrics.worker_heartbeat_age.set(max(clock.now_ms() - newest[0][1], 0) / 1000)
+        await observe_partitions(self.redis)  # the longest partition's streams, the oldest outbox entry
 
     async def heartbeat(self) -> None:
         now = time.monotonic()

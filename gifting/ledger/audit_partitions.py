@@ -222,7 +222,7 @@ def _transit_findings(latest: CrossJournal, lines: list[OutboxLine], transit: di
     for ledger in sorted(set(held) | set(in_flight)):
         if held[ledger] != in_flight[ledger]:
             parts = " ".join(
-                f"{p}={transit[p][ledger]}" for p in partitions.all_tags() if transit.get(p, {}).get(ledger)
+                f"{p}={transit[p][ledger]}" for p in partitions.all_tags() if p in transit and transit[p][ledger]
             )
             findings.append(
                 f"{ledger} {keys.SYS_TRANSIT}: the partitions hold {held[ledger]} ({parts or 'none'}), the credits "

@@ -8,9 +8,10 @@ than the bound. The bound is what one partition's journal may hold on its primar
 a stalled partition refuses only its own accounts' debits. Callers read the length with `journal_lengths` (one
 round trip for any number of partitions) and pass it to the rule.
 
-Metrics (`observe`): per stream kind, the sum over the partitions (gifting_stream_length{stream="{ledger:*}:..."},
-the backlog as a whole) and the longest partition's (gifting_stream_length_max: what the per-partition bound and
-a hot partition show), plus the age of the oldest outbox entry (the creator-credit lag a stalled redrive causes).
+Metrics: the settlement worker's gauges sum each stream kind over the partitions (gifting_stream_length, labels
+'gifts', 'gifts:dead', 'journal', 'outbox'); `observe` adds the longest partition's (gifting_stream_length_max:
+what the per-partition bound compares, and where a hot partition shows) and the age of the oldest outbox entry
+(gifting_outbox_oldest_age_seconds: the creator-credit lag a stalled redrive causes).
 """
 
 from __future__ import annotations
@@ -26,10 +27,10 @@ from gifting.wire.reasons import RejectReason
 
 ALL = "{ledger:*}"  # how labels and answers name a stream kind over every partition ('{ledger:*}:journal')
 
-# The per-partition streams, by the suffix their keys share: (name in answers and labels, key of a partition).
+# The per-partition streams: (the gauges' `stream` label, the stream's key in a partition).
 STREAMS: tuple[tuple[str, Callable[[str], str]], ...] = (
     ("gifts", keys.gifts_stream),
-    ("dead_letters", keys.gifts_dead_letter),
+    ("gifts:dead", keys.gifts_dead_letter),
     ("journal", keys.journal),
     ("outbox", keys.outbox),
 )
@@ -58,11 +59,6 @@ def backlog_reject(lengths: dict[str, int], part: str, backlog_max: int) -> Reje
     return rules.archive_backlog_reject(lengths.get(part, 0), backlog_max)
 
 
-async def largest_journal(redis: aioredis.Redis) -> int:
-    """The longest partition journal: the archive backlog /readyz shows (the bound is per partition)."""
-    return max((await journal_lengths(redis, partitions.all_tags())).values(), default=0)
-
-
 async def snapshot(redis: aioredis.Redis) -> dict[str, dict[str, int]]:
     """Every stream kind's length in every partition, in one round trip: kind -> partition -> length."""
     tags = partitions.all_tags()
@@ -85,15 +81,12 @@ async def oldest_outbox_age_ms(redis: aioredis.Redis, now_ms: int | None = None)
     return 0 if oldest is None else max(0, now - oldest)
 
 
-async def observe(redis: aioredis.Redis) -> dict[str, dict[str, int]]:
-    """Set the stream gauges (sum and longest partition per kind, oldest outbox age); returns `snapshot`."""
+async def observe(redis: aioredis.Redis) -> None:
+    """Set the longest partition's gauge per stream kind and the oldest outbox age (two round trips)."""
     lengths = await snapshot(redis)
-    for name, stream_of in STREAMS:
-        label = stream_of(ALL)
-        metrics.stream_length.labels(stream=label).set(sum(lengths[name].values()))
-        metrics.stream_length_max.labels(stream=label).set(max(lengths[name].values(), default=0))
+    for name, _ in STREAMS:
+        metrics.stream_length_max.labels(stream=name).set(max(lengths[name].values(), default=0))
     metrics.outbox_oldest_age.set(await oldest_outbox_age_ms(redis) / 1000)
-    return lengths
 
 
 def by_partition(lengths: dict[str, int]) -> dict[str, Any]:
