@@ -3,6 +3,7 @@ finding naming the partition(s) for each cross-partition defect, planted by hand
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
@@ -14,6 +15,7 @@ from gifting import keys
 from gifting.ledger import partitions, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.rules import Credit, Leg
+from tests.conftest import System
 from tests.test_audit import run_cli_audit
 
 pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
@@ -223,3 +225,41 @@ async def test_cli_audit_names_the_partition_of_a_finding(
     assert code == 1, output
     assert f"FINDING transfer g-cli (in {keys.part_of_user(viewer)}): owes 50 diamonds" in output
     assert f"partitions: {partitions.count()}" in output
+
+
+LIVE_VIEWERS = 6
+LIVE_GIFTS = 8  # per viewer
+LIVE_AUDITS = 6
+
+
+async def test_audits_while_gifts_cross_partitions_find_nothing(system: System) -> None:
+    """Audits racing a live storm of gifts between viewers and creators of other partitions (source steps,
+    credits, outbox deletes between the audit's reads) report nothing; once quiet, the transit sum is checked."""
+    viewers = users_in_distinct_partitions(LIVE_VIEWERS + 2)
+    creators, viewers = viewers[:2], viewers[2:]
+    rooms = [await system.open_room(creator) for creator in creators]
+    for viewer in viewers:
+        await system.grant(viewer, 1000)
+    clients = [await system.connect(viewer) for viewer in viewers]
+
+    async def send(i: int) -> None:
+        for n in range(LIVE_GIFTS):
+            gid = await clients[i].gift(rooms[(i + n) % 2], "rose", 1 + n % 3)
+            assert (await clients[i].result(gid))["status"] == "settled"
+
+    senders = asyncio.gather(*(send(i) for i in range(LIVE_VIEWERS)))
+    try:
+        for _ in range(LIVE_AUDITS):
+            report = await run_audit(system.redis)
+            assert report.clean, report.summary()
+    finally:
+        await senders
+    for _ in range(100):  # the last credits land one round trip after their gifts are announced
+        report = await run_audit(system.redis)
+        outboxes = [await system.redis.xlen(keys.outbox(p)) for p in partitions.all_tags()]
+        if not report.notes and not any(outboxes):
+            break
+        await asyncio.sleep(0.05)
+    assert report.clean and not report.notes, report.summary()
+    assert report.kinds["gift"] == LIVE_VIEWERS * LIVE_GIFTS
+    assert report.totals["coins"][keys.SYS_TRANSIT] == 0

@@ -164,14 +164,18 @@ def _match_transfers(snapshot: CrossJournal, latest: CrossJournal, lines: list[O
         credits[credit] = (f"applied in {part}", vector)
     by_transfer: dict[str, list[str]] = defaultdict(list)
     named: list[str] = []
+    # A credit seen by the snapshots (applied by its destination's, or in flight at its source's) has its source
+    # entry in `latest`, which was read after every snapshot; a credit applied later may come from a source entry
+    # written after the scan of its partition: not judged.
+    judged = set(snapshot.applied) | {line.credit.id for line in lines}
     for credit, (where, vector) in credits.items():
         if not vector:
             continue  # moves nothing across (e.g. a pledge returned from escrow): other checks cover it
         transfer = transfer_of(credit, latest.sources)
-        if transfer is None:
-            named.append(f"credit {credit} ({where}): no transfer of any partition owes it")
-        else:
+        if transfer is not None:
             by_transfer[transfer].append(credit)
+        elif credit in judged:
+            named.append(f"credit {credit} ({where}): no transfer of any partition owes it")
     for transfer, (part, vector) in snapshot.sources.items():
         got: Counter[str] = Counter()
         for credit in by_transfer.get(transfer, []):
