@@ -72,12 +72,6 @@ stream_length = Gauge(
 stream_pending = Gauge(
     "gifting_stream_pending", "Entries read by a consumer but not acked.", ["stream"], multiprocess_mode="max"
 )
-# Per-partition streams (ledger/backlog.py): gifting_stream_length sums a kind over the partitions (label
-# '{ledger:*}:journal'); this is its longest partition (the archive backlog bound is per partition).
-stream_length_max = Gauge(
-    "gifting_stream_length_max", "Entries in the longest partition's stream of a kind.", ["stream"],
-    multiprocess_mode="max",
-)  # fmt: skip
 outbox_oldest_age = Gauge(
     "gifting_outbox_oldest_age_seconds", "Age of the oldest outbox entry (credits not yet applied) of any partition.",
     multiprocess_mode="max",

@@ -262,3 +262,49 @@ async def test_a_valkey_with_the_one_slot_ledger_is_refused(redis: aioredis.Redi
     await redis.hset("{ledger}:coins", "u:old", 5)
     with pytest.raises(ConfigError, match="before partitions"):
         await claim_partition_count(redis, 16)
+
+
+@pytest.mark.parametrize("coins", [1, 10, 999])
+def test_the_workers_spelled_out_gift_rows_and_credit_are_the_placed_legs(coins: int) -> None:
+    """gift_journal_row, reward_gift_journal_row and gift_credit_line (built per gift, spelled out for speed) hold
+    exactly place_legs of gift_legs / reward_gift_legs, for a creator in the viewer's partition and in another."""
+    viewer = "viewer1"
+    part = keys.part_of_user(viewer)
+    here = next(u for u in (f"c{i}" for i in range(1000)) if keys.part_of_user(u) == part)
+    there = next(u for u in (f"c{i}" for i in range(1000)) if keys.part_of_user(u) != part)
+    split = rules.split_gift(coins, 5000)
+    for creator in (here, there):
+        is_here = creator == here
+        for legs, row in (
+            (
+                rules.gift_legs(viewer, creator, split),
+                rules.gift_journal_row("g", viewer, creator, split, "r", "rose", 1, is_here),
+            ),
+            (
+                rules.reward_gift_legs(viewer, creator, split),
+                rules.reward_gift_journal_row("g", viewer, creator, split, "r", "rose", 1, is_here),
+            ),
+        ):
+            placed = rules.place_legs(legs, part)
+            assert rules.parse_legs(row.split("\t")[1]) == placed[part]
+            if not is_here:
+                assert rules.encode_legs(placed.get(keys.part_of_user(creator), [])) == "|".join(
+                    rules.creator_legs(creator, split)
+                )
+        if not is_here:
+            c, v = keys.account(creator), keys.account(viewer)
+            credit = rules.Credit.decode(rules.gift_credit_line("g", c, v, split, 5, "row", "r", "rose", 1))
+            placed = rules.place_legs(rules.gift_legs(viewer, creator, split), part)
+            expected = rules.Credit(
+                id="g",
+                kind="gift_received",
+                legs=placed.get(keys.part_of_user(creator), []),
+                ts_ms=5,
+                statement=[(c, "row")],
+                earned=(c, split.diamonds) if split.diamonds else None,
+                board=(c, v, split.coins),
+                room="r",
+                gift="rose",
+                count=1,
+            )
+            assert credit == expected

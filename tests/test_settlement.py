@@ -22,7 +22,7 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from gifting import gifts, keys
+from gifting import gifts, keys, valkey
 from gifting.app import redis_client
 from gifting.catalog.model import load_default
 from gifting.config import Settings
@@ -651,7 +651,8 @@ async def test_unconfirmed_fsync_announces_nothing_and_the_worker_retries(
     async with worker_task(settings, valkey_url) as (worker, task):
         # Learn that WAITAOF works (as on the first batch of a real worker) before fsync stops confirming.
         await worker.ledger.durable(settings.waitaof_timeout_ms)
-        await redis.config_set("appendfsync", "no")  # WAITAOF 1 0 then times out with 0 local fsyncs
+        everywhere = {"target_nodes": "all"} if valkey.is_cluster_client(redis) else {}  # every partition's node
+        await redis.config_set("appendfsync", "no", **everywhere)  # WAITAOF 1 0 then times out with 0 local fsyncs
         try:
             await gifts.enqueue(redis, request(gid, room, "viewer1"))
             await wait_until(lambda: decided(redis, gid), "settle.lua to run", 10, lambda: task_failure(task))
@@ -667,7 +668,7 @@ async def test_unconfirmed_fsync_announces_nothing_and_the_worker_retries(
             assert await history(redis, room) == []
             assert await pending(redis) == 1
         finally:
-            await redis.config_set("appendfsync", "everysec")
+            await redis.config_set("appendfsync", "everysec", **everywhere)
         await wait_until(lambda: drained(redis), "the retried batch to be acked", 15, lambda: task_failure(task))
     assert [e["gift_id"] for _, e in await history(redis, room)] == [gid]
     assert await journal_gift_ids(redis) == Counter({gid: 1})

@@ -225,6 +225,11 @@ class SettlementWorker:
                 with contextlib.suppress(ConnectionError, TimeoutError, ResponseError, OSError):
                     if isinstance(exc, NoScriptError):
                         await self.load_scripts()
+            except Exception:  # a defect: this partition's loop backs off and retries, the others go on
+                log.exception("settlement %s: unexpected error; retrying in %.1f s", part, BACKOFF_S_MAX)
+                metrics.store_errors.labels(component="worker").inc()
+                own_pending = True
+                await asyncio.sleep(BACKOFF_S_MAX)
         with contextlib.suppress(ConnectionError, TimeoutError, OSError):
             await self.flush_acks(part, consumer)  # what is not acked here is settled again (idempotently)
 
@@ -283,29 +288,32 @@ class SettlementWorker:
         return removed
 
     async def observe_state(self) -> None:
-        """Backlogs, pending entries, withdrawals, pools and heartbeats for the gauges (summed over partitions,
-        labelled by the partition-less stream name); one round trip."""
+        """Backlogs, pending entries and outboxes of every partition (labelled by stream key), withdrawals, pools
+        and heartbeats for the gauges; one round trip."""
         tags = partitions.all_tags()
         async with self.redis.pipeline(transaction=False) as pipe:
             for part in tags:
-                pipe.xlen(keys.gifts_stream(part))
-                pipe.xlen(keys.gifts_dead_letter(part))
+                for stream in (
+                    keys.gifts_stream(part),
+                    keys.gifts_dead_letter(part),
+                    keys.journal(part),
+                    keys.outbox(part),
+                ):
+                    pipe.xlen(stream)  # journal: the archive backlog, entries not yet moved to PostgreSQL
                 pipe.xpending(keys.gifts_stream(part), keys.SETTLEMENT_GROUP)
                 pipe.zcard(keys.withdrawals_pending(part))
                 pipe.zcard(keys.pools_open(part))
-                pipe.xlen(keys.journal(part))  # the archive backlog: entries not yet moved to PostgreSQL
-                pipe.xlen(keys.outbox(part))
             pipe.zrange(keys.WORKER_HEARTBEATS, -1, -1, withscores=True)
-            *replies, newest = await pipe.execute()
-        sums = [0] * 7
-        for i, reply in enumerate(replies):
-            sums[i % 7] += int(reply["pending"]) if isinstance(reply, dict) else int(reply)
-        backlog, dead, pending, withdrawals, pools, journal, outbox = sums
-        metrics.stream_length.labels(stream="gifts").set(backlog)
-        metrics.stream_length.labels(stream="gifts:dead").set(dead)
-        metrics.stream_length.labels(stream="journal").set(journal)
-        metrics.stream_length.labels(stream="outbox").set(outbox)
-        metrics.stream_pending.labels(stream="gifts").set(pending)
+            *replies, newest = await pipe.execute(raise_on_error=False)
+        withdrawals = pools = 0
+        for i, part in enumerate(tags):
+            gifts, dead, journal, outbox, pending, part_withdrawals, part_pools = replies[7 * i : 7 * i + 7]
+            streams = (keys.gifts_stream(part), keys.gifts_dead_letter(part), keys.journal(part), keys.outbox(part))
+            for stream, length in zip(streams, (gifts, dead, journal, outbox), strict=True):
+                metrics.stream_length.labels(stream=stream).set(length)
+            if not isinstance(pending, Exception):  # no group yet: nothing pending
+                metrics.stream_pending.labels(stream=keys.gifts_stream(part)).set(pending["pending"])
+            withdrawals, pools = withdrawals + part_withdrawals, pools + part_pools
         metrics.withdrawals_pending.set(withdrawals)
         metrics.pools_open.set(pools)
         if newest:

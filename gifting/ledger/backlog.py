@@ -8,10 +8,9 @@ than the bound. The bound is what one partition's journal may hold on its primar
 a stalled partition refuses only its own accounts' debits. Callers read the length with `journal_lengths` (one
 round trip for any number of partitions) and pass it to the rule.
 
-Metrics: the settlement worker's gauges sum each stream kind over the partitions (gifting_stream_length, labels
-'gifts', 'gifts:dead', 'journal', 'outbox'); `observe` adds the longest partition's (gifting_stream_length_max:
-what the per-partition bound compares, and where a hot partition shows) and the age of the oldest outbox entry
-(gifting_outbox_oldest_age_seconds: the creator-credit lag a stalled redrive causes).
+Metrics: the settlement worker's gauges give each partition's streams (gifting_stream_length, labelled by stream
+key); `observe` adds the age of the oldest outbox entry over every partition (gifting_outbox_oldest_age_seconds:
+the creator-credit lag a stalled redrive causes).
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from gifting.wire.reasons import RejectReason
 
 ALL = "{ledger:*}"  # how labels and answers name a stream kind over every partition ('{ledger:*}:journal')
 
-# The per-partition streams: (the gauges' `stream` label, the stream's key in a partition).
+# The per-partition streams: (their kind, as ops names it, the stream's key in a partition).
 STREAMS: tuple[tuple[str, Callable[[str], str]], ...] = (
     ("gifts", keys.gifts_stream),
     ("gifts:dead", keys.gifts_dead_letter),
@@ -82,10 +81,7 @@ async def oldest_outbox_age_ms(redis: aioredis.Redis, now_ms: int | None = None)
 
 
 async def observe(redis: aioredis.Redis) -> None:
-    """Set the longest partition's gauge per stream kind and the oldest outbox age (two round trips)."""
-    lengths = await snapshot(redis)
-    for name, _ in STREAMS:
-        metrics.stream_length_max.labels(stream=name).set(max(lengths[name].values(), default=0))
+    """Set the oldest outbox entry's age (one round trip)."""
     metrics.outbox_oldest_age.set(await oldest_outbox_age_ms(redis) / 1000)
 
 

@@ -287,15 +287,23 @@ def sponsored_gift_legs(campaign_id: str, creator: str, split: GiftSplit) -> lis
 
 
 def reward_gift_journal_row(
-    gift_id: str, viewer: str, creator: str, split: GiftSplit, room: str, gift: str, count: int
+    gift_id: str,
+    viewer: str,
+    creator: str,
+    split: GiftSplit,
+    room: str,
+    gift: str,
+    count: int,
+    creator_here: bool = True,
 ) -> str:
     """gift_journal_row for a gift paid with reward coins (settle.lua picks one of the two rows it is given). The
-    legs are encode_legs(reward_gift_legs(...)), spelled out because the worker builds one per gift
-    (tests/test_rewards.py checks they agree)."""
+    legs are the viewer's partition's part of place_legs(reward_gift_legs(...)), spelled out because the worker
+    builds one per gift (tests/test_rewards.py checks they agree)."""
     legs = f"rewards {keys.ACCOUNT_PREFIX}{viewer} {keys.SYS_REWARDS_SPENT} {split.coins}"
     if split.diamonds > 0:
         legs += f"|coins {keys.SYS_PLATFORM_REVENUE} {keys.SYS_CREATOR_EARNINGS} {split.diamonds}"
-        legs += f"|diamonds {keys.SYS_DIAMOND_ISSUANCE} {keys.ACCOUNT_PREFIX}{creator} {split.diamonds}"
+        if creator_here:
+            legs += "|" + creator_legs(creator, split)[0]
     return f"{gift_id}\t{legs}\t{room}\t{gift}\t{count}"
 
 
@@ -460,17 +468,34 @@ def parse_statement_row(index: int, row: str) -> dict[str, Any]:
 
 
 def gift_journal_row(
-    gift_id: str, viewer: str, creator: str, split: GiftSplit, room: str, gift: str, count: int
+    gift_id: str,
+    viewer: str,
+    creator: str,
+    split: GiftSplit,
+    room: str,
+    gift: str,
+    count: int,
+    creator_here: bool = True,
 ) -> str:
     """A settled gift's row in its batch's journal entry (GIFT_ROW_FIELDS, tab-separated; read by journal_gifts).
-    settle.lua writes it as given when it settles the gift. The legs are encode_legs(gift_legs(...)), spelled
-    out because the worker builds one per gift (tests/test_rules.py checks they agree)."""
+    settle.lua writes it as given when it settles the gift. The legs are the viewer's partition's part of
+    place_legs(gift_legs(...)): all of them when the creator is in it too (`creator_here`), else the coin legs
+    (the diamonds leg is the creator's credit, creator_legs). Spelled out because the worker builds one per gift
+    (tests/test_rules.py checks they agree)."""
     v = keys.ACCOUNT_PREFIX + viewer
     legs = [f"coins {v} {keys.SYS_PLATFORM_REVENUE} {split.platform_coins}"] if split.platform_coins > 0 else []
     if split.diamonds > 0:
         legs.append(f"coins {v} {keys.SYS_CREATOR_EARNINGS} {split.diamonds}")
-        legs.append(f"diamonds {keys.SYS_DIAMOND_ISSUANCE} {keys.ACCOUNT_PREFIX}{creator} {split.diamonds}")
+        if creator_here:
+            legs.append(creator_legs(creator, split)[0])
     return f"{gift_id}\t{'|'.join(legs)}\t{room}\t{gift}\t{count}"
+
+
+def creator_legs(creator: str, split: GiftSplit) -> list[str]:
+    """A gift's legs in its creator's partition, however it was paid (encoded): the diamonds from issuance."""
+    if split.diamonds <= 0:
+        return []
+    return [f"diamonds {keys.SYS_DIAMOND_ISSUANCE} {keys.ACCOUNT_PREFIX}{creator} {split.diamonds}"]
 
 
 def statement_row(
@@ -702,6 +727,39 @@ class Credit:
         return "\t".join(
             (self.id, self.kind, encode_legs(self.legs), self.room, self.gift, str(self.count), str(self.ts_ms))
         )
+
+
+def gift_credit_line(
+    gift_id: str,
+    creator: str,
+    viewer: str,
+    split: GiftSplit,
+    ts_ms: int,
+    creator_row: str,
+    room: str,
+    gift: str,
+    count: int,
+) -> str:
+    """Credit(...).encode() of a gift's creator side (creator_legs, the creator's statement row, the earned
+    diamonds, the gifter's coins on the boards; accounts as u:<user>), spelled out because the worker builds one
+    per gift to another partition (tests/test_partitions.py checks they agree)."""
+    statement = creator + RS + creator_row if creator_row else ""
+    earned = f"{creator} {split.diamonds}" if split.diamonds > 0 else ""
+    legs = f"diamonds {keys.SYS_DIAMOND_ISSUANCE} {creator} {split.diamonds}" if split.diamonds > 0 else ""
+    return FS.join(
+        (
+            gift_id,
+            "gift_received",
+            legs,
+            str(ts_ms),
+            room,
+            gift,
+            str(count),
+            statement,
+            earned,
+            f"{creator} {viewer} {split.coins}",
+        )
+    )
 
 
 def outbox_fields(credits: dict[str, list[Credit]]) -> list[str]:

@@ -68,34 +68,23 @@ def settle_arg(g: GiftToSettle, now: int, part: str) -> tuple[str, str, str]:
     row = viewer_row = creator_row = reward_row = reward_viewer_row = dest = credit = ""
     if not g.reject:
         split = rules.GiftSplit(g.coins, g.diamonds, g.coins - g.diamonds)
-        placed = rules.place_legs(rules.gift_legs(g.viewer, g.creator, split), part)
-        reward_placed = rules.place_legs(rules.reward_gift_legs(g.viewer, g.creator, split), part)
-        tail = f"\t{g.room}\t{g.gift}\t{g.count}"
-        row = g.gift_id + "\t" + rules.encode_legs(placed[part]) + tail
+        creator_part = keys.part_of(creator)
+        here = creator_part == part
+        row = rules.gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count, here)
         viewer_row = rules.statement_row(now, "gift_sent", "coins", -g.coins, creator, g.gift_id, g.gift, str(g.count))
         # The same gift paid with reward coins (settle.lua picks: rules.pays_with_rewards).
-        reward_row = g.gift_id + "\t" + rules.encode_legs(reward_placed[part]) + tail
+        reward_row = rules.reward_gift_journal_row(g.gift_id, g.viewer, g.creator, split, g.room, g.gift, g.count, here)
         # The same row on the rewards ledger (statement_row's layout: ts, kind, ledger, ...).
         reward_viewer_row = viewer_row.replace("\tcoins\t", "\trewards\t", 1)
         if g.diamonds > 0:
             creator_row = rules.statement_row(
                 now, "gift_received", "diamonds", g.diamonds, viewer, g.gift_id, g.gift, str(g.count)
             )
-        creator_part = keys.part_of(creator)
-        if creator_part != part:  # the creator's side is owed to their partition (the same however it is paid)
+        if not here:  # the creator's side is owed to their partition (the same however the gift is paid)
             dest = creator_part
-            credit = rules.Credit(
-                id=g.gift_id,
-                kind="gift_received",
-                legs=placed.get(creator_part, []),
-                ts_ms=now,
-                statement=[(creator, creator_row)] if creator_row else [],
-                earned=(creator, g.diamonds) if g.diamonds > 0 else None,
-                board=(creator, viewer, g.coins),
-                room=g.room,
-                gift=g.gift,
-                count=g.count,
-            ).encode()
+            credit = rules.gift_credit_line(
+                g.gift_id, creator, viewer, split, now, creator_row, g.room, g.gift, g.count
+            )
     fields = (g.gift_id, viewer, creator, str(g.coins), str(g.diamonds), g.fingerprint, g.reject, row, viewer_row)
     return "\x1f".join((*fields, creator_row, reward_row, reward_viewer_row, dest, credit)), dest, credit
 
@@ -145,32 +134,23 @@ class Ledger:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for keys_, args, _credits in calls.values():
                     valkey.queue_evalsha(pipe, self.settle_script.sha, keys_, args)
-                    if wait:  # on the node of the partition's writes (a cluster), right after them
-                        pipe.execute_command(
-                            "WAITAOF",
-                            1,
-                            self.settings.durable_replicas,
-                            durable_timeout_ms,
-                            **await valkey.on_node_of(self.redis, keys_[0]),
-                        )
+                if wait:  # on each partition's node, right after its writes (a cluster: per node)
+                    await self._queue_waitaof(pipe, list(calls), durable_timeout_ms or 0)
                 replies = await pipe.execute(raise_on_error=False)
-            step = 2 if wait else 1
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies[::step]):  # a Valkey restart
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in replies[: len(calls)]):  # a restart
                 await self.redis.script_load(self.settle_script.script)
                 continue
             break
-        step = 2 if wait else 1
-        for reply in replies[::step]:
+        for reply in replies[: len(calls)]:
             if isinstance(reply, Exception):
                 raise reply
         if wait:
-            for reply in replies[1::2]:
-                self._check_waitaof(reply, durable_timeout_ms or 0)
+            self._check_waits(replies[len(calls) :], durable_timeout_ms or 0)
         elif durable_timeout_ms is not None:
             for part in calls:
                 await self.durable(durable_timeout_ms, part)
         outcomes: list[rules.GiftOutcome | None] = [None] * len(gifts)
-        for (part, idx), reply in zip(by_part.items(), replies[::step], strict=True):
+        for (part, idx), reply in zip(by_part.items(), replies[: len(calls)], strict=True):
             *lines, outbox_id = reply.split("\n")
             assert len(lines) == len(idx), "settle.lua returns one line per gift, then the outbox id"
             for i, line in zip(idx, lines, strict=True):
@@ -191,7 +171,11 @@ class Ledger:
         buckets, expire_at = rules.record_buckets(now // 1000, s.idempotency_ttl_s)
         rejected_buckets, rejected_expire_at = rules.record_buckets(now // 1000, s.rejected_gift_ttl_s)
         built = [settle_arg(g, now, part) for g in gifts]
-        local_creators = [keys.account(g.creator) for g, (_a, dest, _c) in zip(gifts, built, strict=True) if not dest]
+        # Creators credited in this call: of gifts not refused before the ledger (a refused one names no creator
+        # of consequence, maybe '?') and in this partition.
+        local_creators = [
+            keys.account(g.creator) for g, (_a, dest, _c) in zip(gifts, built, strict=True) if not dest and not g.reject
+        ]
         accounts = list(dict.fromkeys(keys.account(g.viewer) for g in gifts)) + list(dict.fromkeys(local_creators))
         accounts = list(dict.fromkeys(accounts))
         creators = list(dict.fromkeys(local_creators))
@@ -309,29 +293,37 @@ class Ledger:
                 for part, owed in by_part.items():
                     keys_, args = self._credit_call(part, owed, now)
                     await valkey.queue_script(pipe, self.credit_script, keys_, args)
-                waits = await self._queue_waitaof(pipe, list(by_part), timeout_ms) if wait else 0
+                if wait:
+                    await self._queue_waitaof(pipe, list(by_part), timeout_ms)
                 replies = await pipe.execute(raise_on_error=False)
-            for reply in replies[: len(replies) - waits]:
+            for reply in replies[: len(by_part)]:
                 if isinstance(reply, Exception):
                     raise reply
-            for reply in replies[len(replies) - waits :]:
-                self._check_waitaof(reply, timeout_ms)
+            self._check_waits(replies[len(by_part) :], timeout_ms)
         await self.redis.xdel(keys.outbox(source_part), *entries)
 
-    async def _queue_waitaof(self, pipe: Any, parts: list[str], timeout_ms: int) -> int:
-        """One WAITAOF per node holding any of `parts`, queued after the pipeline's writes (so on each node's
-        connection right after them); returns how many were queued."""
+    async def _queue_waitaof(self, pipe: Any, parts: list[str], timeout_ms: int) -> None:
+        """Per node holding any of `parts`: a probe write, then WAITAOF, queued after the pipeline's writes (so on
+        that node's connection right after them). The probe is why a replay is safe: WAITAOF waits only for its
+        connection's own writes, and a replayed script writes nothing, while the write it replays may have gone
+        through another connection and not be fsynced yet; the probe is later than it in the node's AOF.
+        Their replies go to _check_waits."""
         waitaof = ("WAITAOF", 1, self.settings.durable_replicas, timeout_ms)
-        if not valkey.is_cluster_client(self.redis):
-            pipe.execute_command(*waitaof)
-            return 1
-        nodes: dict[str, dict[str, Any]] = {}
+        nodes: dict[str, tuple[str, dict[str, Any]]] = {}
         for part in parts:
-            target = await valkey.on_node_of(self.redis, keys.journal(part))
-            nodes.setdefault(target["target_nodes"].name, target)
-        for target in nodes.values():
+            target = await valkey.on_node_of(self.redis, keys.durable_probe(part))
+            nodes.setdefault(target["target_nodes"].name if target else "", (part, target))
+        for part, target in nodes.values():
+            pipe.incr(keys.durable_probe(part))
             pipe.execute_command(*waitaof, **target)
-        return len(nodes)
+
+    def _check_waits(self, replies: list[Any], timeout_ms: int) -> None:
+        """The replies of _queue_waitaof's (probe, WAITAOF) pairs: raises unless every node confirmed."""
+        for probe in replies[0::2]:
+            if isinstance(probe, Exception):
+                raise probe  # not written, so the wait would cover nothing: not confirmed
+        for reply in replies[1::2]:
+            self._check_waitaof(reply, timeout_ms)
 
     def _credit_call(self, part: str, owed: list[rules.Credit], now: int) -> tuple[list[str], list[Any]]:
         """credit.lua's keys and arguments for `owed` (all in `part`)."""
