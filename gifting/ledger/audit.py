@@ -29,6 +29,7 @@ Checks:
 from __future__ import annotations
 
 import copy
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -360,7 +361,14 @@ def _legs(
 
 
 def _lives_in(account: str, part: str) -> bool:
-    return partitions.is_shared(account) or keys.part_of(account) == part
+    return partitions.is_shared(account) or _home(account, partitions.count()) == part
+
+
+@functools.lru_cache(maxsize=100_000)
+def _home(account: str, count: int) -> str:
+    """The partition of a placed account (cached: each row names its accounts again; keyed by the count, which
+    tests change)."""
+    return keys.part_of(account)
 
 
 def _apply_credit(report: AuditReport, journal: _Journal, part: str, entry_id: str, row: dict[str, str]) -> None:
