@@ -15,6 +15,10 @@ GIFTING_PERK_CREATOR_SHARE_BPS), once per (buyer, Idempotency-Key), counted agai
 
 The grant is written by perk.lua with the transfer (one ledger call); a pin lives in the room's slot and is
 written after it, by the purchase id: a retry of the same purchase writes it again and announces it once.
+
+Partitions: a purchase, its grant (entrance effect, ticket) and a ticket's refund live in the BUYER's ledger
+partition; the creator's diamonds go by outbox credit (ledger/perks.py). A join reads the joiner's partition;
+a room's end marks every partition, then refunds the tickets of every partition (docs/SCALING.md).
 """
 
 from __future__ import annotations
@@ -207,7 +211,7 @@ async def refund_tickets(rooms: RoomStore, room: str, ended_ms: int) -> int:
             done, outbox_id = await ledger.refund(purchase_id, room)
             refunded += done
             owed.setdefault(part, []).extend([outbox_id] if outbox_id else [])
-            await rooms.ledger.committed()
+            await rooms.ledger.committed(part)
     for part, outbox_ids in owed.items():  # the creator's diamonds back, once the refunds are durable
         if outbox_ids:
             await rooms.ledger.apply_credits(part, outbox_ids)

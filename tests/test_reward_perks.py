@@ -3,12 +3,14 @@ a reward-paid ticket refunded in reward coins, and the audit's findings. Against
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import redis.asyncio as aioredis
 
 from gifting import keys
 from gifting.clock import now_ms, utc_day
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.audit import run_audit
 from tests.conftest import SystemFactory
 from tests.test_perks import SHARE_BPS, SMALL, all_journal, buy, premium, put_perk, ticket
@@ -17,6 +19,10 @@ from tests.test_rewards import audit_clean, fund, give_rewards, reward_coins, st
 pytestmark = pytest.mark.cluster  # a money path or a multi-key step in every test; a short module
 
 TICKET = 40
+# The hand-written journals below: a viewer and a creator in the rewards budget's partition, so every leg of them
+# is local to one partition, as the audit requires of a single entry (no credit in flight to plant).
+_HOME = partitions.of_account(keys.SYS_REWARDS_BUDGET)
+V, C = (next(f"{p}{i}" for i in itertools.count() if partitions.of_account(f"u:{p}{i}") == _HOME) for p in "vc")
 
 
 async def test_a_perk_the_reward_coins_cover_is_paid_with_them_and_the_creator_earns_alike(
@@ -33,7 +39,8 @@ async def test_a_perk_the_reward_coins_cover_is_paid_with_them_and_the_creator_e
     assert (result["status"], result["paid_with"], result["coins"]) == ("settled", "rewards", 100), result
     assert await reward_coins(system.redis, "v1") == 5
     assert (await system.wallet("creator1"))["diamonds"] == rules.split_gift(SMALL, SHARE_BPS).diamonds
-    assert await system.redis.hget(keys.spent_on(utc_day(now_ms())), keys.account("v1")) is None
+    spent_today = keys.spent_on(keys.part_of_user("v1"), utc_day(now_ms()))
+    assert await system.redis.hget(spent_today, keys.account("v1")) is None
     rows = await system.redis.lrange(keys.statement("v1"), 0, -1)
     assert rules.parse_statement_row(0, rows[-1])["ledger"] == "rewards"
     # The spend cap (SMALL coins) is still whole: a perk paid with bought coins up to it settles.
@@ -109,8 +116,8 @@ async def test_a_reward_paid_ticket_of_a_stream_ended_early_returns_reward_coins
 
 async def _entry(redis: aioredis.Redis, fields: dict[str, str]) -> None:
     """A journal entry and the stored balances its legs imply (so only the rule it breaks is a finding), all in
-    the viewer u:v's partition."""
-    part = keys.part_of("u:v")
+    the rewards budget's partition (V's and C's too)."""
+    part = keys.rewards_part()
     hashes = dict(keys.ledgers(part))
     for leg in rules.parse_legs(fields["legs"]):
         await redis.hincrby(hashes[leg.ledger], leg.debit, -leg.amount)
@@ -119,16 +126,16 @@ async def _entry(redis: aioredis.Redis, fields: dict[str, str]) -> None:
 
 
 async def _reward_paid_perk(redis: aioredis.Redis, purchase: str) -> None:
-    """A funded budget, an accrual of 50 reward coins to u:v and a 50-coin perk u:v paid with them."""
+    """A funded budget, an accrual of 50 reward coins to V and a 50-coin perk V paid with them."""
     await _entry(
         redis, {"kind": "reward_funding", "id": "f", "legs": "rewards sys:rewards_issuance sys:rewards_budget 50"}
     )
     await _entry(
         redis,
-        {"kind": "reward", "id": "r", "legs": "rewards sys:rewards_budget u:v 50", "day": "20260101",
+        {"kind": "reward", "id": "r", "legs": f"rewards sys:rewards_budget u:{V} 50", "day": "20260101",
          "viewer_cap": "100", "day_cap": "100"},
     )  # fmt: skip
-    legs = rules.perk_legs("v", "c", rules.split_gift(50, 5000), with_rewards=True)
+    legs = rules.perk_legs(V, C, rules.split_gift(50, 5000), with_rewards=True)
     await _entry(
         redis, {"kind": "perk", "id": purchase, "perk": "ticket", "legs": rules.encode_legs(legs), "bps": "5000"}
     )
@@ -137,7 +144,7 @@ async def _reward_paid_perk(redis: aioredis.Redis, purchase: str) -> None:
 async def test_the_audit_passes_a_reward_paid_perk_and_its_refund(redis: aioredis.Redis) -> None:
     """A reward-paid perk has the reward gift's legs, and its refund gives the same reward coins back: clean."""
     await _reward_paid_perk(redis, "p1")
-    legs = rules.perk_refund_legs("v", "c", rules.split_gift(50, 5000), with_rewards=True)
+    legs = rules.perk_refund_legs(V, C, rules.split_gift(50, 5000), with_rewards=True)
     await _entry(redis, {"kind": "perk_refund", "id": "perk_refund:p1", "ref": "p1", "legs": rules.encode_legs(legs)})
     report = await run_audit(redis)
     assert report.clean, report.summary()
@@ -146,7 +153,7 @@ async def test_the_audit_passes_a_reward_paid_perk_and_its_refund(redis: aioredi
 async def test_the_audit_finds_a_reward_paid_perk_refunded_in_bought_coins(redis: aioredis.Redis) -> None:
     """Refunding a reward-paid perk with bought coins would turn reward coins into money: a finding."""
     await _reward_paid_perk(redis, "p1")
-    legs = rules.perk_refund_legs("v", "c", rules.split_gift(50, 5000))
+    legs = rules.perk_refund_legs(V, C, rules.split_gift(50, 5000))
     await _entry(redis, {"kind": "perk_refund", "id": "perk_refund:p1", "ref": "p1", "legs": rules.encode_legs(legs)})
     findings = "\n".join((await run_audit(redis)).findings)
     assert "perk p1: refunded 50 coins, paid 50 rewards" in findings, findings

@@ -14,16 +14,19 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from gifting import clock, keys
+from gifting import clock, gifts, keys
 from gifting.catalog.model import load_default
+from gifting.catalog.store import CatalogStore
 from gifting.config import Settings
+from gifting.gifts import GiftRequest
 from gifting.ledger import partitions, rules
 from gifting.ledger.campaigns import Campaigns, SponsoredSend, make_campaign
 from gifting.ledger.perks import PerkLedger, PerkOrder
 from gifting.ledger.store import Ledger
 from gifting.perks import refund_tickets
-from gifting.rooms.store import RoomStore
+from gifting.rooms.store import RoomStore, history_events
 from tests.conftest import gift_id, make_settings
+from workers.sponsored import SponsoredGifts
 
 COFFEE = 10  # coins of the catalog's coffee, the sponsored gift here
 pytestmark = pytest.mark.cluster
@@ -145,6 +148,34 @@ async def test_a_crash_between_the_two_steps_of_a_sponsored_gift_neither_loses_n
     await assert_partitions_balanced(redis)
 
 
+async def test_the_worker_settles_a_sponsored_gift_from_the_campaigns_partition(
+    redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """workers/sponsored.py: the campaign's partition pays, the creator's is credited, the room hears the sponsor
+    once, and the sender's result shows their own coins (read in their partition)."""
+    settings = make_settings(tmp_path)
+    brand, viewer, creator = three_users()
+    campaigns, rooms, catalogs = Campaigns(redis, settings), RoomStore(redis, settings), CatalogStore(redis)
+    await catalogs.load()
+    await grant(redis, brand, 20)
+    await grant(redis, viewer, 7)
+    campaign = await new_campaign(campaigns, settings, brand)
+    await campaigns.fund(campaign, 20, "f1", brand)
+    await redis.hset(keys.room_meta("room1"), mapping={"creator": creator, "status": "live"})
+    worker = SponsoredGifts(redis, settings, catalogs, rooms)
+    await redis.script_load(rooms.announce_script.script)  # the settlement worker loads it at start
+    request = GiftRequest("g1", "room1", "coffee", 1, viewer, "Viewer", "", ts_ms=clock.now_ms(), campaign=campaign)
+    assert gifts.stream_of(request) == keys.gifts_stream(keys.part_of_user(brand))
+    for _ in range(2):  # a redelivery answers the record and credits nothing twice
+        (outcome,) = await worker.settle([request])
+        assert (outcome.status, outcome.coins) == ("settled", 7)
+    split = rules.split_gift(COFFEE, settings.creator_share_bps)
+    assert await balance(redis, "diamonds", keys.account(creator)) == split.diamonds
+    events = history_events(await redis.xrange(keys.room_history("room1")))
+    assert [(e["kind"], e["sponsor"]) for e in events] == [("gift", "Brand")]
+    await assert_partitions_balanced(redis)
+
+
 async def test_perk_and_ticket_refund_across_partitions(redis: aioredis.Redis, tmp_path: Path) -> None:
     """A perk and a ticket bought in the viewer's partition pay the creator's partition once (even when the
     credit is left to the redrive, twice); the early-ended premium stream refunds the ticket in both."""
@@ -179,4 +210,48 @@ async def test_perk_and_ticket_refund_across_partitions(redis: aioredis.Redis, t
         highlight_order(viewer, creator, room, "h2"), "fp-h2", 3600
     )  # the room's end is marked in the buyer's partition too
     assert (refused.status, refused.reason) == ("rejected", "room_not_live")
+    await assert_partitions_balanced(redis)
+
+
+async def test_listing_counting_and_closing_walk_every_partition(redis: aioredis.Redis, tmp_path: Path) -> None:
+    """Campaigns of brands in different partitions: a room lists both (ending soonest first), the open bound
+    counts both, and the sweep's `due` finds both once they end."""
+    settings = make_settings(tmp_path)
+    first, second = "brand0", next(f"brand{i}" for i in itertools.count(1) if _part(f"brand{i}") != _part("brand0"))
+    campaigns = Campaigns(redis, settings)
+    ids = [await new_campaign(campaigns, settings, brand) for brand in (second, first)]
+    assert keys.campaign_part(ids[0]) != keys.campaign_part(ids[1])
+    assert await campaigns.open_count() == 2
+    assert sorted(c["id"] for c in await campaigns.for_room("room1", "creator1")) == sorted(ids)
+    assert await campaigns.due(10) == []
+    for end, cid in enumerate(ids, start=1):
+        await redis.hset(keys.campaign(cid), "end_ms", end)
+        await redis.zadd(keys.campaigns_open(keys.campaign_part(cid)), {cid: end})
+    assert await campaigns.due(10) == ids and await campaigns.for_room("room1", "creator1") == []
+    assert [await campaigns.close(cid) for cid in ids] == [("closed", 0), ("closed", 0)]
+    assert await campaigns.open_count() == 0
+
+
+async def test_a_crash_between_the_two_steps_of_a_ticket_refund_neither_loses_nor_doubles(
+    redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The buyer's partition refunds the ticket and the process dies before the creator's debit: the redrive
+    takes the diamonds back once; a second refund of the ticket moves nothing."""
+    settings = make_settings(tmp_path)
+    _brand, viewer, creator = three_users()
+    ledger, perks = Ledger(redis, settings), PerkLedger(Ledger(redis, settings))
+    await grant(redis, viewer, 30)
+    room, part = "room1", keys.part_of_user(viewer)
+    ticket = PerkOrder(keys.user_scoped_id(viewer, "t1"), viewer, creator, "ticket", room, 30, 0,
+                       keys.room_tickets(part, room), {"perk": "ticket", "room": room})  # fmt: skip
+    assert (await perks.buy(ticket, "fp-t1", 0)).settled
+    refunded, outbox_id = await perks.refund(ticket.purchase_id, room)
+    await ledger.committed(part)
+    assert refunded and outbox_id
+    assert await balance(redis, "coins", keys.account(viewer)) == 30  # the buyer's side is done
+    assert await balance(redis, "diamonds", keys.account(creator)) > 0  # the creator's still owed back
+    assert await ledger.redrive_outbox(part, 0) == 1
+    assert await perks.refund(ticket.purchase_id, room) == (False, "")
+    assert await ledger.redrive_outbox(part, 0) == 0
+    assert await balance(redis, "diamonds", keys.account(creator)) == 0
     await assert_partitions_balanced(redis)

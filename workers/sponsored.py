@@ -11,6 +11,10 @@ room's viewers at that moment (the per-process counts every hub shares, keys.roo
 since each viewer connected to the room is sent one frame holding it (coalesced with others of its tick).
 
 The sweep closes campaigns past their end: the unspent budget returns to the brand once (sponsor.lua 'close').
+
+Partitions: a sponsored gift arrives on the gift stream of its campaign's partition (the payer's: gifts.stream_of)
+and settles there; the creator's diamonds reach their partition as an outbox credit (ledger/campaigns.py). The
+archive backlog is that partition's journal; the sender's coins and level are read in the sender's partition.
 """
 
 from __future__ import annotations

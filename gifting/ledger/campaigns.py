@@ -157,7 +157,7 @@ class Campaigns:
             pipe.zadd(keys.campaigns_open(part), {record["id"]: int(record["end_ms"])})
             pipe.rpush(keys.brand_campaigns(record["brand"]), record["id"])
             await pipe.execute()
-        await self.ledger.committed()
+        await self.ledger.committed(part)
         return campaign_view(record, 0)
 
     async def open_count(self) -> int:
@@ -204,8 +204,9 @@ class Campaigns:
         now, listed_max = now_ms(), self.settings.campaigns_listed_max
         async with self.redis.pipeline(transaction=False) as pipe:
             for part in partitions.all_tags():
-                pipe.zrangebyscore(keys.campaigns_open(part), now + 1, "+inf", start=0, num=listed_max)
-            ids = sorted(cid for part_ids in await pipe.execute() for cid in part_ids)[:listed_max]
+                pipe.zrangebyscore(keys.campaigns_open(part), now + 1, "+inf", start=0, num=listed_max, withscores=True)
+            running = [(end, cid) for part_ids in await pipe.execute() for cid, end in part_ids]
+        ids = [cid for _end, cid in sorted(running)[:listed_max]]  # the ones ending soonest, as on one partition
         async with self.redis.pipeline(transaction=False) as pipe:
             for cid in ids:
                 pipe.hgetall(keys.campaign(cid))
@@ -245,7 +246,7 @@ class Campaigns:
         )  # fmt: skip
         if code not in ("ok", "replay"):
             raise CampaignError(code, FUND_ERRORS[code].format(id=campaign_id, brand=record["brand"]))
-        await self.ledger.committed()
+        await self.ledger.committed(part)
         return int(budget)
 
     async def close(self, campaign_id: str, early: bool = False) -> tuple[str, int]:
@@ -269,7 +270,7 @@ class Campaigns:
                       f"campaign_return:{campaign_id}"],
             )  # fmt: skip
             if code != "stale":
-                await self.ledger.committed()
+                await self.ledger.committed(part)
                 return code, int(returned)
         raise CampaignError("busy", f"campaign {campaign_id} budget changed concurrently too often; retry")
 
@@ -302,7 +303,9 @@ class Campaigns:
                 keys_, args = self._send_call(g, now)
                 await valkey.queue_script(pipe, self.script, keys_, args)
             replies = await pipe.execute()
-        await self.ledger.committed()
+        async with self.ledger.group_commit():  # one wait per campaign partition written
+            for part in sorted({keys.campaign_part(g.campaign) for g in sends}):
+                await self.ledger.committed(part)
         outcomes = [
             rules.GiftOutcome(g.gift_id, status, reason, int(balance), bool(int(replay)))
             for g, (status, reason, balance, replay, _outbox) in zip(sends, replies, strict=True)

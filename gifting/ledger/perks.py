@@ -94,7 +94,7 @@ class PerkLedger:
         args += [reward_row, backlog or "", placed.dest, placed.credit]
         args += [x for pair in fields.items() for x in pair]
         status, reason, balance, replay, until_ms, paid_with, outbox_id = await self._script(keys=keys_, args=args)
-        await self.ledger.committed()
+        await self.ledger.committed(part)
         log.info("perk %s %s by %s: %s %s %s", ref, order.kind, order.viewer, status, reason, paid_with)
         outcome = PerkOutcome(ref, status, reason, int(balance), bool(int(replay)), int(until_ms), paid_with)
         return outcome, outbox_id
