@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gifting import keys
-from gifting.ledger import partitions, rules
+from gifting.ledger import audit_partitions, partitions, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.rules import Credit, Leg
 from tests.conftest import System
@@ -200,6 +200,21 @@ async def test_an_outbox_entry_naming_no_partition_is_a_finding(redis: aioredis.
     assert f"outbox {source} {entry_id}: credits partition '{{ledger:nowhere}}', not another partition" in (
         report.findings
     ), report.summary()
+
+
+async def test_an_outbox_longer_than_the_audit_reads_is_a_note_not_lost_credits(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past OUTBOX_ENTRIES_MAX entries in one outbox the audit says it read part of it and judges none of that
+    partition's transfers (their credits may be in the entries it did not read)."""
+    monkeypatch.setattr(audit_partitions, "OUTBOX_ENTRIES_MAX", 1)
+    viewer, creator = users_in_distinct_partitions(2)
+    source = keys.part_of_user(viewer)
+    for gift in ("g-first", "g-second"):
+        await in_flight(redis, source, await pay_gift(redis, viewer, creator, gift))
+    report = await run_audit(redis)
+    assert report.clean, report.summary()
+    assert f"outbox {source}: read its oldest 1 entries only: its transfers not judged" in report.notes
 
 
 async def test_a_tampered_balance_names_its_partition(redis: aioredis.Redis) -> None:
