@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from gifting import keys
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from tests.conftest import System, SystemFactory, gift_id
@@ -82,7 +83,7 @@ async def test_creator_share_is_stored_and_rounded_for_the_platform(start_system
     room = await system.open_room("c1")
     await send_and_settle(system, "v1", room, "confetti")
     assert (await system.wallet("c1"))["diamonds"] == 33
-    entries = await system.redis.xrange("{ledger}:journal")
+    entries = await system.redis.xrange(keys.journal(keys.part_of_user("v1")))  # settled in the viewer's partition
     gift = next(g for _, f in entries if f["kind"] == "gifts" for g in rules.journal_gifts(f))
     assert gift["bps"] == "3333" and "sys:platform_revenue 67" in gift["legs"]
     await audit_clean(system)
@@ -241,10 +242,11 @@ async def test_audit_flags_a_double_reversal(system: System) -> None:
     bought = await system.buy("v1", "coins_65", key="p1")
     pid = bought["purchase"]["purchase_id"]
     await system.http.post(f"/v1/admin/purchases/{pid}/refund", headers=system.auth("a", "admin"))
+    part = keys.part_of_user("v1")  # the buyer's partition holds the purchase and its reversals
     await system.redis.xadd(
-        "{ledger}:journal", {"kind": "refund", "id": "x", "ref": pid, "legs": "coins u:v1 sys:coin_issuance 65"}
+        keys.journal(part), {"kind": "refund", "id": "x", "ref": pid, "legs": "coins u:v1 sys:coin_issuance 65"}
     )
-    await system.redis.hincrby("{ledger}:coins", "u:v1", -65)
-    await system.redis.hincrby("{ledger}:coins", "sys:coin_issuance", 65)
+    await system.redis.hincrby(keys.coins(part), "u:v1", -65)
+    await system.redis.hincrby(keys.coins(part), "sys:coin_issuance", 65)
     report = await run_audit(system.redis)
     assert any("reversed 2 times" in f or "2 reversal" in f for f in report.findings), report.summary()

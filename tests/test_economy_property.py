@@ -394,7 +394,7 @@ class Run:
         wids = list(self.withdrawals)
         async with self.system.redis.pipeline(transaction=True) as pipe:
             for creator in self.creators:
-                pipe.hget(keys.LEDGER_DIAMONDS, keys.account(creator))
+                pipe.hget(keys.diamonds(keys.part_of_user(creator)), keys.account(creator))
             for wid in wids:
                 pipe.hmget(keys.withdrawal(wid), "status", "reason")
             replies = await pipe.execute()

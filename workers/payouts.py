@@ -43,8 +43,8 @@ class Payouts:
         page = await self._page()
         if not page:
             return 0
-        for part in dict.fromkeys(keys.part_of_user(keys.scoped_user(w)) for w in page):
-            await self.ledger.durable(self.settings.waitaof_timeout_ms, part)
+        parts = {keys.part_of_user(keys.scoped_user(w)) for w in page}
+        await self.ledger.durable_parts(self.settings.waitaof_timeout_ms, parts)
         resolved = 0
         async with self.ledger.group_commit():  # one fsync for the page's posts and voids
             for withdrawal_id in page:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass
 from importlib import resources
@@ -365,8 +365,8 @@ class Ledger:
 
     @contextlib.asynccontextmanager
     async def group_commit(self) -> AsyncIterator[None]:
-        """Several writes, one durability wait per partition written when the block ends without an error
-        (WAITAOF covers every write before it on its node). Raises DurabilityError like each write would."""
+        """Several writes, one durability wait per node written (a partition of each) when the block ends without an
+        error (WAITAOF covers every write before it on its node). Raises DurabilityError like each write would."""
         pending: set[str | None] = set()
         token = _GROUP_COMMIT.set(pending)
         try:
@@ -374,24 +374,33 @@ class Ledger:
         finally:
             _GROUP_COMMIT.reset(token)
         if None in pending:
-            pending = {None}  # every partition covers the others
-        for part in sorted(pending, key=str):
-            await self.durable(self.settings.waitaof_timeout_ms, part)
+            await self.durable(self.settings.waitaof_timeout_ms)  # every partition covers the others
+        else:
+            await self.durable_parts(self.settings.waitaof_timeout_ms, [p for p in pending if p is not None])
+
+    async def durable_parts(self, timeout_ms: int, parts: Iterable[str]) -> None:
+        """`durable` for the writes to each of `parts`: one wait per node holding any of them."""
+        for part in await self._one_per_node(sorted(set(parts))):
+            await self.durable(timeout_ms, part)
 
     async def durable(self, timeout_ms: int, part: str | None = None) -> None:
         """Group commit: wait until everything written so far to ledger partition `part` is fsynced to the AOF
         (WAITAOF 1 GIFTING_DURABLE_REPLICAS). None: every partition (on a cluster, each node holding one)."""
         if self.waitaof_supported is False:
             return
-        if part is not None or not valkey.is_cluster_client(self.redis):
-            await self._durable_on(timeout_ms, part or partitions.tag(0))  # standalone: one server holds them all
-            return
-        nodes: dict[str, str] = {}  # one partition per node: its wait covers every write to that node
-        for tag in partitions.all_tags():
+        for tag in [part] if part is not None else await self._one_per_node(partitions.all_tags()):
+            await self._durable_on(timeout_ms, tag)
+
+    async def _one_per_node(self, parts: Sequence[str]) -> list[str]:
+        """One of `parts` per node holding any (a wait on a node covers every write to it): a standalone server
+        holds them all."""
+        if not parts or not valkey.is_cluster_client(self.redis):
+            return list(parts[:1])
+        nodes: dict[str, str] = {}
+        for tag in parts:
             node = (await valkey.on_node_of(self.redis, keys.durable_probe(tag)))["target_nodes"]
             nodes.setdefault(node.name, tag)
-        for tag in nodes.values():
-            await self._durable_on(timeout_ms, tag)
+        return list(nodes.values())
 
     async def _durable_on(self, timeout_ms: int, part: str) -> None:
         probe_key = keys.durable_probe(part)
