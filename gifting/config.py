@@ -632,6 +632,8 @@ class Settings:
         partitions.configure(self.ledger_partitions)
         if self.partition_lease_ms < 300 or self.outbox_redrive_ms < 1:
             raise ConfigError("GIFTING_PARTITION_LEASE_MS must be >= 300, GIFTING_OUTBOX_REDRIVE_MS >= 1")
+        if self.pledge_redrive_ms < 1:
+            raise ConfigError(f"GIFTING_PLEDGE_REDRIVE_MS: expected >= 1, got {self.pledge_redrive_ms}")
         if not 1 <= self.settle_concurrency <= SETTLE_CONCURRENCY_MAX:
             raise ConfigError(
                 f"GIFTING_SETTLE_CONCURRENCY: expected 1..{SETTLE_CONCURRENCY_MAX}, got {self.settle_concurrency}"

@@ -394,14 +394,15 @@ async def test_closed_pools_move_once_and_are_read_after_they_leave_valkey(
     cancel = await system.http.post(f"/v1/pools/{cancelled}/cancel", headers=system.auth("v1"))
     assert cancel.status_code == 200, cancel.text
     views = {p: (await system.http.get(f"/v1/pools/{p}")).json() for p in (done, cancelled)}
-    assert await system.redis.zcard(keys.POOLS_CLOSED) == 2
+    part = keys.part_of_user("c1")  # the pools' partition: their creator's
+    assert await system.redis.zcard(keys.pools_closed(part)) == 2
     assert await pools.archive_due(system.redis, records, 0, 10) == 0  # closed after that: still hot
-    assert await pools.commit_due(system.redis, records, FAR_FUTURE_MS, 10)  # committed, then a crash
-    assert await system.redis.exists(keys.pool(done), keys.pool(cancelled)) == 2  # not dropped before the drop
+    assert await pools.commit_due(system.redis, records, FAR_FUTURE_MS, 10, part)  # committed, then a crash
+    assert await system.redis.exists(keys.pool(part, done), keys.pool(part, cancelled)) == 2  # not yet dropped
     assert await pools.archive_due(system.redis, records, FAR_FUTURE_MS, 10) == 2
     rows = dict(await (await records.execute("SELECT id, status FROM pools")).fetchall())
-    assert rows == {done: "completed", cancelled: "cancelled"} and not await system.redis.zcard(keys.POOLS_CLOSED)
-    assert await system.redis.exists(keys.pool(done), keys.pool(cancelled)) == 0
+    assert rows == {done: "completed", cancelled: "cancelled"} and not await system.redis.zcard(keys.pools_closed(part))
+    assert await system.redis.exists(keys.pool(part, done), keys.pool(part, cancelled)) == 0
     for pool_id, view in views.items():
         assert (await system.http.get(f"/v1/pools/{pool_id}")).json() == view
     await drain(system.redis, records)

@@ -21,10 +21,12 @@ from tests.test_sponsor import COFFEE, funded_campaign, send
 BACKLOG_MAX = 3
 
 
-async def fill(system: System) -> None:
-    """Journal entries just past GIFTING_ARCHIVE_BACKLOG_MAX (grants: entries the audit accepts)."""
-    while await system.redis.xlen(keys.LEDGER_JOURNAL) <= BACKLOG_MAX:
-        await system.grant("filler", 1)
+async def fill(system: System, part: str) -> None:
+    """Journal entries of partition `part` (the one the refused debit is decided in: the bound is per journal)
+    just past GIFTING_ARCHIVE_BACKLOG_MAX (grants to a user of that partition: entries the audit accepts)."""
+    filler = next(f"filler{i}" for i in range(10_000) if keys.part_of_user(f"filler{i}") == part)
+    while await system.redis.xlen(keys.journal(part)) <= BACKLOG_MAX:
+        await system.grant(filler, 1)
 
 
 async def audit_clean(system: System, history: psycopg.AsyncConnection[Any]) -> None:
@@ -40,17 +42,17 @@ async def test_sponsored_gifts_refused_past_the_archive_backlog_bound(
     system = await start_system(archive_backlog_max=BACKLOG_MAX)
     campaign = await funded_campaign(system, 100)
     room = await system.open_room()
-    await fill(system)
+    await fill(system, keys.campaign_part(campaign))
     budget = keys.campaign_account(campaign)
     gid = str(uuid.uuid4())
     refused = await send(system, room, campaign, gid=gid)
     assert (refused["status"], refused["reason"]) == ("rejected", "archive_backlog"), refused
-    assert await system.redis.hget(keys.LEDGER_COINS, budget) == "100"
+    assert await system.redis.hget(keys.coins(keys.campaign_part(campaign)), budget) == "100"
     assert (await send(system, room, campaign, gid=gid))["reason"] == "archive_backlog"
     await drain(system.redis, history)
     settled = await send(system, room, campaign)
     assert settled["status"] == "settled", settled
-    assert await system.redis.hget(keys.LEDGER_COINS, budget) == str(100 - COFFEE)
+    assert await system.redis.hget(keys.coins(keys.campaign_part(campaign)), budget) == str(100 - COFFEE)
     await audit_clean(system, history)
 
 
@@ -64,13 +66,13 @@ async def test_perks_and_tickets_refused_past_the_archive_backlog_bound(
     await system.grant("v1", 100)
     room = await system.open_room()
     await premium(system, room, 40)
-    await fill(system)
+    await fill(system, keys.part_of_user("v1"))
     refused = await buy(system, "v1", room, "highlight_small", key="k1")
     assert (refused.status_code, refused.json()["reason"]) == (422, "archive_backlog"), refused.text
     no_ticket = await ticket(system, "v1", room, 40)
     assert (no_ticket.status_code, no_ticket.json()["reason"]) == (422, "archive_backlog"), no_ticket.text
     assert (await system.wallet("v1"))["coins"] == 100
-    assert not await system.redis.hget(keys.room_tickets(room), keys.account("v1"))
+    assert not await system.redis.hget(keys.room_tickets(keys.part_of_user("v1"), room), keys.account("v1"))
     await drain(system.redis, history)
     assert (await buy(system, "v1", room, "highlight_small", key="k1")).json()["reason"] == "archive_backlog"
     assert (await ticket(system, "v1", room, 40)).json()["status"] == "settled"
@@ -85,7 +87,7 @@ async def test_reward_accruals_refused_past_the_archive_backlog_bound(
     system = await start_system(archive_backlog_max=BACKLOG_MAX, **REWARD_SETTINGS)
     await watch(system).stop()
     assert (await fund(system, 100)).status_code == 201
-    await fill(system)
+    await fill(system, keys.rewards_part())
     period = uuid.uuid4().hex
     refused = await rewards(system).accrue("first_gift", "v1", period, 5)
     assert refused.status == "archive_backlog"

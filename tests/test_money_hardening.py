@@ -11,6 +11,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from gifting import keys
+from gifting.catalog.model import load_default
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import Ledger, LedgerError
@@ -143,15 +144,23 @@ async def test_a_purchase_replay_checks_its_owner(system: System) -> None:
     assert (await system.wallet("v2"))["coins"] == 0
 
 
+def same_partition_as(user: str, prefix: str) -> str:
+    """A user name whose account shares `user`'s ledger partition (gift ids are checked per payer's partition)."""
+    part = keys.part_of_user(user)
+    return next(u for u in (f"{prefix}{i}" for i in range(10_000)) if keys.part_of_user(u) == part)
+
+
 async def test_another_users_gift_or_pledge_id_is_a_conflict_without_their_outcome(system: System) -> None:
-    """Gift and pledge ids are global: another user's id gets `*_id_conflict`, never its owner's outcome."""
+    """Another user's gift id (paying from the same ledger partition) gets `gift_id_conflict`, never its owner's
+    outcome; a pledge id is its pledger's own, so another user's is simply their own pledge."""
+    v2 = same_partition_as("v1", "v2_")
     await system.grant("v1", 1000)
-    await system.grant("v2", 1000)
+    await system.grant(v2, 1000)
     room = await system.open_room("c1")
     body = {"gift": "coffee", "count": 1, "gift_id": gift_id()}
     first = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v1"), json=body)
     assert first.json()["status"] == "settled"
-    stolen = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v2"), json=body)
+    stolen = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth(v2), json=body)
     assert stolen.status_code == 409 and "coins" not in stolen.json(), stolen.text
     assert stolen.json()["error"]["code"] == "gift_id_conflict"
     await system.grant("starter", 10)  # an opener needs coins (GIFTING_POOL_OPEN_COINS_MIN)
@@ -161,9 +170,32 @@ async def test_another_users_gift_or_pledge_id_is_a_conflict_without_their_outco
     pledge_body = {"coins": 10, "pledge_id": gift_id()}
     url = f"/v1/pools/{opened.json()['pool']['id']}/pledges"
     assert (await system.http.post(url, headers=system.auth("v1"), json=pledge_body)).json()["status"] == "accepted"
-    stolen = await system.http.post(url, headers=system.auth("v2"), json=pledge_body)
-    assert stolen.status_code == 409 and "coins" not in stolen.json(), stolen.text
-    assert (await system.wallet("v2"))["coins"] == 1000
+    # Pledge ids are the pledger's own (keys.user_scoped_id): the same id from another user is their own pledge.
+    other = await system.http.post(url, headers=system.auth(v2), json=pledge_body)
+    assert other.json()["status"] == "accepted" and other.json()["coins"] == 990, other.text
+    assert (await system.wallet("v1"))["coins"] == 980  # its gift, then its own pledge only
+
+
+async def test_a_gift_id_reused_from_another_partition_never_gets_the_owners_outcome(system: System) -> None:
+    """Gift ids are checked in the payer's partition: the same id from a payer of another partition is that
+    payer's own gift (their own outcome and balance, never the owner's), and the money stays exact."""
+    v2 = next(u for u in (f"v2_{i}" for i in range(10_000)) if keys.part_of_user(u) != keys.part_of_user("v1"))
+    await system.grant("v1", 1000)
+    await system.grant(v2, 500)
+    room = await system.open_room("c1")
+    body = {"gift": "coffee", "count": 1, "gift_id": gift_id()}
+    first = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v1"), json=body)
+    other = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth(v2), json=body)
+    assert first.json()["coins"] == 990 and other.json()["coins"] == 490, other.text
+    price = load_default().gifts["coffee"].coins
+    diamonds = 2 * rules.split_gift(price, system.settings.creator_share_bps).diamonds
+    for _ in range(200):  # bounded: the credits follow the debits within a batch
+        if (await system.wallet("c1"))["diamonds"] == diamonds:
+            break
+        await asyncio.sleep(0.02)
+    assert (await system.wallet("c1"))["diamonds"] == diamonds  # both gifts credited: credit ids name their source
+    report = await run_audit(system.redis)
+    assert report.clean, report.summary()
 
 
 # Items 3 and 5 ------------------------------------------------------------------------------------------------
@@ -265,7 +297,7 @@ async def test_a_raised_or_removed_own_cap_waits_for_the_cooling_off(start_syste
         assert (await pledge(system, "v1", room, 5))["reason"] == "daily_limit"
     lowered = await limits(system, "v1", 5)
     assert lowered["daily_spend_coins_max"] == 5 and lowered["pending_daily_spend_coins_max"] is None
-    assert (await system.wallet("v1"))["coins"] == 990
+    assert (await system.wallet("v1"))["coins"] == 980  # its gift, then its own pledge only
 
 
 async def test_a_raised_own_cap_applies_once_the_cooling_off_is_over(start_system: SystemFactory) -> None:
@@ -365,8 +397,8 @@ async def test_rejected_gifts_are_remembered_briefly_and_settled_ones_for_the_fu
     assert answer.json()["reason"] == "insufficient_coins"
     await system.grant("v1", 100)
     settled = (await gift(system, "v1", room))["gift_id"]
-    assert 0 < await record_ttl_s(system, "{ledger}:gifts:*", rejected) <= 600 + 600 // 8 + 1
-    assert await record_ttl_s(system, "{ledger}:gifts:*", settled) >= system.settings.idempotency_ttl_s
+    assert 0 < await record_ttl_s(system, "{ledger:*}:gifts:*", rejected) <= 600 + 600 // 8 + 1
+    assert await record_ttl_s(system, "{ledger:*}:gifts:*", settled) >= system.settings.idempotency_ttl_s
     again = await system.http.post(f"/v1/rooms/{room}/gifts", headers=system.auth("v1"), json=body)
     assert (again.json()["status"], again.json()["reason"]) == ("rejected", "insufficient_coins")
     outcomes = await system.app.state.ledger.gift_outcomes([rejected, settled])
@@ -404,8 +436,10 @@ async def test_rejected_pledges_are_remembered_briefly(start_system: SystemFacto
         )
         assert response.json()["status"] == expected, response.text
         await system.grant("v1", 100)
-    assert 0 < await system.redis.ttl(keys.pledge_record(ids["rejected"])) <= 600
-    assert await system.redis.ttl(keys.pledge_record(ids["accepted"])) > 600
+    part = keys.part_of_user("v1")  # the pledger's
+    rejected, accepted = (keys.pledge_record(part, keys.user_scoped_id("v1", ids[s])) for s in ("rejected", "accepted"))
+    assert 0 < await system.redis.ttl(rejected) <= 600
+    assert await system.redis.ttl(accepted) > 600
 
 
 async def waitaof_calls(redis: aioredis.Redis) -> int:

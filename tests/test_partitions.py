@@ -293,10 +293,10 @@ def test_the_workers_spelled_out_gift_rows_and_credit_are_the_placed_legs(coins:
                 )
         if not is_here:
             c, v = keys.account(creator), keys.account(viewer)
-            credit = rules.Credit.decode(rules.gift_credit_line("g", c, v, split, 5, "row", "r", "rose", 1))
+            credit = rules.Credit.decode(rules.gift_credit_line("g", c, v, split, 5, "row", "r", "rose", 1, part))
             placed = rules.place_legs(rules.gift_legs(viewer, creator, split), part)
             expected = rules.Credit(
-                id="g",
+                id=rules.credit_id("g", part),
                 kind="gift_received",
                 legs=placed.get(keys.part_of_user(creator), []),
                 ts_ms=5,

@@ -11,9 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from gifting import clock, keys
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
+from gifting.ledger import pools as ledger_pools
 from gifting.ledger.audit import run_audit
-from gifting.ledger.store import PoolRead
 from gifting.rooms.pools import PoolOp
 from gifting.rooms.store import history_events, room_keys
 from tests.conftest import System, SystemFactory, gift_id, spawn, stop
@@ -22,6 +22,13 @@ from workers.settlement import SettlementWorker
 pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
 
 WAIT_S = 30.0
+
+
+def pool_key(pool: str) -> str:
+    """A pool's record, in the partition its id names."""
+    part = rules.pool_part(pool)
+    assert part is not None, pool
+    return keys.pool(part, pool)
 
 
 async def audit_clean(redis: aioredis.Redis) -> None:
@@ -185,14 +192,14 @@ async def test_worker_killed_mid_pool_leaves_the_audit_clean(
     try:
         for i in range(300):
             op = PoolOp("pledge", pools[i % 3], gift_id(), 7, viewers[i % 10], viewers[i % 10], "")
-            await redis.xadd(keys.GIFTS_STREAM, op.to_entry())
+            await redis.xadd(keys.gifts_stream(keys.part_of_user(op.sender)), op.to_entry())
         await asyncio.sleep(0.3)
         stop(worker, kill=True)
         worker = spawn("worker", env, tmp_path / "worker2.log")
         deadline = time.monotonic() + WAIT_S
         while time.monotonic() < deadline:
-            statuses = [await redis.hget(keys.pool(p), "status") for p in pools]
-            backlog = await redis.xlen(keys.GIFTS_STREAM)
+            statuses = [await redis.hget(pool_key(p), "status") for p in pools]
+            backlog = sum([await redis.xlen(keys.gifts_stream(part)) for part in partitions.all_tags()])
             if "open" not in statuses and backlog == 0:
                 break
             await asyncio.sleep(0.1)
@@ -225,9 +232,9 @@ async def test_room_end_voids_open_pools_once_and_pays_the_creator_nothing(syste
     assert kinds.index("pool_voided") < kinds.index("room_ended") and kinds[-1] == "stream_summary", kinds
     again = await system.http.post(f"/v1/rooms/{room}/end", headers=system.auth("c1", "creator"))
     assert again.status_code == 409 and again.json()["error"]["code"] == "room_not_live"
-    for key in (*room_keys(room), keys.pool(pool), keys.room_ended(room)):
+    for key in (*room_keys(room), pool_key(pool), keys.room_ended(keys.part_of_user("c1"), room)):
         assert await system.redis.ttl(key) != -1, key  # gone, or expiring
-    assert await system.redis.ttl(keys.pool(pool)) > 0
+    assert await system.redis.ttl(pool_key(pool)) > 0
     await audit_clean(system.redis)
 
 
@@ -242,7 +249,7 @@ async def test_no_pool_opens_and_no_pledge_lands_once_a_room_end_began(start_sys
     await worker.settle_pool_op(PoolOp("pledge", pool, gift_id(), 100, "v1", "v1"))
     async with system.redis.pipeline(transaction=False) as pipe:  # the end's first steps, then the crash
         pipe.zadd(keys.ROOMS_ENDING, {room: 1})
-        pipe.hset(keys.room_ended(room), "*", 1)
+        pipe.hset(keys.room_ended(keys.part_of_user("c1"), room), "*", 1)
         await pipe.execute()
     status, reason, *_ = await worker.ledger.pool_op("pledge", pool, gift_id(), "v1", 900, "v1")
     assert (status, reason) == ("rejected", "room_not_live")
@@ -304,7 +311,7 @@ async def test_concurrent_pool_starts_respect_the_room_cap(system: System) -> No
     statuses = sorted(r.status_code for r in responses)
     assert statuses == [201] * 3 + [409] * 5, [r.text for r in responses]
     assert {r.json()["error"]["code"] for r in responses if r.status_code == 409} == {"too_many_pools"}
-    assert await system.redis.scard(keys.room_pools(room)) == 3
+    assert await system.redis.scard(keys.room_pools(keys.part_of_user("c1"), room)) == 3
 
 
 async def test_pool_opener_limits_and_cancel(system: System) -> None:
@@ -338,7 +345,7 @@ async def test_pool_opener_limits_and_cancel(system: System) -> None:
     assert (await pledge(system, "v2", pool, 10)).json()["reason"] == "pool_cancelled"
     await watcher.wait_for(lambda m: any(e.get("kind") == "pool_cancelled" for e in m.get("events", [])))
     assert (await history_kinds(system.redis, room)).count("pool_cancelled") == 1
-    assert await system.redis.ttl(keys.pool(pool)) > 0
+    assert await system.redis.ttl(pool_key(pool)) > 0
     second = await start("v1")
     assert second.status_code == 201, second.text
     assert (await cancel("boss", "admin", second.json()["pool"]["id"])).status_code == 200
@@ -354,7 +361,7 @@ async def test_redelivered_expiry_announces_what_its_first_delivery_did_not(star
     pool = await open_pool(system, room, deadline_s=1, user="v1")
     worker = SettlementWorker(system.redis, system.settings)
     await worker.settle_pool_op(PoolOp("pledge", pool, gift_id(), 100, "v1", "v1"))
-    deadline_ms = await system.redis.zscore(keys.POOLS_OPEN, pool)
+    deadline_ms = await system.redis.zscore(keys.pools_open(keys.part_of_user("c1")), pool)
     await asyncio.sleep(max(0.0, deadline_ms / 1000 - time.time()) + 0.05)  # past the deadline
     status, *_ = await worker.ledger.pool_op("expire", pool)  # the first delivery: ledger step only, then death
     assert status == "expired"
@@ -412,12 +419,14 @@ async def test_a_pledge_built_from_a_stale_read_writes_nothing(start_system: Sys
     room = await system.open_room("c1")
     pool = await open_pool(system, room, user="v1")
     ledger = SettlementWorker(system.redis, system.settings).ledger
-    read = PoolRead(*await system.redis.hmget(keys.pool(pool), *PoolRead.__slots__))
+    part = keys.part_of_user("c1")
+    read = await ledger_pools.read_pool(ledger, part, pool)
     assert (await ledger.pool_op("pledge", pool, gift_id(), "v1", 400, "v1"))[0] == "accepted"
-    keys_, args = ledger._pool_call("pledge", pool, read, gift_id(), "v2", 600, "v2")
+    sid = keys.user_scoped_id("v2", gift_id())
+    keys_, args = ledger_pools._land_call(ledger, part, pool, read, sid, "v2", 600, "v2")
     status, *_ = await ledger._pool(keys=keys_, args=args)
     assert status == "stale"
-    assert (await system.wallet("v2"))["coins"] == 1000
+    assert await system.redis.get(keys.pledge_landing(part, sid)) is None  # nothing written
     status, _reason, balance, _replay, state = await ledger.pool_op("pledge", pool, gift_id(), "v2", 600, "v2")
     assert (status, balance) == ("accepted", 400) and state is not None and state["status"] == "completed"
     top = await system.redis.zrange(keys.creator_top("c1", "all"), 0, -1, withscores=True)

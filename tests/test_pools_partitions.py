@@ -9,17 +9,25 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis.asyncio as aioredis
 
 from gifting import clock, keys
+from gifting.config import ConfigError
+from gifting.history import journal
+from gifting.history import pools as history_pools
 from gifting.ledger import partitions, pools, rules
+from gifting.ledger.audit import run_audit
 from gifting.ledger.store import Ledger
+from gifting.wire import protocol
 from tests.conftest import make_settings
+from workers.settlement import SettlementWorker
 
 pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
 
 PRICE = 1000
+REDRIVE_MS = 2000  # long enough that the test's own steps never take it
 POOL_PART, OTHER_PART, THIRD_PART = 0, 1, 2
 
 
@@ -48,7 +56,7 @@ async def grant(redis: aioredis.Redis, user: str, coins: int) -> None:
 
 
 async def open_pool(ledger: Ledger, creator: str, starter: str, deadline_ms: int | None = None) -> str:
-    pool_id = rules.pool_id(partitions.of_account(keys.account(creator)), secrets.token_hex(8))
+    pool_id = rules.pool_id(partitions.of_account(keys.account(creator)), secrets.token_hex(rules.POOL_TOKEN_BYTES))
     record = {
         "id": pool_id, "room": "room1", "creator": creator, "gift": "galaxy", "price": PRICE,
         "bps": ledger.settings.creator_share_bps, "pledged": 0, "status": "open",
@@ -73,6 +81,11 @@ async def assert_each_partition_balances(redis: aioredis.Redis) -> None:
         for ledger_name, key in keys.ledgers(part):
             total = sum(int(v) for v in (await redis.hvals(key)))
             assert total == 0, f"{ledger_name} of {part} sums to {total}"
+
+
+async def audit_clean(redis: aioredis.Redis) -> None:
+    report = await run_audit(redis)
+    assert report.clean, report.summary()
 
 
 async def pledge(ledger: Ledger, pool_id: str, user: str, amount: int, pid: str | None = None) -> Any:
@@ -104,6 +117,7 @@ async def test_pledgers_of_other_partitions_complete_a_pool_with_exact_balances(
     assert int(await redis.hget(keys.diamonds(q), keys.account(creator)) or 0) == split.diamonds
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
+    await audit_clean(redis)
     board = await redis.zrange(keys.creator_top(creator, "all"), 0, -1, withscores=True)
     assert dict(board) == {keys.account(a): 400, keys.account(b): 600}
 
@@ -119,8 +133,9 @@ async def test_a_pledge_to_a_closed_pool_moves_no_coin(redis: aioredis.Redis, le
     status, reason, balance, _replay, _view = await pledge(ledger, pool_id, b, 50)
     assert (status, reason, balance) == ("rejected", "pool_completed", 50)
     assert await redis.xlen(keys.journal(keys.part_of_user(b))) == journal_before
-    status, reason, _balance, _replay, _view = await pledge(ledger, "p_nosuchpool", b, 50)
-    assert (status, reason) == ("rejected", "unknown_pool")
+    for missing in (rules.pool_id(POOL_PART, "0" * 12), "p_x"):  # no such pool; no pool's id
+        status, reason, _balance, _replay, _view = await pledge(ledger, missing, b, 50)
+        assert (status, reason) == ("rejected", "unknown_pool")
 
 
 async def test_a_crash_after_the_debit_neither_loses_nor_doubles_coins(redis: aioredis.Redis, ledger: Ledger) -> None:
@@ -132,6 +147,7 @@ async def test_a_crash_after_the_debit_neither_loses_nor_doubles_coins(redis: ai
     debited = await pools._debit(ledger, pool_id, sid, a, 300, "A", "", clock.now_ms())
     assert debited[:3] == ("debited", "", 200)
     assert await transit_total(redis) == 300  # in flight
+    await audit_clean(redis)  # the audit sees the pledge in flight, not lost
     p = keys.part_of_user(a)
     results = await asyncio.gather(
         pools.redrive_pledges(ledger, p, 0), pools.redrive_pledges(ledger, p, 0), pledge(ledger, pool_id, a, 300, "pl1")
@@ -143,6 +159,7 @@ async def test_a_crash_after_the_debit_neither_loses_nor_doubles_coins(redis: ai
     assert int(await redis.hget(keys.pool(keys.part_of_user(creator), pool_id), "pledged") or 0) == 300
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
+    await audit_clean(redis)
 
 
 async def test_a_crash_after_landing_finishes_once(redis: aioredis.Redis, ledger: Ledger) -> None:
@@ -153,11 +170,13 @@ async def test_a_crash_after_landing_finishes_once(redis: aioredis.Redis, ledger
     q, sid = keys.part_of_user(creator), keys.user_scoped_id(a, "pl2")
     await pools._debit(ledger, pool_id, sid, a, 300, "A", "", clock.now_ms())
     assert (await pools._land(ledger, q, pool_id, sid, a, 300, "A"))[0] == "accepted"
+    await audit_clean(redis)  # landed, not yet finished: settled as far as money goes
     assert await pools.redrive_pledges(ledger, keys.part_of_user(a), 0) == 1
     assert await redis.hget(keys.pledge_record(keys.part_of_user(a), sid), "status") == "accepted"
     assert int(await redis.hget(keys.pool(q, pool_id), "pledged") or 0) == 300
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
+    await audit_clean(redis)
 
 
 async def test_a_pledge_refused_after_its_debit_is_refunded_once(redis: aioredis.Redis, ledger: Ledger) -> None:
@@ -170,6 +189,9 @@ async def test_a_pledge_refused_after_its_debit_is_refunded_once(redis: aioredis
     p, sid = keys.part_of_user(a), keys.user_scoped_id(a, "pl3")
     await pools._debit(ledger, pool_id, sid, a, 300, "A", "", clock.now_ms())
     assert (await pledge(ledger, pool_id, b, PRICE))[0] == "accepted"  # fills it meanwhile
+    q = keys.part_of_user(creator)
+    assert (await pools._land(ledger, q, pool_id, sid, a, 300, "A"))[:2] == ("rejected", "pool_completed")
+    await audit_clean(redis)  # refused, not yet refunded: in flight
     await asyncio.gather(pools.redrive_pledges(ledger, p, 0), pools.redrive_pledges(ledger, p, 0))
     record = await redis.hgetall(keys.pledge_record(p, sid))
     assert (record["status"], record["reason"], record["balance"]) == ("rejected", "pool_completed", "500")
@@ -179,6 +201,7 @@ async def test_a_pledge_refused_after_its_debit_is_refunded_once(redis: aioredis
     assert [row.split("\t")[1] for row in statement] == ["pledge", "pledge_refunded"]
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
+    await audit_clean(redis)
 
 
 async def test_pledge_ids_belong_to_their_pledger(redis: aioredis.Redis, ledger: Ledger) -> None:
@@ -214,6 +237,7 @@ async def test_a_cancelled_pool_returns_each_pledge_to_its_partition(redis: aior
     assert await redis.xlen(keys.outbox(keys.part_of_user(creator))) == 0  # applied, then deleted
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
+    await audit_clean(redis)
 
 
 async def test_an_expired_pool_returns_every_coin(redis: aioredis.Redis, ledger: Ledger) -> None:
@@ -223,18 +247,109 @@ async def test_an_expired_pool_returns_every_coin(redis: aioredis.Redis, ledger:
     deadline_ms = clock.now_ms() + 1000
     pool_id = await open_pool(ledger, creator, a, deadline_ms=deadline_ms)
     assert (await pledge(ledger, pool_id, a, 200))[0] == "accepted"
-    while clock.now_ms() <= deadline_ms:
-        await asyncio.sleep(0.05)
+    await asyncio.sleep((deadline_ms - clock.now_ms() + 50) / 1000)
     assert (await ledger.pool_op("expire", pool_id))[0] == "expired"
     assert await coins(redis, keys.part_of_user(a), keys.account(a)) == 300
     assert int(await redis.hget(keys.diamonds(keys.part_of_user(creator)), keys.account(creator)) or 0) == 0
     assert await transit_total(redis) == 0
     await assert_each_partition_balances(redis)
+    await audit_clean(redis)
 
 
 def test_pool_ids_name_their_partition() -> None:
-    """A pool id gives back its partition; ids no pool can have give None."""
+    """A pool id gives back its partition and has the wire's shape; ids no pool can have give None."""
     for p in (0, partitions.count() - 1):
-        assert rules.pool_part(rules.pool_id(p, "ab12")) == partitions.tag(p)
-    for bad in ("", "p_ab12", "p1", "p1_", "px_ab", f"p{partitions.count()}_ab", "q1_ab", "p-1_ab", "p99999_ab"):
+        pool = rules.pool_id(p, "ab12cd34ef56")
+        assert rules.pool_part(pool) == partitions.tag(p) and protocol.POOL_ID_PATTERN.fullmatch(pool)
+    beyond = f"p_{partitions.count():04x}ab12cd34ef56"
+    for bad in ("", "p_", "p_0000ab12cd34ef5", "p_0000ab12cd34ef567", "p_0000ab12cd34ef5g", "q_0000ab12cd34ef56",
+                "p_0000AB12CD34EF56", "p_-001ab12cd34ef56", beyond):  # fmt: skip
         assert rules.pool_part(bad) is None, bad
+
+
+async def test_the_pledges_view_names_pledgers_of_other_partitions(
+    redis: aioredis.Redis, ledger: Ledger, history: psycopg.AsyncConnection[Any]
+) -> None:
+    """Archived, a pool's pledges list their pledgers, though the coins landed from sys:transit."""
+    creator, a, b = user_in(POOL_PART, "c"), user_in(OTHER_PART, "a"), user_in(POOL_PART, "b")
+    await grant(redis, a, 500)
+    await grant(redis, b, 500)
+    pool_id = await open_pool(ledger, creator, a)
+    for user, amount in ((a, 400), (b, 100)):
+        assert (await pledge(ledger, pool_id, user, amount))[0] == "accepted"
+    await journal.archive_batch(redis, history, keys.journal(keys.part_of_user(creator)), 100)
+    rows = await (await history.execute("SELECT pool, account, coins FROM pledges ORDER BY coins")).fetchall()
+    assert rows == [(pool_id, keys.account(b), 100), (pool_id, keys.account(a), 400)]
+
+
+async def test_concurrent_pledges_from_every_partition_fill_a_pool_exactly_once(
+    redis: aioredis.Redis, ledger: Ledger
+) -> None:
+    """30 pledgers of all partitions pledge 50 each at once to a 1,000-coin pool: 20 land, 10 are refused and
+    keep their coins, one completion, nothing left in transit."""
+    creator = user_in(POOL_PART, "c")
+    pledgers = [user_in(i % partitions.count(), f"p{i}_") for i in range(30)]
+    for user in pledgers:
+        await grant(redis, user, 50)
+    pool_id = await open_pool(ledger, creator, pledgers[0])
+    results = await asyncio.gather(*(pledge(ledger, pool_id, user, 50) for user in pledgers))
+    accepted = [user for user, r in zip(pledgers, results, strict=True) if r[0] == "accepted"]
+    assert len(accepted) == PRICE // 50, [r[:2] for r in results]
+    assert {r[1] for r in results if r[0] != "accepted"} <= {"pool_completed", "pledge_exceeds_remaining"}
+    for user in pledgers:
+        assert await coins(redis, keys.part_of_user(user), keys.account(user)) == (0 if user in accepted else 50)
+    q = keys.part_of_user(creator)
+    assert await redis.hget(keys.pool(q, pool_id), "status") == "completed"
+    assert await coins(redis, q, keys.SYS_POOL_ESCROW) == 0
+    split = rules.split_gift(PRICE, ledger.settings.creator_share_bps)
+    assert int(await redis.hget(keys.diamonds(q), keys.account(creator)) or 0) == split.diamonds
+    assert await transit_total(redis) == 0
+    await assert_each_partition_balances(redis)
+    await audit_clean(redis)
+
+
+async def test_the_workers_sweep_finishes_a_pledge_left_in_flight(redis: aioredis.Redis, tmp_path: Path) -> None:
+    """A pledge debited by a process that died: the settlement worker's sweep lands it once it is
+    GIFTING_PLEDGE_REDRIVE_MS old, and not before."""
+    worker = SettlementWorker(redis, make_settings(tmp_path, pledge_redrive_ms=REDRIVE_MS))
+    creator, a = user_in(POOL_PART, "c"), user_in(OTHER_PART, "a")
+    await grant(redis, a, 500)
+    pool_id = await open_pool(worker.ledger, creator, a)
+    p, sid = keys.part_of_user(a), keys.user_scoped_id(a, "pl9")
+    await pools._debit(worker.ledger, pool_id, sid, a, 200, "A", "", clock.now_ms())
+    await worker.sweep_pools()  # younger than the redrive age: the pledge may still be on its way
+    assert await redis.hget(keys.pledge_record(p, sid), "status") == "debited"
+    debited_ms = int(await redis.hget(keys.pledge_record(p, sid), "debited_ms") or 0)
+    await asyncio.sleep((debited_ms + REDRIVE_MS - clock.now_ms() + 50) / 1000)
+    await worker.sweep_pools()
+    assert await redis.hget(keys.pledge_record(p, sid), "status") == "accepted"
+    assert await redis.zcard(keys.pledges_in_flight(p)) == 0
+    assert await transit_total(redis) == 0
+    await audit_clean(redis)
+
+
+def test_a_pledge_redrive_age_below_one_ms_is_refused(tmp_path: Path) -> None:
+    """GIFTING_PLEDGE_REDRIVE_MS = 0 would push every pledge again while its own caller is still on it."""
+    with pytest.raises(ConfigError, match="GIFTING_PLEDGE_REDRIVE_MS"):
+        make_settings(tmp_path, pledge_redrive_ms=0)
+
+
+async def test_closed_pools_of_every_partition_move_to_postgresql(
+    redis: aioredis.Redis, ledger: Ledger, history: psycopg.AsyncConnection[Any]
+) -> None:
+    """The archiver walks every partition's closed pools: each moves once, then leaves Valkey."""
+    await history.execute("DELETE FROM pools")
+    closed = []
+    for part in (POOL_PART, OTHER_PART):
+        creator, a = user_in(part, "c"), user_in(THIRD_PART, "a")
+        await grant(redis, a, 1)  # an opener holds coins (GIFTING_POOL_OPEN_COINS_MIN)
+        pool_id = await open_pool(ledger, creator, a)
+        assert (await ledger.pool_op("cancel", pool_id))[0] == "cancelled"
+        closed.append(pool_id)
+    assert await history_pools.archive_due(redis, history, clock.now_ms() + 1, 10) == 2
+    assert await history_pools.archive_due(redis, history, clock.now_ms() + 1, 10) == 0
+    for pool_id in closed:
+        part = rules.pool_part(pool_id)
+        assert part is not None and not await redis.exists(keys.pool(part, pool_id))
+        archived = await history_pools.archived(history, pool_id)
+        assert archived is not None and archived["status"] == "cancelled"

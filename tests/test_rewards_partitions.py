@@ -14,11 +14,12 @@ import pytest
 import redis.asyncio as aioredis
 
 from gifting import keys
-from gifting.clock import now_ms
+from gifting.clock import now_ms, utc_day
 from gifting.ledger import partitions
-from gifting.ledger.rewards import Rewards
+from gifting.ledger.audit import run_audit
+from gifting.ledger.rewards import Grant, Rewards
 from gifting.ledger.store import Ledger
-from tests.conftest import make_settings
+from tests.conftest import make_settings, run_worker
 
 pytestmark = pytest.mark.cluster
 
@@ -124,9 +125,8 @@ async def test_a_viewer_in_the_budgets_partition_is_paid_in_one_step(rewards: Re
 
 async def source_step(rewards: Rewards, viewer: str, period: str, coins: int) -> tuple[str, str]:
     """Only the budget partition's step of an accrual (rewards.lua), as a process that dies right after it."""
-    _id, keys_, args = rewards._accrual_call("first_gift", viewer, period, coins, now_ms())
-    status, _detail, outbox_id = await rewards._script(keys=keys_, args=args)
-    return status, outbox_id
+    (outcome,), outbox_id = await rewards._decide("first_gift", [Grant(viewer, period, coins)], now_ms())
+    return outcome.status, outbox_id
 
 
 async def test_accruals_land_once_when_the_credit_step_is_skipped_and_redriven(
@@ -186,3 +186,42 @@ async def test_watch_periods_and_the_streak_of_a_remote_viewer(rewards: Rewards,
     summary: dict[str, Any] = await rewards.summary(users[0])
     assert summary["reward_coins"] == watch_coins + streak_coins
     assert (summary["watch_periods_today"], summary["streak_days"], summary["streak_claimed_today"]) == (1, 1, True)
+
+
+async def test_the_settlement_worker_redrives_credits_a_dead_process_left(
+    redis: aioredis.Redis, valkey_url: str, tmp_path: Path
+) -> None:
+    """Accruals whose writer died after the budget's step are credited by a worker holding the budget's partition,
+    once each, with no gift traffic at all."""
+    settings = make_settings(tmp_path, outbox_redrive_ms=50, reward_viewer_day_coins_max=1000)
+    rewards = Rewards(redis, settings, Ledger(redis, settings))
+    users = elsewhere(4)
+    await rewards.fund(ADMIN, "k1", 100)
+    for user in users:
+        assert (await source_step(rewards, user, "p1", 5))[0] == "ok"
+    async with run_worker(settings, valkey_url):
+        deadline = asyncio.get_running_loop().time() + 10
+        while await redis.xlen(keys.outbox(keys.rewards_part())):
+            assert asyncio.get_running_loop().time() < deadline, "outbox not redriven in time"
+            await asyncio.sleep(0.05)
+        await check_exact(redis, 100, {u: 5 for u in users})
+
+
+async def test_the_audit_checks_the_caps_of_viewers_of_other_partitions(
+    rewards: Rewards, redis: aioredis.Redis
+) -> None:
+    """Real accruals across partitions audit clean; an accrual past a remote viewer's daily cap is a finding that
+    names the viewer, though its legs in the budget's partition end at sys:transit."""
+    users = elsewhere(3)
+    await rewards.fund(ADMIN, "k1", 100)
+    for user in users:
+        assert (await rewards.accrue("first_gift", user, "20260101", 10)).status == "ok"
+    report = await run_audit(redis)
+    assert report.clean, report.summary()
+    part, viewer = keys.rewards_part(), keys.account(users[0])
+    legs = f"rewards {keys.SYS_REWARDS_BUDGET} {keys.SYS_TRANSIT} 995"
+    fields = {"kind": "reward", "id": "reward:watch:x:1", "reward": "watch", "viewer": viewer, "legs": legs}
+    caps = {"day": utc_day(now_ms()), "viewer_cap": "1000", "day_cap": "100000"}  # the accruals' day: today
+    await redis.xadd(keys.journal(part), fields | caps)
+    findings = "\n".join((await run_audit(redis)).findings)
+    assert f"{viewer} accrued 1005 reward coins, over the cap of 1000" in findings, findings

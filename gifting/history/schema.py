@@ -183,6 +183,18 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
             GENERATED ALWAYS AS (substring(stream FROM '^\{ledger:([0-9]+)\.[0-9]+\}')::integer) STORED;
         """,
     ),
+    (
+        7,
+        # Pools on partitions (docs/SCALING.md "Pooled gifts"): a pledge lands in its pool's partition from
+        # sys:transit (its coins left the pledger's partition first), so the pledger is the entry's `account`
+        # field; older entries' legs name the pledger as the debit.
+        """
+        CREATE OR REPLACE VIEW pledges AS
+            SELECT l.transfer AS pledge, j.fields->>'ref' AS pool, coalesce(j.fields->>'account', l.debit) AS account,
+                   l.amount AS coins, l.day
+            FROM legs l JOIN journal j USING (stream, ms, seq) WHERE l.kind = 'pledge_pending';
+        """,
+    ),
 )
 
 

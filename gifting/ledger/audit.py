@@ -41,7 +41,7 @@ import redis.asyncio as aioredis
 from gifting import clock, keys
 from gifting.history import continuity
 from gifting.history import journal as history
-from gifting.ledger import audit_campaigns, audit_partitions, partitions, rules
+from gifting.ledger import audit_campaigns, audit_partitions, partitions, pools, rules
 
 CHUNK_ENTRIES = 200  # journal entries read per XRANGE (a settled batch is one entry of up to 2,000 gifts)
 GRACE_MS = 60_000  # a pending withdrawal may overrun its deadline this long before it is a finding
@@ -123,14 +123,18 @@ async def run_audit(
     lines: list[audit_partitions.OutboxLine] = []
     transit: dict[str, Counter[str]] = {}
     partial: set[str] = set()  # partitions whose outbox was read only in part: their transfers are not judged
+    in_flight: dict[str, list[str]] = {}  # partition -> its pledges in flight at its snapshot
     for part in partitions.all_tags():
-        ends[part], stored, outbox = await _snapshot_partition(redis, archive, report, snapshot, part, progress)
+        read = await _snapshot_partition(redis, archive, report, snapshot, part, progress)
+        ends[part], stored, outbox, in_flight[part] = read
         _check_balances(report, snapshot, part, stored)
         transit[part] = Counter({ledger: int(b.get(keys.SYS_TRANSIT, 0)) for ledger, b in stored.items()})
         lines += audit_partitions.outbox_lines(report.findings, part, outbox)
         if len(outbox) >= audit_partitions.OUTBOX_ENTRIES_MAX:
             report.notes.append(f"outbox {part}: read its oldest {len(outbox)} entries only: its transfers not judged")
             partial.add(part)
+    for part, pledges in in_flight.items():  # a pledge between its steps: in flight like an outbox credit
+        lines += await pools.in_flight_lines(redis, part, pledges, snapshot.cross.sources)
     records = await _read_records(redis, snapshot, archive)
     latest = copy.deepcopy(snapshot)
     moved = report.entries
@@ -160,16 +164,17 @@ async def run_audit(
 async def _snapshot_partition(
     redis: aioredis.Redis, archive: psycopg.AsyncConnection[Any] | None, report: AuditReport, journal: _Journal,
     part: str, progress: Callable[[int], None] | None,
-) -> tuple[str | None, dict[str, dict[str, str]], list[tuple[str, dict[str, str]]]]:  # fmt: skip
+) -> tuple[str | None, dict[str, dict[str, str]], list[tuple[str, dict[str, str]]], list[str]]:  # fmt: skip
     """One atomic read of a partition (its balances, its journal's end, its outbox), then its journal up to that
-    end. Returns (the end, the stored balances by ledger, the outbox entries)."""
+    end. Returns (the end, the stored balances by ledger, the outbox entries, the pledges in flight)."""
     stream = keys.journal(part)
     async with redis.pipeline(transaction=True) as pipe:
         for _, hash_key in keys.ledgers(part):
             pipe.hgetall(hash_key)
         pipe.xinfo_stream(stream)
         pipe.xrange(keys.outbox(part), count=audit_partitions.OUTBOX_ENTRIES_MAX)
-        *stored, info, outbox = await pipe.execute(raise_on_error=False)
+        pipe.zrange(keys.pledges_in_flight(part), 0, audit_partitions.OUTBOX_ENTRIES_MAX)
+        *stored, info, outbox, pledges = await pipe.execute(raise_on_error=False)
     # The last id the stream ever gave out: the archiver may have moved every entry to PostgreSQL.
     end = None if isinstance(info, Exception) or info["last-generated-id"] == "0-0" else info["last-generated-id"]
     read, archived = report.entries, report.archived
@@ -183,7 +188,10 @@ async def _snapshot_partition(
     if isinstance(outbox, Exception):
         report.findings.append(f"outbox {part}: not readable ({outbox})")
         outbox = []
-    return end, {ledger: b for (ledger, _), b in zip(keys.ledgers(part), stored, strict=True)}, outbox
+    if isinstance(pledges, Exception):
+        report.findings.append(f"pledges in flight {part}: not readable ({pledges})")
+        pledges = []
+    return end, {ledger: b for (ledger, _), b in zip(keys.ledgers(part), stored, strict=True)}, outbox, pledges
 
 
 async def _scan(
@@ -429,8 +437,9 @@ def _apply_rewards(
         report.findings.append(f"journal {entry_id}: reward {entry} paid more than once")
     journal.reward_ids.add(entry)
     day, coins = fields.get("day", "?"), sum(leg.amount for leg in legs)
-    viewer = legs[0].credit if legs else "?"
-    # An accrual to a viewer of another partition names sys:transit here; its credit names the viewer.
+    # An accrual to a viewer of another partition names sys:transit in its legs; its `viewer` field (rewards.lua)
+    # names who was paid.
+    viewer = fields.get("viewer") or (legs[0].credit if legs else "?")
     caps = [(viewer, "viewer_cap"), ("*", "day_cap")] if viewer != keys.SYS_TRANSIT else [("*", "day_cap")]
     for account, cap in caps:
         had, had_cap = journal.rewards_by_day.get((account, day), (0, -1))
@@ -601,18 +610,17 @@ def _check_pools(
     report: AuditReport, snapshot: _Journal, latest: _Journal, records: dict[str, tuple[str | None, str | None]],
     lines: list[audit_partitions.OutboxLine], quiet: bool,
 ) -> None:  # fmt: skip
-    """Each pool closes at most once, for exactly what was pledged (a voided pool's returns to pledgers of other
-    partitions are its credits there, applied or in flight); what is still open is in escrow."""
+    """Each pool closes at most once, for exactly what was pledged; what is still open is in escrow. A closing's
+    legs, in the pool's partition, move every pledge out of the escrow: to a pledger of the partition, or to
+    sys:transit for one of another partition, whose credit (matched to the closing like any transfer's, by
+    audit_partitions) then moves it on: counting the credits here too would count those coins twice."""
     now_ms = clock.now_ms()
-    credited = latest.cross.credited_coins(latest.pool_closings, lines)
     for pool in set(latest.pledges) | set(latest.pool_closings):
         pledged, closings = latest.pledges.get(pool, 0), latest.pool_closings.get(pool, [])
-        moved = closings[0][1] + credited[pool] if closings else 0
-        # A closing after the snapshots may still have credits in an outbox the audit did not read: not judged.
-        judged = pool in snapshot.pool_closings
+        moved = closings[0][1] if closings else 0
         if len(closings) > 1:
             report.findings.append(f"pool {pool}: closed {len(closings)} times ({[k for k, _ in closings]})")
-        elif closings and judged and moved != pledged:
+        elif closings and moved != pledged:
             report.findings.append(f"pool {pool}: {closings[0][0]} moved {moved} coins, pledged {pledged}")
     for pool, (status, deadline) in records.items():
         allowed = {_pool_status(snapshot, pool), _pool_status(latest, pool)}

@@ -73,12 +73,11 @@ class CrossJournal:
     sources: dict[str, tuple[str, Counter[str]]] = field(default_factory=dict)
     # credit id -> [(partition applied in, journal entry, its vector)], one per `credits` row
     applied: dict[str, list[tuple[str, str, Counter[str]]]] = field(default_factory=lambda: defaultdict(list))
-    coins: dict[str, int] = field(default_factory=dict)  # credit id -> coins its (first) row moved
 
     def __deepcopy__(self, memo: dict[int, Any]) -> CrossJournal:
         """A copy for the audit's second scan: only the source vectors are ever changed in place (a third of the
         audit's time went to copying this generically)."""
-        copied = CrossJournal(coins=dict(self.coins))
+        copied = CrossJournal()
         copied.sources = {t: (part, vector.copy()) for t, (part, vector) in self.sources.items()}
         copied.applied.update((credit, list(rows)) for credit, rows in self.applied.items())
         return copied
@@ -91,20 +90,6 @@ class CrossJournal:
 
     def credit(self, part: str, entry_id: str, credit: str, legs: list[rules.Leg]) -> None:
         self.applied[credit].append((part, entry_id, owed(legs)))
-        self.coins.setdefault(credit, sum(leg.amount for leg in legs if leg.ledger == "coins"))
-
-    def credited_coins(self, transfers: Container[str], lines: list[OutboxLine]) -> Counter[str]:
-        """Per transfer of `transfers`, the coins its credits move in other partitions, applied or in flight (each
-        credit once)."""
-        coins = dict(self.coins)
-        for line in lines:
-            coins.setdefault(line.credit.id, sum(leg.amount for leg in line.credit.legs if leg.ledger == "coins"))
-        by_transfer: Counter[str] = Counter()
-        for credit, amount in coins.items():
-            transfer = transfer_of(credit, transfers)
-            if transfer is not None:
-                by_transfer[transfer] += amount
-        return by_transfer
 
 
 @dataclass(frozen=True)

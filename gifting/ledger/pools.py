@@ -14,6 +14,7 @@ So a pledge is accepted or refunded exactly once, whatever crashes.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ import orjson
 
 from gifting import keys
 from gifting.clock import hour_number, now_ms, utc_day
-from gifting.ledger import rules
+from gifting.ledger import audit_partitions, rules
 
 if TYPE_CHECKING:
     from gifting.ledger.store import Ledger
@@ -229,6 +230,23 @@ async def redrive_pledges(ledger: Ledger, part: str, older_than_ms: int, count: 
     if due:
         await ledger.committed()
     return len(due)
+
+
+async def in_flight_lines(
+    redis: Any, part: str, pledges: list[str], sources: dict[str, tuple[str, Counter[str]]]
+) -> list[audit_partitions.OutboxLine]:
+    """For the audit: the partition's pledges in flight at its snapshot, each as a credit in flight to its pool's
+    partition (its coins in sys:transit), unless the journals as read already settle it (it landed in the pool's
+    partition before that one's snapshot: its debit and landing sum to nothing)."""
+    lines = []
+    for sid in pledges:
+        if not audit_partitions.nonzero(sources.get(sid, (part, Counter()))[1]):
+            continue
+        pool_id, coins = await redis.hmget(keys.pledge_record(part, sid), "pool", "coins")
+        dest = rules.pool_part(pool_id or "") or part
+        credit = rules.Credit(sid, "pledge_landing", rules.pledge_landing_legs(int(coins or 0)), 0)
+        lines.append(audit_partitions.OutboxLine(part, "pledge", dest, credit))
+    return lines
 
 
 # A pool's end ----------------------------------------------------------------------------------------------

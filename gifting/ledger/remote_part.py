@@ -41,7 +41,7 @@ def place(
     if dest == source or not placed.get(dest):
         return Placed(local, "", "")
     credit = rules.Credit(
-        id=transfer_id,
+        id=rules.credit_id(transfer_id, source),
         kind=kind,
         legs=placed[dest],
         statement=[(creator_account, row)] if row else [],

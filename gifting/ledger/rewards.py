@@ -20,7 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gifting import keys, valkey
+from gifting import keys
 from gifting.clock import now_ms, utc_day
 from gifting.config import Settings
 from gifting.ledger import rules
@@ -28,7 +28,7 @@ from gifting.ledger.store import Ledger, LedgerError, load_script_with
 
 log = logging.getLogger(__name__)
 
-ACCRUALS_PER_PIPELINE = 200  # watch accruals sent per round trip (one script call each)
+ACCRUALS_PER_CALL = 200  # accruals decided by one rewards.lua call (one round trip; ~10 ms of Valkey at most here)
 STREAK_ATTEMPTS_MAX = 5  # a streak claim re-reads the stored streak if it changed in between (rare: one user)
 FUNDING_COINS_MAX = 10**12
 DAY_MS = 86_400_000
@@ -58,6 +58,17 @@ class Accrual:
         return self.status in ("ok", "replay")
 
 
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """One accrual to decide: `coins` to `user` for `period`; a streak claim also carries the stored streak as
+    read and the one to store."""
+
+    user: str
+    period: str
+    coins: int
+    streak: tuple[str, str] = ("", "")
+
+
 class Rewards:
     def __init__(self, redis: aioredis.Redis, settings: Settings, ledger: Ledger) -> None:
         self.redis = redis
@@ -75,40 +86,55 @@ class Rewards:
         fp = rules.fingerprint(coins)
         placed = rules.place_legs(rules.reward_funding_legs(coins), part)
         assert list(placed) == [part], placed  # issuance is shared, the budget placed here: all local
-        fundings = keys.rewards_fundings(part)
-        status, _detail, _outbox_id = await self._script(
-            keys=[keys.rewards(part), keys.journal(part), fundings, fundings, fundings, fundings, keys.outbox(part)],
-            args=["fund", funding_id, now_ms(), coins, rules.encode_legs(placed[part]), "", f"{coins}|{fp}", fp],
+        status, _detail = await self._script(
+            keys=[keys.rewards(part), keys.journal(part), keys.rewards_fundings(part)],
+            args=["fund", funding_id, now_ms(), rules.encode_legs(placed[part]), f"{coins}|{fp}", fp],
         )
         if status == "conflict":
             raise LedgerError("idempotency_key_conflict", "Idempotency-Key was used for a different funding")
-        await self.ledger.committed()
+        await self.ledger.committed(part)
         return await self.budget(), status == "replay"
 
     async def budget(self) -> int:
         return int(await self.redis.hget(keys.rewards(keys.rewards_part()), keys.SYS_REWARDS_BUDGET) or 0)
 
-    def _accrual_call(
-        self, kind: str, user: str, period: str, coins: int, now: int, streak: tuple[str, str] = ("", "")
-    ) -> tuple[str, list[str], list[Any]]:
-        """rewards.lua's id, KEYS and ARGV for one accrual of `coins` to `user`, on the UTC day of `now`."""
+    def _accrual_call(self, kind: str, grants: list[Grant], now: int) -> tuple[list[str], list[str], list[Any]]:
+        """rewards.lua's accrual ids, KEYS and ARGV for accruals of one kind on the UTC day of `now`."""
         s, day, part = self.settings, utc_day(now), keys.rewards_part()
-        transfer_id = rules.reward_id(kind, user, period)
-        placed = rules.place_legs(rules.reward_legs(user, coins), part)
-        row = rules.statement_row(now, "reward_" + kind, "rewards", coins, keys.SYS_REWARDS_BUDGET, transfer_id)
-        owed = rules.reward_credits(transfer_id, kind, user, placed, part, row, now)
+        records = keys.reward_records(part, day)
+        keys_ = [keys.rewards(part), keys.journal(part), records, keys.rewards_earned_on(part, day)]
+        keys_ += [keys.rewards_streaks(part), keys.outbox(part)]
         # From the real clock, not `now` (a period's time): a record outlives its last write by the TTL, and ids
         # name their day or period, so no retry of an id comes after its record is gone.
         expire_at = now_ms() // 1000 + rules.REWARD_DAY_TTL_S
-        records = keys.reward_records(part, day)
-        statement = records if owed else keys.statement(user)  # the row goes with the credit, or is written here
-        keys_ = [keys.rewards(part), keys.journal(part), records, keys.rewards_earned_on(part, day), statement]
-        keys_ += [keys.rewards_streaks(part), keys.outbox(part)]
-        args: list[Any] = ["accrue", transfer_id, now, coins, rules.encode_legs(placed[part])]
-        args += ["" if owed else row, f"{coins}|{kind}", "", keys.SYS_REWARDS_BUDGET, keys.account(user)]
-        args += [s.reward_viewer_day_coins_max, s.reward_day_coins_max, expire_at, kind, day, *streak]
-        args += [keys.rewards_watch_field(user), *rules.outbox_fields(owed)]
-        return transfer_id, keys_, args
+        args: list[Any] = ["accrue", now, keys.SYS_REWARDS_BUDGET, s.reward_viewer_day_coins_max]
+        args += [s.reward_day_coins_max, expire_at, kind, day]
+        ids, statements = [], {}  # statement key -> its index in KEYS
+        for g in grants:
+            transfer_id = rules.reward_id(kind, g.user, g.period)
+            placed = rules.place_legs(rules.reward_legs(g.user, g.coins), part)
+            row = rules.statement_row(now, "reward_" + kind, "rewards", g.coins, keys.SYS_REWARDS_BUDGET, transfer_id)
+            owed = rules.reward_credits(transfer_id, kind, g.user, placed, part, row, now)
+            dest, credit = rules.outbox_fields(owed) or ("", "")
+            stmt = 0
+            if not owed:  # the viewer lives here: the script writes its row
+                statement = keys.statement(g.user)
+                if statement not in statements:
+                    keys_.append(statement)
+                    statements[statement] = len(keys_)  # 1-based, as Lua's KEYS
+                stmt = statements[statement]
+            fields = [transfer_id, g.coins, rules.encode_legs(placed[part]), "" if owed else row, stmt]
+            fields += [f"{g.coins}|{kind}", keys.account(g.user), *g.streak, keys.rewards_watch_field(g.user)]
+            args.append(rules.US.join(map(str, (*fields, dest, credit))))
+            ids.append(transfer_id)
+        return ids, keys_, args
+
+    async def _decide(self, kind: str, grants: list[Grant], now: int) -> tuple[list[Accrual], str]:
+        """The budget partition's step of these accruals (one rewards.lua call): their outcomes and the outbox
+        entry owing the credits of viewers of other partitions ('' for none). Nothing is durable yet."""
+        ids, keys_, args = self._accrual_call(kind, grants, now)
+        outbox_id, *statuses = await self._script(keys=keys_, args=args)
+        return [Accrual(i, st, g.coins) for i, st, g in zip(ids, statuses, grants, strict=True)], outbox_id
 
     async def archive_full(self) -> bool:
         """Whether accruals are refused now: past GIFTING_ARCHIVE_BACKLOG_MAX in the budget's partition (the one
@@ -121,18 +147,22 @@ class Rewards:
         """One accrual, durable before it returns (the viewer's credit too, unless it is left to the redrive)."""
         if await self.archive_full():
             return Accrual(rules.reward_id(kind, user, period), "archive_backlog", coins)
-        transfer_id, keys_, args = self._accrual_call(kind, user, period, coins, now or now_ms())
-        status, _detail, outbox_id = await self._script(keys=keys_, args=args)
-        if status == "ok":
+        (outcome,), outbox_id = await self._decide(kind, [Grant(user, period, coins)], now or now_ms())
+        if outcome.status == "ok":
             await self._deliver([outbox_id])
-        return Accrual(transfer_id, status, coins)
+        return outcome
 
     async def _deliver(self, outbox_ids: list[str]) -> None:
         """After accruals were paid: make them durable in the budget's partition, then apply the credits owed to
         viewers of other partitions (best effort: one that fails stays in the outbox for the redrive). The
         order matters: a credit applied before its debit is durable could outlive it."""
-        await self.ledger.committed()
-        await self.ledger.apply_credits(keys.rewards_part(), [i for i in outbox_ids if i])
+        owed, part = [i for i in outbox_ids if i], keys.rewards_part()
+        if not owed:
+            await self.ledger.committed(part)
+            return
+        # Not committed(): inside a group_commit() block it would put the wait off, and the credit must not go first.
+        await self.ledger.durable(self.settings.waitaof_timeout_ms, part)
+        await self.ledger.apply_credits(part, owed)
 
     async def accrue_watch(self, users: list[str], period: int) -> list[Accrual]:
         """Watch period `period` (numbered from the epoch in GIFTING_REWARD_WATCH_PERIOD_S) for each viewer the
@@ -145,21 +175,16 @@ class Rewards:
         return await self._accrue_many("watch", users, str(period), coins, now)
 
     async def _accrue_many(self, kind: str, users: list[str], period: str, coins: int, now: int) -> list[Accrual]:
-        """One accrual per user, pipelined ACCRUALS_PER_PIPELINE per round trip, one durability wait for all."""
+        """One accrual per user, ACCRUALS_PER_CALL per script call, one durability wait for all."""
         if await self.archive_full():
             return [Accrual(rules.reward_id(kind, user, period), "archive_backlog", coins) for user in users]
         outcomes: list[Accrual] = []
         outbox_ids: list[str] = []
-        for start in range(0, len(users), ACCRUALS_PER_PIPELINE):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                ids = []
-                for user in users[start : start + ACCRUALS_PER_PIPELINE]:
-                    transfer_id, keys_, args = self._accrual_call(kind, user, period, coins, now)
-                    ids.append(transfer_id)
-                    await valkey.queue_script(pipe, self._script, keys_, args)
-                replies = await pipe.execute()
-            outcomes += [Accrual(i, status, coins) for i, (status, _d, _o) in zip(ids, replies, strict=True)]
-            outbox_ids += [outbox_id for status, _d, outbox_id in replies if status == "ok"]
+        for start in range(0, len(users), ACCRUALS_PER_CALL):
+            grants = [Grant(user, period, coins) for user in users[start : start + ACCRUALS_PER_CALL]]
+            decided, outbox_id = await self._decide(kind, grants, now)
+            outcomes += decided
+            outbox_ids.append(outbox_id)
         if any(o.status == "ok" for o in outcomes):
             await self._deliver(outbox_ids)
         return outcomes
@@ -207,8 +232,9 @@ class Rewards:
             stored = await self.redis.hget(keys.rewards_streaks(keys.rewards_part()), keys.account(user))
             streak, stored_now = rules.streak_after(stored, day, yesterday)
             coins = rules.streak_coins(streak, s.reward_streak_coins, s.reward_streak_days_max)
-            transfer_id, keys_, args = self._accrual_call("streak", user, day, coins, now, (stored or "", stored_now))
-            status, _detail, outbox_id = await self._script(keys=keys_, args=args)
+            grant = Grant(user, day, coins, (stored or "", stored_now))
+            (outcome,), outbox_id = await self._decide("streak", [grant], now)
+            status, transfer_id = outcome.status, outcome.transfer_id
             if status == "stale":
                 continue
             if status == "replay":

@@ -151,20 +151,27 @@ def pool_completion_legs(creator: str, split: GiftSplit) -> list[Leg]:
 # from transit into its escrow (pledge_landing_legs) or refuses the pledge, and the pledger's partition gives
 # them back (pledge_refund_legs). rules.place_legs would put a leg between a user and the (shared) escrow in the
 # user's partition, but an escrow must be the pool's: these legs name their partition themselves.
-POOL_ID_PREFIX = "p"
+POOL_ID_PREFIX = "p_"
+POOL_PART_DIGITS = 4  # hex digits of the partition number after the prefix (partitions.PARTITIONS_MAX fits)
+POOL_TOKEN_BYTES = 6  # random bytes after them: the id keeps the wire's shape, 'p_' and 16 hex digits
 
 
 def pool_id(partition: int, token: str) -> str:
-    """A pool id that names its partition: 'p<partition>_<token>' (token: [0-9a-f]+)."""
-    return f"{POOL_ID_PREFIX}{partition}_{token}"
+    """A pool id that names its partition: 'p_', the partition number in 4 hex digits, then 12 random hex
+    digits (token)."""
+    assert 0 <= partition < 16**POOL_PART_DIGITS and len(token) == 2 * POOL_TOKEN_BYTES, (partition, token)
+    return f"{POOL_ID_PREFIX}{partition:0{POOL_PART_DIGITS}x}{token}"
 
 
 def pool_part(pool: str) -> str | None:
     """The tag of the partition holding a pool, from its id; None for an id no pool can have."""
-    number, sep, token = pool.removeprefix(POOL_ID_PREFIX).partition("_")
-    if not pool.startswith(POOL_ID_PREFIX) or not sep or not token or not number.isdigit() or len(number) > 4:
+    digits = pool.removeprefix(POOL_ID_PREFIX)
+    if len(digits) != POOL_PART_DIGITS + 2 * POOL_TOKEN_BYTES or not pool.startswith(POOL_ID_PREFIX):
         return None
-    return partitions.tag(int(number)) if int(number) < partitions.count() else None
+    if not set(digits) <= set("0123456789abcdef"):
+        return None
+    number = int(digits[:POOL_PART_DIGITS], 16)
+    return partitions.tag(number) if number < partitions.count() else None
 
 
 def pledge_debit_legs(user: str, coins: int) -> list[Leg]:
@@ -729,6 +736,13 @@ class Credit:
         )
 
 
+def credit_id(transfer_id: str, source_part: str) -> str:
+    """A credit's id: its transfer's id and the partition that decided it. A transfer id is unique only within
+    its source partition (a gift id is checked against the payer's partition's records: another payer's gift
+    may carry the same id in another partition), so a credit is applied once per (transfer, source)."""
+    return transfer_id + "/" + source_part
+
+
 def gift_credit_line(
     gift_id: str,
     creator: str,
@@ -739,6 +753,7 @@ def gift_credit_line(
     room: str,
     gift: str,
     count: int,
+    source_part: str,
 ) -> str:
     """Credit(...).encode() of a gift's creator side (creator_legs, the creator's statement row, the earned
     diamonds, the gifter's coins on the boards; accounts as u:<user>), spelled out because the worker builds one
@@ -748,7 +763,7 @@ def gift_credit_line(
     legs = f"diamonds {keys.SYS_DIAMOND_ISSUANCE} {creator} {split.diamonds}" if split.diamonds > 0 else ""
     return FS.join(
         (
-            gift_id,
+            credit_id(gift_id, source_part),
             "gift_received",
             legs,
             str(ts_ms),

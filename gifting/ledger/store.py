@@ -83,7 +83,7 @@ def settle_arg(g: GiftToSettle, now: int, part: str) -> tuple[str, str, str]:
         if not here:  # the creator's side is owed to their partition (the same however the gift is paid)
             dest = creator_part
             credit = rules.gift_credit_line(
-                g.gift_id, creator, viewer, split, now, creator_row, g.room, g.gift, g.count
+                g.gift_id, creator, viewer, split, now, creator_row, g.room, g.gift, g.count, part
             )
     fields = (g.gift_id, viewer, creator, str(g.coins), str(g.diamonds), g.fingerprint, g.reject, row, viewer_row)
     return "\x1f".join((*fields, creator_row, reward_row, reward_viewer_row, dest, credit)), dest, credit

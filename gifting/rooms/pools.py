@@ -89,7 +89,9 @@ async def open_pool(
         raise RoomError("room_not_live", f"room {room!r} is not live")
     # The pool lives in its creator's partition (with the escrow, the creator's diamonds and boards); its id
     # names that partition, so whoever holds only the id finds it.
-    pool_id = rules.pool_id(partitions.of_account(keys.account(info.creator)), secrets.token_hex(8))
+    pool_id = rules.pool_id(
+        partitions.of_account(keys.account(info.creator)), secrets.token_hex(rules.POOL_TOKEN_BYTES)
+    )
     deadline_ms = clock.now_ms() + deadline_s * 1000
     record = {
         "id": pool_id, "room": room, "creator": info.creator, "gift": gift.id, "price": gift.coins,
