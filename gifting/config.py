@@ -334,9 +334,9 @@ class Settings:
     )
     settle_concurrency: int = _setting(
         "GIFTING_SETTLE_CONCURRENCY",
-        1,
-        "Batch loops per ledger partition a worker process leases (each its own consumer), "
-        f"1..{SETTLE_CONCURRENCY_MAX}; raise it only with few partitions.",
+        4,
+        "Batches one worker process settles at once, each taking the batches of every partition it leases "
+        f"read meanwhile, 1..{SETTLE_CONCURRENCY_MAX}.",
     )
     ledger_partitions: int = _setting(
         "GIFTING_LEDGER_PARTITIONS",

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
@@ -45,6 +46,23 @@ def is_cluster_url(url: str) -> bool:
     return bool(info.get("cluster_enabled"))
 
 
+class ClusterConnection(aioredis.Connection):  # type: ignore[misc]  # redis-py ships it untyped
+    """redis-py 8.1's cluster client, meeting a node down (a failover), closes every connection of every node,
+    also those other tasks are writing on at that moment: such a write finds its writer gone and raises
+    AttributeError (TypeError on some Pythons; redis-py issue #4287), which no retry and no caller takes for a
+    lost connection (a settlement worker died of it mid-failover). Here it is the ConnectionError it is."""
+
+    async def _send_packed_command(self, command: Iterable[bytes]) -> None:
+        writer = self._writer
+        if writer is None:
+            raise redis.exceptions.ConnectionError("the connection was closed while in use (topology refresh)")
+        try:
+            writer.writelines(command)
+            await writer.drain()
+        except (AttributeError, TypeError) as exc:
+            raise redis.exceptions.ConnectionError(f"the connection was closed while writing: {exc!r}") from exc
+
+
 def client(url: str, connections_max: int = 100, wait_s: float = 10.0) -> aioredis.Redis:
     """An asyncio client for `url`. Standalone: a pool that waits (up to `wait_s`) for a free connection instead
     of failing, so a reconnect storm of joins queues up rather than dropping sockets. Cluster: redis-py's
@@ -53,6 +71,10 @@ def client(url: str, connections_max: int = 100, wait_s: float = 10.0) -> aiored
         cluster = aiocluster.RedisCluster.from_url(
             url, decode_responses=True, health_check_interval=30, max_connections=connections_max
         )
+        # from_url takes no connection class: set it where every node (the startup one, those found later) reads it.
+        cluster.connection_kwargs["connection_class"] = ClusterConnection
+        for node in cluster.nodes_manager.startup_nodes.values():
+            node.connection_class = ClusterConnection
         return cast(aioredis.Redis, cluster)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, decode_responses=True, health_check_interval=30, max_connections=connections_max, timeout=wait_s

@@ -150,10 +150,11 @@ async def fund(redis: aioredis.Redis, needed: dict[str, int]) -> None:
     for start in range(0, len(items), FUND_CHUNK):
         async with redis.pipeline(transaction=False) as pipe:
             for user, coins in items[start : start + FUND_CHUNK]:
-                pipe.hincrby(keys.LEDGER_COINS, keys.account(user), coins)
-                pipe.hincrby(keys.LEDGER_COINS, keys.SYS_COIN_ISSUANCE, -coins)
+                part = keys.part_of_user(user)  # the viewer's own partition, and its share of issuance
+                pipe.hincrby(keys.coins(part), keys.account(user), coins)
+                pipe.hincrby(keys.coins(part), keys.SYS_COIN_ISSUANCE, -coins)
                 pipe.xadd(
-                    keys.LEDGER_JOURNAL,
+                    keys.journal(part),
                     {
                         "kind": "purchase",
                         "id": f"grant:bench:{user}",  # "grant:" ids need no purchase record (audit)

@@ -137,7 +137,7 @@ class CrashBeforeCredit(Ledger):
     """A ledger whose process 'dies' between a gift's two steps: the debit and its outbox entry are written, the
     credit never is (as when the worker is killed right after settle.lua answered)."""
 
-    async def _apply_entries(self, source_part: str, entries: dict[str, dict[str, str]]) -> None:
+    async def _apply_entries_of(self, sources: dict[str, dict[str, dict[str, str]]]) -> None:
         raise RedisConnectionError("killed between the debit and the credit")
 
 

@@ -128,7 +128,7 @@ async def test_payouts_wait_for_durability_before_the_provider(redis: aioredis.R
 
 async def test_consumers_left_by_stopped_processes_are_pruned(redis: aioredis.Redis, tmp_path: Path) -> None:
     """Idle consumers with nothing pending leave the group (also an old per-process name such as ours); one
-    holding a pending entry, and the settling loop's own (settler-0, the same in every process), stay."""
+    holding a pending entry, and the settling loop's own (settler, the same in every process), stay."""
     worker, _ = worker_with(redis, tmp_path, consumer_idle_s_max=0)
     await worker.ensure_group()
     stream = keys.gifts_stream(partitions.tag(0))  # every partition's group is pruned alike
@@ -136,11 +136,11 @@ async def test_consumers_left_by_stopped_processes_are_pruned(redis: aioredis.Re
     await redis.xadd(stream, {"x": "1"})
     await redis.xreadgroup(keys.SETTLEMENT_GROUP, "gone-2", {stream: ">"}, count=1)
     await redis.xgroup_createconsumer(stream, keys.SETTLEMENT_GROUP, worker.consumer)
-    await redis.xgroup_createconsumer(stream, keys.SETTLEMENT_GROUP, "settler-0")
+    await redis.xgroup_createconsumer(stream, keys.SETTLEMENT_GROUP, "settler")
     await asyncio.sleep(0.01)  # idle > 0 ms
     assert await worker.prune_consumers() == 2
     names = {c["name"] for c in await redis.xinfo_consumers(stream, keys.SETTLEMENT_GROUP)}
-    assert names == {"gone-2", "settler-0"}
+    assert names == {"gone-2", "settler"}
 
 
 class StuckPayouts(CountingPayouts):

@@ -423,7 +423,7 @@ async def test_worker_killed_mid_batch_and_restarted_settles_every_gift_once(
             worker.send_signal(signal.SIGKILL)
             worker.wait(15)
             assert worker.returncode == -signal.SIGKILL
-            # The only worker: whatever is pending was held by it (consumers settler-N in every partition).
+            # The only worker: whatever is pending was held by it (consumer `settler` in every partition).
             killed_pending = [
                 p
                 for sender in funds
@@ -504,7 +504,7 @@ async def test_restarted_worker_settles_its_own_pending_entries_first(
     gids = [gift_id() for _ in range(3)]
     for gid in gids:
         await gifts.enqueue(redis, request(gid, room, "viewer1"))
-    await redis.xreadgroup(keys.SETTLEMENT_GROUP, "settler-0", {stream(): ">"}, count=10)
+    await redis.xreadgroup(keys.SETTLEMENT_GROUP, "settler", {stream(): ">"}, count=10)
     settings = make_settings(tmp_path, claim_idle_ms=600_000)  # no reclaim: only the own-pending path can do it
     async with run_worker(settings, valkey_url, consumer="worker-a") as worker:
         await wait_until(lambda: drained(redis), "the worker's own pending entries to be settled")

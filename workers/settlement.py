@@ -27,6 +27,7 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -58,6 +59,7 @@ from workers.sponsored import SponsoredGifts
 log = logging.getLogger(__name__)
 
 BACKOFF_S_MAX = 5.0
+CONSUMER = "settler"  # every process's consumer name in every partition's group (see partition_loop)
 HEARTBEAT_INTERVAL_S = 1.0
 Entry = tuple[str, dict[str, str]]
 
@@ -82,6 +84,26 @@ for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
 end
 return removed
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where an entry came from: its partition, the consumer that read it, its stream entry id."""
+
+    part: str
+    consumer: str
+    entry_id: str
+
+
+@dataclass(slots=True)
+class Handover:
+    """A partition's batch as its reader hands it to the batch loops; `done` answers the reader."""
+
+    part: str
+    consumer: str
+    entries: list[Entry]
+    redelivered: bool
+    done: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 def default_consumer() -> str:
@@ -131,6 +153,7 @@ class SettlementWorker:
         self._prune_consumers = redis.register_script(PRUNE_CONSUMERS_SCRIPT)
         # Settled and announced, per (partition, loop): acked with that loop's next read (one round trip less).
         self._to_ack: dict[str, list[str]] = defaultdict(list)
+        self._handovers: asyncio.Queue[Handover] = asyncio.Queue()  # readers -> batch loops (run())
 
     async def ensure_group(self) -> None:
         """The settlement group on every partition's stream (created with the stream)."""
@@ -156,6 +179,10 @@ class SettlementWorker:
             return
         log.info("settlement worker %s started", self.consumer)
         loops: dict[str, list[asyncio.Task[None]]] = {}
+        processors = [
+            asyncio.create_task(self.process_handed_over(), name=f"settle batches {i}")
+            for i in range(self.settings.settle_concurrency)
+        ]
         renew_s = self.settings.partition_lease_ms / 3000
         last_renew, backoff_s = 0.0, 0.1
         try:
@@ -180,39 +207,48 @@ class SettlementWorker:
             held = sorted(self.leases.owned)
             self.leases.owned.clear()  # every loop ends after the batch in hand (or its blocking read)
             await asyncio.gather(*(t for ts in loops.values() for t in ts), return_exceptions=True)
+            for task in processors:  # idle now: every handed-over batch was answered
+                task.cancel()
+            await asyncio.gather(*processors, return_exceptions=True)
             with contextlib.suppress(ConnectionError, TimeoutError, ResponseError, OSError):
                 await self.leases.release(held)
         log.info("settlement worker %s stopped (%d gifts settled)", self.consumer, self.settled_total)
 
     def _follow_leases(self, owned: set[str], loops: dict[str, list[asyncio.Task[None]]], stop: asyncio.Event) -> None:
-        """Start the loops of newly leased partitions; loops of a lost partition stop after their batch."""
+        """Start the reader of each newly leased partition; the reader of a lost one stops after its batch."""
         for part in [p for p, ts in loops.items() if all(t.done() for t in ts)]:
             del loops[part]
         for part in sorted(owned - set(loops)):
-            loops[part] = [
-                asyncio.create_task(self.partition_loop(part, i, stop), name=f"settle {part} {i}")
-                for i in range(self.settings.settle_concurrency)
-            ]
+            loops[part] = [asyncio.create_task(self.partition_loop(part, stop), name=f"read {part}")]
             log.info("settlement worker %s: settling partition %s", self.consumer, part)
 
-    async def partition_loop(self, part: str, loop: int, stop: asyncio.Event) -> None:
-        """One batch loop of one leased partition, until `stop` or the lease is lost."""
-        consumer = f"settler-{loop}"  # the same in every process: the next owner re-reads what we left pending
+    async def partition_loop(self, part: str, stop: asyncio.Event) -> None:
+        """The reader of one leased partition, until `stop` or the lease is lost: reads a batch (blocking while
+        the stream is empty), hands it to the process's batch loops and waits for it to be settled (its acks go
+        with the next read), then reads again. A batch loop takes every batch handed over meanwhile, of any
+        partition, and settles them together (process_many): one settle.lua call per partition, one credit.lua
+        call per destination, one announce.lua call per room, whatever the number of partitions."""
+        consumer = CONSUMER  # the same in every process: the next owner re-reads what we left pending
         backoff_s, own_pending = 0.1, True
         last_claim = last_redrive = time.monotonic()
         while not stop.is_set() and part in self.leases.owned:
             try:
                 if own_pending:
-                    own_pending = await self.step_partition(part, consumer, pending=True) > 0
+                    entries = await self.read_partition(part, consumer, pending=True)
+                    own_pending = bool(entries)
+                    if entries:
+                        await self._hand_over(Handover(part, consumer, entries, redelivered=True))
                     continue
                 now = time.monotonic()
-                if loop == 0 and now - last_redrive > self.settings.outbox_redrive_ms / 1000:
+                if now - last_redrive > self.settings.outbox_redrive_ms / 1000:
                     last_redrive = now
                     await self.ledger.redrive_outbox(part, self.settings.outbox_redrive_ms)
                 if now - last_claim > self.settings.claim_idle_ms / 2000:
                     last_claim = now
                     await self.reclaim(part, consumer)
-                await self.step_partition(part, consumer, pending=False, block=self.settings.settle_block_ms)
+                entries = await self.read_partition(part, consumer, pending=False, block=self.settings.settle_block_ms)
+                if entries:
+                    await self._hand_over(Handover(part, consumer, entries, redelivered=False))
                 backoff_s = 0.1
             except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError, LedgerError) as exc:
                 # Nothing of the batch was announced or acked: it stays pending and is settled (idempotently) again.
@@ -280,7 +316,7 @@ class SettlementWorker:
             removed += int(
                 await self._prune_consumers(
                     keys=[keys.gifts_stream(part)],
-                    args=[keys.SETTLEMENT_GROUP, self.settings.consumer_idle_s_max * 1000, "settler-0"],
+                    args=[keys.SETTLEMENT_GROUP, self.settings.consumer_idle_s_max * 1000, CONSUMER],
                 )
             )
         if removed:
@@ -331,16 +367,27 @@ class SettlementWorker:
                 await pipe.execute()
 
     async def step(self, pending: bool = False) -> int:
-        """Read and settle one batch of each of this worker's partitions, one after the other (tests and tools;
-        run() reads each leased partition in loops of its own). Returns entries read."""
-        read = 0
+        """Read one batch of each of this worker's partitions and settle them together, as a batch loop does
+        (tests and tools; run() reads each leased partition in a reader of its own). Returns entries read."""
+        handed = []
         for part in self.parts:
-            read += await self.step_partition(part, "settler-0", pending)
-        return read
+            entries = await self.read_partition(part, CONSUMER, pending)
+            if entries:
+                handed.append(Handover(part, CONSUMER, entries, redelivered=pending))
+        if handed:
+            await self.process_many(handed)
+        return sum(len(h.entries) for h in handed)
 
     async def step_partition(self, part: str, consumer: str, pending: bool, block: int | None = None) -> int:
-        """Read one batch of a partition's stream (new entries, or the consumer's pending ones) and settle it.
-        Returns entries read. The previous batch's acks travel in the same round trip, ahead of the read."""
+        """Read one batch of a partition's stream and settle it. Returns entries read."""
+        entries = await self.read_partition(part, consumer, pending, block)
+        if entries:
+            await self.process(entries, part, consumer, redelivered=pending)
+        return len(entries)
+
+    async def read_partition(self, part: str, consumer: str, pending: bool, block: int | None = None) -> list[Entry]:
+        """One batch of a partition's stream: new entries, or the consumer's pending ones. The previous batch's
+        acks travel in the same round trip, ahead of the read."""
         stream = keys.gifts_stream(part)
         async with self.redis.pipeline(transaction=False) as pipe:
             self._queue_acks(pipe, part, consumer)
@@ -353,12 +400,34 @@ class SettlementWorker:
             )
             *_, response = await pipe.execute()
         entries: list[Entry] = response[0][1] if response else []
-        entries = [(eid, fields) for eid, fields in entries if fields]  # deleted while pending
-        if entries:
-            await self.process(entries, part, consumer, redelivered=pending)
-        return len(entries)
+        return [(eid, fields) for eid, fields in entries if fields]  # deleted while pending
 
-    async def reclaim(self, part: str, consumer: str = "settler-0") -> None:
+    async def _hand_over(self, handover: Handover) -> None:
+        """Queue a partition's batch for the batch loops and wait until it is settled (or failed: raised here)."""
+        await self._handovers.put(handover)
+        await handover.done
+
+    async def process_handed_over(self) -> None:
+        """A batch loop: takes every batch handed over (one, then all queued meanwhile, up to
+        GIFTING_SETTLE_BATCH_MAX x 4 gifts) and settles them together; each reader learns its batch's outcome."""
+        while True:
+            batch = [await self._handovers.get()]
+            size = len(batch[0].entries)
+            while not self._handovers.empty() and size < 4 * self.settings.settle_batch_max:
+                batch.append(self._handovers.get_nowait())
+                size += len(batch[-1].entries)
+            try:
+                await self.process_many(batch)
+            except Exception as exc:  # the readers retry their own (pending) entries, idempotently
+                for h in batch:
+                    if not h.done.done():
+                        h.done.set_exception(exc)
+            else:
+                for h in batch:
+                    if not h.done.done():
+                        h.done.set_result(None)
+
+    async def reclaim(self, part: str, consumer: str = CONSUMER) -> None:
         """Take over entries idle with any other consumer of the partition's group and settle them."""
         _next, entries, _deleted = await self.redis.xautoclaim(
             keys.gifts_stream(part),
@@ -374,61 +443,69 @@ class SettlementWorker:
             await self.process(entries, part, consumer, redelivered=True)
 
     async def process(self, entries: list[Entry], part: str, consumer: str, redelivered: bool = False) -> None:
-        if redelivered:
-            entries = await self._drop_exhausted(entries, part, consumer)
-        requests: list[tuple[str, GiftRequest]] = []
-        pool_ops: list[tuple[str, PoolOp]] = []
-        for entry_id, fields in entries:
-            try:
-                if POOL_FIELD in fields:
-                    pool_ops.append((entry_id, PoolOp.from_entry(fields)))
-                else:
-                    requests.append((entry_id, GiftRequest.from_entry(fields)))
-            except ValueError as exc:
-                await self.dead_letter(entry_id, fields, str(exc), part, consumer)
-        sponsored = [(entry_id, r) for entry_id, r in requests if r.campaign]  # workers/sponsored.py
-        requests = [(entry_id, r) for entry_id, r in requests if not r.campaign]
+        await self.process_many([Handover(part, consumer, entries, redelivered)])
+
+    async def process_many(self, handed: list[Handover]) -> None:
+        """Settle the batches of several partitions together: gifts in one Ledger.settle (a settle.lua call per
+        partition, the credits per destination, an announce per room), then sponsored gifts, then pool
+        operations one by one in stream order. Malformed entries go to their partition's dead letters."""
+        requests: list[tuple[Origin, GiftRequest]] = []
+        pool_ops: list[tuple[Origin, PoolOp]] = []
+        fields: dict[Origin, dict[str, str]] = {}
+        for h in handed:
+            entries = await self._drop_exhausted(h.entries, h.part, h.consumer) if h.redelivered else h.entries
+            for entry_id, entry in entries:
+                origin = Origin(h.part, h.consumer, entry_id)
+                fields[origin] = entry
+                try:
+                    if POOL_FIELD in entry:
+                        pool_ops.append((origin, PoolOp.from_entry(entry)))
+                    else:
+                        requests.append((origin, GiftRequest.from_entry(entry)))
+                except ValueError as exc:
+                    await self.dead_letter(entry_id, entry, str(exc), h.part, h.consumer)
+        sponsored = [(origin, r) for origin, r in requests if r.campaign]  # workers/sponsored.py
+        requests = [(origin, r) for origin, r in requests if not r.campaign]
         if requests:
-            await self._settle_entries(requests, dict(entries), part, consumer)
+            await self._settle_entries(requests, fields)
         if sponsored:
-            await self._settle_entries(sponsored, dict(entries), part, consumer, self.sponsored.settle)
-        for entry_id, op in pool_ops:  # pledges are rare next to gifts: one call each, in stream order
+            await self._settle_entries(sponsored, fields, self.sponsored.settle)
+        for origin, op in pool_ops:  # pledges are rare next to gifts: one call each, in stream order
             try:
-                await self.settle_pool_op(op, entry_id)
+                await self.settle_pool_op(op, origin.entry_id)
             except ResponseError as exc:
                 if not script_failed(exc):
                     raise
-                await self.dead_letter(entry_id, dict(entries)[entry_id], str(exc), part, consumer)
+                await self.dead_letter(origin.entry_id, fields[origin], str(exc), origin.part, origin.consumer)
                 continue
-            self.ack(part, consumer, [entry_id])
+            self.ack(origin.part, origin.consumer, [origin.entry_id])
 
     async def _settle_entries(
         self,
-        requests: list[tuple[str, GiftRequest]],
-        fields: dict[str, dict[str, str]],
-        part: str,
-        consumer: str,
+        requests: list[tuple[Origin, GiftRequest]],
+        fields: dict[Origin, dict[str, str]],
         settle: Callable[[list[GiftRequest], list[str]], Awaitable[Any]] | None = None,
     ) -> None:
         settle = settle or self.settle
         try:
-            await settle([r for _, r in requests], [entry_id for entry_id, _ in requests])
+            await settle([r for _, r in requests], [origin.entry_id for origin, _ in requests])
         except ResponseError as exc:
             if len(requests) == 1 or not script_failed(exc):
                 raise
             # A script error names no entry: settle one by one so only the poison entry stays behind.
             log.warning("settlement: batch failed (%s); settling %d entries one by one", exc, len(requests))
-            for entry_id, request in requests:
+            for origin, request in requests:
                 try:
-                    await settle([request], [entry_id])
+                    await settle([request], [origin.entry_id])
                 except ResponseError as one_exc:
                     if not script_failed(one_exc):
                         raise
-                    await self.dead_letter(entry_id, fields[entry_id], str(one_exc), part, consumer)
+                    await self.dead_letter(origin.entry_id, fields[origin], str(one_exc), origin.part, origin.consumer)
                     continue
-                self.ack(part, consumer, [entry_id])
+                self.ack(origin.part, origin.consumer, [origin.entry_id])
             return
-        self.ack(part, consumer, [entry_id for entry_id, _ in requests])
+        for origin, _ in requests:
+            self.ack(origin.part, origin.consumer, [origin.entry_id])
 
     async def settle_pool_op(self, op: PoolOp, entry_id: str | None = None) -> None:
         """A pledge (pending transfer; may complete the pool) or an expiry (voids every pledge), then its events.
@@ -661,7 +738,7 @@ class SettlementWorker:
             stream = keys.gifts_stream(part)
             valkey.queue_evalsha(pipe, self._ack_script.sha, [stream], [keys.SETTLEMENT_GROUP, *ids])
 
-    async def flush_acks(self, part: str | None = None, consumer: str = "settler-0") -> None:
+    async def flush_acks(self, part: str | None = None, consumer: str = CONSUMER) -> None:
         """Send the acks waiting for a loop's next read (of one partition's loop, or of every partition)."""
         for p in [part] if part else self.parts:
             async with self.redis.pipeline(transaction=False) as pipe:

@@ -89,6 +89,19 @@ def settle_arg(g: GiftToSettle, now: int, part: str) -> tuple[str, str, str]:
     return "\x1f".join((*fields, creator_row, reward_row, reward_viewer_row, dest, credit)), dest, credit
 
 
+def settled_credits(credits: list[tuple[str, str]], outcomes: list[rules.GiftOutcome | None]) -> dict[str, str]:
+    """The outbox entry settle.lua wrote for one call, rebuilt from what it was given: the credit lines of the
+    call's newly settled gifts (each gift id once), by destination partition. Applying it from here saves
+    reading it back."""
+    fields: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for (dest, credit), outcome in zip(credits, outcomes, strict=True):
+        if dest and outcome is not None and outcome.settled and not outcome.replay and outcome.gift_id not in seen:
+            seen.add(outcome.gift_id)
+            fields.setdefault(dest, []).append(credit)
+    return {dest: "\n".join(lines) for dest, lines in fields.items()}
+
+
 class DurabilityError(RuntimeError):
     """Valkey did not confirm the AOF fsync in time: nothing may be announced yet."""
 
@@ -150,6 +163,7 @@ class Ledger:
             for part in calls:
                 await self.durable(durable_timeout_ms, part)
         outcomes: list[rules.GiftOutcome | None] = [None] * len(gifts)
+        owed: dict[str, dict[str, dict[str, str]]] = {}  # source partition -> outbox entry id -> its fields
         for (part, idx), reply in zip(by_part.items(), replies[: len(calls)], strict=True):
             *lines, outbox_id = reply.split("\n")
             assert len(lines) == len(idx), "settle.lua returns one line per gift, then the outbox id"
@@ -157,9 +171,13 @@ class Ledger:
                 status, reason, coins, replay, spent = line.split("|")
                 outcomes[i] = rules.GiftOutcome(gifts[i].gift_id, status, reason, int(coins), replay == "1", int(spent))
             if outbox_id:
-                await self._apply_settled_credits(
-                    part, outbox_id, [gifts[i] for i in idx], calls[part][2], outcomes, idx
-                )
+                owed[part] = {outbox_id: settled_credits(calls[part][2], [outcomes[i] for i in idx])}
+        if owed:
+            try:
+                await self._apply_entries_of(owed)
+            except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError) as exc:
+                log.warning("credits of %d outbox entries left for redrive: %r", len(owed), exc)
+                metrics.store_errors.labels(component="credits").inc()
         return [o for o in outcomes if o is not None]
 
     def _settle_call(
@@ -198,31 +216,6 @@ class Ledger:
         args += [arg for arg, _dest, _credit in built]
         args += accounts + creators
         return keys_, args, [(dest, credit) for _arg, dest, credit in built]
-
-    async def _apply_settled_credits(
-        self,
-        part: str,
-        outbox_id: str,
-        gifts: list[GiftToSettle],
-        credits: list[tuple[str, str]],
-        outcomes: list[rules.GiftOutcome | None],
-        idx: list[int],
-    ) -> None:
-        """The outbox entry settle.lua just wrote, rebuilt from what it was given (the credits of this call's
-        newly settled gifts), applied without reading it back."""
-        fields: dict[str, list[str]] = {}
-        seen: set[str] = set()
-        for g, (dest, credit), i in zip(gifts, credits, idx, strict=True):
-            outcome = outcomes[i]
-            if dest and outcome is not None and outcome.settled and not outcome.replay and g.gift_id not in seen:
-                seen.add(g.gift_id)
-                fields.setdefault(dest, []).append(credit)
-        entry = {dest: "\n".join(lines) for dest, lines in fields.items()}
-        try:
-            await self._apply_entries(part, {outbox_id: entry})
-        except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError) as exc:
-            log.warning("credits of outbox entry %s of %s left for redrive: %r", outbox_id, part, exc)
-            metrics.store_errors.labels(component="credits").inc()
 
     async def gift_outcomes(self, gift_ids: list[str]) -> dict[str, rules.GiftOutcome]:
         """The stored outcome of each gift id that was decided (settled within GIFTING_IDEMPOTENCY_TTL_S, rejected
@@ -277,14 +270,20 @@ class Ledger:
         return len(found)
 
     async def _apply_entries(self, source_part: str, entries: dict[str, dict[str, str]]) -> None:
-        """credit.lua once per destination partition (one pipeline, then WAITAOF on each destination's node),
-        then XDEL of the entries: an entry is gone only once every credit of it is durable."""
-        if not entries:
+        await self._apply_entries_of({source_part: entries})
+
+    async def _apply_entries_of(self, sources: dict[str, dict[str, dict[str, str]]]) -> None:
+        """Outbox entries of any source partitions (source -> entry id -> fields): credit.lua once per
+        destination partition for all of them (one pipeline, then WAITAOF on each destination's node), then XDEL
+        of the entries: an entry is gone only once every credit of it is durable."""
+        sources = {source: entries for source, entries in sources.items() if entries}
+        if not sources:
             return
         by_part: dict[str, list[rules.Credit]] = {}
-        for fields in entries.values():
-            for part, owed in rules.outbox_credits(fields).items():
-                by_part.setdefault(part, []).extend(owed)
+        for entries in sources.values():
+            for fields in entries.values():
+                for part, owed in rules.outbox_credits(fields).items():
+                    by_part.setdefault(part, []).extend(owed)
         now = now_ms()
         if by_part:
             timeout_ms = self.settings.waitaof_timeout_ms
@@ -300,7 +299,10 @@ class Ledger:
                 if isinstance(reply, Exception):
                     raise reply
             self._check_waits(replies[len(by_part) :], timeout_ms)
-        await self.redis.xdel(keys.outbox(source_part), *entries)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for source, entries in sources.items():
+                pipe.xdel(keys.outbox(source), *entries)
+            await pipe.execute()
 
     async def _queue_waitaof(self, pipe: Any, parts: list[str], timeout_ms: int) -> None:
         """Per node holding any of `parts`: a probe write, then WAITAOF, queued after the pipeline's writes (so on
