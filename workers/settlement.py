@@ -354,7 +354,7 @@ class SettlementWorker:
         metrics.pools_open.set(pools)
         if newest:
             metrics.worker_heartbeat_age.set(max(clock.now_ms() - newest[0][1], 0) / 1000)
-        await observe_partitions(self.redis)  # the longest partition's streams, the oldest outbox entry
+        await observe_partitions(self.redis)  # the oldest outbox entry's age (ledger/backlog.py)
 
     async def heartbeat(self) -> None:
         now = time.monotonic()
