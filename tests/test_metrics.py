@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gifting import logs
 from gifting.embedded import free_port
-from tests.conftest import SECRET, WsClient, gift_id, spawn, stop, token
+from tests.conftest import REPO, SECRET, WsClient, gift_id, spawn, stop, token
 from tests.test_multiprocess import wait_status, ws_client
 
 pytestmark = pytest.mark.timeout(120)
@@ -210,3 +211,10 @@ def test_json_line_names_the_ids_it_is_about() -> None:
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     line = orjson.loads(formatter.format(record))
     assert "eyJ" not in line["exception"] and "ValueError" in line["exception"]
+
+
+def test_the_cli_imports_no_metrics_before_it_sets_the_prometheus_directory() -> None:
+    """Importing gifting.cli loads no prometheus_client: each process sets PROMETHEUS_MULTIPROC_DIR first (a
+    module imported at the CLI's top that imports gifting.metrics would leave /metrics without the app's)."""
+    code = "import sys, gifting.cli; sys.exit(1 if 'prometheus_client' in sys.modules else 0)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO, timeout=60).returncode == 0

@@ -297,7 +297,7 @@ async def test_a_raised_or_removed_own_cap_waits_for_the_cooling_off(start_syste
         assert (await pledge(system, "v1", room, 5))["reason"] == "daily_limit"
     lowered = await limits(system, "v1", 5)
     assert lowered["daily_spend_coins_max"] == 5 and lowered["pending_daily_spend_coins_max"] is None
-    assert (await system.wallet("v1"))["coins"] == 980  # its gift, then its own pledge only
+    assert (await system.wallet("v1"))["coins"] == 990
 
 
 async def test_a_raised_own_cap_applies_once_the_cooling_off_is_over(start_system: SystemFactory) -> None:

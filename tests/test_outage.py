@@ -205,7 +205,7 @@ def route_requests(room: str) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 PATH_PARAMS = {
-    "pool": "p_0123456789abcdef",
+    "pool": "p_0000456789abcdef",  # names partition 0 (a pool id names its partition: gifting/ledger/pools.py)
     "purchase": "v1:key-1",
     "mode": "refund",
     "withdrawal": "w_1",
@@ -275,7 +275,7 @@ async def test_websocket_answers_store_unavailable_and_stays_open(own_valkey: Em
         gid = await client.gift(room)
         assert (await client.result(gid))["reason"] == STORE_UNAVAILABLE
         pledge_id = str(uuid.uuid4())
-        await client.send({"type": "pledge", "pool": "p_0123456789abcdef", "coins": 1, "pledge_id": pledge_id})
+        await client.send({"type": "pledge", "pool": "p_0000456789abcdef", "coins": 1, "pledge_id": pledge_id})
         pledged = await client.wait_for(lambda m: m.get("pledge_id") == pledge_id)
         assert (pledged["status"], pledged["reason"]) == ("rejected", STORE_UNAVAILABLE)
         await client.send({"type": "join", "room": room, "ref": "j1"})

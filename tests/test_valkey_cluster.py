@@ -14,6 +14,7 @@ import redis.asyncio.cluster as aiocluster
 
 from gifting import keys, valkey
 from gifting.embedded_cluster import EmbeddedCluster
+from gifting.ledger import partitions
 from gifting.ledger.store import DurabilityError, Ledger
 from tests.conftest import REPO, SystemFactory, make_settings
 
@@ -136,7 +137,7 @@ async def test_durable_replicas_counts_replicas_that_have_the_writes_in_their_ao
     clients = [valkey.client(cluster.url), valkey.client(standalone_valkey_url)]
     try:
         replicated, alone = clients
-        await replicated.hincrby(keys.LEDGER_COINS, "sys:probe", 0)
+        await replicated.hincrby(keys.coins(partitions.tag(0)), "sys:probe", 0)
         await Ledger(replicated, make_settings(tmp_path, durable_replicas=1)).durable(REPLICA_FSYNC_WAIT_MS)
         # Each wait covers a write of its own (Ledger.durable), so the one replica may not have fsynced it yet.
         with pytest.raises(DurabilityError, match=r"[01] of 2 replicas"):

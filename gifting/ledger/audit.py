@@ -94,7 +94,8 @@ class _Journal:
     reversals: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
     chargebacks: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # account -> coins
     withdrawals: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
-    gift_ids: set[str] = field(default_factory=set)
+    gift_ids: set[str] = field(default_factory=set)  # every settled gift's id (fan-club memberships name them)
+    settled_gifts: set[str] = field(default_factory=set)  # 'partition/gift id': an id is unique in its payer's
     pledges: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # pool -> coins pledged
     pool_closings: dict[str, list[tuple[str, int]]] = field(default_factory=lambda: defaultdict(list))
     reward_ids: set[str] = field(default_factory=set)
@@ -319,11 +320,13 @@ def _apply_entry(report: AuditReport, journal: _Journal, part: str, entry_id: st
         _apply_rewards(report, journal, entry_id, kind, fields, legs)
     amount = sum(leg.amount for leg in legs)
     audit_campaigns.apply_entry(
-        report.findings, journal.campaigns, journal.balances, journal.gift_ids, entry_id, fields, legs
+        report.findings, journal.campaigns, journal.balances, journal.settled_gifts, entry_id, fields, legs
     )
     if kind == "gift":
-        if entry in journal.gift_ids:
+        settled = f"{part}/{entry}"  # gift ids are checked in the payer's partition (docs/SCALING.md)
+        if settled in journal.settled_gifts:
             report.findings.append(f"journal {entry_id}: gift {entry} settled more than once")
+        journal.settled_gifts.add(settled)
         journal.gift_ids.add(entry)
         _check_gift(report, entry_id, fields, legs)
     elif kind == "purchase":

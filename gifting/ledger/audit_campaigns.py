@@ -40,7 +40,7 @@ def campaign_of(account: str) -> str | None:
 
 
 def apply_entry(
-    findings: list[str], journal: CampaignJournal, balances: dict[str, dict[str, int]], gift_ids: set[str],
+    findings: list[str], journal: CampaignJournal, balances: dict[str, dict[str, int]], gift_ids: set[str],  # 'part/id'
     entry_id: str, fields: dict[str, str], legs: list[rules.Leg],
 ) -> None:  # fmt: skip
     """One journal entry whose legs were just applied to `balances`."""
@@ -57,9 +57,10 @@ def apply_entry(
     elif kind == "campaign_return":
         journal.returns[fields.get("ref", "?")].append(amount)
     elif kind == "sponsored":
-        if entry in gift_ids:
+        settled = entry_id.partition("/")[0] + "/" + entry  # unique in its partition, as audit.py's gifts
+        if settled in gift_ids:
             findings.append(f"journal {entry_id}: gift {entry} settled more than once")
-        gift_ids.add(entry)
+        gift_ids.add(settled)
         campaign = fields.get("campaign", "?")
         journal.spent[campaign] += amount
         _check_sponsored(findings, entry_id, fields, legs, campaign, amount)

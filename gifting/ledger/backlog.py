@@ -20,7 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from gifting import clock, keys, metrics
+from gifting import clock, keys
 from gifting.ledger import partitions, rules
 from gifting.wire.reasons import RejectReason
 
@@ -82,6 +82,8 @@ async def oldest_outbox_age_ms(redis: aioredis.Redis, now_ms: int | None = None)
 
 async def observe(redis: aioredis.Redis) -> None:
     """Set the oldest outbox entry's age (one round trip)."""
+    from gifting import metrics  # not at the top: see store.count_store_error
+
     metrics.outbox_oldest_age.set(await oldest_outbox_age_ms(redis) / 1000)
 
 

@@ -14,7 +14,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError, NoScriptError, ResponseError, TimeoutError, WatchError
 
-from gifting import keys, metrics, valkey
+from gifting import keys, valkey
 from gifting.clock import hour_number, now_ms, utc_day
 from gifting.config import ConfigError, Settings
 from gifting.errors import GiftingError
@@ -28,6 +28,14 @@ SPEND_LIMIT_ATTEMPTS_MAX = 20  # optimistic retries of a spend limit change (WAT
 # Set inside Ledger.group_commit(): the partitions the task wrote to, each waited for once when the block ends
 # (None: not in a block). Per task (a context variable), because one Ledger serves every request of a web process.
 _GROUP_COMMIT: ContextVar[set[str | None] | None] = ContextVar("ledger_group_commit", default=None)
+
+
+def count_store_error(component: str) -> None:
+    """gifting_store_errors_total{component}. metrics is imported here, not at the top: the CLI imports this
+    module (through gifting/ops.py) before it sets each process's Prometheus directory, which must come first."""
+    from gifting import metrics
+
+    metrics.store_errors.labels(component=component).inc()
 
 
 def load_script(name: str) -> str:
@@ -177,7 +185,7 @@ class Ledger:
                 await self._apply_entries_of(owed)
             except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError) as exc:
                 log.warning("credits of %d outbox entries left for redrive: %r", len(owed), exc)
-                metrics.store_errors.labels(component="credits").inc()
+                count_store_error("credits")
         return [o for o in outcomes if o is not None]
 
     def _settle_call(
@@ -256,7 +264,7 @@ class Ledger:
             await self._apply_entries(source_part, entries)
         except (ConnectionError, TimeoutError, ResponseError, OSError, DurabilityError) as exc:
             log.warning("credits of %d outbox entries of %s left for redrive: %r", len(ids), source_part, exc)
-            metrics.store_errors.labels(component="credits").inc()
+            count_store_error("credits")
             return False
         return True
 
