@@ -24,6 +24,8 @@ import pytest
 import redis.asyncio as aioredis
 import uvicorn
 import websockets
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from starlette.applications import Starlette
 
 from gifting import auth
@@ -39,6 +41,27 @@ from workers.settlement import SettlementWorker
 SECRET = "test-secret-not-for-production-0123456789"
 REPO = Path(__file__).resolve().parent.parent
 RECV_TIMEOUT_S = 10.0
+
+
+# The property tests (tests/test_*_property.py): one system (or ledger) shared by every example, so a
+# function-scoped fixture is fine; examples derandomized (the same sequence on every run, so CI is repeatable) and
+# never timed (a loaded machine is slow); a failure prints its blob to reproduce it. A plain run (`make test`, CI)
+# runs half of each test's examples; GIFTING_TEST_LONG=1 (`make test-long`) runs the full count.
+PROPERTY_LONG = os.environ.get("GIFTING_TEST_LONG", "") not in ("", "0")
+hypothesis_settings.register_profile(
+    "gifting-property",
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def property_settings(full_examples: int) -> hypothesis_settings:
+    """The property tests' settings: `full_examples` under GIFTING_TEST_LONG=1, half of them (at least 1) otherwise."""
+    examples = full_examples if PROPERTY_LONG else max(1, full_examples // 2)
+    return hypothesis_settings(hypothesis_settings.get_profile("gifting-property"), max_examples=examples)
 
 
 # The system-level tests run on both a standalone Valkey and a 3-primary Valkey Cluster: a module (or test)
