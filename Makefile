@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test check docs bench lock clean
+.PHONY: run test test-long check docs bench lock clean
 
 # Installs come from the lock (requirements-dev.txt: every package pinned, with its hashes), never from the
 # ranges in pyproject.toml; the project itself goes on top without dependencies.
@@ -21,6 +21,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The suite with every property test at its full example count (a plain run does half: tests/conftest.py).
+test-long: $(STAMP)
+	GIFTING_TEST_LONG=1 $(BIN)/pytest
 
 LINTED := $(wildcard gifting workers loadtest tests)
 

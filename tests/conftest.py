@@ -24,6 +24,8 @@ import pytest
 import redis.asyncio as aioredis
 import uvicorn
 import websockets
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_settings
 from starlette.applications import Starlette
 
 from gifting import auth
@@ -39,6 +41,27 @@ from workers.settlement import SettlementWorker
 SECRET = "test-secret-not-for-production-0123456789"
 REPO = Path(__file__).resolve().parent.parent
 RECV_TIMEOUT_S = 10.0
+
+
+# The property tests (tests/test_*_property.py): one system (or ledger) shared by every example, so a
+# function-scoped fixture is fine; examples derandomized (the same sequence on every run, so CI is repeatable) and
+# never timed (a loaded machine is slow); a failure prints its blob to reproduce it. A plain run (`make test`, CI)
+# runs half of each test's examples; GIFTING_TEST_LONG=1 (`make test-long`) runs the full count.
+PROPERTY_LONG = os.environ.get("GIFTING_TEST_LONG", "") not in ("", "0")
+hypothesis_settings.register_profile(
+    "gifting-property",
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+
+
+def property_settings(full_examples: int) -> hypothesis_settings:
+    """The property tests' settings: `full_examples` under GIFTING_TEST_LONG=1, half of them (at least 1) otherwise."""
+    examples = full_examples if PROPERTY_LONG else max(1, full_examples // 2)
+    return hypothesis_settings(hypothesis_settings.get_profile("gifting-property"), max_examples=examples)
 
 
 # The system-level tests run on both a standalone Valkey and a 3-primary Valkey Cluster: a module (or test)
@@ -291,7 +314,7 @@ async def run_web(settings: Settings, redis_url: str, **server: Any) -> AsyncIte
     port = free_port()
     app = create_app(settings, redis_url, SECRET)
     config = server_config(app, settings, "127.0.0.1", port, **({"log_level": "warning"} | server))
-    server = uvicorn.Server(config)
+    server = PromptServer(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -301,8 +324,61 @@ async def run_web(settings: Settings, redis_url: str, **server: Any) -> AsyncIte
     try:
         yield f"http://127.0.0.1:{port}", app
     finally:
-        server.should_exit = True
+        server.exit()
         await asyncio.wait_for(task, 15)
+
+
+class PromptServer(uvicorn.Server):
+    """uvicorn's Server, stopping as soon as the test is done instead of on its next 100 ms poll.
+
+    uvicorn looks at `should_exit` every 100 ms, then sleeps a fixed 100 ms and polls every 100 ms for its
+    connections to close: about 0.2 s of every test that starts the system (a minute of the suite). The same
+    shutdown runs here (connections asked to close, waited for within timeout_graceful_shutdown, then the
+    lifespan's shutdown), waking on the test's exit and polling every 10 ms. `gifting serve` keeps uvicorn's.
+    """
+
+    POLL_S = 0.01
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._exit_requested = asyncio.Event()
+
+    def exit(self) -> None:
+        self.should_exit = True
+        self._exit_requested.set()
+
+    async def main_loop(self) -> None:
+        counter = 0  # ticks of 100 ms, as uvicorn counts them (its Date header is renewed every 10)
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exit_requested.wait(), 0.1)
+            should_exit = await self.on_tick(counter)
+
+    async def shutdown(self, sockets: list[Any] | None = None) -> None:
+        for listener in self.servers:
+            listener.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        if await self._drained(self.config.timeout_graceful_shutdown or 0):
+            for listener in self.servers:
+                await listener.wait_closed()
+        else:
+            for running in self.server_state.tasks:
+                running.cancel(msg="Task cancelled, timeout graceful shutdown exceeded")
+        if not self.force_exit:
+            await self.lifespan.shutdown()
+
+    async def _drained(self, grace_s: float) -> bool:
+        """Whether every connection and its task ended within `grace_s`."""
+        for _ in range(int(grace_s / self.POLL_S) + 1):
+            if not (self.server_state.connections or self.server_state.tasks) or self.force_exit:
+                return True
+            await asyncio.sleep(self.POLL_S)
+        return False
 
 
 @contextlib.asynccontextmanager

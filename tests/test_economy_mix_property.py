@@ -10,7 +10,8 @@ refunds its tickets). On top of that model's checks (bought plus reward coins pe
 ledger, the rewards budget), this one checks: the campaign's budget is funded minus the sponsored gifts settled
 (never below zero) and exactly zero in the budget once returned to the brand at the end, exactly once; the host
 creator's diamonds are what its settled perks, tickets and sponsored gifts earned minus refunded tickets; each
-viewer holds a ticket exactly when the model says. Bounded: 40 examples of up to 8 steps (seconds).
+viewer holds a ticket exactly when the model says. Bounded: 40 examples of up to 8 steps
+(seconds; half of them unless GIFTING_TEST_LONG=1: tests/conftest.py property_settings).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import event, given
 from hypothesis import strategies as st
 
 from gifting import clock, keys
@@ -35,6 +36,7 @@ from gifting.ledger.perks import PerkLedger, PerkOrder
 from gifting.ledger.rewards import Rewards
 from gifting.ledger.store import Ledger
 from gifting.rooms.store import RoomStore
+from tests.conftest import property_settings
 from tests.test_rewards_property import (
     EXAMPLES,
     MAX_OPS_PER_STEP,
@@ -295,14 +297,7 @@ async def finish(run: MixRun) -> None:
 
 
 @pytest.mark.timeout(600)  # passes in seconds; hypothesis may shrink a failure for longer
-@settings(
-    max_examples=40,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@property_settings(40)  # full count under GIFTING_TEST_LONG=1 (tests/conftest.py)
 @given(scenario=scenarios())
 async def test_the_whole_economy_mixed_keeps_the_ledger_consistent(
     redis: aioredis.Redis, ledgers: tuple[Ledger, Rewards, Budget], scenario: list[list[Op]]

@@ -20,7 +20,8 @@ system (web app + settlement worker) is therefore started once per test by a fix
 examples (HealthCheck.function_scoped_fixture is suppressed on purpose). Valkey cannot be flushed between
 examples while the worker runs (its consumer group would vanish), so each example uses fresh user names (a
 per-example prefix) and its own rooms, and the audit stays global: it must be clean across all examples.
-Examples are derandomized (fixed sequence for CI) and bounded (25 examples of up to 8 steps: about 20-25 s);
+Examples are derandomized (fixed sequence for CI) and bounded (25 examples of up to 8 steps: about 20-25 s;
+half of them unless GIFTING_TEST_LONG=1: tests/conftest.py property_settings);
 the timeout mark leaves room for hypothesis to shrink and print a failing scenario (`print_blob=True`), and
 each step's requests and answers are attached to it with `note()`. `--hypothesis-show-statistics` lists
 the outcomes exercised (`event()`).
@@ -36,13 +37,13 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import pytest
-from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import event, given, note
 from hypothesis import strategies as st
 
 from gifting import keys
 from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
-from tests.conftest import System, SystemFactory
+from tests.conftest import System, SystemFactory, property_settings
 
 VIEWERS = 3
 CREATORS = 2
@@ -700,14 +701,7 @@ async def economy(start_system: SystemFactory) -> Economy:
 
 
 @pytest.mark.timeout(600)  # passes in well under a minute; hypothesis may shrink a failure for 5 minutes
-@settings(
-    max_examples=25,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@property_settings(25)  # full count under GIFTING_TEST_LONG=1 (tests/conftest.py)
 @given(scenario=scenarios())
 async def test_random_interleavings_keep_the_ledger_consistent(economy: Economy, scenario: list[list[Op]]) -> None:
     """Concurrent purchases, gifts, reversals, withdrawals and retries keep the audit clean and the model true."""

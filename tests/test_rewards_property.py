@@ -11,7 +11,7 @@ negative, caps kept, every ledger sums to zero), and a model agrees with the ser
 plus reward coins equal what the answered outcomes add up to, reward coins are never below zero, the budget is
 funded minus accrued, a retried accrual or resent gift moves nothing, and each viewer's statement rows sum, per
 ledger, to its balances (reward coins and bought coins never mix). Bounded: 60 examples of up to 8 steps
-(a few seconds).
+(a few seconds; half of them unless GIFTING_TEST_LONG=1: tests/conftest.py property_settings).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import event, given, note
 from hypothesis import strategies as st
 
 from gifting import keys
@@ -34,7 +34,7 @@ from gifting.ledger import rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.rewards import Rewards
 from gifting.ledger.store import GiftToSettle, Ledger, LedgerError
-from tests.conftest import make_settings
+from tests.conftest import make_settings, property_settings
 
 VIEWERS = 2
 PRICES = (1, 10, 30)
@@ -232,14 +232,7 @@ async def ledgers(redis: aioredis.Redis, tmp_path: Path) -> tuple[Ledger, Reward
 
 
 @pytest.mark.timeout(600)  # passes in seconds; hypothesis may shrink a failure for longer
-@settings(
-    max_examples=60,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@property_settings(60)  # full count under GIFTING_TEST_LONG=1 (tests/conftest.py)
 @given(scenario=scenarios())
 async def test_rewards_gifts_purchases_and_reversals_keep_the_ledger_consistent(
     redis: aioredis.Redis, ledgers: tuple[Ledger, Rewards, Budget], scenario: list[list[Op]]

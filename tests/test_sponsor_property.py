@@ -6,7 +6,8 @@ tests/test_economy_property.py does). After every step the audit must be clean, 
 agree with what the answers add up to: funded = the fundings and grants answered 200 (a retried key once),
 spent = settled sponsored gifts x price (a resend of a gift_id: the same outcome, counted once), funded = spent +
 returned + budget left, never below zero; once the campaign ended, nothing more settles from it and it holds 0.
-One system serves every example (fresh user names per example); examples are derandomized and bounded.
+One system serves every example (fresh user names per example); examples are derandomized and bounded
+(30; half of them unless GIFTING_TEST_LONG=1: tests/conftest.py property_settings).
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, event, given, note, settings
+from hypothesis import event, given, note
 from hypothesis import strategies as st
 
 from gifting import clock
 from gifting.ledger.audit import run_audit
-from tests.conftest import System, SystemFactory
+from tests.conftest import System, SystemFactory, property_settings
 
 PRICE = 10  # coffee, the sponsored gift
 EXAMPLES = itertools.count(1)
@@ -145,14 +146,7 @@ async def shared(start_system: SystemFactory) -> System:
 
 
 @pytest.mark.timeout(600)
-@settings(
-    max_examples=30,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
+@property_settings(30)  # full count under GIFTING_TEST_LONG=1 (tests/conftest.py)
 @given(scenario=steps())
 async def test_random_mixes_keep_every_budget_exact(shared: System, scenario: list[list[tuple[str, int, int]]]) -> None:
     """Concurrent sponsored sends, resends, paid gifts, fundings, grants and ends: audit clean, report exact."""
