@@ -72,6 +72,10 @@ stream_length = Gauge(
 stream_pending = Gauge(
     "gifting_stream_pending", "Entries read by a consumer but not acked.", ["stream"], multiprocess_mode="max"
 )
+outbox_oldest_age = Gauge(
+    "gifting_outbox_oldest_age_seconds", "Age of the oldest outbox entry (credits not yet applied) of any partition.",
+    multiprocess_mode="max",
+)  # fmt: skip
 withdrawals_pending = Gauge("gifting_withdrawals_pending", "Withdrawals waiting for payout.", multiprocess_mode="max")
 pools_open = Gauge("gifting_pools_open", "Pools open (waiting for pledges or expiry).", multiprocess_mode="max")
 payouts = Counter("gifting_payouts", "Withdrawals resolved by the payout run, by outcome (post, void).", ["outcome"])

@@ -3,6 +3,9 @@ Valkey directly and is safe to run twice. Answers are JSON (one object), for rea
 
 - replay moves a dead-letter entry back to the gifts stream in one atomic step (a second run finds nothing to
   move); settlement is idempotent by gift id, so a gift that did settle meanwhile is answered, not charged again.
+- Every ledger partition has its own gift stream and dead letters (keys.py): dead-letters walks the partitions,
+  naming each entry 'PARTITION/ID' (stream ids are per stream), which is what replay takes; backlog shows each
+  stream kind summed, its longest partition and the partitions holding any (gifting/ledger/backlog.py).
 - withdrawal post|void goes through the ledger's own exactly-once transfer; on a resolved withdrawal it answers
   what the withdrawal is instead of failing.
 """
@@ -19,6 +22,8 @@ from gifting import clock, embedded_pg, keys
 from gifting.config import Settings
 from gifting.history.reader import ArchiveReader
 from gifting.history.statements import Statements
+from gifting.ledger import backlog as backlogs
+from gifting.ledger import partitions
 from gifting.ledger.store import Ledger, LedgerError
 
 ENTRIES_MAX = 1000  # entries one dead-letters or replay run reads (run again for more)
@@ -50,7 +55,9 @@ def add_commands(sub: Any) -> None:
     dead = sub.add_parser("dead-letters", help="list the dead-letter stream (entries settlement gave up on)")
     dead.add_argument("--count", type=_count, default=20, help=f"entries, oldest first (at most {ENTRIES_MAX})")
     replay = sub.add_parser("replay", help="move dead-letter entries back to the gifts stream (idempotent by gift id)")
-    replay.add_argument("entry_ids", nargs="*", metavar="ENTRY_ID", help="dead-letter entry ids (see dead-letters)")
+    replay.add_argument(
+        "entry_ids", nargs="*", metavar="ENTRY_ID", help="dead-letter entries as 'PARTITION/ID' (see dead-letters)"
+    )
     replay.add_argument("--all", action="store_true", help=f"the oldest entries, up to {ENTRIES_MAX}")
     wallet = sub.add_parser("wallet", help="a user's balances, pending withdrawals and newest statement rows")
     wallet.add_argument("user")
@@ -91,31 +98,42 @@ async def run(redis: aioredis.Redis, settings: Settings, args: argparse.Namespac
 
 
 async def dead_letters(redis: aioredis.Redis, count: int) -> dict[str, Any]:
-    """The oldest `count` dead-letter entries: their id, the original entry's id, the error and the gift."""
-    total = await redis.xlen(keys.GIFTS_DEAD_LETTER)
-    entries = await redis.xrange(keys.GIFTS_DEAD_LETTER, count=min(count, ENTRIES_MAX))
-    listed = [
-        {
-            "id": entry_id,
-            "entry_id": fields.get("entry_id"),
-            "error": fields.get("error"),
-            "ts": int(fields["ts"]) if fields.get("ts", "").isdigit() else None,
-            "fields": {k: v for k, v in fields.items() if k not in DEAD_LETTER_FIELDS},
-        }
-        for entry_id, fields in entries
-    ]
-    return {"stream": keys.GIFTS_DEAD_LETTER, "total": total, "entries": listed}
+    """The oldest `count` dead-letter entries of each partition, partitions in order, `count` in all: their id
+    ('PARTITION/ID'), the original entry's id, the error and the gift."""
+    lengths = await backlogs.stream_lengths(redis, keys.gifts_dead_letter)
+    listed: list[dict[str, Any]] = []
+    for part, length in lengths.items():
+        if not length or len(listed) >= min(count, ENTRIES_MAX):
+            continue
+        entries = await redis.xrange(keys.gifts_dead_letter(part), count=min(count, ENTRIES_MAX) - len(listed))
+        listed += [
+            {
+                "id": f"{part}/{entry_id}",
+                "entry_id": fields.get("entry_id"),
+                "error": fields.get("error"),
+                "ts": int(fields["ts"]) if fields.get("ts", "").isdigit() else None,
+                "fields": {k: v for k, v in fields.items() if k not in DEAD_LETTER_FIELDS},
+            }
+            for entry_id, fields in entries
+        ]
+    return {"stream": keys.gifts_dead_letter(backlogs.ALL), "total": sum(lengths.values()), "entries": listed}
 
 
 async def replay(redis: aioredis.Redis, entry_ids: list[str] | None) -> dict[str, Any]:
-    """Each entry (None: the oldest ENTRIES_MAX) back to the gifts stream, once."""
+    """Each entry ('PARTITION/ID'; None: the oldest ENTRIES_MAX) back to its partition's gifts stream, once. An id
+    naming no partition answers `unknown_partition`."""
     if entry_ids is None:
-        entry_ids = [entry_id for entry_id, _ in await redis.xrange(keys.GIFTS_DEAD_LETTER, count=ENTRIES_MAX)]
+        entry_ids = [entry["id"] for entry in (await dead_letters(redis, ENTRIES_MAX))["entries"]]
     script = redis.register_script(REPLAY_SCRIPT)
     outcomes = {}
-    for entry_id in entry_ids[:ENTRIES_MAX]:
-        moved = await script(keys=[keys.GIFTS_DEAD_LETTER, keys.GIFTS_STREAM], args=[entry_id])
-        outcomes[entry_id] = REPLAY_STATUS[int(moved)]
+    tags = set(partitions.all_tags())
+    for named in entry_ids[:ENTRIES_MAX]:
+        part, _, entry_id = named.rpartition("/")
+        if part not in tags:
+            outcomes[named] = "unknown_partition"
+            continue
+        moved = await script(keys=[keys.gifts_dead_letter(part), keys.gifts_stream(part)], args=[entry_id])
+        outcomes[named] = REPLAY_STATUS[int(moved)]
     return {"replayed": sum(1 for s in outcomes.values() if s == "replayed"), "entries": outcomes}
 
 
@@ -138,35 +156,50 @@ async def wallet(redis: aioredis.Redis, settings: Settings, user: str, rows: int
 
 
 async def backlog(redis: aioredis.Redis, settings: Settings) -> dict[str, Any]:
-    """The gifts stream (length, pending, lag, consumers), the dead-letter stream and every worker's heartbeat."""
+    """The gift streams (length, pending, lag, consumers: summed over the partitions, with the partitions holding
+    any), the dead letters, journals (the archive backlog) and outboxes (credits in flight) per partition, and
+    every worker's heartbeat."""
     now = clock.now_ms()
+    lengths = await backlogs.snapshot(redis)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.xlen(keys.GIFTS_STREAM)
-        pipe.xlen(keys.GIFTS_DEAD_LETTER)
         pipe.zrange(keys.WORKER_HEARTBEATS, 0, -1, withscores=True)
-        pipe.zcard(keys.WITHDRAWALS_PENDING)
-        length, dead, beats, withdrawals = await pipe.execute()
-    groups, consumers = [], []
-    if length or await redis.exists(keys.GIFTS_STREAM):
-        groups = await redis.xinfo_groups(keys.GIFTS_STREAM)
-        if any(g["name"] == keys.SETTLEMENT_GROUP for g in groups):
-            consumers = await redis.xinfo_consumers(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP)
-    group: dict[str, Any] = next((g for g in groups if g["name"] == keys.SETTLEMENT_GROUP), {})
+        for part in partitions.all_tags():
+            pipe.zcard(keys.withdrawals_pending(part))
+        beats, *withdrawals = await pipe.execute()
+    gifts = await _gift_groups(redis)
     fresh_ms = settings.heartbeat_ttl_s * 1000
+    streams = {name: {"stream": stream_of(backlogs.ALL), **backlogs.by_partition(lengths[name])}
+               for name, stream_of in backlogs.STREAMS}  # fmt: skip
     return {
-        "gifts": {
-            "stream": keys.GIFTS_STREAM,
-            "length": length,
-            "pending": group.get("pending", 0),
-            "lag": group.get("lag"),
-            "consumers": [{"name": c["name"], "pending": c["pending"], "idle_ms": c["idle"]} for c in consumers],
-        },
-        "dead_letters": {"stream": keys.GIFTS_DEAD_LETTER, "length": dead},
-        "withdrawals_pending": withdrawals,
+        "gifts": {**streams["gifts"], **gifts},
+        "dead_letters": streams["gifts:dead"],
+        "journal": streams["journal"],
+        "outbox": {**streams["outbox"], "oldest_age_ms": await backlogs.oldest_outbox_age_ms(redis, now)},
+        "withdrawals_pending": sum(withdrawals),
         "workers": [
             {"consumer": name, "beat_ago_ms": now - int(ms), "alive": now - int(ms) <= fresh_ms} for name, ms in beats
         ],
     }
+
+
+async def _gift_groups(redis: aioredis.Redis) -> dict[str, Any]:
+    """The settlement group of every partition's gift stream: pending and lag summed, and each consumer's pending
+    summed over the partitions it reads (its idle time: the least). A few calls per partition: an on-call
+    command's price, bounded by GIFTING_LEDGER_PARTITIONS."""
+    pending, lag, consumers = 0, 0, dict[str, dict[str, Any]]()
+    for part in partitions.all_tags():
+        stream = keys.gifts_stream(part)
+        if not await redis.exists(stream):
+            continue
+        group = next((g for g in await redis.xinfo_groups(stream) if g["name"] == keys.SETTLEMENT_GROUP), None)
+        if group is None:
+            continue
+        pending, lag = pending + int(group.get("pending") or 0), lag + int(group.get("lag") or 0)
+        for c in await redis.xinfo_consumers(stream, keys.SETTLEMENT_GROUP):
+            seen = consumers.setdefault(c["name"], {"name": c["name"], "pending": 0, "idle_ms": c["idle"]})
+            seen["pending"] += c["pending"]
+            seen["idle_ms"] = min(seen["idle_ms"], c["idle"])
+    return {"pending": pending, "lag": lag, "consumers": list(consumers.values())}
 
 
 async def withdrawal(

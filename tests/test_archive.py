@@ -23,19 +23,21 @@ from gifting.embedded import EmbeddedValkey
 from gifting.embedded_pg import EmbeddedPostgres
 from gifting.history import journal
 from gifting.history.schema import migrate
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import GiftToSettle, Ledger
 from tests.conftest import REPO, SystemFactory, make_settings
 
-STREAM = keys.LEDGER_JOURNAL
+ONE = "viewer0"  # tests that need many entries in one journal stream have one user buy: its partition's
+STREAM = keys.journal(keys.part_of_user(ONE))
 WAIT_S = 30.0
 
 
-async def purchases(ledger: Ledger, users: int, coins: int = 1000) -> None:
-    """One paid purchase per user: one journal entry each."""
+async def purchases(ledger: Ledger, users: int, coins: int = 1000, one: bool = False) -> None:
+    """One paid purchase per user (viewer0, viewer1, ...: over the partitions), or with `one` as many by ONE
+    (all in STREAM): one journal entry each."""
     for i in range(users):
-        user = f"viewer{i}"
+        user = ONE if one else f"viewer{i}"
         pid = keys.purchase_id(user, str(uuid.uuid4()))
         await ledger.purchase(user, pid, "fp", "paid", {"status": "paid", "coins": str(coins)}, coins)
 
@@ -53,15 +55,29 @@ async def gifts(ledger: Ledger, settings: Settings, users: int, coins: int = 10)
     assert all(o.settled for o in outcomes), outcomes
 
 
-async def history_of(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, str]]:
-    rows = await (await conn.execute("SELECT ms, seq, kind FROM journal ORDER BY ms, seq")).fetchall()
-    return [(journal.format_id((ms, seq)), kind) for ms, seq, kind in rows]
+async def history_of(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, str, str]]:
+    """(stream, id, kind) of every archived entry, by stream, oldest first."""
+    rows = await (await conn.execute("SELECT stream, ms, seq, kind FROM journal ORDER BY stream, ms, seq")).fetchall()
+    return [(stream, journal.format_id((ms, seq)), kind) for stream, ms, seq, kind in rows]
+
+
+async def valkey_journals(redis: aioredis.Redis) -> list[tuple[str, str, str]]:
+    """(stream, id, kind) of every entry in Valkey's partition journals, by stream, oldest first."""
+    streams = sorted(map(keys.journal, partitions.all_tags()))
+    return [(s, entry_id, fields["kind"]) for s in streams for entry_id, fields in await redis.xrange(s)]
+
+
+async def journal_length(redis: aioredis.Redis) -> int:
+    """Entries in every partition's journal in Valkey."""
+    return sum([int(await redis.xlen(keys.journal(part))) for part in partitions.all_tags()])
 
 
 async def drain(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any], batch: int = 7) -> None:
-    while (await journal.archive_batch(redis, conn, STREAM, batch))[0]:
-        pass
-    await journal.trim_archived(redis, STREAM, await journal.cursor(conn, STREAM))
+    """Archive and trim every partition's journal."""
+    for stream in map(keys.journal, partitions.all_tags()):
+        while (await journal.archive_batch(redis, conn, stream, batch))[0]:
+            pass
+        await journal.trim_archived(redis, stream, await journal.cursor(conn, stream))
 
 
 async def clean_audit(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any]) -> int:
@@ -79,10 +95,10 @@ async def test_archive_moves_every_entry_once_in_order(
     ledger = Ledger(redis, settings)
     await purchases(ledger, 20)
     await gifts(ledger, settings, 20)
-    before = [(entry_id, fields["kind"]) for entry_id, fields in await redis.xrange(STREAM)]
+    before = await valkey_journals(redis)
     await drain(redis, history)
     assert await history_of(history) == before
-    assert await redis.xlen(STREAM) == 0
+    assert await journal_length(redis) == 0
     assert await clean_audit(redis, history) == len(before)
 
 
@@ -91,7 +107,7 @@ async def test_rerun_after_commit_before_trim_duplicates_nothing(
 ) -> None:
     """A batch committed but not trimmed (a crash between the two) is neither archived twice nor counted twice."""
     ledger = Ledger(redis, make_settings(tmp_path))
-    await purchases(ledger, 10)
+    await purchases(ledger, 10, one=True)
     count, _ = await journal.archive_batch(redis, history, STREAM, 4)
     assert count == 4 and await redis.xlen(STREAM) == 10  # committed in PostgreSQL, still in Valkey
     assert await clean_audit(redis, history) == 10  # the overlap is read once
@@ -104,7 +120,7 @@ async def test_trim_keeps_entries_not_committed(
 ) -> None:
     """A batch whose transaction rolls back leaves its entries in Valkey and nothing in PostgreSQL."""
     ledger = Ledger(redis, make_settings(tmp_path))
-    await purchases(ledger, 5)
+    await purchases(ledger, 5, one=True)
     with pytest.raises(RuntimeError):
         async with history.transaction():
             await journal.archive_batch(redis, history, STREAM, 5)
@@ -155,7 +171,7 @@ async def wait_archived(redis: aioredis.Redis, conn: psycopg.AsyncConnection[Any
     """Poll (another process archives: there is no event to wait on) until `total` entries moved."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + WAIT_S
-    while len(await history_of(conn)) < total or await redis.xlen(STREAM):
+    while len(await history_of(conn)) < total or await journal_length(redis):
         assert loop.time() < deadline, f"not archived within {WAIT_S} s"
         await asyncio.sleep(0.05)
 
@@ -201,14 +217,14 @@ async def test_postgres_restart_mid_batch(redis: aioredis.Redis, tmp_path: Path)
     migrate(url)
     settings = make_settings(tmp_path, archive_batch_entries=3, archive_idle_ms=10, archive_retry_max_s=0.2)
     ledger = Ledger(redis, settings)
-    archiver = Archiver(redis, url, settings, STREAM)
+    archiver = Archiver(redis, url, settings)
     stop = asyncio.Event()
     task = asyncio.create_task(archiver.run(stop))
     try:
         await purchases(ledger, 30)
         server.stop()
         await purchases(ledger, 30)  # gifts and purchases keep settling on Valkey
-        assert await redis.xlen(STREAM) > 0
+        assert await journal_length(redis) > 0
         server.start()
         conn = await psycopg.AsyncConnection.connect(url, autocommit=True)
         try:
@@ -244,7 +260,7 @@ async def test_valkey_restart_from_aof(
         await drain(redis, history)
         await purchases(Ledger(redis, make_settings(tmp_path)), 3)
         await drain(redis, history)
-        assert len(set(await history_of(history))) == 15 and await redis.xlen(STREAM) == 0
+        assert len(set(await history_of(history))) == 15 and await journal_length(redis) == 0
         assert await clean_audit(redis, history) == 15
     finally:
         await redis.aclose()
@@ -264,7 +280,7 @@ async def test_gifts_refused_past_the_archive_backlog_bound(
     result = await client.result(await client.gift(room, "rose", 1))
     assert (result["status"], result["reason"]) == ("rejected", "archive_backlog"), result
     assert (await system.http.get("/readyz")).json()["archive_backlog"] == 4
-    assert await system.redis.hget(keys.LEDGER_COINS, keys.account("v1")) == "400"
+    assert await system.redis.hget(keys.coins(keys.part_of_user("v1")), keys.account("v1")) == "400"
     await drain(system.redis, history)
     result = await client.result(await client.gift(room, "rose", 1))
     assert result["status"] == "settled", result
@@ -287,9 +303,12 @@ async def test_legs_and_daily_report(
             "UNION ALL SELECT ledger, debit, -amount FROM legs) AS moves GROUP BY ledger, account"
         )
     ).fetchall()
-    for ledger_name, hash_key in keys.LEDGER_LEDGERS:
-        stored = {a: int(v) for a, v in (await redis.hgetall(hash_key)).items() if int(v)}
-        assert {a: int(s) for lg, a, s in sums if lg == ledger_name and s} == stored
+    for ledger_name in rules.LEDGERS:  # every partition's balances, added up (system accounts have a row in each)
+        stored: dict[str, int] = {}
+        for part in partitions.all_tags():
+            for account, value in (await redis.hgetall(dict(keys.ledgers(part))[ledger_name])).items():
+                stored[account] = stored.get(account, 0) + int(value)
+        assert {a: int(s) for lg, a, s in sums if lg == ledger_name and s} == {a: v for a, v in stored.items() if v}
     ms = (await (await history.execute("SELECT max(ms) FROM journal")).fetchone() or [0])[0]
     day = datetime.fromtimestamp(ms / 1000, UTC).date().isoformat()
     env = {**archiver_env("redis://127.0.0.1:1/0", database_url, tmp_path)}
@@ -302,7 +321,12 @@ async def test_legs_and_daily_report(
     rows = {tuple(line.split()[:2]): line.split()[2:] for line in out.decode().splitlines()[2:]}
     assert rows[("purchase", "coins")] == ["3", "3000"]
     assert rows[("gift", "coins")] == ["3", "30"]
-    assert rows[("gift", "diamonds")] == ["3", str(3 * rules.split_gift(10, settings.creator_share_bps).diamonds)]
+    # A gift's diamonds are in its own entry when its creator shares the viewer's partition, else in its credit.
+    diamonds = [rows.get((kind, "diamonds"), ["0", "0"]) for kind in ("gift", "gift_received")]
+    assert [sum(int(r[i]) for r in diamonds) for i in (0, 1)] == [
+        3,
+        3 * rules.split_gift(10, settings.creator_share_bps).diamonds,
+    ]
 
 
 async def test_report_rejects_a_bad_day(database_url: str, tmp_path: Path) -> None:

@@ -13,12 +13,14 @@ import redis.asyncio as aioredis
 from gifting import keys
 from gifting.history import journal
 from gifting.ledger.audit import AuditReport, run_audit
-from gifting.ledger.store import Ledger
 from tests.conftest import make_settings
-from tests.test_archive import drain, purchases
+from tests.test_archive import drain
+from tests.test_audit_partitions import grant
 from workers.archiver import Archiver
 
-STREAM = keys.LEDGER_JOURNAL
+USER = "viewer0"
+PART = keys.part_of_user(USER)  # the partition whose journal the defects are planted in
+STREAM = keys.journal(PART)
 
 
 async def audit(redis: aioredis.Redis, history: psycopg.AsyncConnection[Any]) -> AuditReport:
@@ -30,8 +32,15 @@ def named(report: AuditReport, text: str) -> bool:
 
 
 async def ten_entries(redis: aioredis.Redis, tmp_path: Path) -> list[str]:
-    await purchases(Ledger(redis, make_settings(tmp_path)), 10)
+    """Ten journal entries in PART (granted coins, each with its balances)."""
+    for i in range(10):
+        await grant(redis, USER, str(i), 10)
     return [entry_id for entry_id, _ in await redis.xrange(STREAM)]
+
+
+def entry(entry_id: str) -> str:
+    """An entry of PART as findings name it."""
+    return f"{PART}/{entry_id}"
 
 
 async def test_committed_but_not_trimmed_is_awaiting_trim_not_a_finding(
@@ -75,7 +84,7 @@ async def test_an_archived_entry_valkey_lacks_inside_its_span_is_named(
     await journal.archive_batch(redis, history, STREAM, 4)
     await redis.xdel(STREAM, ids[2])
     report = await audit(redis, history)
-    assert named(report, f"journal {ids[2]}: archived, but Valkey's journal"), report.summary()
+    assert named(report, f"journal {entry(ids[2])}: archived, but Valkey's journal"), report.summary()
 
 
 async def test_an_entry_in_both_stores_past_the_cursor_is_named(
@@ -87,8 +96,8 @@ async def test_an_entry_in_both_stores_past_the_cursor_is_named(
     await history.execute("UPDATE archive_cursor SET ms = %s, seq = %s", journal.parse_id(ids[1]))
     report = await audit(redis, history)
     assert named(report, "2 archived entries past the archive cursor"), report.summary()
-    assert named(report, f"journal {ids[2]}: in both stores, archived past the archive cursor"), report.summary()
-    assert named(report, f"journal {ids[3]}: in both stores, archived past the archive cursor"), report.summary()
+    assert named(report, f"journal {entry(ids[2])}: in both stores, archived past the archive cursor"), report.summary()
+    assert named(report, f"journal {entry(ids[3])}: in both stores, archived past the archive cursor"), report.summary()
 
 
 async def test_an_entry_in_both_stores_that_differs_is_named(
@@ -102,7 +111,7 @@ async def test_an_entry_in_both_stores_that_differs_is_named(
         journal.parse_id(ids[0]),
     )
     report = await audit(redis, history)
-    assert named(report, f"journal {ids[0]}: in both stores, and the archived entry differs"), report.summary()
+    assert named(report, f"journal {entry(ids[0])}: in both stores, and the archived entry differs"), report.summary()
 
 
 async def test_archived_entries_valkey_never_gave_out_are_named(
@@ -126,13 +135,13 @@ async def test_audits_while_the_archiver_runs_find_nothing(
 ) -> None:
     """Audits racing a running archiver (commits and trims between the audit's reads) report no gap or overlap."""
     settings = make_settings(tmp_path, archive_batch_entries=3, archive_idle_ms=1)
-    ledger = Ledger(redis, settings)
     stop = asyncio.Event()
-    archiver = Archiver(redis, database_url, settings, STREAM)
+    archiver = Archiver(redis, database_url, settings)
     task = asyncio.create_task(archiver.run(stop))
     try:
-        for _ in range(8):
-            await purchases(ledger, 10)
+        for round_ in range(8):
+            for i in range(10):  # ten users: entries in several partitions
+                await grant(redis, f"viewer{i}", str(round_), 10)
             report = await audit(redis, history)
             assert report.clean, report.summary()
     finally:

@@ -39,13 +39,13 @@ async def test_pledges_refused_past_the_archive_backlog_bound(
     pid = gift_id()
     refused = await pledge(system, "v1", pool, 50, pid)
     assert refused.status_code == 422 and refused.json()["reason"] == "archive_backlog", refused.text
-    assert await system.redis.hget(keys.LEDGER_COINS, keys.account("v1")) == "400"
+    assert await system.redis.hget(keys.coins(keys.part_of_user("v1")), keys.account("v1")) == "400"
     await drain(system.redis, history)
     again = await pledge(system, "v1", pool, 50, pid)  # the same id answers its recorded outcome
     assert again.json()["reason"] == "archive_backlog", again.text
     accepted = await pledge(system, "v1", pool, 50)
     assert accepted.status_code == 200 and accepted.json()["status"] == "accepted", accepted.text
-    assert await system.redis.hget(keys.LEDGER_COINS, keys.account("v1")) == "350"
+    assert await system.redis.hget(keys.coins(keys.part_of_user("v1")), keys.account("v1")) == "350"
 
 
 async def test_withdrawals_refused_past_the_archive_backlog_bound(
@@ -53,19 +53,28 @@ async def test_withdrawals_refused_past_the_archive_backlog_bound(
 ) -> None:
     """A new withdrawal past the bound is refused `archive_backlog` (nothing held); a resend of one requested
     before still answers it; once archived a new one is accepted."""
-    settings = make_settings(tmp_path, withdrawal_diamonds_min=1, diamond_hold_s=0, archive_backlog_max=2)
+    # The bound is the creator's partition journal's: the gift's credit there, then the first withdrawal.
+    settings = make_settings(tmp_path, withdrawal_diamonds_min=1, diamond_hold_s=0, archive_backlog_max=1)
     ledger = Ledger(redis, settings)
     await purchases(ledger, 1, coins=100)
     await gifts(ledger, settings, 1, coins=100)
     creator = keys.account("creator1")
-    diamonds = int(await redis.hget(keys.LEDGER_DIAMONDS, creator) or 0)
-    first, _ = await ledger.request_withdrawal("creator1", "w_creator1_k0", 1, "acct_sandbox", "1:acct_sandbox")
+    diamonds = int(await redis.hget(keys.diamonds(keys.part_of_user("creator1")), creator) or 0)
+    first, _ = await ledger.request_withdrawal(
+        "creator1", keys.withdrawal_id("creator1", "k0"), 1, "acct_sandbox", "1:acct_sandbox"
+    )
     with pytest.raises(LedgerError) as refused:
-        await ledger.request_withdrawal("creator1", "w_creator1_k1", 1, "acct_sandbox", "1:acct_sandbox")
+        await ledger.request_withdrawal(
+            "creator1", keys.withdrawal_id("creator1", "k1"), 1, "acct_sandbox", "1:acct_sandbox"
+        )
     assert refused.value.code == "archive_backlog"
-    assert int(await redis.hget(keys.LEDGER_DIAMONDS, creator) or 0) == diamonds - 1
-    again, replay = await ledger.request_withdrawal("creator1", "w_creator1_k0", 1, "acct_sandbox", "1:acct_sandbox")
+    assert int(await redis.hget(keys.diamonds(keys.part_of_user("creator1")), creator) or 0) == diamonds - 1
+    again, replay = await ledger.request_withdrawal(
+        "creator1", keys.withdrawal_id("creator1", "k0"), 1, "acct_sandbox", "1:acct_sandbox"
+    )
     assert replay and again["withdrawal_id"] == first["withdrawal_id"]
     await drain(redis, history)
-    await ledger.request_withdrawal("creator1", "w_creator1_k1", 1, "acct_sandbox", "1:acct_sandbox")
-    assert int(await redis.hget(keys.LEDGER_DIAMONDS, creator) or 0) == diamonds - 2
+    await ledger.request_withdrawal(
+        "creator1", keys.withdrawal_id("creator1", "k1"), 1, "acct_sandbox", "1:acct_sandbox"
+    )
+    assert int(await redis.hget(keys.diamonds(keys.part_of_user("creator1")), creator) or 0) == diamonds - 2

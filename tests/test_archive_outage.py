@@ -16,9 +16,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from gifting import keys
 from gifting.embedded_pg import EmbeddedPostgres
 from gifting.history.schema import migrate
+from gifting.ledger import partitions
 from gifting.ledger.audit import run_audit
+from gifting.ledger.backlog import journal_lengths
 from gifting.ledger.store import Ledger
 from tests.conftest import System, SystemFactory
+from tests.test_archive import journal_length
 from tests.test_archive_records import buy
 from workers.archiver import run_archiver
 
@@ -28,15 +31,19 @@ RETRIES_WHILE_DOWN = 4  # failed rounds (both archivers together) before Postgre
 
 
 async def journal_backlog_metric(system: System) -> float:
-    """The worker's gauge of the journal's length, as GET /metrics shows it (one process: one registry)."""
+    """The worker's gauges of the partitions' journal lengths, as GET /metrics shows them (one process: one
+    registry): the longest, as /readyz's archive_backlog."""
     assert system.worker is not None
     await system.worker.observe_state()
     text = (await system.http.get("/metrics")).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "gifting_stream_length" and sample.labels.get("stream") == keys.LEDGER_JOURNAL:
-                return sample.value
-    raise AssertionError("no gifting_stream_length sample for the journal")
+    journals = [
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "gifting_stream_length" and sample.labels.get("stream", "").endswith(":journal")
+    ]
+    assert len(journals) == partitions.count(), "no gifting_stream_length sample for each partition's journal"
+    return max(journals)
 
 
 async def wait_until(what: str, check: Callable[[], Awaitable[bool]]) -> None:
@@ -73,7 +80,7 @@ async def test_archivers_catch_up_after_postgres_was_down_for_a_while(
         purchase = await buy(Ledger(system.redis, system.settings), "v2")
         await wait_until("retried", lambda: _retried(caplog, RETRIES_WHILE_DOWN))
         backlog = (await system.http.get("/readyz")).json()["archive_backlog"]
-        assert backlog == await system.redis.xlen(keys.LEDGER_JOURNAL) > 0
+        assert backlog == max((await journal_lengths(system.redis, partitions.all_tags())).values()) > 0
         assert await journal_backlog_metric(system) == backlog
         listed = await system.http.get("/v1/wallet/purchases", headers=system.auth("v2"))
         assert listed.status_code == 503 and listed.json()["error"]["code"] == "history_unavailable", listed.text
@@ -95,7 +102,7 @@ async def test_archivers_catch_up_after_postgres_was_down_for_a_while(
 
 
 async def _journal_empty(system: System) -> bool:
-    return int(await system.redis.xlen(keys.LEDGER_JOURNAL)) == 0
+    return await journal_length(system.redis) == 0
 
 
 async def _retried(caplog: pytest.LogCaptureFixture, rounds: int) -> bool:
@@ -103,5 +110,5 @@ async def _retried(caplog: pytest.LogCaptureFixture, rounds: int) -> bool:
 
 
 async def _caught_up(system: System, purchase: str) -> bool:
-    journal = int(await system.redis.xlen(keys.LEDGER_JOURNAL))
+    journal = await journal_length(system.redis)
     return journal == 0 and not await system.redis.exists(keys.purchase_record(purchase))

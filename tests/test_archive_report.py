@@ -56,7 +56,9 @@ async def test_daily_report_by_bundle_and_currency(
     await ledger.reverse(refunded, "refund")
     await gifts(ledger, settings, 1, coins=10)  # viewer0 gives 10 coins to creator1
     await ledger.reverse(charged, "chargeback")
-    withdrawal, _ = await ledger.request_withdrawal("creator1", "w_c1_k", 2, "acct_sandbox", "2:acct_sandbox")
+    withdrawal, _ = await ledger.request_withdrawal(
+        "creator1", keys.withdrawal_id("creator1", "k"), 2, "acct_sandbox", "2:acct_sandbox"
+    )
     await ledger.resolve_withdrawal(withdrawal["withdrawal_id"], "post")
     await drain(redis, history)
     days = [row[0].isoformat() for row in await (await history.execute("SELECT DISTINCT day FROM legs")).fetchall()]

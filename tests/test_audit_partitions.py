@@ -3,6 +3,7 @@ finding naming the partition(s) for each cross-partition defect, planted by hand
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from itertools import count
 from pathlib import Path
@@ -11,9 +12,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from gifting import keys
-from gifting.ledger import partitions, rules
+from gifting.ledger import audit_partitions, partitions, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.rules import Credit, Leg
+from tests.conftest import System
 from tests.test_audit import run_cli_audit
 
 pytestmark = pytest.mark.cluster  # on a standalone Valkey and on a Valkey Cluster (tests/conftest.py)
@@ -171,8 +173,8 @@ async def test_a_lost_transit_credit_is_named_twice(redis: aioredis.Redis) -> No
 async def test_a_credit_no_transfer_owes_and_one_applied_in_the_wrong_partition_are_named(
     redis: aioredis.Redis,
 ) -> None:
-    """A credit applied in a partition other than the one its outbox line names, and a credit no source entry
-    owes, are findings naming the partitions."""
+    """A credit applied in a partition other than the one its outbox line names (moving an account that partition
+    does not hold), and a credit no source entry owes, are findings naming the partitions."""
     viewer, creator, other = users_in_distinct_partitions(3)
     source, dest, wrong = (keys.part_of_user(u) for u in (viewer, creator, other))
     credit = await pay_gift(redis, viewer, creator, "g-astray")
@@ -184,7 +186,8 @@ async def test_a_credit_no_transfer_owes_and_one_applied_in_the_wrong_partition_
     report = await run_audit(redis)
     assert f"credit g-astray (outbox {source} {outbox_entry}): owed to {dest}, applied in {wrong}" in report.findings
     assert f"credit g-nobody (applied in {wrong}): no transfer of any partition owes it" in report.findings
-    assert len(report.findings) == 2, report.summary()
+    assert any(f.endswith(f"(gift_received g-astray): moves u:{creator}, of other partitions") for f in report.findings)
+    assert len(report.findings) == 3, report.summary()
 
 
 async def test_an_outbox_entry_naming_no_partition_is_a_finding(redis: aioredis.Redis) -> None:
@@ -197,6 +200,21 @@ async def test_an_outbox_entry_naming_no_partition_is_a_finding(redis: aioredis.
     assert f"outbox {source} {entry_id}: credits partition '{{ledger:nowhere}}', not another partition" in (
         report.findings
     ), report.summary()
+
+
+async def test_an_outbox_longer_than_the_audit_reads_is_a_note_not_lost_credits(
+    redis: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past OUTBOX_ENTRIES_MAX entries in one outbox the audit says it read part of it and judges none of that
+    partition's transfers (their credits may be in the entries it did not read)."""
+    monkeypatch.setattr(audit_partitions, "OUTBOX_ENTRIES_MAX", 1)
+    viewer, creator = users_in_distinct_partitions(2)
+    source = keys.part_of_user(viewer)
+    for gift in ("g-first", "g-second"):
+        await in_flight(redis, source, await pay_gift(redis, viewer, creator, gift))
+    report = await run_audit(redis)
+    assert report.clean, report.summary()
+    assert f"outbox {source}: read its oldest 1 entries only: its transfers not judged" in report.notes
 
 
 async def test_a_tampered_balance_names_its_partition(redis: aioredis.Redis) -> None:
@@ -222,3 +240,41 @@ async def test_cli_audit_names_the_partition_of_a_finding(
     assert code == 1, output
     assert f"FINDING transfer g-cli (in {keys.part_of_user(viewer)}): owes 50 diamonds" in output
     assert f"partitions: {partitions.count()}" in output
+
+
+LIVE_VIEWERS = 6
+LIVE_GIFTS = 8  # per viewer
+LIVE_AUDITS = 6
+
+
+async def test_audits_while_gifts_cross_partitions_find_nothing(system: System) -> None:
+    """Audits racing a live storm of gifts between viewers and creators of other partitions (source steps,
+    credits, outbox deletes between the audit's reads) report nothing; once quiet, the transit sum is checked."""
+    viewers = users_in_distinct_partitions(LIVE_VIEWERS + 2)
+    creators, viewers = viewers[:2], viewers[2:]
+    rooms = [await system.open_room(creator) for creator in creators]
+    for viewer in viewers:
+        await system.grant(viewer, 1000)
+    clients = [await system.connect(viewer) for viewer in viewers]
+
+    async def send(i: int) -> None:
+        for n in range(LIVE_GIFTS):
+            gid = await clients[i].gift(rooms[(i + n) % 2], "rose", 1 + n % 3)
+            assert (await clients[i].result(gid))["status"] == "settled"
+
+    senders = asyncio.gather(*(send(i) for i in range(LIVE_VIEWERS)))
+    try:
+        for _ in range(LIVE_AUDITS):
+            report = await run_audit(system.redis)
+            assert report.clean, report.summary()
+    finally:
+        await senders
+    for _ in range(100):  # the last credits land one round trip after their gifts are announced
+        report = await run_audit(system.redis)
+        outboxes = [await system.redis.xlen(keys.outbox(p)) for p in partitions.all_tags()]
+        if not report.notes and not any(outboxes):
+            break
+        await asyncio.sleep(0.05)
+    assert report.clean and not report.notes, report.summary()
+    assert report.kinds["gift"] == LIVE_VIEWERS * LIVE_GIFTS
+    assert report.totals["coins"][keys.SYS_TRANSIT] == 0

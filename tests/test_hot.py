@@ -22,14 +22,22 @@ from gifting.history import hot, journal
 from gifting.history.hot import HotState
 from gifting.history.reader import ArchiveReader
 from gifting.history.statements import Statements
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import GiftToSettle, Ledger
 from tests.conftest import SystemFactory, make_settings
-from tests.test_archive import archiver_env, history_of, start_archiver, wait_archived, wait_archived_more
+from tests.test_archive import (
+    archiver_env,
+    history_of,
+    journal_length,
+    start_archiver,
+    wait_archived,
+    wait_archived_more,
+)
 from workers.archiver import Archiver
 
-STREAM = keys.LEDGER_JOURNAL
+PART = keys.part_of_user("v1")  # the partition of the viewer whose batches the crash test archives by hand
+STREAM = keys.journal(PART)
 SEEDS = 6  # random statements paged per property test
 
 
@@ -37,10 +45,11 @@ async def fund(redis: aioredis.Redis, users: list[str], coins: int) -> None:
     """Coins for each user, the way a grant is journalled (the audit accepts it)."""
     for user in users:
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.hincrby(keys.LEDGER_COINS, keys.account(user), coins)
-            pipe.hincrby(keys.LEDGER_COINS, keys.SYS_COIN_ISSUANCE, -coins)
+            part = keys.part_of_user(user)
+            pipe.hincrby(keys.coins(part), keys.account(user), coins)
+            pipe.hincrby(keys.coins(part), keys.SYS_COIN_ISSUANCE, -coins)
             legs = f"coins sys:coin_issuance u:{user} {coins}"
-            pipe.xadd(STREAM, {"kind": "purchase", "id": f"grant:{uuid.uuid4()}", "legs": legs})
+            pipe.xadd(keys.journal(part), {"kind": "purchase", "id": f"grant:{uuid.uuid4()}", "legs": legs})
             await pipe.execute()
 
 
@@ -57,7 +66,7 @@ async def gift_batches(ledger: Ledger, settings: Settings, senders: list[str], c
 
 async def full_statement(redis: aioredis.Redis, user: str) -> list[str]:
     """Every row of a statement not yet trimmed (before any archiving: the whole statement)."""
-    assert not await redis.hget(keys.LEDGER_STATEMENT_BASE, keys.account(user))
+    assert not await redis.hget(keys.statement_base(keys.part_of_user(user)), keys.account(user))
     rows: list[str] = await redis.lrange(keys.statement(user), 0, -1)
     return rows
 
@@ -95,12 +104,12 @@ async def test_statements_keep_their_newest_rows_and_postgres_the_rest(
     await fund(redis, viewers, 1000)
     await gift_batches(ledger, settings, viewers, "c1", 9)
     before = {u: await full_statement(redis, u) for u in [*viewers, "c1"]}
-    archiver = Archiver(redis, database_url, settings, STREAM)
+    archiver = Archiver(redis, database_url, settings)
     await archive_all(archiver)
     await archiver.close()
     for user, rows in before.items():
         account = keys.account(user)
-        base = int(await redis.hget(keys.LEDGER_STATEMENT_BASE, account) or 0)
+        base = int(await redis.hget(keys.statement_base(keys.part_of_user(user)), account) or 0)
         assert await redis.lrange(keys.statement(user), 0, -1) == rows[base:]
         assert len(rows) - base == 4, (user, len(rows), base)
         archived = await (
@@ -127,7 +136,7 @@ async def test_pages_cross_the_boundary_exactly_while_archiving(
     sizes = [rnd.randint(1, 9) for _ in range(5)]
     reader_history = ArchiveReader(database_url)
     statements = Statements(redis, reader_history)
-    archiver = Archiver(redis, database_url, settings, STREAM)
+    archiver = Archiver(redis, database_url, settings)
     try:
         archiving = asyncio.create_task(archive_all(archiver))
         reads = [await read_all(statements, "c1", sizes) for _ in range(3)]
@@ -154,7 +163,7 @@ async def test_pages_below_a_cursor_stay_exact_while_gifts_settle_and_archive(
     rows = await full_statement(redis, "c1")
     sizes, more = [rnd.randint(1, 9) for _ in range(5)], rnd.randint(1, 15)
     statements = Statements(redis, ArchiveReader(database_url))
-    archiver = Archiver(redis, database_url, settings, STREAM)
+    archiver = Archiver(redis, database_url, settings)
 
     async def archive_until(settling: asyncio.Task[None]) -> None:
         while True:
@@ -190,15 +199,15 @@ async def test_crash_between_commit_and_trim_loses_and_duplicates_nothing(
     await fund(redis, ["v1"], 1000)
     await gift_batches(ledger, settings, ["v1"], "c1", 6)
     rows = await full_statement(redis, "v1")
-    hot = HotState(redis, settings.statement_hot_rows, settings.top_gifters_kept, settings.diamond_hold_s)
+    hot = HotState(redis, settings.statement_hot_rows, settings.top_gifters_kept, settings.diamond_hold_s, PART)
     count, _upto = await journal.archive_batch(redis, history, STREAM, 100, hot)  # committed; then "killed -9"
     assert count == 7 and await redis.llen(keys.statement("v1")) == len(rows)
     statements = Statements(redis, ArchiveReader(database_url))
     assert await read_all(statements, "v1", [3]) == expected(rows)
-    archiver = Archiver(redis, database_url, settings, STREAM)  # the restart: it trims before anything
+    archiver = Archiver(redis, database_url, settings)  # the restart: it trims before anything
     await archive_all(archiver)
     await archiver.close()
-    assert await redis.xlen(STREAM) == 0
+    assert await journal_length(redis) == 0
     assert await redis.lrange(keys.statement("v1"), 0, -1) == rows[-2:]
     assert await read_all(statements, "v1", [3]) == expected(rows)
     assert statements.history is not None
@@ -265,7 +274,7 @@ async def test_rows_per_account_per_batch_are_bounded(
     await fund(redis, ["v1"], 1000)
     await gift_batches(ledger, settings, ["v1"] * 8, "c1", 1)  # eight rows in one journal entry
     rows = await full_statement(redis, "v1")
-    archiver = Archiver(redis, database_url, settings, STREAM)
+    archiver = Archiver(redis, database_url, settings)
     await archive_all(archiver)
     assert await full_archived(history, "v1") == rows[:3] and await redis.llen(keys.statement("v1")) == 5
     assert await read_all(statements, "v1", [2]) == expected(rows)
@@ -293,7 +302,7 @@ async def test_top_gifter_boards_keep_their_top_gifters(
         await gift_batches(ledger, settings, [viewer], "c1", n + 1)
     boards = keys.account_top_boards(keys.account("c1"), await journal_last_ms(redis))
     before = [await redis.zrange(board, 0, 2, desc=True, withscores=True) for board in boards]
-    archiver = Archiver(redis, database_url, settings, STREAM)
+    archiver = Archiver(redis, database_url, settings)
     await archive_all(archiver)
     await archiver.close()
     for board, top in zip(boards, before, strict=True):
@@ -311,7 +320,7 @@ async def test_earnings_hours_before_the_hold_are_dropped(
     await redis.hset(keys.earned("c1"), mapping={str(now_hour - 5): 40, str(now_hour - 1): 30})
     await fund(redis, ["v1"], 1000)
     await gift_batches(Ledger(redis, settings), settings, ["v1"], "c1", 2)
-    archiver = Archiver(redis, database_url, settings, STREAM)
+    archiver = Archiver(redis, database_url, settings)
     await archive_all(archiver)
     await archiver.close()
     earned = await redis.hgetall(keys.earned("c1"))  # the hour may turn during the test: either hour holds the 10
@@ -320,14 +329,15 @@ async def test_earnings_hours_before_the_hold_are_dropped(
 
 
 async def journal_last_ms(redis: aioredis.Redis) -> int:
-    entries = await redis.xrevrange(STREAM, count=1)
-    return journal.parse_id(entries[0][0])[0]
+    """The newest journal entry's time over every partition (the gifts' day and week boards follow it)."""
+    newest = [await redis.xrevrange(keys.journal(part), count=1) for part in partitions.all_tags()]
+    return max(journal.parse_id(entries[0][0])[0] for entries in newest if entries)
 
 
 async def test_without_postgres_an_archived_page_is_a_clear_error(redis: aioredis.Redis) -> None:
     """A page that needs rows Valkey dropped, with no PostgreSQL configured, is `history_unavailable`."""
     await redis.rpush(keys.statement("v1"), rules.statement_row(1, "purchase", "coins", 5, "sys:coin_issuance", "p"))
-    await redis.hset(keys.LEDGER_STATEMENT_BASE, keys.account("v1"), 3)
+    await redis.hset(keys.statement_base(PART), keys.account("v1"), 3)
     statements = Statements(redis, None)
     page, cursor = await statements.page("v1", None, 1)
     assert [item["id"] for item in page] == ["3"] and cursor == "3"
@@ -346,7 +356,7 @@ async def test_transactions_api_pages_across_both_stores(
     await fund(system.redis, ["v1"], 1000)
     await gift_batches(ledger, system.settings, ["v1"], "c1", 8)
     rows = await full_statement(system.redis, "v1")
-    archiver = Archiver(system.redis, database_url, system.settings, STREAM)
+    archiver = Archiver(system.redis, database_url, system.settings)
     await archive_all(archiver)
     await archiver.close()
     assert await system.redis.llen(keys.statement("v1")) == 3

@@ -23,6 +23,7 @@ from gifting import keys
 from gifting.app import create_app
 from gifting.config import Settings
 from gifting.embedded import free_port
+from gifting.ledger import partitions
 from gifting.web.openapi import OPERATIONS, asyncapi_document, openapi_document
 from gifting.wire import messages
 from tests.conftest import SECRET, spawn, stop, token
@@ -118,11 +119,10 @@ def wait_healthy(base_url: str, process: subprocess.Popen[bytes], log: Path) -> 
 
 
 def money(client: redis.Redis) -> tuple[Any, ...]:
-    """Every balance and the journal's length: what any money movement changes."""
-    return (
-        client.xlen(keys.LEDGER_JOURNAL),
-        client.hgetall(keys.LEDGER_COINS),
-        client.hgetall(keys.LEDGER_DIAMONDS),
+    """Every partition's balances and journal length: what any money movement changes."""
+    return tuple(
+        (client.xlen(keys.journal(part)), client.hgetall(keys.coins(part)), client.hgetall(keys.diamonds(part)))
+        for part in partitions.all_tags()
     )
 
 

@@ -25,21 +25,22 @@ async def park(system: System, gid: str, room: str, sender: str) -> str:
     request = gifts.new_request(
         gift_id=gid, room=room, gift="rose", count=1, sender=sender, sender_name=sender, hub="", price=1
     )
-    entry_id: str = await system.redis.xadd(keys.GIFTS_STREAM, {"x": "1"})  # an id the entry had in the stream
-    await system.redis.xdel(keys.GIFTS_STREAM, entry_id)
+    part = keys.part_of_user(sender)  # a gift is in its payer's partition's streams
+    entry_id: str = await system.redis.xadd(keys.gifts_stream(part), {"x": "1"})  # an id it had in the stream
+    await system.redis.xdel(keys.gifts_stream(part), entry_id)
     dead = {**request.to_entry(), "entry_id": entry_id, "error": "script failed: busy", "ts": "1"}
-    dead_id: str = await system.redis.xadd(keys.GIFTS_DEAD_LETTER, dead)  # type: ignore[arg-type]
-    return dead_id
+    dead_id: str = await system.redis.xadd(keys.gifts_dead_letter(part), dead)  # type: ignore[arg-type]
+    return f"{part}/{dead_id}"  # as dead-letters names it
 
 
 async def settled_once(system: System, user: str, coins: int) -> None:
     """Wait (bounded) until `user` has `coins` left and the gifts stream is empty."""
     for _ in range(200):
         wallet = await system.wallet(user)
-        if wallet["coins"] == coins and await system.redis.xlen(keys.GIFTS_STREAM) == 0:
+        if wallet["coins"] == coins and await system.redis.xlen(keys.gifts_stream(keys.part_of_user(user))) == 0:
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"{user}: {await system.wallet(user)}, stream {await system.redis.xlen(keys.GIFTS_STREAM)}")
+    raise AssertionError(f"{user}: {await system.wallet(user)}")
 
 
 async def test_replay_moves_a_dead_letter_back_once_and_settles_each_gift_once(system: System) -> None:
@@ -79,7 +80,8 @@ async def test_wallet_and_backlog_show_balances_statement_streams_and_heartbeats
         await asyncio.sleep(0.05)
     assert backlog["gifts"]["length"] == 0 and backlog["gifts"]["pending"] == 0
     assert backlog["workers"][0]["alive"] and backlog["dead_letters"]["length"] == 0
-    assert any(c["name"] == system.worker.consumer for c in backlog["gifts"]["consumers"])  # type: ignore[union-attr]
+    assert any(w["consumer"] == system.worker.consumer for w in backlog["workers"])  # type: ignore[union-attr]
+    assert backlog["gifts"]["consumers"]  # the partition loops' group consumers (settler-N in every process)
 
 
 async def test_post_or_void_a_stuck_withdrawal_twice_answers_what_it_is(redis: aioredis.Redis, tmp_path: Path) -> None:

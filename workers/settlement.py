@@ -41,6 +41,7 @@ from gifting.errors import ScriptFailed
 from gifting.fanclubs import FanClubs
 from gifting.gifts import GiftRequest, gift_result, room_event
 from gifting.ledger import partitions, rules
+from gifting.ledger.backlog import observe as observe_partitions
 from gifting.ledger.rewards import Rewards
 from gifting.ledger.store import DurabilityError, GiftToSettle, Ledger, LedgerError
 from gifting.payments import PayoutProvider, SandboxPayouts
@@ -353,6 +354,7 @@ class SettlementWorker:
         metrics.pools_open.set(pools)
         if newest:
             metrics.worker_heartbeat_age.set(max(clock.now_ms() - newest[0][1], 0) / 1000)
+        await observe_partitions(self.redis)  # the oldest outbox entry's age (ledger/backlog.py)
 
     async def heartbeat(self) -> None:
         now = time.monotonic()

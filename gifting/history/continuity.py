@@ -110,7 +110,7 @@ async def _compare(
     awaiting = 0
     for (ms, seq, fields, covered), found in zip(rows, in_valkey, strict=True):
         position = (int(ms), int(seq))
-        entry_id = journal.format_id(position)
+        entry_id = named(stream, journal.format_id(position))
         if not found:
             if oldest_now is not None and position > oldest_now:
                 findings.append(f"journal {entry_id}: archived, but Valkey's journal (holding entries from "
@@ -124,6 +124,11 @@ async def _compare(
     if len(findings) > NAMED_MAX:
         findings = [*findings[:NAMED_MAX], f"journal {stream}: {len(findings) - NAMED_MAX} more such entries"]
     return findings, awaiting
+
+
+def named(stream: str, entry_id: str) -> str:
+    """An entry as findings name it: ids are per stream, so with its partition ('{ledger:3.41}/1700000000000-0')."""
+    return stream.removesuffix(":journal") + "/" + entry_id
 
 
 async def _info(redis: aioredis.Redis, stream: str) -> dict[str, Any] | None:
