@@ -4,7 +4,8 @@
 
 A private embedded Valkey and PostgreSQL in a temporary directory; real worker processes (`gifting worker`) and
 a real archiver process (`gifting archive`). `--gifts` (default 300,000) are fed in three phases through the
-gifts stream (never more than FEED_BACKLOG waiting in it, so the stream's own memory stays level):
+partitions' gift streams, each gift into its viewer's (never more than FEED_BACKLOG waiting in all of them, so
+the streams' own memory stays level):
 
 1. warm-up   a third of the gifts, archiver running; then everything settled and archived: Valkey memory M1.
 2. steady    half the gifts, archiver running: settlement gifts/s (first take to drained); the archiver's lag

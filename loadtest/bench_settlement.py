@@ -6,25 +6,30 @@
 Everything happens in one run against one Valkey (a private embedded one in a temporary directory, or
 REDIS_URL if set: then the database must be empty, or pass --flush to empty it first):
 
-1. real path  `--gifts` gift requests are pre-loaded into the gifts stream (pipelined XADD, before any worker
-              runs), then `--workers` real worker processes (`python -m gifting.cli worker`) are started. Timed
-              from the moment a worker first takes an entry until the stream is drained (XLEN 0, nothing
-              pending): XREADGROUP -> settle.lua -> WAITAOF -> announce.lua per room + the result PUBLISHed to
-              the sender's hub channel -> XACK + XDEL. Every request names hub `--hub` (default "bench"; nobody
-              subscribes, so PUBLISH costs what it costs with no hub listening); `--hub ""` skips the results.
-2. ceiling    settle.lua alone, called from this process with batches of `--batch` gifts prepared exactly as
-              the worker prepares them (SettlementWorker.prepare), each followed by WAITAOF. Valkey's own
-              execution time per call comes from INFO commandstats (usec_per_call of evalsha, stats reset
-              just before): ceiling gifts/s = 1e6 / (usec_per_call / gifts per call). It is what one Valkey
-              could settle if the script were its only work: no client, network, announce or ack cost.
-3. naive      one gift at a time: settle.lua with a batch of one gift, then WAITAOF 1 0 (so each gift is as
-              durable as in the real path), one round trip each, strictly in sequence, from this process.
-              Gifts are prepared before the clock starts. No stream, no announce, no ack: the naive baseline
-              does less work per gift than the real path.
+1. real path  `--gifts` gift requests are pre-loaded into their viewers' partition streams (pipelined XADD,
+              before any worker runs), then `--workers` real worker processes (`python -m gifting.cli worker`)
+              are started while the benchmark holds every partition's lease, released at once when all have
+              started (each takes its fair share; none changes hands while timed). Timed from the moment a
+              worker first takes an entry until every partition stream and outbox is drained: XREADGROUP ->
+              settle.lua per partition -> WAITAOF -> credit.lua per creators' partition -> WAITAOF -> outbox
+              XDEL -> announce.lua per room + the result PUBLISHed to the sender's hub channel -> XACK + XDEL.
+              Every request names hub `--hub` (default "bench"; nobody subscribes, so PUBLISH costs what it
+              costs with no hub listening); `--hub ""` skips the results.
+2. ceiling    the ledger's scripts alone, through Ledger.settle from this process with batches of up to `--batch`
+              gifts of one partition, prepared exactly as the worker prepares them (SettlementWorker.prepare):
+              settle.lua + WAITAOF, then credit.lua per creators' partition + WAITAOF. Valkey's own execution
+              time comes from INFO commandstats (usec of evalsha, stats reset just before): ceiling gifts/s =
+              1e6 / (usec / gifts). It is what one Valkey could settle if the scripts were its only work: no
+              client, network, announce or ack cost.
+3. naive      one gift at a time: settle.lua with a batch of one gift (and its credit.lua + WAITAOF when the
+              creator is in another partition), then WAITAOF 1 0 (so each gift is as durable as in the real
+              path), strictly in sequence, from this process. Gifts are prepared before the clock starts.
+              No stream, no announce, no ack: the naive baseline does less work per gift than the real path.
 
-Then it checks the result: the workers settled exactly `--gifts` gifts (journal, room offsets, worker logs),
-nothing was dead-lettered, every viewer spent exactly what it was funded with, and `gifting audit`'s check
-(run_audit) is clean. The last line is one parseable summary:
+Then it checks the result: the workers settled exactly `--gifts` gifts (partition journals, a credit row per
+gift to another partition's creator, room offsets, worker logs), nothing was dead-lettered, every viewer spent
+exactly what it was funded with, and `gifting audit`'s check (run_audit) is clean. The last line is one
+parseable summary:
 
     RESULT settlement gifts_per_s=... ceiling_ratio=... naive_ratio=...
 
