@@ -4,7 +4,8 @@
 
 A private embedded Valkey and PostgreSQL in a temporary directory; real worker processes (`gifting worker`) and
 a real archiver process (`gifting archive`). `--gifts` (default 300,000) are fed in three phases through the
-gifts stream (never more than FEED_BACKLOG waiting in it, so the stream's own memory stays level):
+partitions' gift streams, each gift into its viewer's (never more than FEED_BACKLOG waiting in all of them, so
+the streams' own memory stays level):
 
 1. warm-up   a third of the gifts, archiver running; then everything settled and archived: Valkey memory M1.
 2. steady    half the gifts, archiver running: settlement gifts/s (first take to drained); the archiver's lag
@@ -39,7 +40,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import orjson
 import psycopg
 import redis.asyncio as aioredis
 
@@ -48,11 +48,12 @@ from gifting.app import redis_client
 from gifting.config import Settings
 from gifting.embedded import EmbeddedValkey, die_with_parent, stop_processes
 from gifting.embedded_pg import EmbeddedPostgres
-from gifting.gifts import STREAM_FIELD
+from gifting.gifts import STREAM_FIELD, gift_backlog
 from gifting.history.schema import migrate
-from gifting.ledger import rules
+from gifting.ledger import partitions, rules
 from gifting.ledger.audit import run_audit
 from loadtest.bench_settlement import Workload, bench_gifts, fund, open_rooms, positive, say, spawn_workers, tail
+from loadtest.ledger_streams import payloads, stream_lengths, summed_lengths
 from workers.archiver import Archiver
 from workers.settlement import SettlementWorker
 
@@ -67,17 +68,19 @@ TARGET_STEADY_BYTES = 0.05 * 0.9 * 1024  # 5 % of the 0.9 KiB per gift measured 
 
 
 async def feed(redis: aioredis.Redis, workload: Workload, start: int, stop: int) -> None:
-    now_ms = int(time.time() * 1000)
+    """Gifts start..stop-1, each into its viewer's partition stream (as the hub does), FEED_CHUNK at a time."""
     for first in range(start, stop, FEED_CHUNK):
-        await wait_until(lambda: _room_to_feed(redis), "room in the gifts stream")
+        chunk = payloads(workload, min(FEED_CHUNK, stop - first), first)
+        await wait_until(lambda: _room_to_feed(redis), "room in the gift streams")
         async with redis.pipeline(transaction=False) as pipe:
-            for i in range(first, min(first + FEED_CHUNK, stop)):
-                pipe.xadd(keys.GIFTS_STREAM, {STREAM_FIELD: orjson.dumps(workload.request(i, now_ms))})
+            for tag, queue in chunk.items():
+                for _gift_id, payload in reversed(queue):
+                    pipe.xadd(keys.gifts_stream(tag), {STREAM_FIELD: payload})
             await pipe.execute()
 
 
 async def _room_to_feed(redis: aioredis.Redis) -> bool:
-    return int(await redis.xlen(keys.GIFTS_STREAM)) <= FEED_BACKLOG - FEED_CHUNK
+    return await gift_backlog(redis) <= FEED_BACKLOG - FEED_CHUNK
 
 
 async def wait_until(condition: Any, what: str) -> float:
@@ -96,7 +99,7 @@ async def used_memory(redis: aioredis.Redis) -> int:
 async def sampler(redis: aioredis.Redis, started: float) -> None:
     while True:
         await asyncio.sleep(SAMPLE_S)
-        memory, journal = await used_memory(redis), int(await redis.xlen(keys.LEDGER_JOURNAL))
+        memory, journal = await used_memory(redis), await summed_lengths(redis, keys.journal)
         say(f"    t={time.perf_counter() - started:6.1f} s  valkey used_memory {memory / 2**20:7.1f} MiB  "
             f"journal entries in Valkey {journal:>6,}")  # fmt: skip
 
@@ -134,10 +137,12 @@ class Run:
         self.redis, self.pg, self.workload = redis, pg, workload
 
     async def drained(self) -> bool:
-        return int(await self.redis.xlen(keys.GIFTS_STREAM)) == 0
+        """Every gift settled and acked, and every creator's credit applied (outboxes empty)."""
+        waiting, outboxed = await stream_lengths(self.redis, partitions.all_tags())
+        return sum(waiting) == 0 and outboxed == 0
 
     async def archived(self) -> bool:
-        return int(await self.redis.xlen(keys.LEDGER_JOURNAL)) == 0
+        return await summed_lengths(self.redis, keys.journal) == 0
 
     async def settle(self, start: int, stop: int) -> tuple[float, float]:
         """Feed gifts start..stop-1; returns (when feeding started, when the last one settled)."""
@@ -201,10 +206,10 @@ async def _bench(
         say(f"phase 3: capacity, {rest:,} gifts settled with the archiver stopped, then archived alone")
         stop_processes([archiver], 15.0)
         await run.settle(warm + steady, args.gifts)
-        backlog_entries = int(await redis.xlen(keys.LEDGER_JOURNAL))
+        backlog_entries = await summed_lengths(redis, keys.journal)
         rows_before = await run.archived_rows()
         # In this process, so the figure is the archiver's work, not a Python start-up.
-        alone = Archiver(redis, database_url, settings, keys.LEDGER_JOURNAL)
+        alone = Archiver(redis, database_url, settings)  # every partition's journal, as `gifting archive`
         started = time.perf_counter()
         while await alone.step():
             pass

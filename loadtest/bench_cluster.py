@@ -52,7 +52,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import orjson
 import redis.asyncio as aioredis
 
 from gifting import keys
@@ -61,7 +60,7 @@ from gifting.config import Settings
 from gifting.embedded import EmbeddedValkey
 from gifting.embedded_cluster import EmbeddedCluster
 from gifting.gifts import STREAM_FIELD
-from gifting.ledger import partitions, rules
+from gifting.ledger import partitions
 from gifting.ledger.audit import run_audit
 from loadtest.bench_settlement import (
     STOPPED_LOG,
@@ -78,6 +77,7 @@ from loadtest.bench_settlement import (
     stop_workers,
     tail,
 )
+from loadtest.ledger_streams import Journals, payloads, read_journals, stream_lengths
 from workers.settlement import SettlementWorker
 
 POLL_S = 0.005  # feeder: stream lengths read this often when nothing could be added
@@ -86,7 +86,6 @@ RUN_TIMEOUT_S = 900.0  # the load phase of one backend, at most
 PROGRESS_S = 10.0  # a progress line this often while loading
 BUSY_WARN = 0.10  # warn when other processes took more than this share of a core
 STALL_TIMEOUT_S = 30.0  # no gift settled for this long: give up
-JOURNAL_PAGE = 200  # journal entries per XRANGE when reading the lag back
 
 # Targets from issue #12 (this machine kind: 2 cores, loopback).
 TARGET_VS_STANDALONE = 1.3
@@ -163,29 +162,6 @@ def percentile(values: list[int], q: float) -> float:
 
 
 # Load ------------------------------------------------------------------------------------------------------
-
-
-def payloads(workload: Workload, gifts: int) -> dict[str, list[tuple[str, bytes]]]:
-    """Each partition's gift requests (gift id, stream field value), made before the clock starts."""
-    now_ms = int(time.time() * 1000)
-    by_part: dict[str, list[tuple[str, bytes]]] = {tag: [] for tag in partitions.all_tags()}
-    for i in range(gifts):
-        request = workload.request(i, now_ms)
-        by_part[keys.part_of_user(request.sender)].append((request.gift_id, orjson.dumps(request)))
-    for queue in by_part.values():
-        queue.reverse()  # popped from the end
-    return by_part
-
-
-async def stream_lengths(redis: aioredis.Redis, tags: tuple[str, ...]) -> tuple[list[int], int]:
-    """(entries waiting in each partition's gift stream, entries in all outboxes)."""
-    async with redis.pipeline(transaction=False) as pipe:
-        for tag in tags:
-            pipe.xlen(keys.gifts_stream(tag))
-        for tag in tags:
-            pipe.xlen(keys.outbox(tag))
-        replies = [int(r) for r in await pipe.execute()]
-    return replies[: len(tags)], sum(replies[len(tags) :])
 
 
 async def feed_and_drain(
@@ -306,42 +282,6 @@ async def summed_stats(nodes: list[aioredis.Redis]) -> dict[str, dict[str, float
                 into["calls"] += float(stats.get("calls", 0))
                 into["usec"] += float(stats.get("usec", 0))
     return total
-
-
-@dataclass
-class Journals:
-    settle_ms: dict[str, int] = field(default_factory=dict)  # gift id -> its settle entry's ms
-    credit_ms: dict[str, int] = field(default_factory=dict)  # credit id (gift id) -> its credit entry's ms
-    settle_entries: int = 0
-    credit_entries: int = 0
-    credit_rows: int = 0
-    others: int = 0
-
-
-async def read_journals(redis: aioredis.Redis) -> Journals:
-    """Every partition's journal: when each gift was settled and when each credit was applied."""
-    found = Journals()
-    for tag in partitions.all_tags():
-        start = "-"
-        while True:
-            page = await redis.xrange(keys.journal(tag), start, "+", count=JOURNAL_PAGE)
-            for entry_id, fields in page:
-                ms = int(entry_id.split("-")[0])
-                if fields.get("kind") == "gifts":
-                    found.settle_entries += 1
-                    found.settle_ms.update((g["id"], ms) for g in rules.journal_gifts(fields))
-                elif fields.get("kind") == "credits":
-                    rows = rules.journal_credits(fields)
-                    found.credit_entries += 1
-                    found.credit_rows += len(rows)
-                    # A credit's id is its gift's id and '/' and the source partition (rules.credit_id).
-                    found.credit_ms.update((c["id"].rsplit("/", 1)[0], ms) for c in rows)
-                else:
-                    found.others += 1
-            if len(page) < JOURNAL_PAGE:
-                break
-            start = "(" + page[-1][0]
-    return found
 
 
 def lags(entered: dict[str, int], journals: Journals) -> tuple[list[int], list[int], list[int]]:

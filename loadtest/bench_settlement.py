@@ -6,25 +6,30 @@
 Everything happens in one run against one Valkey (a private embedded one in a temporary directory, or
 REDIS_URL if set: then the database must be empty, or pass --flush to empty it first):
 
-1. real path  `--gifts` gift requests are pre-loaded into the gifts stream (pipelined XADD, before any worker
-              runs), then `--workers` real worker processes (`python -m gifting.cli worker`) are started. Timed
-              from the moment a worker first takes an entry until the stream is drained (XLEN 0, nothing
-              pending): XREADGROUP -> settle.lua -> WAITAOF -> announce.lua per room + the result PUBLISHed to
-              the sender's hub channel -> XACK + XDEL. Every request names hub `--hub` (default "bench"; nobody
-              subscribes, so PUBLISH costs what it costs with no hub listening); `--hub ""` skips the results.
-2. ceiling    settle.lua alone, called from this process with batches of `--batch` gifts prepared exactly as
-              the worker prepares them (SettlementWorker.prepare), each followed by WAITAOF. Valkey's own
-              execution time per call comes from INFO commandstats (usec_per_call of evalsha, stats reset
-              just before): ceiling gifts/s = 1e6 / (usec_per_call / gifts per call). It is what one Valkey
-              could settle if the script were its only work: no client, network, announce or ack cost.
-3. naive      one gift at a time: settle.lua with a batch of one gift, then WAITAOF 1 0 (so each gift is as
-              durable as in the real path), one round trip each, strictly in sequence, from this process.
-              Gifts are prepared before the clock starts. No stream, no announce, no ack: the naive baseline
-              does less work per gift than the real path.
+1. real path  `--gifts` gift requests are pre-loaded into their viewers' partition streams (pipelined XADD,
+              before any worker runs), then `--workers` real worker processes (`python -m gifting.cli worker`)
+              are started while the benchmark holds every partition's lease, released at once when all have
+              started (each takes its fair share; none changes hands while timed). Timed from the moment a
+              worker first takes an entry until every partition stream and outbox is drained: XREADGROUP ->
+              settle.lua per partition -> WAITAOF -> credit.lua per creators' partition -> WAITAOF -> outbox
+              XDEL -> announce.lua per room + the result PUBLISHed to the sender's hub channel -> XACK + XDEL.
+              Every request names hub `--hub` (default "bench"; nobody subscribes, so PUBLISH costs what it
+              costs with no hub listening); `--hub ""` skips the results.
+2. ceiling    the ledger's scripts alone, through Ledger.settle from this process with batches of up to `--batch`
+              gifts of one partition, prepared exactly as the worker prepares them (SettlementWorker.prepare):
+              settle.lua + WAITAOF, then credit.lua per creators' partition + WAITAOF. Valkey's own execution
+              time comes from INFO commandstats (usec of evalsha, stats reset just before): ceiling gifts/s =
+              1e6 / (usec / gifts). It is what one Valkey could settle if the scripts were its only work: no
+              client, network, announce or ack cost.
+3. naive      one gift at a time: settle.lua with a batch of one gift (and its credit.lua + WAITAOF when the
+              creator is in another partition), then WAITAOF 1 0 (so each gift is as durable as in the real
+              path), strictly in sequence, from this process. Gifts are prepared before the clock starts.
+              No stream, no announce, no ack: the naive baseline does less work per gift than the real path.
 
-Then it checks the result: the workers settled exactly `--gifts` gifts (journal, room offsets, worker logs),
-nothing was dead-lettered, every viewer spent exactly what it was funded with, and `gifting audit`'s check
-(run_audit) is clean. The last line is one parseable summary:
+Then it checks the result: the workers settled exactly `--gifts` gifts (partition journals, a credit row per
+gift to another partition's creator, room offsets, worker logs), nothing was dead-lettered, every viewer spent
+exactly what it was funded with, and `gifting audit`'s check (run_audit) is clean. The last line is one
+parseable summary:
 
     RESULT settlement gifts_per_s=... ceiling_ratio=... naive_ratio=...
 
@@ -60,10 +65,11 @@ from gifting.catalog.model import Catalog, Gift
 from gifting.config import Settings
 from gifting.embedded import EmbeddedValkey, die_with_parent, stop_processes
 from gifting.gifts import STREAM_FIELD, GiftRequest
-from gifting.ledger import rules
+from gifting.ledger import partitions
 from gifting.ledger.audit import run_audit
 from gifting.ledger.store import GiftToSettle
 from gifting.rooms.store import RoomStore
+from loadtest.ledger_streams import payloads, read_journals, stream_lengths, summed_lengths
 from workers.settlement import SettlementWorker
 
 REPO = Path(__file__).resolve().parent.parent
@@ -77,6 +83,8 @@ WORKER_STOP_TIMEOUT_S = 15.0
 GIFT_COINS_MIN, GIFT_COINS_MAX = 2, 100  # catalog gifts used: >= 2 coins so every gift has all three legs
 COUNT_MAX = 3  # gift counts cycle 1..COUNT_MAX
 BUSY_WARN = 0.10  # warn when other processes took more than this share of a core during the real path
+LEASE_HOLDER = "bench-preload"  # holds every partition's lease while the workers start (hold_leases)
+LEASE_HOLD_MS = 600_000  # bounds the hold if the benchmark dies holding it
 STOPPED_LOG = re.compile(r"stopped \((\d+) gifts settled\)")
 
 # Targets from the issue (this machine kind: 2 cores, loopback).
@@ -127,6 +135,15 @@ class Workload:
     def room_state(self, room: str) -> dict[str, str]:
         return {"creator": self.creators[room], "status": "live"}
 
+    def cross_partition(self, numbers: Iterable[int]) -> int:
+        """How many of these gifts go to a creator in another partition than their viewer's (credited through
+        the viewer's partition's outbox)."""
+        count = 0
+        for i in numbers:
+            viewer, room, _gift, _count = self.shape(i)
+            count += keys.part_of_user(viewer) != keys.part_of_user(self.creators[room])
+        return count
+
     def coins_needed(self, total: int) -> dict[str, int]:
         """Coins each viewer spends over gifts 0..total-1: funded exactly, so every gift settles and every
         viewer ends at 0 whatever order the workers settle in."""
@@ -174,23 +191,52 @@ async def open_rooms(rooms: RoomStore, count: int) -> dict[str, str]:
 
 
 async def preload(redis: aioredis.Redis, workload: Workload, gifts: int) -> None:
+    """Every gift request into its viewer's partition stream (as the hub does), pipelined, before any worker runs."""
     started = time.perf_counter()
-    now_ms = int(time.time() * 1000)
-    next_report = 0
-    sample = workload.request(0, now_ms)
+    sample = workload.request(0, int(time.time() * 1000))
     # orjson serialises the dataclass itself: the same bytes as GiftRequest.to_entry() (asserted), 3x faster.
     assert {STREAM_FIELD: orjson.dumps(sample)} == sample.to_entry(), "GiftRequest.to_entry changed: update preload"
+    entries = [(tag, payload) for tag, queue in payloads(workload, gifts).items() for _id, payload in reversed(queue)]
+    next_report = 0
     for start in range(0, gifts, PRELOAD_CHUNK):
         async with redis.pipeline(transaction=False) as pipe:
-            for i in range(start, min(start + PRELOAD_CHUNK, gifts)):
-                pipe.xadd(keys.GIFTS_STREAM, {STREAM_FIELD: orjson.dumps(workload.request(i, now_ms))})
+            for tag, payload in entries[start : start + PRELOAD_CHUNK]:
+                pipe.xadd(keys.gifts_stream(tag), {STREAM_FIELD: payload})
             await pipe.execute()
         done = min(start + PRELOAD_CHUNK, gifts)
         if done >= next_report or done == gifts:
-            say(f"  preload: {done:>9,}/{gifts:,} gift requests in the stream")
+            say(f"  preload: {done:>9,}/{gifts:,} gift requests in the {partitions.count()} partition streams")
             next_report = done + max(gifts // 5, PRELOAD_CHUNK)
     elapsed = time.perf_counter() - started
     say(f"  preload: done in {elapsed:.1f} s ({gifts / elapsed:,.0f} XADD/s, pipelined)")
+
+
+async def hold_leases(redis: aioredis.Redis, hold: bool) -> None:
+    """Hold every partition's lease under the benchmark's name (or give them back): the workers start, then
+    take their fair shares at once when released, so no partition changes hands while timed (workers/leases.py)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for tag in partitions.all_tags():
+            if hold:
+                pipe.set(keys.lease(tag), LEASE_HOLDER, px=LEASE_HOLD_MS)
+            else:
+                pipe.delete(keys.lease(tag))
+        await pipe.execute()
+
+
+async def workers_alive(redis: aioredis.Redis, workers: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
+    """Until every worker process has started (its heartbeat is in Valkey; the bench itself sends none)."""
+    deadline = time.monotonic() + WORKER_START_TIMEOUT_S
+    while int(await redis.zcard(keys.WORKER_HEARTBEATS)) < len(workers):
+        check_alive(workers, logs)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the workers did not start within {WORKER_START_TIMEOUT_S:.0f} s:\n{tail(logs[0])}")
+        await asyncio.sleep(FIRST_TAKE_POLL_S)
+
+
+def check_alive(workers: list[subprocess.Popen[bytes]], logs: list[Path]) -> None:
+    for proc, log in zip(workers, logs, strict=True):
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker {proc.pid} exited with {proc.returncode}:\n{tail(log)}")
 
 
 # Measurements ----------------------------------------------------------------------------------------------
@@ -228,21 +274,26 @@ async def command_stats(redis: aioredis.Redis) -> dict[str, dict[str, float]]:
     return {name.removeprefix("cmdstat_"): stats for name, stats in info.items() if isinstance(stats, dict)}
 
 
-async def left_in_stream(redis: aioredis.Redis) -> int:
-    """Entries still in the gifts stream. The worker XDELs an entry in the same MULTI as its XACK (and so does
-    the dead-letter path), so 0 means every entry was acknowledged; XPENDING is checked once at the end."""
-    return int(await redis.xlen(keys.GIFTS_STREAM))
+async def left_in_streams(redis: aioredis.Redis) -> tuple[int, int]:
+    """(entries still in the partitions' gift streams, in their outboxes). The worker XDELs an entry in the same
+    step as its XACK (and so does the dead-letter path), and an outbox entry once its credits are durable, so
+    (0, 0) means every gift went all the way through; XPENDING is checked once at the end."""
+    waiting, outboxed = await stream_lengths(redis, partitions.all_tags())
+    return sum(waiting), outboxed
 
 
 async def first_take(redis: aioredis.Redis, workers: list[subprocess.Popen[bytes]], logs: list[Path]) -> float:
-    """Wait until a worker has taken the first entry (the group delivered something); return that moment."""
+    """Wait until a worker has taken the first entry of any partition (a group delivered something); return that
+    moment."""
     deadline = time.monotonic() + WORKER_START_TIMEOUT_S
     while time.monotonic() < deadline:
-        for proc, log in zip(workers, logs, strict=True):
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker {proc.pid} exited with {proc.returncode}:\n{tail(log)}")
-        with contextlib.suppress(aioredis.ResponseError):
-            for group in await redis.xinfo_groups(keys.GIFTS_STREAM):
+        check_alive(workers, logs)
+        async with redis.pipeline(transaction=False) as pipe:
+            for tag in partitions.all_tags():
+                pipe.xinfo_groups(keys.gifts_stream(tag))
+            replies = await pipe.execute(raise_on_error=False)
+        for groups in replies:
+            for group in groups if isinstance(groups, list) else []:
                 if group["name"] == keys.SETTLEMENT_GROUP and (group["pending"] or group.get("entries-read")):
                     return time.perf_counter()
         await asyncio.sleep(FIRST_TAKE_POLL_S)
@@ -306,31 +357,32 @@ async def run_real_path(
     redis: aioredis.Redis, url: str, args: argparse.Namespace, workload: Workload, tmp: Path, local_valkey: bool
 ) -> RealResult:
     say(f"phase 1/3: real path, {args.gifts:,} gifts, {args.workers} worker process(es), batch {args.batch}")
+    await hold_leases(redis, hold=True)
     await preload(redis, workload, args.gifts)
-    await redis.config_resetstat()
-    rewrites0 = int((await redis.info("persistence")).get("aof_rewrites", 0))
     procs, logs = spawn_workers(url, args, tmp)
     try:
         spawned = time.perf_counter()
+        await workers_alive(redis, procs, logs)
+        rewrites0 = int((await redis.info("persistence")).get("aof_rewrites", 0))
+        await hold_leases(redis, hold=False)
         started = await first_take(redis, procs, logs)
+        await redis.config_resetstat()  # here, not before: first_take's polls are not the workers' work
         worker_cpu0 = [proc_cpu_s(p.pid) for p in procs]
         valkey_cpu0 = await valkey_cpu_s(redis)
         machine0, steal0, self0 = *machine_cpu_s(), time.process_time()
         say(f"  workers: first entry taken {started - spawned:.2f} s after spawn (start-up, not timed)")
         last_report, last_done, last_progress = started, 0, started
         while True:
-            length = await left_in_stream(redis)
+            length, outboxed = await left_in_streams(redis)
             now = time.perf_counter()
             done = args.gifts - length
-            if length == 0:
+            if length == 0 and outboxed == 0:
                 break
             if done != last_done:
                 last_progress = now
             elif now - last_progress > STALL_TIMEOUT_S:
                 raise RuntimeError(f"no progress for {STALL_TIMEOUT_S:.0f} s ({length} left):\n{tail(logs[0])}")
-            for proc, log in zip(procs, logs, strict=True):
-                if proc.poll() is not None:
-                    raise RuntimeError(f"worker {proc.pid} exited with {proc.returncode}:\n{tail(log)}")
+            check_alive(procs, logs)
             if now - last_report >= 1.0:
                 rate = (done - last_done) / (now - last_report)
                 say(f"  settled+acked {done:>9,}/{args.gifts:,}  {rate:>8,.0f} gifts/s (last second)")
@@ -371,11 +423,12 @@ async def run_real_path(
 @dataclass
 class CeilingResult:
     gifts: int
-    calls: int
-    usec_per_call: float
+    calls: int  # settle.lua calls (one partition's batch each)
+    credit_calls: int  # credit.lua calls (one destination partition of a batch each)
+    usec_per_call: float  # both scripts' server time per settle.lua call
     usec_per_gift: float
     gifts_per_s: float  # server-side ceiling
-    client_gifts_per_s: float  # what this process got: settle + WAITAOF per batch, in sequence
+    client_gifts_per_s: float  # what this process got: settle + WAITAOF, credits + WAITAOF, per batch in sequence
     valkey_cpu_us_per_gift: float  # all of Valkey's CPU in the phase (script, protocol, AOF), per gift
     settled: int
 
@@ -383,73 +436,103 @@ class CeilingResult:
 async def run_ceiling(
     redis: aioredis.Redis, worker: SettlementWorker, workload: Workload, first: int, gifts: int, batch: int
 ) -> CeilingResult:
-    say(f"phase 2/3: ceiling, settle.lua alone, {gifts:,} gifts in batches of {batch} (+ WAITAOF per batch)")
+    say(
+        f"phase 2/3: ceiling, the ledger's scripts alone, {gifts:,} gifts in batches of up to {batch} of one "
+        "partition (settle.lua + WAITAOF, then credit.lua per creators' partition + WAITAOF)"
+    )
     # Gifts are prepared (uuid, GiftRequest, SettlementWorker.prepare) before the clock starts.
-    await redis.script_load(worker.ledger.settle_script.script)  # so no NOSCRIPT round lands in the stats
+    for script in (worker.ledger.settle_script, worker.ledger.credit_script):
+        await redis.script_load(script.script)  # so no NOSCRIPT round lands in the stats
+    batches = partition_batches(prepare(worker, workload, range(first, first + gifts), int(time.time() * 1000)), batch)
+    credit_calls = sum(len(destinations(part, prepared)) for part, prepared in batches)
     await redis.config_resetstat()
-    settled, calls = 0, 0
-    now_ms = int(time.time() * 1000)
-    batches = [
-        prepare(worker, workload, range(start, min(start + batch, first + gifts)), now_ms)
-        for start in range(first, first + gifts, batch)
-    ]
+    settled, timeout_ms = 0, worker.settings.waitaof_timeout_ms
     cpu0 = (await valkey_cpu_s(redis))[0]
     started = time.perf_counter()
-    for prepared in batches:
-        outcomes = await worker.ledger.settle(prepared)
-        await worker.ledger.durable(worker.settings.waitaof_timeout_ms)
+    for _part, prepared in batches:
+        outcomes = await worker.ledger.settle(prepared, durable_timeout_ms=timeout_ms)
         settled += sum(1 for o in outcomes if o.settled and not o.replay)
-        calls += 1
     elapsed = time.perf_counter() - started
     cpu_us = ((await valkey_cpu_s(redis))[0] - cpu0) / gifts * 1e6
+    calls = len(batches)
     evalsha = (await command_stats(redis)).get("evalsha", {})
-    if int(evalsha.get("calls", 0)) != calls:
-        raise RuntimeError(f"ceiling: expected {calls} evalsha calls in commandstats, got {evalsha}")
-    usec_per_call = float(evalsha["usec"]) / calls
+    if int(evalsha.get("calls", 0)) != calls + credit_calls:
+        raise RuntimeError(f"ceiling: expected {calls} + {credit_calls} evalsha calls in commandstats, got {evalsha}")
     usec_per_gift = float(evalsha["usec"]) / gifts
-    result = CeilingResult(
-        gifts, calls, usec_per_call, usec_per_gift, 1e6 / usec_per_gift, gifts / elapsed, cpu_us, settled
-    )
+    result = CeilingResult(gifts, calls, credit_calls, float(evalsha["usec"]) / calls, usec_per_gift,
+                           1e6 / usec_per_gift, gifts / elapsed, cpu_us, settled)  # fmt: skip
     say(
-        f"  evalsha: {calls} calls, {usec_per_call:,.0f} us per call = {usec_per_gift:.2f} us per gift "
+        f"  evalsha: {calls} settle.lua calls ({gifts / calls:,.0f} gifts each) + {credit_calls} credit.lua calls, "
+        f"{result.usec_per_call:,.0f} us per batch = {usec_per_gift:.2f} us per gift "
         f"-> ceiling {result.gifts_per_s:,.0f} gifts/s"
     )
     say(
-        f"  (this client, settle + WAITAOF per batch in sequence: {result.client_gifts_per_s:,.0f} gifts/s; "
+        f"  (this client, one batch after the other: {result.client_gifts_per_s:,.0f} gifts/s; "
         f"Valkey CPU in the phase {cpu_us:.1f} us/gift incl. protocol and AOF)"
     )
     return result
+
+
+def partition_batches(prepared: list[GiftToSettle], batch: int) -> list[tuple[str, list[GiftToSettle]]]:
+    """The gifts as a worker reads them: each viewer's partition stream in order, `batch` at a time."""
+    by_part: dict[str, list[GiftToSettle]] = {}
+    for gift in prepared:
+        by_part.setdefault(keys.part_of_user(gift.viewer), []).append(gift)
+    return [
+        (part, gifts[i : i + batch]) for part, gifts in sorted(by_part.items()) for i in range(0, len(gifts), batch)
+    ]
+
+
+def destinations(part: str, prepared: list[GiftToSettle]) -> set[str]:
+    """The other partitions a batch of `part` credits (its creators'): one credit.lua call each."""
+    return {keys.part_of_user(g.creator) for g in prepared if not g.reject} - {part}
 
 
 @dataclass
 class NaiveResult:
     gifts: int
     gifts_per_s: float
-    usec_per_call: float  # server-side, settle.lua with one gift
+    usec_per_gift: float  # server-side, settle.lua with one gift (and credit.lua when it crosses partitions)
     settled: int
+    cross: int  # gifts whose creator is in another partition: a second script and WAITAOF each
 
 
 async def run_naive(
     redis: aioredis.Redis, worker: SettlementWorker, workload: Workload, first: int, gifts: int
 ) -> NaiveResult:
-    say(f"phase 3/3: naive, {gifts:,} gifts one at a time: settle.lua with 1 gift, then WAITAOF, in sequence")
+    say(
+        f"phase 3/3: naive, {gifts:,} gifts one at a time: settle.lua with 1 gift (and credit.lua + WAITAOF when "
+        "its creator is in another partition), then WAITAOF, in sequence"
+    )
     await redis.config_resetstat()
-    settled = 0
+    settled, timeout_ms = 0, worker.settings.waitaof_timeout_ms
     singles = [[gift] for gift in prepare(worker, workload, range(first, first + gifts), int(time.time() * 1000))]
+    crossing = [bool(destinations(keys.part_of_user(gift.viewer), [gift])) for (gift,) in singles]
+    cross, cross_s = sum(crossing), 0.0
     started = time.perf_counter()  # gifts are prepared before the clock starts: only the round trips are timed
     next_report = started + 1.0
-    for done, single in enumerate(singles, 1):
-        outcomes = await worker.ledger.settle(single)
-        await worker.ledger.durable(worker.settings.waitaof_timeout_ms)
+    for done, (single, crosses) in enumerate(zip(singles, crossing, strict=True), 1):
+        one = time.perf_counter()
+        outcomes = await worker.ledger.settle(single)  # a credit to another partition: applied durably in here
+        await worker.ledger.durable(timeout_ms, keys.part_of_user(single[0].viewer))
+        cross_s += time.perf_counter() - one if crosses else 0.0
         settled += sum(1 for o in outcomes if o.settled and not o.replay)
         if time.perf_counter() >= next_report:
             say(f"  naive: {done:>7,}/{gifts:,}  {done / (time.perf_counter() - started):>8,.0f} gifts/s")
             next_report += 1.0
     elapsed = time.perf_counter() - started
     evalsha = (await command_stats(redis)).get("evalsha", {})
-    usec_per_call = float(evalsha.get("usec_per_call", 0.0))
-    result = NaiveResult(gifts, gifts / elapsed, usec_per_call, settled)
-    say(f"  naive: {result.gifts_per_s:,.0f} gifts/s ({usec_per_call:.1f} us of it inside Valkey per gift)")
+    usec_per_gift = float(evalsha.get("usec", 0.0)) / gifts
+    result = NaiveResult(gifts, gifts / elapsed, usec_per_gift, settled, cross)
+    say(
+        f"  naive: {result.gifts_per_s:,.0f} gifts/s ({usec_per_gift:.1f} us of it inside Valkey per gift; "
+        f"{cross / gifts:.0%} of the gifts cross partitions)"
+    )
+    local_s = elapsed - cross_s
+    say(
+        f"  naive, apart: gifts to a creator in another partition {cross / max(cross_s, 1e-9):,.0f} gifts/s, "
+        f"in the viewer's own {(gifts - cross) / max(local_s, 1e-9):,.0f} gifts/s"
+    )
     return result
 
 
@@ -478,14 +561,18 @@ class Checks:
 async def check_real_path(
     redis: aioredis.Redis, workload: Workload, funded: int, real: RealResult, checks: Checks
 ) -> None:
-    say("checks after the real path:")
-    entries = await redis.xrange(keys.LEDGER_JOURNAL)
-    gifts = sum(len(rules.journal_gifts(f)) for _, f in entries if f.get("kind") == "gifts")
-    others = sum(1 for _, f in entries if f.get("kind") != "gifts")
+    say("checks after the real path (every partition):")
+    journals = await read_journals(redis)
+    gifts, cross = len(journals.settle_ms), workload.cross_partition(range(real.gifts))
     checks.expect(
-        gifts == real.gifts, f"journal gifts {gifts:,} == {real.gifts:,} (in {len(entries) - others:,} batch entries)"
+        gifts == real.gifts, f"journal gifts {gifts:,} == {real.gifts:,} (in {journals.settle_entries:,} batch entries)"
     )
-    checks.expect(others == funded, f"other journal entries {others:,} == {funded:,} fundings")
+    checks.expect(
+        journals.credit_rows == cross,
+        f"credit rows {journals.credit_rows:,} == {cross:,} gifts to another partition's creator "
+        f"(in {journals.credit_entries:,} credit.lua entries)",
+    )
+    checks.expect(journals.others == funded, f"other journal entries {journals.others:,} == {funded:,} fundings")
     async with redis.pipeline(transaction=False) as pipe:
         for room in workload.rooms:
             pipe.hget(keys.room_meta(room), "offset")
@@ -493,10 +580,13 @@ async def check_real_path(
     checks.expect(
         offsets == real.gifts, f"room history offsets sum {offsets:,} == {real.gifts:,} (announced once each)"
     )
-    pending = int((await redis.xpending(keys.GIFTS_STREAM, keys.SETTLEMENT_GROUP))["pending"])
-    checks.expect(pending == 0, f"nothing pending in the consumer group ({pending})")
-    dead = int(await redis.xlen(keys.GIFTS_DEAD_LETTER))
-    checks.expect(dead == 0, f"dead-letter stream empty ({dead})")
+    async with redis.pipeline(transaction=False) as pipe:
+        for tag in partitions.all_tags():
+            pipe.xpending(keys.gifts_stream(tag), keys.SETTLEMENT_GROUP)
+        pending = sum(int(p["pending"]) for p in await pipe.execute())
+    checks.expect(pending == 0, f"nothing pending in the partitions' consumer groups ({pending})")
+    dead = await summed_lengths(redis, keys.gifts_dead_letter)
+    checks.expect(dead == 0, f"dead-letter streams empty ({dead})")
     if None in real.worker_settled:
         checks.expect(False, f"every worker logged its settled count ({real.worker_settled})")
     else:
