@@ -154,6 +154,7 @@ class SettlementWorker:
         # Settled and announced, per (partition, loop): acked with that loop's next read (one round trip less).
         self._to_ack: dict[str, list[str]] = defaultdict(list)
         self._handovers: asyncio.Queue[Handover] = asyncio.Queue()  # readers -> batch loops (run())
+        self._scoring = asyncio.Lock()  # batches with gifts to rooms in a match: scored and announced in turn
 
     async def ensure_group(self) -> None:
         """The settlement group on every partition's stream (created with the stream)."""
@@ -563,9 +564,13 @@ class SettlementWorker:
         names = {r.sender: r.sender_name for r in requests}
         badges = await self.fanclubs.record_batch([g for g, o in zip(batch, outcomes, strict=True) if o.settled], names)
         settled_ms = clock.now_ms()
-        match_events = await self._score_matches(requests, batch, outcomes, rooms, accepted_ms)
         with_boards = {room for room, state in rooms.items() if state["staged"]}
-        await self.publish(requests, batch, outcomes, match_events, with_boards, badges)
+        in_match = any(state["match"] for state in rooms.values())
+        # Batch loops score a match and announce its scores in the same order (each score event carries the
+        # points so far: announced out of order, a room would see a score go back).
+        async with self._scoring if in_match else contextlib.nullcontext():
+            match_events = await self._score_matches(requests, batch, outcomes, rooms, accepted_ms)
+            await self.publish(requests, batch, outcomes, match_events, with_boards, badges)
         await self._first_gift_rewards(outcomes, requests)
         fresh = observe_batch(requests, outcomes, settled_ms, time.perf_counter() - started_s)
         self.settled_total += fresh
