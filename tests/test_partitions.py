@@ -308,3 +308,19 @@ def test_the_workers_spelled_out_gift_rows_and_credit_are_the_placed_legs(coins:
                 count=1,
             )
             assert credit == expected
+
+
+async def test_a_large_batch_credits_every_gift_once(redis: aioredis.Redis, tmp_path: Path) -> None:
+    """1,200 gifts from one partition to a creator of another: one settle.lua and one credit.lua call (whose
+    reads and writes go in chunks of 1,000, as settle.lua's: the batch loops merge up to 4 batches) apply them
+    all, each once."""
+    tags = partitions.all_tags()
+    viewers, creator = users_in(tags[8], 40, "v"), users_in(tags[9], 1, "c")[0]
+    for v in viewers:
+        await grant(redis, v, 300)
+    ledger = Ledger(redis, make_settings(tmp_path, creator_share_bps=5000))
+    batch = [gift(v, creator) for v in viewers for _ in range(30)]
+    outcomes = await ledger.settle(batch, durable_timeout_ms=1000)
+    assert all(o.settled for o in outcomes)
+    assert int(await redis.hget(keys.diamonds(keys.part_of_user(creator)), keys.account(creator))) == 1200 * 5
+    assert await redis.llen(keys.statement(creator)) == 1200

@@ -27,8 +27,11 @@ if #ids == 0 then return 0 end
 
 local applied = {}
 for k = FIRST_BUCKET, FIRST_BUCKET + n_buckets - 1 do
-  local found = redis.call('HMGET', KEYS[k], unpack(ids))
-  for j, v in ipairs(found) do if v then applied[ids[j]] = true end end
+  for i = 1, #ids, 1000 do
+    local last = math.min(i + 999, #ids)
+    local found = redis.call('HMGET', KEYS[k], unpack(ids, i, last))
+    for j, v in ipairs(found) do if v then applied[ids[i + j - 1]] = true end end
+  end
 end
 
 local rows, records, statements, boards = {}, {}, {}, {}
@@ -60,9 +63,14 @@ for _, c in ipairs(credits) do
   end
 end
 if #rows == 0 then return 0 end
-redis.call('HSET', KEYS[FIRST_BUCKET], unpack(records))
+local CHUNK = 1000 -- values per unpack(): Lua's C stack holds a few thousand
+for i = 1, #records, CHUNK do
+  redis.call('HSET', KEYS[FIRST_BUCKET], unpack(records, i, math.min(i + CHUNK - 1, #records)))
+end
 redis.call('EXPIREAT', KEYS[FIRST_BUCKET], expire_at)
 redis.call('XADD', KEYS[4], '*', 'kind', 'credits', 'rows', table.concat(rows, '\n'), 'ts', now_ms)
-for ki, list in pairs(statements) do redis.call('RPUSH', KEYS[tonumber(ki)], unpack(list)) end
+for ki, list in pairs(statements) do
+  for i = 1, #list, CHUNK do redis.call('RPUSH', KEYS[tonumber(ki)], unpack(list, i, math.min(i + CHUNK - 1, #list))) end
+end
 for ki, board in pairs(boards) do top_gifters_add(KEYS[tonumber(ki)], board.ttl, board.by) end
 return #rows
