@@ -27,9 +27,9 @@ from gifting.app import redis_client
 from gifting.catalog.model import load_default
 from gifting.config import Settings
 from gifting.ledger import partitions, rules
-from gifting.ledger.audit import run_audit
 from gifting.ledger.store import Ledger
 from gifting.rooms.store import RoomStore, announced_events
+from tests.cluster_checks import assert_audit_clean, balances, grant, journal_gift_ids, task_failure
 from tests.conftest import REPO, SECRET, System, WsClient, gift_id, make_settings, run_worker, stop
 from workers.settlement import SettlementWorker
 
@@ -72,19 +72,6 @@ def dead_letters(user: str = "viewer1") -> str:
     return keys.gifts_dead_letter(keys.part_of_user(user))
 
 
-async def grant(redis: aioredis.Redis, user: str, coins: int) -> None:
-    """Credit coins as a purchase does (issuance -> user) with a journal entry the audit accepts."""
-    part = keys.part_of_user(user)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hincrby(keys.coins(part), keys.account(user), coins)
-        pipe.hincrby(keys.coins(part), keys.SYS_COIN_ISSUANCE, -coins)
-        pipe.xadd(
-            keys.journal(part),
-            {"kind": "purchase", "id": f"grant:{gift_id()}", "legs": f"coins sys:coin_issuance u:{user} {coins}"},
-        )
-        await pipe.execute()
-
-
 async def open_room(redis: aioredis.Redis, creator: str = "creator1") -> str:
     store = RoomStore(redis, Settings.from_env({}))
     return (await store.open(creator, creator.title(), "Live")).room
@@ -124,12 +111,6 @@ async def history(redis: aioredis.Redis, room: str) -> list[tuple[str, dict[str,
     return [(entry_id, event) for entry_id, f in entries for event in announced_events(f["e"])]
 
 
-async def journal_gift_ids(redis: aioredis.Redis) -> Counter[str]:
-    """Each gift id in the journal (settle.lua writes one `gifts` entry per batch), with how often it appears."""
-    entries = [e for part in partitions.all_tags() for e in await redis.xrange(keys.journal(part))]
-    return Counter(g["id"] for _, f in entries if f.get("kind") == "gifts" for g in rules.journal_gifts(f))
-
-
 async def outcomes(redis: aioredis.Redis, gids: list[str]) -> dict[str, rules.GiftOutcome | None]:
     found = await Ledger(redis, Settings.from_env({})).gift_outcomes(gids)
     return {g: found.get(g) for g in gids}
@@ -137,20 +118,6 @@ async def outcomes(redis: aioredis.Redis, gids: list[str]) -> dict[str, rules.Gi
 
 async def decided(redis: aioredis.Redis, gid: str) -> bool:
     return (await outcomes(redis, [gid]))[gid] is not None
-
-
-async def balances(redis: aioredis.Redis, user: str) -> tuple[int, int]:
-    part = keys.part_of_user(user)
-    coins, diamonds = (
-        await redis.hget(keys.coins(part), keys.account(user)),
-        await redis.hget(keys.diamonds(part), keys.account(user)),
-    )
-    return int(coins or 0), int(diamonds or 0)
-
-
-async def assert_audit_clean(redis: aioredis.Redis) -> None:
-    report = await run_audit(redis)
-    assert report.clean, report.summary()
 
 
 async def collect_results(client: WsClient, gids: list[str]) -> dict[str, dict[str, Any]]:
@@ -214,13 +181,6 @@ async def worker_task(
         stop_event.set()
         await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 15)
         await client.aclose()
-
-
-def task_failure(task: asyncio.Task[None]) -> str | None:
-    if not task.done():
-        return None
-    exc = task.exception()
-    return f"the worker task ended: {exc!r}"
 
 
 # ---------------------------------------------------------------------------------------------------------
