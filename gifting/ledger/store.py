@@ -231,15 +231,18 @@ class Ledger:
         now_s = now_ms() // 1000
         buckets, _ = rules.record_buckets(now_s, self.settings.idempotency_ttl_s)
         rejected_buckets, _ = rules.record_buckets(now_s, self.settings.rejected_gift_ttl_s)
-        outcomes: dict[str, rules.GiftOutcome] = {}
-        for part in partitions.all_tags():
-            record_keys = [keys.gift_records(part, b) for b in buckets]
-            record_keys += [keys.rejected_gift_records(part, b) for b in rejected_buckets]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for key in record_keys:
+        per_part = len(buckets) + len(rejected_buckets)
+        async with self.redis.pipeline(transaction=False) as pipe:  # every partition in one round trip
+            for part in partitions.all_tags():
+                for key in [keys.gift_records(part, b) for b in buckets]:
                     pipe.hmget(key, gift_ids)
-                found = await pipe.execute()
-            for records in reversed(found):  # an id is recorded once; a settled record wins over a stale rejection
+                for key in [keys.rejected_gift_records(part, b) for b in rejected_buckets]:
+                    pipe.hmget(key, gift_ids)
+            found = await pipe.execute()
+        outcomes: dict[str, rules.GiftOutcome] = {}
+        for first in range(0, len(found), per_part):
+            # An id is recorded once per partition; a settled record wins over a stale rejection.
+            for records in reversed(found[first : first + per_part]):
                 for gift_id, record in zip(gift_ids, records, strict=True):
                     if record is not None:
                         outcomes[gift_id] = rules.parse_gift_record(gift_id, record, replay=True)
