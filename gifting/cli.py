@@ -17,8 +17,10 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 import psycopg
+from redis import exceptions as redis_exceptions
 
 from gifting import auth, embedded, embedded_pg, logs, ops, valkey
 from gifting.config import ConfigError, Settings, markdown_table, write_readme_table
@@ -96,7 +98,6 @@ def cmd_worker(settings: Settings) -> int:
     prepare_metrics_dir(settings, "worker")
     from gifting import metrics
     from gifting.app import redis_client
-    from gifting.ledger.store import claim_partition_count
     from workers.settlement import run_workers
 
     url = resolve_redis_url(settings)
@@ -112,8 +113,8 @@ def cmd_worker(settings: Settings) -> int:
         redis = redis_client(url)
         await valkey.ready(redis)  # the batch loops start at once
         try:
-            await claim_partition_count(redis, settings.ledger_partitions)
-            await run_workers(redis, settings, stop)
+            if await claim_partition_count_when_reachable(redis, settings, stop):
+                await run_workers(redis, settings, stop)
         finally:
             await redis.aclose()
 
@@ -123,6 +124,25 @@ def cmd_worker(settings: Settings) -> int:
         if stop_metrics is not None:
             stop_metrics()
     return 0
+
+
+async def claim_partition_count_when_reachable(redis: Any, settings: Settings, stop: asyncio.Event) -> bool:
+    """store.claim_partition_count, retried while Valkey is unreachable (a worker or archiver may start before it,
+    or while it restarts: they ride that out rather than exit). False if `stop` was set first; a ConfigError (the
+    count disagrees) is raised at once."""
+    from gifting.ledger.store import claim_partition_count
+
+    backoff_s = 0.1
+    while not stop.is_set():
+        try:
+            await claim_partition_count(redis, settings.ledger_partitions)
+            return True
+        except (redis_exceptions.ConnectionError, redis_exceptions.TimeoutError, OSError) as exc:
+            log.warning("cannot reach Valkey to check the partition count: %s; retrying in %.1f s", exc, backoff_s)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), backoff_s)
+            backoff_s = min(backoff_s * 2, 5.0)
+    return False
 
 
 def prepare_metrics_dir(settings: Settings, role: str) -> Path:
@@ -158,7 +178,6 @@ def _alive(pid: int) -> bool:
 def cmd_archive(settings: Settings) -> int:
     from gifting.app import redis_client
     from gifting.history.schema import migrate
-    from gifting.ledger.store import claim_partition_count
     from workers.archiver import run_archiver
 
     url = resolve_redis_url(settings)
@@ -172,8 +191,8 @@ def cmd_archive(settings: Settings) -> int:
             loop.add_signal_handler(sig, stop.set)
         redis = redis_client(url)
         try:
-            await claim_partition_count(redis, settings.ledger_partitions)
-            await run_archiver(redis, database_url, settings, stop)
+            if await claim_partition_count_when_reachable(redis, settings, stop):
+                await run_archiver(redis, database_url, settings, stop)
         finally:
             await redis.aclose()
 

@@ -324,3 +324,19 @@ async def test_a_large_batch_credits_every_gift_once(redis: aioredis.Redis, tmp_
     assert all(o.settled for o in outcomes)
     assert int(await redis.hget(keys.diamonds(keys.part_of_user(creator)), keys.account(creator))) == 1200 * 5
     assert await redis.llen(keys.statement(creator)) == 1200
+
+
+async def test_worker_and_archiver_wait_for_valkey_before_checking_the_partition_count() -> None:
+    """Valkey unreachable (a restart under `gifting dev`): the check retries until stopped instead of failing the
+    process (an archiver that exited here made `gifting dev` stop everything)."""
+    from gifting.cli import claim_partition_count_when_reachable
+    from gifting.config import Settings
+    from gifting.embedded import free_port
+
+    unreachable = aioredis.Redis(port=free_port(), socket_connect_timeout=0.2)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().call_later(0.5, stop.set)
+    try:
+        assert await claim_partition_count_when_reachable(unreachable, Settings.from_env({}), stop) is False
+    finally:
+        await unreachable.aclose()
